@@ -1,0 +1,70 @@
+# Finds every third-party dependency and exposes it as an imported target.
+# Header-only packages may also come from CASCADE_EXTRA_INCLUDE (the GPU machine has
+# no Debian packages; scripts/gpu_check.sh carries the Debian headers there).
+set(CASCADE_EXTRA_INCLUDE "" CACHE PATH "Extra include directory searched for header-only dependencies")
+
+find_package(Torch REQUIRED)
+find_package(Threads REQUIRED)
+
+find_path(TOMLPP_INCLUDE_DIR toml++/toml.h HINTS ${CASCADE_EXTRA_INCLUDE})
+find_path(NLOHMANN_INCLUDE_DIR nlohmann/json.hpp HINTS ${CASCADE_EXTRA_INCLUDE})
+find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp HINTS ${CASCADE_EXTRA_INCLUDE})
+foreach(dir TOMLPP_INCLUDE_DIR NLOHMANN_INCLUDE_DIR CLI11_INCLUDE_DIR)
+  if(NOT ${dir})
+    message(FATAL_ERROR "${dir} not found: install libtomlplusplus-dev nlohmann-json3-dev libcli11-dev "
+                        "(scripts/install_deps.sh) or set CASCADE_EXTRA_INCLUDE")
+  endif()
+endforeach()
+
+# toml++ is used header-only so the same build works where only the header exists.
+add_library(cascade_tomlpp INTERFACE)
+target_include_directories(cascade_tomlpp SYSTEM INTERFACE ${TOMLPP_INCLUDE_DIR})
+target_compile_definitions(cascade_tomlpp INTERFACE TOML_HEADER_ONLY=1 TOML_EXCEPTIONS=1)
+add_library(cascade_json INTERFACE)
+target_include_directories(cascade_json SYSTEM INTERFACE ${NLOHMANN_INCLUDE_DIR})
+add_library(cascade_cli11 INTERFACE)
+target_include_directories(cascade_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
+
+# LibTorch's CMake config adds flags through TORCH_CXX_FLAGS; wrap it in one target.
+add_library(cascade_torch INTERFACE)
+target_link_libraries(cascade_torch INTERFACE ${TORCH_LIBRARIES})
+target_compile_options(cascade_torch INTERFACE ${TORCH_CXX_FLAGS})
+
+# GPU support: on when LibTorch has CUDA and NCCL is present (AUTO), or forced.
+set(_torch_has_cuda OFF)
+if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
+  set(_torch_has_cuda ON)
+endif()
+find_path(NCCL_INCLUDE_DIR nccl.h HINTS /usr/local/cuda/include)
+find_library(NCCL_LIBRARY nccl HINTS /usr/local/cuda/lib64)
+if(CASCADE_CUDA STREQUAL "AUTO")
+  if(_torch_has_cuda AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+    set(CASCADE_WITH_CUDA ON)
+  else()
+    set(CASCADE_WITH_CUDA OFF)
+  endif()
+elseif(CASCADE_CUDA)
+  if(NOT _torch_has_cuda)
+    message(FATAL_ERROR "CASCADE_CUDA=ON but LibTorch at ${Torch_DIR} was built without CUDA")
+  endif()
+  set(CASCADE_WITH_CUDA ON)
+else()
+  set(CASCADE_WITH_CUDA OFF)
+endif()
+if(CASCADE_WITH_CUDA)
+  add_library(cascade_nccl UNKNOWN IMPORTED)
+  set_target_properties(cascade_nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
+                                                INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
+endif()
+message(STATUS "Cascade: LibTorch ${Torch_VERSION}, GPU code ${CASCADE_WITH_CUDA}")
+
+if(CASCADE_BUILD_TESTS)
+  find_package(GTest QUIET)
+  if(NOT GTest_FOUND AND EXISTS /usr/src/googletest/CMakeLists.txt)
+    add_subdirectory(/usr/src/googletest ${CMAKE_BINARY_DIR}/googletest EXCLUDE_FROM_ALL)
+    add_library(GTest::gtest ALIAS gtest)
+    add_library(GTest::gtest_main ALIAS gtest_main)
+  elseif(NOT GTest_FOUND)
+    message(FATAL_ERROR "GoogleTest not found: install libgtest-dev or pass -DCASCADE_BUILD_TESTS=OFF")
+  endif()
+endif()

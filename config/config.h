@@ -1,0 +1,104 @@
+// Cascade's configuration: the TOML schema of DESIGN §11, parsed into typed structs.
+//
+// load_config() reads a file, applies `--set key=value` overrides, and validates
+// everything before returning, so the rest of the program never sees a bad value.
+// Every error is a ConfigError whose message names the source (file or --set), the
+// line, and the dotted key. Config values are plain data: copy them freely; nothing
+// here is shared or mutable after loading.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cascade::config {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A device as config files name it: "cuda:0" or "0", "cpu" (= "cpu:0"), "cpu:1", "disk".
+struct DeviceName {
+  enum class Kind { kCuda, kCpu, kDisk };
+  Kind kind = Kind::kCpu;
+  int index = 0;
+
+  std::string str() const;  // canonical spelling: "cuda:0", "cpu:0", "disk"
+  bool operator==(const DeviceName& o) const { return kind == o.kind && index == o.index; }
+  bool operator<(const DeviceName& o) const {
+    return kind != o.kind ? kind < o.kind : index < o.index;
+  }
+};
+// Throws std::invalid_argument naming the text and the accepted forms.
+DeviceName parse_device(const std::string& text);
+
+enum class Strategy { kAuto, kBalanced, kBalancedLow0, kSequential };
+enum class Mode { kSequential, kPipeline };
+
+struct MemoryBudget {
+  DeviceName device;
+  std::optional<uint64_t> bytes;  // nullopt = unlimited
+};
+
+struct ModelSection {
+  std::string path;            // checkpoint directory, absolute after loading
+  std::string dtype = "auto";  // auto | float32 | bfloat16 | float16
+};
+
+struct PlacementSection {
+  Strategy strategy = Strategy::kAuto;
+  std::vector<MemoryBudget> max_memory;                           // in file order
+  std::vector<std::pair<std::string, DeviceName>> device_map;     // module prefix -> device
+  std::string offload_folder = "offload";
+  std::string offload_compute = "auto";  // cpu | cuda:N | auto
+};
+
+struct RuntimeSection {
+  Mode mode = Mode::kSequential;
+  int microbatches = 0;  // 0 = number of stages
+  int max_batch = 16;    // KV slots
+  int max_seq_len = 2048;
+  int threads_per_stage = 0;  // 0 = share the cores evenly
+};
+
+struct QuantizationSection {
+  std::string mode = "none";  // none | int8
+  double threshold = 6.0;
+  std::vector<std::string> skip_modules = {"lm_head"};
+};
+
+struct ServerSection {
+  std::string socket = "cascade.sock";
+  std::string tcp;  // "host:port"; empty = off
+  std::string api_key;
+  uint64_t max_request_bytes = 1 << 20;
+  int max_connections = 256;
+};
+
+struct Config {
+  ModelSection model;
+  PlacementSection placement;
+  RuntimeSection runtime;
+  QuantizationSection quantization;
+  ServerSection server;
+  std::string source;  // the file it came from ("" when built from defaults)
+};
+
+// Reads and validates `path`, then applies overrides of the form "section.key=value"
+// (the value is TOML: `runtime.max_batch=8`, `model.dtype=bfloat16` or `model.dtype="bfloat16"`).
+// Relative paths written in the file resolve against the file's folder; those given in
+// overrides resolve against the working directory.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The same from TOML text; `source_name` is used in messages and `base_dir` for relative paths.
+Config parse_config(const std::string& toml_text, const std::string& source_name,
+                    const std::string& base_dir, const std::vector<std::string>& overrides = {});
+
+const char* to_string(Strategy s);
+const char* to_string(Mode m);
+
+}  // namespace cascade::config

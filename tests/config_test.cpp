@@ -1,0 +1,192 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace cascade::config {
+namespace {
+
+Config parse(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  return parse_config(text, "cfg.toml", "/base", overrides);
+}
+
+TEST(Config, ParsesEveryFieldOfTheDesignExample) {
+  const Config c = parse(R"([model]
+path = "models/tiny"
+dtype = "bfloat16"
+
+[placement]
+strategy = "balanced_low_0"
+max_memory = { "cuda:0" = "20GiB", 1 = "10GB", "cpu" = "64GiB", "disk" = "unlimited" }
+device_map = { "model.embed_tokens" = "cuda:0", "model.layers.0" = 0, "lm_head" = "cpu" }
+offload_folder = "/abs/offload"
+offload_compute = "cuda:0"
+
+[runtime]
+mode = "pipeline"
+microbatches = 3
+max_batch = 8
+max_seq_len = 1024
+threads_per_stage = 2
+
+[quantization]
+mode = "int8"
+threshold = 4
+skip_modules = ["lm_head", "model.embed_tokens"]
+
+[server]
+socket = "run/cascade.sock"
+tcp = "127.0.0.1:8000"
+api_key = "secret"
+max_request_bytes = "2MiB"
+max_connections = 16
+)");
+  EXPECT_EQ(c.model.path, "/base/models/tiny");  // relative to the config file's folder
+  EXPECT_EQ(c.model.dtype, "bfloat16");
+  EXPECT_EQ(c.placement.strategy, Strategy::kBalancedLow0);
+  ASSERT_EQ(c.placement.max_memory.size(), 4u);
+  EXPECT_EQ(c.placement.max_memory[0].device.str(), "cuda:0");
+  EXPECT_EQ(*c.placement.max_memory[0].bytes, 20ull << 30);
+  EXPECT_EQ(c.placement.max_memory[1].device.str(), "cuda:1");
+  EXPECT_EQ(*c.placement.max_memory[1].bytes, 10'000'000'000ull);
+  EXPECT_EQ(c.placement.max_memory[2].device.str(), "cpu:0");
+  EXPECT_FALSE(c.placement.max_memory[3].bytes.has_value());
+  ASSERT_EQ(c.placement.device_map.size(), 3u);
+  EXPECT_EQ(c.placement.device_map[1].first, "model.layers.0");
+  EXPECT_EQ(c.placement.device_map[1].second.str(), "cuda:0");
+  EXPECT_EQ(c.placement.offload_folder, "/abs/offload");
+  EXPECT_EQ(c.placement.offload_compute, "cuda:0");
+  EXPECT_EQ(c.runtime.mode, Mode::kPipeline);
+  EXPECT_EQ(c.runtime.microbatches, 3);
+  EXPECT_EQ(c.runtime.max_batch, 8);
+  EXPECT_EQ(c.runtime.max_seq_len, 1024);
+  EXPECT_EQ(c.runtime.threads_per_stage, 2);
+  EXPECT_EQ(c.quantization.mode, "int8");
+  EXPECT_DOUBLE_EQ(c.quantization.threshold, 4.0);
+  EXPECT_EQ(c.quantization.skip_modules.size(), 2u);
+  EXPECT_EQ(c.server.socket, "/base/run/cascade.sock");
+  EXPECT_EQ(c.server.tcp, "127.0.0.1:8000");
+  EXPECT_EQ(c.server.max_request_bytes, 2ull << 20);
+  EXPECT_EQ(c.server.max_connections, 16);
+}
+
+TEST(Config, DefaultsFillEverythingButTheModel) {
+  const Config c = parse("[model]\npath = \"/m\"\n");
+  EXPECT_EQ(c.model.dtype, "auto");
+  EXPECT_EQ(c.placement.strategy, Strategy::kAuto);
+  EXPECT_EQ(c.runtime.mode, Mode::kSequential);
+  EXPECT_EQ(c.runtime.max_batch, 16);
+  EXPECT_EQ(c.runtime.max_seq_len, 2048);
+  EXPECT_EQ(c.quantization.mode, "none");
+  EXPECT_EQ(c.server.max_connections, 256);
+  EXPECT_EQ(c.placement.offload_compute, "auto");
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndKey) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmax_batch = 4\nmxa_batch = 4\n"), ConfigError,
+                    "cfg.toml:5", "runtime.mxa_batch", "unknown key", "max_batch");
+}
+
+TEST(Config, UnknownSection) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtme]\nmode = \"pipeline\"\n"), ConfigError, "cfg.toml:3",
+                    "runtme", "unknown section");
+}
+
+TEST(Config, WrongType) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmax_batch = \"16\"\n"), ConfigError, "cfg.toml:4",
+                    "runtime.max_batch", "expected an integer, got a string");
+  EXPECT_THROW_WITH(parse("[model]\npath = 3\n"), ConfigError, "cfg.toml:2", "model.path", "expected a string");
+  EXPECT_THROW_WITH(parse("model = 1\n"), ConfigError, "cfg.toml:1", "model", "expected a table");
+}
+
+TEST(Config, BadSize) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nmax_memory = { \"cuda:0\" = \"12 GiBs\" }\n"),
+                    ConfigError, "cfg.toml:4", "placement.max_memory.cuda:0", "invalid size '12 GiBs'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[server]\nmax_request_bytes = \"lots\"\n"), ConfigError,
+                    "cfg.toml:4", "server.max_request_bytes", "invalid size 'lots'");
+}
+
+TEST(Config, BadEnumValues) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmode = \"pipelined\"\n"), ConfigError, "cfg.toml:4",
+                    "runtime.mode", "'pipelined' is not one of", "pipeline", "sequential");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\ndtype = \"fp8\"\n"), ConfigError, "cfg.toml:3", "model.dtype",
+                    "'fp8'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nstrategy = \"greedy\"\n"), ConfigError,
+                    "placement.strategy", "'greedy'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"gpu\"\n"), ConfigError,
+                    "cfg.toml:4", "placement.offload_compute", "'gpu'");
+}
+
+TEST(Config, BadDevicesAndRanges) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nmax_memory = { \"gpu0\" = \"1GiB\" }\n"), ConfigError,
+                    "placement.max_memory.gpu0", "invalid device 'gpu0'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\ndevice_map = { \"lm_head\" = \"tpu\" }\n"),
+                    ConfigError, "cfg.toml:4", "placement.device_map.lm_head", "invalid device 'tpu'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmax_batch = 0\n"), ConfigError, "runtime.max_batch",
+                    "out of range");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[server]\ntcp = \"localhost\"\n"), ConfigError, "server.tcp",
+                    "host:port");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nmax_memory = { \"cpu\" = \"1GiB\", \"cpu:0\" = 5 }\n"),
+                    ConfigError, "cpu:0", "listed twice");
+}
+
+TEST(Config, SyntaxErrorHasLineAndColumn) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime\n"), ConfigError, "cfg.toml:3:", "TOML syntax error");
+}
+
+TEST(Config, ModelPathIsRequired) {
+  EXPECT_THROW_WITH(parse("[runtime]\nmax_batch = 2\n"), ConfigError, "model.path", "is required");
+}
+
+TEST(Config, OverridesApplyBeforeValidation) {
+  const Config c = parse("[model]\npath = \"/m\"\n",
+                         {"runtime.mode=pipeline", "runtime.max_batch=8", "placement.max_memory.cuda:0=4GiB",
+                          "placement.device_map.\"model.layers.0\"=cpu", "placement.device_map.model.norm=disk",
+                          "model.path=rel/dir", "quantization.skip_modules=[\"a\", \"b\"]"});
+  EXPECT_EQ(c.runtime.mode, Mode::kPipeline);
+  EXPECT_EQ(c.runtime.max_batch, 8);
+  ASSERT_EQ(c.placement.max_memory.size(), 1u);
+  EXPECT_EQ(*c.placement.max_memory[0].bytes, 4ull << 30);
+  ASSERT_EQ(c.placement.device_map.size(), 2u);
+  EXPECT_EQ(c.placement.device_map[0].first, "model.layers.0");
+  EXPECT_EQ(c.placement.device_map[1].first, "model.norm");
+  EXPECT_EQ(c.placement.device_map[1].second.str(), "disk");
+  EXPECT_EQ(c.model.path, "rel/dir");  // given on the command line: relative to the working directory
+  EXPECT_EQ(c.quantization.skip_modules, (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(Config, BadOverridesNameTheFlag) {
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n", {"runtime.max_batch=abc"}), ConfigError,
+                    "--set runtime.max_batch=abc", "expected an integer");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n", {"runtime.max_batch"}), ConfigError, "--set runtime.max_batch",
+                    "section.key=value");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n", {"runtime.bogus=1"}), ConfigError, "--set runtime.bogus=1",
+                    "unknown key");
+}
+
+TEST(Config, LoadConfigReadsARealFile) {
+  test::TempDir dir;
+  test::write_file(dir.file("c.toml"), "[model]\npath = \"ckpt\"\n[runtime]\nmax_batch = 3\n");
+  const Config c = load_config(dir.file("c.toml"), {"runtime.max_seq_len=64"});
+  EXPECT_EQ(c.model.path, dir.path() + "/ckpt");
+  EXPECT_EQ(c.runtime.max_batch, 3);
+  EXPECT_EQ(c.runtime.max_seq_len, 64);
+  EXPECT_THROW_WITH(load_config(dir.file("missing.toml")), ConfigError, "missing.toml", "cannot open");
+  test::write_file(dir.file("bad.toml"), "[model]\npath = \"ckpt\"\n[runtime]\nmax_batch = -1\n");
+  EXPECT_THROW_WITH(load_config(dir.file("bad.toml")), ConfigError, dir.file("bad.toml") + ":4", "runtime.max_batch");
+}
+
+TEST(DeviceName, ParsesAccelerateSpellings) {
+  EXPECT_EQ(parse_device("cuda:3").str(), "cuda:3");
+  EXPECT_EQ(parse_device("2").str(), "cuda:2");
+  EXPECT_EQ(parse_device("cpu").str(), "cpu:0");
+  EXPECT_EQ(parse_device("cpu:1").str(), "cpu:1");
+  EXPECT_EQ(parse_device("disk").str(), "disk");
+  EXPECT_THROW(parse_device("cuda:"), std::invalid_argument);
+  EXPECT_THROW(parse_device("cuda:-1"), std::invalid_argument);
+  EXPECT_THROW(parse_device("mps"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace cascade::config

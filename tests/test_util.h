@@ -1,0 +1,69 @@
+// Helpers shared by the tests: fixture paths, scratch directories, file writers.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace cascade::test {
+
+inline std::string fixture(const std::string& name) { return std::string(CASCADE_TEST_DATA) + "/" + name; }
+
+inline const std::vector<std::string>& all_fixtures() {
+  static const std::vector<std::string> names = {"llama_gqa",      "llama3_tied_bf16", "llama_linear_sharded_f16",
+                                                 "llama_dynamic",  "mistral_window",   "qwen2_tied",
+                                                 "gpt2"};
+  return names;
+}
+
+inline nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << "cannot open " << path;
+  return nlohmann::json::parse(in);
+}
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// A fresh directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("cascade_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string path() const { return path_.string(); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Asserts that `stmt` throws an exception of type E whose message contains every part.
+#define EXPECT_THROW_WITH(stmt, E, ...)                                                     \
+  do {                                                                                      \
+    try {                                                                                   \
+      stmt;                                                                                 \
+      ADD_FAILURE() << "expected " #E " from " #stmt;                                       \
+    } catch (const E& e) {                                                                  \
+      const std::string msg = e.what();                                                     \
+      for (const std::string part : std::initializer_list<std::string>{__VA_ARGS__}) {                                      \
+        EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg << "\n  lacks: " << part; \
+      }                                                                                     \
+    }                                                                                       \
+  } while (0)
+
+}  // namespace cascade::test
