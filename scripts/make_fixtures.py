@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Write the numerical reference fixtures under tests/data/<name>/.
+
+Run where Hugging Face transformers is installed (the GPU machine's python3):
+
+    python3 scripts/make_fixtures.py [--out tests/data]
+
+Each fixture is a tiny random-weight checkpoint (config.json + safetensors, as
+save_pretrained writes them) and reference.json: for three prompts of different
+lengths, the greedy 16-token continuation from model.generate (KV cache on, as a
+user would run it) and the float32 logits at the last prompt position. The
+reference is always computed in float32 by reloading the saved checkpoint with
+from_pretrained(dtype=float32), so both sides see exactly the stored weights.
+"""
+import argparse
+import json
+import os
+import shutil
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+NEW_TOKENS = 16
+PROMPT_LENGTHS = (1, 5, 11)
+VOCAB = 256
+
+
+def init_weights(model, std, seed):
+    # Large enough weights that greedy paths wander over the vocabulary instead of
+    # repeating one token (tiny models at the default std=0.02 are nearly constant).
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if p.dim() == 1 and ("norm" in name or ".ln_" in name or "ln_f" in name):
+                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+            elif p.dim() == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(std * noise)
+
+
+def legacy_config(path):
+    """Rewrite config.json in the pre-v5 spelling (rope_theta/rope_scaling/torch_dtype)
+    that most hub checkpoints use, so the loader is tested on both spellings."""
+    with open(path) as f:
+        cfg = json.load(f)
+    rp = cfg.pop("rope_parameters", None)
+    if rp is not None:
+        rp = dict(rp)
+        cfg["rope_theta"] = rp.pop("rope_theta", 10000.0)
+        rtype = rp.pop("rope_type", "default")
+        if rtype != "default":
+            rp["type"] = rtype
+            cfg["rope_scaling"] = rp
+        else:
+            cfg["rope_scaling"] = None
+    if "dtype" in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
+def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy=False):
+    out = os.path.join(out_root, name)
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    init_weights(model, std, seed)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.eval()
+    # Round to the stored dtype first, so the float32 reference uses the same values.
+    model = model.to(store_dtype)
+    kw = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(out, **kw)
+    if legacy:
+        legacy_config(os.path.join(out, "config.json"))
+    # Reload as a user would. Casting the in-memory model back to float32 is not the
+    # same: .to(bf16) also rounds non-persistent buffers such as RoPE's inv_freq.
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+
+    g = torch.Generator().manual_seed(seed + 1)
+    prompts = []
+    for n in PROMPT_LENGTHS:
+        ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1].float()
+            gen = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                 do_sample=False, use_cache=True)
+        new = gen[0, n:].tolist()
+        prompts.append({"prompt_ids": ids[0].tolist(), "output_ids": new,
+                        "last_logits": [float(x) for x in logits]})
+    distinct = len({t for p in prompts for t in p["output_ids"]})
+    ref = {"name": name, "model_type": config.model_type, "stored_dtype": str(store_dtype).split(".")[-1],
+           "new_tokens": NEW_TOKENS, "distinct_output_tokens": distinct,
+           "transformers": transformers.__version__, "torch": torch.__version__, "prompts": prompts}
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump(ref, f)
+    size = sum(os.path.getsize(os.path.join(out, x)) for x in os.listdir(out))
+    print(f"{name}: {size/1e3:.0f} kB, files={sorted(os.listdir(out))}, distinct greedy tokens={distinct}")
+    assert distinct >= 6, f"{name}: greedy path too constant ({distinct} distinct tokens); raise std"
+    return size
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5)
+    total = 0
+    # GQA (4 query heads on 2 KV heads), plain RoPE with a non-default theta, f32, untied.
+    total += make(a.out, "llama_gqa", LlamaConfig(**common, num_key_value_heads=2, rope_theta=50000.0,
+                                                   tie_word_embeddings=False), torch.float32, 11)
+    # llama3 RoPE scaling with a short original context so the scaled band is exercised;
+    # attention/mlp biases; tied embeddings; stored bf16.
+    total += make(a.out, "llama3_tied_bf16", LlamaConfig(
+        **{**common, "max_position_embeddings": 256}, num_key_value_heads=4, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64},
+        attention_bias=True, mlp_bias=True, tie_word_embeddings=True), torch.bfloat16, 12)
+    # Linear RoPE scaling, stored f16, sharded, config written in the legacy spelling.
+    total += make(a.out, "llama_linear_sharded_f16", LlamaConfig(
+        **{**common, "num_hidden_layers": 3}, num_key_value_heads=1,
+        rope_scaling={"rope_type": "linear", "factor": 2.0}, tie_word_embeddings=False),
+        torch.float16, 13, shard="40KB", legacy=True)
+    # Dynamic NTK: the generated sequence outgrows max_position_embeddings (12).
+    total += make(a.out, "llama_dynamic", LlamaConfig(
+        **{**common, "max_position_embeddings": 12}, num_key_value_heads=2,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0}, tie_word_embeddings=False), torch.float32, 14)
+    # Mistral with a sliding window shorter than prompt + continuation.
+    total += make(a.out, "mistral_window", MistralConfig(**common, num_key_value_heads=2, sliding_window=8,
+                                                          tie_word_embeddings=False), torch.float32, 15)
+    # Qwen2: q/k/v biases, tied embeddings.
+    total += make(a.out, "qwen2_tied", Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True,
+                                                    use_sliding_window=False), torch.float32, 16)
+    # GPT-2: learned positions, LayerNorm, fused Conv1D c_attn, gelu_new, tied lm_head.
+    total += make(a.out, "gpt2", GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), torch.float32, 17,
+                  std=0.12)
+    print(f"total {total/1e6:.2f} MB")
+    assert total < 10e6
+
+
+if __name__ == "__main__":
+    main()
