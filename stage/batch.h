@@ -1,0 +1,47 @@
+// What one step computes: a ragged batch of sequences, each contributing a run of
+// consecutive tokens (a whole prompt, a prefill chunk, or one decode token).
+// Tokens of all sequences are concatenated, so activations are [tokens, hidden].
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace cascade::stage {
+
+struct SeqSlice {
+  int64_t slot = 0;       // KV-cache slot owned by the sequence (the coordinator assigns it)
+  int64_t start_pos = 0;  // position of the first token of this slice
+  int64_t n_tokens = 0;   // tokens of this sequence in the step
+};
+
+struct Batch {
+  std::vector<SeqSlice> seqs;
+
+  int64_t total_tokens() const {
+    int64_t t = 0;
+    for (const auto& s : seqs) t += s.n_tokens;
+    return t;
+  }
+  // [tokens] int64 positions, in batch order.
+  at::Tensor positions(at::Device device) const {
+    std::vector<int64_t> p;
+    p.reserve(static_cast<size_t>(total_tokens()));
+    for (const auto& s : seqs)
+      for (int64_t i = 0; i < s.n_tokens; ++i) p.push_back(s.start_pos + i);
+    return at::tensor(p, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+  // [seqs] int64 row of each sequence's last token in the flattened batch.
+  at::Tensor last_rows(at::Device device) const {
+    std::vector<int64_t> r;
+    int64_t row = 0;
+    for (const auto& s : seqs) {
+      row += s.n_tokens;
+      r.push_back(row - 1);
+    }
+    return at::tensor(r, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+};
+
+}  // namespace cascade::stage

@@ -1,0 +1,65 @@
+#include "stage/kv_cache.h"
+
+#include <c10/util/Exception.h>
+
+#include "storage/compat.h"
+
+namespace cascade::stage {
+
+KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len,
+                 int64_t head_dim, at::ScalarType dtype, at::Device device)
+    : slots_(slots), max_seq_len_(max_seq_len) {
+  TORCH_CHECK(slots > 0 && max_seq_len > 0, "KvCache needs at least one slot and one position");
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  for (int64_t l : layers) {
+    layers_[l] = Layer{at::zeros({slots, kv_heads, max_seq_len, head_dim}, opts),
+                       at::zeros({slots, kv_heads, max_seq_len, head_dim}, opts)};
+  }
+}
+
+uint64_t KvCache::bytes() const {
+  uint64_t b = 0;
+  for (const auto& [l, t] : layers_) b += 2 * t.k.numel() * t.k.element_size();
+  return b;
+}
+
+at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const Batch& batch, double scale, int64_t window) {
+  const auto it = layers_.find(layer);
+  TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
+  Layer& c = it->second;
+  const int64_t heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
+  TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
+  at::Tensor out = at::empty({q.size(0), heads, head_dim}, q.options());
+  int64_t row = 0;
+  for (const SeqSlice& s : batch.seqs) {
+    const int64_t n = s.n_tokens, len = s.start_pos + n;
+    TORCH_CHECK(s.slot >= 0 && s.slot < slots_, "KV slot ", s.slot, " out of range [0, ", slots_, ")");
+    TORCH_CHECK(len <= max_seq_len_, "sequence in slot ", s.slot, " would reach ", len,
+                " tokens, past max_seq_len ", max_seq_len_);
+    // [kv_heads, n, head_dim] into positions [start, start + n) of the slot.
+    c.k[s.slot].narrow(1, s.start_pos, n).copy_(k.narrow(0, row, n).transpose(0, 1));
+    c.v[s.slot].narrow(1, s.start_pos, n).copy_(v.narrow(0, row, n).transpose(0, 1));
+    at::Tensor keys = c.k[s.slot].narrow(1, 0, len);  // [kv_heads, len, head_dim]
+    at::Tensor vals = c.v[s.slot].narrow(1, 0, len);
+    if (kv_heads != heads) {  // GQA: each KV head serves heads/kv_heads consecutive query heads
+      keys = keys.repeat_interleave(heads / kv_heads, 0);
+      vals = vals.repeat_interleave(heads / kv_heads, 0);
+    }
+    at::Tensor mask;  // [n, len], true = may attend
+    const bool window_bites = window > 0 && len > window;
+    if (n > 1 || window_bites) {
+      at::Tensor qpos = at::arange(s.start_pos, len, at::TensorOptions().dtype(at::kLong).device(q.device()))
+                            .unsqueeze(1);
+      at::Tensor kpos = at::arange(len, qpos.options()).unsqueeze(0);
+      mask = kpos <= qpos;
+      if (window > 0) mask = mask.logical_and((qpos - kpos) < window);
+    }
+    at::Tensor o = compat::attention(q.narrow(0, row, n).transpose(0, 1), keys, vals, mask, scale);
+    out.narrow(0, row, n).copy_(o.transpose(0, 1));
+    row += n;
+  }
+  return out.view({q.size(0), heads * head_dim});
+}
+
+}  // namespace cascade::stage

@@ -1,0 +1,207 @@
+// The llama family and its close relatives: mistral (sliding window) and qwen2
+// (q/k/v biases). Pre-norm decoder layers: RMSNorm -> GQA attention with RoPE ->
+// residual -> RMSNorm -> gated MLP -> residual.
+#include <cmath>
+
+#include "stage/family.h"
+#include "stage/ops.h"
+#include "stage/rope.h"
+#include "storage/checkpoint.h"
+
+namespace cascade::stage {
+namespace {
+
+enum class Variant { kLlama, kMistral, kQwen2 };
+
+class Embedding : public Module {
+ public:
+  explicit Embedding(at::Tensor w) : w_(std::move(w)) {}
+  at::Tensor forward(const at::Tensor& ids, StepContext&) override {
+    return at::embedding(w_, ids);  // [tokens, hidden]
+  }
+
+ private:
+  at::Tensor w_;  // [vocab, hidden]
+};
+
+class FinalNorm : public Module {
+ public:
+  FinalNorm(at::Tensor w, double eps) : w_(std::move(w)), eps_(eps) {}
+  at::Tensor forward(const at::Tensor& x, StepContext&) override { return rms_norm(x, w_, eps_); }
+
+ private:
+  at::Tensor w_;
+  double eps_;
+};
+
+class LmHead : public Module {
+ public:
+  explicit LmHead(at::Tensor w) : w_(std::move(w)) {}
+  at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    // Only each sequence's last token is ever sampled: [seqs, hidden] -> [seqs, vocab].
+    return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);
+  }
+
+ private:
+  at::Tensor w_;  // [vocab, hidden]
+};
+
+struct LinearW {
+  at::Tensor w, b;  // [out, in], [out] or undefined
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+};
+
+class DecoderLayer : public Module {
+ public:
+  DecoderLayer(const ModelConfig& c, int64_t layer, const WeightSource& W)
+      : cfg_(c), layer_(layer), rope_(c.rope, c.head_dim, c.max_position_embeddings),
+        act_(parse_activation(c.hidden_act)) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    const int64_t H = c.hidden_size, q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+    auto lin = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+      return LinearW{W(p + name + ".weight", {out, in}), bias ? W(p + name + ".bias", {out}) : at::Tensor()};
+    };
+    q_ = lin("self_attn.q_proj", q_out, H, c.qkv_bias);
+    k_ = lin("self_attn.k_proj", kv_out, H, c.qkv_bias);
+    v_ = lin("self_attn.v_proj", kv_out, H, c.qkv_bias);
+    o_ = lin("self_attn.o_proj", H, q_out, c.o_bias);
+    gate_ = lin("mlp.gate_proj", c.intermediate_size, H, c.mlp_bias);
+    up_ = lin("mlp.up_proj", c.intermediate_size, H, c.mlp_bias);
+    down_ = lin("mlp.down_proj", H, c.intermediate_size, c.mlp_bias);
+    ln_in_ = W(p + "input_layernorm.weight", {H});
+    ln_post_ = W(p + "post_attention_layernorm.weight", {H});
+  }
+
+  at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    const int64_t T = x.size(0);
+    at::Tensor h = rms_norm(x, ln_in_, cfg_.norm_eps);
+    at::Tensor q = q_(h).view({T, cfg_.num_heads, cfg_.head_dim});
+    at::Tensor k = k_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
+    at::Tensor v = v_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
+    if (!ctx.rope_cos.defined()) std::tie(ctx.rope_cos, ctx.rope_sin) = rope_.cos_sin(ctx.batch, ctx.positions);
+    q = apply_rope(q, ctx.rope_cos, ctx.rope_sin);
+    k = apply_rope(k, ctx.rope_cos, ctx.rope_sin);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(cfg_.head_dim));
+    at::Tensor a = ctx.kv->attend(layer_, q, k, v, ctx.batch, scale, cfg_.sliding_window);  // [T, heads*dim]
+    at::Tensor y = x + o_(a);
+    h = rms_norm(y, ln_post_, cfg_.norm_eps);
+    return y + down_(activate(gate_(h), act_) * up_(h));
+  }
+
+ private:
+  ModelConfig cfg_;
+  int64_t layer_;
+  Rope rope_;
+  Activation act_;
+  LinearW q_, k_, v_, o_, gate_, up_, down_;
+  at::Tensor ln_in_, ln_post_;
+};
+
+class LlamaFamily : public Family {
+ public:
+  explicit LlamaFamily(Variant v) : v_(v) {}
+
+  const char* name() const override {
+    return v_ == Variant::kLlama ? "llama" : v_ == Variant::kMistral ? "mistral" : "qwen2";
+  }
+
+  ModelConfig parse_config(const nlohmann::json& j) const override {
+    ModelConfig c;
+    c.model_type = name();
+    c.vocab_size = cfg::get_int(j, "vocab_size");
+    c.hidden_size = cfg::get_int(j, "hidden_size");
+    c.intermediate_size = cfg::get_int(j, "intermediate_size");
+    c.num_layers = cfg::get_int(j, "num_hidden_layers");
+    c.num_heads = cfg::get_int(j, "num_attention_heads");
+    c.num_kv_heads = cfg::get_int(j, "num_key_value_heads", c.num_heads);
+    if (c.num_heads <= 0 || c.hidden_size % c.num_heads != 0) {
+      throw ModelConfigError("config.json: hidden_size must be a positive multiple of num_attention_heads");
+    }
+    c.head_dim = cfg::get_int(j, "head_dim", c.hidden_size / c.num_heads);
+    if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+      throw ModelConfigError("config.json: num_attention_heads must be a multiple of num_key_value_heads");
+    }
+    c.max_position_embeddings = cfg::get_int(j, "max_position_embeddings", 2048);
+    c.norm_eps = cfg::get_double(j, "rms_norm_eps", 1e-6);
+    c.hidden_act = cfg::get_string(j, "hidden_act", "silu");
+    parse_activation(c.hidden_act);
+    c.tie_word_embeddings = cfg::get_bool(j, "tie_word_embeddings", false);
+    c.mlp_bias = cfg::get_bool(j, "mlp_bias", false);
+    c.rope = cfg::read_rope(j);
+    c.eos_token_ids = cfg::read_eos(j);
+    switch (v_) {
+      case Variant::kLlama:
+        c.qkv_bias = c.o_bias = cfg::get_bool(j, "attention_bias", false);
+        break;
+      case Variant::kMistral:
+        c.sliding_window = cfg::get_int(j, "sliding_window", 0);
+        break;
+      case Variant::kQwen2:
+        c.qkv_bias = true;
+        if (cfg::get_bool(j, "use_sliding_window", false)) {
+          throw ModelConfigError("config.json: qwen2 'use_sliding_window': true is not supported");
+        }
+        break;
+    }
+    return c;
+  }
+
+  std::vector<ModuleSpec> modules(const ModelConfig& c, const storage::Checkpoint& ck) const override {
+    std::vector<ModuleSpec> m;
+    m.push_back({"model.embed_tokens", ModuleKind::kEmbedding, -1, {"model.embed_tokens.weight"}});
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = "model.layers." + std::to_string(i);
+      ModuleSpec s{p, ModuleKind::kDecoderLayer, i, {}};
+      for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        s.tensors.push_back(p + ".self_attn." + proj + ".weight");
+        const bool bias = std::string(proj) == "o_proj" ? c.o_bias : c.qkv_bias;
+        if (bias) s.tensors.push_back(p + ".self_attn." + proj + ".bias");
+      }
+      for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
+        s.tensors.push_back(p + ".mlp." + proj + ".weight");
+        if (c.mlp_bias) s.tensors.push_back(p + ".mlp." + proj + ".bias");
+      }
+      s.tensors.push_back(p + ".input_layernorm.weight");
+      s.tensors.push_back(p + ".post_attention_layernorm.weight");
+      m.push_back(std::move(s));
+    }
+    m.push_back({"model.norm", ModuleKind::kFinalNorm, -1, {"model.norm.weight"}});
+    if (!c.tie_word_embeddings && !ck.has("lm_head.weight")) {
+      throw storage::StorageError(ck.dir() +
+                                  ": tensor 'lm_head.weight' is missing and config.json does not tie embeddings");
+    }
+    m.push_back({"lm_head", ModuleKind::kLmHead, -1,
+                 {c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"}});
+    return m;
+  }
+
+  std::unique_ptr<Module> load(const ModuleSpec& s, const ModelConfig& c, const WeightSource& W) const override {
+    switch (s.kind) {
+      case ModuleKind::kEmbedding: return std::make_unique<Embedding>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
+      case ModuleKind::kDecoderLayer: return std::make_unique<DecoderLayer>(c, s.layer, W);
+      case ModuleKind::kFinalNorm: return std::make_unique<FinalNorm>(W(s.tensors[0], {c.hidden_size}), c.norm_eps);
+      case ModuleKind::kLmHead: return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
+    }
+    return nullptr;
+  }
+
+ private:
+  Variant v_;
+};
+
+}  // namespace
+
+const Family& llama_family() {
+  static const LlamaFamily f(Variant::kLlama);
+  return f;
+}
+const Family& mistral_family() {
+  static const LlamaFamily f(Variant::kMistral);
+  return f;
+}
+const Family& qwen2_family() {
+  static const LlamaFamily f(Variant::kQwen2);
+  return f;
+}
+
+}  // namespace cascade::stage

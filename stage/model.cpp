@@ -1,0 +1,125 @@
+#include "stage/model.h"
+
+#include <algorithm>
+#include <map>
+
+#include "storage/checkpoint.h"
+#include "storage/compat.h"
+
+namespace cascade::stage {
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+ModelDescription describe(const storage::Checkpoint& ck) {
+  const auto& j = ck.config();
+  if (!j.contains("model_type") || !j["model_type"].is_string()) {
+    throw ModelConfigError(ck.dir() + "/config.json: 'model_type' is missing");
+  }
+  const Family& f = find_family(j["model_type"].get<std::string>());
+  ModelDescription d;
+  try {
+    d.config = f.parse_config(j);
+  } catch (const ModelConfigError& e) {
+    throw ModelConfigError(ck.dir() + "/" + e.what());
+  }
+  d.modules = f.modules(d.config, ck);
+  for (const auto& m : d.modules) {
+    for (const auto& t : m.tensors) ck.info(t);  // every tensor a module needs must exist
+  }
+  return d;
+}
+
+at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck) {
+  if (requested != "auto") return storage::parse_dtype(requested);
+  const auto& j = ck.config();
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (j.contains(key) && j[key].is_string()) {
+      try {
+        return storage::parse_dtype(j[key].get<std::string>());
+      } catch (const std::invalid_argument&) {
+      }
+    }
+  }
+  const ModelDescription d = describe(ck);
+  const at::ScalarType stored = ck.info(d.modules.front().tensors.front()).dtype;
+  return at::isFloatingType(stored) ? stored : at::kFloat;
+}
+
+std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts) {
+  if (opts.device.is_cpu() && opts.dtype == at::kHalf && !compat::kCpuHalfMatmul) {
+    throw std::invalid_argument(std::string("float16 compute on CPU needs LibTorch >= 2.1 (this build has ") +
+                                compat::kTorchVersion + "); use bfloat16 or float32");
+  }
+  std::unique_ptr<Model> m(new Model());
+  m->ck_ = ck;
+  m->opts_ = opts;
+  m->desc_ = describe(*ck);
+  const Family& family = find_family(m->desc_.config.model_type);
+  const int64_t n = static_cast<int64_t>(m->desc_.modules.size());
+  if (opts.modules.empty()) {
+    for (int64_t i = 0; i < n; ++i) m->loaded_.push_back(i);
+  } else {
+    m->loaded_ = opts.modules;
+    std::sort(m->loaded_.begin(), m->loaded_.end());
+    m->loaded_.erase(std::unique(m->loaded_.begin(), m->loaded_.end()), m->loaded_.end());
+    TORCH_CHECK(m->loaded_.front() >= 0 && m->loaded_.back() < n, "module index out of range [0, ", n, ")");
+  }
+
+  // Tied tensors (embed_tokens / lm_head) are loaded once per stage and shared.
+  std::map<std::string, at::Tensor> cache;
+  WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
+    auto it = cache.find(name);
+    if (it == cache.end()) {
+      const storage::TensorInfo& info = ck->info(name);
+      if (!expected.empty() && info.shape != expected) {
+        throw storage::StorageError(ck->file_of(name).path() + ": tensor '" + name + "' has shape " +
+                                    shape_str(info.shape) + " but config.json implies " + shape_str(expected));
+      }
+      at::Tensor t = ck->load(name, opts.dtype).to(opts.device);
+      m->weight_bytes_ += t.numel() * t.element_size();
+      it = cache.emplace(name, t).first;
+    }
+    return it->second;
+  };
+  std::vector<int64_t> layers;
+  for (int64_t i : m->loaded_) {
+    const ModuleSpec& spec = m->desc_.modules[i];
+    m->modules_.push_back(family.load(spec, m->desc_.config, weights));
+    if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
+  }
+  const ModelConfig& c = m->desc_.config;
+  m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device);
+  return m;
+}
+
+at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t begin, int64_t end) {
+  if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
+  TORCH_CHECK(input.size(0) == batch.total_tokens(), "input has ", input.size(0), " rows but the batch has ",
+              batch.total_tokens(), " tokens");
+  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}};
+  at::Tensor x = input.to(opts_.device);
+  bool ran = false;
+  for (size_t i = 0; i < loaded_.size(); ++i) {
+    if (loaded_[i] < begin || loaded_[i] >= end) continue;
+    const ModuleSpec& spec = desc_.modules[loaded_[i]];
+    if (spec.kind == ModuleKind::kEmbedding) {
+      TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1, "the embedding takes token ids [tokens] int64");
+      const int64_t vocab = desc_.config.vocab_size;
+      TORCH_CHECK(x.numel() == 0 || (x.min().item<int64_t>() >= 0 && x.max().item<int64_t>() < vocab),
+                  "token id out of range [0, ", vocab, ")");
+    }
+    x = modules_[i]->forward(x, ctx);
+    ran = true;
+  }
+  TORCH_CHECK(ran, "no loaded module lies in [", begin, ", ", end, ")");
+  return x;
+}
+
+}  // namespace cascade::stage

@@ -1,0 +1,76 @@
+// A loaded model, or the part of one that a stage runs: a set of modules (in
+// execution order), their weights on one compute device, and the KV cache of their
+// decoder layers.
+//
+// Ownership: Model owns its weights (converted copies; tied tensors are loaded once and
+// shared) and its KvCache; it keeps the Checkpoint alive. Thread-safety: none — one
+// step loop drives a Model; load() may run on any thread.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "stage/batch.h"
+#include "stage/family.h"
+#include "stage/kv_cache.h"
+#include "stage/model_config.h"
+
+namespace cascade::storage {
+class Checkpoint;
+}
+
+namespace cascade::stage {
+
+// The checkpoint's modules in execution order, and its config, from config.json and
+// the safetensors headers alone (no tensor data is read).
+struct ModelDescription {
+  ModelConfig config;
+  std::vector<ModuleSpec> modules;
+};
+ModelDescription describe(const storage::Checkpoint& ck);
+
+// "auto" -> config.json's torch_dtype (or "dtype"), else the dtype of the stored
+// embedding; otherwise float32 | bfloat16 | float16. Throws std::invalid_argument.
+at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck);
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  std::vector<int64_t> modules;  // indices into describe().modules; empty = all
+  int64_t kv_slots = 1;
+  int64_t max_seq_len = 2048;
+};
+
+class Model {
+ public:
+  static std::unique_ptr<Model> load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts);
+
+  // Runs the loaded modules with index in [begin, end) (default: all of them).
+  // input: token ids [tokens] int64 when the first module run is the embedding, else
+  // hidden [tokens, hidden]. Returns logits [seqs, vocab] when the LM head ran, else
+  // hidden [tokens, hidden].
+  at::Tensor forward(const at::Tensor& input, const Batch& batch, int64_t begin = 0, int64_t end = -1);
+
+  const ModelConfig& config() const { return desc_.config; }
+  const std::vector<ModuleSpec>& all_modules() const { return desc_.modules; }
+  const std::vector<int64_t>& loaded() const { return loaded_; }
+  KvCache& kv_cache() { return kv_; }
+  at::ScalarType dtype() const { return opts_.dtype; }
+  at::Device device() const { return opts_.device; }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  Model() = default;
+  std::shared_ptr<const storage::Checkpoint> ck_;
+  ModelDescription desc_;
+  LoadOptions opts_;
+  std::vector<int64_t> loaded_;                   // module indices, ascending
+  std::vector<std::unique_ptr<Module>> modules_;  // parallel to loaded_
+  KvCache kv_;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace cascade::stage
