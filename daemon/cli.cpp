@@ -1,0 +1,80 @@
+#include "daemon/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include <iostream>
+
+#include "daemon/generate.h"
+
+namespace cascade::daemon {
+namespace {
+
+void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& prompt_ids, bool& json,
+                  bool& greedy) {
+  auto* cmd = app.add_subcommand("generate", "Continue token-id prompts with a checkpoint, in this process");
+  cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")
+      ->required()
+      ->take_all();
+  cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate per prompt")->capture_default_str();
+  cmd->add_option("--dtype", g.dtype, "Compute dtype")
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))
+      ->capture_default_str();
+  cmd->add_flag("--greedy", greedy, "Greedy decoding (the default)");
+  cmd->add_option("--temperature", g.sampling.temperature, "Sampling temperature (> 0 samples)");
+  cmd->add_option("--top-k", g.sampling.top_k, "Keep the k most likely tokens (0 = off)");
+  cmd->add_option("--top-p", g.sampling.top_p, "Nucleus sampling mass (1 = off)");
+  cmd->add_option("--seed", g.sampling.seed, "Sampling seed");
+  cmd->add_flag("--logits", g.logits, "Include the logits at the last prompt position (with --json)");
+  cmd->add_flag("--json", json, "One JSON object per prompt on stdout");
+  cmd->add_flag("--stop-at-eos", g.stop_at_eos, "Stop a sequence at the model's EOS token");
+  cmd->add_option("--threads", g.threads, "Compute threads (0 = LibTorch's default)");
+}
+
+int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids, bool json, bool greedy) {
+  if (greedy && g.sampling.temperature > 0) throw std::invalid_argument("--greedy and --temperature exclude each other");
+  for (const auto& p : prompt_ids) g.prompts.push_back(parse_ids(p));
+  const auto results = generate(g, std::cerr);
+  if (json) {
+    print_json(results, g.logits, std::cout);
+  } else {
+    for (size_t i = 0; i < results.size(); ++i) {
+      std::cout << "prompt " << i << ":";
+      for (int64_t t : results[i].prompt_ids) std::cout << " " << t;
+      std::cout << "\n  output:";
+      for (int64_t t : results[i].output_ids) std::cout << " " << t;
+      std::cout << "\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"Cascade: serve language models too large for one GPU"};
+  app.require_subcommand(1);
+  GenerateOptions gen;
+  std::vector<std::string> prompt_ids;
+  bool json = false, greedy = false;
+  add_generate(app, gen, prompt_ids, json, greedy);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const std::string name = app.get_subcommands().front()->get_name();
+  try {
+    if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
+  } catch (const c10::Error& e) {  // LibTorch's checks: drop the C++ backtrace
+    std::cerr << "cascade " << name << ": error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "cascade " << name << ": error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}
+
+}  // namespace cascade::daemon

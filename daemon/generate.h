@@ -1,0 +1,41 @@
+// `cascade generate`: load a checkpoint in this process and continue token-id prompts.
+// All prompts run together as one ragged batch (one KV slot each), so this is also
+// the simplest end-to-end check of batched prefill and decode.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "stage/sampler.h"
+
+namespace cascade::daemon {
+
+struct GenerateOptions {
+  std::string model_dir;
+  std::vector<std::vector<int64_t>> prompts;
+  int64_t max_new_tokens = 16;
+  std::string dtype = "auto";
+  stage::SamplingParams sampling;  // the same seed for every prompt: each behaves as if alone
+  bool logits = false;             // keep the logits at the last prompt position
+  bool stop_at_eos = false;
+  int threads = 0;  // 0 = LibTorch's default
+};
+
+struct GenerateResult {
+  std::vector<int64_t> prompt_ids;
+  std::vector<int64_t> output_ids;
+  std::vector<float> last_logits;  // [vocab] when GenerateOptions::logits
+};
+
+// Progress and timing go to `log`. Throws on bad input (a message naming the problem).
+std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& log);
+
+// "1,17,250" -> {1, 17, 250}; throws std::invalid_argument quoting the text.
+std::vector<int64_t> parse_ids(const std::string& text);
+
+// One JSON object per line: {"prompt_ids": [...], "output_ids": [...], "last_logits": [...]}.
+void print_json(const std::vector<GenerateResult>& results, bool with_logits, std::ostream& out);
+
+}  // namespace cascade::daemon

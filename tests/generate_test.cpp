@@ -1,0 +1,137 @@
+// `cascade generate` as a user runs it: the real binary, real fixture directories,
+// JSON on stdout compared with the Hugging Face reference.
+#include "daemon/generate.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <sstream>
+
+#include "tests/test_util.h"
+
+namespace cascade::daemon {
+namespace {
+
+struct CliRun {
+  int status;
+  std::string out;
+};
+
+// Runs the cascade binary; stdout and stderr come back together when `merge`.
+CliRun run_cascade(const std::string& args, bool merge = false) {
+  const std::string cmd = std::string(CASCADE_BINARY) + " " + args + (merge ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WEXITSTATUS(status), out};
+}
+
+TEST(ParseIds, AcceptsListsRejectsGarbage) {
+  EXPECT_EQ(parse_ids("1,17,250"), (std::vector<int64_t>{1, 17, 250}));
+  EXPECT_EQ(parse_ids("5"), (std::vector<int64_t>{5}));
+  for (const char* bad : {"", "1,,2", "1,x", "-1", "1.5", "1,2,"}) {
+    EXPECT_THROW(parse_ids(bad), std::invalid_argument) << bad;
+  }
+}
+
+class GenerateCli : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GenerateCli, JsonOutputReproducesTheReference) {
+  const auto ref = test::read_json(test::fixture(GetParam()) + "/reference.json");
+  std::string args = "generate --model " + test::fixture(GetParam()) +
+                     " --max-new-tokens 16 --dtype float32 --greedy --json --logits";
+  for (const auto& p : ref["prompts"]) {
+    std::string ids;
+    for (const auto& t : p["prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int64_t>());
+    args += " --prompt-ids " + ids;
+  }
+  const CliRun r = run_cascade(args);
+  ASSERT_EQ(r.status, 0);
+  std::istringstream lines(r.out);
+  std::string line;
+  size_t i = 0;
+  for (; std::getline(lines, line); ++i) {
+    ASSERT_LT(i, ref["prompts"].size());
+    const auto got = nlohmann::json::parse(line);
+    const auto& want = ref["prompts"][i];
+    EXPECT_EQ(got["prompt_ids"], want["prompt_ids"]);
+    EXPECT_EQ(got["output_ids"], want["output_ids"]) << "prompt " << i;
+    const auto a = got["last_logits"].get<std::vector<double>>(), b = want["last_logits"].get<std::vector<double>>();
+    ASSERT_EQ(a.size(), b.size());
+    double worst = 0;
+    for (size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(a[k] - b[k]));
+    EXPECT_LE(worst, 1e-4) << "prompt " << i;
+  }
+  EXPECT_EQ(i, ref["prompts"].size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GenerateCli, ::testing::ValuesIn(test::all_fixtures()),
+                         [](const auto& info) { return info.param; });
+
+TEST(Generate, SameSeedSameTokensAndBatchInvariant) {
+  GenerateOptions g;
+  g.model_dir = test::fixture("qwen2_tied");
+  g.prompts = {{3, 1, 4, 1, 5}};
+  g.max_new_tokens = 12;
+  g.sampling.temperature = 1.0;
+  g.sampling.top_p = 0.9;
+  g.sampling.seed = 1234;
+  std::ostringstream log;
+  const auto alone = generate(g, log);
+  EXPECT_EQ(generate(g, log)[0].output_ids, alone[0].output_ids);
+  g.prompts = {{9, 9}, {3, 1, 4, 1, 5}, {7}};  // the same prompt among others
+  EXPECT_EQ(generate(g, log)[1].output_ids, alone[0].output_ids);
+  g.sampling.seed = 99;
+  g.prompts = {{3, 1, 4, 1, 5}};
+  EXPECT_NE(generate(g, log)[0].output_ids, alone[0].output_ids);
+  EXPECT_NE(log.str().find("tokens/s"), std::string::npos);
+}
+
+TEST(Generate, StopAtEos) {
+  const auto ref = test::read_json(test::fixture("llama_gqa") + "/reference.json");
+  const auto want = ref["prompts"][0]["output_ids"].get<std::vector<int64_t>>();
+  test::TempDir dir;
+  std::filesystem::copy(test::fixture("llama_gqa"), dir.file("m"), std::filesystem::copy_options::recursive);
+  auto cfg = test::read_json(dir.file("m/config.json"));
+  cfg["eos_token_id"] = want[3];  // the 4th greedy token becomes EOS
+  test::write_file(dir.file("m/config.json"), cfg.dump());
+  GenerateOptions g;
+  g.model_dir = dir.file("m");
+  g.prompts = {ref["prompts"][0]["prompt_ids"].get<std::vector<int64_t>>()};
+  g.dtype = "float32";
+  std::ostringstream log;
+  EXPECT_EQ(generate(g, log)[0].output_ids.size(), 16u);  // greedy ignores EOS by default
+  g.stop_at_eos = true;
+  const auto out = generate(g, log)[0].output_ids;
+  EXPECT_EQ(out, std::vector<int64_t>(want.begin(), want.begin() + 4));
+}
+
+TEST(GenerateCliErrors, ClearMessagesAndNonZeroExit) {
+  const std::string model = " --model " + test::fixture("llama_gqa");
+  CliRun r = run_cascade("generate" + model + " --prompt-ids 1,999", true);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("token id 999 is out of range for vocab_size 256"), std::string::npos) << r.out;
+  r = run_cascade("generate" + model + " --prompt-ids 1,x", true);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("invalid token id list '1,x'"), std::string::npos) << r.out;
+  r = run_cascade("generate --model /nonexistent --prompt-ids 1", true);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("/nonexistent"), std::string::npos) << r.out;
+  r = run_cascade("generate" + model + " --prompt-ids 1 --greedy --temperature 0.5", true);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("exclude each other"), std::string::npos) << r.out;
+  r = run_cascade("generate" + model + " --prompt-ids 1 --dtype int4", true);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("int4"), std::string::npos) << r.out;
+  r = run_cascade("generate" + model + " --prompt-ids 1 --top-p 0", true);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("top_p must be in (0, 1]"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("Exception raised from"), std::string::npos) << "no C++ backtraces for users: " << r.out;
+}
+
+}  // namespace
+}  // namespace cascade::daemon
