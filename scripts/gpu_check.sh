@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (DESIGN §10): optionally regenerate the HF fixtures,
+# build against LibTorch's own CUDA build, run the whole ctest suite, and leave logs
+# and a summary under $OUT. Needs the Debian header packages unpacked in .deps/root
+# (toml++ is not installed there): see docs/development.md.
+#   REGEN_FIXTURES=1 scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+summary="$OUT/summary.txt"
+: >"$summary"
+step() { echo "== $1: $2" | tee -a "$summary"; }
+
+if [ "${REGEN_FIXTURES:-0}" = 1 ]; then
+  python3 scripts/make_fixtures.py --out tests/data >"$OUT/fixtures.log" 2>&1
+  step fixtures "exit $? ($(grep -c distinct "$OUT/fixtures.log") models)"
+  tar czf "$OUT/fixtures.tgz" -C tests data
+fi
+
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+step torch "$(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))')"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
+  -DCASCADE_EXTRA_INCLUDE="$PWD/.deps/root/usr/include" >"$OUT/configure.log" 2>&1
+step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/configure.log"))"
+start=$(date +%s)
+cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1
+step build "exit $? in $(($(date +%s) - start)) s"
+ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
+step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+grep -h '\[ parity \]' build-gpu/Testing/Temporary/LastTest.log >>"$summary" 2>/dev/null
+cat "$summary"
