@@ -29,5 +29,15 @@ cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1
 step build "exit $? in $(($(date +%s) - start)) s"
 ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
 step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+# A test that dies on a signal gets a backtrace (cuda-gdb also debugs host code; there is no gdb).
+for t in build-gpu/tests/*_test; do
+  "$t" >/dev/null 2>&1
+  rc=$?
+  if [ $rc -ge 128 ]; then
+    echo "== $t died with signal $((rc - 128))" >>"$OUT/backtraces.txt"
+    timeout 120 cuda-gdb -batch -ex run -ex bt "$t" >>"$OUT/backtraces.txt" 2>&1
+  fi
+done
+[ -f "$OUT/backtraces.txt" ] && step backtraces "$(grep -c died "$OUT/backtraces.txt") crashing test binaries"
 grep -h '\[ parity \]' build-gpu/Testing/Temporary/LastTest.log >>"$summary" 2>/dev/null
 cat "$summary"

@@ -22,7 +22,8 @@ ModelDescription describe(const storage::Checkpoint& ck) {
   if (!j.contains("model_type") || !j["model_type"].is_string()) {
     throw ModelConfigError(ck.dir() + "/config.json: 'model_type' is missing");
   }
-  const Family& f = find_family(j["model_type"].get<std::string>());
+  const std::string model_type = j["model_type"].get<std::string>();
+  const Family& f = find_family(model_type);
   ModelDescription d;
   try {
     d.config = f.parse_config(j);

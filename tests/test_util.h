@@ -3,11 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -37,9 +39,12 @@ inline void write_file(const std::string& path, const std::string& bytes) {
 class TempDir {
  public:
   TempDir() {
-    std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("cascade_test_" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path_);
+    // mkdtemp: atomic and unique, with no std::random_device (which crashed in test
+    // binaries linked against the PyTorch-wheel LibTorch on the GPU machine).
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/cascade_test_XXXXXX";
+    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr) << "mkdtemp " << tmpl;
+    path_ = tmpl;
   }
   ~TempDir() {
     std::error_code ec;
