@@ -26,8 +26,14 @@ add_library(cascade_cli11 INTERFACE)
 target_include_directories(cascade_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
 
 # LibTorch's CMake config adds flags through TORCH_CXX_FLAGS; wrap it in one target.
+# PyTorch's wheels export statically linked libstdc++ symbols, std::filesystem among
+# them (pytorch/pytorch#133437); whichever library comes first among a binary's
+# dependencies wins the dynamic lookup, and LibTorch's copies crash (remove_all jumped
+# to address 0 on the GPU machine). Listing libstdc++ ahead of LibTorch makes every
+# std:: symbol resolve to the real library.
 add_library(cascade_torch INTERFACE)
-target_link_libraries(cascade_torch INTERFACE ${TORCH_LIBRARIES})
+target_link_libraries(cascade_torch INTERFACE "-Wl,--push-state,--no-as-needed" stdc++ "-Wl,--pop-state"
+                                              ${TORCH_LIBRARIES})
 target_compile_options(cascade_torch INTERFACE ${TORCH_CXX_FLAGS})
 
 # GPU support: on when LibTorch has CUDA and NCCL is present (AUTO), or forced.
