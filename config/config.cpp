@@ -36,13 +36,20 @@ std::string join(const std::set<std::string>& items) {
 
 const char* type_name(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    default: return "a date/time";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    default:
+      return "a date/time";
   }
 }
 
@@ -83,8 +90,8 @@ class Reader {
     if (!n->is_integer()) fail(n, k, std::string("expected an integer, got ") + type_name(*n));
     const int64_t v = **n->as_integer();
     if (v < lo || v > hi) {
-      fail(n, k, "value " + std::to_string(v) + " is out of range [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]");
+      fail(n, k,
+           "value " + std::to_string(v) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     }
     *out = static_cast<int>(v);
   }
@@ -124,9 +131,12 @@ class Reader {
 
   DeviceName device(const toml::node& n, const std::string& key) const {
     std::string text;
-    if (n.is_integer()) text = std::to_string(**n.as_integer());
-    else if (n.is_string()) text = **n.as_string();
-    else fail(&n, key, std::string("expected a device such as \"cuda:0\", \"cpu\" or \"disk\", got ") + type_name(n));
+    if (n.is_integer())
+      text = std::to_string(**n.as_integer());
+    else if (n.is_string())
+      text = **n.as_string();
+    else
+      fail(&n, key, std::string("expected a device such as \"cuda:0\", \"cpu\" or \"disk\", got ") + type_name(n));
     try {
       return parse_device(text);
     } catch (const std::invalid_argument& e) {
@@ -233,8 +243,8 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   const toml::table& pl = section("placement");
   const std::string strategy =
       r.choice(pl, "placement", "strategy", {"auto", "balanced", "balanced_low_0", "sequential"}, "auto");
-  c.placement.strategy = strategy == "auto"           ? Strategy::kAuto
-                         : strategy == "balanced"     ? Strategy::kBalanced
+  c.placement.strategy = strategy == "auto"             ? Strategy::kAuto
+                         : strategy == "balanced"       ? Strategy::kBalanced
                          : strategy == "balanced_low_0" ? Strategy::kBalancedLow0
                                                         : Strategy::kSequential;
   if (const toml::node* mm = pl.get("max_memory")) {
@@ -284,7 +294,8 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   c.quantization.mode = r.choice(q, "quantization", "mode", {"none", "int8"}, "none");
   r.number(q, "quantization", "threshold", &c.quantization.threshold, 0.0);
   if (const toml::node* sm = q.get("skip_modules")) {
-    if (!sm->is_array()) r.fail(sm, "quantization.skip_modules", std::string("expected an array of strings, got ") + type_name(*sm));
+    if (!sm->is_array())
+      r.fail(sm, "quantization.skip_modules", std::string("expected an array of strings, got ") + type_name(*sm));
     c.quantization.skip_modules.clear();
     for (const auto& e : *sm->as_array()) {
       if (!e.is_string()) r.fail(&e, "quantization.skip_modules", std::string("expected strings, got ") + type_name(e));
@@ -321,9 +332,12 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
 
 std::string DeviceName::str() const {
   switch (kind) {
-    case Kind::kCuda: return "cuda:" + std::to_string(index);
-    case Kind::kCpu: return "cpu:" + std::to_string(index);
-    case Kind::kDisk: return "disk";
+    case Kind::kCuda:
+      return "cuda:" + std::to_string(index);
+    case Kind::kCpu:
+      return "cpu:" + std::to_string(index);
+    case Kind::kDisk:
+      return "disk";
   }
   return "?";
 }
@@ -369,10 +383,14 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
 const char* to_string(Strategy s) {
   switch (s) {
-    case Strategy::kAuto: return "auto";
-    case Strategy::kBalanced: return "balanced";
-    case Strategy::kBalancedLow0: return "balanced_low_0";
-    case Strategy::kSequential: return "sequential";
+    case Strategy::kAuto:
+      return "auto";
+    case Strategy::kBalanced:
+      return "balanced";
+    case Strategy::kBalancedLow0:
+      return "balanced_low_0";
+    case Strategy::kSequential:
+      return "sequential";
   }
   return "?";
 }

@@ -29,9 +29,7 @@ struct DeviceName {
 
   std::string str() const;  // canonical spelling: "cuda:0", "cpu:0", "disk"
   bool operator==(const DeviceName& o) const { return kind == o.kind && index == o.index; }
-  bool operator<(const DeviceName& o) const {
-    return kind != o.kind ? kind < o.kind : index < o.index;
-  }
+  bool operator<(const DeviceName& o) const { return kind != o.kind ? kind < o.kind : index < o.index; }
 };
 // Throws std::invalid_argument naming the text and the accepted forms.
 DeviceName parse_device(const std::string& text);
@@ -51,8 +49,8 @@ struct ModelSection {
 
 struct PlacementSection {
   Strategy strategy = Strategy::kAuto;
-  std::vector<MemoryBudget> max_memory;                           // in file order
-  std::vector<std::pair<std::string, DeviceName>> device_map;     // module prefix -> device
+  std::vector<MemoryBudget> max_memory;                        // in file order
+  std::vector<std::pair<std::string, DeviceName>> device_map;  // module prefix -> device
   std::string offload_folder = "offload";
   std::string offload_compute = "auto";  // cpu | cuda:N | auto
 };
@@ -95,8 +93,8 @@ struct Config {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // The same from TOML text; `source_name` is used in messages and `base_dir` for relative paths.
-Config parse_config(const std::string& toml_text, const std::string& source_name,
-                    const std::string& base_dir, const std::vector<std::string>& overrides = {});
+Config parse_config(const std::string& toml_text, const std::string& source_name, const std::string& base_dir,
+                    const std::vector<std::string>& overrides = {});
 
 const char* to_string(Strategy s);
 const char* to_string(Mode m);

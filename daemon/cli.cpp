@@ -1,8 +1,8 @@
 #include "daemon/cli.h"
 
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
+#include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "daemon/generate.h"
@@ -10,10 +10,11 @@
 namespace cascade::daemon {
 namespace {
 
-void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& prompt_ids, bool& json,
-                  bool& greedy) {
+void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& prompt_ids, bool& json, bool& greedy) {
   auto* cmd = app.add_subcommand("generate", "Continue token-id prompts with a checkpoint, in this process");
-  cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")
       ->required()
       ->take_all();
@@ -33,7 +34,8 @@ void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& p
 }
 
 int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids, bool json, bool greedy) {
-  if (greedy && g.sampling.temperature > 0) throw std::invalid_argument("--greedy and --temperature exclude each other");
+  if (greedy && g.sampling.temperature > 0)
+    throw std::invalid_argument("--greedy and --temperature exclude each other");
   for (const auto& p : prompt_ids) g.prompts.push_back(parse_ids(p));
   const auto results = generate(g, std::cerr);
   if (json) {

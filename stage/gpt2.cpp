@@ -153,10 +153,12 @@ class Gpt2Family : public Family {
       case ModuleKind::kEmbedding:
         return std::make_unique<Embedding>(W(s.tensors[0], {c.vocab_size, H}),
                                            W(s.tensors[1], {c.max_position_embeddings, H}));
-      case ModuleKind::kDecoderLayer: return std::make_unique<Block>(c, s.layer, s.name + ".", W);
+      case ModuleKind::kDecoderLayer:
+        return std::make_unique<Block>(c, s.layer, s.name + ".", W);
       case ModuleKind::kFinalNorm:
         return std::make_unique<LayerNorm>(W(s.tensors[0], {H}), W(s.tensors[1], {H}), c.norm_eps);
-      case ModuleKind::kLmHead: return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}));
+      case ModuleKind::kLmHead:
+        return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}));
     }
     return nullptr;
   }

@@ -35,8 +35,8 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
   for (const SeqSlice& s : batch.seqs) {
     const int64_t n = s.n_tokens, len = s.start_pos + n;
     TORCH_CHECK(s.slot >= 0 && s.slot < slots_, "KV slot ", s.slot, " out of range [0, ", slots_, ")");
-    TORCH_CHECK(len <= max_seq_len_, "sequence in slot ", s.slot, " would reach ", len,
-                " tokens, past max_seq_len ", max_seq_len_);
+    TORCH_CHECK(len <= max_seq_len_, "sequence in slot ", s.slot, " would reach ", len, " tokens, past max_seq_len ",
+                max_seq_len_);
     // [kv_heads, n, head_dim] into positions [start, start + n) of the slot.
     c.k[s.slot].narrow(1, s.start_pos, n).copy_(k.narrow(0, row, n).transpose(0, 1));
     c.v[s.slot].narrow(1, s.start_pos, n).copy_(v.narrow(0, row, n).transpose(0, 1));
@@ -49,8 +49,8 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
     at::Tensor mask;  // [n, len], true = may attend
     const bool window_bites = window > 0 && len > window;
     if (n > 1 || window_bites) {
-      at::Tensor qpos = at::arange(s.start_pos, len, at::TensorOptions().dtype(at::kLong).device(q.device()))
-                            .unsqueeze(1);
+      at::Tensor qpos =
+          at::arange(s.start_pos, len, at::TensorOptions().dtype(at::kLong).device(q.device())).unsqueeze(1);
       at::Tensor kpos = at::arange(len, qpos.options()).unsqueeze(0);
       mask = kpos <= qpos;
       if (window > 0) mask = mask.logical_and((qpos - kpos) < window);

@@ -20,8 +20,8 @@ namespace cascade::stage {
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len,
-          int64_t head_dim, at::ScalarType dtype, at::Device device);
+  KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len, int64_t head_dim,
+          at::ScalarType dtype, at::Device device);
 
   int64_t slots() const { return slots_; }
   int64_t max_seq_len() const { return max_seq_len_; }
@@ -31,8 +31,8 @@ class KvCache {
   // attends each sequence's queries to its cached prefix (causal, optional sliding
   // window). q [tokens, heads, head_dim], k/v [tokens, kv_heads, head_dim];
   // returns [tokens, heads * head_dim]. window 0 = full attention.
-  at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const Batch& batch, double scale, int64_t window);
+  at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Batch& batch,
+                    double scale, int64_t window);
 
  private:
   struct Layer {

@@ -54,7 +54,9 @@ struct LinearW {
 class DecoderLayer : public Module {
  public:
   DecoderLayer(const ModelConfig& c, int64_t layer, const WeightSource& W)
-      : cfg_(c), layer_(layer), rope_(c.rope, c.head_dim, c.max_position_embeddings),
+      : cfg_(c),
+        layer_(layer),
+        rope_(c.rope, c.head_dim, c.max_position_embeddings),
         act_(parse_activation(c.hidden_act)) {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
     const int64_t H = c.hidden_size, q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
@@ -170,17 +172,21 @@ class LlamaFamily : public Family {
       throw storage::StorageError(ck.dir() +
                                   ": tensor 'lm_head.weight' is missing and config.json does not tie embeddings");
     }
-    m.push_back({"lm_head", ModuleKind::kLmHead, -1,
-                 {c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"}});
+    m.push_back(
+        {"lm_head", ModuleKind::kLmHead, -1, {c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"}});
     return m;
   }
 
   std::unique_ptr<Module> load(const ModuleSpec& s, const ModelConfig& c, const WeightSource& W) const override {
     switch (s.kind) {
-      case ModuleKind::kEmbedding: return std::make_unique<Embedding>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
-      case ModuleKind::kDecoderLayer: return std::make_unique<DecoderLayer>(c, s.layer, W);
-      case ModuleKind::kFinalNorm: return std::make_unique<FinalNorm>(W(s.tensors[0], {c.hidden_size}), c.norm_eps);
-      case ModuleKind::kLmHead: return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
+      case ModuleKind::kEmbedding:
+        return std::make_unique<Embedding>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
+      case ModuleKind::kDecoderLayer:
+        return std::make_unique<DecoderLayer>(c, s.layer, W);
+      case ModuleKind::kFinalNorm:
+        return std::make_unique<FinalNorm>(W(s.tensors[0], {c.hidden_size}), c.norm_eps);
+      case ModuleKind::kLmHead:
+        return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, c.hidden_size}));
     }
     return nullptr;
   }

@@ -42,8 +42,10 @@ RopeConfig read_rope(const nlohmann::json& j) {
   RopeConfig r;
   r.theta = get_double(j, "rope_theta", 10000.0);
   nlohmann::json params;
-  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) params = j["rope_parameters"];
-  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) params = j["rope_scaling"];
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object())
+    params = j["rope_parameters"];
+  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object())
+    params = j["rope_scaling"];
   if (params.is_null()) return r;
   r.theta = get_double(params, "rope_theta", r.theta);
   r.type = get_string(params, "rope_type", get_string(params, "type", "default"));
@@ -66,7 +68,8 @@ std::vector<int64_t> read_eos(const nlohmann::json& j) {
   std::vector<int64_t> out;
   if (!j.contains("eos_token_id")) return out;
   const auto& e = j["eos_token_id"];
-  if (e.is_number_integer()) out.push_back(e.get<int64_t>());
+  if (e.is_number_integer())
+    out.push_back(e.get<int64_t>());
   else if (e.is_array()) {
     for (const auto& x : e) {
       if (x.is_number_integer()) out.push_back(x.get<int64_t>());

@@ -20,8 +20,8 @@ struct RopeConfig {
   std::string type = "default";  // default | linear | dynamic | llama3
   double theta = 10000.0;
   double factor = 1.0;
-  double low_freq_factor = 1.0;   // llama3
-  double high_freq_factor = 4.0;  // llama3
+  double low_freq_factor = 1.0;       // llama3
+  double high_freq_factor = 4.0;      // llama3
   int64_t original_max_position = 0;  // llama3: original_max_position_embeddings
 };
 
@@ -38,10 +38,10 @@ struct ModelConfig {
   double norm_eps = 1e-6;
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;   // q/k/v projections carry a bias (qwen2, llama attention_bias)
-  bool o_bias = false;     // o_proj carries a bias (llama attention_bias)
+  bool qkv_bias = false;  // q/k/v projections carry a bias (qwen2, llama attention_bias)
+  bool o_bias = false;    // o_proj carries a bias (llama attention_bias)
   bool mlp_bias = false;
-  int64_t sliding_window = 0;  // 0 = full attention
+  int64_t sliding_window = 0;                    // 0 = full attention
   bool scale_attn_by_inverse_layer_idx = false;  // gpt2
   RopeConfig rope;
   std::vector<int64_t> eos_token_ids;

@@ -24,9 +24,12 @@ Activation parse_activation(const std::string& name) {
 
 at::Tensor activate(const at::Tensor& x, Activation a) {
   switch (a) {
-    case Activation::kSilu: return at::silu(x);
-    case Activation::kRelu: return at::relu(x);
-    case Activation::kGelu: return at::gelu(x);
+    case Activation::kSilu:
+      return at::silu(x);
+    case Activation::kRelu:
+      return at::relu(x);
+    case Activation::kGelu:
+      return at::gelu(x);
     case Activation::kGeluTanh:
       // The tanh approximation written out as HF's NewGELUActivation does.
       return 0.5 * x * (1.0 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * at::pow(x, 3.0))));

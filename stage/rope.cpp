@@ -33,16 +33,15 @@ at::Tensor Rope::default_inv_freq(double base) const {
 at::Tensor Rope::inv_freq(int64_t seq_len) const {
   if (cfg_.type != "dynamic" || seq_len <= max_pos_) return inv_freq_;
   const double d = static_cast<double>(dim_);
-  const double base =
-      cfg_.theta * std::pow(cfg_.factor * static_cast<double>(seq_len) / static_cast<double>(max_pos_) -
-                                (cfg_.factor - 1),
-                            d / (d - 2));
+  const double base = cfg_.theta * std::pow(cfg_.factor * static_cast<double>(seq_len) / static_cast<double>(max_pos_) -
+                                                (cfg_.factor - 1),
+                                            d / (d - 2));
   return default_inv_freq(base);
 }
 
 std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Tensor& positions) const {
   at::Tensor pos = positions.to(at::kFloat).unsqueeze(1);  // [tokens, 1]
-  at::Tensor freqs;                                       // [tokens, head_dim / 2]
+  at::Tensor freqs;                                        // [tokens, head_dim / 2]
   if (cfg_.type != "dynamic") {
     freqs = pos * inv_freq_.to(positions.device()).unsqueeze(0);
   } else {

@@ -41,7 +41,8 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
     }
     std::map<std::string, std::shared_ptr<SafetensorsFile>> files;
     for (auto it = idx["weight_map"].begin(); it != idx["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) throw StorageError(index.string() + ": weight_map['" + it.key() + "'] is not a string");
+      if (!it.value().is_string())
+        throw StorageError(index.string() + ": weight_map['" + it.key() + "'] is not a string");
       const std::string shard = it.value().get<std::string>();
       auto fit = files.find(shard);
       if (fit == files.end()) {
@@ -67,8 +68,9 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   } else {
     std::string hint;
     if (fs::exists(root / "pytorch_model.bin") || fs::exists(root / "pytorch_model.bin.index.json")) {
-      hint = " (found pytorch_model.bin: only safetensors checkpoints are supported; convert with "
-             "transformers' save_pretrained)";
+      hint =
+          " (found pytorch_model.bin: only safetensors checkpoints are supported; convert with "
+          "transformers' save_pretrained)";
     }
     throw StorageError(dir + ": no model.safetensors or model.safetensors.index.json" + hint);
   }

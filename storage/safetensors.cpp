@@ -54,17 +54,28 @@ at::ScalarType parse_dtype(const std::string& name) {
 
 const char* dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kDouble: return "float64";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return "unknown";
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    case at::kDouble:
+      return "float64";
+    case at::kLong:
+      return "int64";
+    case at::kInt:
+      return "int32";
+    case at::kShort:
+      return "int16";
+    case at::kChar:
+      return "int8";
+    case at::kByte:
+      return "uint8";
+    case at::kBool:
+      return "bool";
+    default:
+      return "unknown";
   }
 }
 
@@ -110,7 +121,8 @@ void SafetensorsFile::parse_header() {
   const uint64_t data_size = size_ - data_start_;
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(base_ + 8), reinterpret_cast<const char*>(base_ + 8 + n));
+    header =
+        nlohmann::json::parse(reinterpret_cast<const char*>(base_ + 8), reinterpret_cast<const char*>(base_ + 8 + n));
   } catch (const nlohmann::json::exception& e) {
     throw StorageError(path_ + ": header is not valid JSON: " + e.what());
   }
@@ -189,7 +201,8 @@ at::Tensor SafetensorsFile::view(const TensorInfo& info) const {
     return out;
   }
   auto self = shared_from_this();
-  return at::from_blob(const_cast<uint8_t*>(p), info.shape, [self](void*) {}, opts);
+  return at::from_blob(
+      const_cast<uint8_t*>(p), info.shape, [self](void*) {}, opts);
 }
 
 }  // namespace cascade::storage

@@ -121,8 +121,8 @@ TEST(Config, BadEnumValues) {
 TEST(Config, BadDevicesAndRanges) {
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nmax_memory = { \"gpu0\" = \"1GiB\" }\n"), ConfigError,
                     "placement.max_memory.gpu0", "invalid device 'gpu0'");
-  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\ndevice_map = { \"lm_head\" = \"tpu\" }\n"),
-                    ConfigError, "cfg.toml:4", "placement.device_map.lm_head", "invalid device 'tpu'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\ndevice_map = { \"lm_head\" = \"tpu\" }\n"), ConfigError,
+                    "cfg.toml:4", "placement.device_map.lm_head", "invalid device 'tpu'");
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmax_batch = 0\n"), ConfigError, "runtime.max_batch",
                     "out of range");
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[server]\ntcp = \"localhost\"\n"), ConfigError, "server.tcp",

@@ -42,8 +42,8 @@ class GenerateCli : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GenerateCli, JsonOutputReproducesTheReference) {
   const auto ref = test::read_json(test::fixture(GetParam()) + "/reference.json");
-  std::string args = "generate --model " + test::fixture(GetParam()) +
-                     " --max-new-tokens 16 --dtype float32 --greedy --json --logits";
+  std::string args =
+      "generate --model " + test::fixture(GetParam()) + " --max-new-tokens 16 --dtype float32 --greedy --json --logits";
   for (const auto& p : ref["prompts"]) {
     std::string ids;
     for (const auto& t : p["prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int64_t>());

@@ -39,14 +39,15 @@ TEST(KvCache, PrefillThenDecodeMatchesDirectAttention) {
   const double scale = 1.0 / std::sqrt(double(d));
   for (int64_t window : {0, 3}) {
     // Slot 2: prefill 6 tokens, then 3 decode steps of one token.
-    at::Tensor got = kv.attend(0, q.narrow(0, 0, 6), k.narrow(0, 0, 6), v.narrow(0, 0, 6), Batch{{{2, 0, 6}}}, scale,
-                               window);
+    at::Tensor got =
+        kv.attend(0, q.narrow(0, 0, 6), k.narrow(0, 0, 6), v.narrow(0, 0, 6), Batch{{{2, 0, 6}}}, scale, window);
     std::vector<at::Tensor> rows = {got};
     for (int64_t t = 6; t < total; ++t) {
-      rows.push_back(kv.attend(0, q.narrow(0, t, 1), k.narrow(0, t, 1), v.narrow(0, t, 1), Batch{{{2, t, 1}}}, scale,
-                               window));
+      rows.push_back(
+          kv.attend(0, q.narrow(0, t, 1), k.narrow(0, t, 1), v.narrow(0, t, 1), Batch{{{2, t, 1}}}, scale, window));
     }
-    EXPECT_TRUE(at::allclose(at::cat(rows, 0), reference(q, k, v, 0, window, scale), 1e-5, 1e-5)) << "window " << window;
+    EXPECT_TRUE(at::allclose(at::cat(rows, 0), reference(q, k, v, 0, window, scale), 1e-5, 1e-5))
+        << "window " << window;
   }
 }
 

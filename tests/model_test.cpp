@@ -148,8 +148,9 @@ TEST(Model, ShapeMismatchNamesTensorAndFile) {
   auto cfg = test::read_json(dir.file("m/config.json"));
   cfg["intermediate_size"] = 96;
   test::write_file(dir.file("m/config.json"), cfg.dump());
-  EXPECT_THROW_WITH(load(dir.file("m"), 1), storage::StorageError, "model.safetensors",
-                    "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [128, 64] but config.json implies [96, 64]");
+  EXPECT_THROW_WITH(
+      load(dir.file("m"), 1), storage::StorageError, "model.safetensors",
+      "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [128, 64] but config.json implies [96, 64]");
 }
 
 TEST(Model, UnsupportedConfigsFailLoudly) {

@@ -43,8 +43,8 @@ TEST(Rope, Llama3KeepsHighFrequenciesAndSlowsLowOnes) {
   RopeConfig plain;
   plain.theta = 500000;
   const at::Tensor base = Rope(plain, 16, 256).inv_freq(1), f = Rope(c, 16, 256).inv_freq(1);
-  EXPECT_FLOAT_EQ(f[0].item<float>(), base[0].item<float>());       // wavelength 2π: untouched
-  EXPECT_FLOAT_EQ(f[7].item<float>(), base[7].item<float>() / 8);   // longest wavelength: slowed by factor
+  EXPECT_FLOAT_EQ(f[0].item<float>(), base[0].item<float>());      // wavelength 2π: untouched
+  EXPECT_FLOAT_EQ(f[7].item<float>(), base[7].item<float>() / 8);  // longest wavelength: slowed by factor
 }
 
 TEST(Rope, RotationPreservesNormAndPositionZeroIsIdentity) {

@@ -37,8 +37,7 @@ TEST_F(SafetensorsTest, ReadsTensorsAsZeroCopyViews) {
                       {"b", {{"dtype", "I64"}, {"shape", {1}}, {"data_offsets", {16, 24}}}},
                       {"__metadata__", {{"format", "pt"}}}};
   int64_t seven = 7;
-  const std::string path =
-      write(h, floats({1, 2, 3, 4}) + std::string(reinterpret_cast<const char*>(&seven), 8));
+  const std::string path = write(h, floats({1, 2, 3, 4}) + std::string(reinterpret_cast<const char*>(&seven), 8));
   auto f = SafetensorsFile::open(path);
   ASSERT_EQ(f->tensors().size(), 2u);
   const TensorInfo* a = f->find("a");
@@ -104,8 +103,7 @@ TEST_F(SafetensorsTest, HeaderLengthPastEnd) {
 TEST_F(SafetensorsTest, HeaderNotJson) {
   uint64_t n = 8;
   test::write_file(dir_.file("m.safetensors"), std::string(reinterpret_cast<const char*>(&n), 8) + "{nope!!}");
-  EXPECT_THROW_WITH(SafetensorsFile::open(dir_.file("m.safetensors")), StorageError, "m.safetensors",
-                    "not valid JSON");
+  EXPECT_THROW_WITH(SafetensorsFile::open(dir_.file("m.safetensors")), StorageError, "m.safetensors", "not valid JSON");
 }
 
 TEST_F(SafetensorsTest, DataOffsetsOutOfRange) {

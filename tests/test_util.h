@@ -2,7 +2,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
 #include <stdlib.h>
 
 #include <cstdint>
@@ -18,8 +17,8 @@ namespace cascade::test {
 inline std::string fixture(const std::string& name) { return std::string(CASCADE_TEST_DATA) + "/" + name; }
 
 inline const std::vector<std::string>& all_fixtures() {
-  static const std::vector<std::string> names = {"llama_gqa",      "llama3_tied_bf16", "llama_linear_sharded_f16",
-                                                 "llama_dynamic",  "mistral_window",   "qwen2_tied",
+  static const std::vector<std::string> names = {"llama_gqa",     "llama3_tied_bf16", "llama_linear_sharded_f16",
+                                                 "llama_dynamic", "mistral_window",   "qwen2_tied",
                                                  "gpt2"};
   return names;
 }
@@ -58,17 +57,17 @@ class TempDir {
 };
 
 // Asserts that `stmt` throws an exception of type E whose message contains every part.
-#define EXPECT_THROW_WITH(stmt, E, ...)                                                     \
-  do {                                                                                      \
-    try {                                                                                   \
-      stmt;                                                                                 \
-      ADD_FAILURE() << "expected " #E " from " #stmt;                                       \
-    } catch (const E& e) {                                                                  \
-      const std::string msg = e.what();                                                     \
-      for (const std::string part : std::initializer_list<std::string>{__VA_ARGS__}) {                                      \
+#define EXPECT_THROW_WITH(stmt, E, ...)                                                              \
+  do {                                                                                               \
+    try {                                                                                            \
+      stmt;                                                                                          \
+      ADD_FAILURE() << "expected " #E " from " #stmt;                                                \
+    } catch (const E& e) {                                                                           \
+      const std::string msg = e.what();                                                              \
+      for (const std::string part : std::initializer_list<std::string>{__VA_ARGS__}) {               \
         EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg << "\n  lacks: " << part; \
-      }                                                                                     \
-    }                                                                                       \
+      }                                                                                              \
+    }                                                                                                \
   } while (0)
 
 }  // namespace cascade::test
