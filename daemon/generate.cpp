@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iomanip>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <stdexcept>
@@ -69,7 +70,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& 
       }
     }
   }
-  log << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers << " layers, "
+  log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers << " layers, "
       << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype) << ") from "
       << opts.model_dir << " in " << seconds_since(t0) << " s\n";
 
@@ -126,7 +127,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& 
   }
   const double dt = seconds_since(t1);
   log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << dt << " s ("
-      << (dt > 0 ? generated / dt : 0.0) << " tokens/s)\n";
+      << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0) << " tokens/s)\n";
   return results;
 }
 
