@@ -29,6 +29,7 @@ struct DeviceName {
 
   std::string str() const;  // canonical spelling: "cuda:0", "cpu:0", "disk"
   bool operator==(const DeviceName& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const DeviceName& o) const { return !(*this == o); }
   bool operator<(const DeviceName& o) const { return kind != o.kind ? kind < o.kind : index < o.index; }
 };
 // Throws std::invalid_argument naming the text and the accepted forms.

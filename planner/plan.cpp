@@ -1,0 +1,498 @@
+#include "planner/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include "config/size.h"
+
+namespace cascade::planner {
+namespace {
+
+using config::DeviceName;
+using Kind = DeviceName::Kind;
+constexpr uint64_t kInf = std::numeric_limits<uint64_t>::max();
+
+// The prefill chunk the activation estimate assumes (long prompts are cut into chunks).
+constexpr int64_t kPrefillChunk = 512;
+
+bool is_gpu(const DeviceName& d) { return d.kind == Kind::kCuda; }
+
+std::string gib(uint64_t b) { return config::format_bytes(b); }
+
+// Device fill order: GPUs, then CPUs, then disk, each by index (accelerate's order).
+std::vector<DeviceName> fill_order(const std::vector<DeviceBudget>& budgets) {
+  std::vector<DeviceName> out;
+  for (const auto& b : budgets) out.push_back(b.device);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// Everything the fill needs to charge a module to devices.
+class Ledger {
+ public:
+  explicit Ledger(const PlanRequest& r) : req_(&r) {
+    for (const auto& b : r.budgets) cap_[b.device.str()] = b.bytes ? *b.bytes : kInf;
+    for (const auto& d : fill_order(r.budgets)) {
+      if (d.kind == Kind::kCpu) last_cpu_ = d;
+    }
+    if (r.offload_compute != "cpu") offload_gpu_ = config::parse_device(r.offload_compute);
+  }
+
+  // Where a module whose weights live on `tier` computes: GPUs and extra CPU stages
+  // compute where they live; the offload stage (the last CPU device and disk) computes
+  // on offload_compute.
+  DeviceName compute_of(const DeviceName& tier) const {
+    if (!is_offload_tier(tier)) return tier;
+    return offload_gpu_ ? *offload_gpu_ : last_cpu_;
+  }
+  bool is_offload_tier(const DeviceName& tier) const { return tier.kind == Kind::kDisk || tier == last_cpu_; }
+
+  uint64_t cap(const DeviceName& d) const {
+    const auto it = cap_.find(d.str());
+    return it == cap_.end() ? kInf : it->second;
+  }
+  void set_cap(const DeviceName& d, uint64_t c) { cap_[d.str()] = c; }
+
+  uint64_t kv_of(const ModuleInfo& m) const {
+    return m.kv_bytes_per_token * static_cast<uint64_t>(req_->max_batch) * static_cast<uint64_t>(req_->max_seq_len);
+  }
+
+  uint64_t activations(bool holds_head) const {
+    const ModelDescriptor& m = req_->model;
+    const int64_t chunk = std::min<int64_t>(req_->max_seq_len, kPrefillChunk);
+    const uint64_t tokens = static_cast<uint64_t>(std::max<int64_t>(req_->max_batch, chunk));
+    uint64_t b = tokens * m.dtype_bytes *
+                 static_cast<uint64_t>(4 * m.hidden_size + 3 * m.intermediate_size +
+                                       (m.num_heads + 2 * m.num_kv_heads) * m.head_dim);
+    b += 4ull * m.num_heads * chunk * req_->max_seq_len;         // one sequence's float32 attention scores
+    if (holds_head) b += 4ull * req_->max_batch * m.vocab_size;  // float32 logits
+    return b;
+  }
+
+  // What placing module `i` on `tier` adds, per device.
+  std::map<std::string, DeviceUsage> charge(int64_t i, const DeviceName& tier) const {
+    const ModuleInfo& m = req_->model.modules[i];
+    std::map<std::string, DeviceUsage> add;
+    DeviceUsage& t = add[tier.str()];
+    const auto have = tensors_.find(tier.str());
+    for (const auto& ts : m.tensors) {
+      if (have == tensors_.end() || !have->second.count(ts.name)) t.weights += ts.bytes;
+    }
+    const DeviceName c = compute_of(tier);
+    DeviceUsage& cu = add[c.str()];
+    cu.kv += kv_of(m);
+    const bool head = m.kind == ModuleKind::kHead;
+    const auto it = usage_.find(c.str());
+    const bool active = it != usage_.end() && it->second.activations > 0;
+    if (!active)
+      cu.activations = activations(head);
+    else if (head && !holds_head_.count(c.str()))
+      cu.activations = activations(true) - activations(false);
+    return add;
+  }
+
+  // The first device whose cap `add` would break, or nullptr.
+  const std::string* overflow(const std::map<std::string, DeviceUsage>& add) const {
+    for (const auto& [dev, a] : add) {
+      const uint64_t used = usage_.count(dev) ? usage_.at(dev).total() : 0;
+      const auto it = cap_.find(dev);
+      const uint64_t c = it == cap_.end() ? kInf : it->second;
+      if (dev == "disk" && c == kInf) continue;
+      if (used + a.total() > c) return &dev;
+    }
+    return nullptr;
+  }
+
+  void place(int64_t i, const DeviceName& tier) {
+    const auto add = charge(i, tier);
+    for (const auto& [dev, a] : add) {
+      DeviceUsage& u = usage_[dev];
+      u.weights += a.weights;
+      u.kv += a.kv;
+      u.activations += a.activations;
+    }
+    const ModuleInfo& m = req_->model.modules[i];
+    for (const auto& ts : m.tensors) tensors_[tier.str()].insert(ts.name);
+    usage_[tier.str()].modules.push_back(m.name);
+    if (m.kind == ModuleKind::kHead) holds_head_.insert(compute_of(tier).str());
+  }
+
+  void reserve_staging(const DeviceName& d, uint64_t bytes) { usage_[d.str()].staging += bytes; }
+  std::map<std::string, DeviceUsage>& usage() { return usage_; }
+  const std::optional<DeviceName>& offload_gpu() const { return offload_gpu_; }
+
+ private:
+  const PlanRequest* req_;
+  std::map<std::string, uint64_t> cap_;
+  std::map<std::string, DeviceUsage> usage_;
+  std::map<std::string, std::set<std::string>> tensors_;  // tensors already on a tier
+  std::set<std::string> holds_head_;
+  DeviceName last_cpu_{Kind::kCpu, 0};
+  std::optional<DeviceName> offload_gpu_;
+};
+
+uint64_t module_need(const PlanRequest& r, const Ledger& l, int64_t i) {
+  return r.model.modules[i].weight_bytes() + l.kv_of(r.model.modules[i]);
+}
+
+[[noreturn]] void impossible(const PlanRequest& r, const Ledger& l, int64_t i, const std::string& last_over) {
+  const ModuleInfo& m = r.model.modules[i];
+  uint64_t largest = 0;
+  std::string where = "none";
+  for (const auto& b : r.budgets) {
+    if (b.device.kind == Kind::kDisk) continue;
+    const uint64_t c = b.bytes ? *b.bytes : kInf;
+    if (where == "none" || c > largest) {
+      largest = c;
+      where = b.device.str();
+    }
+  }
+  std::string msg = m.name + " needs " + gib(module_need(r, l, i)) + " (weights " + gib(m.weight_bytes()) + " + KV " +
+                    gib(l.kv_of(m)) + " for max_batch " + std::to_string(r.max_batch) + " x max_seq_len " +
+                    std::to_string(r.max_seq_len) + ") and does not fit in what is left; ";
+  msg += where == "none"
+             ? "no compute device has a budget"
+             : "the largest compute budget is " + (largest == kInf ? "unlimited" : gib(largest)) + " (" + where + ")";
+  if (l.offload_gpu() && last_over == l.offload_gpu()->str()) {
+    throw PlanError(msg + "; offloaded layers compute on " + last_over +
+                    " (offload_compute), whose KV cache, activations and streaming buffers no longer fit: try "
+                    "offload_compute = \"cpu\", or lower max_batch / max_seq_len");
+  }
+  bool has_disk = false;
+  for (const auto& b : r.budgets) has_disk |= b.device.kind == Kind::kDisk;
+  if (!has_disk) msg += "; add \"disk\" to max_memory to offload, or lower max_batch / max_seq_len";
+  throw PlanError(msg);
+}
+
+// accelerate's get_balanced_memory, with KV included in the sizes: every main device
+// but the last is capped at an even share plus a buffer of 1.25 x max(largest
+// module, mean module); balanced_low_0 gives GPU 0 only what the others cannot hold.
+void balance_caps(const PlanRequest& r, Ledger& l, const std::vector<DeviceName>& main, bool low_zero) {
+  if (main.size() < 2) return;
+  uint64_t total = 0, largest = 0;
+  for (size_t i = 0; i < r.model.modules.size(); ++i) {
+    const uint64_t s = module_need(r, l, static_cast<int64_t>(i));
+    total += s;
+    largest = std::max(largest, s);
+  }
+  const uint64_t mean = total / r.model.modules.size();
+  const uint64_t buffer = static_cast<uint64_t>(1.25 * static_cast<double>(std::max(largest, mean)));
+  const uint64_t share = total / (low_zero ? main.size() - 1 : main.size()) + buffer + l.activations(true);
+  for (size_t k = 0; k + 1 < main.size(); ++k) l.set_cap(main[k], std::min(l.cap(main[k]), share));
+  if (low_zero) {
+    uint64_t others = 0;
+    for (size_t k = 1; k < main.size(); ++k) others = l.cap(main[k]) == kInf ? kInf : others + l.cap(main[k]);
+    const uint64_t rest = others >= total ? 0 : total - others + l.activations(true);
+    l.set_cap(main[0], std::min(l.cap(main[0]), rest));
+  }
+}
+
+// Pipeline mode: cut the modules into contiguous pieces over the main devices so the
+// slowest piece is as fast as possible (stage time ~ FLOPs), within each budget.
+// Returns per-module main-device index, or empty when the model does not fit on them.
+std::vector<int> compute_balanced(const PlanRequest& r, const Ledger& l, const std::vector<DeviceName>& main) {
+  const auto& mods = r.model.modules;
+  const int64_t n = static_cast<int64_t>(mods.size());
+  const size_t k = main.size();
+  // Bytes of [j, i) on one device, tied tensors counted once.
+  auto bytes = [&](int64_t j, int64_t i) {
+    std::set<std::string> seen;
+    uint64_t b = 0;
+    bool head = false;
+    for (int64_t x = j; x < i; ++x) {
+      for (const auto& t : mods[x].tensors)
+        if (seen.insert(t.name).second) b += t.bytes;
+      b += l.kv_of(mods[x]);
+      head |= mods[x].kind == ModuleKind::kHead;
+    }
+    return b + l.activations(head);
+  };
+  std::vector<double> prefix(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + mods[i].flops_per_token;
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[d][i]: min over partitions of modules [0, i) onto devices [0, d] of the max cost.
+  std::vector<std::vector<double>> best(k, std::vector<double>(n + 1, inf));
+  std::vector<std::vector<int64_t>> cut(k, std::vector<int64_t>(n + 1, -1));
+  for (size_t d = 0; d < k; ++d) {
+    const uint64_t cap = l.cap(main[d]);
+    for (int64_t i = 0; i <= n; ++i) {
+      for (int64_t j = i; j >= 0; --j) {  // device d takes [j, i)
+        const double prev = d == 0 ? (j == 0 ? 0.0 : inf) : best[d - 1][j];
+        if (prev == inf) continue;
+        if (j < i && bytes(j, i) > cap) break;  // longer pieces only grow
+        const double v = std::max(prev, prefix[i] - prefix[j]);
+        if (v < best[d][i]) {
+          best[d][i] = v;
+          cut[d][i] = j;
+        }
+      }
+    }
+  }
+  if (best[k - 1][n] == inf) return {};
+  std::vector<int> owner(n, 0);
+  int64_t i = n;
+  for (int d = static_cast<int>(k) - 1; d >= 0; --d) {
+    const int64_t j = cut[d][i];
+    for (int64_t x = j; x < i; ++x) owner[x] = d;
+    i = j;
+  }
+  return owner;
+}
+
+// Resolves a manual device_map (module-prefix keys) to one device per module.
+std::vector<DeviceName> resolve_manual(const PlanRequest& r) {
+  const auto& mods = r.model.modules;
+  std::vector<int> by(mods.size(), -1);
+  std::set<std::string> budgeted;
+  for (const auto& b : r.budgets) budgeted.insert(b.device.str());
+  for (size_t k = 0; k < r.device_map.size(); ++k) {
+    const auto& [key, dev] = r.device_map[k];
+    if (!budgeted.count(dev.str())) {
+      throw PlanError("device_map puts '" + key + "' on " + dev.str() +
+                      ", which has no budget: add it to placement.max_memory");
+    }
+    bool matched = false;
+    for (size_t i = 0; i < mods.size(); ++i) {
+      const std::string& name = mods[i].name;
+      if (key.size() > name.size() && key.compare(0, name.size() + 1, name + ".") == 0) {
+        throw PlanError("device_map key '" + key + "' would split module '" + name +
+                        "'; modules (decoder layers included) are placed whole");
+      }
+      if (key.empty() || key == name || name.compare(0, key.size() + 1, key + ".") == 0) {
+        if (by[i] >= 0) {
+          throw PlanError("module '" + name + "' is covered twice in device_map: by '" + r.device_map[by[i]].first +
+                          "' and by '" + key + "'");
+        }
+        by[i] = static_cast<int>(k);
+        matched = true;
+      }
+    }
+    if (!matched) {
+      throw PlanError("device_map key '" + key + "' matches no module (modules: " + mods.front().name + ", " +
+                      (mods.size() > 2 ? mods[1].name + " ... " : "") + mods.back().name + ")");
+    }
+  }
+  std::vector<DeviceName> out;
+  for (size_t i = 0; i < mods.size(); ++i) {
+    if (by[i] < 0) throw PlanError("module '" + mods[i].name + "' is not covered by device_map");
+    out.push_back(r.device_map[by[i]].second);
+  }
+  return out;
+}
+
+// Strategy placement (no manual map) into `out`, charging `l`.
+void fill(const PlanRequest& r, const std::vector<DeviceName>& order, const std::vector<DeviceName>& main, Ledger& l,
+          std::vector<DeviceName>& out) {
+  const int64_t n = static_cast<int64_t>(r.model.modules.size());
+  const bool balanced = r.strategy != config::Strategy::kSequential;
+  std::vector<int> owner;
+  if (balanced && r.mode == config::Mode::kPipeline && main.size() > 1) owner = compute_balanced(r, l, main);
+  if (!owner.empty()) {
+    for (int64_t i = 0; i < n; ++i) {
+      l.place(i, main[owner[i]]);
+      out[i] = main[owner[i]];
+    }
+    return;
+  }
+  if (balanced) balance_caps(r, l, main, r.strategy == config::Strategy::kBalancedLow0);
+  size_t cur = 0;
+  std::string last_over;
+  for (int64_t i = 0; i < n; ++i) {
+    while (true) {
+      if (cur == order.size()) impossible(r, l, i, last_over);
+      const std::string* over = l.overflow(l.charge(i, order[cur]));
+      if (!over) break;
+      last_over = *over;
+      ++cur;
+    }
+    l.place(i, order[cur]);
+    out[i] = order[cur];
+  }
+}
+
+void validate(const PlanRequest& r) {
+  if (r.model.modules.empty()) throw PlanError("the model has no modules");
+  if (r.budgets.empty()) throw PlanError("no devices to place the model on (max_memory is empty)");
+  if (r.max_batch < 1 || r.max_seq_len < 1) throw PlanError("max_batch and max_seq_len must be at least 1");
+  std::set<std::string> seen;
+  for (const auto& b : r.budgets) {
+    if (!seen.insert(b.device.str()).second) throw PlanError("device " + b.device.str() + " is listed twice");
+  }
+  if (r.offload_compute != "cpu") {
+    const DeviceName g = config::parse_device(r.offload_compute);
+    if (!seen.count(g.str())) {
+      throw PlanError("offload_compute " + g.str() + " has no budget: add it to placement.max_memory");
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t ModuleInfo::weight_bytes() const {
+  uint64_t b = 0;
+  for (const auto& t : tensors) b += t.bytes;
+  return b;
+}
+
+uint64_t ModelDescriptor::total_weight_bytes() const {
+  std::set<std::string> seen;
+  uint64_t b = 0;
+  for (const auto& m : modules)
+    for (const auto& t : m.tensors)
+      if (seen.insert(t.name).second) b += t.bytes;
+  return b;
+}
+
+const char* to_string(Transport t) {
+  switch (t) {
+    case Transport::kNccl:
+      return "nccl";
+    case Transport::kShm:
+      return "shm";
+    case Transport::kMpi:
+      return "mpi";
+  }
+  return "?";
+}
+
+std::string hf_device(const DeviceName& d) {
+  if (d.kind == Kind::kCuda) return std::to_string(d.index);
+  if (d.kind == Kind::kDisk) return "disk";
+  return d.index == 0 ? "cpu" : d.str();
+}
+
+namespace {
+
+// One plan for a resolved offload_compute.
+Plan plan_with(const PlanRequest& r) {
+  validate(r);
+  Ledger l(r);
+  const auto& mods = r.model.modules;
+  const int64_t n = static_cast<int64_t>(mods.size());
+  const std::vector<DeviceName> order = fill_order(r.budgets);
+  Plan plan;
+  plan.module_device.resize(n);
+
+  if (!r.device_map.empty()) {
+    plan.module_device = resolve_manual(r);
+    for (int64_t i = 0; i < n; ++i) l.place(i, plan.module_device[i]);
+  } else {
+    std::vector<DeviceName> main;
+    for (const auto& d : order)
+      if (is_gpu(d)) main.push_back(d);
+    if (main.empty()) {
+      for (const auto& d : order)
+        if (d.kind == Kind::kCpu) main.push_back(d);
+    }
+    uint64_t largest_module = 0;
+    for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
+    // Fill once; if anything is offloaded while offload_compute streams to a GPU, fill
+    // again with two copies of the largest module reserved there (its double buffer).
+    for (int pass = 0; pass < 2; ++pass) {
+      l = Ledger(r);
+      if (pass == 1) l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
+      fill(r, order, main, l, plan.module_device);
+      bool offloaded = false;
+      for (const auto& d : plan.module_device) offloaded |= l.is_offload_tier(d);
+      if (!offloaded || !l.offload_gpu()) break;
+    }
+  }
+
+  // Staging actually needed: two copies of the largest module streamed to the GPU
+  // (never more than was reserved above).
+  if (l.offload_gpu()) {
+    uint64_t streamed = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (l.is_offload_tier(plan.module_device[i])) streamed = std::max(streamed, mods[i].weight_bytes());
+    }
+    l.usage()[l.offload_gpu()->str()].staging = 2 * streamed;
+  }
+
+  // Budgets hold (a manual map is checked here; the fill never breaks them).
+  for (const auto& b : r.budgets) {
+    DeviceUsage& u = l.usage()[b.device.str()];
+    u.budget = b.bytes;
+    if (b.bytes && u.total() > *b.bytes) {
+      throw PlanError("the plan puts " + gib(u.total()) + " on " + b.device.str() + " (weights " + gib(u.weights) +
+                      ", KV " + gib(u.kv) + ", activations " + gib(u.activations) + ", staging " + gib(u.staging) +
+                      ") but its budget is " + gib(*b.bytes));
+    }
+  }
+  plan.devices = l.usage();
+
+  // Stages: one per GPU and per extra CPU device; the offload stage holds the last CPU
+  // device's weights and the disk tier. Ranks follow first use along the route.
+  std::map<std::string, int> rank_of;
+  int offload_rank = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    const DeviceName tier = plan.module_device[i];
+    const DeviceName compute = l.compute_of(tier);
+    const bool offload = l.is_offload_tier(tier);
+    const std::string key = offload ? "offload" : tier.str();
+    auto it = rank_of.find(key);
+    if (it == rank_of.end()) {
+      it = rank_of.emplace(key, static_cast<int>(plan.stages.size()) + 1).first;
+      if (offload) offload_rank = it->second;
+      Stage s;
+      s.rank = it->second;
+      s.device = compute;
+      plan.stages.push_back(s);
+    }
+    Stage& s = plan.stages[it->second - 1];
+    if (std::find(s.tiers.begin(), s.tiers.end(), tier) == s.tiers.end()) s.tiers.push_back(tier);
+    if (!plan.route_ranks.empty() && plan.route_ranks.back() == s.rank) {
+      ++plan.route_segments.back().end;
+      ++s.segments.back().end;
+    } else {
+      plan.route_segments.push_back({i, i + 1});
+      plan.route_ranks.push_back(s.rank);
+      s.segments.push_back({i, i + 1});
+    }
+  }
+  std::vector<int> hops = {0};
+  hops.insert(hops.end(), plan.route_ranks.begin(), plan.route_ranks.end());
+  hops.push_back(0);
+  for (size_t h = 0; h + 1 < hops.size(); ++h) {
+    Edge e{hops[h], hops[h + 1], Transport::kShm};
+    if (e.from == 0 || e.to == 0) e.transport = Transport::kMpi;  // token ids to and from the coordinator
+    // NCCL joins distinct GPUs; the offload stage may share its GPU with a GPU stage.
+    else if (is_gpu(plan.stages[e.from - 1].device) && is_gpu(plan.stages[e.to - 1].device) && e.from != offload_rank &&
+             e.to != offload_rank && plan.stages[e.from - 1].device != plan.stages[e.to - 1].device)
+      e.transport = Transport::kNccl;
+    plan.edges.push_back(e);
+  }
+  return plan;
+}
+
+}  // namespace
+
+Plan make_plan(const PlanRequest& req) {
+  if (req.offload_compute != "auto") {
+    Plan p = plan_with(req);
+    p.offload_compute = req.offload_compute;
+    return p;
+  }
+  // auto: stream offloaded layers to the first GPU when that plan fits, else compute
+  // them on the CPU.
+  PlanRequest r = req;
+  for (const auto& b : req.budgets) {
+    if (b.device.kind != Kind::kCuda) continue;
+    r.offload_compute = b.device.str();
+    try {
+      Plan p = plan_with(r);
+      p.offload_compute = r.offload_compute;
+      return p;
+    } catch (const PlanError&) {
+      break;  // fall back to CPU compute below
+    }
+  }
+  r.offload_compute = "cpu";
+  Plan p = plan_with(r);
+  p.offload_compute = "cpu";
+  return p;
+}
+
+}  // namespace cascade::planner

@@ -1,0 +1,128 @@
+// The planner: where every module lives and which process runs it (DESIGN §4).
+//
+// Input: a ModelDescriptor (sizes only; built from config.json and safetensors
+// headers), per-device budgets, and the runtime shape (mode, max_batch, max_seq_len).
+// Output: a Plan — the device map, the stage processes with their segments, the
+// route a step takes, the transport of each hop, and what each device is charged.
+//
+// Unlike accelerate, every device is charged for the KV cache of the layers it
+// computes and for its activation buffers, so a plan that fits also generates; a tied
+// tensor is charged to every stage that uses it. make_plan() is a pure function: same
+// input, same plan. It throws PlanError with the numbers when no plan fits.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config/config.h"
+
+namespace cascade::planner {
+
+class PlanError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class ModuleKind { kEmbedding, kLayer, kNorm, kHead };
+
+struct TensorSize {
+  std::string name;
+  uint64_t bytes = 0;  // at the compute dtype
+};
+
+struct ModuleInfo {
+  std::string name;  // "model.layers.3"
+  ModuleKind kind = ModuleKind::kLayer;
+  std::vector<TensorSize> tensors;  // tied tensors appear in every module that uses them
+  double flops_per_token = 0;       // forward FLOPs per token (compute balancing)
+  uint64_t kv_bytes_per_token = 0;  // K+V bytes per cached token (decoder layers)
+
+  uint64_t weight_bytes() const;
+};
+
+struct ModelDescriptor {
+  std::string model_type;
+  std::vector<ModuleInfo> modules;  // execution order
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t vocab_size = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int dtype_bytes = 2;
+
+  uint64_t total_weight_bytes() const;  // distinct tensors
+};
+
+struct DeviceBudget {
+  config::DeviceName device;
+  std::optional<uint64_t> bytes;  // nullopt = unlimited
+};
+
+struct PlanRequest {
+  ModelDescriptor model;
+  std::vector<DeviceBudget> budgets;  // the devices that may be used
+  config::Strategy strategy = config::Strategy::kAuto;
+  config::Mode mode = config::Mode::kSequential;
+  int64_t max_batch = 16;
+  int64_t max_seq_len = 2048;
+  // cpu | cuda:N | auto: stream offloaded layers to the first budgeted GPU when that
+  // plan fits (it reserves the double buffer), else compute them on the CPU.
+  std::string offload_compute = "cpu";
+  std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
+};
+
+struct DeviceUsage {
+  std::optional<uint64_t> budget;
+  uint64_t weights = 0;
+  uint64_t kv = 0;
+  uint64_t activations = 0;
+  uint64_t staging = 0;  // streaming double buffers, disk read-ahead
+  std::vector<std::string> modules;
+  uint64_t total() const { return weights + kv + activations + staging; }
+};
+
+// A contiguous run of modules, [begin, end) in execution order, run by one stage.
+struct Segment {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+struct Stage {
+  int rank = 0;                           // MPI rank (the coordinator is rank 0)
+  config::DeviceName device;              // the device it computes on
+  std::vector<config::DeviceName> tiers;  // where its weights live (e.g. cpu:0 and disk)
+  std::vector<Segment> segments;          // in execution order
+};
+
+enum class Transport { kNccl, kShm, kMpi };
+const char* to_string(Transport t);
+
+// One hop of a step: from rank `from` to rank `to` (0 = coordinator).
+struct Edge {
+  int from = 0;
+  int to = 0;
+  Transport transport = Transport::kShm;
+};
+
+struct Plan {
+  std::string offload_compute;                    // as resolved: cpu | cuda:N
+  std::vector<config::DeviceName> module_device;  // per module, parallel to model.modules
+  std::vector<Stage> stages;                      // by rank (stages[i].rank == i + 1)
+  std::vector<Segment> route_segments;            // the segments in execution order...
+  std::vector<int> route_ranks;                   // ...and the rank that runs each
+  std::vector<Edge> edges;                        // coordinator -> ... -> coordinator
+  std::map<std::string, DeviceUsage> devices;     // by canonical device name, devices used or budgeted
+};
+
+Plan make_plan(const PlanRequest& req);
+
+// The hf_device_map spelling of a device: 0 for cuda:0, "cpu" for cpu:0, "cpu:1", "disk".
+std::string hf_device(const config::DeviceName& d);
+
+}  // namespace cascade::planner

@@ -1,0 +1,255 @@
+#include "planner/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "tests/test_util.h"
+
+namespace cascade::planner {
+namespace {
+
+using config::DeviceName;
+using config::parse_device;
+constexpr uint64_t MiB = 1ull << 20;
+
+// A llama-like model: embedding, `layers` equal decoder layers, norm, head.
+ModelDescriptor model(int layers, uint64_t layer_bytes, uint64_t embed_bytes, bool tied = false,
+                      uint64_t kv_per_token = 0) {
+  ModelDescriptor m;
+  m.model_type = "llama";
+  m.hidden_size = 64;
+  m.intermediate_size = 128;
+  m.vocab_size = 256;
+  m.num_heads = m.num_kv_heads = 4;
+  m.head_dim = 16;
+  m.dtype_bytes = 2;
+  m.modules.push_back(
+      {"model.embed_tokens", ModuleKind::kEmbedding, {{"model.embed_tokens.weight", embed_bytes}}, 0, 0});
+  for (int i = 0; i < layers; ++i) {
+    const std::string n = "model.layers." + std::to_string(i);
+    m.modules.push_back({n, ModuleKind::kLayer, {{n + ".weight", layer_bytes}}, double(layer_bytes), kv_per_token});
+  }
+  m.modules.push_back({"model.norm", ModuleKind::kNorm, {{"model.norm.weight", 128}}, 0, 0});
+  m.modules.push_back({"lm_head",
+                       ModuleKind::kHead,
+                       {{tied ? "model.embed_tokens.weight" : "lm_head.weight", embed_bytes}},
+                       double(embed_bytes),
+                       0});
+  return m;
+}
+
+PlanRequest request(ModelDescriptor m, const std::vector<std::pair<std::string, std::optional<uint64_t>>>& budgets) {
+  PlanRequest r;
+  r.model = std::move(m);
+  for (const auto& [d, b] : budgets) r.budgets.push_back({parse_device(d), b});
+  r.max_batch = 1;
+  r.max_seq_len = 16;
+  return r;
+}
+
+std::vector<std::string> devices_of(const Plan& p) {
+  std::vector<std::string> out;
+  for (const auto& d : p.module_device) out.push_back(hf_device(d));
+  return out;
+}
+
+TEST(Plan, EverythingFitsOnOneGpu) {
+  const Plan p = make_plan(request(model(4, 10 * MiB, 20 * MiB), {{"cuda:0", 1000 * MiB}, {"cpu", 1000 * MiB}}));
+  for (const auto& d : devices_of(p)) EXPECT_EQ(d, "0");
+  ASSERT_EQ(p.stages.size(), 1u);
+  EXPECT_EQ(p.stages[0].device.str(), "cuda:0");
+  ASSERT_EQ(p.edges.size(), 2u);                              // coordinator -> rank 1 -> coordinator
+  EXPECT_EQ(p.devices.at("cuda:0").weights, 80 * MiB + 128);  // 3 layers + embedding + head + norm
+}
+
+TEST(Plan, SequentialSpillsGpuGpuCpuLikeTheAccelerateDocs) {
+  // The accelerate docs' T0pp-style case: two small GPUs, then CPU.
+  PlanRequest r =
+      request(model(8, 100 * MiB, 50 * MiB), {{"cuda:0", 420 * MiB}, {"cuda:1", 420 * MiB}, {"cpu", 4096 * MiB}});
+  r.strategy = config::Strategy::kSequential;
+  const Plan p = make_plan(r);
+  const auto d = devices_of(p);
+  // GPU 0 takes the embedding and three 100 MiB layers (the fourth would pass 420 MiB),
+  // GPU 1 four layers, and the CPU the last layer, the norm and the head, in order.
+  EXPECT_EQ(d, (std::vector<std::string>{"0", "0", "0", "0", "1", "1", "1", "1", "cpu", "cpu", "cpu"}));
+  ASSERT_EQ(p.stages.size(), 3u);
+  EXPECT_EQ(p.edges[1].transport, Transport::kNccl);  // GPU -> GPU
+  EXPECT_EQ(p.edges[2].transport, Transport::kShm);   // GPU -> CPU offload stage
+  EXPECT_EQ(p.edges[0].transport, Transport::kMpi);   // coordinator -> first stage
+  for (const auto& [name, u] : p.devices) {
+    if (u.budget) EXPECT_LE(u.total(), *u.budget) << name;
+  }
+}
+
+TEST(Plan, BalancedSpreadsLayersEvenlyAcrossGpus) {
+  PlanRequest r =
+      request(model(8, 100 * MiB, 50 * MiB), {{"cuda:0", 8000 * MiB}, {"cuda:1", 8000 * MiB}, {"cpu", 8000 * MiB}});
+  r.strategy = config::Strategy::kBalanced;
+  const Plan p = make_plan(r);
+  int on0 = 0, on1 = 0;
+  for (const auto& d : devices_of(p)) (d == "0" ? on0 : on1)++;
+  EXPECT_GT(on0, 3);
+  EXPECT_GT(on1, 3);
+  EXPECT_EQ(p.devices.count("cpu:0") ? p.devices.at("cpu:0").weights : 0u, 0u);
+}
+
+TEST(Plan, BalancedLow0KeepsGpu0Light) {
+  PlanRequest r =
+      request(model(8, 100 * MiB, 50 * MiB), {{"cuda:0", 8000 * MiB}, {"cuda:1", 8000 * MiB}, {"cpu", 8000 * MiB}});
+  r.strategy = config::Strategy::kBalancedLow0;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.devices.at("cuda:0").weights, 0u);
+  EXPECT_EQ(p.devices.at("cuda:1").weights, 900 * MiB + 128);
+}
+
+TEST(Plan, PipelineBalancesComputeNotBytes) {
+  // A huge embedding costs bytes but no FLOPs: byte balancing would give GPU 0 fewer
+  // layers; compute balancing splits the layers evenly.
+  PlanRequest r = request(model(8, 100 * MiB, 800 * MiB), {{"cuda:0", 8000 * MiB}, {"cuda:1", 8000 * MiB}});
+  r.strategy = config::Strategy::kBalanced;
+  r.mode = config::Mode::kPipeline;
+  r.model.modules.back().flops_per_token = 0;  // make the head free too, to keep the arithmetic plain
+  const Plan p = make_plan(r);
+  const auto d = devices_of(p);
+  EXPECT_EQ(std::count(d.begin() + 1, d.begin() + 9, "0"), 4);
+  EXPECT_EQ(std::count(d.begin() + 1, d.begin() + 9, "1"), 4);
+}
+
+TEST(Plan, TiedEmbeddingIsChargedToBothStages) {
+  PlanRequest r = request(model(4, 10 * MiB, 30 * MiB, /*tied=*/true), {{"cpu:0", 60 * MiB}, {"cpu:1", 1000 * MiB}});
+  r.strategy = config::Strategy::kSequential;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(hf_device(p.module_device.front()), "cpu");
+  EXPECT_EQ(hf_device(p.module_device.back()), "cpu:1");
+  EXPECT_GE(p.devices.at("cpu:0").weights, 30 * MiB);
+  EXPECT_GE(p.devices.at("cpu:1").weights, 30 * MiB);  // the head's copy of the embedding
+  // On one device the tied tensor counts once.
+  const Plan one = make_plan(request(model(4, 10 * MiB, 30 * MiB, true), {{"cpu", 1000 * MiB}}));
+  EXPECT_EQ(one.devices.at("cpu:0").weights, 4 * 10 * MiB + 30 * MiB + 128);
+}
+
+TEST(Plan, KvCacheIsCharged) {
+  PlanRequest r = request(model(4, 10 * MiB, 10 * MiB, false, /*kv_per_token=*/4096), {{"cpu", 10000 * MiB}});
+  r.max_batch = 8;
+  r.max_seq_len = 1024;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.devices.at("cpu:0").kv, 4ull * 4096 * 8 * 1024);
+}
+
+TEST(Plan, ImpossiblePlanGivesTheNumbers) {
+  PlanRequest r = request(model(4, 300 * MiB, 10 * MiB), {{"cuda:0", 200 * MiB}, {"cpu", 250 * MiB}});
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "model.layers.0 needs 300.00 MiB", "largest compute budget is 250.00 MiB",
+                    "add \"disk\"");
+}
+
+TEST(Plan, DiskTakesWhatDoesNotFitAndTheOffloadStageServesIt) {
+  PlanRequest r = request(model(6, 100 * MiB, 10 * MiB), {{"cpu", 400 * MiB}, {"disk", std::nullopt}});
+  const Plan p = make_plan(r);
+  EXPECT_EQ(hf_device(p.module_device.back()), "disk");
+  ASSERT_EQ(p.stages.size(), 1u);  // cpu:0 and disk are one offload stage
+  EXPECT_EQ(p.stages[0].tiers.size(), 2u);
+  EXPECT_GT(p.devices.at("disk").weights, 0u);
+}
+
+TEST(Plan, StreamingToAGpuReservesTwoCopiesOfTheLargestOffloadedModule) {
+  PlanRequest r = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
+  r.offload_compute = "cuda:0";
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.devices.at("cuda:0").staging, 200 * MiB);
+  EXPECT_LE(p.devices.at("cuda:0").total(), 500 * MiB);
+  EXPECT_EQ(p.stages.back().device.str(), "cuda:0");  // the offload stage computes on the GPU...
+  EXPECT_EQ(p.edges[1].transport, Transport::kShm);   // ...but talks to the GPU stage over shm
+}
+
+TEST(Plan, ManualMapWithPrefixesAndAReturnToAnEarlierStage) {
+  PlanRequest r = request(model(4, 10 * MiB, 10 * MiB), {{"cpu:0", 1000 * MiB}, {"cpu:1", 1000 * MiB}});
+  r.device_map = {{"model.embed_tokens", parse_device("cpu:0")},
+                  {"model.layers", parse_device("cpu:1")},
+                  {"model.norm", parse_device("cpu:0")},
+                  {"lm_head", parse_device("cpu:0")}};
+  const Plan p = make_plan(r);
+  ASSERT_EQ(p.stages.size(), 2u);
+  EXPECT_EQ(p.stages[0].segments.size(), 2u);  // rank 1 runs the embedding, then norm + head
+  EXPECT_EQ(p.route_ranks, (std::vector<int>{1, 2, 1}));
+}
+
+TEST(Plan, ManualMapErrors) {
+  PlanRequest r = request(model(2, 10 * MiB, 10 * MiB), {{"cpu", 1000 * MiB}});
+  r.device_map = {{"model.layers.0.mlp", parse_device("cpu")}, {"", parse_device("cpu")}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "'model.layers.0.mlp' would split module 'model.layers.0'");
+  r.device_map = {{"model.layers", parse_device("cpu")},
+                  {"model.layers.1", parse_device("cpu")},
+                  {"model.embed_tokens", parse_device("cpu")}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "'model.layers.1' is covered twice", "'model.layers'");
+  r.device_map = {{"model.layerz", parse_device("cpu")}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "'model.layerz' matches no module");
+  r.device_map = {{"model.layers", parse_device("cpu")}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "'model.embed_tokens' is not covered");
+  r.device_map = {{"", parse_device("cuda:3")}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "cuda:3", "no budget");
+  r.device_map = {{"", parse_device("cpu")}};
+  r.budgets = {{parse_device("cpu"), 5 * MiB}};
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "puts", "on cpu:0", "budget is 5.00 MiB");
+}
+
+// Property tests: random models and budgets. Whatever the planner returns keeps every
+// budget, places every module, keeps execution order along the route, and is
+// deterministic; when it refuses, it says why.
+TEST(PlanProperties, RandomModelsAndBudgets) {
+  std::mt19937_64 rng(20261123);
+  int planned = 0, refused = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    auto u = [&](uint64_t lo, uint64_t hi) { return std::uniform_int_distribution<uint64_t>(lo, hi)(rng); };
+    ModelDescriptor m = model(static_cast<int>(u(1, 24)), u(1, 64) * MiB, u(1, 128) * MiB, u(0, 1), u(0, 8192));
+    for (auto& mod : m.modules) {  // uneven layers
+      if (mod.kind == ModuleKind::kLayer) mod.tensors[0].bytes = u(1, 64) * MiB;
+    }
+    std::vector<std::pair<std::string, std::optional<uint64_t>>> budgets;
+    const int gpus = static_cast<int>(u(0, 4));
+    for (int g = 0; g < gpus; ++g) budgets.push_back({"cuda:" + std::to_string(g), u(32, 1024) * MiB});
+    const int cpus = static_cast<int>(u(gpus ? 0 : 1, 3));
+    for (int c = 0; c < cpus; ++c) budgets.push_back({"cpu:" + std::to_string(c), u(32, 2048) * MiB});
+    if (u(0, 1)) budgets.push_back({"disk", std::nullopt});
+    PlanRequest r = request(m, budgets);
+    r.strategy = static_cast<config::Strategy>(u(0, 3));
+    r.mode = u(0, 1) ? config::Mode::kPipeline : config::Mode::kSequential;
+    r.max_batch = static_cast<int64_t>(u(1, 8));
+    r.max_seq_len = static_cast<int64_t>(u(16, 512));
+    if (gpus && u(0, 1)) r.offload_compute = "cuda:0";
+    Plan p;
+    try {
+      p = make_plan(r);
+    } catch (const PlanError& e) {
+      ++refused;
+      EXPECT_NE(std::string(e.what()).find("needs"), std::string::npos) << e.what();
+      continue;
+    }
+    ++planned;
+    ASSERT_EQ(p.module_device.size(), r.model.modules.size());
+    for (const auto& [name, use] : p.devices) {
+      if (use.budget) EXPECT_LE(use.total(), *use.budget) << "trial " << trial << " device " << name;
+    }
+    // The route visits every module exactly once, in execution order.
+    int64_t next = 0;
+    for (const auto& seg : p.route_segments) {
+      EXPECT_EQ(seg.begin, next) << "trial " << trial;
+      next = seg.end;
+    }
+    EXPECT_EQ(next, static_cast<int64_t>(r.model.modules.size()));
+    // Fill strategies never return to an earlier device.
+    std::set<int> left;
+    for (size_t k = 1; k < p.route_ranks.size(); ++k) {
+      left.insert(p.route_ranks[k - 1]);
+      EXPECT_FALSE(left.count(p.route_ranks[k])) << "trial " << trial;
+    }
+    const Plan again = make_plan(r);
+    EXPECT_EQ(devices_of(again), devices_of(p)) << "trial " << trial;
+  }
+  std::cout << "[ planner ] " << planned << " plans, " << refused << " refused\n";
+  EXPECT_GT(planned, 100);
+}
+
+}  // namespace
+}  // namespace cascade::planner
