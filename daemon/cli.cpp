@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "daemon/generate.h"
+#include "daemon/planning.h"
 
 namespace cascade::daemon {
 namespace {
@@ -31,6 +32,23 @@ void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& p
   cmd->add_flag("--json", json, "One JSON object per prompt on stdout");
   cmd->add_flag("--stop-at-eos", g.stop_at_eos, "Stop a sequence at the model's EOS token");
   cmd->add_option("--threads", g.threads, "Compute threads (0 = LibTorch's default)");
+}
+
+void add_plan(CLI::App& app, PlanOptions& p) {
+  auto* cmd = app.add_subcommand("plan", "Show where every module would live, without loading weights");
+  cmd->add_option("--config", p.config_file, "cascade.toml")->check(CLI::ExistingFile);
+  cmd->add_option("--set", p.overrides, "Override a config key: section.key=value")->take_all();
+  cmd->add_option("--model", p.model_dir, "Hugging Face checkpoint directory (instead of --config)")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--max-memory", p.max_memory,
+                  "Budgets, e.g. \"cuda:0=20GiB,cpu=64GiB,disk\"; a device without a size is measured");
+  cmd->add_option("--strategy", p.strategy, "auto | balanced | balanced_low_0 | sequential");
+  cmd->add_option("--mode", p.mode, "sequential | pipeline");
+  cmd->add_option("--max-batch", p.max_batch, "KV slots");
+  cmd->add_option("--max-seq-len", p.max_seq_len, "Tokens per sequence");
+  cmd->add_option("--dtype", p.dtype, "auto | float32 | bfloat16 | float16");
+  cmd->add_option("--offload-compute", p.offload_compute, "cpu | cuda:N | auto");
+  cmd->add_flag("--json", p.json, "Print the plan as JSON");
 }
 
 int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids, bool json, bool greedy) {
@@ -61,6 +79,8 @@ int run_cli(int argc, char** argv) {
   std::vector<std::string> prompt_ids;
   bool json = false, greedy = false;
   add_generate(app, gen, prompt_ids, json, greedy);
+  PlanOptions plan;
+  add_plan(app, plan);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -69,6 +89,10 @@ int run_cli(int argc, char** argv) {
   const std::string name = app.get_subcommands().front()->get_name();
   try {
     if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
+    if (name == "plan") {
+      run_plan(plan, std::cout);
+      return 0;
+    }
   } catch (const c10::Error& e) {  // LibTorch's checks: drop the C++ backtrace
     std::cerr << "cascade " << name << ": error: " << e.what_without_backtrace() << "\n";
     return 1;

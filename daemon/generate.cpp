@@ -70,9 +70,9 @@ std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& 
       }
     }
   }
-  log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers << " layers, "
-      << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype) << ") from "
-      << opts.model_dir << " in " << seconds_since(t0) << " s\n";
+  log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers
+      << " layers, " << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype)
+      << ") from " << opts.model_dir << " in " << seconds_since(t0) << " s\n";
 
   const size_t n = opts.prompts.size();
   std::vector<GenerateResult> results(n);

@@ -1,0 +1,41 @@
+// Bridges a checkpoint and the planner: builds the planner's ModelDescriptor from
+// config.json and the safetensors headers (no tensor data), turns a Config into a
+// PlanRequest with measured or given budgets, and runs `cascade plan`.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "planner/budgets.h"
+#include "planner/plan.h"
+
+namespace cascade::storage {
+class Checkpoint;
+}
+
+namespace cascade::daemon {
+
+// Module sizes at the compute dtype (non-float tensors keep their stored size).
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype);
+
+// Free memory of each visible GPU (empty in a CPU-only build) and MemAvailable.
+planner::HostMemory probe_host();
+
+struct PlanOptions {
+  std::string config_file;             // --config; other flags override it
+  std::vector<std::string> overrides;  // --set
+  std::string model_dir;               // --model
+  std::string max_memory;              // --max-memory "cuda:0=2GiB,cpu=8GiB,disk"
+  std::string strategy, mode, dtype, offload_compute;
+  int64_t max_batch = 0, max_seq_len = 0;  // 0 = from the config / defaults
+  bool json = false;
+};
+
+// Prints the plan (a table, or JSON) to `out`; throws on bad input or an impossible plan.
+void run_plan(const PlanOptions& opts, std::ostream& out);
+
+}  // namespace cascade::daemon

@@ -1,0 +1,90 @@
+// `cascade plan` on real checkpoints: the descriptor comes from the headers alone, and
+// the command runs on this GPU-less machine for GPUs given by size.
+#include "daemon/planning.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <sstream>
+
+#include "storage/checkpoint.h"
+#include "tests/test_util.h"
+
+namespace cascade::daemon {
+namespace {
+
+std::string run(const std::string& args, int* status) {
+  FILE* p = popen((std::string(CASCADE_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  *status = WEXITSTATUS(pclose(p));
+  return out;
+}
+
+TEST(Descriptor, SizesFromHeadersWithoutReadingData) {
+  for (const auto& name : test::all_fixtures()) {
+    auto ck = storage::Checkpoint::open(test::fixture(name));
+    const planner::ModelDescriptor f32 = build_descriptor(*ck, at::kFloat);
+    EXPECT_EQ(ck->bytes_read(), 0u) << name;
+    // Every stored tensor is counted once, at 4 bytes per element.
+    uint64_t elements = 0;
+    for (const auto& t : ck->tensor_names()) elements += ck->info(t).numel();
+    EXPECT_EQ(f32.total_weight_bytes(), elements * 4) << name;
+    EXPECT_EQ(build_descriptor(*ck, at::kBFloat16).total_weight_bytes(), elements * 2) << name;
+    EXPECT_EQ(f32.modules.front().flops_per_token, 0) << name;  // a lookup
+    EXPECT_GT(f32.modules[1].kv_bytes_per_token, 0u) << name;
+  }
+}
+
+TEST(PlanCli, GpusThisMachineLacksCanBePlannedForBySize) {
+  int status = 0;
+  const std::string out = run("plan --model " + test::fixture("llama_gqa") +
+                                  " --max-memory cuda:0=600KiB,cuda:1=600KiB,cpu=2MiB,disk --max-batch 2"
+                                  " --max-seq-len 64 --strategy sequential --json",
+                              &status);
+  ASSERT_EQ(status, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["device_map"]["model.embed_tokens"], 0);
+  EXPECT_EQ(j["stages"][0]["device"], "cuda:0");
+  EXPECT_TRUE(j["devices"].contains("cuda:1"));
+  uint64_t weights = 0;
+  for (const auto& [dev, u] : j["devices"].items()) weights += u["weights"].get<uint64_t>();
+  EXPECT_GE(weights, storage::Checkpoint::open(test::fixture("llama_gqa"))->total_bytes());
+}
+
+TEST(PlanCli, ReadableTableFromAConfigFile) {
+  test::TempDir dir;
+  test::write_file(dir.file("c.toml"), "[model]\npath = \"" + test::fixture("gpt2") +
+                                           "\"\n[placement]\nmax_memory = { \"cpu:0\" = \"600KiB\", \"cpu:1\" = "
+                                           "\"4MiB\" }\nstrategy = \"sequential\"\n[runtime]\nmax_batch = 2\n"
+                                           "max_seq_len = 32\n");
+  int status = 0;
+  const std::string out = run("plan --config " + dir.file("c.toml"), &status);
+  ASSERT_EQ(status, 0) << out;
+  for (const char* want : {"budgets: cpu:0 600.00 KiB, cpu:1 4.00 MiB", "transformer.h.1", "rank 2", "used"}) {
+    EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
+  }
+}
+
+TEST(PlanCli, ErrorsAreClear) {
+  int status = 0;
+  std::string out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cuda:0,cpu", &status);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(out.find("cuda:0 has no size"), std::string::npos) << out;
+  out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cpu=100KiB", &status);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(out.find("needs"), std::string::npos) << out;
+  EXPECT_NE(out.find("the largest compute budget is 100.00 KiB (cpu:0)"), std::string::npos) << out;
+  out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cpu=1GiB --strategy fastest", &status);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(out.find("'fastest' is not one of"), std::string::npos) << out;
+  out = run("plan", &status);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(out.find("--config FILE or --model DIR"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace cascade::daemon
