@@ -58,6 +58,7 @@ else()
   set(CASCADE_WITH_CUDA OFF)
 endif()
 if(CASCADE_WITH_CUDA)
+  target_compile_definitions(cascade_torch INTERFACE CASCADE_WITH_CUDA=1)
   add_library(cascade_nccl UNKNOWN IMPORTED)
   set_target_properties(cascade_nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
                                                 INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
