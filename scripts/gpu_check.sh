@@ -29,6 +29,12 @@ cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1
 step build "exit $? in $(($(date +%s) - start)) s"
 ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
 step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+# The planner against accelerate, and a plan from measured GPU memory.
+python3 scripts/compare_planner.py --cascade build-gpu/cascade --out "$OUT/planner_compare.md" >"$OUT/planner_compare.log" 2>&1
+step compare_planner "exit $? ($(grep -c -- '->' "$OUT/planner_compare.log") cases)"
+build-gpu/cascade plan --model tests/data/llama_gqa >"$OUT/plan_measured.txt" 2>&1
+step plan_measured "exit $?: $(sed -n 3p "$OUT/plan_measured.txt")"
+
 # A test that dies on a signal gets a backtrace (cuda-gdb also debugs host code; there is no gdb).
 for t in build-gpu/tests/*_test; do
   "$t" >/dev/null 2>&1
