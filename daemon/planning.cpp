@@ -124,8 +124,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   for (size_t i = 0; i < req.budgets.size(); ++i) {
     const auto& b = req.budgets[i];
     out << (i ? "," : "") << " " << b.device.str() << " "
-        << (b.bytes ? config::format_bytes(*b.bytes) : std::string("unlimited"))
-        << (specs.empty() || (i < specs.size() && specs[i].measure) ? " (measured)" : "");
+        << (b.bytes ? config::format_bytes(*b.bytes) : std::string("unlimited")) << (b.measured ? " (measured)" : "");
   }
   out << "\n\n" << planner::format_plan(req.model, plan);
 }

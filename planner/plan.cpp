@@ -168,15 +168,16 @@ uint64_t module_need(const PlanRequest& r, const Ledger& l, int64_t i) {
 }
 
 // accelerate's get_balanced_memory, with KV included in the sizes: every main device
-// but the last is capped at an even share plus a buffer of 1.25 x max(largest
-// module, mean module); balanced_low_0 gives GPU 0 only what the others cannot hold.
+// but the last is capped at an even share plus a buffer of 1.25 x max(largest decoder
+// layer, mean module) (accelerate: the no-split block or the mean leaf), and
+// balanced_low_0 gives GPU 0 only what the others cannot hold.
 void balance_caps(const PlanRequest& r, Ledger& l, const std::vector<DeviceName>& main, bool low_zero) {
   if (main.size() < 2) return;
   uint64_t total = 0, largest = 0;
   for (size_t i = 0; i < r.model.modules.size(); ++i) {
     const uint64_t s = module_need(r, l, static_cast<int64_t>(i));
     total += s;
-    largest = std::max(largest, s);
+    if (r.model.modules[i].kind == ModuleKind::kLayer) largest = std::max(largest, s);
   }
   const uint64_t mean = total / r.model.modules.size();
   const uint64_t buffer = static_cast<uint64_t>(1.25 * static_cast<double>(std::max(largest, mean)));

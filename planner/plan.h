@@ -62,6 +62,7 @@ struct ModelDescriptor {
 struct DeviceBudget {
   config::DeviceName device;
   std::optional<uint64_t> bytes;  // nullopt = unlimited
+  bool measured = false;          // bytes came from this machine, not from the user
 };
 
 struct PlanRequest {

@@ -94,8 +94,12 @@ def expand(acc_map, modules):
     return out
 
 
+def size(b):
+    return f"{b // GiB}GiB" if b % GiB == 0 else f"{b >> 20}MiB"
+
+
 def cascade_budget(max_memory):
-    parts = [f"{'cuda:' + str(k) if isinstance(k, int) else k}={v}" for k, v in max_memory.items()]
+    parts = [f"{'cuda:' + str(k) if isinstance(k, int) else k}={size(v)}" for k, v in max_memory.items()]
     return ",".join(parts + ["disk"])
 
 
@@ -112,6 +116,7 @@ def main():
         cfg = MODELS[model_name]
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model.tie_weights()  # on the meta device ties are not made for us
         path = os.path.join(tmp, model_name)
         if model_name not in built:
             write_checkpoint(model, cfg, path)

@@ -71,9 +71,10 @@ TEST(PlanCli, ReadableTableFromAConfigFile) {
 
 TEST(PlanCli, ErrorsAreClear) {
   int status = 0;
-  std::string out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cuda:0,cpu", &status);
+  // (cuda:15: no machine here has sixteen GPUs, so it cannot be measured.)
+  std::string out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cuda:15,cpu", &status);
   EXPECT_EQ(status, 1);
-  EXPECT_NE(out.find("cuda:0 has no size"), std::string::npos) << out;
+  EXPECT_NE(out.find("cuda:15 has no size"), std::string::npos) << out;
   out = run("plan --model " + test::fixture("llama_gqa") + " --max-memory cpu=100KiB", &status);
   EXPECT_EQ(status, 1);
   EXPECT_NE(out.find("needs"), std::string::npos) << out;
