@@ -3,7 +3,7 @@
 # build against LibTorch's own CUDA build, run the whole ctest suite, and leave logs
 # and a summary under $OUT. Needs the Debian header packages unpacked in .deps/root
 # (toml++ is not installed there): see docs/development.md.
-#   REGEN_FIXTURES=1 scripts/gpu_check.sh
+#   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -17,6 +17,13 @@ if [ "${REGEN_FIXTURES:-0}" = 1 ]; then
   python3 scripts/make_fixtures.py --out tests/data >"$OUT/fixtures.log" 2>&1
   step fixtures "exit $? ($(grep -c distinct "$OUT/fixtures.log") models)"
   tar czf "$OUT/fixtures.tgz" -C tests data
+fi
+
+if [ "${REGEN_TOKENIZERS:-0}" = 1 ]; then
+  python3 scripts/make_tokenizer_fixtures.py --out tests/data/tokenizers --bench-out "$OUT/tokenizer_bench.json" \
+    >"$OUT/tokenizers.log" 2>&1
+  step tokenizers "exit $? ($(grep -c vocab "$OUT/tokenizers.log") tokenizers)"
+  tar czf "$OUT/tokenizers.tgz" -C tests/data tokenizers
 fi
 
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
