@@ -25,6 +25,19 @@ target_include_directories(cascade_json SYSTEM INTERFACE ${NLOHMANN_INCLUDE_DIR}
 add_library(cascade_cli11 INTERFACE)
 target_include_directories(cascade_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
 
+# The tokenizer: PCRE2 (Unicode regexes) and ICU (normalization, case mapping).
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(PCRE2 QUIET IMPORTED_TARGET libpcre2-8)
+endif()
+find_package(ICU QUIET COMPONENTS uc)
+if(PCRE2_FOUND AND ICU_FOUND)
+  set(CASCADE_WITH_TOKENIZER ON)
+else()
+  set(CASCADE_WITH_TOKENIZER OFF)
+  message(WARNING "PCRE2 or ICU not found (libpcre2-dev, libicu-dev): building without the tokenizer")
+endif()
+
 # LibTorch's CMake config adds flags through TORCH_CXX_FLAGS; wrap it in one target.
 # PyTorch's wheels export statically linked libstdc++ symbols, std::filesystem among
 # them (pytorch/pytorch#133437); whichever library comes first among a binary's
@@ -63,7 +76,7 @@ if(CASCADE_WITH_CUDA)
   set_target_properties(cascade_nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
                                                 INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
 endif()
-message(STATUS "Cascade: LibTorch ${Torch_VERSION}, GPU code ${CASCADE_WITH_CUDA}")
+message(STATUS "Cascade: LibTorch ${Torch_VERSION}, GPU code ${CASCADE_WITH_CUDA}, tokenizer ${CASCADE_WITH_TOKENIZER}")
 
 if(CASCADE_BUILD_TESTS)
   find_package(GTest QUIET)

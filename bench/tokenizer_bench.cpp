@@ -1,0 +1,47 @@
+// Encode speed: a file (default tests/data/tokenizers/bench.txt, 1 MB of mixed text)
+// encoded whole, best of N runs, per tokenizer. Prints MB/s and tokens.
+//   build/bench/tokenizer_bench [--runs 5] [--text FILE] TOKENIZER_DIR...
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "daemon/tokenizer.h"
+
+int main(int argc, char** argv) {
+  int runs = 5;
+  std::string text_file = "tests/data/tokenizers/bench.txt";
+  std::vector<std::string> toks;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--runs" && i + 1 < argc)
+      runs = std::stoi(argv[++i]);
+    else if (a == "--text" && i + 1 < argc)
+      text_file = argv[++i];
+    else
+      toks.push_back(a);
+  }
+  std::ifstream in(text_file, std::ios::binary);
+  if (!in || toks.empty()) {
+    std::fprintf(stderr, "usage: tokenizer_bench [--runs N] [--text FILE] TOKENIZER_DIR...\n");
+    return 2;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  for (const auto& path : toks) {
+    auto tok = cascade::daemon::Tokenizer::load(path);
+    double best = 1e30;
+    size_t n = 0;
+    for (int r = 0; r < runs; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      n = tok->encode(text, false).size();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::printf("%-40s %8.1f ms for %zu bytes (%zu tokens): %.2f MB/s\n", path.c_str(), best * 1e3, text.size(), n,
+                text.size() / best / 1e6);
+  }
+  return 0;
+}
