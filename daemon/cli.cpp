@@ -7,6 +7,9 @@
 
 #include "daemon/generate.h"
 #include "daemon/planning.h"
+#ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/text.h"
+#endif
 
 namespace cascade::daemon {
 namespace {
@@ -16,9 +19,8 @@ void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& p
   cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")
-      ->required()
-      ->take_all();
+  cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")->take_all();
+  cmd->add_option("--prompt", g.prompt_texts, "Prompt text, encoded with DIR/tokenizer.json; repeatable")->take_all();
   cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate per prompt")->capture_default_str();
   cmd->add_option("--dtype", g.dtype, "Compute dtype")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))
@@ -55,9 +57,13 @@ int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids,
   if (greedy && g.sampling.temperature > 0)
     throw std::invalid_argument("--greedy and --temperature exclude each other");
   for (const auto& p : prompt_ids) g.prompts.push_back(parse_ids(p));
+  if (g.prompts.empty() && g.prompt_texts.empty())
+    throw std::invalid_argument("give --prompt TEXT or --prompt-ids 1,2,3");
   const auto results = generate(g, std::cerr);
   if (json) {
     print_json(results, g.logits, std::cout);
+  } else if (!results.empty() && results.front().has_text) {
+    for (size_t i = 0; i < results.size(); ++i) std::cout << results[i].prompt_text << results[i].text << "\n";
   } else {
     for (size_t i = 0; i < results.size(); ++i) {
       std::cout << "prompt " << i << ":";
@@ -72,6 +78,19 @@ int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids,
 
 }  // namespace
 
+#ifdef CASCADE_WITH_TOKENIZER
+void add_text_commands(CLI::App& app, TextOptions& t) {
+  auto* tk = app.add_subcommand("tokenize", "Text to token ids with a Hugging Face tokenizer.json");
+  tk->add_option("--tokenizer", t.tokenizer, "tokenizer.json or a directory holding one")->required();
+  tk->add_flag("--add-special-tokens", t.special, "Apply the post-processor (e.g. BOS)");
+  tk->add_option("text", t.text, "The text")->required();
+  auto* dt = app.add_subcommand("detokenize", "Token ids to text");
+  dt->add_option("--tokenizer", t.tokenizer, "tokenizer.json or a directory holding one")->required();
+  dt->add_flag("--skip-special-tokens", t.special, "Drop special tokens");
+  dt->add_option("ids", t.text, "Comma-separated ids, e.g. 1,2,3")->required();
+}
+#endif
+
 int run_cli(int argc, char** argv) {
   CLI::App app{"Cascade: serve language models too large for one GPU"};
   app.require_subcommand(1);
@@ -81,6 +100,10 @@ int run_cli(int argc, char** argv) {
   add_generate(app, gen, prompt_ids, json, greedy);
   PlanOptions plan;
   add_plan(app, plan);
+#ifdef CASCADE_WITH_TOKENIZER
+  TextOptions text;
+  add_text_commands(app, text);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -89,6 +112,16 @@ int run_cli(int argc, char** argv) {
   const std::string name = app.get_subcommands().front()->get_name();
   try {
     if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
+#ifdef CASCADE_WITH_TOKENIZER
+    if (name == "tokenize") {
+      std::cout << tokenize_json(text) << "\n";
+      return 0;
+    }
+    if (name == "detokenize") {
+      std::cout << detokenize(text) << "\n";
+      return 0;
+    }
+#endif
     if (name == "plan") {
       run_plan(plan, std::cout);
       return 0;

@@ -4,12 +4,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <stdexcept>
 
 #include "config/size.h"
+#ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/tokenizer.h"
+#endif
 #include "stage/model.h"
 #include "storage/checkpoint.h"
 
@@ -44,7 +48,19 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
-std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& log) {
+std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& log) {
+  GenerateOptions opts = in;
+#ifdef CASCADE_WITH_TOKENIZER
+  std::shared_ptr<const Tokenizer> tok;
+  const bool has_tokenizer = std::ifstream(opts.model_dir + "/tokenizer.json").good();
+  if (has_tokenizer) tok = Tokenizer::load(opts.model_dir);
+  for (const auto& t : opts.prompt_texts) {
+    if (!tok) throw std::invalid_argument(opts.model_dir + " has no tokenizer.json; give token ids with --prompt-ids");
+    opts.prompts.push_back(tok->encode(t, /*add_special_tokens=*/true));
+  }
+#else
+  if (!opts.prompt_texts.empty()) throw std::invalid_argument("this build has no tokenizer; use --prompt-ids");
+#endif
   if (opts.prompts.empty()) throw std::invalid_argument("no prompt given (use --prompt-ids 1,2,3)");
   if (opts.max_new_tokens < 1) throw std::invalid_argument("--max-new-tokens must be at least 1");
   if (opts.threads > 0) at::set_num_threads(opts.threads);
@@ -126,6 +142,15 @@ std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& 
     logits = model->forward(at::tensor(ids, at::kLong), batch);
   }
   const double dt = seconds_since(t1);
+#ifdef CASCADE_WITH_TOKENIZER
+  if (tok) {
+    for (auto& r : results) {
+      r.has_text = true;
+      r.prompt_text = tok->decode(r.prompt_ids, /*skip_special_tokens=*/true);
+      r.text = tok->decode(r.output_ids, /*skip_special_tokens=*/true);
+    }
+  }
+#endif
   log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << dt << " s ("
       << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0) << " tokens/s)\n";
   return results;
@@ -137,6 +162,10 @@ void print_json(const std::vector<GenerateResult>& results, bool with_logits, st
     j["prompt_ids"] = r.prompt_ids;
     j["output_ids"] = r.output_ids;
     if (with_logits) j["last_logits"] = r.last_logits;
+    if (r.has_text) {
+      j["prompt"] = r.prompt_text;
+      j["text"] = r.text;
+    }
     out << j.dump() << "\n";
   }
 }

@@ -15,6 +15,7 @@ namespace cascade::daemon {
 struct GenerateOptions {
   std::string model_dir;
   std::vector<std::vector<int64_t>> prompts;
+  std::vector<std::string> prompt_texts;  // encoded with the model's tokenizer.json (BOS added), after `prompts`
   int64_t max_new_tokens = 16;
   std::string dtype = "auto";
   stage::SamplingParams sampling;  // the same seed for every prompt: each behaves as if alone
@@ -27,6 +28,8 @@ struct GenerateResult {
   std::vector<int64_t> prompt_ids;
   std::vector<int64_t> output_ids;
   std::vector<float> last_logits;  // [vocab] when GenerateOptions::logits
+  bool has_text = false;           // the model has a tokenizer: text fields are filled
+  std::string prompt_text, text;   // the prompt and the continuation, decoded
 };
 
 // Progress and timing go to `log`. Throws on bad input (a message naming the problem).

@@ -26,21 +26,41 @@ if [ "${REGEN_TOKENIZERS:-0}" = 1 ]; then
   tar czf "$OUT/tokenizers.tgz" -C tests/data tokenizers
 fi
 
+deps=$PWD/.deps/root
+# The tokenizer needs PCRE2 and ICU headers; use the carried Debian packages when the
+# machine lacks them.
+if [ ! -f /usr/include/pcre2.h ] || [ ! -f /usr/include/unicode/normalizer2.h ]; then
+  export PKG_CONFIG_PATH=$deps/usr/lib/x86_64-linux-gnu/pkgconfig PKG_CONFIG_SYSROOT_DIR=$deps ICU_ROOT=$deps/usr
+  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  step deps "PCRE2/ICU from .deps/root"
+fi
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 step torch "$(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))')"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  -DCASCADE_EXTRA_INCLUDE="$PWD/.deps/root/usr/include" >"$OUT/configure.log" 2>&1
-step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/configure.log"))"
+  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" >"$OUT/build.log" 2>&1
+step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/build.log"))"
 start=$(date +%s)
-cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1
+cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
 step build "exit $? in $(($(date +%s) - start)) s"
 ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
 step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
 # The planner against accelerate, and a plan from measured GPU memory.
-python3 scripts/compare_planner.py --cascade build-gpu/cascade --out "$OUT/planner_compare.md" >"$OUT/planner_compare.log" 2>&1
-step compare_planner "exit $? ($(grep -c -- '->' "$OUT/planner_compare.log") cases)"
-build-gpu/cascade plan --model tests/data/llama_gqa >"$OUT/plan_measured.txt" 2>&1
-step plan_measured "exit $?: $(sed -n 3p "$OUT/plan_measured.txt")"
+python3 scripts/compare_planner.py --cascade build-gpu/cascade --out "$OUT/planner_compare.md" >/tmp/planner.log 2>&1
+step compare_planner "exit $? ($(grep -c -- '->' /tmp/planner.log) cases)"
+grep -- '->' /tmp/planner.log >>"$summary"
+build-gpu/cascade plan --model tests/data/llama_gqa >/tmp/plan.txt 2>&1
+step plan_measured "exit $?: $(sed -n 3p /tmp/plan.txt)"
+
+# Tokenizer speed, HF and Cascade side by side on this machine, same text and files.
+if [ -x build-gpu/bench/tokenizer_bench ]; then
+  t=tests/data/tokenizers
+  {
+    python3 scripts/hf_tokenizer_bench.py --ids-out "$OUT/hf_llama2_bench_ids.json" $t/llama2_bytefallback \
+      $t/gpt2_bytelevel $t/llama3_split
+    build-gpu/bench/tokenizer_bench $t/llama2_bytefallback $t/gpt2_bytelevel $t/llama3_split
+  } >"$OUT/tokenizer_bench.txt" 2>&1
+  step tokenizer_bench "exit $?"
+fi
 
 # A test that dies on a signal gets a backtrace (cuda-gdb also debugs host code; there is no gdb).
 for t in build-gpu/tests/*_test; do
