@@ -26,16 +26,20 @@ add_library(cascade_cli11 INTERFACE)
 target_include_directories(cascade_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
 
 # The tokenizer: PCRE2 (Unicode regexes) and ICU (normalization, case mapping).
-find_package(PkgConfig QUIET)
-if(PkgConfig_FOUND)
-  pkg_check_modules(PCRE2 QUIET IMPORTED_TARGET libpcre2-8)
-endif()
-find_package(ICU QUIET COMPONENTS uc)
-if(PCRE2_FOUND AND ICU_FOUND)
+# Plain find_path/find_library: the GPU machine has no pkg-config.
+set(CASCADE_EXTRA_LIB "" CACHE PATH "Extra library directory searched for PCRE2")
+find_path(PCRE2_INCLUDE_DIR pcre2.h HINTS ${CASCADE_EXTRA_INCLUDE})
+find_library(PCRE2_LIBRARY NAMES pcre2-8 HINTS ${CASCADE_EXTRA_LIB})
+find_package(ICU QUIET COMPONENTS uc)  # honours ICU_ROOT
+if(PCRE2_INCLUDE_DIR AND PCRE2_LIBRARY AND ICU_FOUND)
   set(CASCADE_WITH_TOKENIZER ON)
+  add_library(cascade_pcre2 UNKNOWN IMPORTED)
+  set_target_properties(cascade_pcre2 PROPERTIES IMPORTED_LOCATION ${PCRE2_LIBRARY}
+                                                 INTERFACE_INCLUDE_DIRECTORIES ${PCRE2_INCLUDE_DIR})
 else()
   set(CASCADE_WITH_TOKENIZER OFF)
-  message(WARNING "PCRE2 or ICU not found (libpcre2-dev, libicu-dev): building without the tokenizer")
+  message(WARNING "PCRE2 (${PCRE2_LIBRARY}) or ICU (${ICU_FOUND}) not found (libpcre2-dev, libicu-dev): "
+                  "building without the tokenizer")
 endif()
 
 # LibTorch's CMake config adds flags through TORCH_CXX_FLAGS; wrap it in one target.

@@ -37,7 +37,8 @@ fi
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 step torch "$(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))')"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" >"$OUT/build.log" 2>&1
+  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" -DCASCADE_EXTRA_LIB="$deps/usr/lib/x86_64-linux-gnu" \
+  >"$OUT/build.log" 2>&1
 step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/build.log"))"
 start=$(date +%s)
 cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1

@@ -79,7 +79,9 @@ TEST(Plan, SequentialSpillsGpuGpuCpuLikeTheAccelerateDocs) {
   EXPECT_EQ(p.edges[2].transport, Transport::kShm);   // GPU -> CPU offload stage
   EXPECT_EQ(p.edges[0].transport, Transport::kMpi);   // coordinator -> first stage
   for (const auto& [name, u] : p.devices) {
-    if (u.budget) EXPECT_LE(u.total(), *u.budget) << name;
+    if (u.budget) {
+      EXPECT_LE(u.total(), *u.budget) << name;
+    }
   }
 }
 
@@ -229,7 +231,9 @@ TEST(PlanProperties, RandomModelsAndBudgets) {
     ++planned;
     ASSERT_EQ(p.module_device.size(), r.model.modules.size());
     for (const auto& [name, use] : p.devices) {
-      if (use.budget) EXPECT_LE(use.total(), *use.budget) << "trial " << trial << " device " << name;
+      if (use.budget) {
+        EXPECT_LE(use.total(), *use.budget) << "trial " << trial << " device " << name;
+      }
     }
     // The route visits every module exactly once, in execution order.
     int64_t next = 0;
