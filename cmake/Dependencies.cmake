@@ -30,15 +30,19 @@ target_include_directories(cascade_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
 set(CASCADE_EXTRA_LIB "" CACHE PATH "Extra library directory searched for PCRE2")
 find_path(PCRE2_INCLUDE_DIR pcre2.h HINTS ${CASCADE_EXTRA_INCLUDE})
 find_library(PCRE2_LIBRARY NAMES pcre2-8 HINTS ${CASCADE_EXTRA_LIB})
-find_package(ICU QUIET COMPONENTS uc)  # honours ICU_ROOT
-if(PCRE2_INCLUDE_DIR AND PCRE2_LIBRARY AND ICU_FOUND)
+find_path(ICU_UC_INCLUDE_DIR unicode/normalizer2.h HINTS ${CASCADE_EXTRA_INCLUDE})
+find_library(ICU_UC_LIB NAMES icuuc HINTS ${CASCADE_EXTRA_LIB})
+if(PCRE2_INCLUDE_DIR AND PCRE2_LIBRARY AND ICU_UC_INCLUDE_DIR AND ICU_UC_LIB)
   set(CASCADE_WITH_TOKENIZER ON)
   add_library(cascade_pcre2 UNKNOWN IMPORTED)
   set_target_properties(cascade_pcre2 PROPERTIES IMPORTED_LOCATION ${PCRE2_LIBRARY}
                                                  INTERFACE_INCLUDE_DIRECTORIES ${PCRE2_INCLUDE_DIR})
+  add_library(cascade_icu UNKNOWN IMPORTED)
+  set_target_properties(cascade_icu PROPERTIES IMPORTED_LOCATION ${ICU_UC_LIB}
+                                               INTERFACE_INCLUDE_DIRECTORIES ${ICU_UC_INCLUDE_DIR})
 else()
   set(CASCADE_WITH_TOKENIZER OFF)
-  message(WARNING "PCRE2 (${PCRE2_LIBRARY}) or ICU (${ICU_FOUND}) not found (libpcre2-dev, libicu-dev): "
+  message(WARNING "PCRE2 (${PCRE2_LIBRARY}) or ICU (${ICU_UC_LIB}) not found (libpcre2-dev, libicu-dev): "
                   "building without the tokenizer")
 endif()
 

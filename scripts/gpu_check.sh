@@ -30,7 +30,6 @@ deps=$PWD/.deps/root
 # The tokenizer needs PCRE2 and ICU headers; use the carried Debian packages when the
 # machine lacks them.
 if [ ! -f /usr/include/pcre2.h ] || [ ! -f /usr/include/unicode/normalizer2.h ]; then
-  export PKG_CONFIG_PATH=$deps/usr/lib/x86_64-linux-gnu/pkgconfig PKG_CONFIG_SYSROOT_DIR=$deps ICU_ROOT=$deps/usr
   export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   step deps "PCRE2/ICU from .deps/root"
 fi
