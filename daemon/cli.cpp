@@ -63,7 +63,9 @@ int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids,
   if (json) {
     print_json(results, g.logits, std::cout);
   } else if (!results.empty() && results.front().has_text) {
-    for (size_t i = 0; i < results.size(); ++i) std::cout << results[i].prompt_text << results[i].text << "\n";
+    for (size_t i = 0; i < results.size(); ++i) {
+      std::cout << (i ? "\n" : "") << results[i].prompt_text << results[i].text << "\n";
+    }
   } else {
     for (size_t i = 0; i < results.size(); ++i) {
       std::cout << "prompt " << i << ":";

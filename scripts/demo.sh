@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The README's first command: install, build, and continue three prompts with the
-# bundled Llama-architecture checkpoint (tests/data/llama_gqa, random weights).
+# The README's first command: install, build, and continue Python prompts with the
+# bundled demo model (models/demo: 5.4 M parameters, Llama architecture, trained on
+# Python sources by scripts/train_demo_model.py), in one process on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
-model=tests/data/llama_gqa
-echo "== cascade generate --model $model (greedy, 16 new tokens per prompt)"
-./build/cascade generate --model "$model" --prompt-ids 1,17,250 --prompt-ids 42 --prompt-ids 7,7,7,7,7 \
-  --max-new-tokens 16
-echo "== the same prompt sampled twice with one seed (identical), then another seed"
-for seed in 5 5 6; do
-  ./build/cascade generate --model "$model" --prompt-ids 1,17,250 --max-new-tokens 12 \
-    --temperature 0.8 --top-p 0.95 --seed "$seed" --json 2>/dev/null
-done
+model=models/demo
+echo
+echo "== cascade generate --model $model (sampled: temperature 0.7, top-p 0.95, seed 1)"
+./build/cascade generate --model "$model" --max-new-tokens 60 --temperature 0.7 --top-p 0.95 --seed 1 \
+  --prompt $'import os\n\n\ndef read_config(path):\n' \
+  --prompt $'class Stack:\n    def __init__(self):\n' \
+  --prompt $'for i in range(10):\n'
+echo
+echo "== the same model as token ids (--json), greedy"
+./build/cascade generate --model "$model" --prompt $'def main():\n' --max-new-tokens 12 --json 2>/dev/null

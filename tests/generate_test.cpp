@@ -135,3 +135,27 @@ TEST(GenerateCliErrors, ClearMessagesAndNonZeroExit) {
 
 }  // namespace
 }  // namespace cascade::daemon
+
+namespace cascade::daemon {
+namespace {
+
+#ifdef CASCADE_WITH_TOKENIZER
+// The bundled demo model (scripts/train_demo_model.py) with its own tokenizer: our
+// float32 greedy text equals the HF transformers samples recorded at training time.
+TEST(DemoModel, GreedyTextMatchesTheHuggingFaceSamples) {
+  const std::string dir = std::string(CASCADE_SOURCE_DIR) + "/models/demo";
+  const auto ref = test::read_json(dir + "/reference_samples.json");
+  for (const auto& s : ref["samples"]) {
+    const std::string prompt = s["prompt"];
+    std::string quoted;  // single-quote for the shell
+    for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    const CliRun r = run_cascade("generate --model " + dir + " --prompt '" + quoted +
+                                 "' --max-new-tokens 40 --dtype float32 --json");
+    ASSERT_EQ(r.status, 0);
+    EXPECT_EQ(nlohmann::json::parse(r.out)["text"], s["greedy_text_40"]) << "prompt " << nlohmann::json(prompt);
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace cascade::daemon
