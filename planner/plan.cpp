@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "config/size.h"
@@ -94,16 +95,17 @@ class Ledger {
     return add;
   }
 
-  // The first device whose cap `add` would break, or nullptr.
-  const std::string* overflow(const std::map<std::string, DeviceUsage>& add) const {
+  // The first device whose cap `add` would break, if any (by value: `add` is often a
+  // temporary).
+  std::optional<std::string> overflow(const std::map<std::string, DeviceUsage>& add) const {
     for (const auto& [dev, a] : add) {
       const uint64_t used = usage_.count(dev) ? usage_.at(dev).total() : 0;
       const auto it = cap_.find(dev);
       const uint64_t c = it == cap_.end() ? kInf : it->second;
       if (dev == "disk" && c == kInf) continue;
-      if (used + a.total() > c) return &dev;
+      if (used + a.total() > c) return dev;
     }
-    return nullptr;
+    return std::nullopt;
   }
 
   void place(int64_t i, const DeviceName& tier) {
@@ -304,7 +306,7 @@ void fill(const PlanRequest& r, const std::vector<DeviceName>& order, const std:
   for (int64_t i = 0; i < n; ++i) {
     while (true) {
       if (cur == order.size()) impossible(r, l, i, last_over);
-      const std::string* over = l.overflow(l.charge(i, order[cur]));
+      const std::optional<std::string> over = l.overflow(l.charge(i, order[cur]));
       if (!over) break;
       last_over = *over;
       ++cur;
