@@ -159,11 +159,6 @@ void Bpe::tokenize(const std::string& word, std::vector<int64_t>* out) const {
 
 namespace {
 
-std::string type_of(const nlohmann::json& j) {
-  if (!j.is_object() || !j.contains("type")) throw TokenizerError("tokenizer.json: a decoder has no \"type\"");
-  return j["type"].get<std::string>();
-}
-
 class DecSequence : public Decoder {
  public:
   explicit DecSequence(const nlohmann::json& j) {
@@ -352,7 +347,7 @@ class DecMetaspace : public Decoder {
 
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j) {
   if (j.is_null()) return nullptr;
-  const std::string t = type_of(j);
+  const std::string t = component_type(j, "decoder");
   if (t == "Sequence") return std::make_unique<DecSequence>(j);
   if (t == "ByteLevel") return std::make_unique<DecByteLevel>();
   if (t == "Replace") return std::make_unique<DecReplace>(j);

@@ -96,6 +96,9 @@ class Decoder {
 };
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j);  // null -> nullptr
 
+// The "type" of a tokenizer.json component; throws naming `what` when absent.
+std::string component_type(const nlohmann::json& j, const char* what);
+
 // UTF-8 helpers.
 size_t utf8_len(unsigned char lead);
 uint32_t utf8_decode(const std::string& s, size_t i, size_t* len);

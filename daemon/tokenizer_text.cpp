@@ -11,13 +11,6 @@
 namespace cascade::daemon::tok {
 namespace {
 
-std::string type_of(const nlohmann::json& j) {
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw TokenizerError("tokenizer.json: a component has no \"type\": " + j.dump().substr(0, 80));
-  }
-  return j["type"].get<std::string>();
-}
-
 // {"String": "x"} or {"Regex": "..."} -> a regex (literal strings are quoted).
 std::unique_ptr<Regex> pattern_of(const nlohmann::json& p) {
   if (p.contains("Regex")) return std::make_unique<Regex>(p["Regex"].get<std::string>());
@@ -198,6 +191,13 @@ class Metaspace : public PreTokenizer {
 
 }  // namespace
 
+std::string component_type(const nlohmann::json& j, const char* what) {
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
+    throw TokenizerError(std::string("tokenizer.json: a ") + what + " has no \"type\": " + j.dump().substr(0, 80));
+  }
+  return j["type"].get<std::string>();
+}
+
 // ---- regex ----
 
 Regex::Regex(const std::string& pattern) {
@@ -347,7 +347,7 @@ std::string to_lower(const std::string& s) {
 
 std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j) {
   if (j.is_null()) return nullptr;
-  const std::string t = type_of(j);
+  const std::string t = component_type(j, "normalizer");
   if (t == "Sequence") return std::make_unique<Sequence>(j);
   if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") return std::make_unique<Form>(t);
   if (t == "Lowercase") return std::make_unique<Lowercase>();
@@ -361,7 +361,7 @@ std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j) {
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j) {
   if (j.is_null()) return nullptr;
-  const std::string t = type_of(j);
+  const std::string t = component_type(j, "pre-tokenizer");
   if (t == "Sequence") return std::make_unique<PreSequence>(j);
   if (t == "Split") {
     return std::make_unique<RegexSplit>(pattern_of(j["pattern"]), parse_behavior(j["behavior"].get<std::string>()),

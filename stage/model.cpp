@@ -7,15 +7,6 @@
 #include "storage/compat.h"
 
 namespace cascade::stage {
-namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-}  // namespace
 
 ModelDescription describe(const storage::Checkpoint& ck) {
   const auto& j = ck.config();
@@ -81,7 +72,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       const storage::TensorInfo& info = ck->info(name);
       if (!expected.empty() && info.shape != expected) {
         throw storage::StorageError(ck->file_of(name).path() + ": tensor '" + name + "' has shape " +
-                                    shape_str(info.shape) + " but config.json implies " + shape_str(expected));
+                                    storage::shape_str(info.shape) + " but config.json implies " +
+                                    storage::shape_str(expected));
       }
       at::Tensor t = ck->load(name, opts.dtype).to(opts.device);
       m->weight_bytes_ += t.numel() * t.element_size();

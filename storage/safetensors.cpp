@@ -16,13 +16,13 @@ namespace {
 // Headers beyond this are refused, as the reference implementation does.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
-std::string shape_str(const std::vector<int64_t>& shape) {
+}  // namespace
+
+std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
 }
-
-}  // namespace
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;

@@ -44,7 +44,8 @@ struct TensorInfo {
 at::ScalarType scalar_type_from_safetensors(const std::string& name);
 // "float32" | "bfloat16" | "float16" (and "fp32", "bf16", "fp16") -> ScalarType; throws std::invalid_argument.
 at::ScalarType parse_dtype(const std::string& name);
-const char* dtype_name(at::ScalarType t);  // "float32", "bfloat16", ...
+const char* dtype_name(at::ScalarType t);      // "float32", "bfloat16", ...
+std::string shape_str(at::IntArrayRef shape);  // "[2, 64]", for messages
 
 class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:

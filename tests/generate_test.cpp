@@ -13,22 +13,8 @@
 namespace cascade::daemon {
 namespace {
 
-struct CliRun {
-  int status;
-  std::string out;
-};
-
-// Runs the cascade binary; stdout and stderr come back together when `merge`.
-CliRun run_cascade(const std::string& args, bool merge = false) {
-  const std::string cmd = std::string(CASCADE_BINARY) + " " + args + (merge ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
+using test::CliRun;
+using test::run_cascade;
 
 TEST(ParseIds, AcceptsListsRejectsGarbage) {
   EXPECT_EQ(parse_ids("1,17,250"), (std::vector<int64_t>{1, 17, 250}));

@@ -15,13 +15,9 @@ namespace cascade::daemon {
 namespace {
 
 std::string run(const std::string& args, int* status) {
-  FILE* p = popen((std::string(CASCADE_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  *status = WEXITSTATUS(pclose(p));
-  return out;
+  const test::CliRun r = test::run_cascade(args, /*merge_stderr=*/true);
+  *status = r.status;
+  return r.out;
 }
 
 TEST(Descriptor, SizesFromHeadersWithoutReadingData) {

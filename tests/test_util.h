@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -55,6 +57,23 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Runs the cascade binary with `args` (a shell fragment); stdout, plus stderr when
+// `merge_stderr`, and the exit status.
+struct CliRun {
+  int status;
+  std::string out;
+};
+inline CliRun run_cascade(const std::string& args, bool merge_stderr = false) {
+  const std::string cmd = std::string(CASCADE_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WEXITSTATUS(status), out};
+}
 
 // Asserts that `stmt` throws an exception of type E whose message contains every part.
 #define EXPECT_THROW_WITH(stmt, E, ...)                                                              \

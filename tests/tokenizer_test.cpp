@@ -179,15 +179,7 @@ std::string model_with_tokenizer(const test::TempDir& d) {
   return d.file("m");
 }
 
-std::string run_cli(const std::string& args) {
-  FILE* p = popen((std::string(CASCADE_BINARY) + " " + args + " 2>/dev/null").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
-  return out;
-}
+std::string run_cli(const std::string& args) { return test::run_cascade(args).out; }
 
 TEST(GenerateWithText, PromptTextEqualsItsIdsAndOutputIsDecoded) {
   test::TempDir d;
