@@ -232,7 +232,6 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
 }
 
 int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
-bool Tokenizer::is_special(int64_t id) const { return impl_->special_ids.count(id) > 0; }
 
 // ---- streaming ----
 

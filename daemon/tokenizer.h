@@ -35,7 +35,6 @@ class Tokenizer {
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const;
 
   int64_t vocab_size() const;  // model vocab plus added tokens (largest id + 1)
-  bool is_special(int64_t id) const;
 
   struct Impl;
 

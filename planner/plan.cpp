@@ -118,7 +118,6 @@ class Ledger {
     }
     const ModuleInfo& m = req_->model.modules[i];
     for (const auto& ts : m.tensors) tensors_[tier.str()].insert(ts.name);
-    usage_[tier.str()].modules.push_back(m.name);
     if (m.kind == ModuleKind::kHead) holds_head_.insert(compute_of(tier).str());
   }
 

@@ -84,7 +84,6 @@ struct DeviceUsage {
   uint64_t kv = 0;
   uint64_t activations = 0;
   uint64_t staging = 0;  // streaming double buffers, disk read-ahead
-  std::vector<std::string> modules;
   uint64_t total() const { return weights + kv + activations + staging; }
 };
 
