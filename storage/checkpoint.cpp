@@ -115,4 +115,10 @@ at::Tensor Checkpoint::load(const std::string& name, at::ScalarType dtype) const
   return v.scalar_type() == dtype ? v.clone(at::MemoryFormat::Contiguous) : v.to(dtype).contiguous();
 }
 
+std::vector<std::string> Checkpoint::files() const {
+  std::vector<std::string> out;
+  for (const auto& f : shards_) out.push_back(f->path());
+  return out;
+}
+
 }  // namespace cascade::storage

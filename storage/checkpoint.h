@@ -33,6 +33,7 @@ class Checkpoint {
   const SafetensorsFile& file_of(const std::string& name) const;
   std::vector<std::string> tensor_names() const;  // sorted
   uint64_t total_bytes() const;                   // sum of all tensors' stored bytes
+  std::vector<std::string> files() const;         // the safetensors files, in index order
 
   // Zero-copy CPU view of the stored bytes, in the stored dtype.
   at::Tensor view(const std::string& name) const;

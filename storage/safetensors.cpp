@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -203,6 +204,85 @@ at::Tensor SafetensorsFile::view(const TensorInfo& info) const {
   auto self = shared_from_this();
   return at::from_blob(
       const_cast<uint8_t*>(p), info.shape, [self](void*) {}, opts);
+}
+
+void SafetensorsFile::advise(const TensorInfo& info, Advice a) const {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data(info)) & ~(page - 1);
+  const auto end = reinterpret_cast<uintptr_t>(data(info)) + info.nbytes();
+  if (end <= begin) return;
+  // Advisory only: a failure changes speed, never results.
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, a == Advice::kWillNeed ? MADV_WILLNEED : MADV_DONTNEED);
+}
+
+const char* safetensors_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return "F32";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kHalf:
+      return "F16";
+    case at::kDouble:
+      return "F64";
+    case at::kChar:
+      return "I8";
+    case at::kByte:
+      return "U8";
+    case at::kShort:
+      return "I16";
+    case at::kInt:
+      return "I32";
+    case at::kLong:
+      return "I64";
+    case at::kBool:
+      return "BOOL";
+    default:
+      throw StorageError(std::string("no safetensors dtype for ") + c10::toString(t));
+  }
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  // Largest elements first: then every tensor starts at a multiple of its element size
+  // (so views need no copy) while the data section stays hole-free, as the format asks.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return tensors[a].second.element_size() > tensors[b].second.element_size();
+  });
+  uint64_t offset = 0;
+  std::vector<at::Tensor> data;
+  for (size_t i : order) {
+    const auto& [name, t] = tensors[i];
+    at::Tensor c = t.to(at::kCPU).contiguous();
+    const uint64_t n = static_cast<uint64_t>(c.numel()) * c.element_size();
+    header[name] = {{"dtype", safetensors_dtype(c.scalar_type())},
+                    {"shape", std::vector<int64_t>(c.sizes().begin(), c.sizes().end())},
+                    {"data_offsets", {offset, offset + n}}};
+    offset += n;
+    data.push_back(c);
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw StorageError(tmp + ": cannot create: " + std::strerror(errno));
+  const uint64_t len = text.size();
+  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (const auto& c : data) {
+    const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
+    ok = ok && (n == 0 || std::fwrite(c.data_ptr(), 1, n, f) == n);
+  }
+  ok = (std::fflush(f) == 0) && ok && ::fsync(fileno(f)) == 0;
+  const int err = errno;
+  std::fclose(f);
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw StorageError(path + ": cannot write: " + std::strerror(ok ? errno : err));
+  }
 }
 
 }  // namespace cascade::storage

@@ -64,6 +64,11 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   at::Tensor view(const TensorInfo& info) const;
   const uint8_t* data(const TensorInfo& info) const { return base_ + data_start_ + info.begin; }
 
+  // Paging hints for the disk tier: kWillNeed starts reading the tensor's pages in the
+  // background; kDontNeed drops them from this process (the page cache may keep them).
+  enum class Advice { kWillNeed, kDontNeed };
+  void advise(const TensorInfo& info, Advice a) const;
+
  private:
   SafetensorsFile() = default;
   void parse_header();
@@ -74,5 +79,14 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   uint64_t data_start_ = 0;
   std::map<std::string, TensorInfo> tensors_;
 };
+
+// Writes `tensors` (CPU, any layout) as a safetensors file: to `path`.tmp first, then
+// renamed, so a crash never leaves a half-written file under the final name. The
+// header's "__metadata__" gets `metadata`. Throws StorageError naming the path.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// The safetensors dtype name of a ScalarType ("F32", "BF16", ...).
+const char* safetensors_dtype(at::ScalarType t);
 
 }  // namespace cascade::storage

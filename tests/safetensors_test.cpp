@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "tests/test_util.h"
 
@@ -144,6 +145,31 @@ TEST_F(SafetensorsTest, UnsupportedDtypeAndMalformedEntries) {
 TEST_F(SafetensorsTest, MissingFile) {
   EXPECT_THROW_WITH(SafetensorsFile::open(dir_.file("nope.safetensors")), StorageError, "nope.safetensors",
                     "cannot open");
+}
+
+TEST_F(SafetensorsTest, WriterRoundTripsEveryDtypeAndAdvicePreservesData) {
+  const std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"f32", at::arange(6, at::kFloat).view({2, 3})},
+      {"bf16", at::arange(5, at::kBFloat16)},
+      {"f16", at::arange(3, at::kHalf)},
+      {"i8", at::arange(-2, 2, at::kChar)},
+      {"i64", at::tensor({int64_t{1} << 40}, at::kLong)},
+      {"strided", at::arange(6, at::kFloat).view({2, 3}).t()},
+      {"empty", at::empty({0, 4}, at::kFloat)}};
+  const std::string path = dir_.file("w.safetensors");
+  write_safetensors(path, tensors, {{"format", "cascade-offload"}});
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  auto f = SafetensorsFile::open(path);
+  for (const auto& [name, t] : tensors) {
+    const TensorInfo* info = f->find(name);
+    ASSERT_NE(info, nullptr) << name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(f->data(*info)) % t.element_size(), 0u) << name << ": aligned";
+    f->advise(*info, SafetensorsFile::Advice::kWillNeed);
+    f->advise(*info, SafetensorsFile::Advice::kDontNeed);
+    EXPECT_TRUE(at::equal(f->view(*info), t.contiguous())) << name;
+  }
+  EXPECT_THROW_WITH(write_safetensors(dir_.file("no/such/dir/x.safetensors"), tensors), StorageError,
+                    "no/such/dir/x.safetensors.tmp", "cannot create");
 }
 
 TEST(Dtype, ParseNames) {
