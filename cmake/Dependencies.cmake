@@ -5,6 +5,8 @@ set(CASCADE_EXTRA_INCLUDE "" CACHE PATH "Extra include directory searched for he
 
 find_package(Torch REQUIRED)
 find_package(Threads REQUIRED)
+# MPI (its C API, through the CXX target): bootstrap, control messages, the MPI channel.
+find_package(MPI REQUIRED COMPONENTS CXX)
 
 find_path(TOMLPP_INCLUDE_DIR toml++/toml.h HINTS ${CASCADE_EXTRA_INCLUDE})
 find_path(NLOHMANN_INCLUDE_DIR nlohmann/json.hpp HINTS ${CASCADE_EXTRA_INCLUDE})

@@ -51,6 +51,7 @@ std::vector<uint8_t> encode(const StepHeader& h) {
   w.put(h.step_id);
   w.put(h.microbatch);
   w.put(static_cast<uint8_t>(h.kind));
+  w.put(h.flags);
   w.put(h.dtype);
   w.put(static_cast<uint32_t>(h.seqs.size()));
   for (const SeqEntry& s : h.seqs) {
@@ -61,6 +62,7 @@ std::vector<uint8_t> encode(const StepHeader& h) {
     w.put(s.top_k);
     w.put(s.top_p);
     w.put(s.seed);
+    w.put(static_cast<uint8_t>(s.sample));
   }
   w.put(static_cast<uint32_t>(h.shape.size()));
   for (int64_t d : h.shape) w.put(d);
@@ -80,8 +82,10 @@ StepHeader decode_step(const uint8_t* data, size_t size) {
   h.step_id = r.get<uint64_t>("step_id");
   h.microbatch = r.get<uint32_t>("microbatch");
   const uint8_t kind = r.get<uint8_t>("kind");
-  if (kind > 1) throw CommError("step header has unknown kind " + std::to_string(kind));
+  if (kind > static_cast<uint8_t>(StepKind::kShutdown))
+    throw CommError("step header has unknown kind " + std::to_string(kind));
   h.kind = static_cast<StepKind>(kind);
+  h.flags = r.get<uint8_t>("flags");
   h.dtype = r.get<uint8_t>("dtype");
   const uint32_t n = r.get<uint32_t>("sequence count");
   if (n > kMaxSeqs) throw CommError("step header claims " + std::to_string(n) + " sequences");
@@ -94,6 +98,7 @@ StepHeader decode_step(const uint8_t* data, size_t size) {
     s.top_k = r.get<int64_t>("top_k");
     s.top_p = r.get<double>("top_p");
     s.seed = r.get<uint64_t>("seed");
+    s.sample = r.get<uint8_t>("sample") != 0;
     h.seqs.push_back(s);
   }
   const uint32_t dims = r.get<uint32_t>("rank");

@@ -177,4 +177,13 @@ std::vector<uint8_t> ShmChannel::recv(Clock::time_point deadline) {
   return out;
 }
 
+void ShmChannel::recv_exact(void* dst, size_t n, Clock::time_point deadline) {
+  uint64_t len = 0;
+  read_bytes(reinterpret_cast<uint8_t*>(&len), sizeof len, deadline);
+  if (len != n) {
+    throw CommError(name_ + ": expected a message of " + std::to_string(n) + " bytes, got " + std::to_string(len));
+  }
+  read_bytes(static_cast<uint8_t*>(dst), n, deadline);
+}
+
 }  // namespace cascade::comm

@@ -35,11 +35,15 @@ class ShmChannel {
   ShmChannel(const ShmChannel&) = delete;
   ShmChannel& operator=(const ShmChannel&) = delete;
 
-  // Returns false when the peer is gone; polled while waiting.
+  // Returns false when the peer is gone (or throws a CommError of its own); polled
+  // while waiting.
   void set_liveness(std::function<bool()> alive, std::string peer_name);
 
   void send(const void* data, size_t n, Clock::time_point deadline);
   std::vector<uint8_t> recv(Clock::time_point deadline);
+  // Receives a message that must be exactly `n` bytes straight into `dst` (no copy
+  // through a vector); throws CommError when the length differs.
+  void recv_exact(void* dst, size_t n, Clock::time_point deadline);
 
   const std::string& name() const { return name_; }
 

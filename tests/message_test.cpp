@@ -12,7 +12,8 @@ StepHeader sample() {
   h.step_id = 123456789012ull;
   h.microbatch = 3;
   h.kind = StepKind::kDecode;
-  h.seqs = {{0, 17, 1, 0.0, 0, 1.0, 0}, {5, 42, 1, 0.7, 40, 0.95, 99}};
+  h.seqs = {{0, 17, 1, 0.0, 0, 1.0, 0}, {5, 42, 1, 0.7, 40, 0.95, 99, false}};
+  h.flags = kStepWantLogits;
   h.shape = {2, 2560};
   h.dtype = 15;
   return h;
@@ -39,7 +40,7 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto b = encode(sample());
   auto v = b;
   v[4] = 9;  // version field
-  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 1");
+  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 2");
   auto m = b;
   m[0] ^= 0xFF;
   EXPECT_THROW_WITH(decode_step(m.data(), m.size()), CommError, "bad magic");

@@ -1,0 +1,187 @@
+#include "comm/world.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <thread>
+
+namespace cascade::comm {
+namespace {
+
+constexpr size_t kMaxChunk = size_t{1} << 30;  // MPI counts are int
+
+std::string mpi_error_string(int rc) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+}  // namespace
+
+void check_mpi(int rc, const char* call) {
+  if (rc != MPI_SUCCESS) throw CommError(std::string(call) + ": " + mpi_error_string(rc));
+}
+
+World& World::get() {
+  static World w;
+  return w;
+}
+
+World::World() {
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) {
+    int provided = 0;
+    check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+  }
+  MPI_Comm parent = MPI_COMM_NULL;
+  MPI_Comm_get_parent(&parent);
+  if (parent != MPI_COMM_NULL) {
+    spawned_ = true;
+    check_mpi(MPI_Intercomm_merge(parent, /*high=*/1, &comm_), "MPI_Intercomm_merge");
+  } else {
+    check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+  }
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  MPI_Comm local = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
+  MPI_Comm_rank(local, &local_rank_);
+  MPI_Comm_free(&local);
+  char name[MPI_MAX_PROCESSOR_NAME];
+  int len = 0;
+  MPI_Get_processor_name(name, &len);
+  host_.assign(name, static_cast<size_t>(len));
+}
+
+World::~World() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized || abandoned_) return;
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  MPI_Finalize();
+}
+
+void World::spawn(int n, const std::string& exe, const std::vector<std::string>& args) {
+  if (size_ != 1) throw CommError("spawn: this process already has " + std::to_string(size_ - 1) + " peers");
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  MPI_Info info;
+  MPI_Info_create(&info);
+  // More stage processes than cores is normal: stages mostly wait for each other.
+  MPI_Info_set(info, "map_by", ":OVERSUBSCRIBE");
+  MPI_Comm inter = MPI_COMM_NULL;
+  std::vector<int> errcodes(static_cast<size_t>(n), MPI_SUCCESS);
+  MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
+  const int rc = MPI_Comm_spawn(exe.c_str(), argv.data(), n, info, 0, MPI_COMM_SELF, &inter, errcodes.data());
+  MPI_Info_free(&info);
+  check_mpi(rc, ("MPI_Comm_spawn(" + exe + ", " + std::to_string(n) + " processes)").c_str());
+  for (int i = 0; i < n; ++i) check_mpi(errcodes[static_cast<size_t>(i)], "MPI_Comm_spawn (a stage process)");
+  MPI_Comm merged = MPI_COMM_NULL;
+  check_mpi(MPI_Intercomm_merge(inter, /*high=*/0, &merged), "MPI_Intercomm_merge");
+  MPI_Comm_free(&comm_);
+  comm_ = merged;
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  MPI_Comm local = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
+  MPI_Comm_rank(local, &local_rank_);
+  MPI_Comm_free(&local);
+}
+
+// Polls: a tight loop first (a peer a few microseconds away), then sleeps growing to
+// 1 ms, checking liveness and the deadline every few rounds.
+void World::wait(MPI_Request* req, const char* what, int peer, Clock::time_point deadline,
+                 const Liveness& alive) const {
+  for (int round = 0;; ++round) {
+    int done = 0;
+    check_mpi(MPI_Test(req, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    if (round < 100) continue;
+    if (round % 8 == 0) {
+      try {
+        if (alive) alive();
+        if (Clock::now() > deadline)
+          throw CommError(std::string("timed out in ") + what + " with rank " + std::to_string(peer));
+      } catch (...) {
+        MPI_Cancel(req);  // leave no request pointing at a buffer that is about to go
+        MPI_Request_free(req);
+        throw;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, round)));
+  }
+}
+
+void World::send_raw(int dest, int tag, const void* data, size_t n, Clock::time_point deadline,
+                     const Liveness& alive) const {
+  const auto* p = static_cast<const char*>(data);
+  do {
+    const int chunk = static_cast<int>(std::min(n, kMaxChunk));
+    MPI_Request req;
+    check_mpi(MPI_Isend(p, chunk, MPI_BYTE, dest, tag, comm_, &req), "MPI_Isend");
+    wait(&req, "MPI_Isend", dest, deadline, alive);
+    p += chunk;
+    n -= static_cast<size_t>(chunk);
+  } while (n > 0);
+}
+
+void World::recv_raw(int src, int tag, void* data, size_t n, Clock::time_point deadline, const Liveness& alive) const {
+  auto* p = static_cast<char*>(data);
+  do {
+    const int chunk = static_cast<int>(std::min(n, kMaxChunk));
+    MPI_Request req;
+    check_mpi(MPI_Irecv(p, chunk, MPI_BYTE, src, tag, comm_, &req), "MPI_Irecv");
+    wait(&req, "MPI_Irecv", src, deadline, alive);
+    p += chunk;
+    n -= static_cast<size_t>(chunk);
+  } while (n > 0);
+}
+
+void World::send(int dest, int tag, const std::vector<uint8_t>& bytes, Clock::time_point deadline,
+                 const Liveness& alive) const {
+  if (bytes.size() > kMaxChunk) throw CommError("control message of " + std::to_string(bytes.size()) + " bytes");
+  send_raw(dest, tag, bytes.data(), bytes.size(), deadline, alive);
+}
+
+void World::send(int dest, int tag, const std::string& text, Clock::time_point deadline, const Liveness& alive) const {
+  send(dest, tag, std::vector<uint8_t>(text.begin(), text.end()), deadline, alive);
+}
+
+bool World::try_recv(int src, int tag, std::vector<uint8_t>* out, int* from) const {
+  int flag = 0;
+  MPI_Message msg;
+  MPI_Status st;
+  check_mpi(MPI_Improbe(src, tag, comm_, &flag, &msg, &st), "MPI_Improbe");
+  if (!flag) return false;
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  out->resize(static_cast<size_t>(count));
+  check_mpi(MPI_Mrecv(out->data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+  if (from) *from = st.MPI_SOURCE;
+  return true;
+}
+
+std::vector<uint8_t> World::recv(int src, int tag, Clock::time_point deadline, const Liveness& alive, int* from) const {
+  std::vector<uint8_t> out;
+  for (int round = 0;; ++round) {
+    if (try_recv(src, tag, &out, from)) return out;
+    if (round < 100) continue;
+    if (round % 8 == 0) {
+      if (alive) alive();
+      if (Clock::now() > deadline) {
+        throw CommError("timed out waiting for message tag " + std::to_string(tag) + " from " +
+                        (src == MPI_ANY_SOURCE ? std::string("any rank") : "rank " + std::to_string(src)));
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, round)));
+  }
+}
+
+}  // namespace cascade::comm

@@ -1,0 +1,96 @@
+// The MPI side of a run (DESIGN §1, §6): who this process is, how the stage processes
+// came to exist, and control messages with deadlines.
+//
+// Two launches reach the same state, a communicator where rank 0 is the coordinator and
+// ranks 1..S are stages:
+//   - `mpirun -np S+1 cascade …`: MPI_COMM_WORLD as it is;
+//   - `cascade …` alone: the coordinator calls spawn(), which starts S copies of
+//     `cascade stage` with MPI_Comm_spawn and merges the intercommunicator (parent
+//     first). A spawned process sees a parent and merges from its side.
+//
+// Every wait polls (MPI_Test / MPI_Iprobe) against a deadline and a liveness check,
+// so a dead or stalled peer becomes a CommError, never a hang. MPI errors are returned,
+// not fatal (MPI_ERRORS_RETURN), and turned into CommErrors naming the call.
+//
+// Ownership: World is a process-wide singleton (MPI is initialised once per process);
+// finalize() happens at exit unless abandon() was called after a peer failure.
+// Thread-safety: MPI is initialised with MPI_THREAD_MULTIPLE when the library offers it;
+// still, one thread should drive a given peer's messages.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "comm/message.h"
+
+namespace cascade::comm {
+
+using Clock = std::chrono::steady_clock;
+
+// Throws CommError when a peer that the caller depends on is gone or stalled.
+using Liveness = std::function<void()>;
+
+// Control-message tags (payload = JSON text unless noted).
+enum Tag : int {
+  kTagAssign = 1,  // coordinator -> stage: what to load and how to connect
+  // stage -> coordinator: {"type": "progress"} while loading, then {"type": "ready"}
+  // (bytes, seconds) or a failure; one tag keeps them in the order they were sent.
+  kTagLoad = 2,
+  kTagShutdown = 4,  // coordinator -> stage
+  kTagError = 5,     // stage -> coordinator: a step failed
+  kTagData = 16,     // step payloads over the MPI channel; + hop index
+};
+
+class World {
+ public:
+  // MPI_Init_thread on first use. Safe to call again (returns the same object).
+  static World& get();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool is_coordinator() const { return rank_ == 0; }
+  bool spawned() const { return spawned_; }  // started by a coordinator's MPI_Comm_spawn
+  MPI_Comm comm() const { return comm_; }
+  // The rank's index among the ranks on its host (MPI_Comm_split_type): its GPU index.
+  int local_rank() const { return local_rank_; }
+  const std::string& host() const { return host_; }
+
+  // Coordinator started alone: start `n` processes `exe args…` and merge them in as
+  // ranks 1..n. Oversubscribes the host (stages mostly wait on each other).
+  void spawn(int n, const std::string& exe, const std::vector<std::string>& args);
+
+  void send(int dest, int tag, const std::vector<uint8_t>& bytes, Clock::time_point deadline,
+            const Liveness& alive) const;
+  void send(int dest, int tag, const std::string& text, Clock::time_point deadline, const Liveness& alive) const;
+  // Waits for a message from `src` (or MPI_ANY_SOURCE; *from receives the sender).
+  std::vector<uint8_t> recv(int src, int tag, Clock::time_point deadline, const Liveness& alive,
+                            int* from = nullptr) const;
+  // Non-blocking: true and the message when one from `src` with `tag` is waiting.
+  bool try_recv(int src, int tag, std::vector<uint8_t>* out, int* from = nullptr) const;
+  // Raw buffers, for payloads that land directly in a tensor.
+  void send_raw(int dest, int tag, const void* data, size_t n, Clock::time_point deadline, const Liveness& alive) const;
+  void recv_raw(int src, int tag, void* data, size_t n, Clock::time_point deadline, const Liveness& alive) const;
+
+  // After a peer failed: skip MPI_Finalize at exit (it could wait on the dead peer).
+  void abandon() { abandoned_ = true; }
+  ~World();
+
+ private:
+  World();
+  void wait(MPI_Request* req, const char* what, int peer, Clock::time_point deadline, const Liveness& alive) const;
+
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  bool spawned_ = false, abandoned_ = false;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  std::string host_;
+};
+
+// "MPI_Send: <MPI's message>" when rc is not MPI_SUCCESS.
+void check_mpi(int rc, const char* call);
+
+}  // namespace cascade::comm
