@@ -21,7 +21,8 @@ const std::map<std::string, std::set<std::string>>& schema() {
   static const std::map<std::string, std::set<std::string>> s = {
       {"model", {"path", "dtype"}},
       {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute"}},
-      {"runtime", {"mode", "microbatches", "max_batch", "max_seq_len", "threads_per_stage"}},
+      {"runtime",
+       {"mode", "microbatches", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout", "step_timeout"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
       {"server", {"socket", "tcp", "api_key", "max_request_bytes", "max_connections"}},
   };
@@ -289,6 +290,8 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   r.integer(rt, "runtime", "max_batch", &c.runtime.max_batch, 1, 65536);
   r.integer(rt, "runtime", "max_seq_len", &c.runtime.max_seq_len, 1, 1 << 24);
   r.integer(rt, "runtime", "threads_per_stage", &c.runtime.threads_per_stage, 0, 4096);
+  r.number(rt, "runtime", "heartbeat_timeout", &c.runtime.heartbeat_timeout, 0.1);
+  r.number(rt, "runtime", "step_timeout", &c.runtime.step_timeout, 0.1);
 
   const toml::table& q = section("quantization");
   c.quantization.mode = r.choice(q, "quantization", "mode", {"none", "int8"}, "none");

@@ -62,6 +62,10 @@ struct RuntimeSection {
   int max_batch = 16;    // KV slots
   int max_seq_len = 2048;
   int threads_per_stage = 0;  // 0 = share the cores evenly
+  // A stage whose heartbeat is older than this is reported stalled (seconds).
+  double heartbeat_timeout = 5.0;
+  // The longest one step (one hop of it) may take before it is an error (seconds).
+  double step_timeout = 300.0;
 };
 
 struct QuantizationSection {

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <sstream>
 
 #include "storage/checkpoint.h"
 #include "storage/compat.h"
+#include "storage/offload.h"
 
 namespace cascade::stage {
 
@@ -64,8 +67,34 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     TORCH_CHECK(m->loaded_.front() >= 0 && m->loaded_.back() < n, "module index out of range [0, ", n, ")");
   }
 
+  for (int64_t i : opts.disk_modules) {
+    TORCH_CHECK(std::binary_search(m->loaded_.begin(), m->loaded_.end(), i), "disk module ", i,
+                " is not among the modules to load");
+  }
+  const std::set<int64_t> disk(opts.disk_modules.begin(), opts.disk_modules.end());
+  TORCH_CHECK(disk.empty() || opts.device.is_cpu(), "disk-tier modules need CPU compute (streaming to ",
+              opts.device.str(), " is not built yet)");
+  uint64_t total = 0;
+  std::set<std::string> disk_names, seen;
+  for (int64_t i : m->loaded_) {
+    for (const auto& t : m->desc_.modules[i].tensors) {
+      if (seen.insert(t).second) total += ck->info(t).nbytes();
+      if (disk.count(i)) disk_names.insert(t);
+    }
+  }
+  for (int64_t i : m->loaded_) {  // a tensor shared with a memory-resident module stays in memory
+    if (disk.count(i)) continue;
+    for (const auto& t : m->desc_.modules[i].tensors) disk_names.erase(t);
+  }
+  if (!disk_names.empty()) {
+    std::ostringstream sink;
+    m->disk_ = storage::DiskTier::open(ck, {disk_names.begin(), disk_names.end()}, opts.dtype, opts.offload_folder,
+                                       opts.log ? *opts.log : sink);
+  }
+
   // Tied tensors (embed_tokens / lm_head) are loaded once per stage and shared.
   std::map<std::string, at::Tensor> cache;
+  uint64_t done = 0;
   WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
     auto it = cache.find(name);
     if (it == cache.end()) {
@@ -75,8 +104,15 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
                                     storage::shape_str(info.shape) + " but config.json implies " +
                                     storage::shape_str(expected));
       }
-      at::Tensor t = ck->load(name, opts.dtype).to(opts.device);
-      m->weight_bytes_ += t.numel() * t.element_size();
+      at::Tensor t;
+      if (m->disk_ && m->disk_->has(name)) {
+        t = m->disk_->get(name);  // a view of the mapping: paged in when used
+      } else {
+        t = ck->load(name, opts.dtype).to(opts.device);
+        m->weight_bytes_ += t.numel() * t.element_size();
+      }
+      m->source_bytes_ += info.nbytes();
+      done += info.nbytes();
       it = cache.emplace(name, t).first;
     }
     return it->second;
@@ -85,12 +121,16 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   for (int64_t i : m->loaded_) {
     const ModuleSpec& spec = m->desc_.modules[i];
     m->modules_.push_back(family.load(spec, m->desc_.config, weights));
+    m->on_disk_.push_back(disk.count(i) > 0);
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
+    if (opts.progress) opts.progress(done, total);
   }
   const ModelConfig& c = m->desc_.config;
   m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device);
   return m;
 }
+
+Model::~Model() = default;
 
 at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t begin, int64_t end) {
   if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
@@ -99,8 +139,14 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}};
   at::Tensor x = input.to(opts_.device);
   bool ran = false;
+  auto advise = [&](size_t i, bool need) {
+    if (!disk_ || i >= loaded_.size() || !on_disk_[i]) return;
+    for (const auto& t : desc_.modules[loaded_[i]].tensors) need ? disk_->will_need(t) : disk_->dont_need(t);
+  };
   for (size_t i = 0; i < loaded_.size(); ++i) {
     if (loaded_[i] < begin || loaded_[i] >= end) continue;
+    if (!ran) advise(i, true);
+    advise(i + 1, true);  // read the next disk-tier module while this one computes
     const ModuleSpec& spec = desc_.modules[loaded_[i]];
     if (spec.kind == ModuleKind::kEmbedding) {
       TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1, "the embedding takes token ids [tokens] int64");
@@ -109,6 +155,7 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
                   "token id out of range [0, ", vocab, ")");
     }
     x = modules_[i]->forward(x, ctx);
+    advise(i, false);
     ran = true;
   }
   TORCH_CHECK(ran, "no loaded module lies in [", begin, ", ", end, ")");

@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,7 +22,8 @@
 
 namespace cascade::storage {
 class Checkpoint;
-}
+class DiskTier;
+}  // namespace cascade::storage
 
 namespace cascade::stage {
 
@@ -40,8 +43,15 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
   std::vector<int64_t> modules;  // indices into describe().modules; empty = all
+  // Modules on the disk tier (a subset of `modules`): their weights stay on disk and
+  // are paged in one module ahead of use (storage::DiskTier; CPU compute only).
+  std::vector<int64_t> disk_modules;
+  std::string offload_folder = "offload";
   int64_t kv_slots = 1;
   int64_t max_seq_len = 2048;
+  // Called after each module loads with (bytes so far, bytes in all); may be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
+  std::ostream* log = nullptr;  // offload-folder decisions; nullptr = silent
 };
 
 class Model {
@@ -58,9 +68,16 @@ class Model {
   const std::vector<ModuleSpec>& all_modules() const { return desc_.modules; }
   const std::vector<int64_t>& loaded() const { return loaded_; }
   KvCache& kv_cache() { return kv_; }
+  const KvCache& kv_cache() const { return kv_; }
   at::ScalarType dtype() const { return opts_.dtype; }
   at::Device device() const { return opts_.device; }
-  uint64_t weight_bytes() const { return weight_bytes_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }  // held in memory (disk tier excluded)
+  // Stored bytes of the checkpoint tensors this model uses, however they are served
+  // (loaded, mapped from the shards, or from the offload folder): the stages of a
+  // plan add up to the checkpoint, plus tied tensors counted once per stage.
+  uint64_t source_bytes() const { return source_bytes_; }
+  const storage::DiskTier* disk_tier() const { return disk_.get(); }
+  ~Model();
 
  private:
   Model() = default;
@@ -70,7 +87,9 @@ class Model {
   std::vector<int64_t> loaded_;                   // module indices, ascending
   std::vector<std::unique_ptr<Module>> modules_;  // parallel to loaded_
   KvCache kv_;
-  uint64_t weight_bytes_ = 0;
+  uint64_t weight_bytes_ = 0, source_bytes_ = 0;
+  std::unique_ptr<storage::DiskTier> disk_;
+  std::vector<bool> on_disk_;  // parallel to loaded_
 };
 
 }  // namespace cascade::stage

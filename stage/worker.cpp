@@ -1,0 +1,307 @@
+#include "stage/worker.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <ostream>
+#include <set>
+#include <thread>
+
+#include "comm/channel.h"
+#include "comm/heartbeat.h"
+#include "comm/world.h"
+#include "stage/runner.h"
+#include "storage/checkpoint.h"
+#include "storage/offload.h"
+
+namespace cascade::stage {
+namespace {
+
+using comm::Clock;
+using nlohmann::json;
+
+json link_json(const Link& l) {
+  return {{"peer", l.peer}, {"transport", l.transport}, {"name", l.name}, {"tag", l.tag}};
+}
+Link link_from(const json& j) {
+  return {j.at("peer").get<int>(), j.at("transport").get<std::string>(), j.at("name").get<std::string>(),
+          j.at("tag").get<int>()};
+}
+
+Clock::time_point after(double seconds) {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+const Clock::time_point kNever = Clock::time_point::max();
+
+std::string error_text(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+// Fault injection for the tests (leveldb's EnvWrapper idea, in one variable):
+// CASCADE_FAULT="RANK:WHEN:WHAT" with WHEN = load | step=N and WHAT = exit (die as if
+// killed), stall (stop as if hung) or error (throw). Unset in normal runs.
+struct Fault {
+  int rank = -1;
+  int64_t step = -1;  // -1: during load
+  std::string what;
+
+  static Fault from_env(int rank) {
+    Fault f;
+    const char* v = std::getenv("CASCADE_FAULT");
+    if (!v) return f;
+    const std::string s = v;
+    const size_t a = s.find(':'), b = s.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos || std::stoi(s.substr(0, a)) != rank) return f;
+    const std::string when = s.substr(a + 1, b - a - 1);
+    f.rank = rank;
+    f.step = when == "load" ? -1 : std::stoll(when.substr(when.find('=') + 1));
+    f.what = s.substr(b + 1);
+    return f;
+  }
+  void maybe(int64_t at) const {
+    if (rank < 0 || at != step) return;
+    if (what == "exit") ::raise(SIGKILL);
+    if (what == "stall") ::raise(SIGSTOP);
+    if (what == "error") throw std::runtime_error("injected fault (CASCADE_FAULT)");
+  }
+};
+
+struct Channels {
+  std::vector<std::unique_ptr<comm::Channel>> in, out;  // parallel to hops
+};
+
+Channels open_channels(const comm::World& w, const Assignment& a, const comm::Liveness& alive) {
+  Channels c;
+  c.in.resize(a.hops.size());
+  c.out.resize(a.hops.size());
+  // Receivers create their rings first, then senders open them: no order between stages needed.
+  for (size_t i = 0; i < a.hops.size(); ++i) {
+    const Link& l = a.hops[i].in;
+    if (l.transport == "shm")
+      c.in[i] = comm::shm_receiver(l.name, a.ring_bytes);
+    else if (l.transport == "mpi")
+      c.in[i] = comm::mpi_channel(w, l.peer, l.tag);
+    else
+      throw std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+  }
+  for (size_t i = 0; i < a.hops.size(); ++i) {
+    const Link& l = a.hops[i].out;
+    if (l.transport == "shm")
+      c.out[i] = comm::shm_sender(l.name, after(a.step_timeout));
+    else if (l.transport == "mpi")
+      c.out[i] = comm::mpi_channel(w, l.peer, l.tag);
+    else
+      throw std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+  }
+  for (auto& ch : c.in) ch->set_liveness(alive);
+  for (auto& ch : c.out) ch->set_liveness(alive);
+  return c;
+}
+
+// Loads this stage's modules, sending a progress message at most every half second.
+std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostream& log) {
+  auto ck = storage::Checkpoint::open(a.model_dir);
+  LoadOptions lo;
+  lo.dtype = storage::parse_dtype(a.dtype);
+  lo.device = at::Device(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
+  lo.modules = a.modules;
+  lo.disk_modules = a.disk_modules;
+  lo.offload_folder = a.offload_folder;
+  lo.kv_slots = a.kv_slots;
+  lo.max_seq_len = a.max_seq_len;
+  lo.log = &log;
+  const auto t0 = Clock::now();
+  auto last = t0;
+  lo.progress = [&](uint64_t done, uint64_t total) {
+    if (Clock::now() - last < std::chrono::milliseconds(500) && done < total) return;
+    last = Clock::now();
+    const json p = {{"type", "progress"},
+                    {"bytes", done},
+                    {"total", total},
+                    {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}};
+    w.send(0, comm::kTagLoad, p.dump(), after(a.step_timeout), nullptr);
+  };
+  return Model::load(ck, lo);
+}
+
+// Serves steps until a shutdown step has passed through every hop.
+void serve(const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault) {
+  for (int64_t step = 0;; ++step) {
+    fault.maybe(step);
+    bool shutdown = false;
+    for (size_t i = 0; i < a.hops.size(); ++i) {
+      const Hop& hop = a.hops[i];
+      // An idle daemon may wait for its next step indefinitely; liveness still applies.
+      comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.step_timeout));
+      if (m.header.kind == comm::StepKind::kShutdown) {
+        ch.out[i]->send(m.header, m.payload, after(a.step_timeout));
+        shutdown = true;
+        continue;
+      }
+      at::Tensor out = runner.run(m.header, m.payload, hop.begin, hop.end);
+      const bool head = hop.end == static_cast<int64_t>(runner.model().all_modules().size()) &&
+                        runner.model().all_modules().back().kind == ModuleKind::kLmHead;
+      comm::StepHeader h = m.header;
+      if (!head) {
+        ch.out[i]->send(h, out, after(a.step_timeout));
+        continue;
+      }
+      h.kind = comm::StepKind::kResult;
+      ch.out[i]->send(h, runner.sample(m.header, out), after(a.step_timeout));
+      if (m.header.flags & comm::kStepWantLogits) {
+        h.kind = comm::StepKind::kLogits;
+        ch.out[i]->send(h, out.to(at::kFloat), after(a.step_timeout));
+      }
+    }
+    if (shutdown) return;
+  }
+}
+
+}  // namespace
+
+json to_json(const Assignment& a) {
+  json hops = json::array();
+  for (const auto& h : a.hops)
+    hops.push_back({{"begin", h.begin}, {"end", h.end}, {"in", link_json(h.in)}, {"out", link_json(h.out)}});
+  return {{"version", kAssignmentVersion},
+          {"rank", a.rank},
+          {"label", a.label},
+          {"job", a.job},
+          {"heartbeats", a.heartbeats},
+          {"exit_reason", a.exit_reason},
+          {"model_dir", a.model_dir},
+          {"dtype", a.dtype},
+          {"device", a.device},
+          {"modules", a.modules},
+          {"disk_modules", a.disk_modules},
+          {"offload_folder", a.offload_folder},
+          {"kv_slots", a.kv_slots},
+          {"max_seq_len", a.max_seq_len},
+          {"threads", a.threads},
+          {"heartbeat_timeout", a.heartbeat_timeout},
+          {"step_timeout", a.step_timeout},
+          {"ring_bytes", a.ring_bytes},
+          {"hops", hops},
+          {"rank_labels", a.rank_labels}};
+}
+
+Assignment assignment_from_json(const json& j) {
+  try {
+    if (j.at("version").get<int>() != kAssignmentVersion) {
+      throw std::invalid_argument("assignment version " + j.at("version").dump() + ", this build speaks " +
+                                  std::to_string(kAssignmentVersion) + ": every process must run the same build");
+    }
+    Assignment a;
+    a.rank = j.at("rank").get<int>();
+    a.label = j.at("label").get<std::string>();
+    a.job = j.at("job").get<std::string>();
+    a.heartbeats = j.at("heartbeats").get<std::string>();
+    a.exit_reason = j.at("exit_reason").get<std::string>();
+    a.model_dir = j.at("model_dir").get<std::string>();
+    a.dtype = j.at("dtype").get<std::string>();
+    a.device = j.at("device").get<std::string>();
+    a.modules = j.at("modules").get<std::vector<int64_t>>();
+    a.disk_modules = j.at("disk_modules").get<std::vector<int64_t>>();
+    a.offload_folder = j.at("offload_folder").get<std::string>();
+    a.kv_slots = j.at("kv_slots").get<int64_t>();
+    a.max_seq_len = j.at("max_seq_len").get<int64_t>();
+    a.threads = j.at("threads").get<int>();
+    a.heartbeat_timeout = j.at("heartbeat_timeout").get<double>();
+    a.step_timeout = j.at("step_timeout").get<double>();
+    a.ring_bytes = j.at("ring_bytes").get<size_t>();
+    for (const auto& h : j.at("hops")) {
+      a.hops.push_back(
+          {h.at("begin").get<int64_t>(), h.at("end").get<int64_t>(), link_from(h.at("in")), link_from(h.at("out"))});
+    }
+    a.rank_labels = j.at("rank_labels").get<std::vector<std::string>>();
+    return a;
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("malformed stage assignment: ") + e.what());
+  }
+}
+
+int run_stage(comm::World& w, std::ostream& log) {
+  const std::string me = "stage rank " + std::to_string(w.rank()) + " on " + w.host();
+  Assignment a;
+  try {
+    // The coordinator plans before it assigns (headers only: seconds at most).
+    const auto bytes = w.recv(0, comm::kTagAssign, after(120), nullptr);
+    a = assignment_from_json(json::parse(bytes.begin(), bytes.end()));
+  } catch (const std::exception& e) {
+    log << "cascade " << me << ": error: no usable assignment from the coordinator: " << e.what() << "\n";
+    w.abandon();
+    return 1;
+  }
+  if (!a.exit_reason.empty()) return 1;  // the coordinator prints the reason
+
+  std::unique_ptr<comm::Heartbeats> hb;
+  comm::Liveness alive;
+  try {
+    hb = comm::Heartbeats::open(a.heartbeats, after(a.heartbeat_timeout));
+    hb->start(a.rank);
+    std::set<int> peers = {0};
+    for (const auto& h : a.hops) peers.insert({h.in.peer, h.out.peer});
+    alive = [&, peers] {
+      for (int p : peers) hb->check(p, a.heartbeat_timeout, a.rank_labels.at(static_cast<size_t>(p)));
+    };
+  } catch (const std::exception& e) {
+    log << "cascade " << a.label << ": error: " << e.what() << "\n";
+    w.abandon();
+    return 1;
+  }
+  if (a.threads > 0) at::set_num_threads(a.threads);
+
+  const Fault fault = Fault::from_env(a.rank);
+  std::unique_ptr<StepRunner> runner;
+  Channels ch;
+  const auto t0 = Clock::now();
+  try {
+    fault.maybe(-1);
+    runner = std::make_unique<StepRunner>(load(w, a, log));
+    ch = open_channels(w, a, alive);
+    const Model& m = runner->model();
+    const storage::DiskTier* disk = m.disk_tier();
+    const json ready = {{"type", "ready"},
+                        {"ok", true},
+                        {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()},
+                        {"source_bytes", m.source_bytes()},
+                        {"weight_bytes", m.weight_bytes()},
+                        {"zero_copy_bytes", disk ? disk->zero_copy_bytes() : 0},
+                        {"folder_bytes", disk ? disk->folder_bytes() : 0},
+                        {"folder_rebuilt", disk && disk->rebuilt()},
+                        {"kv_bytes", m.kv_cache().bytes()},
+                        {"pid", ::getpid()},
+                        {"host", w.host()}};
+    w.send(0, comm::kTagLoad, ready.dump(), after(a.step_timeout), alive);
+  } catch (const std::exception& e) {
+    const json fail = {
+        {"type", "ready"}, {"ok", false}, {"error", error_text(e)}, {"pid", ::getpid()}, {"host", w.host()}};
+    try {
+      w.send(0, comm::kTagLoad, fail.dump(), after(5), alive);
+    } catch (const std::exception&) {
+    }
+    w.abandon();
+    return 1;
+  }
+
+  try {
+    serve(a, *runner, ch, fault);
+  } catch (const std::exception& e) {
+    const std::string msg = error_text(e);
+    try {
+      w.send(0, comm::kTagError, json({{"error", msg}}).dump(), after(2), alive);
+    } catch (const std::exception&) {
+      log << "cascade " << a.label << ": error: " << msg << "\n";  // the coordinator is gone too
+    }
+    w.abandon();
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace cascade::stage
