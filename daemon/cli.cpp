@@ -5,20 +5,27 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "comm/world.h"
 #include "daemon/generate.h"
 #include "daemon/planning.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/text.h"
 #endif
+#include "stage/worker.h"
 
 namespace cascade::daemon {
 namespace {
 
 void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& prompt_ids, bool& json, bool& greedy) {
-  auto* cmd = app.add_subcommand("generate", "Continue token-id prompts with a checkpoint, in this process");
-  cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory")
-      ->required()
-      ->check(CLI::ExistingDirectory);
+  auto* cmd = app.add_subcommand("generate",
+                                 "Continue prompts: in this process (--model) or across the stage "
+                                 "processes of a plan (--config)");
+  auto* model = cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory (one process)")
+                    ->check(CLI::ExistingDirectory);
+  auto* config = cmd->add_option("--config", g.config_file, "cascade.toml: model and placement; runs its stages")
+                     ->check(CLI::ExistingFile);
+  model->excludes(config);
+  cmd->add_option("--set", g.overrides, "With --config: override a key, section.key=value")->take_all();
   cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")->take_all();
   cmd->add_option("--prompt", g.prompt_texts, "Prompt text, encoded with DIR/tokenizer.json; repeatable")->take_all();
   cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate per prompt")->capture_default_str();
@@ -54,6 +61,14 @@ void add_plan(CLI::App& app, PlanOptions& p) {
 }
 
 int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids, bool json, bool greedy) {
+  if (g.model_dir.empty() && g.config_file.empty()) throw std::invalid_argument("give --model DIR or --config FILE");
+  if (!g.overrides.empty() && g.config_file.empty()) throw std::invalid_argument("--set needs --config");
+  if (!g.config_file.empty()) {
+    // Under `mpirun -np S+1 cascade generate --config …` every rank runs this command;
+    // ranks 1..S are the stages.
+    comm::World& w = comm::World::get();
+    if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);
+  }
   if (greedy && g.sampling.temperature > 0)
     throw std::invalid_argument("--greedy and --temperature exclude each other");
   for (const auto& p : prompt_ids) g.prompts.push_back(parse_ids(p));
@@ -102,6 +117,7 @@ int run_cli(int argc, char** argv) {
   add_generate(app, gen, prompt_ids, json, greedy);
   PlanOptions plan;
   add_plan(app, plan);
+  app.add_subcommand("stage", "(internal) A stage process: started by the coordinator or mpirun");
 #ifdef CASCADE_WITH_TOKENIZER
   TextOptions text;
   add_text_commands(app, text);
@@ -114,6 +130,7 @@ int run_cli(int argc, char** argv) {
   const std::string name = app.get_subcommands().front()->get_name();
   try {
     if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
+    if (name == "stage") return stage::run_stage(comm::World::get(), std::cerr);
 #ifdef CASCADE_WITH_TOKENIZER
     if (name == "tokenize") {
       std::cout << tokenize_json(text) << "\n";

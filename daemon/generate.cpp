@@ -4,13 +4,19 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 #include <stdexcept>
 
+#include "config/config.h"
 #include "config/size.h"
+#include "daemon/cluster.h"
+#include "daemon/executor.h"
+#include "daemon/planning.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/tokenizer.h"
 #endif
@@ -48,8 +54,109 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
+namespace {
+
+// Prefill every prompt in one ragged step, then decode all running sequences one
+// token per step until each has max_new_tokens (or EOS). Prompt i uses KV slot i.
+std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& opts,
+                                           const std::vector<int64_t>& eos_ids, std::ostream& log) {
+  const size_t n = opts.prompts.size();
+  std::vector<GenerateResult> results(n);
+  for (size_t i = 0; i < n; ++i) results[i].prompt_ids = opts.prompts[i];
+  auto is_eos = [&](int64_t t) {
+    return opts.stop_at_eos && std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end();
+  };
+  auto entry = [&](size_t i, int64_t pos, int64_t len) {
+    comm::SeqEntry e;
+    e.slot = static_cast<int64_t>(i);
+    e.start_pos = pos;
+    e.n_tokens = len;
+    e.temperature = opts.sampling.temperature;
+    e.top_k = opts.sampling.top_k;
+    e.top_p = opts.sampling.top_p;
+    e.seed = opts.sampling.seed;
+    return e;
+  };
+
+  const auto t1 = Clock::now();
+  comm::StepHeader h;
+  h.kind = comm::StepKind::kPrefill;
+  h.flags = opts.logits ? comm::kStepWantLogits : 0;
+  std::vector<int64_t> ids;
+  std::vector<size_t> active;
+  for (size_t i = 0; i < n; ++i) {
+    h.seqs.push_back(entry(i, 0, static_cast<int64_t>(opts.prompts[i].size())));
+    ids.insert(ids.end(), opts.prompts[i].begin(), opts.prompts[i].end());
+    active.push_back(i);
+  }
+  ex.submit(h, at::tensor(ids, at::kLong));
+  int64_t generated = 0;
+  while (true) {
+    const StepOutput out = ex.next();
+    const int64_t* tok = out.ids.data_ptr<int64_t>();
+    std::vector<size_t> still;
+    for (size_t r = 0; r < active.size(); ++r) {
+      const size_t i = active[r];
+      if (out.logits.defined()) {
+        const at::Tensor row = out.logits[static_cast<int64_t>(r)].contiguous();
+        results[i].last_logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+      }
+      results[i].output_ids.push_back(tok[r]);
+      ++generated;
+      if (!is_eos(tok[r]) && static_cast<int64_t>(results[i].output_ids.size()) < opts.max_new_tokens)
+        still.push_back(i);
+    }
+    active = still;
+    if (active.empty()) break;
+    h.kind = comm::StepKind::kDecode;
+    h.flags = 0;
+    ++h.step_id;
+    h.seqs.clear();
+    ids.clear();
+    for (size_t i : active) {
+      const int64_t pos = static_cast<int64_t>(results[i].prompt_ids.size() + results[i].output_ids.size()) - 1;
+      h.seqs.push_back(entry(i, pos, 1));
+      ids.push_back(results[i].output_ids.back());
+    }
+    ex.submit(h, at::tensor(ids, at::kLong));
+  }
+  const double dt = seconds_since(t1);
+  log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << std::fixed
+      << std::setprecision(3) << dt << " s (" << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0)
+      << " tokens/s)\n";
+  return results;
+}
+
+void check_prompts(const GenerateOptions& opts, int64_t vocab, int64_t slots, int64_t max_seq_len) {
+  if (static_cast<int64_t>(opts.prompts.size()) > slots) {
+    throw std::invalid_argument(std::to_string(opts.prompts.size()) + " prompts need as many KV slots, but " +
+                                "runtime.max_batch is " + std::to_string(slots));
+  }
+  for (const auto& p : opts.prompts) {
+    if (p.empty()) throw std::invalid_argument("a prompt has no tokens");
+    if (static_cast<int64_t>(p.size()) + opts.max_new_tokens > max_seq_len) {
+      throw std::invalid_argument("a prompt of " + std::to_string(p.size()) + " tokens plus " +
+                                  std::to_string(opts.max_new_tokens) + " new tokens exceeds max_seq_len " +
+                                  std::to_string(max_seq_len));
+    }
+    for (int64_t id : p) {
+      if (id >= vocab) {
+        throw std::invalid_argument("token id " + std::to_string(id) + " is out of range for vocab_size " +
+                                    std::to_string(vocab));
+      }
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& log) {
   GenerateOptions opts = in;
+  std::optional<PlannedRun> run;
+  if (!opts.config_file.empty()) {
+    run = plan_run(config::load_config(opts.config_file, opts.overrides));
+    opts.model_dir = run->config.model.path;
+  }
 #ifdef CASCADE_WITH_TOKENIZER
   std::shared_ptr<const Tokenizer> tok;
   const bool has_tokenizer = std::ifstream(opts.model_dir + "/tokenizer.json").good();
@@ -63,85 +170,33 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
 #endif
   if (opts.prompts.empty()) throw std::invalid_argument("no prompt given (use --prompt-ids 1,2,3)");
   if (opts.max_new_tokens < 1) throw std::invalid_argument("--max-new-tokens must be at least 1");
-  if (opts.threads > 0) at::set_num_threads(opts.threads);
 
   const auto t0 = Clock::now();
-  std::shared_ptr<const storage::Checkpoint> ck = storage::Checkpoint::open(opts.model_dir);
-  stage::LoadOptions lo;
-  lo.dtype = stage::resolve_dtype(opts.dtype, *ck);
-  lo.kv_slots = static_cast<int64_t>(opts.prompts.size());
-  int64_t longest = 0;
-  for (const auto& p : opts.prompts) {
-    if (p.empty()) throw std::invalid_argument("a prompt has no tokens");
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  std::unique_ptr<Executor> ex;
+  stage::ModelConfig cfg;
+  if (run) {
+    cfg = stage::describe(*run->checkpoint).config;
+    check_prompts(opts, cfg.vocab_size, run->config.runtime.max_batch, run->config.runtime.max_seq_len);
+    ex = Cluster::start(*run, self_exe(), log);
+  } else {
+    if (opts.threads > 0) at::set_num_threads(opts.threads);
+    std::shared_ptr<const storage::Checkpoint> ck = storage::Checkpoint::open(opts.model_dir);
+    stage::LoadOptions lo;
+    lo.dtype = stage::resolve_dtype(opts.dtype, *ck);
+    lo.kv_slots = static_cast<int64_t>(opts.prompts.size());
+    int64_t longest = 0;
+    for (const auto& p : opts.prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+    lo.max_seq_len = longest + opts.max_new_tokens;
+    cfg = stage::describe(*ck).config;
+    check_prompts(opts, cfg.vocab_size, lo.kv_slots, lo.max_seq_len);
+    auto model = stage::Model::load(ck, lo);
+    log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers
+        << " layers, " << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype)
+        << ") from " << opts.model_dir << " in " << seconds_since(t0) << " s\n";
+    ex = std::make_unique<LocalExecutor>(std::move(model));
   }
-  lo.max_seq_len = longest + opts.max_new_tokens;
-  auto model = stage::Model::load(ck, lo);
-  const stage::ModelConfig& cfg = model->config();
-  for (const auto& p : opts.prompts) {
-    for (int64_t id : p) {
-      if (id >= cfg.vocab_size) {
-        throw std::invalid_argument("token id " + std::to_string(id) + " is out of range for vocab_size " +
-                                    std::to_string(cfg.vocab_size));
-      }
-    }
-  }
-  log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers
-      << " layers, " << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype)
-      << ") from " << opts.model_dir << " in " << seconds_since(t0) << " s\n";
-
-  const size_t n = opts.prompts.size();
-  std::vector<GenerateResult> results(n);
-  std::vector<stage::Sampler> samplers;
-  std::vector<bool> done(n, false);
-  for (size_t i = 0; i < n; ++i) {
-    results[i].prompt_ids = opts.prompts[i];
-    samplers.emplace_back(opts.sampling);
-  }
-  auto is_eos = [&](int64_t t) {
-    return opts.stop_at_eos &&
-           std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), t) != cfg.eos_token_ids.end();
-  };
-
-  const auto t1 = Clock::now();
-  // Prefill: every prompt in one ragged step.
-  stage::Batch batch;
-  std::vector<int64_t> ids;
-  for (size_t i = 0; i < n; ++i) {
-    batch.seqs.push_back({static_cast<int64_t>(i), 0, static_cast<int64_t>(opts.prompts[i].size())});
-    ids.insert(ids.end(), opts.prompts[i].begin(), opts.prompts[i].end());
-  }
-  std::vector<size_t> active(n);
-  for (size_t i = 0; i < n; ++i) active[i] = i;
-  at::Tensor logits = model->forward(at::tensor(ids, at::kLong), batch);  // [seqs, vocab]
-  int64_t generated = 0;
-  while (true) {
-    at::Tensor cpu = logits.to(at::kCPU, at::kFloat);
-    std::vector<size_t> still;
-    for (size_t r = 0; r < active.size(); ++r) {
-      const size_t i = active[r];
-      if (opts.logits && results[i].output_ids.empty()) {
-        const float* p = cpu[r].contiguous().data_ptr<float>();
-        results[i].last_logits.assign(p, p + cpu.size(1));
-      }
-      const int64_t tok = samplers[i].next(cpu[r]);
-      results[i].output_ids.push_back(tok);
-      ++generated;
-      if (!is_eos(tok) && static_cast<int64_t>(results[i].output_ids.size()) < opts.max_new_tokens) still.push_back(i);
-    }
-    active = still;
-    if (active.empty()) break;
-    // Decode: one token for every sequence still running.
-    batch.seqs.clear();
-    ids.clear();
-    for (size_t i : active) {
-      const int64_t pos = static_cast<int64_t>(results[i].prompt_ids.size() + results[i].output_ids.size()) - 1;
-      batch.seqs.push_back({static_cast<int64_t>(i), pos, 1});
-      ids.push_back(results[i].output_ids.back());
-    }
-    logits = model->forward(at::tensor(ids, at::kLong), batch);
-  }
-  const double dt = seconds_since(t1);
+  std::vector<GenerateResult> results = run_generation(*ex, opts, cfg.eos_token_ids, log);
+  if (auto* c = dynamic_cast<Cluster*>(ex.get())) c->shutdown();
 #ifdef CASCADE_WITH_TOKENIZER
   if (tok) {
     for (auto& r : results) {
@@ -151,9 +206,14 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
     }
   }
 #endif
-  log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << dt << " s ("
-      << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0) << " tokens/s)\n";
   return results;
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  const auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find this program's path (/proc/self/exe): " + ec.message());
+  return p.string();
 }
 
 void print_json(const std::vector<GenerateResult>& results, bool with_logits, std::ostream& out) {

@@ -1,6 +1,7 @@
-// `cascade generate`: load a checkpoint in this process and continue token-id prompts.
-// All prompts run together as one ragged batch (one KV slot each), so this is also
-// the simplest end-to-end check of batched prefill and decode.
+// `cascade generate`: continue prompts, either with the whole checkpoint in this
+// process (--model) or with the stage processes of a plan (--config), through the
+// same Executor loop. All prompts run together as one ragged batch (one KV slot
+// each), so this is also the simplest end-to-end check of batched prefill and decode.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,9 @@
 namespace cascade::daemon {
 
 struct GenerateOptions {
-  std::string model_dir;
+  std::string model_dir;               // --model: the whole model in this process
+  std::string config_file;             // --config: the plan's stages as processes
+  std::vector<std::string> overrides;  // --set, with --config
   std::vector<std::vector<int64_t>> prompts;
   std::vector<std::string> prompt_texts;  // encoded with the model's tokenizer.json (BOS added), after `prompts`
   int64_t max_new_tokens = 16;
@@ -34,6 +37,9 @@ struct GenerateResult {
 
 // Progress and timing go to `log`. Throws on bad input (a message naming the problem).
 std::vector<GenerateResult> generate(const GenerateOptions& opts, std::ostream& log);
+
+// This program's path (/proc/self/exe), for spawning stage processes.
+std::string self_exe();
 
 // "1,17,250" -> {1, 17, 250}; throws std::invalid_argument quoting the text.
 std::vector<int64_t> parse_ids(const std::string& text);

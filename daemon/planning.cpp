@@ -84,6 +84,26 @@ planner::HostMemory probe_host() {
   return h;
 }
 
+PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
+  PlannedRun run;
+  run.config = cfg;
+  run.checkpoint = storage::Checkpoint::open(cfg.model.path);
+  run.dtype = stage::resolve_dtype(cfg.model.dtype, *run.checkpoint);
+  planner::PlanRequest& req = run.request;
+  req.model = build_descriptor(*run.checkpoint, run.dtype);
+  const auto specs =
+      max_memory.empty() ? planner::from_config(cfg.placement.max_memory) : planner::parse_max_memory(max_memory);
+  req.budgets = planner::resolve_budgets(specs, probe_host());
+  req.strategy = cfg.placement.strategy;
+  req.mode = cfg.runtime.mode;
+  req.max_batch = cfg.runtime.max_batch;
+  req.max_seq_len = cfg.runtime.max_seq_len;
+  req.offload_compute = cfg.placement.offload_compute;
+  req.device_map = cfg.placement.device_map;
+  run.plan = planner::make_plan(req);
+  return run;
+}
+
 void run_plan(const PlanOptions& o, std::ostream& out) {
   PlanOptions opts = o;
   // Explicit flags become overrides on top of the config file.
@@ -98,20 +118,10 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   if (o.max_seq_len > 0) opts.overrides.push_back("runtime.max_seq_len=" + std::to_string(o.max_seq_len));
   const config::Config cfg = config_for(opts);
 
-  auto ck = storage::Checkpoint::open(cfg.model.path);
-  const at::ScalarType dtype = stage::resolve_dtype(cfg.model.dtype, *ck);
-  planner::PlanRequest req;
-  req.model = build_descriptor(*ck, dtype);
-  const auto specs =
-      o.max_memory.empty() ? planner::from_config(cfg.placement.max_memory) : planner::parse_max_memory(o.max_memory);
-  req.budgets = planner::resolve_budgets(specs, probe_host());
-  req.strategy = cfg.placement.strategy;
-  req.mode = cfg.runtime.mode;
-  req.max_batch = cfg.runtime.max_batch;
-  req.max_seq_len = cfg.runtime.max_seq_len;
-  req.offload_compute = cfg.placement.offload_compute;
-  req.device_map = cfg.placement.device_map;
-  const planner::Plan plan = planner::make_plan(req);
+  const PlannedRun run = plan_run(cfg, o.max_memory);
+  const planner::PlanRequest& req = run.request;
+  const planner::Plan& plan = run.plan;
+  const at::ScalarType dtype = run.dtype;
   if (o.json) {
     out << planner::plan_json(req.model, plan) << "\n";
     return;

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,18 @@ namespace cascade::daemon {
 
 // Module sizes at the compute dtype (non-float tensors keep their stored size).
 planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype);
+
+// A configuration resolved into a plan: the checkpoint opened (headers only), the
+// compute dtype, the planner's input and its output.
+struct PlannedRun {
+  config::Config config;
+  std::shared_ptr<const storage::Checkpoint> checkpoint;
+  at::ScalarType dtype = at::kFloat;
+  planner::PlanRequest request;
+  planner::Plan plan;
+};
+// `max_memory` ("cuda:0=2GiB,cpu") replaces the config's budgets when not empty.
+PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory = "");
 
 // Free memory of each visible GPU (empty in a CPU-only build) and MemAvailable.
 planner::HostMemory probe_host();

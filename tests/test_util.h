@@ -64,8 +64,7 @@ struct CliRun {
   int status;
   std::string out;
 };
-inline CliRun run_cascade(const std::string& args, bool merge_stderr = false) {
-  const std::string cmd = std::string(CASCADE_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
+inline CliRun run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -73,6 +72,9 @@ inline CliRun run_cascade(const std::string& args, bool merge_stderr = false) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = pclose(p);
   return {WEXITSTATUS(status), out};
+}
+inline CliRun run_cascade(const std::string& args, bool merge_stderr = false) {
+  return run_shell(std::string(CASCADE_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 // Asserts that `stmt` throws an exception of type E whose message contains every part.

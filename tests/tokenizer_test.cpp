@@ -80,7 +80,9 @@ void check_streaming(const std::string& name, const std::string& text, bool expe
     }
     all += s.flush();
     EXPECT_EQ(all, tok->decode(ids, skip)) << name;
-    if (expect_held) EXPECT_GT(held, 0) << name << ": no token was held, so nothing multi-byte was split";
+    if (expect_held) {
+      EXPECT_GT(held, 0) << name << ": no token was held, so nothing multi-byte was split";
+    }
   }
 }
 

@@ -1,0 +1,82 @@
+// Cluster: the coordinator's handle on the stage processes of a plan (DESIGN §1, §6).
+//
+// start() gets the processes (MPI_Comm_spawn of `cascade stage` when this process runs
+// alone; the ranks mpirun started otherwise, checking that their number matches the
+// plan), sends each stage its assignment, prints load progress and time-to-ready per
+// stage, and returns when every stage is ready. submit()/next() then move steps along
+// the route: token ids to the first stage, sampled ids (and logits) back from the last.
+//
+// Failures: every wait watches the heartbeat table and the stages' error messages. A
+// stage that exits, stalls or fails turns into a ClusterError naming the stage, its
+// rank and host; the Cluster then stops the other stages (SIGTERM, then SIGKILL) so no
+// process outlives the run. After a failure the Cluster is unusable.
+//
+// Ownership: owns the heartbeat table and the coordinator's channel ends.
+// Thread-safety: one thread drives a Cluster.
+#pragma once
+
+#include <iosfwd>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "comm/channel.h"
+#include "comm/heartbeat.h"
+#include "daemon/executor.h"
+#include "daemon/planning.h"
+
+namespace cascade::daemon {
+
+class ClusterError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What a stage reported when it became ready.
+struct StageReport {
+  int rank = 0;
+  std::string label, host;
+  int pid = 0;
+  double seconds = 0;         // assignment to ready
+  uint64_t source_bytes = 0;  // checkpoint bytes it serves (see Model::source_bytes)
+  uint64_t weight_bytes = 0;  // held in memory, at the compute dtype
+  uint64_t zero_copy_bytes = 0, folder_bytes = 0, kv_bytes = 0;
+};
+
+class Cluster : public Executor {
+ public:
+  // `exe`: the cascade binary to spawn. Progress goes to `log`. Throws ClusterError.
+  static std::unique_ptr<Cluster> start(const PlannedRun& run, const std::string& exe, std::ostream& log);
+  ~Cluster() override;
+
+  void submit(const comm::StepHeader& h, const at::Tensor& ids) override;
+  StepOutput next() override;
+  int64_t kv_slots() const override { return slots_; }
+  int64_t max_seq_len() const override { return max_seq_len_; }
+
+  // Sends a shutdown step down the route and waits for every stage to pass it on.
+  void shutdown();
+  const std::vector<StageReport>& stages() const { return reports_; }
+
+ private:
+  Cluster() = default;
+  void check_alive() const;
+  [[noreturn]] void fail(const std::string& what);
+  void stop_stages();
+
+  comm::World* world_ = nullptr;
+  std::unique_ptr<comm::Heartbeats> hb_;
+  std::unique_ptr<comm::Channel> to_first_, from_last_;
+  std::vector<std::string> labels_;  // by rank
+  std::vector<StageReport> reports_;
+  int64_t slots_ = 0, max_seq_len_ = 0;
+  double heartbeat_timeout_ = 5, step_timeout_ = 300;
+  std::deque<comm::StepHeader> in_flight_;
+  bool failed_ = false, down_ = false, spawned_ = false;
+};
+
+// Labels a stage for messages: "stage 2 (rank 2, cpu:1)", "stage 3 (rank 3, cpu:0+disk)".
+std::string stage_label(const planner::Stage& s);
+
+}  // namespace cascade::daemon

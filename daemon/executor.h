@@ -1,0 +1,61 @@
+// Executor: where the coordinator's steps run. The generation loop, the scheduler and
+// the benchmark talk to this interface only, so the same loop drives one process
+// (LocalExecutor) or the stage processes of a plan (Cluster).
+//
+// submit() hands over a step (token ids [tokens] int64); next() returns the results in
+// submission order: the sampled ids [seqs] int64 and, when the step set
+// kStepWantLogits, the last-position logits [seqs, vocab] float32. Up to in_flight()
+// steps may be submitted before next() is called (1 for LocalExecutor).
+// Thread-safety: one thread drives an Executor.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <deque>
+#include <memory>
+
+#include "comm/message.h"
+#include "stage/runner.h"
+
+namespace cascade::daemon {
+
+struct StepOutput {
+  comm::StepHeader header;  // of the step as submitted
+  at::Tensor ids;           // [seqs] int64, -1 where a sequence was not sampled
+  at::Tensor logits;        // [seqs, vocab] float32, or undefined
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void submit(const comm::StepHeader& h, const at::Tensor& ids) = 0;
+  virtual StepOutput next() = 0;
+  virtual int64_t kv_slots() const = 0;
+  virtual int64_t max_seq_len() const = 0;
+};
+
+// The whole model in this process.
+class LocalExecutor : public Executor {
+ public:
+  explicit LocalExecutor(std::unique_ptr<stage::Model> model) : runner_(std::move(model)) {}
+  void submit(const comm::StepHeader& h, const at::Tensor& ids) override {
+    at::Tensor logits = runner_.run(h, ids, 0, -1);
+    StepOutput out{h, runner_.sample(h, logits), {}};
+    if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
+    done_.push_back(std::move(out));
+  }
+  StepOutput next() override {
+    TORCH_CHECK(!done_.empty(), "next() without a submitted step");
+    StepOutput o = std::move(done_.front());
+    done_.pop_front();
+    return o;
+  }
+  int64_t kv_slots() const override { return runner_.model().kv_cache().slots(); }
+  int64_t max_seq_len() const override { return runner_.model().kv_cache().max_seq_len(); }
+
+ private:
+  stage::StepRunner runner_;
+  std::deque<StepOutput> done_;
+};
+
+}  // namespace cascade::daemon

@@ -1,0 +1,272 @@
+// Multi-process runs of the real binary: `cascade generate --config` spawning its
+// stages, and the same under `mpirun -np 3`, against the one-process run; then the
+// faults (a killed, a stalled and a failing stage; a corrupt shard).
+#include "daemon/cluster.h"
+
+#include <signal.h>
+
+#include <chrono>
+#include <regex>
+#include <sstream>
+
+#include "tests/test_util.h"
+
+namespace cascade::test {
+namespace {
+
+using nlohmann::json;
+
+// Module names in execution order, from `cascade plan --json`.
+std::vector<std::string> module_names(const std::string& model) {
+  const CliRun r = run_cascade("plan --json --model " + model + " --max-memory cpu=1GiB");
+  EXPECT_EQ(r.status, 0) << r.out;
+  std::vector<std::string> names;
+  // device_map keeps execution order (the plan JSON is an ordered_json).
+  const json plan = json::parse(r.out);
+  for (const auto& [name, device] : plan["device_map"].items()) names.push_back(name);
+  EXPECT_GE(names.size(), 4u) << r.out;
+  return names;
+}
+
+// A config that places module i on devices(i, n).
+std::string write_config(const TempDir& dir, const std::string& model, const std::vector<std::string>& devices,
+                         const std::string& dtype = "float32", const std::string& names_from = "") {
+  const std::vector<std::string> names = module_names(names_from.empty() ? model : names_from);
+  EXPECT_EQ(names.size(), devices.size());
+  std::ostringstream map;
+  for (size_t i = 0; i < names.size(); ++i)
+    map << (i ? ", " : "") << "\"" << names[i] << "\" = \"" << devices[i] << "\"";
+  std::ostringstream t;
+  t << "[model]\npath = \"" << model << "\"\ndtype = \"" << dtype << "\"\n"
+    << "[placement]\nmax_memory = { \"cpu:0\" = \"1GiB\", \"cpu:1\" = \"1GiB\", \"disk\" = \"unlimited\" }\n"
+    << "device_map = { " << map.str() << " }\noffload_folder = \"" << dir.file("offload") << "\"\n"
+    << "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n";
+  const std::string path = dir.file("cascade.toml");
+  write_file(path, t.str());
+  return path;
+}
+
+// The four placements of issue 5, for a model of n modules.
+std::vector<std::string> placement(const std::string& kind, size_t n) {
+  std::vector<std::string> d(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (kind == "two_cpu") d[i] = i < n / 2 ? "cpu:0" : "cpu:1";
+    if (kind == "two_cpu_disk") d[i] = i < n / 3 ? "cpu:0" : i < 2 * n / 3 ? "cpu:1" : "disk";
+    if (kind == "cpu_disk") d[i] = i < n / 2 ? "cpu:0" : "disk";
+    if (kind == "returns") d[i] = i == 0 ? "cpu:0" : i == 1 ? "cpu:1" : i == 2 ? "cpu:0" : "cpu:1";
+  }
+  return d;
+}
+
+const char* kPrompts = "--prompt-ids 1,2,3,4,5 --prompt-ids 7,3 --max-new-tokens 6 --json --logits";
+
+std::vector<json> parse_lines(const std::string& out) {
+  std::vector<json> v;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty() && line[0] == '{') v.push_back(json::parse(line));
+  return v;
+}
+
+// Tokens identical, logits within 1e-5 (reported).
+void expect_same(const std::string& what, const std::string& single, const std::string& multi) {
+  const auto a = parse_lines(single), b = parse_lines(multi);
+  ASSERT_EQ(a.size(), 2u) << what << "\n" << single;
+  ASSERT_EQ(b.size(), 2u) << what << "\n" << multi;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["output_ids"], b[i]["output_ids"]) << what;
+    const auto la = a[i]["last_logits"].get<std::vector<double>>();
+    const auto lb = b[i]["last_logits"].get<std::vector<double>>();
+    ASSERT_EQ(la.size(), lb.size()) << what;
+    for (size_t k = 0; k < la.size(); ++k) worst = std::max(worst, std::abs(la[k] - lb[k]));
+  }
+  EXPECT_LE(worst, 1e-5) << what;
+  std::printf("%-48s max |dlogit| %.2e\n", what.c_str(), worst);
+}
+
+std::string single_run(const std::string& model, const std::string& extra = "") {
+  const CliRun r = run_cascade("generate --model " + model + " --dtype float32 " + kPrompts + extra);
+  EXPECT_EQ(r.status, 0);
+  return r.out;
+}
+
+std::vector<int> stage_pids(const std::string& log) {
+  std::vector<int> pids;
+  const std::regex re("\\(pid ([0-9]+)\\) ready");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
+    pids.push_back(std::stoi((*it)[1]));
+  return pids;
+}
+
+bool running(int pid) {
+  if (::kill(pid, 0) != 0) return false;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  const size_t p = line.rfind(')');
+  return p != std::string::npos && p + 2 < line.size() && line[p + 2] != 'Z';
+}
+
+TEST(Cluster, EveryPlacementMatchesOneProcessOnEveryFixture) {
+  for (const auto& name : all_fixtures()) {
+    const std::string model = fixture(name);
+    const std::string single = single_run(model);
+    const size_t n = module_names(model).size();
+    for (const char* kind : {"two_cpu", "two_cpu_disk", "cpu_disk", "returns"}) {
+      TempDir dir;
+      const std::string cfg = write_config(dir, model, placement(kind, n));
+      const CliRun r = run_shell(std::string(CASCADE_BINARY) + " generate --config " + cfg + " " + kPrompts + " 2>" +
+                                 dir.file("log"));
+      std::ifstream f(dir.file("log"));
+      const std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      ASSERT_EQ(r.status, 0) << name << " " << kind << "\n" << log;
+      EXPECT_EQ(stage_pids(log).size(), 2u) << log;
+      if (std::string(kind).find("disk") != std::string::npos) {
+        EXPECT_NE(log.find("+disk"), std::string::npos) << log;
+      }
+      expect_same(name + " / " + kind, single, r.out);
+    }
+  }
+}
+
+TEST(Cluster, SampledTokensMatchToo) {
+  const std::string model = fixture("llama_gqa");
+  const std::string sampling = " --temperature 0.9 --top-k 40 --top-p 0.9 --seed 1234";
+  const std::string single = single_run(model, sampling);
+  TempDir dir;
+  const std::string cfg = write_config(dir, model, placement("two_cpu_disk", module_names(model).size()));
+  const CliRun r = run_cascade("generate --config " + cfg + " " + kPrompts + sampling);
+  ASSERT_EQ(r.status, 0);
+  expect_same("llama_gqa sampled / two_cpu_disk", single, r.out);
+}
+
+TEST(Cluster, UnderMpirunWithThreeRanks) {
+  for (const auto& name : all_fixtures()) {
+    const std::string model = fixture(name);
+    TempDir dir;
+    const std::string cfg = write_config(dir, model, placement("returns", module_names(model).size()));
+    const CliRun r = run_shell("mpirun --oversubscribe -np 3 " + std::string(CASCADE_BINARY) + " generate --config " +
+                               cfg + " " + kPrompts + " 2>/dev/null");
+    ASSERT_EQ(r.status, 0) << name;
+    expect_same(name + " / mpirun -np 3", single_run(model), r.out);
+  }
+}
+
+TEST(Cluster, MpirunWithTheWrongProcessCountSaysTheRightOne) {
+  TempDir dir;
+  const std::string model = fixture("llama_gqa");
+  const std::string cfg = write_config(dir, model, placement("two_cpu", module_names(model).size()));
+  const CliRun r = run_shell("mpirun --oversubscribe -np 2 " + std::string(CASCADE_BINARY) + " generate --config " +
+                             cfg + " --prompt-ids 1,2 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("needs mpirun -np 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("started with -np 2"), std::string::npos) << r.out;
+}
+
+TEST(Cluster, StagesLoadOnlyTheirTensors) {
+  TempDir dir;
+  const std::string model = fixture("llama3_tied_bf16");  // tied: the embedding is on both ends
+  const std::string cfg = write_config(dir, model, placement("two_cpu_disk", module_names(model).size()), "bfloat16");
+  const CliRun r = run_cascade("generate --config " + cfg + " --prompt-ids 1,2,3", true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m,
+                                std::regex("stages serve ([0-9]+) checkpoint bytes: the checkpoint's "
+                                           "([0-9]+) \\+ ([0-9]+) of tied")))
+      << r.out;
+  const uint64_t served = std::stoull(m[1]), ck = std::stoull(m[2]), tied = std::stoull(m[3]);
+  EXPECT_EQ(served, ck + tied);
+  EXPECT_EQ(tied, 256u * 64 * 2) << "the bf16 embedding [256, 64], on both the first and the last stage";
+  // Stored bf16 = compute bf16: the disk tier is served from the shards themselves.
+  EXPECT_NE(r.out.find("paged from disk"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("offload/manifest.json")));
+  EXPECT_EQ(stage_pids(r.out).size(), 2u);
+}
+
+TEST(Cluster, OffloadFolderIsReusedAndRebuiltWhenStale) {
+  TempDir dir;
+  const std::string model = fixture("llama3_tied_bf16");
+  const std::string cfg = write_config(dir, model, placement("cpu_disk", module_names(model).size()));  // float32
+  const std::string args = "generate --config " + cfg + " --prompt-ids 1,2,3 --json";
+  const CliRun first = run_cascade(args, true);
+  ASSERT_EQ(first.status, 0) << first.out;
+  EXPECT_NE(first.out.find("no manifest; converting"), std::string::npos) << first.out;
+  const CliRun again = run_cascade(args, true);
+  EXPECT_NE(again.out.find("reusing"), std::string::npos) << again.out;
+  std::filesystem::resize_file(dir.file("offload/weights.safetensors"), 100);  // corrupt it
+  const CliRun fixed = run_cascade(args, true);
+  ASSERT_EQ(fixed.status, 0) << fixed.out;
+  EXPECT_NE(fixed.out.find("unreadable"), std::string::npos) << fixed.out;
+  EXPECT_EQ(parse_lines(first.out)[0]["output_ids"], parse_lines(fixed.out)[0]["output_ids"]);
+}
+
+struct Fault {
+  CliRun run;
+  double seconds;
+};
+
+Fault run_fault(const std::string& fault, const std::string& launcher = "") {
+  TempDir dir;
+  const std::string model = fixture("llama_gqa");
+  const std::string cfg = write_config(dir, model, placement("two_cpu", module_names(model).size()));
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string bin = launcher.empty() ? std::string(CASCADE_BINARY) : launcher + " " + CASCADE_BINARY;
+  CliRun r = run_shell("CASCADE_FAULT=" + fault + " " + bin + " generate --config " + cfg +
+                       " --set runtime.heartbeat_timeout=3 --prompt-ids 1,2,3 --max-new-tokens 20 2>&1");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("fault %-16s %s: exit %d after %.1f s\n", fault.c_str(), launcher.c_str(), r.status, s);
+  return {r, s};
+}
+
+void expect_clean_failure(const Fault& f, const std::vector<std::string>& parts) {
+  EXPECT_NE(f.run.status, 0) << f.run.out;
+  EXPECT_LT(f.seconds, 10.0) << f.run.out;
+  for (const auto& p : parts) EXPECT_NE(f.run.out.find(p), std::string::npos) << "lacks '" << p << "':\n" << f.run.out;
+  for (int pid : stage_pids(f.run.out)) EXPECT_FALSE(running(pid)) << "stage pid " << pid << " outlived the run";
+}
+
+TEST(ClusterFaults, KilledStage) {
+  expect_clean_failure(run_fault("2:step=3:exit"), {"stage 2 (rank 2, cpu:1) (pid ", "exited"});
+}
+
+TEST(ClusterFaults, StalledStage) {
+  expect_clean_failure(run_fault("1:step=2:stall"), {"stage 1 (rank 1, cpu:0)", "not responding"});
+}
+
+TEST(ClusterFaults, StageFailsToLoad) {
+  expect_clean_failure(run_fault("2:load:error"), {"stage 2 (rank 2, cpu:1) on ", "failed to load"});
+}
+
+TEST(ClusterFaults, StepFails) {
+  expect_clean_failure(run_fault("1:step=1:error"), {"stage 1 (rank 1, cpu:0) failed", "injected fault"});
+}
+
+TEST(ClusterFaults, KilledStageUnderMpirun) {
+  const Fault f = run_fault("2:step=3:exit", "mpirun --oversubscribe -np 3");
+  expect_clean_failure(f, {});
+}
+
+TEST(ClusterFaults, CorruptShardIsNamedBeforeAnyStageStarts) {
+  TempDir dir;
+  const std::string src = fixture("llama_linear_sharded_f16");
+  std::filesystem::copy(src, dir.file("model"));
+  std::string shard;
+  for (const auto& e : std::filesystem::directory_iterator(dir.file("model")))
+    if (e.path().extension() == ".safetensors") shard = e.path().string();
+  std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 64);
+  TempDir cfgdir;
+  std::vector<std::string> devices(module_names(src).size(), "cpu:0");
+  devices.back() = "cpu:1";
+  const std::string cfg = write_config(cfgdir, dir.file("model"), devices, "float32", src);
+  const auto t0 = std::chrono::steady_clock::now();
+  const CliRun r = run_cascade("generate --config " + cfg + " --prompt-ids 1,2,3", true);
+  EXPECT_NE(r.status, 0);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_NE(r.out.find(std::filesystem::path(shard).filename().string()), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("starting"), std::string::npos) << "no stage should start: " << r.out;
+}
+
+}  // namespace
+}  // namespace cascade::test
