@@ -2,6 +2,10 @@
 
 #include "comm/shm_channel.h"
 
+#ifdef CASCADE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace cascade::comm {
 namespace {
 
@@ -18,6 +22,21 @@ void describe_payload(StepHeader* h, const at::Tensor& t) {
 
 size_t payload_bytes(const at::Tensor& t) { return static_cast<size_t>(t.numel()) * t.element_size(); }
 
+#ifdef CASCADE_WITH_CUDA
+void cuda_check(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) throw CommError(std::string(what) + ": " + cudaGetErrorString(rc));
+}
+void cuda_sync(at::Device d) {
+  cuda_check(cudaSetDevice(d.index()), "cudaSetDevice");
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+// Between device memory and the registered ring: a DMA, no staging copy.
+void cuda_copy(void* dst, const void* src, size_t n, bool to_device) {
+  cuda_check(cudaMemcpy(dst, src, n, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost),
+             to_device ? "cudaMemcpy (shm ring -> GPU)" : "cudaMemcpy (GPU -> shm ring)");
+}
+#endif
+
 class ShmEnd : public Channel {
  public:
   explicit ShmEnd(std::unique_ptr<ShmChannel> ring) : ring_(std::move(ring)) {
@@ -30,6 +49,21 @@ class ShmEnd : public Channel {
   }
 
   void send(StepHeader h, const at::Tensor& payload, Clock::time_point deadline) override {
+#ifdef CASCADE_WITH_CUDA
+    if (payload.is_cuda()) {
+      ring_->pin_for_cuda();
+      const at::Tensor t = payload.contiguous();
+      describe_payload(&h, t);
+      const std::vector<uint8_t> head = encode(h);
+      ring_->send(head.data(), head.size(), deadline);
+      cuda_sync(t.device());  // the kernels that produced t ran on PyTorch's stream
+      const auto* src = static_cast<const uint8_t*>(t.data_ptr());
+      ring_->send_with(
+          payload_bytes(t), [&](uint8_t* ring, size_t off, size_t len) { cuda_copy(ring, src + off, len, false); },
+          deadline);
+      return;
+    }
+#endif
     const at::Tensor t = contiguous_cpu(payload);
     describe_payload(&h, t);
     const std::vector<uint8_t> head = encode(h);
@@ -41,8 +75,23 @@ class ShmEnd : public Channel {
     const std::vector<uint8_t> head = ring_->recv(deadline);
     Message m{decode_step(head.data(), head.size()), {}};
     m.payload = empty_payload(m.header, describe());
+#ifdef CASCADE_WITH_CUDA
+    if (device_.is_cuda()) {
+      m.payload = at::empty(m.payload.sizes(), m.payload.options().device(device_));
+      auto* dst = static_cast<uint8_t*>(m.payload.data_ptr());
+      ring_->recv_with(
+          payload_bytes(m.payload),
+          [&](uint8_t* ring, size_t off, size_t len) { cuda_copy(dst + off, ring, len, true); }, deadline);
+      return m;
+    }
+#endif
     ring_->recv_exact(m.payload.data_ptr(), payload_bytes(m.payload), deadline);
-    return m;
+    return m.payload.device() == device_ ? m : Message{m.header, m.payload.to(device_)};
+  }
+
+  void set_device(at::Device d) override {
+    Channel::set_device(d);
+    if (d.is_cuda()) ring_->pin_for_cuda();
   }
 
   std::string describe() const override { return "shm " + ring_->name(); }
@@ -68,6 +117,7 @@ class MpiEnd : public Channel {
     m.payload = empty_payload(m.header, describe());
     const size_t n = payload_bytes(m.payload);
     if (n > 0) world_->recv_raw(peer_, tag_, m.payload.data_ptr(), n, deadline, alive_);
+    if (!device_.is_cpu()) m.payload = m.payload.to(device_);
     return m;
   }
 

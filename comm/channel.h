@@ -27,7 +27,7 @@ namespace cascade::comm {
 
 struct Message {
   StepHeader header;
-  at::Tensor payload;  // CPU, contiguous; shape and dtype as in header
+  at::Tensor payload;  // contiguous, on the channel's device; shape and dtype as in header
 };
 
 class Channel {
@@ -38,9 +38,13 @@ class Channel {
   virtual Message recv(Clock::time_point deadline) = 0;
   virtual std::string describe() const = 0;  // "shm /cascade-123-h2", for messages
   void set_liveness(Liveness alive) { alive_ = std::move(alive); }
+  // Where received payloads are put (default CPU). A shm end with a CUDA device pins
+  // its ring (cudaHostRegister) and copies between the ring and the GPU directly.
+  virtual void set_device(at::Device d) { device_ = d; }
 
  protected:
   Liveness alive_;
+  at::Device device_ = at::kCPU;
 };
 
 // Shared memory: the receiving end creates the ring, the sending end opens it (waiting
@@ -50,6 +54,16 @@ std::unique_ptr<Channel> shm_sender(const std::string& name, Clock::time_point d
 
 // MPI: both ends name the peer rank and the hop's tag.
 std::unique_ptr<Channel> mpi_channel(const World& world, int peer, int tag);
+
+#ifdef CASCADE_WITH_CUDA
+// NCCL between two GPUs: a communicator of two ranks per hop. The sender makes the
+// unique id and sends it to the receiver over MPI (hop tag); the header travels over
+// MPI, the payload by ncclSend/ncclRecv on a stream of its own. Initialisation and
+// transfers are non-blocking and polled (ncclCommGetAsyncError), and a deadline or a
+// dead peer aborts the communicator (ncclCommAbort) instead of hanging.
+std::unique_ptr<Channel> nccl_channel(const World& world, int peer, int tag, bool sender, at::Device device,
+                                      Clock::time_point deadline);
+#endif
 
 // The payload's bytes, checked against the header; throws CommError naming the hop.
 at::Tensor empty_payload(const StepHeader& h, const std::string& where);

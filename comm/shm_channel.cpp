@@ -8,6 +8,10 @@
 #include <cstring>
 #include <thread>
 
+#ifdef CASCADE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace cascade::comm {
 
 // Lives at the start of the segment. head/tail count bytes ever written/read; each is
@@ -100,6 +104,9 @@ std::unique_ptr<ShmChannel> ShmChannel::open(const std::string& name, Clock::tim
 }
 
 ShmChannel::~ShmChannel() {
+#ifdef CASCADE_WITH_CUDA
+  if (pinned_) cudaHostUnregister(ctl_);
+#endif
   if (ctl_) ::munmap(ctl_, map_bytes_);
   if (owner_) ::shm_unlink(name_.c_str());
 }
@@ -122,9 +129,10 @@ void ShmChannel::wait_step(Clock::time_point deadline, const char* what, int* sp
   std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, *spins / 4)));
 }
 
-void ShmChannel::write_bytes(const uint8_t* p, size_t n, Clock::time_point deadline) {
+void ShmChannel::write_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline) {
   int spins = 0;
-  while (n > 0) {
+  size_t done = 0;
+  while (done < n) {
     const uint64_t head = ctl_->head.load(std::memory_order_relaxed);
     const uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
     const size_t free = cap_ - static_cast<size_t>(head - tail);
@@ -134,17 +142,17 @@ void ShmChannel::write_bytes(const uint8_t* p, size_t n, Clock::time_point deadl
     }
     spins = 0;
     const size_t at = static_cast<size_t>(head % cap_);
-    const size_t chunk = std::min({n, free, cap_ - at});
-    std::memcpy(ring_ + at, p, chunk);
+    const size_t chunk = std::min({n - done, free, cap_ - at});
+    copy(ring_ + at, done, chunk);
     ctl_->head.store(head + chunk, std::memory_order_release);
-    p += chunk;
-    n -= chunk;
+    done += chunk;
   }
 }
 
-void ShmChannel::read_bytes(uint8_t* p, size_t n, Clock::time_point deadline) {
+void ShmChannel::read_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline) {
   int spins = 0;
-  while (n > 0) {
+  size_t done = 0;
+  while (done < n) {
     const uint64_t tail = ctl_->tail.load(std::memory_order_relaxed);
     const uint64_t head = ctl_->head.load(std::memory_order_acquire);
     const size_t avail = static_cast<size_t>(head - tail);
@@ -154,36 +162,62 @@ void ShmChannel::read_bytes(uint8_t* p, size_t n, Clock::time_point deadline) {
     }
     spins = 0;
     const size_t at = static_cast<size_t>(tail % cap_);
-    const size_t chunk = std::min({n, avail, cap_ - at});
-    std::memcpy(p, ring_ + at, chunk);
+    const size_t chunk = std::min({n - done, avail, cap_ - at});
+    copy(ring_ + at, done, chunk);
     ctl_->tail.store(tail + chunk, std::memory_order_release);
-    p += chunk;
-    n -= chunk;
+    done += chunk;
   }
 }
 
-void ShmChannel::send(const void* data, size_t n, Clock::time_point deadline) {
+namespace {
+ShmChannel::CopyFn from(const void* src) {
+  return [p = static_cast<const uint8_t*>(src)](uint8_t* ring, size_t off, size_t len) {
+    std::memcpy(ring, p + off, len);
+  };
+}
+ShmChannel::CopyFn to(void* dst) {
+  return [p = static_cast<uint8_t*>(dst)](uint8_t* ring, size_t off, size_t len) { std::memcpy(p + off, ring, len); };
+}
+}  // namespace
+
+void ShmChannel::send(const void* data, size_t n, Clock::time_point deadline) { send_with(n, from(data), deadline); }
+
+void ShmChannel::send_with(size_t n, const CopyFn& from_source, Clock::time_point deadline) {
   const uint64_t len = n;
-  write_bytes(reinterpret_cast<const uint8_t*>(&len), sizeof len, deadline);
-  write_bytes(static_cast<const uint8_t*>(data), n, deadline);
+  write_bytes(sizeof len, from(&len), deadline);
+  write_bytes(n, from_source, deadline);
 }
 
 std::vector<uint8_t> ShmChannel::recv(Clock::time_point deadline) {
   uint64_t len = 0;
-  read_bytes(reinterpret_cast<uint8_t*>(&len), sizeof len, deadline);
+  read_bytes(sizeof len, to(&len), deadline);
   if (len > (1ull << 40)) throw CommError(name_ + ": message length " + std::to_string(len) + " is corrupt");
   std::vector<uint8_t> out(len);
-  read_bytes(out.data(), len, deadline);
+  read_bytes(len, to(out.data()), deadline);
   return out;
 }
 
-void ShmChannel::recv_exact(void* dst, size_t n, Clock::time_point deadline) {
+void ShmChannel::recv_exact(void* dst, size_t n, Clock::time_point deadline) { recv_with(n, to(dst), deadline); }
+
+void ShmChannel::recv_with(size_t n, const CopyFn& to_dest, Clock::time_point deadline) {
   uint64_t len = 0;
-  read_bytes(reinterpret_cast<uint8_t*>(&len), sizeof len, deadline);
+  read_bytes(sizeof len, to(&len), deadline);
   if (len != n) {
     throw CommError(name_ + ": expected a message of " + std::to_string(n) + " bytes, got " + std::to_string(len));
   }
-  read_bytes(static_cast<uint8_t*>(dst), n, deadline);
+  read_bytes(n, to_dest, deadline);
+}
+
+bool ShmChannel::pin_for_cuda() {
+#ifdef CASCADE_WITH_CUDA
+  if (pinned_) return true;
+  const cudaError_t rc = cudaHostRegister(ctl_, map_bytes_, cudaHostRegisterDefault);
+  if (rc != cudaSuccess) throw CommError("cudaHostRegister(" + name_ + "): " + cudaGetErrorString(rc));
+  pinned_ = true;
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace cascade::comm

@@ -40,6 +40,15 @@ class ShmChannel {
   void set_liveness(std::function<bool()> alive, std::string peer_name);
 
   void send(const void* data, size_t n, Clock::time_point deadline);
+  // Copies a message's bytes between the ring and somewhere else, a piece at a time:
+  // (ring address, offset into the message, length). Lets a CUDA payload move by DMA
+  // straight between device memory and the (registered) ring.
+  using CopyFn = std::function<void(uint8_t* ring, size_t offset, size_t len)>;
+  void send_with(size_t n, const CopyFn& from_source, Clock::time_point deadline);
+  void recv_with(size_t n, const CopyFn& to_dest, Clock::time_point deadline);  // length must be n
+  // Registers the whole segment with CUDA (cudaHostRegister) so device copies to and
+  // from it run at pinned-memory speed. False in a build without CUDA.
+  bool pin_for_cuda();
   std::vector<uint8_t> recv(Clock::time_point deadline);
   // Receives a message that must be exactly `n` bytes straight into `dst` (no copy
   // through a vector); throws CommError when the length differs.
@@ -50,8 +59,8 @@ class ShmChannel {
  private:
   struct Control;
   ShmChannel() = default;
-  void write_bytes(const uint8_t* p, size_t n, Clock::time_point deadline);
-  void read_bytes(uint8_t* p, size_t n, Clock::time_point deadline);
+  void write_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline);
+  void read_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline);
   void wait_step(Clock::time_point deadline, const char* what, int* spins);
 
   std::string name_;
@@ -62,6 +71,7 @@ class ShmChannel {
   size_t cap_ = 0;
   std::function<bool()> alive_;
   std::string peer_ = "the peer";
+  bool pinned_ = false;
 };
 
 }  // namespace cascade::comm

@@ -62,9 +62,11 @@ if [ -x build-gpu/bench/tokenizer_bench ]; then
   step tokenizer_bench "exit $?"
 fi
 
-# A test that dies on a signal gets a backtrace (cuda-gdb also debugs host code; there is no gdb).
-for t in build-gpu/tests/*_test; do
-  "$t" >/dev/null 2>&1
+# A test binary that failed and dies on a signal when run alone gets a backtrace
+# (cuda-gdb also debugs host code; there is no gdb).
+for name in $(grep -oE '[0-9]+ - [a-z_]+_test' "$OUT/ctest.log" | awk '{print $3}' | sort -u); do
+  t=build-gpu/tests/$name
+  timeout 300 "$t" >/dev/null 2>&1
   rc=$?
   if [ $rc -ge 128 ]; then
     echo "== $t died with signal $((rc - 128))" >>"$OUT/backtraces.txt"

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -75,30 +76,53 @@ struct Channels {
   std::vector<std::unique_ptr<comm::Channel>> in, out;  // parallel to hops
 };
 
-Channels open_channels(const comm::World& w, const Assignment& a, const comm::Liveness& alive) {
+Channels open_channels(const comm::World& w, const Assignment& a, at::Device device, const comm::Liveness& alive) {
   Channels c;
   c.in.resize(a.hops.size());
   c.out.resize(a.hops.size());
-  // Receivers create their rings first, then senders open them: no order between stages needed.
+  auto unavailable = [](const Link& l) {
+    return std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+  };
+  // 1. Receivers create their shm rings (no waiting), MPI ends need no setup.
+  std::vector<std::pair<int, std::pair<size_t, bool>>> nccl;  // (tag, (hop, is_out))
   for (size_t i = 0; i < a.hops.size(); ++i) {
     const Link& l = a.hops[i].in;
     if (l.transport == "shm")
       c.in[i] = comm::shm_receiver(l.name, a.ring_bytes);
     else if (l.transport == "mpi")
       c.in[i] = comm::mpi_channel(w, l.peer, l.tag);
+    else if (l.transport == "nccl")
+      nccl.push_back({l.tag, {i, false}});
     else
-      throw std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+      throw unavailable(l);
+    const Link& o = a.hops[i].out;
+    if (o.transport == "mpi")
+      c.out[i] = comm::mpi_channel(w, o.peer, o.tag);
+    else if (o.transport == "nccl")
+      nccl.push_back({o.tag, {i, true}});
+    else if (o.transport != "shm")
+      throw unavailable(o);
   }
+  // 2. NCCL pairs in global hop order, so both ends of every hop meet (no cycle of waits).
+  std::sort(nccl.begin(), nccl.end());
+  for (const auto& [tag, where] : nccl) {
+#ifdef CASCADE_WITH_CUDA
+    const auto [i, out] = where;
+    const Link& l = out ? a.hops[i].out : a.hops[i].in;
+    (out ? c.out[i] : c.in[i]) = comm::nccl_channel(w, l.peer, l.tag, out, device, after(a.step_timeout));
+#else
+    throw unavailable(a.hops[where.first].in);
+#endif
+  }
+  // 3. Senders open the rings their successors created in step 1.
   for (size_t i = 0; i < a.hops.size(); ++i) {
-    const Link& l = a.hops[i].out;
-    if (l.transport == "shm")
-      c.out[i] = comm::shm_sender(l.name, after(a.step_timeout));
-    else if (l.transport == "mpi")
-      c.out[i] = comm::mpi_channel(w, l.peer, l.tag);
-    else
-      throw std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+    const Link& o = a.hops[i].out;
+    if (o.transport == "shm") c.out[i] = comm::shm_sender(o.name, after(a.step_timeout));
   }
-  for (auto& ch : c.in) ch->set_liveness(alive);
+  for (auto& ch : c.in) {
+    ch->set_liveness(alive);
+    ch->set_device(device);
+  }
   for (auto& ch : c.out) ch->set_liveness(alive);
   return c;
 }
@@ -263,7 +287,7 @@ int run_stage(comm::World& w, std::ostream& log) {
   try {
     fault.maybe(-1);
     runner = std::make_unique<StepRunner>(load(w, a, log));
-    ch = open_channels(w, a, alive);
+    ch = open_channels(w, a, runner->model().device(), alive);
     const Model& m = runner->model();
     const storage::DiskTier* disk = m.disk_tier();
     const json ready = {{"type", "ready"},

@@ -90,6 +90,30 @@ TEST(Channel, ARecvWithNoSenderEndsAtTheDeadlineOrOnLiveness) {
   MPI_Barrier(w.comm());
 }
 
+#ifdef CASCADE_WITH_CUDA
+// A GPU end on each side of a pinned shm ring: the payload goes GPU -> ring -> GPU.
+TEST(Channel, ShmWithCudaEndpoints) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  World& w = World::get();
+  const int me = w.rank(), peer = 1 - me;
+  auto from = shm_receiver("/cascade-test-ch-cuda-" + std::to_string(me), 1 << 20);
+  from->set_device(at::Device(at::kCUDA, 0));
+  MPI_Barrier(w.comm());
+  auto to = shm_sender("/cascade-test-ch-cuda-" + std::to_string(peer), in(10));
+  for (int64_t bytes : {int64_t{4}, int64_t{3} << 20, int64_t{64} << 20}) {
+    const at::Tensor t = at::arange(bytes / 4, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    if (me == 0) {
+      to->send({}, t, in(30));
+    } else {
+      const Message m = from->recv(in(30));
+      EXPECT_TRUE(m.payload.is_cuda());
+      EXPECT_TRUE(at::equal(m.payload, t)) << bytes << " bytes";
+    }
+  }
+  MPI_Barrier(w.comm());
+}
+#endif
+
 TEST(Channel, CorruptHeadersAreRejected) {
   StepHeader h;
   h.shape = {-3};

@@ -29,8 +29,10 @@ std::vector<std::string> module_names(const std::string& model) {
 }
 
 // A config that places module i on devices(i, n).
-std::string write_config(const TempDir& dir, const std::string& model, const std::vector<std::string>& devices,
-                         const std::string& dtype = "float32", const std::string& names_from = "") {
+std::string write_config(
+    const TempDir& dir, const std::string& model, const std::vector<std::string>& devices,
+    const std::string& dtype = "float32", const std::string& names_from = "",
+    const std::string& max_memory = R"("cpu:0" = "1GiB", "cpu:1" = "1GiB", "disk" = "unlimited")") {
   const std::vector<std::string> names = module_names(names_from.empty() ? model : names_from);
   EXPECT_EQ(names.size(), devices.size());
   std::ostringstream map;
@@ -38,7 +40,7 @@ std::string write_config(const TempDir& dir, const std::string& model, const std
     map << (i ? ", " : "") << "\"" << names[i] << "\" = \"" << devices[i] << "\"";
   std::ostringstream t;
   t << "[model]\npath = \"" << model << "\"\ndtype = \"" << dtype << "\"\n"
-    << "[placement]\nmax_memory = { \"cpu:0\" = \"1GiB\", \"cpu:1\" = \"1GiB\", \"disk\" = \"unlimited\" }\n"
+    << "[placement]\nmax_memory = { " << max_memory << " }\noffload_compute = \"cpu\"\n"
     << "device_map = { " << map.str() << " }\noffload_folder = \"" << dir.file("offload") << "\"\n"
     << "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n";
   const std::string path = dir.file("cascade.toml");
@@ -201,6 +203,35 @@ TEST(Cluster, OffloadFolderIsReusedAndRebuiltWhenStale) {
   EXPECT_NE(fixed.out.find("unreadable"), std::string::npos) << fixed.out;
   EXPECT_EQ(parse_lines(first.out)[0]["output_ids"], parse_lines(fixed.out)[0]["output_ids"]);
 }
+
+#ifdef CASCADE_WITH_CUDA
+// DESIGN §5 on one GPU: a GPU stage, then the CPU offload stage, over pinned shm.
+TEST(Cluster, GpuStageWithTheOffloadStage) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  for (const auto& name : all_fixtures()) {
+    const std::string model = fixture(name);
+    TempDir dir;
+    const size_t n = module_names(model).size();
+    std::vector<std::string> devices(n, "cpu");
+    for (size_t i = 0; i < n / 2; ++i) devices[i] = "cuda:0";
+    const std::string cfg =
+        write_config(dir, model, devices, "float32", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB", "disk" = "unlimited")");
+    const CliRun r = run_cascade("generate --config " + cfg + " " + kPrompts);
+    ASSERT_EQ(r.status, 0) << run_cascade("generate --config " + cfg + " " + kPrompts, true).out;
+    const auto a = parse_lines(single_run(model)), b = parse_lines(r.out);
+    ASSERT_EQ(b.size(), 2u);
+    double worst = 0;
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(a[i]["output_ids"], b[i]["output_ids"]) << name;
+      const auto la = a[i]["last_logits"].get<std::vector<double>>(),
+                 lb = b[i]["last_logits"].get<std::vector<double>>();
+      for (size_t k = 0; k < la.size(); ++k) worst = std::max(worst, std::abs(la[k] - lb[k]));
+    }
+    EXPECT_LE(worst, 1e-3) << name;  // GPU and CPU kernels round differently
+    std::printf("%-24s cuda:0 + offload stage: max |dlogit| vs one CPU process %.2e\n", name.c_str(), worst);
+  }
+}
+#endif
 
 struct Fault {
   CliRun run;
