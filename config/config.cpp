@@ -24,7 +24,9 @@ const std::map<std::string, std::set<std::string>>& schema() {
       {"runtime",
        {"mode", "microbatches", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout", "step_timeout"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
-      {"server", {"socket", "tcp", "api_key", "max_request_bytes", "max_connections"}},
+      {"server",
+       {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_tokens", "max_queue",
+        "header_timeout", "idle_timeout", "shutdown_grace"}},
   };
   return s;
 }
@@ -328,6 +330,11 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
     c.server.max_request_bytes = *v;
   }
   r.integer(sv, "server", "max_connections", &c.server.max_connections, 1, 1 << 20);
+  r.integer(sv, "server", "max_tokens", &c.server.max_tokens, 1, 1 << 24);
+  r.integer(sv, "server", "max_queue", &c.server.max_queue, 0, 1 << 20);
+  r.number(sv, "server", "header_timeout", &c.server.header_timeout, 0.1);
+  r.number(sv, "server", "idle_timeout", &c.server.idle_timeout, 0.1);
+  r.number(sv, "server", "shutdown_grace", &c.server.shutdown_grace, 0.0);
   return c;
 }
 

@@ -6,8 +6,10 @@
 #include <iostream>
 
 #include "comm/world.h"
+#include "daemon/client.h"
 #include "daemon/generate.h"
 #include "daemon/planning.h"
+#include "daemon/server.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/text.h"
 #endif
@@ -118,6 +120,17 @@ int run_cli(int argc, char** argv) {
   PlanOptions plan;
   add_plan(app, plan);
   app.add_subcommand("stage", "(internal) A stage process: started by the coordinator or mpirun");
+  ServeOptions serve_opts;
+  auto* sv = app.add_subcommand("serve", "Serve the model of a config on a Unix socket (OpenAI-compatible HTTP)");
+  sv->add_option("--config", serve_opts.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
+  sv->add_option("--set", serve_opts.overrides, "Override a config key: section.key=value")->take_all();
+  CompleteOptions comp;
+  auto* cp = app.add_subcommand("complete", "Stream a completion from a running `cascade serve`");
+  cp->add_option("--socket", comp.socket, "The daemon's Unix socket")->capture_default_str();
+  cp->add_option("--max-tokens", comp.max_tokens, "Tokens to generate")->capture_default_str();
+  cp->add_option("--temperature", comp.temperature, "Sampling temperature (0 = greedy)")->capture_default_str();
+  cp->add_option("--api-key", comp.api_key, "Bearer key, when the server has one");
+  cp->add_option("prompt", comp.prompt, "The prompt text")->required();
 #ifdef CASCADE_WITH_TOKENIZER
   TextOptions text;
   add_text_commands(app, text);
@@ -131,6 +144,12 @@ int run_cli(int argc, char** argv) {
   try {
     if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
     if (name == "stage") return stage::run_stage(comm::World::get(), std::cerr);
+    if (name == "complete") return complete(comp, std::cout, std::cerr);
+    if (name == "serve") {
+      comm::World& w = comm::World::get();
+      if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);
+      return serve(serve_opts, std::cerr);
+    }
 #ifdef CASCADE_WITH_TOKENIZER
     if (name == "tokenize") {
       std::cout << tokenize_json(text) << "\n";

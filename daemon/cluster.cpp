@@ -130,6 +130,7 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
   c->step_timeout_ = run.config.runtime.step_timeout;
   c->labels_ = {"the coordinator (rank 0)"};
   for (const auto& s : plan.stages) c->labels_.push_back(stage_label(s));
+  c->busy_.assign(c->labels_.size(), 0.0);
 
   log << "cascade: device map\n" << planner::format_plan(run.request.model, plan);
   const std::string job = job_name();
@@ -159,7 +160,7 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
     // Wait for every stage, printing progress as it arrives.
     std::set<int> waiting;
     for (int r = 1; r <= n; ++r) waiting.insert(r);
-    auto alive = [&] { c->check_alive(); };
+    auto alive = [self = c.get()] { self->check_alive(); };
     while (!waiting.empty()) {
       std::vector<uint8_t> msg;
       int from = 0;
@@ -241,8 +242,24 @@ Cluster::~Cluster() {
   }
 }
 
+void Cluster::poll_stats() const {
+  std::vector<uint8_t> msg;
+  int from = 0;
+  while (world_->try_recv(MPI_ANY_SOURCE, comm::kTagStats, &msg, &from)) {
+    const json j = json::parse(msg.begin(), msg.end(), nullptr, false);
+    if (j.is_object() && from > 0 && static_cast<size_t>(from) < busy_.size())
+      busy_[static_cast<size_t>(from)] = j.value("busy", 0.0);
+  }
+}
+
+std::vector<double> Cluster::stage_busy() const {
+  if (!failed_) poll_stats();
+  return std::vector<double>(busy_.begin() + 1, busy_.end());
+}
+
 // Throws when any stage is gone, stalled, or has reported a failed step.
 void Cluster::check_alive() const {
+  poll_stats();
   std::vector<uint8_t> msg;
   int from = 0;
   if (world_->try_recv(MPI_ANY_SOURCE, comm::kTagError, &msg, &from)) {

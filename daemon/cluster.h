@@ -58,10 +58,14 @@ class Cluster : public Executor {
   // Sends a shutdown step down the route and waits for every stage to pass it on.
   void shutdown();
   const std::vector<StageReport>& stages() const { return reports_; }
+  // Seconds each stage (by rank - 1) has spent computing, as last reported (~4 Hz).
+  std::vector<double> stage_busy() const;
+  const std::vector<std::string>& labels() const { return labels_; }
 
  private:
   Cluster() = default;
   void check_alive() const;
+  void poll_stats() const;
   [[noreturn]] void fail(const std::string& what);
   void stop_stages();
 
@@ -70,6 +74,7 @@ class Cluster : public Executor {
   std::unique_ptr<comm::Channel> to_first_, from_last_;
   std::vector<std::string> labels_;  // by rank
   std::vector<StageReport> reports_;
+  mutable std::vector<double> busy_;  // by rank; updated whenever messages are polled
   int64_t slots_ = 0, max_seq_len_ = 0;
   double heartbeat_timeout_ = 5, step_timeout_ = 300;
   std::deque<comm::StepHeader> in_flight_;

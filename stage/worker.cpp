@@ -154,29 +154,44 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
 }
 
 // Serves steps until a shutdown step has passed through every hop.
-void serve(const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault) {
+void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault,
+           const comm::Liveness& alive) {
+  double busy = 0;  // seconds spent computing, reported to the coordinator now and then
+  auto reported = Clock::now();
+  auto report = [&](int64_t steps) {
+    const json j = {{"busy", busy}, {"steps", steps}};
+    w.send(0, comm::kTagStats, j.dump(), after(a.step_timeout), alive);
+    reported = Clock::now();
+  };
   for (int64_t step = 0;; ++step) {
     fault.maybe(step);
+    if (Clock::now() - reported > std::chrono::milliseconds(250)) report(step);
     bool shutdown = false;
     for (size_t i = 0; i < a.hops.size(); ++i) {
       const Hop& hop = a.hops[i];
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
       comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.step_timeout));
       if (m.header.kind == comm::StepKind::kShutdown) {
+        if (i == 0) report(step);
         ch.out[i]->send(m.header, m.payload, after(a.step_timeout));
         shutdown = true;
         continue;
       }
+      const auto t0 = Clock::now();
       at::Tensor out = runner.run(m.header, m.payload, hop.begin, hop.end);
       const bool head = hop.end == static_cast<int64_t>(runner.model().all_modules().size()) &&
                         runner.model().all_modules().back().kind == ModuleKind::kLmHead;
       comm::StepHeader h = m.header;
       if (!head) {
+        if (out.is_cuda()) out = out.contiguous();
+        busy += std::chrono::duration<double>(Clock::now() - t0).count();
         ch.out[i]->send(h, out, after(a.step_timeout));
         continue;
       }
       h.kind = comm::StepKind::kResult;
-      ch.out[i]->send(h, runner.sample(m.header, out), after(a.step_timeout));
+      const at::Tensor ids = runner.sample(m.header, out);
+      busy += std::chrono::duration<double>(Clock::now() - t0).count();
+      ch.out[i]->send(h, ids, after(a.step_timeout));
       if (m.header.flags & comm::kStepWantLogits) {
         h.kind = comm::StepKind::kLogits;
         ch.out[i]->send(h, out.to(at::kFloat), after(a.step_timeout));
@@ -314,7 +329,7 @@ int run_stage(comm::World& w, std::ostream& log) {
   }
 
   try {
-    serve(a, *runner, ch, fault);
+    serve(w, a, *runner, ch, fault, alive);
   } catch (const std::exception& e) {
     const std::string msg = error_text(e);
     try {

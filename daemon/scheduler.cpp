@@ -1,0 +1,265 @@
+#include "daemon/scheduler.h"
+
+#include <algorithm>
+#include <random>
+
+#ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/tokenizer.h"
+#endif
+
+namespace cascade::daemon {
+
+using Clock = std::chrono::steady_clock;
+
+struct Scheduler::Seq {
+  Job job;
+  int64_t slot = 0;
+  bool prefilled = false;
+  std::vector<int64_t> out;  // generated ids
+  std::string text;          // decoded so far
+  size_t emitted = 0;        // text[0, emitted) has been sent
+  size_t ids_emitted = 0;    // out[0, ids_emitted) has been sent
+  Clock::time_point admitted, last_token;
+#ifdef CASCADE_WITH_TOKENIZER
+  std::unique_ptr<StreamDecoder> decoder;
+#endif
+};
+
+Scheduler::Scheduler(std::unique_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
+                     Metrics* metrics)
+    : ex_(std::move(ex)), tok_(std::move(tok)), opts_(std::move(opts)), metrics_(metrics) {
+  slots_.resize(static_cast<size_t>(ex_->kv_slots()));
+  free_slots_ = ex_->kv_slots();
+  if (metrics_) metrics_->set_kv_slots(0, ex_->kv_slots());
+}
+
+Scheduler::~Scheduler() = default;
+
+int Scheduler::submit(Job job) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failed_) return 503;
+  if (stopping_) return 503;
+  // Free slots take queued jobs at the next step, so they count as room too.
+  if (static_cast<int64_t>(queue_.size()) >= opts_.max_queue + free_slots_) return 429;
+  if (!job.request.seeded) job.request.sampling.seed = std::random_device()();
+  queue_.push_back(std::move(job));
+  if (metrics_) metrics_->set_queue_length(static_cast<int64_t>(queue_.size()));
+  cv_.notify_one();
+  return 0;
+}
+
+int64_t Scheduler::queued() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+std::string Scheduler::failure() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return failure_;
+}
+
+void Scheduler::stop(std::chrono::duration<double> grace) {
+  std::lock_guard<std::mutex> l(mu_);
+  stop_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(grace);
+  stopping_ = true;
+  cv_.notify_one();
+}
+
+// Moves queued jobs into free slots (under mu_).
+void Scheduler::admit() {
+  for (size_t s = 0; s < slots_.size() && !queue_.empty(); ++s) {
+    if (slots_[s]) continue;
+    auto seq = std::make_unique<Seq>();
+    seq->job = std::move(queue_.front());
+    queue_.pop_front();
+    seq->slot = static_cast<int64_t>(s);
+    seq->admitted = Clock::now();
+#ifdef CASCADE_WITH_TOKENIZER
+    if (tok_) seq->decoder = std::make_unique<StreamDecoder>(tok_, /*skip_special_tokens=*/true);
+#endif
+    slots_[s] = std::move(seq);
+  }
+}
+
+// Sends the text that is safe to send: all of it when final, else all but a tail that
+// could still grow into a stop sequence. Finds stop sequences, cutting the text there.
+void Scheduler::emit(Seq& s, bool final) {
+  const auto& stops = s.job.request.stop;
+  size_t cut = std::string::npos;
+  for (const auto& st : stops) {
+    const size_t from = s.emitted > st.size() ? s.emitted - st.size() : 0;
+    const size_t p = s.text.find(st, from);
+    if (p != std::string::npos) cut = std::min(cut, p);
+  }
+  size_t safe = s.text.size();
+  if (cut != std::string::npos) {
+    safe = cut;
+  } else if (!final) {
+    for (const auto& st : stops)
+      for (size_t k = std::min(st.size() - 1, s.text.size()); k > 0; --k)
+        if (s.text.compare(s.text.size() - k, k, st, 0, k) == 0) {
+          safe = std::min(safe, s.text.size() - k);
+          break;
+        }
+  }
+  safe = std::max(safe, s.emitted);
+  const std::vector<int64_t> ids(s.out.begin() + static_cast<std::ptrdiff_t>(s.ids_emitted), s.out.end());
+  if (safe > s.emitted || !ids.empty()) s.job.sink->on_tokens(s.text.substr(s.emitted, safe - s.emitted), ids);
+  s.emitted = safe;
+  s.ids_emitted = s.out.size();
+  if (cut != std::string::npos) {
+    s.text.resize(cut);
+    finish(s, Finish::kStop);
+  }
+}
+
+void Scheduler::finish(Seq& s, Finish f) {
+  CompletionResult r;
+  r.text = s.text.substr(0, s.emitted);
+  r.token_ids = s.out;
+  r.finish = f;
+  s.job.sink->on_done(r);
+  if (metrics_) metrics_->request_finished(200);
+  slots_[static_cast<size_t>(s.slot)].reset();
+}
+
+void Scheduler::fail_all(int status, const std::string& msg) {
+  std::deque<Job> queued;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    queued.swap(queue_);
+  }
+  for (auto& s : slots_) {
+    if (!s) continue;
+    s->job.sink->on_error(status, msg);
+    if (metrics_) metrics_->request_finished(status);
+    s.reset();
+  }
+  for (auto& j : queued) {
+    j.sink->on_error(status, msg);
+    if (metrics_) metrics_->request_finished(status);
+  }
+}
+
+void Scheduler::step() {
+  comm::StepHeader h;
+  h.step_id = step_id_++;
+  h.kind = comm::StepKind::kDecode;
+  std::vector<int64_t> ids;
+  std::vector<Seq*> in_step;
+  int64_t prompt_tokens = 0;
+  for (auto& sp : slots_) {
+    if (!sp) continue;
+    Seq& s = *sp;
+    const auto& r = s.job.request;
+    comm::SeqEntry e;
+    e.slot = s.slot;
+    e.temperature = r.sampling.temperature;
+    e.top_k = r.sampling.top_k;
+    e.top_p = r.sampling.top_p;
+    e.seed = r.sampling.seed;
+    if (!s.prefilled) {
+      e.start_pos = 0;
+      e.n_tokens = static_cast<int64_t>(r.prompt_ids.size());
+      ids.insert(ids.end(), r.prompt_ids.begin(), r.prompt_ids.end());
+      h.kind = comm::StepKind::kPrefill;
+      prompt_tokens += e.n_tokens;
+    } else {
+      e.start_pos = static_cast<int64_t>(r.prompt_ids.size() + s.out.size()) - 1;
+      e.n_tokens = 1;
+      ids.push_back(s.out.back());
+    }
+    h.seqs.push_back(e);
+    in_step.push_back(&s);
+  }
+  ex_->submit(h, at::tensor(ids, at::kLong));
+  const StepOutput res = ex_->next();
+  const int64_t* tok = res.ids.data_ptr<int64_t>();
+  const auto now = Clock::now();
+  for (size_t i = 0; i < in_step.size(); ++i) {
+    Seq& s = *in_step[i];
+    const int64_t t = tok[i];
+    if (!s.prefilled) {
+      s.prefilled = true;
+      if (metrics_) metrics_->observe_ttft(std::chrono::duration<double>(now - s.admitted).count());
+    } else if (metrics_) {
+      metrics_->observe_inter_token(std::chrono::duration<double>(now - s.last_token).count());
+    }
+    s.last_token = now;
+    const bool eos =
+        !s.job.request.ignore_eos && std::find(opts_.eos_ids.begin(), opts_.eos_ids.end(), t) != opts_.eos_ids.end();
+    s.out.push_back(t);
+#ifdef CASCADE_WITH_TOKENIZER
+    if (s.decoder) s.text += s.decoder->push(t);
+#endif
+    const bool length = static_cast<int64_t>(s.out.size()) >= s.job.request.max_tokens ||
+                        static_cast<int64_t>(s.job.request.prompt_ids.size() + s.out.size()) >= ex_->max_seq_len();
+    const bool final = eos || length;
+#ifdef CASCADE_WITH_TOKENIZER
+    if (final && s.decoder) s.text += s.decoder->flush();
+#endif
+    const size_t slot = static_cast<size_t>(s.slot);
+    emit(s, final);
+    if (!slots_[slot]) continue;  // a stop sequence finished it (and freed s)
+    if (final) finish(s, eos ? Finish::kStop : Finish::kLength);
+  }
+  if (metrics_) metrics_->add_tokens(prompt_tokens, static_cast<int64_t>(in_step.size()));
+}
+
+void Scheduler::run() {
+  for (;;) {
+    int64_t used = 0;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      // Clients that went away give up their slots here, before the next step.
+      for (auto& s : slots_) {
+        if (s && s->job.sink->cancelled()) {
+          if (metrics_) metrics_->request_finished(499);
+          s.reset();
+        }
+      }
+      admit();
+      for (const auto& s : slots_) used += s ? 1 : 0;
+      free_slots_ = static_cast<int64_t>(slots_.size()) - used;
+      if (used == 0) {
+        running_ = 0;
+        if (metrics_) {
+          metrics_->set_in_flight(0);
+          metrics_->set_kv_slots(0, static_cast<int64_t>(slots_.size()));
+        }
+        if (stopping_) break;
+        cv_.wait_for(l, std::chrono::milliseconds(100));
+        continue;
+      }
+      if (stopping_ && Clock::now() > stop_deadline_) break;
+    }
+    running_ = used;
+    if (metrics_) {
+      metrics_->set_in_flight(used);
+      metrics_->set_kv_slots(used, static_cast<int64_t>(slots_.size()));
+      metrics_->set_queue_length(queued());
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        failure_ = e.what();
+        failed_ = true;
+      }
+      fail_all(503, std::string("the model is unavailable: ") + e.what());
+      running_ = 0;
+      return;
+    }
+    if (metrics_ && opts_.stage_busy) {
+      const auto busy = opts_.stage_busy();
+      for (size_t i = 0; i < busy.size() && i < opts_.stage_labels.size(); ++i)
+        metrics_->set_stage_busy(opts_.stage_labels[i], busy[i]);
+    }
+  }
+  fail_all(503, "the server is shutting down");
+  running_ = 0;
+  if (metrics_) metrics_->set_in_flight(0);
+}
+
+}  // namespace cascade::daemon

@@ -1,0 +1,104 @@
+// Continuous batching (DESIGN §1 step 4, §7 sequential mode): one thread turns the
+// requests of many clients into steps on an Executor.
+//
+// Every step carries every running sequence: the new ones with their whole prompt
+// (prefill), the rest with their last token (decode), as one ragged batch. A request
+// joins at the next step after a KV slot frees up; admission waits in a bounded queue
+// (past it, submit() refuses and the client gets 429). Each sequence samples with its
+// own seed in its own slot, so its tokens do not depend on what shares the batch.
+//
+// Results flow back through the request's Sink, called on the scheduler thread. A
+// request whose sink reports cancelled() (its client went away) gives up its slot at
+// the next step. If the Executor fails (a stage died), every request in flight or
+// queued gets a 503 and the scheduler refuses new work, reporting the failure.
+//
+// Ownership: owns the Executor. Thread-safety: submit(), stop() and the accessors may
+// be called from any thread; run() is the scheduler thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "daemon/api.h"
+#include "daemon/executor.h"
+#include "daemon/metrics.h"
+
+namespace cascade::daemon {
+
+class Tokenizer;
+
+// Where a request's results go. Called on the scheduler thread; must not block.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // New text (possibly empty while a multi-byte character or a possible stop string
+  // is held back) and the ids that produced it.
+  virtual void on_tokens(const std::string& text, const std::vector<int64_t>& ids) = 0;
+  virtual void on_done(const CompletionResult& result) = 0;
+  virtual void on_error(int status, const std::string& message) = 0;
+  virtual bool cancelled() const = 0;
+};
+
+struct Job {
+  CompletionRequest request;  // prompt_ids filled in, limits checked
+  std::shared_ptr<Sink> sink;
+};
+
+struct SchedulerOptions {
+  int64_t max_queue = 64;
+  std::vector<int64_t> eos_ids;
+  std::function<std::vector<double>()> stage_busy;  // for metrics; may be empty
+  std::vector<std::string> stage_labels;
+};
+
+class Scheduler {
+ public:
+  Scheduler(std::unique_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
+            Metrics* metrics);
+  ~Scheduler();
+
+  // Queues a job; returns an ApiError status (429 queue full, 503 failed or stopping)
+  // or 0 when accepted.
+  int submit(Job job);
+  // The scheduler loop; returns after stop() once the work is done or the grace ends.
+  void run();
+  // Stop admitting; finish what is in flight within `grace`, then fail the rest (503).
+  void stop(std::chrono::duration<double> grace);
+
+  bool failed() const { return failed_; }
+  std::string failure() const;
+  int64_t running() const { return running_; }
+  int64_t queued() const;
+  Executor& executor() { return *ex_; }
+
+ private:
+  struct Seq;
+  void admit();
+  void step();
+  void finish(Seq& s, Finish f);
+  void fail_all(int status, const std::string& msg);
+  void emit(Seq& s, bool final);
+
+  std::unique_ptr<Executor> ex_;
+  std::shared_ptr<const Tokenizer> tok_;
+  SchedulerOptions opts_;
+  Metrics* metrics_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::vector<std::unique_ptr<Seq>> slots_;  // by KV slot; null = free
+  std::atomic<bool> stopping_{false}, failed_{false};
+  std::atomic<int64_t> running_{0}, free_slots_{0};
+  std::chrono::steady_clock::time_point stop_deadline_;
+  std::string failure_;
+  uint64_t step_id_ = 0;
+};
+
+}  // namespace cascade::daemon

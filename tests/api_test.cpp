@@ -1,0 +1,102 @@
+#include "daemon/api.h"
+
+#include "tests/test_util.h"
+
+namespace cascade::daemon {
+namespace {
+
+void expect_400(const std::string& body, const std::string& part, const std::string& param = "") {
+  try {
+    parse_completion(body);
+    ADD_FAILURE() << "accepted: " << body;
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    if (!param.empty()) {
+      EXPECT_EQ(e.param, param);
+    }
+  }
+}
+
+TEST(Api, ParsesEveryField) {
+  const auto r = parse_completion(R"({"prompt": [1, 2, 3], "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
+      "top_k": 40, "seed": 12, "stop": ["\n\n", "END"], "stream": true, "return_token_ids": true, "ignore_eos": true,
+      "user": "ignored", "model": "whatever"})");
+  EXPECT_FALSE(r.text_prompt);
+  EXPECT_EQ(r.prompt_ids, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(r.max_tokens, 7);
+  EXPECT_DOUBLE_EQ(r.sampling.temperature, 0.5);
+  EXPECT_DOUBLE_EQ(r.sampling.top_p, 0.9);
+  EXPECT_EQ(r.sampling.top_k, 40);
+  EXPECT_EQ(r.sampling.seed, 12u);
+  EXPECT_TRUE(r.seeded && r.stream && r.return_token_ids && r.ignore_eos);
+  EXPECT_EQ(r.stop.size(), 2u);
+  const auto d = parse_completion(R"({"prompt": "hi", "stop": "x", "top_k": -1})");
+  EXPECT_TRUE(d.text_prompt);
+  EXPECT_EQ(d.max_tokens, 16);
+  EXPECT_DOUBLE_EQ(d.sampling.temperature, 1.0);  // OpenAI's default
+  EXPECT_EQ(d.sampling.top_k, 0);
+  EXPECT_FALSE(d.seeded);
+}
+
+TEST(Api, RejectsWhatItCannotHonour) {
+  expect_400("{", "not valid JSON");
+  expect_400("[1]", "must be a JSON object");
+  expect_400(std::string("{\"prompt\": \"a\xff\"}"), "not valid UTF-8");
+  expect_400("{}", "'prompt' is required", "prompt");
+  expect_400(R"({"prompt": 5})", "'prompt' must be a string or an array", "prompt");
+  expect_400(R"({"prompt": [1, "a"]})", "token ids", "prompt");
+  expect_400(R"({"prompt": [[1], [2]]})", "batched prompts");
+  expect_400(R"({"prompt": ""})", "empty");
+  expect_400(R"({"prompt": "a", "max_tokens": "8"})", "'max_tokens' must be an integer", "max_tokens");
+  expect_400(R"({"prompt": "a", "max_tokens": 0})", "'max_tokens' must be in", "max_tokens");
+  expect_400(R"({"prompt": "a", "temperature": 3})", "'temperature' must be in", "temperature");
+  expect_400(R"({"prompt": "a", "top_p": 0})", "'top_p'");
+  expect_400(R"({"prompt": "a", "stream": "yes"})", "'stream' must be true or false");
+  expect_400(R"({"prompt": "a", "stop": ["", "x"]})", "must not be empty");
+  expect_400(R"({"prompt": "a", "stop": ["a","b","c","d","e"]})", "at most 4");
+  expect_400(R"({"prompt": "a", "n": 2})", "only n = 1", "n");
+  expect_400(R"({"prompt": "a", "logprobs": 2})", "'logprobs' is not supported");
+  expect_400(R"({"prompt": "a", "seed": 1.5})", "'seed' must be an integer");
+}
+
+TEST(Api, Limits) {
+  CompletionRequest r;
+  r.prompt_ids = {1, 2, 300};
+  r.max_tokens = 8;
+  const Limits l{256, 16, 64};
+  EXPECT_THROW_WITH(check_limits(r, l), ApiError, "token id 300 is out of range [0, 256)");
+  r.prompt_ids = std::vector<int64_t>(16, 1);
+  EXPECT_THROW_WITH(check_limits(r, l), ApiError, "16 tokens; max_seq_len is 16");
+  r.prompt_ids = {1};
+  r.max_tokens = 65;
+  EXPECT_THROW_WITH(check_limits(r, l), ApiError, "over this server's cap of 64");
+  r.max_tokens = 64;
+  check_limits(r, l);
+}
+
+TEST(Api, ResponseShapes) {
+  CompletionRequest req;
+  req.prompt_ids = {1, 2};
+  req.return_token_ids = true;
+  CompletionResult res{"hello", {5, 6, 7}, Finish::kStop};
+  const auto j = nlohmann::json::parse(completion_json("cmpl-1", 100, "demo", req, res));
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["choices"][0]["text"], "hello");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["choices"][0]["token_ids"], nlohmann::json({5, 6, 7}));
+  EXPECT_EQ(j["prompt_token_ids"], nlohmann::json({1, 2}));
+  EXPECT_EQ(j["usage"]["total_tokens"], 5);
+  const std::string ev = chunk_event("cmpl-1", 100, "demo", "hi", {5}, nullptr, false);
+  ASSERT_EQ(ev.rfind("data: ", 0), 0u);
+  ASSERT_EQ(ev.substr(ev.size() - 2), "\n\n");
+  const auto c = nlohmann::json::parse(ev.substr(6));
+  EXPECT_TRUE(c["choices"][0]["finish_reason"].is_null());
+  EXPECT_FALSE(c["choices"][0].contains("token_ids"));
+  const auto e = nlohmann::json::parse(error_json(429, "busy"));
+  EXPECT_EQ(e["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(e["error"]["message"], "busy");
+}
+
+}  // namespace
+}  // namespace cascade::daemon

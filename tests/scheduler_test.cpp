@@ -1,0 +1,184 @@
+#include "daemon/scheduler.h"
+
+#include <thread>
+
+#include "stage/model.h"
+#include "storage/checkpoint.h"
+#include "tests/test_util.h"
+#ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/tokenizer.h"
+#endif
+
+namespace cascade::daemon {
+namespace {
+
+// Records what the scheduler reports for one request.
+class Recorder : public Sink {
+ public:
+  void on_tokens(const std::string& text, const std::vector<int64_t>& ids) override {
+    std::lock_guard<std::mutex> l(mu);
+    streamed += text;
+    stream_ids.insert(stream_ids.end(), ids.begin(), ids.end());
+  }
+  void on_done(const CompletionResult& r) override {
+    std::lock_guard<std::mutex> l(mu);
+    result = r;
+    done = true;
+  }
+  void on_error(int s, const std::string& m) override {
+    std::lock_guard<std::mutex> l(mu);
+    status = s;
+    error = m;
+    done = true;
+  }
+  bool cancelled() const override { return cancel; }
+  std::mutex mu;
+  std::string streamed, error;
+  std::vector<int64_t> stream_ids;
+  CompletionResult result;
+  int status = 0;
+  std::atomic<bool> done{false}, cancel{false};
+};
+
+// Fault injection: an executor whose steps fail after `ok` of them.
+class FailingExecutor : public Executor {
+ public:
+  FailingExecutor(std::unique_ptr<Executor> e, int ok) : e_(std::move(e)), ok_(ok) {}
+  void submit(const comm::StepHeader& h, const at::Tensor& ids) override { e_->submit(h, ids); }
+  StepOutput next() override {
+    StepOutput o = e_->next();
+    if (ok_-- <= 0) throw std::runtime_error("stage 2 (rank 2, cpu:1) (pid 42) exited");
+    return o;
+  }
+  int64_t kv_slots() const override { return e_->kv_slots(); }
+  int64_t max_seq_len() const override { return e_->max_seq_len(); }
+
+ private:
+  std::unique_ptr<Executor> e_;
+  int ok_;
+};
+
+std::unique_ptr<Executor> local(const std::string& dir, int64_t slots, int64_t max_seq = 64) {
+  stage::LoadOptions lo;
+  lo.kv_slots = slots;
+  lo.max_seq_len = max_seq;
+  return std::make_unique<LocalExecutor>(stage::Model::load(storage::Checkpoint::open(dir), lo));
+}
+
+Job job(std::vector<int64_t> prompt, int64_t max_tokens, uint64_t seed, std::shared_ptr<Recorder> rec) {
+  Job j;
+  j.request.prompt_ids = std::move(prompt);
+  j.request.max_tokens = max_tokens;
+  j.request.sampling.temperature = 0.9;
+  j.request.sampling.seed = seed;
+  j.request.seeded = true;
+  j.sink = std::move(rec);
+  return j;
+}
+
+void wait_all(const std::vector<std::shared_ptr<Recorder>>& recs) {
+  for (const auto& r : recs)
+    for (int i = 0; i < 2000 && !r->done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
+TEST(Scheduler, ARequestGetsTheSameTokensAloneOrAmongSixteen) {
+  auto run = [](int n, int64_t slots) {
+    Scheduler s(local(test::fixture("llama_gqa"), slots), nullptr, {}, nullptr);
+    std::thread t([&] { s.run(); });
+    std::vector<std::shared_ptr<Recorder>> recs;
+    for (int i = 0; i < n; ++i) {
+      recs.push_back(std::make_shared<Recorder>());
+      EXPECT_EQ(s.submit(job({1, 2, 3 + i % 5, 7}, 12 + i % 4, 100 + i, recs.back())), 0);
+      if (i % 3 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // arrive mid-flight
+    }
+    wait_all(recs);
+    s.stop(std::chrono::seconds(5));
+    t.join();
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& r : recs) {
+      EXPECT_TRUE(r->done);
+      EXPECT_EQ(r->result.token_ids, r->stream_ids);
+      out.push_back(r->result.token_ids);
+    }
+    return out;
+  };
+  const auto together = run(17, 16);  // 16 slots: the 17th waits in the queue and joins later
+  for (int i = 0; i < 17; ++i) {
+    Scheduler s(local(test::fixture("llama_gqa"), 1), nullptr, {}, nullptr);
+    std::thread t([&] { s.run(); });
+    auto rec = std::make_shared<Recorder>();
+    ASSERT_EQ(s.submit(job({1, 2, 3 + i % 5, 7}, 12 + i % 4, 100 + i, rec)), 0);
+    wait_all({rec});
+    s.stop(std::chrono::seconds(5));
+    t.join();
+    EXPECT_EQ(rec->result.token_ids, together[static_cast<size_t>(i)]) << "request " << i;
+    EXPECT_EQ(rec->result.token_ids.size(), static_cast<size_t>(12 + i % 4));
+    EXPECT_EQ(rec->result.finish, Finish::kLength);
+  }
+}
+
+TEST(Scheduler, BoundedQueueAndCancellation) {
+  SchedulerOptions o;
+  o.max_queue = 1;
+  Scheduler s(local(test::fixture("llama_gqa"), 1, 2048), nullptr, o, nullptr);
+  auto a = std::make_shared<Recorder>(), b = std::make_shared<Recorder>(), c = std::make_shared<Recorder>();
+  EXPECT_EQ(s.submit(job({1, 2}, 2000, 1, a)), 0);  // takes the slot at the first step
+  EXPECT_EQ(s.submit(job({1, 2}, 4, 2, b)), 0);     // free slot counts as room
+  EXPECT_EQ(s.submit(job({1, 2}, 4, 3, c)), 429);   // slot spoken for, queue full
+  std::thread t([&] { s.run(); });
+  for (int i = 0; i < 400 && a->stream_ids.size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  a->cancel = true;  // the client went away: b gets the slot
+  wait_all({b});
+  EXPECT_TRUE(b->done);
+  EXPECT_EQ(b->result.token_ids.size(), 4u);
+  EXPECT_FALSE(a->done);
+  EXPECT_LT(a->stream_ids.size(), 2000u);
+  s.stop(std::chrono::seconds(1));
+  t.join();
+  EXPECT_EQ(s.submit(job({1}, 1, 1, c)), 503);  // stopped
+}
+
+TEST(Scheduler, AFailedExecutorAnswers503AndRefusesNewWork) {
+  Scheduler s(std::make_unique<FailingExecutor>(local(test::fixture("llama_gqa"), 4), 3), nullptr, {}, nullptr);
+  std::thread t([&] { s.run(); });
+  auto a = std::make_shared<Recorder>(), b = std::make_shared<Recorder>();
+  s.submit(job({1, 2}, 50, 1, a));
+  s.submit(job({3, 4}, 50, 2, b));
+  t.join();  // run() returns after the failure
+  for (const auto& r : {a, b}) {
+    EXPECT_EQ(r->status, 503);
+    EXPECT_NE(r->error.find("stage 2 (rank 2, cpu:1) (pid 42) exited"), std::string::npos) << r->error;
+  }
+  EXPECT_TRUE(s.failed());
+  EXPECT_EQ(s.submit(job({1}, 1, 1, a)), 503);
+}
+
+#ifdef CASCADE_WITH_TOKENIZER
+TEST(Scheduler, StopSequencesCutTheTextAndAreNeverStreamed) {
+  const std::string demo = std::string(CASCADE_SOURCE_DIR) + "/models/demo";
+  auto tok = Tokenizer::load(demo);
+  auto greedy = [&](std::vector<std::string> stop) {
+    Scheduler s(local(demo, 1, 256), tok, {}, nullptr);
+    std::thread t([&] { s.run(); });
+    auto rec = std::make_shared<Recorder>();
+    Job j = job(tok->encode("def add(a, b):", true), 40, 0, rec);
+    j.request.sampling.temperature = 0;
+    j.request.stop = std::move(stop);
+    s.submit(std::move(j));
+    wait_all({rec});
+    s.stop(std::chrono::seconds(1));
+    t.join();
+    EXPECT_EQ(rec->streamed, rec->result.text);
+    return rec->result;
+  };
+  const CompletionResult full = greedy({});
+  ASSERT_GT(full.text.size(), 12u) << full.text;
+  const std::string stop = full.text.substr(6, 4);  // occurs in the greedy text
+  const CompletionResult cut = greedy({stop, "never appears"});
+  EXPECT_EQ(cut.finish, Finish::kStop);
+  EXPECT_EQ(cut.text, full.text.substr(0, full.text.find(stop)));
+}
+#endif
+
+}  // namespace
+}  // namespace cascade::daemon

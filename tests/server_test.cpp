@@ -1,0 +1,446 @@
+// The daemon as people run it: `cascade serve` in its own process with real stage
+// processes, spoken to over its real Unix socket.
+#include "daemon/server.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <regex>
+#include <thread>
+
+#include "tests/test_util.h"
+
+namespace cascade::test {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+int connect_to(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  timeval tv{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+void send_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    const ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+struct Reply {
+  int status = 0;
+  std::string head, body;
+  json j() const { return json::parse(body, nullptr, false); }
+};
+
+// Reads one response: by Content-Length, or to EOF (streams).
+Reply read_reply(int fd) {
+  std::string buf;
+  char tmp[8192];
+  Reply r;
+  size_t want = std::string::npos;
+  for (;;) {
+    const size_t end = buf.find("\r\n\r\n");
+    if (end != std::string::npos && r.head.empty()) {
+      r.head = buf.substr(0, end);
+      r.status = std::atoi(r.head.c_str() + 9);
+      buf.erase(0, end + 4);
+      std::smatch m;
+      if (std::regex_search(r.head, m, std::regex("Content-Length: ([0-9]+)"))) want = std::stoul(m[1]);
+    }
+    if (!r.head.empty() && want != std::string::npos && buf.size() >= want) break;
+    const ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+    if (n <= 0) break;
+    buf.append(tmp, static_cast<size_t>(n));
+  }
+  r.body = buf;
+  return r;
+}
+
+std::string http(const std::string& method, const std::string& target, const std::string& body,
+                 const std::string& extra = "") {
+  return method + " " + target + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + extra +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+Reply call(const std::string& sock, const std::string& method, const std::string& target, const std::string& body = "",
+           const std::string& extra = "") {
+  const int fd = connect_to(sock);
+  if (fd < 0) return {};
+  send_all(fd, http(method, target, body, extra));
+  Reply r = read_reply(fd);
+  ::close(fd);
+  return r;
+}
+
+// The token ids of a stream's events, and whether it ended with [DONE].
+std::pair<std::vector<int64_t>, bool> stream_ids(const std::string& body) {
+  std::vector<int64_t> ids;
+  bool done = false;
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line == "data: [DONE]") done = true;
+    if (line.rfind("data: {", 0) != 0) continue;
+    const json j = json::parse(line.substr(6));
+    if (j["choices"][0].contains("token_ids"))
+      for (const auto& t : j["choices"][0]["token_ids"]) ids.push_back(t.get<int64_t>());
+  }
+  return {ids, done};
+}
+
+// `cascade serve` in a child process; stopped with SIGTERM when the object dies.
+class Daemon {
+ public:
+  Daemon(const TempDir& dir, const std::string& model, const std::string& extra_toml, const std::string& devices = "") {
+    sock_ = dir.file("d.sock");
+    cfg_ = dir.file("serve.toml");
+    log_ = dir.file("serve.log");
+    std::string map = devices;
+    std::replace(map.begin(), map.end(), '\n', ' ');  // TOML inline tables are one line
+    write_file(cfg_, "[model]\npath = \"" + model + "\"\n[placement]\n" +
+                         "max_memory = { \"cpu:0\" = \"1GiB\", \"cpu:1\" = \"1GiB\", \"disk\" = \"unlimited\" }\n" +
+                         (map.empty() ? "" : "device_map = { " + map + " }\n") + "offload_folder = \"" +
+                         dir.file("off") + "\"\n[server]\nsocket = \"" + sock_ + "\"\n" + extra_toml);
+    start();
+  }
+  void start() {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 2);
+      ::dup2(fd, 1);
+      ::execl(CASCADE_BINARY, CASCADE_BINARY, "serve", "--config", cfg_.c_str(), nullptr);
+      ::_exit(127);
+    }
+    for (int i = 0; i < 600; ++i) {
+      const int fd = connect_to(sock_);
+      if (fd >= 0) {
+        ::close(fd);
+        return;
+      }
+      if (::waitpid(pid_, &status_, WNOHANG) == pid_) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "the daemon did not come up:\n" << log();
+  }
+  ~Daemon() {
+    if (pid_ > 0 && ::waitpid(pid_, &status_, WNOHANG) == 0) {
+      ::kill(pid_, SIGTERM);
+      wait_exit(20);
+    }
+  }
+  // Waits up to `seconds` for the daemon to exit; its exit code, or -1.
+  int wait_exit(double seconds) {
+    const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+    while (Clock::now() < end) {
+      if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status_, 0);
+    pid_ = -1;
+    return -1;
+  }
+  std::string log() const {
+    std::ifstream f(log_);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  }
+  const std::string& sock() const { return sock_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  std::string sock_, cfg_, log_;
+  pid_t pid_ = -1;
+  int status_ = 0;
+};
+
+std::string demo() { return std::string(CASCADE_SOURCE_DIR) + "/models/demo"; }
+// The demo split as the README shows it: two CPU stages and the disk tier.
+const char* kDemoMap =
+    R"("model.embed_tokens" = "cpu:0", "model.layers.0" = "cpu:0", "model.layers.1" = "cpu:0",
+       "model.layers.2" = "cpu:1", "model.layers.3" = "cpu:1", "model.layers.4" = "disk", "model.layers.5" = "disk",
+       "model.norm" = "cpu:1", "lm_head" = "cpu:1")";
+
+std::vector<int64_t> generate_ids(const std::string& model, const std::string& ids, int n) {
+  const CliRun r = run_cascade("generate --model " + model + " --prompt-ids " + ids + " --max-new-tokens " +
+                               std::to_string(n) + " --json");
+  return json::parse(r.out)["output_ids"].get<std::vector<int64_t>>();
+}
+
+class DemoServer : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    d_ = new Daemon(*dir_, demo(),
+                    "max_tokens = 128\nmax_request_bytes = 4096\n[runtime]\nmax_batch = 16\n"
+                    "max_seq_len = 256\nthreads_per_stage = 1\n",
+                    kDemoMap);
+  }
+  static void TearDownTestSuite() {
+    delete d_;
+    delete dir_;
+  }
+  static TempDir* dir_;
+  static Daemon* d_;
+};
+TempDir* DemoServer::dir_ = nullptr;
+Daemon* DemoServer::d_ = nullptr;
+
+TEST_F(DemoServer, StreamingAndNonStreamingEqualGenerate) {
+  const auto want = generate_ids(demo(), "1,529,1753,3876", 20);
+  const std::string body = R"({"prompt": [1, 529, 1753, 3876], "max_tokens": 20, "temperature": 0,
+                               "return_token_ids": true)";
+  const Reply r = call(d_->sock(), "POST", "/v1/completions", body + "}");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = r.j();
+  EXPECT_EQ(j["choices"][0]["token_ids"].get<std::vector<int64_t>>(), want);
+  EXPECT_EQ(j["prompt_token_ids"], json({1, 529, 1753, 3876}));
+  EXPECT_EQ(j["usage"]["completion_tokens"], 20);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  const Reply s = call(d_->sock(), "POST", "/v1/completions", body + R"(, "stream": true})");
+  ASSERT_EQ(s.status, 200);
+  EXPECT_NE(s.head.find("text/event-stream"), std::string::npos);
+  const auto [ids, done] = stream_ids(s.body);
+  EXPECT_TRUE(done) << s.body;
+  EXPECT_EQ(ids, want);
+  // Text prompts go through the model's tokenizer.
+  const Reply t = call(d_->sock(), "POST", "/v1/completions", R"({"prompt": "def main():", "max_tokens": 8})");
+  ASSERT_EQ(t.status, 200) << t.body;
+  EXPECT_GT(t.j()["usage"]["prompt_tokens"].get<int>(), 2);
+}
+
+TEST_F(DemoServer, SixteenConcurrentStreamingClientsGetWhatTheyWouldAlone) {
+  auto body = [](int i) {
+    return json({{"prompt", {1, 529 + i, 1753}},
+                 {"max_tokens", 24},
+                 {"temperature", 0.8},
+                 {"seed", 1000 + i},
+                 {"stream", true},
+                 {"return_token_ids", true}})
+        .dump();
+  };
+  std::vector<std::vector<int64_t>> together(16);
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 16; ++i) {
+    ts.emplace_back([&, i] {
+      const Reply r = call(d_->sock(), "POST", "/v1/completions", body(i));
+      const auto [ids, done] = stream_ids(r.body);
+      if (r.status == 200 && done) ++ok;
+      together[static_cast<size_t>(i)] = ids;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(ok, 16);
+  for (int i = 0; i < 16; ++i) {
+    const auto alone = stream_ids(call(d_->sock(), "POST", "/v1/completions", body(i)).body).first;
+    EXPECT_EQ(alone.size(), 24u);
+    EXPECT_EQ(alone, together[static_cast<size_t>(i)]) << "client " << i;
+  }
+}
+
+TEST_F(DemoServer, EveryBadInputGetsItsErrorAndTheServerCarriesOn) {
+  const std::string good = R"({"prompt": [1, 2, 3], "max_tokens": 3})";
+  struct Case {
+    std::string method, target, body;
+    int status;
+    std::string part;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/v1/completions", "{\"prompt\": ", 400, "not valid JSON"},
+      {"POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": "many"})", 400, "'max_tokens' must be"},
+      {"POST", "/v1/completions", "{\"prompt\": \"caf\xc3\x28\"}", 400, "UTF-8"},
+      {"POST", "/v1/completions", R"({"prompt": [1, 99999]})", 400, "token id 99999 is out of range"},
+      {"POST", "/v1/completions", json({{"prompt", std::vector<int>(256, 5)}}).dump(), 400, "max_seq_len is 256"},
+      {"POST", "/v1/completions", R"({"prompt": [1], "max_tokens": 129})", 400, "cap of 128"},
+      {"POST", "/v1/completions", json({{"prompt", std::string(5000, 'a')}}).dump(), 413, "max_request_bytes"},
+      {"GET", "/v1/nothing", "", 404, "no such endpoint"},
+      {"GET", "/v1/completions", "", 405, "use POST"},
+      {"POST", "/health", "{}", 405, "use GET"},
+  };
+  for (const auto& c : cases) {
+    const Reply r = call(d_->sock(), c.method, c.target, c.body);
+    EXPECT_EQ(r.status, c.status) << c.target << " " << c.body.substr(0, 60) << "\n" << r.body;
+    const json j = r.j();
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << r.body;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(c.part), std::string::npos) << r.body;
+    EXPECT_EQ(call(d_->sock(), "POST", "/v1/completions", good).status, 200) << "after " << c.part;
+  }
+}
+
+TEST_F(DemoServer, InfoEndpoints) {
+  const Reply h = call(d_->sock(), "GET", "/health");
+  ASSERT_EQ(h.status, 200);
+  EXPECT_EQ(h.j()["status"], "ok");
+  EXPECT_EQ(h.j()["stages"].size(), 2u);
+  EXPECT_EQ(call(d_->sock(), "GET", "/v1/models").j()["data"][0]["id"], "demo");
+  EXPECT_EQ(call(d_->sock(), "GET", "/v1/device_map").j()["device_map"]["model.layers.4"], "disk");
+  const Reply m = call(d_->sock(), "GET", "/metrics");
+  for (const char* k :
+       {"cascade_requests_total{status=\"200\"}", "cascade_kv_slots_total 16",
+        "cascade_time_to_first_token_seconds_count", "cascade_stage_busy_seconds_total{stage=\"stage 2"})
+    EXPECT_NE(m.body.find(k), std::string::npos) << k << "\n" << m.body;
+}
+
+TEST_F(DemoServer, AClientThatLeavesMidStreamFreesItsSlot) {
+  const int fd = connect_to(d_->sock());
+  send_all(fd, http("POST", "/v1/completions",
+                    R"({"prompt": [1, 2], "max_tokens": 128, "stream": true, "ignore_eos": true})"));
+  char buf[256];
+  ASSERT_GT(::recv(fd, buf, sizeof buf, 0), 0);  // the stream has started
+  ::close(fd);
+  bool freed = false;
+  for (int i = 0; i < 200 && !freed; ++i) {
+    const std::string m = call(d_->sock(), "GET", "/metrics").body;
+    freed = m.find("cascade_requests_total{status=\"499\"} 1") != std::string::npos &&
+            m.find("cascade_kv_slots_used 0") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(freed) << call(d_->sock(), "GET", "/metrics").body;
+}
+
+TEST_F(DemoServer, SocketIsPrivateAndNotStolen) {
+  struct stat st {};
+  ASSERT_EQ(::stat(d_->sock().c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_THROW_WITH(daemon::claim_socket_path(d_->sock()), std::runtime_error, "a live daemon is already serving");
+}
+
+TEST(Server, StaleSocketIsReplaced) {
+  TempDir dir;
+  const std::string path = dir.file("stale.sock");
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);  // bound, then abandoned: a stale file
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ::close(fd);
+  EXPECT_EQ(daemon::claim_socket_path(path), "stale");
+  EXPECT_EQ(daemon::claim_socket_path(path), "free");
+  write_file(path, "x");
+  EXPECT_THROW_WITH(daemon::claim_socket_path(path), std::runtime_error, "is not a socket");
+}
+
+// A small daemon on a fixture without a tokenizer: limits, faults, shutdown.
+std::string small_server_toml(const std::string& extra = "") {
+  return "max_connections = 4\nmax_queue = 1\nheader_timeout = 1\nidle_timeout = 2\napi_key = \"sekrit\"\n"
+         "shutdown_grace = 20\n[runtime]\nmax_batch = 1\nmax_seq_len = 2048\nheartbeat_timeout = 2\n" +
+         extra;
+}
+const char* kTwoStages = R"("model.embed_tokens" = "cpu:0", "model.layers.0" = "cpu:0", "model.layers.1" = "cpu:1",
+                            "model.norm" = "cpu:1", "lm_head" = "cpu:1")";
+const std::string kAuth = "Authorization: Bearer sekrit\r\n";
+
+TEST(Server, LimitsAuthAndSlowClients) {
+  TempDir dir;
+  Daemon d(dir, fixture("llama_gqa"), small_server_toml(), kTwoStages);
+  EXPECT_EQ(call(d.sock(), "GET", "/health").status, 401);
+  EXPECT_EQ(call(d.sock(), "GET", "/health", "", "Authorization: Bearer wrong\r\n").status, 401);
+  EXPECT_EQ(call(d.sock(), "GET", "/health", "", kAuth).status, 200);
+  const Reply text = call(d.sock(), "POST", "/v1/completions", R"({"prompt": "hello"})", kAuth);
+  EXPECT_EQ(text.status, 400);
+  EXPECT_NE(text.body.find("no tokenizer.json: send the prompt as token ids"), std::string::npos) << text.body;
+
+  // One slot, a queue of one: a third concurrent request is turned away.
+  const std::string longreq = R"({"prompt": [1, 2], "max_tokens": 2000, "temperature": 0, "ignore_eos": true})";
+  std::vector<std::thread> ts;
+  std::vector<int> status(2);
+  for (int i = 0; i < 2; ++i)
+    ts.emplace_back(
+        [&, i] { status[static_cast<size_t>(i)] = call(d.sock(), "POST", "/v1/completions", longreq, kAuth).status; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const Reply busy = call(d.sock(), "POST", "/v1/completions", longreq, kAuth);
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(busy.status, 429) << busy.body;
+  EXPECT_EQ(status, (std::vector<int>{200, 200}));
+
+  // Connections past max_connections get 429 and are closed.
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) idle.push_back(connect_to(d.sock()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const Reply over = call(d.sock(), "GET", "/health", "", kAuth);
+  EXPECT_EQ(over.status, 429);
+  EXPECT_NE(over.body.find("too many connections"), std::string::npos);
+  for (int fd : idle) ::close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+  // A client that never finishes its header is cut off after header_timeout.
+  const int slow = connect_to(d.sock());
+  send_all(slow, "GET /health HTTP/1.1\r\nHost: x\r\n");
+  const auto t0 = Clock::now();
+  char c;
+  EXPECT_LE(::recv(slow, &c, 1, 0), 0);
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(4));
+  ::close(slow);
+  EXPECT_EQ(call(d.sock(), "GET", "/health", "", kAuth).status, 200);
+}
+
+TEST(Server, SigtermFinishesInFlightRequestsThenExitsCleanly) {
+  TempDir dir;
+  Daemon d(dir, fixture("llama_gqa"), small_server_toml(), kTwoStages);
+  Reply r;
+  std::thread t([&] {
+    r = call(d.sock(), "POST", "/v1/completions",
+             R"({"prompt": [1, 2], "max_tokens": 1500, "stream": true, "return_token_ids": true, "ignore_eos": true})",
+             kAuth);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(d.pid(), SIGTERM);
+  const int rc = d.wait_exit(30);
+  t.join();
+  EXPECT_EQ(rc, 0) << d.log();
+  const auto [ids, done] = stream_ids(r.body);
+  EXPECT_TRUE(done) << r.body.substr(0, 300);
+  EXPECT_EQ(ids.size(), 1500u);
+  EXPECT_FALSE(std::filesystem::exists(d.sock()));
+  EXPECT_NE(d.log().find("SIGTERM: finishing in-flight requests"), std::string::npos);
+}
+
+TEST(Server, AKilledStageAnswers503AndShowsInHealth) {
+  TempDir dir;
+  Daemon d(dir, fixture("llama_gqa"), small_server_toml(), kTwoStages);
+  const json h = call(d.sock(), "GET", "/health", "", kAuth).j();
+  const int stage2 = h["stages"][1]["pid"].get<int>();
+  Reply r;
+  std::thread t([&] {
+    r = call(d.sock(), "POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": 2000, "ignore_eos": true})",
+             kAuth);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ::kill(stage2, SIGKILL);
+  t.join();
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("stage 2 (rank 2, cpu:1)"), std::string::npos) << r.body;
+  const Reply health = call(d.sock(), "GET", "/health", "", kAuth);
+  EXPECT_EQ(health.status, 503);
+  EXPECT_EQ(health.j()["status"], "failed");
+  EXPECT_EQ(call(d.sock(), "POST", "/v1/completions", R"({"prompt": [1]})", kAuth).status, 503);
+}
+
+}  // namespace
+}  // namespace cascade::test
