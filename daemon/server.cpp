@@ -182,6 +182,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     json j = {{"status", failed         ? "failed"
                          : sh_.stopping ? "stopping"
                                         : "ok"},
+              {"pid", ::getpid()},
               {"stages", stages},
               {"running", sh_.scheduler->running()},
               {"queued", sh_.scheduler->queued()}};

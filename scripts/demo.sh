@@ -1,18 +1,59 @@
 #!/usr/bin/env bash
-# The README's first command: install, build, and continue Python prompts with the
-# bundled demo model (models/demo: 5.4 M parameters, Llama architecture, trained on
-# Python sources by scripts/train_demo_model.py), in one process on the CPU.
+# The README's first command: install, build, then run the daemon on the bundled demo
+# model (models/demo: 5.4 M parameters, Llama architecture, trained on Python sources by
+# scripts/train_demo_model.py) split across two CPU stage processes and the disk tier
+# (examples/demo.toml), ask it a few prompts over its Unix socket with curl and with
+# `cascade complete`, show the device map and tokens/s, and shut it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
-model=models/demo
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # Open MPI refuses root otherwise
+command -v curl >/dev/null || { echo "demo: curl is missing (apt-get install curl)"; exit 1; }
+sock=$PWD/cascade.sock
+log=$(mktemp)
+./build/cascade serve --config examples/demo.toml 2>"$log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 200); do [ -S "$sock" ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+[ -S "$sock" ] || { cat "$log"; echo "demo: the daemon did not start"; exit 1; }
 echo
-echo "== cascade generate --model $model (sampled: temperature 0.7, top-p 0.95, seed 1)"
-./build/cascade generate --model "$model" --max-new-tokens 60 --temperature 0.7 --top-p 0.95 --seed 1 \
-  --prompt $'import os\n\n\ndef read_config(path):\n' \
-  --prompt $'class Stack:\n    def __init__(self):\n' \
-  --prompt $'for i in range(10):\n'
+echo "== the daemon's start-up (device map, stages, time to ready)"
+grep -v '^$' "$log"
 echo
-echo "== the same model as token ids (--json), greedy"
-./build/cascade generate --model "$model" --prompt $'def main():\n' --max-new-tokens 12 --json 2>/dev/null
+echo "== curl --unix-socket $sock http://localhost/v1/completions (non-streaming, greedy)"
+curl -s --unix-socket "$sock" http://localhost/v1/completions \
+  -d '{"prompt": "import os\n\n\ndef read_config(path):\n", "max_tokens": 60, "temperature": 0}' |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["choices"][0]["text"]); print("usage:", r["usage"])'
+echo
+echo "== curl, streaming (SSE), sampled: temperature 0.7, seed 4"
+curl -sN --unix-socket "$sock" http://localhost/v1/completions \
+  -d '{"prompt": "class Stack:\n    def __init__(self):\n", "max_tokens": 40, "temperature": 0.7, "seed": 4, "stream": true}' |
+  head -c 600
+echo "…"
+echo
+echo "== cascade complete --socket $sock 'for i in range(10):'"
+./build/cascade complete --socket "$sock" --max-tokens 60 $'for i in range(10):\n'
+echo
+echo "== GET /health and the token counters from GET /metrics"
+curl -s --unix-socket "$sock" http://localhost/health
+echo
+curl -s --unix-socket "$sock" http://localhost/metrics | grep -E '^cascade_(generated_tokens|requests|stage_busy)'
+echo
+echo "== tokens/s: 8 concurrent greedy requests of 64 tokens"
+start=$(date +%s.%N)
+clients=()
+for i in $(seq 8); do
+  curl -s --unix-socket "$sock" http://localhost/v1/completions \
+    -d "{\"prompt\": \"def f$i(x):\", \"max_tokens\": 64, \"temperature\": 0, \"ignore_eos\": true}" >/dev/null &
+  clients+=($!)
+done
+wait "${clients[@]}"
+end=$(date +%s.%N)
+python3 -c "print(f'512 tokens in {$end - $start:.2f} s: {512 / ($end - $start):.0f} tokens/s')"
+echo
+echo "== SIGTERM: the daemon finishes, stops its stages and removes the socket"
+kill -TERM $pid
+wait $pid && echo "daemon exited 0"; tail -2 "$log"
+[ ! -e "$sock" ] && echo "socket removed"
+trap 'rm -f "$log"' EXIT
