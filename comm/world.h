@@ -43,6 +43,7 @@ enum Tag : int {
   kTagLoad = 2,
   kTagShutdown = 4,  // coordinator -> stage
   kTagError = 5,     // stage -> coordinator: a step failed
+  kTagTrace = 7,     // stage -> coordinator: its timeline spans, after the shutdown step (tracing runs)
   kTagStats = 6,     // stage -> coordinator: {"busy": seconds computing, "steps": n}, now and then
   kTagData = 16,     // step payloads over the MPI channel; + hop index
 };

@@ -22,11 +22,12 @@ const std::map<std::string, std::set<std::string>>& schema() {
       {"model", {"path", "dtype"}},
       {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute"}},
       {"runtime",
-       {"mode", "microbatches", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout", "step_timeout"}},
+       {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
+        "step_timeout"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
       {"server",
-       {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_tokens", "max_queue",
-        "header_timeout", "idle_timeout", "shutdown_grace"}},
+       {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_tokens", "max_queue", "header_timeout",
+        "idle_timeout", "shutdown_grace"}},
   };
   return s;
 }
@@ -289,6 +290,7 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
                        ? Mode::kPipeline
                        : Mode::kSequential;
   r.integer(rt, "runtime", "microbatches", &c.runtime.microbatches, 0, 1024);
+  r.integer(rt, "runtime", "prefill_chunk", &c.runtime.prefill_chunk, 0, 1 << 24);
   r.integer(rt, "runtime", "max_batch", &c.runtime.max_batch, 1, 65536);
   r.integer(rt, "runtime", "max_seq_len", &c.runtime.max_seq_len, 1, 1 << 24);
   r.integer(rt, "runtime", "threads_per_stage", &c.runtime.threads_per_stage, 0, 4096);

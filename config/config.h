@@ -58,8 +58,9 @@ struct PlacementSection {
 
 struct RuntimeSection {
   Mode mode = Mode::kSequential;
-  int microbatches = 0;  // 0 = number of stages
-  int max_batch = 16;    // KV slots
+  int microbatches = 0;   // 0 = number of stages
+  int prefill_chunk = 0;  // prompt tokens per step in pipeline mode; 0 = 128 (sequential: whole prompts)
+  int max_batch = 16;     // KV slots
   int max_seq_len = 2048;
   int threads_per_stage = 0;  // 0 = share the cores evenly
   // A stage whose heartbeat is older than this is reported stalled (seconds).
@@ -80,11 +81,11 @@ struct ServerSection {
   std::string api_key;
   uint64_t max_request_bytes = 1 << 20;
   int max_connections = 256;
-  int max_tokens = 2048;          // cap on a request's max_tokens (also bounded by max_seq_len)
-  int max_queue = 64;             // requests waiting for a KV slot; past it: 429
-  double header_timeout = 10.0;   // seconds to receive a request's header
-  double idle_timeout = 60.0;     // seconds a keep-alive connection may sit idle
-  double shutdown_grace = 30.0;   // seconds in-flight requests get to finish on SIGTERM
+  int max_tokens = 2048;         // cap on a request's max_tokens (also bounded by max_seq_len)
+  int max_queue = 64;            // requests waiting for a KV slot; past it: 429
+  double header_timeout = 10.0;  // seconds to receive a request's header
+  double idle_timeout = 60.0;    // seconds a keep-alive connection may sit idle
+  double shutdown_grace = 30.0;  // seconds in-flight requests get to finish on SIGTERM
 };
 
 struct Config {

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "comm/world.h"
+#include "daemon/bench.h"
 #include "daemon/client.h"
 #include "daemon/generate.h"
 #include "daemon/planning.h"
@@ -124,6 +125,19 @@ int run_cli(int argc, char** argv) {
   auto* sv = app.add_subcommand("serve", "Serve the model of a config on a Unix socket (OpenAI-compatible HTTP)");
   sv->add_option("--config", serve_opts.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
   sv->add_option("--set", serve_opts.overrides, "Override a config key: section.key=value")->take_all();
+  BenchOptions bo;
+  auto* bc = app.add_subcommand("bench", "Sequential vs pipeline mode on one set of stages, side by side");
+  bc->add_option("--config", bo.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
+  bc->add_option("--set", bo.overrides, "Override a config key: section.key=value")->take_all();
+  bc->add_option("--mode", bo.mode, "sequential | pipeline | both")
+      ->check(CLI::IsMember({"sequential", "pipeline", "both"}))
+      ->capture_default_str();
+  bc->add_option("--requests", bo.requests, "Requests per mode")->capture_default_str();
+  bc->add_option("--prompt-len", bo.prompt_len, "Prompt tokens per request")->capture_default_str();
+  bc->add_option("--new-tokens", bo.new_tokens, "Generated tokens per request")->capture_default_str();
+  bc->add_option("--concurrency", bo.concurrency, "Requests in flight (closed loop)")->capture_default_str();
+  bc->add_option("--trace", bo.trace, "Write a Chrome/Perfetto trace here");
+  bc->add_flag("--json", bo.json, "One JSON object on stdout");
   CompleteOptions comp;
   auto* cp = app.add_subcommand("complete", "Stream a completion from a running `cascade serve`");
   cp->add_option("--socket", comp.socket, "The daemon's Unix socket")->capture_default_str();
@@ -145,6 +159,11 @@ int run_cli(int argc, char** argv) {
     if (name == "generate") return run_generate(gen, prompt_ids, json, greedy);
     if (name == "stage") return stage::run_stage(comm::World::get(), std::cerr);
     if (name == "complete") return complete(comp, std::cout, std::cerr);
+    if (name == "bench") {
+      comm::World& w = comm::World::get();
+      if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);
+      return bench(bo, std::cout, std::cerr);
+    }
     if (name == "serve") {
       comm::World& w = comm::World::get();
       if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);

@@ -118,8 +118,9 @@ std::string stage_label(const planner::Stage& s) {
   return "stage " + std::to_string(s.rank) + " (rank " + std::to_string(s.rank) + ", " + tiers + ")";
 }
 
-std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string& exe, std::ostream& log) {
+std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string& exe, std::ostream& log, bool trace) {
   std::unique_ptr<Cluster> c(new Cluster());
+  c->trace_ = trace;
   comm::World& w = comm::World::get();
   c->world_ = &w;
   const planner::Plan& plan = run.plan;
@@ -154,7 +155,8 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
   }
 
   try {
-    const auto as = assignments(run, job, c->hb_->name(), c->labels_);
+    auto as = assignments(run, job, c->hb_->name(), c->labels_);
+    for (auto& a : as) a.trace = trace;
     for (const auto& a : as) w.send(a.rank, comm::kTagAssign, stage::to_json(a).dump(), after(10), nullptr);
 
     // Wait for every stage, printing progress as it arrives.
@@ -331,6 +333,11 @@ void Cluster::shutdown() {
     to_first_->send(h, at::empty({0}, at::kLong), after(10));
     const comm::Message m = from_last_->recv(after(10));
     if (m.header.kind != comm::StepKind::kShutdown) throw ClusterError("the route did not return the shutdown step");
+    for (size_t r = 1; trace_ && r < labels_.size(); ++r) {
+      const auto bytes = world_->recv(static_cast<int>(r), comm::kTagTrace, after(30),
+                                      [this, r] { hb_->check(static_cast<int>(r), heartbeat_timeout_, labels_[r]); });
+      traces_.push_back(json::parse(bytes.begin(), bytes.end()));
+    }
     // Stages exit right after passing it on. Spawned ones are waited for here; under
     // mpirun, MPI_Finalize at this process's exit is collective with them instead
     // (waiting here would deadlock against their MPI_Finalize).

@@ -17,6 +17,7 @@
 
 #include <iosfwd>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,7 +48,9 @@ struct StageReport {
 class Cluster : public Executor {
  public:
   // `exe`: the cascade binary to spawn. Progress goes to `log`. Throws ClusterError.
-  static std::unique_ptr<Cluster> start(const PlannedRun& run, const std::string& exe, std::ostream& log);
+  // With `trace`, stages record compute/send/recv spans; shutdown() collects them.
+  static std::unique_ptr<Cluster> start(const PlannedRun& run, const std::string& exe, std::ostream& log,
+                                        bool trace = false);
   ~Cluster() override;
 
   void submit(const comm::StepHeader& h, const at::Tensor& ids) override;
@@ -61,6 +64,9 @@ class Cluster : public Executor {
   // Seconds each stage (by rank - 1) has spent computing, as last reported (~4 Hz).
   std::vector<double> stage_busy() const;
   const std::vector<std::string>& labels() const { return labels_; }
+  // After shutdown() of a tracing run: per stage (by rank - 1), spans as
+  // [name, step, microbatch, begin_us, end_us] (steady-clock microseconds).
+  const std::vector<nlohmann::json>& traces() const { return traces_; }
 
  private:
   Cluster() = default;
@@ -74,7 +80,9 @@ class Cluster : public Executor {
   std::unique_ptr<comm::Channel> to_first_, from_last_;
   std::vector<std::string> labels_;  // by rank
   std::vector<StageReport> reports_;
-  mutable std::vector<double> busy_;  // by rank; updated whenever messages are polled
+  mutable std::vector<double> busy_;
+  std::vector<nlohmann::json> traces_;
+  bool trace_ = false;  // by rank; updated whenever messages are polled
   int64_t slots_ = 0, max_seq_len_ = 0;
   double heartbeat_timeout_ = 5, step_timeout_ = 300;
   std::deque<comm::StepHeader> in_flight_;

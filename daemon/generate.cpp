@@ -11,12 +11,14 @@
 #include <optional>
 #include <ostream>
 #include <stdexcept>
+#include <thread>
 
 #include "config/config.h"
 #include "config/size.h"
 #include "daemon/cluster.h"
 #include "daemon/executor.h"
 #include "daemon/planning.h"
+#include "daemon/scheduler.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/tokenizer.h"
 #endif
@@ -127,6 +129,65 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
   return results;
 }
 
+// Pipeline mode: the prompts become requests to the Scheduler, which keeps up to M
+// steps in flight across the stages.
+std::vector<GenerateResult> run_scheduled(std::shared_ptr<Executor> ex, const GenerateOptions& opts,
+                                          SchedulerOptions so, std::ostream& log) {
+  struct Collect : Sink {
+    void on_tokens(const std::string&, const std::vector<int64_t>&) override {}
+    void on_done(const CompletionResult& r) override {
+      std::lock_guard<std::mutex> l(mu);
+      ids = r.token_ids;
+      done = true;
+    }
+    void on_error(int, const std::string& m) override {
+      std::lock_guard<std::mutex> l(mu);
+      error = m;
+      done = true;
+    }
+    bool cancelled() const override { return false; }
+    std::mutex mu;
+    std::vector<int64_t> ids;
+    std::string error;
+    std::atomic<bool> done{false};
+  };
+  so.max_queue = static_cast<int64_t>(opts.prompts.size());
+  Scheduler sched(std::move(ex), nullptr, so, nullptr);
+  std::vector<std::shared_ptr<Collect>> sinks;
+  const auto t1 = Clock::now();
+  for (const auto& p : opts.prompts) {
+    Job j;
+    j.request.prompt_ids = p;
+    j.request.max_tokens = opts.max_new_tokens;
+    j.request.sampling = opts.sampling;
+    j.request.seeded = true;
+    j.request.ignore_eos = !opts.stop_at_eos;
+    sinks.push_back(std::make_shared<Collect>());
+    j.sink = sinks.back();
+    if (sched.submit(std::move(j)) != 0) throw std::runtime_error("the scheduler refused a prompt");
+  }
+  std::thread t([&] { sched.run(); });
+  for (const auto& c : sinks)
+    while (!c->done && !sched.failed()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  sched.stop(std::chrono::seconds(0));
+  t.join();
+  std::vector<GenerateResult> results;
+  int64_t generated = 0;
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    if (!sinks[i]->error.empty()) throw std::runtime_error(sinks[i]->error);
+    GenerateResult r;
+    r.prompt_ids = opts.prompts[i];
+    r.output_ids = sinks[i]->ids;
+    generated += static_cast<int64_t>(r.output_ids.size());
+    results.push_back(r);
+  }
+  const double dt = seconds_since(t1);
+  log << "cascade: generated " << generated << " tokens for " << results.size() << " prompt(s) in " << std::fixed
+      << std::setprecision(3) << dt << " s (" << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0)
+      << " tokens/s; pipeline mode, " << so.microbatches << " microbatches)\n";
+  return results;
+}
+
 void check_prompts(const GenerateOptions& opts, int64_t vocab, int64_t slots, int64_t max_seq_len) {
   if (static_cast<int64_t>(opts.prompts.size()) > slots) {
     throw std::invalid_argument(std::to_string(opts.prompts.size()) + " prompts need as many KV slots, but " +
@@ -172,7 +233,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   if (opts.max_new_tokens < 1) throw std::invalid_argument("--max-new-tokens must be at least 1");
 
   const auto t0 = Clock::now();
-  std::unique_ptr<Executor> ex;
+  std::shared_ptr<Executor> ex;
   stage::ModelConfig cfg;
   if (run) {
     cfg = stage::describe(*run->checkpoint).config;
@@ -195,7 +256,17 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
         << ") from " << opts.model_dir << " in " << seconds_since(t0) << " s\n";
     ex = std::make_unique<LocalExecutor>(std::move(model));
   }
-  std::vector<GenerateResult> results = run_generation(*ex, opts, cfg.eos_token_ids, log);
+  std::vector<GenerateResult> results;
+  if (run && run->config.runtime.mode == config::Mode::kPipeline) {
+    if (opts.logits) throw std::invalid_argument("--logits needs runtime.mode = \"sequential\"");
+    SchedulerOptions so;
+    so.eos_ids = cfg.eos_token_ids;
+    set_mode(&so, true, run->config.runtime.microbatches, run->config.runtime.prefill_chunk,
+             static_cast<int>(run->plan.stages.size()));
+    results = run_scheduled(ex, opts, so, log);
+  } else {
+    results = run_generation(*ex, opts, cfg.eos_token_ids, log);
+  }
   if (auto* c = dynamic_cast<Cluster*>(ex.get())) c->shutdown();
 #ifdef CASCADE_WITH_TOKENIZER
   if (tok) {

@@ -14,7 +14,12 @@ using Clock = std::chrono::steady_clock;
 struct Scheduler::Seq {
   Job job;
   int64_t slot = 0;
-  bool prefilled = false;
+  uint64_t gen = 0;
+  int group = 0;
+  int64_t prefill_pos = 0;  // prompt tokens already issued
+  int in_flight = 0;        // submitted steps that include this sequence
+  bool waiting = false;     // a step whose sampled token it needs is in flight
+  bool prefilled() const { return prefill_pos >= static_cast<int64_t>(job.request.prompt_ids.size()); }
   std::vector<int64_t> out;  // generated ids
   std::string text;          // decoded so far
   size_t emitted = 0;        // text[0, emitted) has been sent
@@ -25,7 +30,18 @@ struct Scheduler::Seq {
 #endif
 };
 
-Scheduler::Scheduler(std::unique_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
+void set_mode(SchedulerOptions* o, bool pipeline, int microbatches, int prefill_chunk, int stages) {
+  o->microbatches = pipeline ? (microbatches > 0 ? microbatches : std::max(1, stages)) : 1;
+  o->prefill_chunk = pipeline ? (prefill_chunk > 0 ? prefill_chunk : 128) : 0;
+}
+
+// One submitted step: which sequences (slot, generation) it carries, in order.
+struct Scheduler::InFlight {
+  std::vector<std::pair<int64_t, uint64_t>> seqs;
+  int64_t prompt_tokens = 0;
+};
+
+Scheduler::Scheduler(std::shared_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
                      Metrics* metrics)
     : ex_(std::move(ex)), tok_(std::move(tok)), opts_(std::move(opts)), metrics_(metrics) {
   slots_.resize(static_cast<size_t>(ex_->kv_slots()));
@@ -73,7 +89,12 @@ void Scheduler::admit() {
     seq->job = std::move(queue_.front());
     queue_.pop_front();
     seq->slot = static_cast<int64_t>(s);
+    seq->gen = ++generation_;
     seq->admitted = Clock::now();
+    std::vector<int> size(static_cast<size_t>(std::max(1, opts_.microbatches)), 0);
+    for (const auto& o : slots_)
+      if (o) ++size[static_cast<size_t>(o->group)];
+    seq->group = static_cast<int>(std::min_element(size.begin(), size.end()) - size.begin());
 #ifdef CASCADE_WITH_TOKENIZER
     if (tok_) seq->decoder = std::make_unique<StreamDecoder>(tok_, /*skip_special_tokens=*/true);
 #endif
@@ -141,46 +162,97 @@ void Scheduler::fail_all(int status, const std::string& msg) {
   }
 }
 
-void Scheduler::step() {
-  comm::StepHeader h;
-  h.step_id = step_id_++;
-  h.kind = comm::StepKind::kDecode;
-  std::vector<int64_t> ids;
-  std::vector<Seq*> in_step;
-  int64_t prompt_tokens = 0;
-  for (auto& sp : slots_) {
-    if (!sp) continue;
-    Seq& s = *sp;
-    const auto& r = s.job.request;
-    comm::SeqEntry e;
-    e.slot = s.slot;
-    e.temperature = r.sampling.temperature;
-    e.top_k = r.sampling.top_k;
-    e.top_p = r.sampling.top_p;
-    e.seed = r.sampling.seed;
-    if (!s.prefilled) {
-      e.start_pos = 0;
-      e.n_tokens = static_cast<int64_t>(r.prompt_ids.size());
-      ids.insert(ids.end(), r.prompt_ids.begin(), r.prompt_ids.end());
-      h.kind = comm::StepKind::kPrefill;
-      prompt_tokens += e.n_tokens;
-    } else {
-      e.start_pos = static_cast<int64_t>(r.prompt_ids.size() + s.out.size()) - 1;
-      e.n_tokens = 1;
-      ids.push_back(s.out.back());
-    }
-    h.seqs.push_back(e);
-    in_step.push_back(&s);
+// Keeps the groups within one sequence of each other, moving only sequences with no
+// step in flight (their next step has not been built yet).
+void Scheduler::regroup() {
+  const int m = std::max(1, opts_.microbatches);
+  if (m == 1) return;
+  for (;;) {
+    std::vector<int> size(static_cast<size_t>(m), 0);
+    for (const auto& s : slots_)
+      if (s) ++size[static_cast<size_t>(s->group)];
+    const int big = static_cast<int>(std::max_element(size.begin(), size.end()) - size.begin());
+    const int small = static_cast<int>(std::min_element(size.begin(), size.end()) - size.begin());
+    if (size[static_cast<size_t>(big)] - size[static_cast<size_t>(small)] <= 1) return;
+    Seq* move = nullptr;
+    for (auto& s : slots_)
+      if (s && s->group == big && s->in_flight == 0) move = s.get();
+    if (!move) return;
+    move->group = small;
   }
-  ex_->submit(h, at::tensor(ids, at::kLong));
+}
+
+bool Scheduler::issue() {
+  const int m = std::max(1, opts_.microbatches);
+  for (int tries = 0; tries < m; ++tries) {
+    const int g = (next_group_ + tries) % m;
+    comm::StepHeader h;
+    h.step_id = step_id_++;
+    h.microbatch = static_cast<uint32_t>(g);
+    h.kind = comm::StepKind::kDecode;
+    std::vector<int64_t> ids;
+    InFlight f;
+    for (auto& sp : slots_) {
+      if (!sp || sp->group != g || sp->waiting) continue;
+      Seq& s = *sp;
+      const auto& r = s.job.request;
+      comm::SeqEntry e;
+      e.slot = s.slot;
+      e.temperature = r.sampling.temperature;
+      e.top_k = r.sampling.top_k;
+      e.top_p = r.sampling.top_p;
+      e.seed = r.sampling.seed;
+      if (!s.prefilled()) {
+        const int64_t n = static_cast<int64_t>(r.prompt_ids.size());
+        const int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
+        e.start_pos = s.prefill_pos;
+        e.n_tokens = chunk;
+        ids.insert(ids.end(), r.prompt_ids.begin() + s.prefill_pos, r.prompt_ids.begin() + s.prefill_pos + chunk);
+        s.prefill_pos += chunk;
+        e.sample = s.prefilled();  // only the prompt's last chunk yields a token
+        s.waiting = e.sample;
+        h.kind = comm::StepKind::kPrefill;
+        f.prompt_tokens += chunk;
+      } else {
+        e.start_pos = static_cast<int64_t>(r.prompt_ids.size() + s.out.size()) - 1;
+        e.n_tokens = 1;
+        ids.push_back(s.out.back());
+        s.waiting = true;
+      }
+      ++s.in_flight;
+      h.seqs.push_back(e);
+      f.seqs.push_back({s.slot, s.gen});
+    }
+    if (h.seqs.empty()) {
+      --step_id_;
+      continue;
+    }
+    next_group_ = (g + 1) % m;
+    ex_->submit(h, at::tensor(ids, at::kLong));
+    in_flight_.push_back(std::move(f));
+    return true;
+  }
+  return false;
+}
+
+void Scheduler::collect() {
   const StepOutput res = ex_->next();
+  const InFlight f = std::move(in_flight_.front());
+  in_flight_.pop_front();
   const int64_t* tok = res.ids.data_ptr<int64_t>();
   const auto now = Clock::now();
-  for (size_t i = 0; i < in_step.size(); ++i) {
-    Seq& s = *in_step[i];
+  int64_t sampled = 0;
+  for (size_t i = 0; i < f.seqs.size(); ++i) {
+    const auto [slot, gen] = f.seqs[i];
+    Seq* sp = slots_[static_cast<size_t>(slot)].get();
+    if (!sp || sp->gen != gen) continue;  // gone meanwhile
+    Seq& s = *sp;
+    --s.in_flight;
     const int64_t t = tok[i];
-    if (!s.prefilled) {
-      s.prefilled = true;
+    if (t < 0) continue;  // a prefill chunk before the prompt's end
+    ++sampled;
+    s.waiting = false;
+    if (s.out.empty()) {
       if (metrics_) metrics_->observe_ttft(std::chrono::duration<double>(now - s.admitted).count());
     } else if (metrics_) {
       metrics_->observe_inter_token(std::chrono::duration<double>(now - s.last_token).count());
@@ -198,30 +270,32 @@ void Scheduler::step() {
 #ifdef CASCADE_WITH_TOKENIZER
     if (final && s.decoder) s.text += s.decoder->flush();
 #endif
-    const size_t slot = static_cast<size_t>(s.slot);
     emit(s, final);
-    if (!slots_[slot]) continue;  // a stop sequence finished it (and freed s)
+    if (!slots_[static_cast<size_t>(slot)]) continue;  // a stop sequence finished it (and freed s)
     if (final) finish(s, eos ? Finish::kStop : Finish::kLength);
   }
-  if (metrics_) metrics_->add_tokens(prompt_tokens, static_cast<int64_t>(in_step.size()));
+  if (metrics_) metrics_->add_tokens(f.prompt_tokens, sampled);
 }
 
 void Scheduler::run() {
+  const size_t max_in_flight = static_cast<size_t>(std::max(1, opts_.microbatches));
   for (;;) {
     int64_t used = 0;
     {
       std::unique_lock<std::mutex> l(mu_);
-      // Clients that went away give up their slots here, before the next step.
+      // Clients that went away give up their slots before the next step (once no
+      // step of theirs is in flight, so a new sequence never shares one).
       for (auto& s : slots_) {
-        if (s && s->job.sink->cancelled()) {
+        if (s && s->in_flight == 0 && s->job.sink->cancelled()) {
           if (metrics_) metrics_->request_finished(499);
           s.reset();
         }
       }
       admit();
+      regroup();
       for (const auto& s : slots_) used += s ? 1 : 0;
       free_slots_ = static_cast<int64_t>(slots_.size()) - used;
-      if (used == 0) {
+      if (used == 0 && in_flight_.empty()) {
         running_ = 0;
         if (metrics_) {
           metrics_->set_in_flight(0);
@@ -231,7 +305,7 @@ void Scheduler::run() {
         cv_.wait_for(l, std::chrono::milliseconds(100));
         continue;
       }
-      if (stopping_ && Clock::now() > stop_deadline_) break;
+      if (stopping_ && Clock::now() > stop_deadline_ && in_flight_.empty()) break;
     }
     running_ = used;
     if (metrics_) {
@@ -240,13 +314,16 @@ void Scheduler::run() {
       metrics_->set_queue_length(queued());
     }
     try {
-      step();
+      while (in_flight_.size() < max_in_flight && issue()) {
+      }
+      if (!in_flight_.empty()) collect();
     } catch (const std::exception& e) {
       {
         std::lock_guard<std::mutex> l(mu_);
         failure_ = e.what();
         failed_ = true;
       }
+      in_flight_.clear();
       fail_all(503, std::string("the model is unavailable: ") + e.what());
       running_ = 0;
       return;

@@ -1,11 +1,18 @@
-// Continuous batching (DESIGN §1 step 4, §7 sequential mode): one thread turns the
-// requests of many clients into steps on an Executor.
+// Continuous batching (DESIGN §1 step 4, §7): one thread turns the requests of many
+// clients into steps on an Executor.
 //
-// Every step carries every running sequence: the new ones with their whole prompt
-// (prefill), the rest with their last token (decode), as one ragged batch. A request
-// joins at the next step after a KV slot frees up; admission waits in a bounded queue
-// (past it, submit() refuses and the client gets 429). Each sequence samples with its
-// own seed in its own slot, so its tokens do not depend on what shares the batch.
+// Sequential mode: one step in flight, carrying every running sequence — new ones
+// with their whole prompt (prefill), the rest with their last token (decode) — as one
+// ragged batch. Pipeline mode: the running sequences are split into M groups (kept
+// even as requests come and go) and up to M steps are in flight, so every stage works
+// on a different group; a group's next step is issued as soon as its tokens return.
+// Prompts are cut into chunks of `prefill_chunk` tokens, and a sequence's next chunk
+// is issued without waiting for the previous one (no token depends on it), so chunk
+// c+1 enters the first stage while chunk c is in the second; the KV cache makes this
+// exact. A request joins at the next step after a KV slot frees up; admission waits in
+// a bounded queue (past it, submit() refuses and the client gets 429). Each sequence
+// samples with its own seed in its own slot, so its tokens do not depend on what
+// shares its batch, nor on the mode.
 //
 // Results flow back through the request's Sink, called on the scheduler thread. A
 // request whose sink reports cancelled() (its client went away) gives up its slot at
@@ -53,14 +60,22 @@ struct Job {
 
 struct SchedulerOptions {
   int64_t max_queue = 64;
+  int microbatches = 1;       // steps in flight: 1 = sequential mode
+  int64_t prefill_chunk = 0;  // tokens per prefill step; 0 = whole prompts
   std::vector<int64_t> eos_ids;
   std::function<std::vector<double>()> stage_busy;  // for metrics; may be empty
   std::vector<std::string> stage_labels;
 };
 
+// Microbatches and prefill chunk for a run's runtime.mode (sequential: 1 and whole
+// prompts; pipeline: runtime.microbatches or one per stage, runtime.prefill_chunk or 128).
+void set_mode(SchedulerOptions* o, bool pipeline, int microbatches, int prefill_chunk, int stages);
+
 class Scheduler {
  public:
-  Scheduler(std::unique_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
+  // The executor may be shared with a later Scheduler (the benchmark runs both modes
+  // on the same stages), but only one may run at a time.
+  Scheduler(std::shared_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
             Metrics* metrics);
   ~Scheduler();
 
@@ -80,13 +95,16 @@ class Scheduler {
 
  private:
   struct Seq;
+  struct InFlight;
   void admit();
-  void step();
+  void regroup();
+  bool issue();    // submits one step if a group has work; false when none has
+  void collect();  // takes the oldest step's results
   void finish(Seq& s, Finish f);
   void fail_all(int status, const std::string& msg);
   void emit(Seq& s, bool final);
 
-  std::unique_ptr<Executor> ex_;
+  std::shared_ptr<Executor> ex_;
   std::shared_ptr<const Tokenizer> tok_;
   SchedulerOptions opts_;
   Metrics* metrics_;
@@ -94,6 +112,9 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<Job> queue_;
   std::vector<std::unique_ptr<Seq>> slots_;  // by KV slot; null = free
+  std::deque<InFlight> in_flight_;           // submitted steps, oldest first
+  uint64_t generation_ = 0;                  // tells a slot's sequences apart
+  int next_group_ = 0;                       // round-robin over groups
   std::atomic<bool> stopping_{false}, failed_{false};
   std::atomic<int64_t> running_{0}, free_slots_{0};
   std::chrono::steady_clock::time_point stop_deadline_;

@@ -351,6 +351,8 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   sh.cluster = cluster.get();
   SchedulerOptions so;
   so.max_queue = sc.max_queue;
+  set_mode(&so, run.config.runtime.mode == config::Mode::kPipeline, run.config.runtime.microbatches,
+           run.config.runtime.prefill_chunk, static_cast<int>(run.plan.stages.size()));
   so.eos_ids = mc.eos_token_ids;
   so.stage_busy = [c = cluster.get()] { return c->stage_busy(); };
   so.stage_labels.assign(cluster->labels().begin() + 1, cluster->labels().end());

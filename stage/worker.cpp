@@ -45,7 +45,8 @@ std::string error_text(const std::exception& e) {
 
 // Fault injection for the tests (leveldb's EnvWrapper idea, in one variable):
 // CASCADE_FAULT="RANK:WHEN:WHAT" with WHEN = load | step=N and WHAT = exit (die as if
-// killed), stall (stop as if hung) or error (throw). Unset in normal runs.
+// killed), stall (stop as if hung), error (throw) or slow (sleep 20 ms in every step
+// from then on: a stage much slower than the others). Unset in normal runs.
 struct Fault {
   int rank = -1;
   int64_t step = -1;  // -1: during load
@@ -65,12 +66,26 @@ struct Fault {
     return f;
   }
   void maybe(int64_t at) const {
+    if (rank >= 0 && what == "slow" && at >= step) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (rank < 0 || at != step) return;
     if (what == "exit") ::raise(SIGKILL);
     if (what == "stall") ::raise(SIGSTOP);
     if (what == "error") throw std::runtime_error("injected fault (CASCADE_FAULT)");
   }
 };
+
+// A timeline span for `cascade bench --trace` (steady-clock microseconds, which every
+// process on a host shares).
+struct Span {
+  const char* name;
+  uint64_t step;
+  uint32_t microbatch;
+  int64_t begin_us, end_us;
+};
+
+int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch()).count();
+}
 
 struct Channels {
   std::vector<std::unique_ptr<comm::Channel>> in, out;  // parallel to hops
@@ -155,7 +170,10 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
 
 // Serves steps until a shutdown step has passed through every hop.
 void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault,
-           const comm::Liveness& alive) {
+           const comm::Liveness& alive, std::vector<Span>* spans) {
+  auto span = [&](const char* name, const comm::StepHeader& h, int64_t begin) {
+    if (a.trace) spans->push_back({name, h.step_id, h.microbatch, begin, now_us()});
+  };
   double busy = 0;  // seconds spent computing, reported to the coordinator now and then
   auto reported = Clock::now();
   auto report = [&](int64_t steps) {
@@ -170,7 +188,9 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
     for (size_t i = 0; i < a.hops.size(); ++i) {
       const Hop& hop = a.hops[i];
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
+      const int64_t r0 = now_us();
       comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.step_timeout));
+      span("recv", m.header, r0);
       if (m.header.kind == comm::StepKind::kShutdown) {
         if (i == 0) report(step);
         ch.out[i]->send(m.header, m.payload, after(a.step_timeout));
@@ -178,6 +198,7 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         continue;
       }
       const auto t0 = Clock::now();
+      const int64_t c0 = now_us();
       at::Tensor out = runner.run(m.header, m.payload, hop.begin, hop.end);
       const bool head = hop.end == static_cast<int64_t>(runner.model().all_modules().size()) &&
                         runner.model().all_modules().back().kind == ModuleKind::kLmHead;
@@ -185,20 +206,30 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
       if (!head) {
         if (out.is_cuda()) out = out.contiguous();
         busy += std::chrono::duration<double>(Clock::now() - t0).count();
+        span("compute", h, c0);
+        const int64_t s0 = now_us();
         ch.out[i]->send(h, out, after(a.step_timeout));
+        span("send", h, s0);
         continue;
       }
       h.kind = comm::StepKind::kResult;
       const at::Tensor ids = runner.sample(m.header, out);
       busy += std::chrono::duration<double>(Clock::now() - t0).count();
+      span("compute", h, c0);
+      const int64_t s0 = now_us();
       ch.out[i]->send(h, ids, after(a.step_timeout));
+      span("send", h, s0);
       if (m.header.flags & comm::kStepWantLogits) {
         h.kind = comm::StepKind::kLogits;
         ch.out[i]->send(h, out.to(at::kFloat), after(a.step_timeout));
       }
     }
-    if (shutdown) return;
+    if (shutdown) break;
   }
+  if (!a.trace) return;
+  json j = json::array();
+  for (const auto& sp : *spans) j.push_back({sp.name, sp.step, sp.microbatch, sp.begin_us, sp.end_us});
+  w.send(0, comm::kTagTrace, j.dump(), after(a.step_timeout), alive);
 }
 
 }  // namespace
@@ -225,6 +256,7 @@ json to_json(const Assignment& a) {
           {"heartbeat_timeout", a.heartbeat_timeout},
           {"step_timeout", a.step_timeout},
           {"ring_bytes", a.ring_bytes},
+          {"trace", a.trace},
           {"hops", hops},
           {"rank_labels", a.rank_labels}};
 }
@@ -253,6 +285,7 @@ Assignment assignment_from_json(const json& j) {
     a.heartbeat_timeout = j.at("heartbeat_timeout").get<double>();
     a.step_timeout = j.at("step_timeout").get<double>();
     a.ring_bytes = j.at("ring_bytes").get<size_t>();
+    a.trace = j.at("trace").get<bool>();
     for (const auto& h : j.at("hops")) {
       a.hops.push_back(
           {h.at("begin").get<int64_t>(), h.at("end").get<int64_t>(), link_from(h.at("in")), link_from(h.at("out"))});
@@ -272,7 +305,13 @@ int run_stage(comm::World& w, std::ostream& log) {
     const auto bytes = w.recv(0, comm::kTagAssign, after(120), nullptr);
     a = assignment_from_json(json::parse(bytes.begin(), bytes.end()));
   } catch (const std::exception& e) {
-    log << "cascade " << me << ": error: no usable assignment from the coordinator: " << e.what() << "\n";
+    const std::string msg = std::string("no usable assignment from the coordinator: ") + e.what();
+    log << "cascade " << me << ": error: " << msg << "\n";
+    try {  // tell the coordinator at once rather than let it wait for a heartbeat
+      const json fail = {{"type", "ready"}, {"ok", false}, {"error", msg}, {"pid", ::getpid()}, {"host", w.host()}};
+      w.send(0, comm::kTagLoad, fail.dump(), after(2), nullptr);
+    } catch (const std::exception&) {
+    }
     w.abandon();
     return 1;
   }
@@ -329,7 +368,8 @@ int run_stage(comm::World& w, std::ostream& log) {
   }
 
   try {
-    serve(w, a, *runner, ch, fault, alive);
+    std::vector<Span> spans;
+    serve(w, a, *runner, ch, fault, alive, &spans);
   } catch (const std::exception& e) {
     const std::string msg = error_text(e);
     try {
