@@ -44,6 +44,28 @@ cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
 step build "exit $? in $(($(date +%s) - start)) s"
 ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
 step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+# Both modes on one GPU (issue 7/8): a GPU stage + the CPU-computing offload stage,
+# on a random 134 M-parameter Llama, side by side in one `cascade bench`.
+build-gpu/bench/random_model --out /tmp/m134 >/dev/null
+cat >/tmp/gpu_offload.toml <<'TOML'
+[model]
+path = "/tmp/m134"
+dtype = "bfloat16"
+[placement]
+max_memory = { "cuda:0" = "20GiB", "cpu" = "16GiB" }
+device_map = { "model.embed_tokens" = 0, "model.layers.0" = 0, "model.layers.1" = 0, "model.layers.2" = 0, "model.layers.3" = 0, "model.layers.4" = 0, "model.layers.5" = 0, "model.layers.6" = 0, "model.layers.7" = 0, "model.layers.8" = 0, "model.layers.9" = 0, "model.layers.10" = "cpu", "model.layers.11" = "cpu", "model.norm" = "cpu", "lm_head" = 0 }
+offload_compute = "cpu"
+[runtime]
+max_batch = 16
+max_seq_len = 256
+threads_per_stage = 8
+TOML
+build-gpu/cascade bench --config /tmp/gpu_offload.toml --requests 32 --prompt-len 64 --new-tokens 32 --concurrency 16 \
+  --trace "$OUT/gpu_offload_trace.json" >"$OUT/gpu_bench.txt" 2>&1
+step gpu_bench "exit $?: $(grep 'pipeline / sequential' "$OUT/gpu_bench.txt")"
+grep -A3 '^mode' "$OUT/gpu_bench.txt" >>"$summary"
+[ "${SKIP_EXTRAS:-0}" = 1 ] && { cat "$summary"; exit 0; }
+
 # The planner against accelerate, and a plan from measured GPU memory.
 python3 scripts/compare_planner.py --cascade build-gpu/cascade --out "$OUT/planner_compare.md" >/tmp/planner.log 2>&1
 step compare_planner "exit $? ($(grep -c -- '->' /tmp/planner.log) cases)"
