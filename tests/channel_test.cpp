@@ -4,6 +4,10 @@
 
 #include "tests/test_util.h"
 
+#ifdef CASCADE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace cascade::comm {
 namespace {
 
@@ -108,6 +112,40 @@ TEST(Channel, ShmWithCudaEndpoints) {
       const Message m = from->recv(in(30));
       EXPECT_TRUE(m.payload.is_cuda());
       EXPECT_TRUE(at::equal(m.payload, t)) << bytes << " bytes";
+    }
+  }
+  MPI_Barrier(w.comm());
+}
+// NCCL between two GPUs (rank r on cuda:r): both directions, 1 byte to 256 MiB, with
+// the bandwidth of the largest transfer printed. Needs a machine with two GPUs.
+TEST(Channel, NcclBothDirectionsEverySize) {
+  int gpus = 0;
+  if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus < 2) GTEST_SKIP() << "needs two GPUs";
+  World& w = World::get();
+  const int me = w.rank();
+  const at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(me));
+  auto to1 = nccl_channel(w, 1 - me, kTagData + 70, me == 0, dev, in(60));    // 0 -> 1
+  auto to0 = nccl_channel(w, 1 - me, kTagData + 71, me == 1, dev, in(60));    // 1 -> 0
+  const std::vector<int64_t> sizes = {1, 1000, int64_t{1} << 20, int64_t{64} << 20, int64_t{256} << 20};
+  for (int dir = 0; dir < 2; ++dir) {
+    Channel& ch = dir == 0 ? *to1 : *to0;
+    const bool sending = (dir == 0) == (me == 0);
+    for (int64_t bytes : sizes) {
+      const at::Tensor t = at::arange(bytes, at::TensorOptions().dtype(at::kByte).device(dev));
+      MPI_Barrier(w.comm());
+      const auto t0 = Clock::now();
+      if (sending) {
+        ch.send({}, t, in(60));
+      } else {
+        const Message m = ch.recv(in(60));
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        EXPECT_TRUE(m.payload.is_cuda());
+        EXPECT_EQ(m.payload.device().index(), me);
+        EXPECT_TRUE(at::equal(m.payload.cpu(), t.cpu())) << bytes << " bytes, direction " << dir;
+        if (bytes == sizes.back())
+          std::printf("[ nccl ] %d -> %d: %lld MiB in %.2f ms: %.1f GB/s\n", 1 - me, me,
+                      static_cast<long long>(bytes >> 20), s * 1e3, static_cast<double>(bytes) / s / 1e9);
+      }
     }
   }
   MPI_Barrier(w.comm());

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 10 on a machine with several GPUs (e.g. the device tool's nvidia-h200-x2):
+# build as gpu_check.sh does, run the NCCL channel test and the stage tests, then the
+# anchor model (DESIGN §10, random weights, bf16) split over the GPUs with
+# strategy = "balanced" under `cascade bench --mode both` at batch 1, S and 4S.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+summary="$OUT/summary.txt"
+: >"$summary"
+step() { echo "== $1: $2" | tee -a "$summary"; }
+deps=$PWD/.deps/root
+export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+gpus=$(nvidia-smi -L | wc -l)
+step gpus "$gpus: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
+  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" -DCASCADE_EXTRA_LIB="$deps/usr/lib/x86_64-linux-gnu" >"$OUT/build.log" 2>&1
+cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
+step build "exit $?"
+ctest --test-dir build-gpu --output-on-failure -R 'channel_test|world_test|heartbeat_test' >"$OUT/ctest.log" 2>&1
+step ctest_comm "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+grep -h '\[ nccl \]' build-gpu/Testing/Temporary/LastTest.log | tee -a "$summary"
+
+# The anchor model: LlamaConfig(hidden 2560, intermediate 6912, 32 layers, 20 heads), bf16.
+start=$(date +%s)
+build-gpu/bench/random_model --out /tmp/anchor --hidden 2560 --intermediate 6912 --layers 32 --heads 20 \
+  --kv-heads 20 --vocab 32000 >"$OUT/anchor.log" 2>&1
+step anchor "$(cat "$OUT/anchor.log") in $(($(date +%s) - start)) s"
+mm=""
+for g in $(seq 0 $((gpus - 1))); do mm="$mm\"cuda:$g\" = \"60GiB\", "; done
+cat >/tmp/multi.toml <<TOML
+[model]
+path = "/tmp/anchor"
+dtype = "bfloat16"
+[placement]
+strategy = "balanced"
+max_memory = { ${mm}"cpu" = "64GiB" }
+[runtime]
+max_batch = $((4 * gpus))
+max_seq_len = 256
+threads_per_stage = 4
+TOML
+build-gpu/cascade plan --config /tmp/multi.toml --set runtime.mode=pipeline >"$OUT/plan.txt" 2>&1
+step plan "$(grep route "$OUT/plan.txt")"
+for c in 1 $gpus $((4 * gpus)); do
+  build-gpu/cascade bench --config /tmp/multi.toml --requests $((2 * c)) --prompt-len 32 --new-tokens 32 \
+    --concurrency $c --trace "$OUT/multi_trace_c$c.json" >"$OUT/bench_c$c.txt" 2>&1
+  step "bench concurrency $c" "exit $?: $(grep 'pipeline / sequential' "$OUT/bench_c$c.txt")"
+  grep -A3 '^mode' "$OUT/bench_c$c.txt" >>"$summary"
+done
+cat "$summary"
