@@ -27,8 +27,8 @@ grep -h '\[ nccl \]' build-gpu/Testing/Temporary/LastTest.log | tee -a "$summary
 # The anchor model: LlamaConfig(hidden 2560, intermediate 6912, 32 layers, 20 heads), bf16.
 start=$(date +%s)
 build-gpu/bench/random_model --out /tmp/anchor --hidden 2560 --intermediate 6912 --layers 32 --heads 20 \
-  --kv-heads 20 --vocab 32000 >"$OUT/anchor.log" 2>&1
-step anchor "$(cat "$OUT/anchor.log") in $(($(date +%s) - start)) s"
+  --kv-heads 20 --vocab 32000 >/tmp/anchor.log 2>&1
+step anchor "$(cat /tmp/anchor.log) in $(($(date +%s) - start)) s"
 mm=""
 for g in $(seq 0 $((gpus - 1))); do mm="$mm\"cuda:$g\" = \"60GiB\", "; done
 cat >/tmp/multi.toml <<TOML
@@ -46,8 +46,10 @@ TOML
 build-gpu/cascade plan --config /tmp/multi.toml --set runtime.mode=pipeline >"$OUT/plan.txt" 2>&1
 step plan "$(grep route "$OUT/plan.txt")"
 for c in 1 $gpus $((4 * gpus)); do
+  trace=()
+  [ "$c" = $((4 * gpus)) ] && trace=(--trace "$OUT/multi_trace_c$c.json")
   build-gpu/cascade bench --config /tmp/multi.toml --requests $((2 * c)) --prompt-len 32 --new-tokens 32 \
-    --concurrency $c --trace "$OUT/multi_trace_c$c.json" >"$OUT/bench_c$c.txt" 2>&1
+    --concurrency $c "${trace[@]}" >"$OUT/bench_c$c.txt" 2>&1
   step "bench concurrency $c" "exit $?: $(grep 'pipeline / sequential' "$OUT/bench_c$c.txt")"
   grep -A3 '^mode' "$OUT/bench_c$c.txt" >>"$summary"
 done
