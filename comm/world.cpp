@@ -47,14 +47,26 @@ World::World() {
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
-  MPI_Comm local = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
-  MPI_Comm_rank(local, &local_rank_);
-  MPI_Comm_free(&local);
+  find_locals();
   char name[MPI_MAX_PROCESSOR_NAME];
   int len = 0;
   MPI_Get_processor_name(name, &len);
   host_.assign(name, static_cast<size_t>(len));
+}
+
+// Which ranks share this host: the local rank, whether the run spans hosts, and the
+// stage's index among the stages here (the coordinator's rank 0 does not count).
+void World::find_locals() {
+  MPI_Comm local = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
+  int local_size = 1;
+  MPI_Comm_rank(local, &local_rank_);
+  MPI_Comm_size(local, &local_size);
+  multi_node_ = local_size != size_;
+  int has_zero = rank_ == 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &has_zero, 1, MPI_INT, MPI_MAX, local);
+  local_stage_index_ = local_rank_ - has_zero;  // ranks are ordered by world rank within the host
+  MPI_Comm_free(&local);
 }
 
 World::~World() {
@@ -89,10 +101,7 @@ void World::spawn(int n, const std::string& exe, const std::vector<std::string>&
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
-  MPI_Comm local = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
-  MPI_Comm_rank(local, &local_rank_);
-  MPI_Comm_free(&local);
+  find_locals();
 }
 
 // Polls: a tight loop first (a peer a few microseconds away), then sleeps growing to

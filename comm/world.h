@@ -58,8 +58,13 @@ class World {
   bool is_coordinator() const { return rank_ == 0; }
   bool spawned() const { return spawned_; }  // started by a coordinator's MPI_Comm_spawn
   MPI_Comm comm() const { return comm_; }
-  // The rank's index among the ranks on its host (MPI_Comm_split_type): its GPU index.
+  // The rank's index among the ranks on its host (MPI_Comm_split_type).
   int local_rank() const { return local_rank_; }
+  // True when the ranks span more than one host.
+  bool multi_node() const { return multi_node_; }
+  // This stage's index among the stage ranks on its host (the coordinator excluded):
+  // on multi-node runs a stage's GPU is cuda:<local_stage_index>.
+  int local_stage_index() const { return local_stage_index_; }
   const std::string& host() const { return host_; }
 
   // Coordinator started alone: start `n` processes `exe args…` and merge them in as
@@ -86,7 +91,9 @@ class World {
   World();
   void wait(MPI_Request* req, const char* what, int peer, Clock::time_point deadline, const Liveness& alive) const;
 
-  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  void find_locals();
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_stage_index_ = 0;
+  bool multi_node_ = false;
   bool spawned_ = false, abandoned_ = false;
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string host_;

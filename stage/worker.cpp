@@ -148,6 +148,10 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
   LoadOptions lo;
   lo.dtype = storage::parse_dtype(a.dtype);
   lo.device = at::Device(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
+  // Across hosts the plan's cuda:N cannot name another node's GPUs: use the stage's
+  // place among the stages on this host instead.
+  if (lo.device.is_cuda() && w.multi_node())
+    lo.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_stage_index()));
   lo.modules = a.modules;
   lo.disk_modules = a.disk_modules;
   lo.offload_folder = a.offload_folder;

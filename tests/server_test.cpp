@@ -2,7 +2,9 @@
 // processes, spoken to over its real Unix socket.
 #include "daemon/server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -348,7 +350,7 @@ TEST(Server, StaleSocketIsReplaced) {
 
 // A small daemon on a fixture without a tokenizer: limits, faults, shutdown.
 std::string small_server_toml(const std::string& extra = "") {
-  return "max_connections = 4\nmax_queue = 1\nheader_timeout = 1\nidle_timeout = 2\napi_key = \"sekrit\"\n"
+  return "max_connections = 4\nmax_queue = 1\nheader_timeout = 3\nidle_timeout = 4\napi_key = \"sekrit\"\n"
          "shutdown_grace = 20\n[runtime]\nmax_batch = 1\nmax_seq_len = 2048\nheartbeat_timeout = 2\n" +
          extra;
 }
@@ -358,7 +360,22 @@ const std::string kAuth = "Authorization: Bearer sekrit\r\n";
 
 TEST(Server, LimitsAuthAndSlowClients) {
   TempDir dir;
-  Daemon d(dir, fixture("llama_gqa"), small_server_toml(), kTwoStages);
+  const int port = 20000 + ::getpid() % 20000;
+  Daemon d(dir, fixture("llama_gqa"), "tcp = \"127.0.0.1:" + std::to_string(port) + "\"\n" + small_server_toml(),
+           kTwoStages);
+  {  // TCP, loopback, same API and the same key
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << "no TCP listener on port " << port;
+    send_all(fd, http("GET", "/health", "", kAuth));
+    const Reply r = read_reply(fd);
+    ::close(fd);
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.j()["status"], "ok");
+  }
   EXPECT_EQ(call(d.sock(), "GET", "/health").status, 401);
   EXPECT_EQ(call(d.sock(), "GET", "/health", "", "Authorization: Bearer wrong\r\n").status, 401);
   EXPECT_EQ(call(d.sock(), "GET", "/health", "", kAuth).status, 200);
@@ -395,7 +412,7 @@ TEST(Server, LimitsAuthAndSlowClients) {
   const auto t0 = Clock::now();
   char c;
   EXPECT_LE(::recv(slow, &c, 1, 0), 0);
-  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(4));
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(8));  // header_timeout is 3 s
   ::close(slow);
   EXPECT_EQ(call(d.sock(), "GET", "/health", "", kAuth).status, 200);
 }

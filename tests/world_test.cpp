@@ -15,6 +15,8 @@ TEST(World, RanksAndHost) {
   ASSERT_EQ(w.size(), 2) << "run under mpirun -np 2";
   EXPECT_FALSE(w.spawned());
   EXPECT_EQ(w.local_rank(), w.rank());  // one host
+  EXPECT_FALSE(w.multi_node());
+  EXPECT_EQ(w.local_stage_index(), w.rank() - 1);  // rank 0, the coordinator, is on this host
   EXPECT_FALSE(w.host().empty());
 }
 
