@@ -24,6 +24,31 @@ ctest --test-dir build-gpu --output-on-failure -R 'channel_test|world_test|heart
 step ctest_comm "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
 grep -h '\[ nccl \]' build-gpu/Testing/Temporary/LastTest.log | tee -a "$summary"
 
+# A stage killed or stalled while the other end of its NCCL hop waits: an error naming
+# it within 10 s, never a hang (ncclCommGetAsyncError polling + ncclCommAbort).
+cat >/tmp/nccl_fault.toml <<TOML
+[model]
+path = "$PWD/tests/data/llama_gqa"
+dtype = "float32"
+[placement]
+max_memory = { "cuda:0" = "8GiB", "cuda:1" = "8GiB", "cpu" = "8GiB" }
+device_map = { "model.embed_tokens" = 0, "model.layers.0" = 0, "model.layers.1" = 1, "model.norm" = 1, "lm_head" = 1 }
+[runtime]
+max_batch = 2
+max_seq_len = 256
+heartbeat_timeout = 3
+TOML
+for fault in 2:step=5:exit 1:step=5:exit 2:step=5:stall; do
+  start=$(date +%s.%N)
+  CASCADE_FAULT=$fault timeout 60 build-gpu/cascade generate --config /tmp/nccl_fault.toml --prompt-ids 1,2,3 \
+    --max-new-tokens 100 >/tmp/fault.log 2>&1
+  rc=$?
+  secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+  left=$(pgrep -fc 'cascade stage' || true)
+  step "nccl fault $fault" "exit $rc after $secs s, stage processes left: $left; $(grep -o 'error: .*' /tmp/fault.log | head -1)"
+done
+[ "${ONLY_FAULTS:-0}" = 1 ] && { cat "$summary"; exit 0; }
+
 # The anchor model: LlamaConfig(hidden 2560, intermediate 6912, 32 layers, 20 heads), bf16.
 start=$(date +%s)
 build-gpu/bench/random_model --out /tmp/anchor --hidden 2560 --intermediate 6912 --layers 32 --heads 20 \
