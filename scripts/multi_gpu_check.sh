@@ -45,7 +45,7 @@ for fault in 2:step=5:exit 1:step=5:exit 2:step=5:stall; do
   rc=$?
   secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
   left=$(pgrep -fc 'cascade stage' || true)
-  step "nccl fault $fault" "exit $rc after $secs s, stage processes left: $left; $(grep -o 'error: .*' /tmp/fault.log | head -1)"
+  step "nccl fault $fault" "exit $rc after $secs s, stage processes left: $left; $(grep -a -o "error: .*" /tmp/fault.log | head -1)"
 done
 [ "${ONLY_FAULTS:-0}" = 1 ] && { cat "$summary"; exit 0; }
 
