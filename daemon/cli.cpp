@@ -35,6 +35,9 @@ void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& p
   cmd->add_option("--dtype", g.dtype, "Compute dtype")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))
       ->capture_default_str();
+  cmd->add_option("--quantization", g.quantization, "none | int8 (LLM.int8 linear weights)")
+      ->check(CLI::IsMember({"none", "int8"}))
+      ->capture_default_str();
   cmd->add_flag("--greedy", greedy, "Greedy decoding (the default)");
   cmd->add_option("--temperature", g.sampling.temperature, "Sampling temperature (> 0 samples)");
   cmd->add_option("--top-k", g.sampling.top_k, "Keep the k most likely tokens (0 = off)");
@@ -60,6 +63,7 @@ void add_plan(CLI::App& app, PlanOptions& p) {
   cmd->add_option("--max-seq-len", p.max_seq_len, "Tokens per sequence");
   cmd->add_option("--dtype", p.dtype, "auto | float32 | bfloat16 | float16");
   cmd->add_option("--offload-compute", p.offload_compute, "cpu | cuda:N | auto");
+  cmd->add_option("--quantization", p.quantization, "none | int8")->check(CLI::IsMember({"none", "int8"}));
   cmd->add_flag("--json", p.json, "Print the plan as JSON");
 }
 
@@ -125,6 +129,9 @@ int run_cli(int argc, char** argv) {
   auto* sv = app.add_subcommand("serve", "Serve the model of a config on a Unix socket (OpenAI-compatible HTTP)");
   sv->add_option("--config", serve_opts.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
   sv->add_option("--set", serve_opts.overrides, "Override a config key: section.key=value")->take_all();
+  std::string serve_quant, bench_quant;
+  sv->add_option("--quantization", serve_quant, "none | int8 (overrides [quantization] mode)")
+      ->check(CLI::IsMember({"none", "int8"}));
   BenchOptions bo;
   auto* bc = app.add_subcommand("bench", "Sequential vs pipeline mode on one set of stages, side by side");
   bc->add_option("--config", bo.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
@@ -138,6 +145,8 @@ int run_cli(int argc, char** argv) {
   bc->add_option("--concurrency", bo.concurrency, "Requests in flight (closed loop)")->capture_default_str();
   bc->add_option("--trace", bo.trace, "Write a Chrome/Perfetto trace here");
   bc->add_flag("--json", bo.json, "One JSON object on stdout");
+  bc->add_option("--quantization", bench_quant, "none | int8 (overrides [quantization] mode)")
+      ->check(CLI::IsMember({"none", "int8"}));
   CompleteOptions comp;
   auto* cp = app.add_subcommand("complete", "Stream a completion from a running `cascade serve`");
   cp->add_option("--socket", comp.socket, "The daemon's Unix socket")->capture_default_str();
@@ -151,6 +160,8 @@ int run_cli(int argc, char** argv) {
 #endif
   try {
     app.parse(argc, argv);
+    if (!serve_quant.empty()) serve_opts.overrides.push_back("quantization.mode=\"" + serve_quant + "\"");
+    if (!bench_quant.empty()) bo.overrides.push_back("quantization.mode=\"" + bench_quant + "\"");
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -69,6 +69,9 @@ std::vector<stage::Assignment> assignments(const PlannedRun& run, const std::str
     a.heartbeat_timeout = cfg.runtime.heartbeat_timeout;
     a.step_timeout = cfg.runtime.step_timeout;
     a.rank_labels = labels;
+    a.int8 = cfg.quantization.mode == "int8";
+    a.int8_threshold = cfg.quantization.threshold;
+    a.int8_skip = cfg.quantization.skip_modules;
     out.push_back(a);
   }
   // Route position k runs segment k; edge k brings its input, edge k+1 takes its output.

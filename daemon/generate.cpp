@@ -215,7 +215,9 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   GenerateOptions opts = in;
   std::optional<PlannedRun> run;
   if (!opts.config_file.empty()) {
-    run = plan_run(config::load_config(opts.config_file, opts.overrides));
+    std::vector<std::string> ov = opts.overrides;
+    if (opts.quantization != "none") ov.push_back("quantization.mode=\"" + opts.quantization + "\"");
+    run = plan_run(config::load_config(opts.config_file, ov));
     opts.model_dir = run->config.model.path;
   }
 #ifdef CASCADE_WITH_TOKENIZER
@@ -245,6 +247,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
     stage::LoadOptions lo;
     lo.dtype = stage::resolve_dtype(opts.dtype, *ck);
     lo.kv_slots = static_cast<int64_t>(opts.prompts.size());
+    lo.int8 = opts.quantization == "int8";
     int64_t longest = 0;
     for (const auto& p : opts.prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
     lo.max_seq_len = longest + opts.max_new_tokens;

@@ -21,8 +21,9 @@ struct GenerateOptions {
   std::vector<std::string> prompt_texts;  // encoded with the model's tokenizer.json (BOS added), after `prompts`
   int64_t max_new_tokens = 16;
   std::string dtype = "auto";
-  stage::SamplingParams sampling;  // the same seed for every prompt: each behaves as if alone
-  bool logits = false;             // keep the logits at the last prompt position
+  std::string quantization = "none";  // none | int8 (with --model; --config uses [quantization])
+  stage::SamplingParams sampling;     // the same seed for every prompt: each behaves as if alone
+  bool logits = false;                // keep the logits at the last prompt position
   bool stop_at_eos = false;
   int threads = 0;  // 0 = LibTorch's default
 };

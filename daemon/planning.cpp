@@ -1,5 +1,6 @@
 #include "daemon/planning.h"
 
+#include <algorithm>
 #include <ostream>
 
 #include "config/size.h"
@@ -39,7 +40,8 @@ config::Config config_for(const PlanOptions& o) {
 
 }  // namespace
 
-planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype) {
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype, bool int8,
+                                          const std::vector<std::string>& int8_skip) {
   const stage::ModelDescription d = stage::describe(ck);
   const stage::ModelConfig& c = d.config;
   planner::ModelDescriptor m;
@@ -58,7 +60,14 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::Sca
     for (const auto& t : spec.tensors) {
       const storage::TensorInfo& info = ck.info(t);
       const uint64_t numel = static_cast<uint64_t>(info.numel());
-      mi.tensors.push_back({t, at::isFloatingType(info.dtype) ? numel * m.dtype_bytes : info.nbytes()});
+      const bool quantized = int8 && spec.kind == stage::ModuleKind::kDecoderLayer && info.shape.size() == 2 &&
+                             t.size() > 12 && t.compare(t.size() - 12, 12, "_proj.weight") == 0 &&
+                             std::none_of(int8_skip.begin(), int8_skip.end(), [&](const std::string& s) {
+                               return !s.empty() && spec.name.find(s) != std::string::npos;
+                             });
+      mi.tensors.push_back({t, quantized                        ? numel + 4 * static_cast<uint64_t>(info.shape[0])
+                               : at::isFloatingType(info.dtype) ? numel * m.dtype_bytes
+                                                                : info.nbytes()});
       // A lookup costs no FLOPs; every other matrix is one multiply-add per weight.
       if (info.shape.size() >= 2 && mi.kind != planner::ModuleKind::kEmbedding) mi.flops_per_token += 2.0 * numel;
     }
@@ -90,7 +99,8 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   run.checkpoint = storage::Checkpoint::open(cfg.model.path);
   run.dtype = stage::resolve_dtype(cfg.model.dtype, *run.checkpoint);
   planner::PlanRequest& req = run.request;
-  req.model = build_descriptor(*run.checkpoint, run.dtype);
+  req.model =
+      build_descriptor(*run.checkpoint, run.dtype, cfg.quantization.mode == "int8", cfg.quantization.skip_modules);
   const auto specs =
       max_memory.empty() ? planner::from_config(cfg.placement.max_memory) : planner::parse_max_memory(max_memory);
   req.budgets = planner::resolve_budgets(specs, probe_host());
@@ -114,6 +124,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   set("runtime.mode", o.mode);
   set("model.dtype", o.dtype);
   set("placement.offload_compute", o.offload_compute);
+  set("quantization.mode", o.quantization);
   if (o.max_batch > 0) opts.overrides.push_back("runtime.max_batch=" + std::to_string(o.max_batch));
   if (o.max_seq_len > 0) opts.overrides.push_back("runtime.max_seq_len=" + std::to_string(o.max_seq_len));
   const config::Config cfg = config_for(opts);

@@ -21,7 +21,10 @@ class Checkpoint;
 namespace cascade::daemon {
 
 // Module sizes at the compute dtype (non-float tensors keep their stored size).
-planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype);
+// With `int8`, decoder-layer linear weights (skip_modules excepted) count one byte per
+// element plus a float32 scale per row, as LLM.int8 stores them.
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype, bool int8 = false,
+                                          const std::vector<std::string>& int8_skip = {});
 
 // A configuration resolved into a plan: the checkpoint opened (headers only), the
 // compute dtype, the planner's input and its output.
@@ -43,7 +46,7 @@ struct PlanOptions {
   std::vector<std::string> overrides;  // --set
   std::string model_dir;               // --model
   std::string max_memory;              // --max-memory "cuda:0=2GiB,cpu=8GiB,disk"
-  std::string strategy, mode, dtype, offload_compute;
+  std::string strategy, mode, dtype, offload_compute, quantization;
   int64_t max_batch = 0, max_seq_len = 0;  // 0 = from the config / defaults
   bool json = false;
 };

@@ -5,6 +5,7 @@
 
 #include "stage/family.h"
 #include "stage/ops.h"
+#include "stage/quant.h"
 #include "stage/rope.h"
 #include "storage/checkpoint.h"
 
@@ -47,8 +48,12 @@ class LmHead : public Module {
 };
 
 struct LinearW {
-  at::Tensor w, b;  // [out, in], [out] or undefined
-  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, w, b); }
+  at::Tensor w, b;   // [out, in] (float, or int8 under LLM.int8), [out] or undefined
+  at::Tensor scale;  // [out] when w is int8
+  double threshold = 0;
+  at::Tensor operator()(const at::Tensor& x) const {
+    return scale.defined() ? int8_linear(x, w, scale, b, threshold) : at::linear(x, w, b);
+  }
 };
 
 class DecoderLayer : public Module {
@@ -61,7 +66,14 @@ class DecoderLayer : public Module {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
     const int64_t H = c.hidden_size, q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
     auto lin = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
-      return LinearW{W(p + name + ".weight", {out, in}), bias ? W(p + name + ".bias", {out}) : at::Tensor()};
+      LinearW l;
+      l.w = W(p + name + ".weight", {out, in});
+      if (bias) l.b = W(p + name + ".bias", {out});
+      if (l.w.scalar_type() == at::kChar) {
+        l.scale = W(p + name + ".weight:scale", {});
+        l.threshold = c.int8_threshold;
+      }
+      return l;
     };
     q_ = lin("self_attn.q_proj", q_out, H, c.qkv_bias);
     k_ = lin("self_attn.k_proj", kv_out, H, c.qkv_bias);

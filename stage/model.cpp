@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "stage/quant.h"
 #include "storage/checkpoint.h"
 #include "storage/compat.h"
 #include "storage/offload.h"
@@ -95,8 +96,13 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   // Tied tensors (embed_tokens / lm_head) are loaded once per stage and shared.
   std::map<std::string, at::Tensor> cache;
   uint64_t done = 0;
+  bool int8_module = false;  // the module being built takes int8 linear weights
+  m->desc_.config.int8_threshold = opts.int8_threshold;
   WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
     auto it = cache.find(name);
+    if (it == cache.end() && name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
+      throw std::logic_error("no int8 scale for " + name);  // asked before its weight
+    }
     if (it == cache.end()) {
       const storage::TensorInfo& info = ck->info(name);
       if (!expected.empty() && info.shape != expected) {
@@ -107,6 +113,12 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       at::Tensor t;
       if (m->disk_ && m->disk_->has(name)) {
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
+      } else if (int8_module && info.shape.size() == 2 && name.size() > 12 &&
+                 name.compare(name.size() - 12, 12, "_proj.weight") == 0) {
+        Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
+        t = r.q.to(opts.device);
+        cache[name + ":scale"] = r.scale.to(opts.device);
+        m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
       } else {
         t = ck->load(name, opts.dtype).to(opts.device);
         m->weight_bytes_ += t.numel() * t.element_size();
@@ -120,6 +132,10 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   std::vector<int64_t> layers;
   for (int64_t i : m->loaded_) {
     const ModuleSpec& spec = m->desc_.modules[i];
+    int8_module = opts.int8 && spec.kind == ModuleKind::kDecoderLayer && !disk.count(i) &&
+                  std::none_of(opts.int8_skip.begin(), opts.int8_skip.end(), [&](const std::string& s) {
+                    return !s.empty() && spec.name.find(s) != std::string::npos;
+                  });
     m->modules_.push_back(family.load(spec, m->desc_.config, weights));
     m->on_disk_.push_back(disk.count(i) > 0);
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);

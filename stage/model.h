@@ -49,6 +49,11 @@ struct LoadOptions {
   std::string offload_folder = "offload";
   int64_t kv_slots = 1;
   int64_t max_seq_len = 2048;
+  // LLM.int8: decoder-layer linear weights held as int8 with per-row scales (stage/quant.h).
+  // Modules whose name contains an entry of int8_skip, and disk-tier modules, stay as they are.
+  bool int8 = false;
+  double int8_threshold = 6.0;  // 0 = weight-only
+  std::vector<std::string> int8_skip = {"lm_head"};
   // Called after each module loads with (bytes so far, bytes in all); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
   std::ostream* log = nullptr;  // offload-folder decisions; nullptr = silent

@@ -45,6 +45,7 @@ struct ModelConfig {
   bool scale_attn_by_inverse_layer_idx = false;  // gpt2
   RopeConfig rope;
   std::vector<int64_t> eos_token_ids;
+  double int8_threshold = 6.0;  // LLM.int8 outlier threshold; set by Model::load from LoadOptions
 };
 
 // Helpers for families: typed reads from config.json with messages that name the key.

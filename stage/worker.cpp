@@ -156,6 +156,9 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
   lo.disk_modules = a.disk_modules;
   lo.offload_folder = a.offload_folder;
   lo.kv_slots = a.kv_slots;
+  lo.int8 = a.int8;
+  lo.int8_threshold = a.int8_threshold;
+  lo.int8_skip = a.int8_skip;
   lo.max_seq_len = a.max_seq_len;
   lo.log = &log;
   const auto t0 = Clock::now();
@@ -261,6 +264,9 @@ json to_json(const Assignment& a) {
           {"step_timeout", a.step_timeout},
           {"ring_bytes", a.ring_bytes},
           {"trace", a.trace},
+          {"int8", a.int8},
+          {"int8_threshold", a.int8_threshold},
+          {"int8_skip", a.int8_skip},
           {"hops", hops},
           {"rank_labels", a.rank_labels}};
 }
@@ -290,6 +296,9 @@ Assignment assignment_from_json(const json& j) {
     a.step_timeout = j.at("step_timeout").get<double>();
     a.ring_bytes = j.at("ring_bytes").get<size_t>();
     a.trace = j.at("trace").get<bool>();
+    a.int8 = j.at("int8").get<bool>();
+    a.int8_threshold = j.at("int8_threshold").get<double>();
+    a.int8_skip = j.at("int8_skip").get<std::vector<std::string>>();
     for (const auto& h : j.at("hops")) {
       a.hops.push_back(
           {h.at("begin").get<int64_t>(), h.at("end").get<int64_t>(), link_from(h.at("in")), link_from(h.at("out"))});

@@ -53,7 +53,10 @@ struct Assignment {
   int threads = 0;
   double heartbeat_timeout = 5, step_timeout = 300;
   size_t ring_bytes = 16 << 20;
-  bool trace = false;  // record compute/send/recv spans and send them after the shutdown step
+  bool trace = false;
+  bool int8 = false;  // [quantization] mode = "int8"
+  double int8_threshold = 6.0;
+  std::vector<std::string> int8_skip;    // record compute/send/recv spans and send them after the shutdown step
   std::vector<Hop> hops;                 // in route order
   std::vector<std::string> rank_labels;  // by rank, 0 = "the coordinator"
 };

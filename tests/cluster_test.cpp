@@ -144,6 +144,16 @@ TEST(Cluster, SampledTokensMatchToo) {
   expect_same("llama_gqa sampled / two_cpu_disk", single, r.out);
 }
 
+TEST(Cluster, Int8StagesMatchInt8OneProcess) {
+  const std::string model = fixture("qwen2_tied");
+  TempDir dir;
+  const std::string cfg = write_config(dir, model, placement("returns", module_names(model).size()));
+  const CliRun one = run_cascade("generate --model " + model + " --dtype float32 --quantization int8 " + kPrompts);
+  const CliRun multi = run_cascade("generate --config " + cfg + " --quantization int8 " + kPrompts);
+  ASSERT_EQ(multi.status, 0);
+  expect_same("qwen2_tied int8 / returns", one.out, multi.out);
+}
+
 TEST(Cluster, UnderMpirunWithThreeRanks) {
   for (const auto& name : all_fixtures()) {
     const std::string model = fixture(name);
