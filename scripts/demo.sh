@@ -28,9 +28,14 @@ curl -s --unix-socket "$sock" http://localhost/v1/completions \
 echo
 echo "== curl, streaming (SSE), sampled: temperature 0.7, seed 4"
 curl -sN --unix-socket "$sock" http://localhost/v1/completions \
-  -d '{"prompt": "class Stack:\n    def __init__(self):\n", "max_tokens": 40, "temperature": 0.7, "seed": 4, "stream": true}' |
-  head -c 600
-echo "…"
+  -d '{"prompt": "class Stack:\n    def __init__(self):\n", "max_tokens": 40, "temperature": 0.7, "seed": 4, "stream": true}' \
+  >"$log.sse"
+head -n 6 "$log.sse"
+echo "… ($(grep -c '^data: {' "$log.sse") chunks in all, then $(tail -n 2 "$log.sse" | head -n 1))"
+echo "the streamed text:"
+grep '^data: {' "$log.sse" | sed 's/^data: //' |
+  python3 -c 'import json,sys; print("".join(json.loads(l)["choices"][0]["text"] for l in sys.stdin))'
+rm -f "$log.sse"
 echo
 echo "== cascade complete --socket $sock 'for i in range(10):'"
 ./build/cascade complete --socket "$sock" --max-tokens 60 $'for i in range(10):\n'
