@@ -124,8 +124,8 @@ TEST(Channel, NcclBothDirectionsEverySize) {
   World& w = World::get();
   const int me = w.rank();
   const at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(me));
-  auto to1 = nccl_channel(w, 1 - me, kTagData + 70, me == 0, dev, in(60));    // 0 -> 1
-  auto to0 = nccl_channel(w, 1 - me, kTagData + 71, me == 1, dev, in(60));    // 1 -> 0
+  auto to1 = nccl_channel(w, 1 - me, kTagData + 70, me == 0, dev, in(60));  // 0 -> 1
+  auto to0 = nccl_channel(w, 1 - me, kTagData + 71, me == 1, dev, in(60));  // 1 -> 0
   const std::vector<int64_t> sizes = {1, 1000, int64_t{1} << 20, int64_t{64} << 20, int64_t{256} << 20};
   for (int dir = 0; dir < 2; ++dir) {
     Channel& ch = dir == 0 ? *to1 : *to0;
