@@ -415,6 +415,17 @@ TEST(Server, LimitsAuthAndSlowClients) {
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(8));  // header_timeout is 3 s
   ::close(slow);
   EXPECT_EQ(call(d.sock(), "GET", "/health", "", kAuth).status, 200);
+
+  // A keep-alive connection left idle is closed after idle_timeout (4 s here).
+  const int idle_fd = connect_to(d.sock());
+  send_all(idle_fd, http("GET", "/health", "", kAuth));
+  EXPECT_EQ(read_reply(idle_fd).status, 200);
+  const auto i0 = Clock::now();
+  EXPECT_LE(::recv(idle_fd, &c, 1, 0), 0);
+  const double idle_s = std::chrono::duration<double>(Clock::now() - i0).count();
+  EXPECT_GT(idle_s, 2.0);
+  EXPECT_LT(idle_s, 12.0);
+  ::close(idle_fd);
 }
 
 TEST(Server, SigtermFinishesInFlightRequestsThenExitsCleanly) {
