@@ -6,6 +6,7 @@
 #include "config/size.h"
 #include "planner/report.h"
 #include "stage/model.h"
+#include "stage/quant.h"
 #include "storage/checkpoint.h"
 
 #ifdef CASCADE_WITH_CUDA
@@ -60,11 +61,7 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::Sca
     for (const auto& t : spec.tensors) {
       const storage::TensorInfo& info = ck.info(t);
       const uint64_t numel = static_cast<uint64_t>(info.numel());
-      const bool quantized = int8 && spec.kind == stage::ModuleKind::kDecoderLayer && info.shape.size() == 2 &&
-                             t.size() > 12 && t.compare(t.size() - 12, 12, "_proj.weight") == 0 &&
-                             std::none_of(int8_skip.begin(), int8_skip.end(), [&](const std::string& s) {
-                               return !s.empty() && spec.name.find(s) != std::string::npos;
-                             });
+      const bool quantized = int8 && stage::int8_module(spec, int8_skip) && stage::int8_tensor(t, info.shape.size());
       mi.tensors.push_back({t, quantized                        ? numel + 4 * static_cast<uint64_t>(info.shape[0])
                                : at::isFloatingType(info.dtype) ? numel * m.dtype_bytes
                                                                 : info.nbytes()});

@@ -113,8 +113,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       at::Tensor t;
       if (m->disk_ && m->disk_->has(name)) {
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
-      } else if (int8_module && info.shape.size() == 2 && name.size() > 12 &&
-                 name.compare(name.size() - 12, 12, "_proj.weight") == 0) {
+      } else if (int8_module && int8_tensor(name, info.shape.size())) {
         Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
         t = r.q.to(opts.device);
         cache[name + ":scale"] = r.scale.to(opts.device);
@@ -132,10 +131,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   std::vector<int64_t> layers;
   for (int64_t i : m->loaded_) {
     const ModuleSpec& spec = m->desc_.modules[i];
-    int8_module = opts.int8 && spec.kind == ModuleKind::kDecoderLayer && !disk.count(i) &&
-                  std::none_of(opts.int8_skip.begin(), opts.int8_skip.end(), [&](const std::string& s) {
-                    return !s.empty() && spec.name.find(s) != std::string::npos;
-                  });
+    int8_module = opts.int8 && !disk.count(i) && stage::int8_module(spec, opts.int8_skip);
     m->modules_.push_back(family.load(spec, m->desc_.config, weights));
     m->on_disk_.push_back(disk.count(i) > 0);
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);

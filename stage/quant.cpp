@@ -2,6 +2,19 @@
 
 namespace cascade::stage {
 
+bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip) {
+  if (spec.kind != ModuleKind::kDecoderLayer) return false;
+  for (const auto& s : skip)
+    if (!s.empty() && spec.name.find(s) != std::string::npos) return false;
+  return true;
+}
+
+bool int8_tensor(const std::string& name, size_t rank) {
+  static const std::string suffix = "_proj.weight";
+  return rank == 2 && name.size() > suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 Int8Rows quantize_rows(const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2, "int8 quantization takes a [out, in] weight, got ", w.sizes());
   const at::Tensor f = w.to(at::kFloat);

@@ -12,7 +12,18 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+#include <vector>
+
+#include "stage/family.h"
+
 namespace cascade::stage {
+
+// What LLM.int8 quantizes, in one place for the loader and the planner: the 2-D
+// projection weights ("…_proj.weight") of decoder layers whose module name contains no
+// entry of `skip` (quantization.skip_modules).
+bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip);
+bool int8_tensor(const std::string& name, size_t rank);
 
 struct Int8Rows {
   at::Tensor q;      // [out, in] int8
