@@ -54,6 +54,11 @@ void Metrics::set_stage_busy(const std::string& stage, double s) {
   stage_busy_[stage] = s;
 }
 
+void Metrics::add_open_connections(int64_t delta) {
+  std::lock_guard<std::mutex> l(mu_);
+  connections_ += delta;
+}
+
 namespace {
 
 void histogram(std::ostringstream& o, const char* name, const char* help, const Metrics::Histogram& h) {
@@ -85,6 +90,8 @@ std::string Metrics::render() const {
   scalar(o, "cascade_queue_length", "gauge", "Requests waiting for a KV slot.", static_cast<double>(queue_));
   scalar(o, "cascade_kv_slots_used", "gauge", "KV-cache slots in use.", static_cast<double>(kv_used_));
   scalar(o, "cascade_kv_slots_total", "gauge", "KV-cache slots (runtime.max_batch).", static_cast<double>(kv_total_));
+  scalar(o, "cascade_open_connections", "gauge", "Client connections open (server.max_connections caps them).",
+         static_cast<double>(connections_));
   scalar(o, "cascade_prompt_tokens_total", "counter", "Prompt tokens prefilled.", static_cast<double>(prompt_tokens_));
   scalar(o, "cascade_generated_tokens_total", "counter", "Tokens generated.", static_cast<double>(generated_tokens_));
   histogram(o, "cascade_time_to_first_token_seconds", "From request admission to its first token.", ttft_);

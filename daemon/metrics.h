@@ -24,6 +24,7 @@ class Metrics {
   void observe_ttft(double seconds);
   void observe_inter_token(double seconds);
   void set_stage_busy(const std::string& stage, double seconds);
+  void add_open_connections(int64_t delta);  // +1 on accept, -1 on close
   std::string render() const;
 
   struct Histogram {
@@ -37,7 +38,7 @@ class Metrics {
  private:
   mutable std::mutex mu_;
   std::map<int, uint64_t> requests_;
-  int64_t in_flight_ = 0, queue_ = 0, kv_used_ = 0, kv_total_ = 0;
+  int64_t in_flight_ = 0, queue_ = 0, kv_used_ = 0, kv_total_ = 0, connections_ = 0;
   uint64_t prompt_tokens_ = 0, generated_tokens_ = 0;
   Histogram ttft_, inter_token_;
   std::map<std::string, double> stage_busy_;

@@ -74,8 +74,14 @@ std::string status_line(int status) {
 template <class Stream>
 class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
-  Session(Stream s, Shared& sh) : stream_(std::move(s)), sh_(sh) { ++sh_.connections; }
-  ~Session() { --sh_.connections; }
+  Session(Stream s, Shared& sh) : stream_(std::move(s)), sh_(sh) {
+    ++sh_.connections;
+    sh_.metrics.add_open_connections(1);
+  }
+  ~Session() {
+    --sh_.connections;
+    sh_.metrics.add_open_connections(-1);
+  }
 
   void start(bool refuse) {
     if (refuse) {

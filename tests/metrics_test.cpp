@@ -18,12 +18,15 @@ TEST(Metrics, PrometheusText) {
   m.observe_ttft(7);
   m.observe_inter_token(0.003);
   m.set_stage_busy("stage 1 (rank 1, cpu:0)", 1.5);
+  m.add_open_connections(1);
+  m.add_open_connections(1);
+  m.add_open_connections(-1);
   const std::string t = m.render();
   for (const char* line :
        {"cascade_requests_total{status=\"200\"} 2", "cascade_requests_total{status=\"429\"} 1",
         "cascade_requests_in_flight 3", "cascade_queue_length 2", "cascade_kv_slots_used 3",
-        "cascade_kv_slots_total 16", "cascade_prompt_tokens_total 10", "cascade_generated_tokens_total 4",
-        "cascade_time_to_first_token_seconds_bucket{le=\"0.025\"} 1",
+        "cascade_kv_slots_total 16", "cascade_open_connections 1", "cascade_prompt_tokens_total 10",
+        "cascade_generated_tokens_total 4", "cascade_time_to_first_token_seconds_bucket{le=\"0.025\"} 1",
         "cascade_time_to_first_token_seconds_bucket{le=\"10\"} 2",
         "cascade_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2", "cascade_time_to_first_token_seconds_count 2",
         "cascade_inter_token_seconds_bucket{le=\"0.0025\"} 0", "cascade_inter_token_seconds_bucket{le=\"0.005\"} 1",

@@ -390,13 +390,25 @@ TEST(Server, LimitsAuthAndSlowClients) {
   for (int i = 0; i < 2; ++i)
     ts.emplace_back(
         [&, i] { status[static_cast<size_t>(i)] = call(d.sock(), "POST", "/v1/completions", longreq, kAuth).status; });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto admitted = Clock::now() + std::chrono::seconds(20);
+  for (std::string m; Clock::now() < admitted; std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
+    m = call(d.sock(), "GET", "/metrics", "", kAuth).body;
+    if (m.find("\ncascade_requests_in_flight 1\n") != std::string::npos &&
+        m.find("\ncascade_queue_length 1\n") != std::string::npos)
+      break;
+  }
   const Reply busy = call(d.sock(), "POST", "/v1/completions", longreq, kAuth);
   for (auto& t : ts) t.join();
   EXPECT_EQ(busy.status, 429) << busy.body;
   EXPECT_EQ(status, (std::vector<int>{200, 200}));
 
-  // Connections past max_connections get 429 and are closed.
+  // Connections past max_connections get 429 and are closed. The server may not have seen the
+  // clients above hang up yet (a busy machine): wait until the only connection it holds is the one asking.
+  const auto settle = Clock::now() + std::chrono::seconds(20);
+  while (call(d.sock(), "GET", "/metrics", "", kAuth).body.find("\ncascade_open_connections 1\n") ==
+             std::string::npos &&
+         Clock::now() < settle)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::vector<int> idle;
   for (int i = 0; i < 4; ++i) idle.push_back(connect_to(d.sock()));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
