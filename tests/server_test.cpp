@@ -358,6 +358,20 @@ const char* kTwoStages = R"("model.embed_tokens" = "cpu:0", "model.layers.0" = "
                             "model.norm" = "cpu:1", "lm_head" = "cpu:1")";
 const std::string kAuth = "Authorization: Bearer sekrit\r\n";
 
+// Polls GET /metrics until it has every line in `lines` (up to 20 s), so that a test acts on
+// the daemon's own view rather than on a guess of how long a busy machine takes.
+bool await_metrics(const std::string& sock, const std::vector<std::string>& lines) {
+  const auto end = Clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    const std::string m = call(sock, "GET", "/metrics", "", kAuth).body;
+    bool all = true;
+    for (const auto& l : lines) all = all && m.find("\n" + l + "\n") != std::string::npos;
+    if (all) return true;
+    if (Clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 TEST(Server, LimitsAuthAndSlowClients) {
   TempDir dir;
   const int port = 20000 + ::getpid() % 20000;
@@ -390,13 +404,7 @@ TEST(Server, LimitsAuthAndSlowClients) {
   for (int i = 0; i < 2; ++i)
     ts.emplace_back(
         [&, i] { status[static_cast<size_t>(i)] = call(d.sock(), "POST", "/v1/completions", longreq, kAuth).status; });
-  const auto admitted = Clock::now() + std::chrono::seconds(20);
-  for (std::string m; Clock::now() < admitted; std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
-    m = call(d.sock(), "GET", "/metrics", "", kAuth).body;
-    if (m.find("\ncascade_requests_in_flight 1\n") != std::string::npos &&
-        m.find("\ncascade_queue_length 1\n") != std::string::npos)
-      break;
-  }
+  EXPECT_TRUE(await_metrics(d.sock(), {"cascade_requests_in_flight 1", "cascade_queue_length 1"}));
   const Reply busy = call(d.sock(), "POST", "/v1/completions", longreq, kAuth);
   for (auto& t : ts) t.join();
   EXPECT_EQ(busy.status, 429) << busy.body;
@@ -404,11 +412,7 @@ TEST(Server, LimitsAuthAndSlowClients) {
 
   // Connections past max_connections get 429 and are closed. The server may not have seen the
   // clients above hang up yet (a busy machine): wait until the only connection it holds is the one asking.
-  const auto settle = Clock::now() + std::chrono::seconds(20);
-  while (call(d.sock(), "GET", "/metrics", "", kAuth).body.find("\ncascade_open_connections 1\n") ==
-             std::string::npos &&
-         Clock::now() < settle)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(await_metrics(d.sock(), {"cascade_open_connections 1"}));
   std::vector<int> idle;
   for (int i = 0; i < 4; ++i) idle.push_back(connect_to(d.sock()));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -449,7 +453,7 @@ TEST(Server, SigtermFinishesInFlightRequestsThenExitsCleanly) {
              R"({"prompt": [1, 2], "max_tokens": 1500, "stream": true, "return_token_ids": true, "ignore_eos": true})",
              kAuth);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(await_metrics(d.sock(), {"cascade_requests_in_flight 1"}));
   ::kill(d.pid(), SIGTERM);
   const int rc = d.wait_exit(30);
   t.join();
