@@ -40,9 +40,11 @@ struct StepContext {
   const Batch& batch;
   at::Tensor positions;  // [tokens] int64 on the compute device
   KvCache* kv = nullptr;
-  // Rotary cos/sin [tokens, head_dim] for this step, computed by the first layer that
-  // needs them and reused by the rest.
+  // Rotary cos/sin [tokens, head_dim] in the compute dtype for this step, computed by
+  // the first layer that needs them and reused by the rest.
   at::Tensor rope_cos, rope_sin;
+  // Defined when every sequence adds one token: layers then take the batched decode path.
+  DecodeIndex decode;
 };
 
 class Module {

@@ -53,7 +53,8 @@ class LmHead : public Module {
  public:
   explicit LmHead(at::Tensor w) : w_(std::move(w)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
-    return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);  // [seqs, vocab]
+    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return at::linear(x, w_);  // one row each
+    return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);               // [seqs, vocab]
   }
 
  private:
@@ -81,7 +82,8 @@ class Block : public Module {
     at::Tensor q = qkv.narrow(1, 0, H).reshape({T, cfg_.num_heads, cfg_.head_dim});
     at::Tensor k = qkv.narrow(1, H, H).reshape({T, cfg_.num_heads, cfg_.head_dim});
     at::Tensor v = qkv.narrow(1, 2 * H, H).reshape({T, cfg_.num_heads, cfg_.head_dim});
-    at::Tensor y = x + proj_(ctx.kv->attend(layer_, q, k, v, ctx.batch, scale_, 0));
+    at::Tensor y = x + proj_((ctx.decode.defined() ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, scale_, 0)
+                                                   : ctx.kv->attend(layer_, q, k, v, ctx.batch, scale_, 0)));
     return y + fc_proj_(activate(fc_(ln2_.forward(y, ctx)), act_));
   }
 

@@ -1,6 +1,9 @@
 #include "stage/kv_cache.h"
 
+#include <ATen/TensorIndexing.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
 
 #include "storage/compat.h"
 
@@ -8,13 +11,61 @@ namespace cascade::stage {
 
 KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len,
                  int64_t head_dim, at::ScalarType dtype, at::Device device)
-    : slots_(slots), max_seq_len_(max_seq_len) {
+    : KvCache(layers, slots, kv_heads, max_seq_len, head_dim, dtype, device, false) {}
+
+KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len,
+                 int64_t head_dim, at::ScalarType dtype, at::Device device, bool spare_slot)
+    : slots_(slots), max_seq_len_(max_seq_len), spare_(spare_slot) {
   TORCH_CHECK(slots > 0 && max_seq_len > 0, "KvCache needs at least one slot and one position");
   const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  const int64_t rows = slots + (spare_slot ? 1 : 0);
   for (int64_t l : layers) {
-    layers_[l] = Layer{at::zeros({slots, kv_heads, max_seq_len, head_dim}, opts),
-                       at::zeros({slots, kv_heads, max_seq_len, head_dim}, opts)};
+    layers_[l] = Layer{at::zeros({rows, kv_heads, max_seq_len, head_dim}, opts),
+                       at::zeros({rows, kv_heads, max_seq_len, head_dim}, opts)};
   }
+}
+
+DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t span) const {
+  std::vector<int64_t> slots, pos;
+  int64_t longest = 0;
+  for (const SeqSlice& s : batch.seqs) {
+    if (s.n_tokens != 1) return {};
+    TORCH_CHECK(s.slot >= 0 && s.slot < slots_, "KV slot ", s.slot, " out of range [0, ", slots_, ")");
+    TORCH_CHECK(s.start_pos >= 0 && s.start_pos < max_seq_len_, "sequence in slot ", s.slot, " would reach ",
+                s.start_pos + 1, " tokens, past max_seq_len ", max_seq_len_);
+    slots.push_back(s.slot);
+    pos.push_back(s.start_pos);
+    longest = std::max(longest, s.start_pos + 1);
+  }
+  if (slots.empty()) return {};
+  TORCH_CHECK(span == 0 || (span >= longest && span <= max_seq_len_), "decode span ", span, " outside [", longest, ", ",
+              max_seq_len_, "]");
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  return {at::tensor(slots, opts).to(device), at::tensor(pos, opts).to(device), span == 0 ? longest : span};
+}
+
+at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const DecodeIndex& d, double scale, int64_t window) {
+  using at::indexing::Slice;
+  const auto it = layers_.find(layer);
+  TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
+  Layer& c = it->second;
+  const int64_t B = q.size(0), heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
+  TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
+  TORCH_CHECK(d.slots.size(0) == B, "decode index has ", d.slots.size(0), " sequences, the step ", B);
+  c.k.index_put_({d.slots, Slice(), d.pos}, k);  // [B, kv_heads, head_dim] at (slot, :, pos)
+  c.v.index_put_({d.slots, Slice(), d.pos}, v);
+  at::Tensor keys = c.k.narrow(2, 0, d.span).index_select(0, d.slots);  // [B, kv_heads, span, head_dim]
+  at::Tensor vals = c.v.narrow(2, 0, d.span).index_select(0, d.slots);
+  // GQA without copying K/V: the query heads sharing a KV head become that head's
+  // "query rows" ([B, kv_heads, group, head_dim]); the mask is the same for all of them.
+  at::Tensor qg = q.view({B, kv_heads, heads / kv_heads, head_dim});
+  at::Tensor kpos = at::arange(d.span, d.pos.options()).unsqueeze(0);  // [1, span]
+  at::Tensor qpos = d.pos.unsqueeze(1);                                // [B, 1]
+  at::Tensor mask = kpos <= qpos;                                      // [B, span], true = may attend
+  if (window > 0) mask = mask.logical_and((qpos - kpos) < window);
+  at::Tensor o = compat::attention(qg, keys, vals, mask.view({B, 1, 1, d.span}), scale);
+  return o.reshape({B, heads * head_dim});
 }
 
 uint64_t KvCache::bytes() const {

@@ -17,13 +17,29 @@
 
 namespace cascade::stage {
 
+// The device-side indices of a decode step (every sequence adds exactly one token),
+// built once per step and shared by all its layers, so that the batched decode path
+// needs no host work per layer and can be captured in a CUDA graph.
+struct DecodeIndex {
+  at::Tensor slots;  // [seqs] int64 on the cache's device
+  at::Tensor pos;    // [seqs] int64: the position of each sequence's new token
+  int64_t span = 0;  // cache positions read, [0, span): at least every pos + 1
+  bool defined() const { return slots.defined(); }
+};
+
 class KvCache {
  public:
   KvCache() = default;
   KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len, int64_t head_dim,
           at::ScalarType dtype, at::Device device);
 
+  // `spare_slot` adds one slot past `slots` that no sequence owns: CUDA graphs pad a
+  // batch up to its bucket with rows that write there.
+  KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len, int64_t head_dim,
+          at::ScalarType dtype, at::Device device, bool spare_slot);
+
   int64_t slots() const { return slots_; }
+  int64_t spare_slot() const { return spare_ ? slots_ : -1; }
   int64_t max_seq_len() const { return max_seq_len_; }
   uint64_t bytes() const;  // K and V of every layer held
 
@@ -34,6 +50,16 @@ class KvCache {
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Batch& batch,
                     double scale, int64_t window);
 
+  // A decode step for every sequence at once: one scatter into the cache, one batched
+  // attention over positions [0, d.span) masked to each sequence's length.
+  // q [seqs, heads, head_dim], k/v [seqs, kv_heads, head_dim]; returns [seqs, heads * head_dim].
+  at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const DecodeIndex& d, double scale, int64_t window);
+
+  // The DecodeIndex of `batch` on `device`, or an undefined one when some sequence adds
+  // more than one token. Checks slots and positions; span 0 = the longest sequence.
+  DecodeIndex decode_index(const Batch& batch, at::Device device, int64_t span = 0) const;
+
  private:
   struct Layer {
     at::Tensor k;  // [slots, kv_heads, max_seq_len, head_dim]
@@ -42,6 +68,7 @@ class KvCache {
   std::map<int64_t, Layer> layers_;
   int64_t slots_ = 0;
   int64_t max_seq_len_ = 0;
+  bool spare_ = false;
 };
 
 }  // namespace cascade::stage

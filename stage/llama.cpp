@@ -40,6 +40,7 @@ class LmHead : public Module {
   explicit LmHead(at::Tensor w) : w_(std::move(w)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     // Only each sequence's last token is ever sampled: [seqs, hidden] -> [seqs, vocab].
+    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return at::linear(x, w_);  // one row each
     return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);
   }
 
@@ -84,6 +85,7 @@ class DecoderLayer : public Module {
     down_ = lin("mlp.down_proj", H, c.intermediate_size, c.mlp_bias);
     ln_in_ = W(p + "input_layernorm.weight", {H});
     ln_post_ = W(p + "post_attention_layernorm.weight", {H});
+    rope_.place(ln_in_.device());
   }
 
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
@@ -92,11 +94,17 @@ class DecoderLayer : public Module {
     at::Tensor q = q_(h).view({T, cfg_.num_heads, cfg_.head_dim});
     at::Tensor k = k_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
     at::Tensor v = v_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
-    if (!ctx.rope_cos.defined()) std::tie(ctx.rope_cos, ctx.rope_sin) = rope_.cos_sin(ctx.batch, ctx.positions);
+    if (!ctx.rope_cos.defined()) {
+      std::tie(ctx.rope_cos, ctx.rope_sin) = rope_.cos_sin(ctx.batch, ctx.positions);
+      ctx.rope_cos = ctx.rope_cos.to(x.scalar_type());  // cast once per step, as HF casts per layer
+      ctx.rope_sin = ctx.rope_sin.to(x.scalar_type());
+    }
     q = apply_rope(q, ctx.rope_cos, ctx.rope_sin);
     k = apply_rope(k, ctx.rope_cos, ctx.rope_sin);
     const double scale = 1.0 / std::sqrt(static_cast<double>(cfg_.head_dim));
-    at::Tensor a = ctx.kv->attend(layer_, q, k, v, ctx.batch, scale, cfg_.sliding_window);  // [T, heads*dim]
+    at::Tensor a = ctx.decode.defined()  // [T, heads*dim]
+                       ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, scale, cfg_.sliding_window)
+                       : ctx.kv->attend(layer_, q, k, v, ctx.batch, scale, cfg_.sliding_window);
     at::Tensor y = x + o_(a);
     h = rms_norm(y, ln_post_, cfg_.norm_eps);
     return y + down_(activate(gate_(h), act_) * up_(h));

@@ -148,7 +148,13 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
   TORCH_CHECK(input.size(0) == batch.total_tokens(), "input has ", input.size(0), " rows but the batch has ",
               batch.total_tokens(), " tokens");
-  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}};
+  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}, kv_.decode_index(batch, opts_.device)};
+  if (input.scalar_type() == at::kLong && input.numel() > 0) {  // checked where the ids are: no device sync
+    const at::Tensor ids = input.cpu();
+    const int64_t vocab = desc_.config.vocab_size;
+    TORCH_CHECK(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < vocab, "token id out of range [0, ",
+                vocab, ")");
+  }
   at::Tensor x = input.to(opts_.device);
   bool ran = false;
   auto advise = [&](size_t i, bool need) {
@@ -162,9 +168,6 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
     const ModuleSpec& spec = desc_.modules[loaded_[i]];
     if (spec.kind == ModuleKind::kEmbedding) {
       TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1, "the embedding takes token ids [tokens] int64");
-      const int64_t vocab = desc_.config.vocab_size;
-      TORCH_CHECK(x.numel() == 0 || (x.min().item<int64_t>() >= 0 && x.max().item<int64_t>() < vocab),
-                  "token id out of range [0, ", vocab, ")");
     }
     x = modules_[i]->forward(x, ctx);
     advise(i, false);

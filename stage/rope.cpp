@@ -31,7 +31,7 @@ at::Tensor Rope::default_inv_freq(double base) const {
 }
 
 at::Tensor Rope::inv_freq(int64_t seq_len) const {
-  if (cfg_.type != "dynamic" || seq_len <= max_pos_) return inv_freq_;
+  if (cfg_.type != "dynamic" || seq_len <= max_pos_) return inv_freq_.cpu();
   const double d = static_cast<double>(dim_);
   const double base = cfg_.theta * std::pow(cfg_.factor * static_cast<double>(seq_len) / static_cast<double>(max_pos_) -
                                                 (cfg_.factor - 1),

@@ -1,6 +1,6 @@
 // Rotary position embeddings with HF's scaling variants: default, linear, dynamic
 // (NTK, recomputed from each sequence's length) and llama3 (banded frequencies).
-// Immutable after construction; safe to share.
+// Immutable after construction and place(); safe to share.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +16,9 @@ class Rope {
  public:
   Rope(const RopeConfig& cfg, int64_t head_dim, int64_t max_position_embeddings);
 
+  // Keeps the static inverse frequencies on `device`, so a step copies nothing to it
+  // (and the step can be captured in a CUDA graph).
+  void place(at::Device device) { inv_freq_ = inv_freq_.to(device); }
   // [head_dim / 2] float32 inverse frequencies for a sequence `seq_len` tokens long
   // (only "dynamic" depends on it).
   at::Tensor inv_freq(int64_t seq_len) const;

@@ -15,9 +15,10 @@ namespace cascade::compat {
 constexpr bool kCpuHalfMatmul = CASCADE_TORCH_AT_LEAST(2, 1);
 constexpr const char* kTorchVersion = TORCH_VERSION;
 
-// Attention over one sequence. q [heads, q_len, head_dim], k/v [heads, kv_len, head_dim]
-// (KV heads already expanded for GQA); `mask` [q_len, kv_len] bool, true = may attend,
-// or undefined for "attend to everything". Softmax runs in float32 as HF's eager path does.
+// Attention. q [..., q_len, head_dim], k/v [..., kv_len, head_dim] with the same leading
+// dims (one sequence: [heads, ...]; a decode batch: [seqs, kv_heads, ...]); `mask` bool,
+// broadcastable to [..., q_len, kv_len], true = may attend, or undefined for "attend to
+// everything". Softmax runs in float32 as HF's eager path does.
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                             double scale) {
 #if CASCADE_TORCH_AT_LEAST(2, 1)

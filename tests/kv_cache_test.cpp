@@ -63,6 +63,40 @@ TEST(KvCache, RaggedBatchKeepsSequencesApart) {
   EXPECT_TRUE(at::allclose(got, at::cat({a, b}, 0), 1e-6, 1e-6));
 }
 
+TEST(KvCache, BatchedDecodeEqualsOneSequenceAtATime) {
+  at::manual_seed(2);
+  const int64_t heads = 4, kvh = 2, d = 8;
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (int64_t window : {0, 3}) {
+    // Three sequences of different lengths (slots 2, 0, 3), prefilled one at a time, then
+    // two decode steps: batched (one scatter, one masked attention) vs each alone.
+    KvCache batched({0}, 4, kvh, 16, d, at::kFloat, at::kCPU, /*spare_slot=*/true);
+    KvCache alone({0}, 4, kvh, 16, d, at::kFloat, at::kCPU);
+    const std::vector<std::pair<int64_t, int64_t>> seqs = {{2, 5}, {0, 1}, {3, 9}};  // (slot, prompt length)
+    for (const auto& [slot, len] : seqs) {
+      at::Tensor q = at::randn({len, heads, d}), k = at::randn({len, kvh, d}), v = at::randn({len, kvh, d});
+      batched.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, window);
+      alone.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, window);
+    }
+    for (int64_t step = 0; step < 2; ++step) {
+      at::Tensor q = at::randn({3, heads, d}), k = at::randn({3, kvh, d}), v = at::randn({3, kvh, d});
+      Batch b;
+      for (const auto& [slot, len] : seqs) b.seqs.push_back({slot, len + step, 1});
+      const DecodeIndex di = batched.decode_index(b, at::kCPU, /*span=*/step == 0 ? 0 : 16);  // exact, then padded
+      ASSERT_TRUE(di.defined());
+      EXPECT_EQ(di.span, step == 0 ? 10 : 16);
+      at::Tensor got = batched.attend_decode(0, q, k, v, di, scale, window);
+      for (int64_t i = 0; i < 3; ++i) {
+        at::Tensor want = alone.attend(0, q.narrow(0, i, 1), k.narrow(0, i, 1), v.narrow(0, i, 1),
+                                       Batch{{b.seqs[static_cast<size_t>(i)]}}, scale, window);
+        EXPECT_TRUE(at::allclose(got.narrow(0, i, 1), want, 1e-5, 1e-5)) << "window " << window << " row " << i;
+      }
+    }
+  }
+  EXPECT_FALSE(KvCache({0}, 2, 1, 4, 2, at::kFloat, at::kCPU).decode_index(Batch{{{0, 0, 2}}}, at::kCPU).defined());
+  EXPECT_EQ(KvCache({0}, 2, 1, 4, 2, at::kFloat, at::kCPU, true).spare_slot(), 2);
+}
+
 TEST(KvCache, BoundsAreChecked) {
   KvCache kv({0}, 2, 1, 4, 2, at::kFloat, at::kCPU);
   EXPECT_EQ(kv.bytes(), 2u * 2 * 1 * 4 * 2 * sizeof(float));
@@ -70,6 +104,9 @@ TEST(KvCache, BoundsAreChecked) {
   EXPECT_THROW_WITH(kv.attend(0, x, x, x, Batch{{{2, 0, 1}}}, 1.0, 0), c10::Error, "KV slot 2 out of range");
   EXPECT_THROW_WITH(kv.attend(0, x, x, x, Batch{{{0, 4, 1}}}, 1.0, 0), c10::Error, "past max_seq_len 4");
   EXPECT_THROW_WITH(kv.attend(3, x, x, x, Batch{{{0, 0, 1}}}, 1.0, 0), c10::Error, "layer 3 has no KV cache");
+  EXPECT_THROW_WITH(kv.decode_index(Batch{{{2, 0, 1}}}, at::kCPU), c10::Error, "KV slot 2 out of range");
+  EXPECT_THROW_WITH(kv.decode_index(Batch{{{0, 4, 1}}}, at::kCPU), c10::Error, "past max_seq_len 4");
+  EXPECT_THROW_WITH(kv.decode_index(Batch{{{0, 1, 1}}}, at::kCPU, 1), c10::Error, "decode span 1 outside [2, 4]");
 }
 
 }  // namespace
