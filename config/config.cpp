@@ -23,7 +23,7 @@ const std::map<std::string, std::set<std::string>>& schema() {
       {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute"}},
       {"runtime",
        {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
-        "step_timeout"}},
+        "step_timeout", "cuda_graphs"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
       {"server",
        {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_tokens", "max_queue", "header_timeout",
@@ -98,6 +98,13 @@ class Reader {
            "value " + std::to_string(v) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     }
     *out = static_cast<int>(v);
+  }
+
+  void boolean(const toml::table& sec, const std::string& section, const char* key, bool* out) const {
+    const toml::node* n = sec.get(key);
+    if (!n) return;
+    if (!n->is_boolean()) fail(n, section + "." + key, std::string("expected true or false, got ") + type_name(*n));
+    *out = **n->as_boolean();
   }
 
   void number(const toml::table& sec, const std::string& section, const char* key, double* out, double lo) const {
@@ -296,6 +303,7 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   r.integer(rt, "runtime", "threads_per_stage", &c.runtime.threads_per_stage, 0, 4096);
   r.number(rt, "runtime", "heartbeat_timeout", &c.runtime.heartbeat_timeout, 0.1);
   r.number(rt, "runtime", "step_timeout", &c.runtime.step_timeout, 0.1);
+  r.boolean(rt, "runtime", "cuda_graphs", &c.runtime.cuda_graphs);
 
   const toml::table& q = section("quantization");
   c.quantization.mode = r.choice(q, "quantization", "mode", {"none", "int8"}, "none");

@@ -67,6 +67,8 @@ struct RuntimeSection {
   double heartbeat_timeout = 5.0;
   // The longest one step (one hop of it) may take before it is an error (seconds).
   double step_timeout = 300.0;
+  // Decode steps of GPU stages replay CUDA graphs, one per batch/length bucket.
+  bool cuda_graphs = true;
 };
 
 struct QuantizationSection {

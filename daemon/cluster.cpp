@@ -70,6 +70,7 @@ std::vector<stage::Assignment> assignments(const PlannedRun& run, const std::str
     a.step_timeout = cfg.runtime.step_timeout;
     a.rank_labels = labels;
     a.int8 = cfg.quantization.mode == "int8";
+    a.cuda_graphs = cfg.runtime.cuda_graphs;
     a.int8_threshold = cfg.quantization.threshold;
     a.int8_skip = cfg.quantization.skip_modules;
     out.push_back(a);

@@ -138,9 +138,16 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     if (opts.progress) opts.progress(done, total);
   }
   const ModelConfig& c = m->desc_.config;
-  m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device);
+  // What a graph cannot hold: int8 outlier columns (data-dependent shapes), "dynamic"
+  // RoPE (frequencies computed on the host per sequence), pages read from disk.
+  const bool capturable = !(opts.int8 && opts.int8_threshold > 0) && c.rope.type != "dynamic" && !m->disk_;
+  if (opts.cuda_graphs && capturable) m->graphs_ = DecodeGraphs::create(opts.device);
+  m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device,
+                   /*spare_slot=*/m->graphs_ != nullptr);
   return m;
 }
+
+size_t Model::graphs_captured() const { return graphs_ ? graphs_->captured() : 0; }
 
 Model::~Model() = default;
 
@@ -148,14 +155,22 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
   TORCH_CHECK(input.size(0) == batch.total_tokens(), "input has ", input.size(0), " rows but the batch has ",
               batch.total_tokens(), " tokens");
-  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}, kv_.decode_index(batch, opts_.device)};
   if (input.scalar_type() == at::kLong && input.numel() > 0) {  // checked where the ids are: no device sync
     const at::Tensor ids = input.cpu();
     const int64_t vocab = desc_.config.vocab_size;
     TORCH_CHECK(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < vocab, "token id out of range [0, ",
                 vocab, ")");
   }
-  at::Tensor x = input.to(opts_.device);
+  const bool decode = !batch.seqs.empty() && batch.total_tokens() == static_cast<int64_t>(batch.seqs.size());
+  if (graphs_ && decode) {
+    return graphs_->run(input, batch, kv_, begin, end,
+                        [&](const at::Tensor& x, StepContext& ctx) { return run_modules(x, ctx, begin, end); });
+  }
+  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}, kv_.decode_index(batch, opts_.device)};
+  return run_modules(input.to(opts_.device), ctx, begin, end);
+}
+
+at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int64_t end) {
   bool ran = false;
   auto advise = [&](size_t i, bool need) {
     if (!disk_ || i >= loaded_.size() || !on_disk_[i]) return;

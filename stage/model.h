@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "stage/batch.h"
+#include "stage/decode_graphs.h"
 #include "stage/family.h"
 #include "stage/kv_cache.h"
 #include "stage/model_config.h"
@@ -54,6 +55,9 @@ struct LoadOptions {
   bool int8 = false;
   double int8_threshold = 6.0;  // 0 = weight-only
   std::vector<std::string> int8_skip = {"lm_head"};
+  // Decode steps on a CUDA device replay CUDA graphs (stage/decode_graphs.h) where the
+  // modules allow it; false = always launch kernels one by one.
+  bool cuda_graphs = true;
   // Called after each module loads with (bytes so far, bytes in all); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
   std::ostream* log = nullptr;  // offload-folder decisions; nullptr = silent
@@ -82,6 +86,7 @@ class Model {
   // plan add up to the checkpoint, plus tied tensors counted once per stage.
   uint64_t source_bytes() const { return source_bytes_; }
   const storage::DiskTier* disk_tier() const { return disk_.get(); }
+  size_t graphs_captured() const;  // CUDA graphs captured so far (0 without them)
   ~Model();
 
  private:
@@ -94,7 +99,10 @@ class Model {
   KvCache kv_;
   uint64_t weight_bytes_ = 0, source_bytes_ = 0;
   std::unique_ptr<storage::DiskTier> disk_;
-  std::vector<bool> on_disk_;  // parallel to loaded_
+  std::vector<bool> on_disk_;             // parallel to loaded_
+  std::unique_ptr<DecodeGraphs> graphs_;  // set when decode steps can be captured
+
+  at::Tensor run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int64_t end);
 };
 
 }  // namespace cascade::stage

@@ -157,6 +157,7 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
   lo.offload_folder = a.offload_folder;
   lo.kv_slots = a.kv_slots;
   lo.int8 = a.int8;
+  lo.cuda_graphs = a.cuda_graphs;
   lo.int8_threshold = a.int8_threshold;
   lo.int8_skip = a.int8_skip;
   lo.max_seq_len = a.max_seq_len;
@@ -264,6 +265,7 @@ json to_json(const Assignment& a) {
           {"step_timeout", a.step_timeout},
           {"ring_bytes", a.ring_bytes},
           {"trace", a.trace},
+          {"cuda_graphs", a.cuda_graphs},
           {"int8", a.int8},
           {"int8_threshold", a.int8_threshold},
           {"int8_skip", a.int8_skip},
@@ -296,6 +298,7 @@ Assignment assignment_from_json(const json& j) {
     a.step_timeout = j.at("step_timeout").get<double>();
     a.ring_bytes = j.at("ring_bytes").get<size_t>();
     a.trace = j.at("trace").get<bool>();
+    a.cuda_graphs = j.at("cuda_graphs").get<bool>();
     a.int8 = j.at("int8").get<bool>();
     a.int8_threshold = j.at("int8_threshold").get<double>();
     a.int8_skip = j.at("int8_skip").get<std::vector<std::string>>();

@@ -22,7 +22,7 @@ class World;
 namespace cascade::stage {
 
 // The assignment's wire version (the JSON's "version").
-constexpr int kAssignmentVersion = 1;
+constexpr int kAssignmentVersion = 2;
 
 // One end of a hop, as seen from the stage.
 struct Link {
@@ -54,6 +54,7 @@ struct Assignment {
   double heartbeat_timeout = 5, step_timeout = 300;
   size_t ring_bytes = 16 << 20;
   bool trace = false;
+  bool cuda_graphs = true;  // runtime.cuda_graphs
   bool int8 = false;  // [quantization] mode = "int8"
   double int8_threshold = 6.0;
   std::vector<std::string> int8_skip;    // record compute/send/recv spans and send them after the shutdown step

@@ -81,6 +81,8 @@ TEST(Config, DefaultsFillEverythingButTheModel) {
   EXPECT_EQ(c.quantization.mode, "none");
   EXPECT_EQ(c.server.max_connections, 256);
   EXPECT_EQ(c.placement.offload_compute, "auto");
+  EXPECT_TRUE(c.runtime.cuda_graphs);
+  EXPECT_FALSE(parse("[model]\npath = \"/m\"\n[runtime]\ncuda_graphs = false\n").runtime.cuda_graphs);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndKey) {
@@ -98,6 +100,8 @@ TEST(Config, WrongType) {
                     "runtime.max_batch", "expected an integer, got a string");
   EXPECT_THROW_WITH(parse("[model]\npath = 3\n"), ConfigError, "cfg.toml:2", "model.path", "expected a string");
   EXPECT_THROW_WITH(parse("model = 1\n"), ConfigError, "cfg.toml:1", "model", "expected a table");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\ncuda_graphs = 1\n"), ConfigError, "cfg.toml:4",
+                    "runtime.cuda_graphs", "expected true or false, got an integer");
 }
 
 TEST(Config, BadSize) {

@@ -1,0 +1,51 @@
+// CUDA graphs for decode steps (issue 8). A GPU stage's decode step launches ~50
+// kernels per layer; launched one by one from the host, that caps decode at a few
+// tens of tokens/s whatever the GPU. DecodeGraphs captures the step once per bucket
+// and afterwards replays it with one launch.
+//
+// A bucket is (module range, batch size rounded up to a power of two, cache span
+// rounded up to a power of two from 64, input kind). Rows past the real batch are
+// padding: token 0 / zero hidden state at position 0, written to the KV cache's spare
+// slot, and cut off the output. The span bounds how much of the cache a step reads, so
+// short sequences do not pay for max_seq_len.
+//
+// Only pure decode steps are captured (prefill keeps the eager path), and only what can
+// be captured: no int8 outlier decomposition (data-dependent shapes), no "dynamic"
+// RoPE (host-side frequencies per sequence), no disk tier.
+//
+// Ownership: a Model owns its DecodeGraphs; the graphs hold static input/output
+// buffers in a private memory pool. Thread-safety: none (the stage's step loop).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+
+#include "stage/batch.h"
+#include "stage/family.h"
+#include "stage/kv_cache.h"
+
+namespace cascade::stage {
+
+class DecodeGraphs {
+ public:
+  // Runs the step's modules on x with ctx (the model's module loop).
+  using Forward = std::function<at::Tensor(const at::Tensor& x, StepContext& ctx)>;
+
+  // nullptr when this build has no CUDA code or `device` is not a CUDA device.
+  static std::unique_ptr<DecodeGraphs> create(at::Device device);
+  virtual ~DecodeGraphs() = default;
+
+  // Runs one decode step (every sequence of `batch` adds one token) through the graph of
+  // its bucket, capturing it on first use. input: ids [seqs] int64 or hidden [seqs, hidden]
+  // (any device). Returns what `forward` returns, cut to the batch's rows.
+  virtual at::Tensor run(const at::Tensor& input, const Batch& batch, KvCache& kv, int64_t begin, int64_t end,
+                         const Forward& forward) = 0;
+  virtual size_t captured() const = 0;  // graphs captured so far
+};
+
+// Power-of-two bucket >= n, at least `floor`, at most `cap` (n itself past cap).
+int64_t graph_bucket(int64_t n, int64_t floor, int64_t cap);
+
+}  // namespace cascade::stage
