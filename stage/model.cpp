@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "stage/device_upload.h"
 #include "stage/quant.h"
 #include "storage/checkpoint.h"
 #include "storage/compat.h"
@@ -93,6 +94,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
                                        opts.log ? *opts.log : sink);
   }
 
+  std::unique_ptr<DeviceUploader> upload = DeviceUploader::create(opts.device);
   // Tied tensors (embed_tokens / lm_head) are loaded once per stage and shared.
   std::map<std::string, at::Tensor> cache;
   uint64_t done = 0;
@@ -118,6 +120,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
         t = r.q.to(opts.device);
         cache[name + ":scale"] = r.scale.to(opts.device);
         m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
+      } else if (upload) {  // mapped shard (or converted copy) -> pinned chunks -> device
+        t = upload->upload(info.dtype == opts.dtype ? ck->view(name) : ck->load(name, opts.dtype));
+        m->weight_bytes_ += t.numel() * t.element_size();
       } else {
         t = ck->load(name, opts.dtype).to(opts.device);
         m->weight_bytes_ += t.numel() * t.element_size();
@@ -137,6 +142,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
     if (opts.progress) opts.progress(done, total);
   }
+  if (upload) upload->finish();
   const ModelConfig& c = m->desc_.config;
   // What a graph cannot hold: int8 outlier columns (data-dependent shapes), "dynamic"
   // RoPE (frequencies computed on the host per sequence), pages read from disk.

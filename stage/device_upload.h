@@ -1,0 +1,29 @@
+// Copies weights from host memory (often a view of the mapped checkpoint) to a CUDA
+// device through two pinned staging buffers: while one chunk's DMA runs, the next is
+// copied into the other buffer by several threads (issue 8: mmap -> pinned -> device,
+// overlapped, with no whole-model pageable copy).
+//
+// Ownership: owns its pinned buffers, events and copy stream. The tensors it returns
+// are complete only after finish(). Thread-safety: none; one loader thread uses it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstddef>
+#include <memory>
+
+namespace cascade::stage {
+
+class DeviceUploader {
+ public:
+  // nullptr when this build has no CUDA code or `device` is not a CUDA device.
+  static std::unique_ptr<DeviceUploader> create(at::Device device, size_t chunk_bytes = size_t{64} << 20);
+  virtual ~DeviceUploader() = default;
+  // A device tensor with host's shape, dtype and bytes (host: CPU, any layout). The
+  // copy may still be in flight when this returns; `host` may be released at once.
+  virtual at::Tensor upload(const at::Tensor& host) = 0;
+  // Waits until every upload has landed.
+  virtual void finish() = 0;
+};
+
+}  // namespace cascade::stage
