@@ -123,6 +123,7 @@ std::string stage_label(const planner::Stage& s) {
 }
 
 std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string& exe, std::ostream& log, bool trace) {
+  const auto launched = Clock::now();
   std::unique_ptr<Cluster> c(new Cluster());
   c->trace_ = trace;
   comm::World& w = comm::World::get();
@@ -231,6 +232,9 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
     c->from_last_ = comm::mpi_channel(w, plan.edges.back().from, comm::kTagData + static_cast<int>(last));
     c->to_first_->set_liveness(alive);
     c->from_last_->set_liveness(alive);
+    log << "cascade: ready " << std::fixed << std::setprecision(2)
+        << std::chrono::duration<double>(Clock::now() - launched).count() << " s after launch (" << n << " stage"
+        << (n > 1 ? "s" : "") << " started, loaded and connected)\n";
   } catch (const comm::CommError& e) {
     c->fail(e.what());
   } catch (const ClusterError& e) {

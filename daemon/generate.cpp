@@ -92,9 +92,14 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     active.push_back(i);
   }
   ex.submit(h, at::tensor(ids, at::kLong));
-  int64_t generated = 0;
+  int64_t generated = 0, first = 0;
+  auto t_first = Clock::now();
   while (true) {
     const StepOutput out = ex.next();
+    if (h.kind == comm::StepKind::kPrefill) {  // the prefill step's tokens: decode is timed from here
+      t_first = Clock::now();
+      first = static_cast<int64_t>(active.size());
+    }
     const int64_t* tok = out.ids.data_ptr<int64_t>();
     std::vector<size_t> still;
     for (size_t r = 0; r < active.size(); ++r) {
@@ -122,10 +127,12 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     }
     ex.submit(h, at::tensor(ids, at::kLong));
   }
-  const double dt = seconds_since(t1);
+  const double dt = seconds_since(t1), decode_s = seconds_since(t_first);
   log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << std::fixed
       << std::setprecision(3) << dt << " s (" << std::setprecision(1) << (dt > 0 ? generated / dt : 0.0)
-      << " tokens/s)\n";
+      << " tokens/s); first tokens after " << std::setprecision(3) << (dt - decode_s) << " s, then "
+      << (generated - first) << " in " << decode_s << " s (" << std::setprecision(1)
+      << (decode_s > 0 ? static_cast<double>(generated - first) / decode_s : 0.0) << " tokens/s decode)\n";
   return results;
 }
 
