@@ -134,16 +134,17 @@ void Heartbeats::start(int rank) {
   });
 }
 
-void Heartbeats::check(int rank, double timeout_s, const std::string& who) const {
+void Heartbeats::check(int rank, double timeout_s, const std::string& who, double startup_s) const {
   const Row* r = row(rank);
   const pid_t p = static_cast<pid_t>(r->pid.load());
   const std::string id = who + (p > 0 ? " (pid " + std::to_string(p) + ")" : "");
   if (p > 0 && !process_running(p)) throw CommError(id + " exited");
   const double age = static_cast<double>(now_ns() - r->beat_ns.load()) / 1e9;
-  if (age > timeout_s) {
+  const double limit = p > 0 || startup_s < 0 ? timeout_s : startup_s;
+  if (age > limit) {
     std::ostringstream m;
     m.precision(1);
-    m << std::fixed << id << " is not responding: no heartbeat for " << age << " s";
+    m << std::fixed << id << (p > 0 ? " is not responding" : " did not start") << ": no heartbeat for " << age << " s";
     throw CommError(m.str());
   }
 }

@@ -34,8 +34,10 @@ class Heartbeats {
   // Registers this process as `rank` and beats every 100 ms until destruction.
   void start(int rank);
   // Throws CommError "<who> (pid P) exited" / "<who> (pid P) is not responding: no
-  // heartbeat for 5.2 s" when rank is dead or stalled longer than timeout_s.
-  void check(int rank, double timeout_s, const std::string& who) const;
+  // heartbeat for 5.2 s" when rank is dead or stalled longer than timeout_s. A rank that
+  // has not registered yet (still starting: exec, dynamic loading, MPI init) gets
+  // startup_s instead ("<who> did not start: ..."); negative = timeout_s.
+  void check(int rank, double timeout_s, const std::string& who, double startup_s = -1) const;
   pid_t pid(int rank) const;
   int ranks() const;
   const std::string& name() const { return name_; }

@@ -21,6 +21,8 @@
 namespace cascade::daemon {
 namespace {
 
+constexpr double kStartupGrace = 30;  // seconds a stage may take to register its heartbeat
+
 using comm::Clock;
 using nlohmann::json;
 
@@ -277,7 +279,11 @@ void Cluster::check_alive() const {
     throw ClusterError(labels_.at(static_cast<size_t>(from)) +
                        " failed: " + (e.is_object() ? e.value("error", std::string("?")) : std::string("?")));
   }
-  for (size_t r = 1; r < labels_.size(); ++r) hb_->check(static_cast<int>(r), heartbeat_timeout_, labels_[r]);
+  // Starting a stage (exec, loading LibTorch and CUDA, MPI init) can take seconds on a
+  // busy machine before its heartbeat thread runs: until it registers, a stage gets the
+  // start-up grace rather than the heartbeat timeout (after that, its pid shows a death at once).
+  for (size_t r = 1; r < labels_.size(); ++r)
+    hb_->check(static_cast<int>(r), heartbeat_timeout_, labels_[r], std::max(heartbeat_timeout_, kStartupGrace));
 }
 
 void Cluster::stop_stages() {
