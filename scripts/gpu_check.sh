@@ -4,6 +4,8 @@
 # and a summary under $OUT. Needs the Debian header packages unpacked in .deps/root
 # (toml++ is not installed there): see docs/development.md.
 #   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh
+#   CTEST=gpu COMPARE=1 SKIP_EXTRAS=1 scripts/gpu_check.sh   (GPU tests only, then the accelerate comparison)
+#   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -42,8 +44,24 @@ step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/build.log"))"
 start=$(date +%s)
 cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
 step build "exit $? in $(($(date +%s) - start)) s"
-ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
-step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+if [ "${CTEST:-all}" = all ]; then
+  ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
+  step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
+elif [ "${CTEST}" = gpu ]; then  # only the tests that exercise the GPU paths
+  {
+    build-gpu/tests/decode_graphs_test && build-gpu/tests/kv_cache_test && build-gpu/tests/model_test &&
+      build-gpu/tests/cluster_test --gtest_filter='*Gpu*'
+  } >"$OUT/ctest.log" 2>&1
+  step gpu_tests "exit $?: $(grep -cE '^\[  PASSED' "$OUT/ctest.log") binaries passed"
+  grep -E 'graphs vs eager|offload stage: max' "$OUT/ctest.log" >>"$summary"
+fi
+# Cascade against transformers + accelerate on the DESIGN §10 anchor (issue 8).
+if [ "${COMPARE:-0}" = 1 ]; then
+  timeout "${COMPARE_TIMEOUT:-420}" python3 scripts/compare_accelerate.py --cascade build-gpu/cascade \
+    --work /tmp/cascade-compare --out "$OUT/compare.md" --rows "${COMPARE_ROWS:-a,b,c}" >"$OUT/compare.log" 2>&1
+  step compare_accelerate "exit $?"
+  cat "$OUT/compare.md" >>"$summary" 2>/dev/null || tail -20 "$OUT/compare.log" >>"$summary"
+fi
 # Both modes on one GPU (issue 7/8): a GPU stage + the CPU-computing offload stage,
 # on a random 134 M-parameter Llama, side by side in one `cascade bench`.
 build-gpu/bench/random_model --out /tmp/m134 >/dev/null

@@ -1,6 +1,7 @@
 #include "stage/decode_graphs.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <tuple>
 
@@ -31,7 +32,8 @@ class CudaDecodeGraphs : public DecodeGraphs {
     TORCH_CHECK(kv.spare_slot() >= 0, "CUDA graphs need a KV cache with a spare slot");
     int64_t longest = 0;
     for (const SeqSlice& s : batch.seqs) longest = std::max(longest, s.start_pos + 1);
-    const int64_t Bb = graph_bucket(B, 1, B), span = graph_bucket(longest, 64, kv.max_seq_len());
+    const int64_t Bb = graph_bucket(B, 1, std::numeric_limits<int64_t>::max());
+    const int64_t span = graph_bucket(longest, 64, kv.max_seq_len());
     const bool ids = input.scalar_type() == at::kLong;
     const Key key{begin, end, Bb, span, ids};
 

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Cascade against transformers + accelerate ("Big Model Inference"), side by side on
+one GPU machine, same checkpoint, prompts and memory limits (issue 8).
+
+    python3 scripts/compare_accelerate.py --cascade build-gpu/cascade --work /tmp/cmp --out OUT/compare.md
+
+1. Correctness: greedy tokens of a small fixture in float32, HF vs Cascade (must be equal).
+2. Writes the DESIGN §10 anchor (2.70 B Llama, random weights from seed 0, bf16) with
+   transformers, unless it is already there.
+3. Rows, each run by both: (a) GPU-resident, batch 1 and 16; (b) 2 GiB of GPU + CPU,
+   batch 1 and 16; (c) 2 GiB GPU + 2 GiB CPU + disk, batch 1; (d) time to ready.
+   Decode tokens/s excludes the prefill: accelerate's is B*(N-1)/(t(N) - t(1)) from two
+   generate() calls; Cascade's is the rate it reports after the first tokens.
+4. Token agreement of the two bf16 runs on the anchor (batch 1).
+
+The bound column is the physical limit the issue names: HBM (2.9 TB/s, DESIGN §10) for
+GPU-resident weights, pinned PCIe (53.7 GB/s) for the bytes not on the GPU.
+"""
+import argparse
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+HBM = 2.9e12
+PCIE = 53.7e9
+GiB = 1 << 30
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def make_anchor(path):
+    if os.path.exists(os.path.join(path, "config.json")):
+        return
+    log(f"writing the anchor checkpoint to {path}")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32, num_attention_heads=20,
+                      num_key_value_heads=20, vocab_size=32000)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+def prompts(batch, length=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 32000, (batch, length), generator=g).tolist()
+
+
+# ---------------------------------------------------------------- accelerate side
+
+def hf_load(path, max_memory, offload=None):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    kw = {"offload_folder": offload} if offload else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="auto",
+                                                 max_memory=max_memory, **kw)
+    torch.cuda.synchronize()
+    return model, time.perf_counter() - t0
+
+
+def hf_generate(model, ids, n):
+    x = torch.tensor(ids, device="cuda:0")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                         pad_token_id=0)
+    torch.cuda.synchronize()
+    return out[:, x.shape[1]:].tolist(), time.perf_counter() - t0
+
+
+def hf_decode_rate(model, batch, n):
+    ids = prompts(batch)
+    hf_generate(model, ids, 2)  # warm-up
+    _, t1 = hf_generate(model, ids, 1)
+    toks, tn = hf_generate(model, ids, n)
+    return batch * (n - 1) / max(tn - t1, 1e-9), toks
+
+
+def hf_free(model):
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- Cascade side
+
+def cascade_run(exe, work, name, model, max_memory, batch, n, extra=""):
+    cfg = os.path.join(work, name + ".toml")
+    mem = ", ".join(f'"{k}" = "{v}"' for k, v in max_memory.items())
+    with open(cfg, "w") as f:
+        f.write(f'[model]\npath = "{model}"\ndtype = "bfloat16"\n[placement]\nmax_memory = {{ {mem} }}\n'
+                f'offload_folder = "{work}/offload-{name}"\noffload_compute = "cpu"\n'
+                f'[runtime]\nmax_batch = {max(batch, 1)}\nmax_seq_len = {32 + n + 8}\n{extra}')
+    args = [exe, "generate", "--config", cfg, "--max-new-tokens", str(n), "--json"]
+    for p in prompts(batch):
+        args += ["--prompt-ids", ",".join(map(str, p))]
+    t0 = time.perf_counter()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"cascade {name} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    err = r.stderr
+    rate = float(re.search(r"\(([0-9.]+) tokens/s decode\)", err).group(1))
+    ready = float(re.search(r"ready ([0-9.]+) s after launch", err).group(1))
+    loads = [float(x) for x in re.findall(r"\) ready in ([0-9.]+) s", err)]
+    toks = [json.loads(line)["output_ids"] for line in r.stdout.splitlines() if line.startswith("{")]
+    with open(os.path.join(work, name + ".log"), "w") as f:
+        f.write(err)
+    return {"rate": rate, "ready": ready, "load": max(loads) if loads else float("nan"), "tokens": toks,
+            "wall": wall, "log": err}
+
+
+def gpu_bytes_from_plan(log_text):
+    """Weights the plan keeps on cuda:0, from the device-map table Cascade prints."""
+    m = re.search(r"^cuda:0\s+([0-9.]+) (B|KiB|MiB|GiB)", log_text, re.M)
+    if not m:
+        return 0.0
+    return float(m.group(1)) * {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[m.group(2)]
+
+
+# ---------------------------------------------------------------- the report
+
+def correctness(exe, work, fixture):
+    """Greedy tokens in float32 on a small fixture: HF on the GPU vs a Cascade GPU stage."""
+    ids = [[1, 5, 9, 13, 17, 21]]
+    model = AutoModelForCausalLM.from_pretrained(fixture, dtype=torch.float32).to("cuda:0")
+    hf, _ = hf_generate(model, ids, 16)
+    hf_free(model)
+    cfg = os.path.join(work, "small.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[model]\npath = "{fixture}"\ndtype = "float32"\n[placement]\n'
+                f'max_memory = {{ "cuda:0" = "4GiB", "cpu" = "4GiB" }}\noffload_folder = "{work}/off-small"\n'
+                f'[runtime]\nmax_batch = 1\nmax_seq_len = 64\n')
+    r = subprocess.run([exe, "generate", "--config", cfg, "--max-new-tokens", "16", "--json", "--prompt-ids",
+                        ",".join(map(str, ids[0]))], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    ours = json.loads(r.stdout.splitlines()[-1])["output_ids"]
+    return hf[0], ours
+
+
+def agreement(a, b):
+    same = sum(x == y for x, y in zip(a, b))
+    prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return same, prefix, min(len(a), len(b))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cascade", required=True)
+    ap.add_argument("--work", default="/tmp/cascade-compare")
+    ap.add_argument("--out", required=True, help="Markdown report")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--offload-tokens", type=int, default=16, help="new tokens in the offload rows (slow for HF)")
+    ap.add_argument("--fixture", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "llama_gqa"))
+    ap.add_argument("--rows", default="a,b,c", help="which rows to run")
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    exe = os.path.abspath(args.cascade)
+    anchor = os.path.join(args.work, "anchor")
+    rows, notes = [], []
+
+    hf_ids, our_ids = correctness(exe, args.work, os.path.abspath(args.fixture))
+    notes.append(f"float32 greedy tokens on `{os.path.basename(args.fixture)}` (16 new): "
+                 f"{'identical' if hf_ids == our_ids else 'DIFFERENT'} (HF {hf_ids}, Cascade {our_ids})")
+    log(notes[-1])
+
+    make_anchor(anchor)
+    weights = sum(os.path.getsize(os.path.join(anchor, f)) for f in os.listdir(anchor) if f.endswith(".safetensors"))
+    N, M = args.new_tokens, args.offload_tokens
+    want = set(args.rows.split(","))
+
+    def row(label, hf_rate, ours, bound):
+        rows.append((label, hf_rate, ours, bound))
+        log(f"{label}: accelerate {hf_rate:.2f}, cascade {ours:.2f} tok/s, bound {bound:.1f}")
+
+    if "a" in want:
+        model, hf_ready = hf_load(anchor, {0: "70GiB", "cpu": "100GiB"})
+        hf1, hf_toks = hf_decode_rate(model, 1, N)
+        hf16, _ = hf_decode_rate(model, 16, N)
+        hf_free(model)
+        c1 = cascade_run(exe, args.work, "resident_b1", anchor, {"cuda:0": "70GiB", "cpu": "100GiB"}, 1, N)
+        c16 = cascade_run(exe, args.work, "resident_b16", anchor, {"cuda:0": "70GiB", "cpu": "100GiB"}, 16, N)
+        row("(a) GPU-resident, batch 1", hf1, c1["rate"], HBM / weights)
+        row("(a) GPU-resident, batch 16", hf16, c16["rate"], 16 * HBM / weights)
+        rows.append(("(d) time to ready, s (lower is better)", hf_ready, c1["ready"], None))
+        notes.append(f"time to ready: accelerate from_pretrained {hf_ready:.2f} s; Cascade {c1['ready']:.2f} s from "
+                     f"launch (processes started, CUDA initialised, weights loaded, channels up), of which the GPU "
+                     f"stage's load took {c1['load']:.2f} s ({weights / 1e9:.2f} GB, "
+                     f"{weights / max(c1['load'], 1e-9) / 1e9:.1f} GB/s)")
+        same, prefix, n = agreement(hf_toks[0], c1["tokens"][0])
+        notes.append(f"bf16 greedy agreement on the anchor, batch 1: {same}/{n} tokens equal, first {prefix} identical")
+        log(notes[-2], notes[-1], sep="\n")
+
+    if "b" in want:
+        mem = {0: "2GiB", "cpu": "100GiB"}
+        model, _ = hf_load(anchor, mem)
+        hf1, _ = hf_decode_rate(model, 1, M)
+        hf16, _ = hf_decode_rate(model, 16, M)
+        hf_free(model)
+        extra = "threads_per_stage = 14\n"
+        c1 = cascade_run(exe, args.work, "offload_b1", anchor, {"cuda:0": "2GiB", "cpu": "100GiB"}, 1, M, extra)
+        c16 = cascade_run(exe, args.work, "offload_b16", anchor, {"cuda:0": "2GiB", "cpu": "100GiB"}, 16, M, extra)
+        off = weights - gpu_bytes_from_plan(c1["log"])
+        row("(b) GPU 2 GiB + CPU, batch 1", hf1, c1["rate"], PCIE / off)
+        row("(b) GPU 2 GiB + CPU, batch 16", hf16, c16["rate"], 16 * PCIE / off)
+        notes.append(f"(b)/(c): {off / 1e9:.2f} GB of weights are off the GPU; the bound streams them over pinned "
+                     f"PCIe once per step. Cascade computes them on the CPU offload stage (offload_compute = cpu).")
+
+    if "c" in want:
+        model, _ = hf_load(anchor, {0: "2GiB", "cpu": "2GiB"}, offload=os.path.join(args.work, "hf-offload"))
+        hf1, _ = hf_decode_rate(model, 1, max(M // 2, 4))
+        hf_free(model)
+        c1 = cascade_run(exe, args.work, "disk_b1", anchor,
+                         {"cuda:0": "2GiB", "cpu": "2GiB", "disk": "unlimited"}, 1, max(M // 2, 4),
+                         "threads_per_stage = 14\n")
+        off = weights - gpu_bytes_from_plan(c1["log"])
+        row("(c) GPU 2 GiB + CPU 2 GiB + disk, batch 1", hf1, c1["rate"], PCIE / off)
+
+    lines = ["| row | accelerate | Cascade | Cascade / accelerate | % of bound |", "|---|---|---|---|---|"]
+    for label, hf, ours, bound in rows:
+        if bound is None:  # time: lower is better
+            lines.append(f"| {label} | {hf:.2f} | {ours:.2f} | {hf / ours:.2f}× faster | – |")
+        else:
+            lines.append(f"| {label} (tok/s) | {hf:.2f} | {ours:.2f} | {ours / hf:.2f}× | "
+                         f"{100 * ours / bound:.0f}% of {bound:.0f} |")
+    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
