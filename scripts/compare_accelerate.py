@@ -149,6 +149,21 @@ def correctness(exe, work, fixture):
     return hf[0], ours
 
 
+def report(rows, notes, path):
+    """The Markdown table so far; rewritten after every row, so a cut-off run keeps what it measured."""
+    lines = ["| row | accelerate | Cascade | Cascade / accelerate | % of bound |", "|---|---|---|---|---|"]
+    for label, hf, ours, bound in rows:
+        if bound is None:  # time: lower is better
+            lines.append(f"| {label} | {hf:.2f} | {ours:.2f} | {hf / ours:.2f}× faster | – |")
+        else:
+            lines.append(f"| {label} (tok/s) | {hf:.2f} | {ours:.2f} | {ours / hf:.2f}× | "
+                         f"{100 * ours / bound:.0f}% of {bound:.0f} |")
+    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
 def agreement(a, b):
     same = sum(x == y for x, y in zip(a, b))
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -182,7 +197,8 @@ def main():
 
     def row(label, hf_rate, ours, bound):
         rows.append((label, hf_rate, ours, bound))
-        log(f"{label}: accelerate {hf_rate:.2f}, cascade {ours:.2f} tok/s, bound {bound:.1f}")
+        log(f"{label}: accelerate {hf_rate:.2f}, cascade {ours:.2f}, bound {bound}")
+        report(rows, notes, args.out)
 
     if "a" in want:
         model, hf_ready = hf_load(anchor, {0: "70GiB", "cpu": "100GiB"})
@@ -193,7 +209,7 @@ def main():
         c16 = cascade_run(exe, args.work, "resident_b16", anchor, {"cuda:0": "70GiB", "cpu": "100GiB"}, 16, N)
         row("(a) GPU-resident, batch 1", hf1, c1["rate"], HBM / weights)
         row("(a) GPU-resident, batch 16", hf16, c16["rate"], 16 * HBM / weights)
-        rows.append(("(d) time to ready, s (lower is better)", hf_ready, c1["ready"], None))
+        row("(d) time to ready, s (lower is better)", hf_ready, c1["ready"], None)
         notes.append(f"time to ready: accelerate from_pretrained {hf_ready:.2f} s; Cascade {c1['ready']:.2f} s from "
                      f"launch (processes started, CUDA initialised, weights loaded, channels up), of which the GPU "
                      f"stage's load took {c1['load']:.2f} s ({weights / 1e9:.2f} GB, "
@@ -227,17 +243,7 @@ def main():
         off = weights - gpu_bytes_from_plan(c1["log"])
         row("(c) GPU 2 GiB + CPU 2 GiB + disk, batch 1", hf1, c1["rate"], PCIE / off)
 
-    lines = ["| row | accelerate | Cascade | Cascade / accelerate | % of bound |", "|---|---|---|---|---|"]
-    for label, hf, ours, bound in rows:
-        if bound is None:  # time: lower is better
-            lines.append(f"| {label} | {hf:.2f} | {ours:.2f} | {hf / ours:.2f}× faster | – |")
-        else:
-            lines.append(f"| {label} (tok/s) | {hf:.2f} | {ours:.2f} | {ours / hf:.2f}× | "
-                         f"{100 * ours / bound:.0f}% of {bound:.0f} |")
-    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    print(report(rows, notes, args.out))
 
 
 if __name__ == "__main__":
