@@ -1,6 +1,7 @@
 #include "stage/decode_graphs.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <tuple>
@@ -65,8 +66,10 @@ class CudaDecodeGraphs : public DecodeGraphs {
     e.in.narrow(0, 0, B).copy_(input, /*non_blocking=*/true);
 
     if (fresh) {
+      const auto t0 = std::chrono::steady_clock::now();
       try {
         capture(e, padded, kv, span, forward);
+        capture_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } catch (...) {
         graphs_.erase(it);  // the warm-up before capture is where a bad step throws
         throw;
@@ -79,6 +82,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
   }
 
   size_t captured() const override { return graphs_.size(); }
+  double capture_seconds() const override { return capture_s_; }
 
  private:
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool>;  // begin, end, batch, span, ids?
@@ -111,6 +115,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
   at::Device device_;
   decltype(at::cuda::graph_pool_handle()) pool_;
   std::map<Key, Entry> graphs_;
+  double capture_s_ = 0;
 };
 
 }  // namespace

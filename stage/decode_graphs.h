@@ -42,7 +42,8 @@ class DecodeGraphs {
   // (any device). Returns what `forward` returns, cut to the batch's rows.
   virtual at::Tensor run(const at::Tensor& input, const Batch& batch, KvCache& kv, int64_t begin, int64_t end,
                          const Forward& forward) = 0;
-  virtual size_t captured() const = 0;  // graphs captured so far
+  virtual size_t captured() const = 0;         // graphs captured so far
+  virtual double capture_seconds() const = 0;  // spent capturing them (warm-up run included)
 };
 
 // Power-of-two bucket >= n, at least `floor`, at most `cap` (n itself past cap).

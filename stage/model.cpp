@@ -154,6 +154,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
 }
 
 size_t Model::graphs_captured() const { return graphs_ ? graphs_->captured() : 0; }
+double Model::graphs_capture_seconds() const { return graphs_ ? graphs_->capture_seconds() : 0; }
 
 Model::~Model() = default;
 

@@ -87,6 +87,7 @@ class Model {
   uint64_t source_bytes() const { return source_bytes_; }
   const storage::DiskTier* disk_tier() const { return disk_.get(); }
   size_t graphs_captured() const;  // CUDA graphs captured so far (0 without them)
+  double graphs_capture_seconds() const;
   ~Model();
 
  private:

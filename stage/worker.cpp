@@ -8,6 +8,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <iomanip>
 #include <ostream>
 #include <set>
 #include <thread>
@@ -178,7 +179,7 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
 
 // Serves steps until a shutdown step has passed through every hop.
 void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault,
-           const comm::Liveness& alive, std::vector<Span>* spans) {
+           const comm::Liveness& alive, std::vector<Span>* spans, std::ostream& log) {
   auto span = [&](const char* name, const comm::StepHeader& h, int64_t begin) {
     if (a.trace) spans->push_back({name, h.step_id, h.microbatch, begin, now_us()});
   };
@@ -232,7 +233,15 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         ch.out[i]->send(h, out.to(at::kFloat), after(a.step_timeout));
       }
     }
-    if (shutdown) break;
+    if (shutdown) {
+      const Model& m = runner.model();
+      log << "cascade " << a.label << ": " << step << " steps, " << std::fixed << std::setprecision(2) << busy
+          << " s computing";
+      if (m.graphs_captured() > 0)
+        log << ", " << m.graphs_captured() << " CUDA graphs captured in " << m.graphs_capture_seconds() << " s";
+      log << "\n";
+      break;
+    }
   }
   if (!a.trace) return;
   json j = json::array();
@@ -385,7 +394,7 @@ int run_stage(comm::World& w, std::ostream& log) {
 
   try {
     std::vector<Span> spans;
-    serve(w, a, *runner, ch, fault, alive, &spans);
+    serve(w, a, *runner, ch, fault, alive, &spans, log);
   } catch (const std::exception& e) {
     const std::string msg = error_text(e);
     try {

@@ -55,7 +55,7 @@ struct Assignment {
   size_t ring_bytes = 16 << 20;
   bool trace = false;
   bool cuda_graphs = true;  // runtime.cuda_graphs
-  bool int8 = false;  // [quantization] mode = "int8"
+  bool int8 = false;        // [quantization] mode = "int8"
   double int8_threshold = 6.0;
   std::vector<std::string> int8_skip;    // record compute/send/recv spans and send them after the shutdown step
   std::vector<Hop> hops;                 // in route order
