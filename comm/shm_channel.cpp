@@ -8,6 +8,8 @@
 #include <cstring>
 #include <thread>
 
+#include "comm/world.h"
+
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -116,28 +118,26 @@ void ShmChannel::set_liveness(std::function<bool()> alive, std::string peer_name
   peer_ = std::move(peer_name);
 }
 
-// Spins briefly (the common case is a peer a few microseconds away), then sleeps with
-// a growing back-off; checks the deadline and the peer's liveness as it goes.
-void ShmChannel::wait_step(Clock::time_point deadline, const char* what, int* spins) {
-  ++*spins;
-  if (*spins < 200) return;
-  if (*spins % 16 == 0) {
+// Polls (poll_pause), checking the peer's liveness and the deadline every 64 rounds.
+void ShmChannel::wait_step(Clock::time_point deadline, const char* what, int* spins, Clock::time_point since) {
+  if (++*spins % 64 == 0) {
     if (alive_ && !alive_()) throw CommError(peer_ + " is gone (while " + what + " on " + name_ + ")");
     if (Clock::now() > deadline)
       throw CommError("timed out " + std::string(what) + " on " + name_ + " (" + peer_ + ")");
   }
-  std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, *spins / 4)));
+  poll_pause(since);
 }
 
 void ShmChannel::write_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline) {
   int spins = 0;
+  const auto since = Clock::now();
   size_t done = 0;
   while (done < n) {
     const uint64_t head = ctl_->head.load(std::memory_order_relaxed);
     const uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
     const size_t free = cap_ - static_cast<size_t>(head - tail);
     if (free == 0) {
-      wait_step(deadline, "waiting to send", &spins);
+      wait_step(deadline, "waiting to send", &spins, since);
       continue;
     }
     spins = 0;
@@ -151,13 +151,14 @@ void ShmChannel::write_bytes(size_t n, const CopyFn& copy, Clock::time_point dea
 
 void ShmChannel::read_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline) {
   int spins = 0;
+  const auto since = Clock::now();
   size_t done = 0;
   while (done < n) {
     const uint64_t tail = ctl_->tail.load(std::memory_order_relaxed);
     const uint64_t head = ctl_->head.load(std::memory_order_acquire);
     const size_t avail = static_cast<size_t>(head - tail);
     if (avail == 0) {
-      wait_step(deadline, "waiting to receive", &spins);
+      wait_step(deadline, "waiting to receive", &spins, since);
       continue;
     }
     spins = 0;

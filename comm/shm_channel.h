@@ -61,7 +61,7 @@ class ShmChannel {
   ShmChannel() = default;
   void write_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline);
   void read_bytes(size_t n, const CopyFn& copy, Clock::time_point deadline);
-  void wait_step(Clock::time_point deadline, const char* what, int* spins);
+  void wait_step(Clock::time_point deadline, const char* what, int* spins, Clock::time_point since);
 
   std::string name_;
   bool owner_ = false;

@@ -104,16 +104,15 @@ void World::spawn(int n, const std::string& exe, const std::vector<std::string>&
   find_locals();
 }
 
-// Polls: a tight loop first (a peer a few microseconds away), then sleeps growing to
-// 1 ms, checking liveness and the deadline every few rounds.
+// Polls (poll_pause), checking liveness and the deadline every 64 rounds.
 void World::wait(MPI_Request* req, const char* what, int peer, Clock::time_point deadline,
                  const Liveness& alive) const {
+  const auto since = Clock::now();
   for (int round = 0;; ++round) {
     int done = 0;
     check_mpi(MPI_Test(req, &done, MPI_STATUS_IGNORE), what);
     if (done) return;
-    if (round < 100) continue;
-    if (round % 8 == 0) {
+    if (round % 64 == 63) {
       try {
         if (alive) alive();
         if (Clock::now() > deadline)
@@ -124,7 +123,7 @@ void World::wait(MPI_Request* req, const char* what, int peer, Clock::time_point
         throw;
       }
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, round)));
+    poll_pause(since);
   }
 }
 
@@ -179,18 +178,28 @@ bool World::try_recv(int src, int tag, std::vector<uint8_t>* out, int* from) con
 
 std::vector<uint8_t> World::recv(int src, int tag, Clock::time_point deadline, const Liveness& alive, int* from) const {
   std::vector<uint8_t> out;
+  const auto since = Clock::now();
   for (int round = 0;; ++round) {
     if (try_recv(src, tag, &out, from)) return out;
-    if (round < 100) continue;
-    if (round % 8 == 0) {
+    if (round % 64 == 63) {
       if (alive) alive();
       if (Clock::now() > deadline) {
         throw CommError("timed out waiting for message tag " + std::to_string(tag) + " from " +
                         (src == MPI_ANY_SOURCE ? std::string("any rank") : "rank " + std::to_string(src)));
       }
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, round)));
+    poll_pause(since);
   }
+}
+
+void poll_pause(Clock::time_point since) {
+  const auto waited = Clock::now() - since;
+  if (waited < std::chrono::milliseconds(2))
+    std::this_thread::yield();
+  else if (waited < std::chrono::milliseconds(50))
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  else
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 }  // namespace cascade::comm

@@ -32,6 +32,11 @@ namespace cascade::comm {
 
 using Clock = std::chrono::steady_clock;
 
+// The pause between two polls of a wait that began at `since`: a yield for the first
+// 2 ms (the answer to a decode step usually comes within that, and a 1 ms sleep would
+// add half a step), then 50 us sleeps until 50 ms, then 1 ms (an idle stage stays cheap).
+void poll_pause(Clock::time_point since);
+
 // Throws CommError when a peer that the caller depends on is gone or stalled.
 using Liveness = std::function<void()>;
 

@@ -173,7 +173,12 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
     return graphs_->run(input, batch, kv_, begin, end,
                         [&](const at::Tensor& x, StepContext& ctx) { return run_modules(x, ctx, begin, end); });
   }
-  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {}, kv_.decode_index(batch, opts_.device)};
+  // Batched decode attention only where launches are the cost (CUDA). On the CPU the
+  // per-sequence path keeps a sequence's tokens independent of what it is batched with:
+  // in bfloat16 the rounding of attention depends on its shapes, and a CPU stage is
+  // bound by weight reads anyway.
+  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {},
+                  opts_.device.is_cuda() ? kv_.decode_index(batch, opts_.device) : DecodeIndex{}};
   return run_modules(input.to(opts_.device), ctx, begin, end);
 }
 
