@@ -46,6 +46,7 @@ void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& p
   cmd->add_flag("--logits", g.logits, "Include the logits at the last prompt position (with --json)");
   cmd->add_flag("--json", json, "One JSON object per prompt on stdout");
   cmd->add_flag("--stop-at-eos", g.stop_at_eos, "Stop a sequence at the model's EOS token");
+  cmd->add_flag("--warmup", g.warmup, "Generate once untimed first (graph capture, lazy loading)");
   cmd->add_option("--threads", g.threads, "Compute threads (0 = LibTorch's default)");
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <ostream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -275,6 +276,11 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
              static_cast<int>(run->plan.stages.size()));
     results = run_scheduled(ex, opts, so, log);
   } else {
+    if (opts.warmup) {
+      std::ostringstream untimed;
+      run_generation(*ex, opts, cfg.eos_token_ids, untimed);
+      log << "cascade: warm-up run done\n";
+    }
     results = run_generation(*ex, opts, cfg.eos_token_ids, log);
   }
   if (auto* c = dynamic_cast<Cluster*>(ex.get())) c->shutdown();

@@ -25,6 +25,9 @@ struct GenerateOptions {
   stage::SamplingParams sampling;     // the same seed for every prompt: each behaves as if alone
   bool logits = false;                // keep the logits at the last prompt position
   bool stop_at_eos = false;
+  // Generate once untimed first (sequential mode): one-time costs such as CUDA graph
+  // capture and lazy kernel loading stay out of the reported rates.
+  bool warmup = false;
   int threads = 0;  // 0 = LibTorch's default
 };
 

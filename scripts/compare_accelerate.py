@@ -10,7 +10,9 @@ one GPU machine, same checkpoint, prompts and memory limits (issue 8).
 3. Rows, each run by both: (a) GPU-resident, batch 1 and 16; (b) 2 GiB of GPU + CPU,
    batch 1 and 16; (c) 2 GiB GPU + 2 GiB CPU + disk, batch 1; (d) time to ready.
    Decode tokens/s excludes the prefill: accelerate's is B*(N-1)/(t(N) - t(1)) from two
-   generate() calls; Cascade's is the rate it reports after the first tokens.
+   generate() calls; Cascade's is the rate it reports after the first tokens. Both sides
+   run once untimed first (accelerate: a short generate(); Cascade: --warmup, which keeps
+   CUDA graph capture out of the rate; the capture time is in the stage's log line).
 4. Token agreement of the two bf16 runs on the anchor (batch 1).
 
 The bound column is the physical limit the issue names: HBM (2.9 TB/s, DESIGN §10) for
@@ -114,7 +116,7 @@ def cascade_run(exe, work, name, model, max_memory, batch, n, extra=""):
         f.write(f'[model]\npath = "{model}"\ndtype = "bfloat16"\n[placement]\nmax_memory = {{ {mem} }}\n'
                 f'offload_folder = "{work}/offload-{name}"\noffload_compute = "cpu"\n'
                 f'[runtime]\nmax_batch = {max(batch, 1)}\nmax_seq_len = {32 + n + 8}\n{extra}')
-    args = [exe, "generate", "--config", cfg, "--max-new-tokens", str(n), "--json"]
+    args = [exe, "generate", "--config", cfg, "--max-new-tokens", str(n), "--json", "--warmup"]
     for p in prompts(batch):
         args += ["--prompt-ids", ",".join(map(str, p))]
     t0 = time.perf_counter()

@@ -96,6 +96,22 @@ TEST(Generate, StopAtEos) {
   EXPECT_EQ(out, std::vector<int64_t>(want.begin(), want.begin() + 4));
 }
 
+TEST(Generate, WarmupRunsTwiceAndReportsTheSecond) {
+  GenerateOptions g;
+  g.model_dir = test::fixture("llama_gqa");
+  g.prompts = {{1, 2, 3}, {4}};
+  g.dtype = "float32";
+  g.sampling.temperature = 0.8;  // sampled: the second run must restart each sequence's generator
+  g.sampling.seed = 7;
+  std::ostringstream plain_log, warm_log;
+  const auto plain = generate(g, plain_log);
+  g.warmup = true;
+  const auto warm = generate(g, warm_log);
+  for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(plain[i].output_ids, warm[i].output_ids) << "prompt " << i;
+  EXPECT_NE(warm_log.str().find("warm-up run done"), std::string::npos) << warm_log.str();
+  EXPECT_EQ(plain_log.str().find("warm-up"), std::string::npos);
+}
+
 TEST(GenerateCliErrors, ClearMessagesAndNonZeroExit) {
   const std::string model = " --model " + test::fixture("llama_gqa");
   CliRun r = run_cascade("generate" + model + " --prompt-ids 1,999", true);
