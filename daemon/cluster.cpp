@@ -59,8 +59,11 @@ std::vector<stage::Assignment> assignments(const PlannedRun& run, const std::str
     for (const auto& seg : s.segments) {
       for (int64_t i = seg.begin; i < seg.end; ++i) {
         a.modules.push_back(i);
-        if (plan.module_device[static_cast<size_t>(i)].kind == config::DeviceName::Kind::kDisk)
-          a.disk_modules.push_back(i);
+        const config::DeviceName& tier = plan.module_device[static_cast<size_t>(i)];
+        if (tier.kind == config::DeviceName::Kind::kDisk) a.disk_modules.push_back(i);
+        // offload_compute = cuda:N: the offload stage computes on the GPU, its weights stream in.
+        if (s.device.kind == config::DeviceName::Kind::kCuda && tier.kind != config::DeviceName::Kind::kCuda)
+          a.streamed_modules.push_back(i);
       }
     }
     a.offload_folder = cfg.placement.offload_folder;
@@ -208,7 +211,10 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
           << config::format_bytes(rep.weight_bytes) << " in memory, "
           << config::format_bytes(rep.zero_copy_bytes + rep.folder_bytes) << " paged from disk"
           << (r.value("folder_rebuilt", false) ? " (offload folder rebuilt)" : "") << ", KV "
-          << config::format_bytes(rep.kv_bytes) << "\n";
+          << config::format_bytes(rep.kv_bytes);
+      if (r.value("streamed_bytes", uint64_t{0}) > 0)
+        log << ", streams " << config::format_bytes(r["streamed_bytes"].get<uint64_t>()) << " to the GPU per step";
+      log << "\n";
       c->reports_.push_back(rep);
       waiting.erase(from);
     }

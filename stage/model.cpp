@@ -74,8 +74,17 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
                 " is not among the modules to load");
   }
   const std::set<int64_t> disk(opts.disk_modules.begin(), opts.disk_modules.end());
-  TORCH_CHECK(disk.empty() || opts.device.is_cpu(), "disk-tier modules need CPU compute (streaming to ",
-              opts.device.str(), " is not built yet)");
+  const std::set<int64_t> streamed(opts.streamed_modules.begin(), opts.streamed_modules.end());
+  for (int64_t i : streamed) {
+    TORCH_CHECK(std::binary_search(m->loaded_.begin(), m->loaded_.end(), i), "streamed module ", i,
+                " is not among the modules to load");
+  }
+  TORCH_CHECK(streamed.empty() || opts.device.is_cuda(), "streamed modules need a CUDA compute device, not ",
+              opts.device.str());
+  for (int64_t i : disk) {
+    TORCH_CHECK(opts.device.is_cpu() || streamed.count(i), "disk-tier module ", i, " computed on ", opts.device.str(),
+                " must be streamed");
+  }
   uint64_t total = 0;
   std::set<std::string> disk_names, seen;
   for (int64_t i : m->loaded_) {
@@ -88,6 +97,39 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     if (disk.count(i)) continue;
     for (const auto& t : m->desc_.modules[i].tensors) disk_names.erase(t);
   }
+  // Streamed tensors: those of streamed modules that no device-resident module shares.
+  std::set<std::string> streamed_names;
+  for (int64_t i : streamed)
+    streamed_names.insert(m->desc_.modules[i].tensors.begin(), m->desc_.modules[i].tensors.end());
+  for (int64_t i : m->loaded_) {
+    if (streamed.count(i)) continue;
+    for (const auto& t : m->desc_.modules[i].tensors) streamed_names.erase(t);
+  }
+  if (!streamed_names.empty()) {
+    // One slot holds the largest streamed module, each tensor aligned, int8 ones as
+    // int8 rows plus float scales.
+    auto align = [](uint64_t b) {
+      return (b + WeightStream::kAlign - 1) / WeightStream::kAlign * WeightStream::kAlign;
+    };
+    uint64_t slot = 0;
+    for (int64_t i : streamed) {
+      const ModuleSpec& spec = m->desc_.modules[i];
+      const bool q = opts.int8 && !disk.count(i) && stage::int8_module(spec, opts.int8_skip);
+      uint64_t b = 0;
+      for (const auto& t : spec.tensors) {
+        if (!streamed_names.count(t)) continue;
+        const storage::TensorInfo& info = ck->info(t);
+        int64_t numel = 1;
+        for (int64_t d : info.shape) numel *= d;
+        if (q && int8_tensor(t, info.shape.size()))
+          b += align(static_cast<uint64_t>(numel)) + align(static_cast<uint64_t>(info.shape[0]) * 4);
+        else
+          b += align(static_cast<uint64_t>(numel) * at::elementSize(opts.dtype));
+      }
+      slot = std::max(slot, b);
+    }
+    m->stream_ = WeightStream::create(opts.device, slot);
+  }
   if (!disk_names.empty()) {
     std::ostringstream sink;
     m->disk_ = storage::DiskTier::open(ck, {disk_names.begin(), disk_names.end()}, opts.dtype, opts.offload_folder,
@@ -99,6 +141,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   std::map<std::string, at::Tensor> cache;
   uint64_t done = 0;
   bool int8_module = false;  // the module being built takes int8 linear weights
+  int64_t ordinal = -1;      // the module being built is streamed module `ordinal` (else -1)
   m->desc_.config.int8_threshold = opts.int8_threshold;
   WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
     auto it = cache.find(name);
@@ -113,7 +156,19 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
                                     storage::shape_str(expected));
       }
       at::Tensor t;
-      if (m->disk_ && m->disk_->has(name)) {
+      if (ordinal >= 0 && streamed_names.count(name)) {  // host memory, a view of its GPU slot
+        if (m->disk_ && m->disk_->has(name)) {
+          t = m->stream_->add(ordinal, m->disk_->get(name));  // mapped: copied through the driver
+        } else if (int8_module && int8_tensor(name, info.shape.size())) {
+          Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
+          t = m->stream_->add(ordinal, r.q.pin_memory());
+          cache[name + ":scale"] = m->stream_->add(ordinal, r.scale.pin_memory());
+          m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
+        } else {
+          t = m->stream_->add(ordinal, ck->load(name, opts.dtype).pin_memory());
+          m->weight_bytes_ += t.numel() * t.element_size();
+        }
+      } else if (m->disk_ && m->disk_->has(name)) {
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
       } else if (int8_module && int8_tensor(name, info.shape.size())) {
         Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
@@ -137,6 +192,12 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   for (int64_t i : m->loaded_) {
     const ModuleSpec& spec = m->desc_.modules[i];
     int8_module = opts.int8 && !disk.count(i) && stage::int8_module(spec, opts.int8_skip);
+    ordinal = streamed.count(i)
+                  ? static_cast<int64_t>(std::count_if(m->stream_ordinal_.begin(), m->stream_ordinal_.end(),
+                                                       [](int64_t k) { return k >= 0; }))
+                  : -1;
+    TORCH_CHECK(ordinal < 0 || m->stream_, "streamed module ", i, " on a build without CUDA");
+    m->stream_ordinal_.push_back(ordinal);
     m->modules_.push_back(family.load(spec, m->desc_.config, weights));
     m->on_disk_.push_back(disk.count(i) > 0);
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
@@ -146,7 +207,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   const ModelConfig& c = m->desc_.config;
   // What a graph cannot hold: int8 outlier columns (data-dependent shapes), "dynamic"
   // RoPE (frequencies computed on the host per sequence), pages read from disk.
-  const bool capturable = !(opts.int8 && opts.int8_threshold > 0) && c.rope.type != "dynamic" && !m->disk_;
+  const bool capturable =
+      !(opts.int8 && opts.int8_threshold > 0) && c.rope.type != "dynamic" && !m->disk_ && !m->stream_;
   if (opts.cuda_graphs && capturable) m->graphs_ = DecodeGraphs::create(opts.device);
   m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device,
                    /*spare_slot=*/m->graphs_ != nullptr);
@@ -177,8 +239,9 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   // per-sequence path keeps a sequence's tokens independent of what it is batched with:
   // in bfloat16 the rounding of attention depends on its shapes, and a CPU stage is
   // bound by weight reads anyway.
-  StepContext ctx{batch, batch.positions(opts_.device), &kv_, {}, {},
-                  opts_.device.is_cuda() ? kv_.decode_index(batch, opts_.device) : DecodeIndex{}};
+  StepContext ctx{batch, batch.positions(opts_.device),
+                  &kv_,  {},
+                  {},    opts_.device.is_cuda() ? kv_.decode_index(batch, opts_.device) : DecodeIndex{}};
   return run_modules(input.to(opts_.device), ctx, begin, end);
 }
 
@@ -196,7 +259,10 @@ at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int
     if (spec.kind == ModuleKind::kEmbedding) {
       TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1, "the embedding takes token ids [tokens] int64");
     }
+    const int64_t k = stream_ordinal_[i];
+    if (k >= 0) stream_->acquire(k);  // its weights are in its GPU slot for these kernels
     x = modules_[i]->forward(x, ctx);
+    if (k >= 0) stream_->release(k);
     advise(i, false);
     ran = true;
   }

@@ -20,6 +20,7 @@
 #include "stage/family.h"
 #include "stage/kv_cache.h"
 #include "stage/model_config.h"
+#include "stage/weight_stream.h"
 
 namespace cascade::storage {
 class Checkpoint;
@@ -47,6 +48,10 @@ struct LoadOptions {
   // Modules on the disk tier (a subset of `modules`): their weights stay on disk and
   // are paged in one module ahead of use (storage::DiskTier; CPU compute only).
   std::vector<int64_t> disk_modules;
+  // Modules computed on a CUDA `device` whose weights stay in host memory (pinned; disk-
+  // tier ones mapped) and are copied in for each step through a double buffer
+  // (stage/weight_stream.h). Every disk module of a CUDA model must be one.
+  std::vector<int64_t> streamed_modules;
   std::string offload_folder = "offload";
   int64_t kv_slots = 1;
   int64_t max_seq_len = 2048;
@@ -81,6 +86,7 @@ class Model {
   at::ScalarType dtype() const { return opts_.dtype; }
   at::Device device() const { return opts_.device; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // held in memory (disk tier excluded)
+  uint64_t streamed_bytes() const { return stream_ ? stream_->host_bytes() : 0; }  // copied in per step
   // Stored bytes of the checkpoint tensors this model uses, however they are served
   // (loaded, mapped from the shards, or from the offload folder): the stages of a
   // plan add up to the checkpoint, plus tied tensors counted once per stage.
@@ -102,6 +108,8 @@ class Model {
   std::unique_ptr<storage::DiskTier> disk_;
   std::vector<bool> on_disk_;             // parallel to loaded_
   std::unique_ptr<DecodeGraphs> graphs_;  // set when decode steps can be captured
+  std::unique_ptr<WeightStream> stream_;  // set when modules are streamed to the GPU
+  std::vector<int64_t> stream_ordinal_;   // parallel to loaded_: k of a streamed module, else -1
 
   at::Tensor run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int64_t end);
 };

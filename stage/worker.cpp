@@ -159,6 +159,7 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
   lo.kv_slots = a.kv_slots;
   lo.int8 = a.int8;
   lo.cuda_graphs = a.cuda_graphs;
+  lo.streamed_modules = a.streamed_modules;
   lo.int8_threshold = a.int8_threshold;
   lo.int8_skip = a.int8_skip;
   lo.max_seq_len = a.max_seq_len;
@@ -275,6 +276,7 @@ json to_json(const Assignment& a) {
           {"ring_bytes", a.ring_bytes},
           {"trace", a.trace},
           {"cuda_graphs", a.cuda_graphs},
+          {"streamed_modules", a.streamed_modules},
           {"int8", a.int8},
           {"int8_threshold", a.int8_threshold},
           {"int8_skip", a.int8_skip},
@@ -308,6 +310,7 @@ Assignment assignment_from_json(const json& j) {
     a.ring_bytes = j.at("ring_bytes").get<size_t>();
     a.trace = j.at("trace").get<bool>();
     a.cuda_graphs = j.at("cuda_graphs").get<bool>();
+    a.streamed_modules = j.at("streamed_modules").get<std::vector<int64_t>>();
     a.int8 = j.at("int8").get<bool>();
     a.int8_threshold = j.at("int8_threshold").get<double>();
     a.int8_skip = j.at("int8_skip").get<std::vector<std::string>>();
@@ -378,6 +381,7 @@ int run_stage(comm::World& w, std::ostream& log) {
                         {"folder_bytes", disk ? disk->folder_bytes() : 0},
                         {"folder_rebuilt", disk && disk->rebuilt()},
                         {"kv_bytes", m.kv_cache().bytes()},
+                        {"streamed_bytes", m.streamed_bytes()},
                         {"pid", ::getpid()},
                         {"host", w.host()}};
     w.send(0, comm::kTagLoad, ready.dump(), after(a.step_timeout), alive);

@@ -54,8 +54,9 @@ struct Assignment {
   double heartbeat_timeout = 5, step_timeout = 300;
   size_t ring_bytes = 16 << 20;
   bool trace = false;
-  bool cuda_graphs = true;  // runtime.cuda_graphs
-  bool int8 = false;        // [quantization] mode = "int8"
+  std::vector<int64_t> streamed_modules;  // cpu/disk-tier modules this CUDA stage streams in
+  bool cuda_graphs = true;                // runtime.cuda_graphs
+  bool int8 = false;                      // [quantization] mode = "int8"
   double int8_threshold = 6.0;
   std::vector<std::string> int8_skip;    // record compute/send/recv spans and send them after the shutdown step
   std::vector<Hop> hops;                 // in route order

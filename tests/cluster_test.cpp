@@ -241,6 +241,37 @@ TEST(Cluster, GpuStageWithTheOffloadStage) {
     std::printf("%-24s cuda:0 + offload stage: max |dlogit| vs one CPU process %.2e\n", name.c_str(), worst);
   }
 }
+
+// offload_compute = cuda:0: the offload stage computes on the GPU and streams its CPU-
+// and disk-tier weights in through the double buffer.
+TEST(Cluster, StreamedOffloadOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  for (const auto& name : all_fixtures()) {
+    const std::string model = fixture(name);
+    TempDir dir;
+    const size_t n = module_names(model).size();
+    std::vector<std::string> devices(n, "disk");
+    for (size_t i = 0; i < 2 * n / 3; ++i) devices[i] = i < n / 3 ? "cuda:0" : "cpu";
+    const std::string cfg =
+        write_config(dir, model, devices, "float32", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB", "disk" = "unlimited")");
+    const std::string args = "generate --config " + cfg + " --set placement.offload_compute=cuda:0 " + kPrompts;
+    const CliRun r = run_cascade(args);
+    ASSERT_EQ(r.status, 0) << run_cascade(args, true).out;
+    const std::string log = run_cascade(args, true).out;
+    EXPECT_NE(log.find("to the GPU per step"), std::string::npos) << log;
+    const auto a = parse_lines(single_run(model)), b = parse_lines(r.out);
+    ASSERT_EQ(b.size(), 2u);
+    double worst = 0;
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(a[i]["output_ids"], b[i]["output_ids"]) << name;
+      const auto la = a[i]["last_logits"].get<std::vector<double>>(),
+                 lb = b[i]["last_logits"].get<std::vector<double>>();
+      for (size_t k = 0; k < la.size(); ++k) worst = std::max(worst, std::abs(la[k] - lb[k]));
+    }
+    EXPECT_LE(worst, 1e-3) << name;
+    std::printf("%-24s cuda:0 + streamed cpu/disk tiers: max |dlogit| vs one CPU process %.2e\n", name.c_str(), worst);
+  }
+}
 #endif
 
 struct Fault {

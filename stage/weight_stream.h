@@ -1,0 +1,43 @@
+// Streams the weights of offloaded modules to the GPU that computes them
+// (offload_compute = "cuda:N", DESIGN §5). Their weights stay in host memory — pinned
+// copies for the CPU tier, the mapped checkpoint or offload folder for the disk tier —
+// and every step copies streamed module k into device slot k % 2 on a copy stream
+// while module k - 1 computes from the other slot (a double buffer the planner reserves).
+//
+// Modules are built once, with weight tensors that are views into their slot: a
+// module's weights hold its data only between acquire(k) and release(k), which the
+// model calls around the module's forward. Order is kept with CUDA events: a slot is
+// refilled only after the compute that read it, and compute waits for its copy.
+//
+// Ownership: owns the two device slots, the copy stream and the events; the host
+// tensors added stay alive here. Thread-safety: none (the stage's step loop).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace cascade::stage {
+
+class WeightStream {
+ public:
+  // nullptr when this build has no CUDA code or `device` is not a CUDA device.
+  // slot_bytes: the largest streamed module, each tensor rounded up to kAlign.
+  static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes);
+  static constexpr uint64_t kAlign = 256;
+  virtual ~WeightStream() = default;
+
+  // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
+  // returns the view of slot k % 2 that the module computes with. host: CPU, contiguous;
+  // pinned memory copies at full PCIe speed, pageable (a mapped file) through the driver.
+  virtual at::Tensor add(int64_t k, const at::Tensor& host) = 0;
+  // Before module k computes: queues its copy if its slot does not hold it, makes the
+  // compute stream wait for it, and starts copying the next streamed module.
+  virtual void acquire(int64_t k) = 0;
+  // After module k's kernels are queued: its slot may be refilled once they ran.
+  virtual void release(int64_t k) = 0;
+  virtual uint64_t host_bytes() const = 0;  // bytes streamed per step (all modules)
+};
+
+}  // namespace cascade::stage
