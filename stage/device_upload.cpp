@@ -1,8 +1,11 @@
 #include "stage/device_upload.h"
 
 #include <ATen/Parallel.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -31,6 +34,7 @@ class CudaUploader : public DeviceUploader {
     }
   }
   ~CudaUploader() override {
+    if (fd_ >= 0) ::close(fd_);
     cudaStreamSynchronize(stream_);
     for (int i = 0; i < 2; ++i) {
       cudaEventDestroy(done_[i]);
@@ -42,35 +46,63 @@ class CudaUploader : public DeviceUploader {
   at::Tensor upload(const at::Tensor& host) override {
     const at::Tensor src = host.contiguous();
     at::Tensor dst = at::empty(src.sizes(), src.options().device(device_));
-    const size_t bytes = src.numel() * src.element_size();
     const char* from = static_cast<const char*>(src.data_ptr());
-    char* to = static_cast<char*>(dst.data_ptr());
-    for (size_t off = 0; off < bytes; off += chunk_) {
-      const size_t n = std::min(chunk_, bytes - off);
-      const int b = next_;
-      next_ ^= 1;
-      check(cudaEventSynchronize(done_[b]), "waiting for a staging buffer");  // its previous DMA is done
-      char* stage = static_cast<char*>(buf_[b]);
-      // Page-cache reads and the copy into pinned memory are the slow part: spread them.
-      constexpr int64_t kGrain = int64_t{1} << 20;
-      at::parallel_for(0, static_cast<int64_t>(n), kGrain, [&](int64_t lo, int64_t hi) {
-        std::memcpy(stage + lo, from + off + lo, static_cast<size_t>(hi - lo));
-      });
-      check(cudaMemcpyAsync(to + off, stage, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
-      check(cudaEventRecord(done_[b], stream_), "cudaEventRecord");
+    stage(dst, [&](char* to, size_t at, size_t n) { std::memcpy(to, from + at, n); });
+    return dst;
+  }
+
+  at::Tensor upload_file(const std::string& path, uint64_t offset, at::IntArrayRef shape,
+                         at::ScalarType dtype) override {
+    if (path != path_) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd_ < 0) throw std::runtime_error("weight upload: cannot open " + path + ": " + std::strerror(errno));
+      path_ = path;
     }
+    at::Tensor dst = at::empty(shape, at::TensorOptions().dtype(dtype).device(device_));
+    stage(dst, [&](char* to, size_t at, size_t n) {
+      while (n > 0) {
+        const ssize_t got = ::pread(fd_, to, n, static_cast<off_t>(offset + at));
+        if (got <= 0) throw std::runtime_error("weight upload: short read of " + path_);
+        to += got, at += static_cast<size_t>(got), n -= static_cast<size_t>(got);
+      }
+    });
     return dst;
   }
 
   void finish() override { check(cudaStreamSynchronize(stream_), "finishing the weight upload"); }
 
  private:
+  // Fills dst chunk by chunk: fill(to, at, n) writes bytes [at, at + n) of the source to
+  // `to` (a pinned buffer), spread over threads; the DMA of one buffer overlaps the fill
+  // of the other.
+  template <class Fill>
+  void stage(const at::Tensor& dst, const Fill& fill) {
+    const size_t bytes = dst.numel() * dst.element_size();
+    char* to = static_cast<char*>(dst.data_ptr());
+    for (size_t off = 0; off < bytes; off += chunk_) {
+      const size_t n = std::min(chunk_, bytes - off);
+      const int b = next_;
+      next_ ^= 1;
+      check(cudaEventSynchronize(done_[b]), "waiting for a staging buffer");  // its previous DMA is done
+      char* buf = static_cast<char*>(buf_[b]);
+      constexpr int64_t kGrain = int64_t{4} << 20;
+      at::parallel_for(0, static_cast<int64_t>(n), kGrain, [&](int64_t lo, int64_t hi) {
+        fill(buf + lo, off + static_cast<size_t>(lo), static_cast<size_t>(hi - lo));
+      });
+      check(cudaMemcpyAsync(to + off, buf, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+      check(cudaEventRecord(done_[b], stream_), "cudaEventRecord");
+    }
+  }
+
   at::Device device_;
   size_t chunk_;
   cudaStream_t stream_ = nullptr;
   void* buf_[2] = {nullptr, nullptr};
   cudaEvent_t done_[2] = {nullptr, nullptr};
   int next_ = 0;
+  int fd_ = -1;
+  std::string path_;
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 
 namespace cascade::stage {
 
@@ -22,6 +23,11 @@ class DeviceUploader {
   // A device tensor with host's shape, dtype and bytes (host: CPU, any layout). The
   // copy may still be in flight when this returns; `host` may be released at once.
   virtual at::Tensor upload(const at::Tensor& host) = 0;
+  // The same from a file's bytes [offset, offset + shape's bytes), read with pread()
+  // straight into the pinned buffers: no page faults on a mapping, which cap a copy from
+  // mapped memory at a few GB/s even from the page cache.
+  virtual at::Tensor upload_file(const std::string& path, uint64_t offset, at::IntArrayRef shape,
+                                 at::ScalarType dtype) = 0;
   // Waits until every upload has landed.
   virtual void finish() = 0;
 };

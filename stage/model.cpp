@@ -176,7 +176,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
         cache[name + ":scale"] = r.scale.to(opts.device);
         m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
       } else if (upload) {  // mapped shard (or converted copy) -> pinned chunks -> device
-        t = upload->upload(info.dtype == opts.dtype ? ck->view(name) : ck->load(name, opts.dtype));
+        const storage::SafetensorsFile& f = ck->file_of(name);
+        t = info.dtype == opts.dtype ? upload->upload_file(f.path(), f.file_offset(info), info.shape, opts.dtype)
+                                     : upload->upload(ck->load(name, opts.dtype));
         m->weight_bytes_ += t.numel() * t.element_size();
       } else {
         t = ck->load(name, opts.dtype).to(opts.device);

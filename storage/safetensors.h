@@ -63,6 +63,7 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   // Copies only when the stored bytes are misaligned for the element type.
   at::Tensor view(const TensorInfo& info) const;
   const uint8_t* data(const TensorInfo& info) const { return base_ + data_start_ + info.begin; }
+  uint64_t file_offset(const TensorInfo& info) const { return data_start_ + info.begin; }  // for pread()
 
   // Paging hints for the disk tier: kWillNeed starts reading the tensor's pages in the
   // background; kDontNeed drops them from this process (the page cache may keep them).
