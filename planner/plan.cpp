@@ -84,7 +84,7 @@ class Ledger {
     }
     const DeviceName c = compute_of(tier);
     DeviceUsage& cu = add[c.str()];
-    cu.kv += kv_of(m);
+    if (!(kv_precharged_ && c == *kv_precharged_)) cu.kv += kv_of(m);
     const bool head = m.kind == ModuleKind::kHead;
     const auto it = usage_.find(c.str());
     const bool active = it != usage_.end() && it->second.activations > 0;
@@ -122,6 +122,14 @@ class Ledger {
   }
 
   void reserve_staging(const DeviceName& d, uint64_t bytes) { usage_[d.str()].staging += bytes; }
+  // Charges the KV cache of every module to `d` up front, and none when they are placed:
+  // when offloaded layers stream to d, every layer computed there keeps its KV there
+  // whichever way the fill splits resident and streamed layers. (Layers resident on
+  // another GPU are counted on both: conservative.)
+  void precharge_kv(const DeviceName& d) {
+    for (const auto& m : req_->model.modules) usage_[d.str()].kv += kv_of(m);
+    kv_precharged_ = d;
+  }
   std::map<std::string, DeviceUsage>& usage() { return usage_; }
   const std::optional<DeviceName>& offload_gpu() const { return offload_gpu_; }
 
@@ -133,6 +141,7 @@ class Ledger {
   std::set<std::string> holds_head_;
   DeviceName last_cpu_{Kind::kCpu, 0};
   std::optional<DeviceName> offload_gpu_;
+  std::optional<DeviceName> kv_precharged_;
 };
 
 uint64_t module_need(const PlanRequest& r, const Ledger& l, int64_t i) {
@@ -391,12 +400,21 @@ Plan plan_with(const PlanRequest& r) {
     }
     uint64_t largest_module = 0;
     for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
-    // Fill once; if anything is offloaded while offload_compute streams to a GPU, fill
-    // again with two copies of the largest module reserved there (its double buffer).
+    // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
+    // fill failed with that GPU full), fill again with two copies of the largest module
+    // reserved there (its double buffer) and the KV cache of every layer on it.
     for (int pass = 0; pass < 2; ++pass) {
       l = Ledger(r);
-      if (pass == 1) l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
-      fill(r, order, main, l, plan.module_device);
+      if (pass == 1) {
+        l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
+        l.precharge_kv(*l.offload_gpu());
+      }
+      try {
+        fill(r, order, main, l, plan.module_device);
+      } catch (const PlanError&) {
+        if (pass == 1 || !l.offload_gpu()) throw;
+        continue;
+      }
       bool offloaded = false;
       for (const auto& d : plan.module_device) offloaded |= l.is_offload_tier(d);
       if (!offloaded || !l.offload_gpu()) break;

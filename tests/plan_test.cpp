@@ -165,6 +165,22 @@ TEST(Plan, StreamingToAGpuReservesTwoCopiesOfTheLargestOffloadedModule) {
   EXPECT_EQ(p.edges[1].transport, Transport::kShm);   // ...but talks to the GPU stage over shm
 }
 
+TEST(Plan, StreamedLayersKeepTheirKvCacheOnTheGpu) {
+  // 20 MiB of KV per layer: with the GPU filled by resident layers first, the streamed
+  // layers' KV would not fit (the H100 run at max_batch 16 failed so); the planner makes room.
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB, false, /*kv_per_token=*/20 * 1024),
+                          {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cuda:0";
+  r.max_seq_len = 1024;
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.offload_compute, "cuda:0");
+  const DeviceUsage& g = p.devices.at("cuda:0");
+  EXPECT_LE(g.total(), 700 * MiB);
+  EXPECT_EQ(g.kv, 12 * 20 * MiB);  // every layer's KV is on the GPU, streamed or not
+  EXPECT_EQ(g.staging, 200 * MiB);
+  EXPECT_EQ(p.stages.size(), 2u);
+}
+
 TEST(Plan, ManualMapWithPrefixesAndAReturnToAnEarlierStage) {
   PlanRequest r = request(model(4, 10 * MiB, 10 * MiB), {{"cpu:0", 1000 * MiB}, {"cpu:1", 1000 * MiB}});
   r.device_map = {{"model.embed_tokens", parse_device("cpu:0")},
