@@ -250,6 +250,12 @@ def main():
         off = streamed_bytes(c1["log"])
         row("(b) GPU 2 GiB + CPU, batch 1", hf1, c1["rate"], PCIE / off)
         row("(b) GPU 2 GiB + CPU, batch 16", hf16, c16["rate"], 16 * PCIE / off)
+        q8 = cascade_run(exe, args.work, "offload_int8_b1", anchor, {"cuda:0": "2GiB", "cpu": "100GiB"}, 1, M,
+                         '[quantization]\nmode = "int8"\n')
+        notes.append(f"int8 (LLM.int8, threshold 6.0) streamed the same way, batch 1: {q8['rate']:.2f} tok/s, "
+                     f"{q8['rate'] / c1['rate']:.2f}x the bf16 stream ({streamed_bytes(q8['log']) / 1e9:.2f} GB "
+                     f"per step instead of {off / 1e9:.2f})")
+        log(notes[-1])
         cpu = cascade_run(exe, args.work, "offload_cpu_b1", anchor, {"cuda:0": "2GiB", "cpu": "100GiB"}, 1, M,
                           "threads_per_stage = 14\n", offload_compute="cpu")
         notes.append(f"(b)/(c): Cascade streams the {off / 1e9:.2f} GB of weights that are off the GPU through a "
