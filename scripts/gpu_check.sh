@@ -5,7 +5,7 @@
 # (toml++ is not installed there): see docs/development.md.
 #   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh
 #   CTEST=gpu COMPARE=1 SKIP_EXTRAS=1 scripts/gpu_check.sh   (GPU tests only, then the accelerate comparison)
-#   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c
+#   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c; GPU_BENCH=0 skips the 134 M bench
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -62,6 +62,7 @@ if [ "${COMPARE:-0}" = 1 ]; then
   step compare_accelerate "exit $?"
   cat "$OUT/compare.md" >>"$summary" 2>/dev/null || tail -20 "$OUT/compare.log" >>"$summary"
 fi
+if [ "${GPU_BENCH:-1}" = 1 ]; then
 # Both modes on one GPU (issue 7/8): a GPU stage + the CPU-computing offload stage,
 # on a random 134 M-parameter Llama, side by side in one `cascade bench`.
 build-gpu/bench/random_model --out /tmp/m134 >/dev/null
@@ -82,6 +83,7 @@ build-gpu/cascade bench --config /tmp/gpu_offload.toml --requests 32 --prompt-le
   --trace "$OUT/gpu_offload_trace.json" >"$OUT/gpu_bench.txt" 2>&1
 step gpu_bench "exit $?: $(grep 'pipeline / sequential' "$OUT/gpu_bench.txt")"
 grep -A3 '^mode' "$OUT/gpu_bench.txt" >>"$summary"
+fi
 [ "${SKIP_EXTRAS:-0}" = 1 ] && { cat "$summary"; exit 0; }
 
 # The planner against accelerate, and a plan from measured GPU memory.
