@@ -5,7 +5,8 @@
 # (toml++ is not installed there): see docs/development.md.
 #   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh
 #   CTEST=gpu COMPARE=1 SKIP_EXTRAS=1 scripts/gpu_check.sh   (GPU tests only, then the accelerate comparison)
-#   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c; GPU_BENCH=0 skips the 134 M bench
+#   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c; GPU_BENCH=0 skips the 134 M bench;
+#   BUILD_ONLY=1 stops after the build (other scripts build through it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -43,7 +44,10 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=
 step configure "exit $? ($(grep -o 'Cascade: .*' "$OUT/build.log"))"
 start=$(date +%s)
 cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
-step build "exit $? in $(($(date +%s) - start)) s"
+rc=$?
+step build "exit $rc in $(($(date +%s) - start)) s"
+[ $rc = 0 ] || { tail -30 "$OUT/build.log"; exit 1; }
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 if [ "${CTEST:-all}" = all ]; then
   ctest --test-dir build-gpu --output-on-failure -j8 >"$OUT/ctest.log" 2>&1
   step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"

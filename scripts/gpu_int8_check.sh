@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
 # Issue 9 on the GPU machine: weight memory of a GPU stage in bf16 and in int8, and both
-# runs' greedy tokens, on the random 134 M-parameter Llama. Builds like gpu_check.sh.
+# runs' greedy tokens, on the random 134 M-parameter Llama. Builds through gpu_check.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-deps=$PWD/.deps/root
-export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" -DCASCADE_EXTRA_LIB="$deps/usr/lib/x86_64-linux-gnu" >"$OUT/build.log" 2>&1
-cmake --build build-gpu -j"$(nproc)" --target cascade random_model >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+BUILD_ONLY=1 OUT=$OUT scripts/gpu_check.sh >/dev/null || { tail -30 "$OUT/build.log"; exit 1; }
+export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 build-gpu/bench/random_model --out /tmp/m134 >/dev/null
 cat >/tmp/gpu_int8.toml <<'TOML'
 [model]

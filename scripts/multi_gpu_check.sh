@@ -8,18 +8,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+BUILD_ONLY=1 OUT=$OUT scripts/gpu_check.sh >/dev/null  # configure + build, as one GPU does
+build_rc=$?
 summary="$OUT/summary.txt"
 : >"$summary"
 step() { echo "== $1: $2" | tee -a "$summary"; }
-deps=$PWD/.deps/root
-export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 gpus=$(nvidia-smi -L | wc -l)
 step gpus "$gpus: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  -DCASCADE_EXTRA_INCLUDE="$deps/usr/include" -DCASCADE_EXTRA_LIB="$deps/usr/lib/x86_64-linux-gnu" >"$OUT/build.log" 2>&1
-cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1
-step build "exit $?"
+step build "exit $build_rc"
 ctest --test-dir build-gpu --output-on-failure -R 'channel_test|world_test|heartbeat_test' >"$OUT/ctest.log" 2>&1
 step ctest_comm "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
 grep -h '\[ nccl \]' build-gpu/Testing/Temporary/LastTest.log | tee -a "$summary"
