@@ -114,7 +114,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     uint64_t slot = 0;
     for (int64_t i : streamed) {
       const ModuleSpec& spec = m->desc_.modules[i];
-      const bool q = opts.int8 && !disk.count(i) && stage::int8_module(spec, opts.int8_skip);
+      const bool q = opts.int8 && stage::int8_module(spec, opts.int8_skip);
       uint64_t b = 0;
       for (const auto& t : spec.tensors) {
         if (!streamed_names.count(t)) continue;
@@ -131,9 +131,22 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     m->stream_ = WeightStream::create(opts.device, slot);
   }
   if (!disk_names.empty()) {
+    // Under LLM.int8 the disk tier holds the quantized projections too (int8 + scales
+    // in the offload folder), so a disk-tier layer reads half the bytes.
+    std::vector<std::string> int8_names;
+    for (int64_t i : disk) {
+      const ModuleSpec& spec = m->desc_.modules[i];
+      if (!opts.int8 || !stage::int8_module(spec, opts.int8_skip)) continue;
+      for (const auto& t : spec.tensors)
+        if (disk_names.count(t) && int8_tensor(t, ck->info(t).shape.size())) int8_names.push_back(t);
+    }
+    auto quantize = [](const at::Tensor& w) {
+      Int8Rows r = quantize_rows(w);
+      return std::make_pair(r.q, r.scale);
+    };
     std::ostringstream sink;
     m->disk_ = storage::DiskTier::open(ck, {disk_names.begin(), disk_names.end()}, opts.dtype, opts.offload_folder,
-                                       opts.log ? *opts.log : sink);
+                                       opts.log ? *opts.log : sink, int8_names, quantize);
   }
 
   std::unique_ptr<DeviceUploader> upload = DeviceUploader::create(opts.device);
@@ -159,6 +172,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       if (ordinal >= 0 && streamed_names.count(name)) {  // host memory, a view of its GPU slot
         if (m->disk_ && m->disk_->has(name)) {
           t = m->stream_->add(ordinal, m->disk_->get(name));  // mapped: copied through the driver
+          if (m->disk_->has(name + ":scale"))
+            cache[name + ":scale"] = m->stream_->add(ordinal, m->disk_->get(name + ":scale"));
         } else if (int8_module && int8_tensor(name, info.shape.size())) {
           Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
           t = m->stream_->add(ordinal, r.q.pin_memory());
@@ -170,6 +185,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
         }
       } else if (m->disk_ && m->disk_->has(name)) {
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
+        if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = m->disk_->get(name + ":scale");  // int8
       } else if (int8_module && int8_tensor(name, info.shape.size())) {
         Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
         t = r.q.to(opts.device);
@@ -193,7 +209,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   std::vector<int64_t> layers;
   for (int64_t i : m->loaded_) {
     const ModuleSpec& spec = m->desc_.modules[i];
-    int8_module = opts.int8 && !disk.count(i) && stage::int8_module(spec, opts.int8_skip);
+    int8_module = opts.int8 && stage::int8_module(spec, opts.int8_skip);
     ordinal = streamed.count(i)
                   ? static_cast<int64_t>(std::count_if(m->stream_ordinal_.begin(), m->stream_ordinal_.end(),
                                                        [](int64_t k) { return k >= 0; }))

@@ -56,7 +56,8 @@ struct LoadOptions {
   int64_t kv_slots = 1;
   int64_t max_seq_len = 2048;
   // LLM.int8: decoder-layer linear weights held as int8 with per-row scales (stage/quant.h).
-  // Modules whose name contains an entry of int8_skip, and disk-tier modules, stay as they are.
+  // Modules whose name contains an entry of int8_skip stay as they are; disk-tier ones are
+  // stored int8 in the offload folder.
   bool int8 = false;
   double int8_threshold = 6.0;  // 0 = weight-only
   std::vector<std::string> int8_skip = {"lm_head"};

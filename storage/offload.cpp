@@ -7,6 +7,8 @@
 #include <fstream>
 #include <iomanip>
 #include <ostream>
+#include <set>
+#include <stdexcept>
 
 namespace cascade::storage {
 namespace {
@@ -28,6 +30,7 @@ std::string stale_reason(const std::string& folder, const nlohmann::json& want,
   }
   if (!m.is_object() || m.value("version", 0) != kManifestVersion) return "the manifest has another version";
   if (m.value("fingerprint", nlohmann::json()) != want["fingerprint"]) return "the checkpoint or dtype changed";
+  if (m.value("int8", nlohmann::json::array()) != want["int8"]) return "the quantization changed";
   if (m.value("tensors", nlohmann::json()) != want["tensors"]) return "the plan puts other tensors on disk";
   try {
     *file = SafetensorsFile::open(folder + "/" + kWeightsFile);
@@ -37,6 +40,11 @@ std::string stale_reason(const std::string& folder, const nlohmann::json& want,
   if ((*file)->file_size() != m.value("file_bytes", uint64_t{0})) return "its weights file has the wrong size";
   for (const auto& n : want["tensors"]) {
     if (!(*file)->find(n.get<std::string>())) return "tensor '" + n.get<std::string>() + "' is missing";
+  }
+  for (const auto& n : want["int8"]) {
+    const TensorInfo* q = (*file)->find(n.get<std::string>());
+    if (!q || q->dtype != at::kChar || !(*file)->find(n.get<std::string>() + ":scale"))
+      return "int8 tensor '" + n.get<std::string>() + "' is missing or not int8";
   }
   return "";
 }
@@ -57,13 +65,18 @@ nlohmann::json fingerprint(const Checkpoint& ck, at::ScalarType dtype) {
 }
 
 std::unique_ptr<DiskTier> DiskTier::open(std::shared_ptr<const Checkpoint> ck, const std::vector<std::string>& names,
-                                         at::ScalarType dtype, const std::string& folder, std::ostream& log) {
+                                         at::ScalarType dtype, const std::string& folder, std::ostream& log,
+                                         const std::vector<std::string>& int8, const Quantize& quantize) {
   std::unique_ptr<DiskTier> d(new DiskTier());
   d->ck_ = ck;
+  std::set<std::string> q(int8.begin(), int8.end());
+  if (!q.empty() && !quantize) throw std::logic_error("int8 disk-tier tensors need a quantize function");
   std::vector<std::string> convert;
   for (const auto& n : names) {
     const TensorInfo& info = ck->info(n);
-    if (info.dtype == dtype || !at::isFloatingType(info.dtype)) {
+    if (q.count(n)) {
+      convert.push_back(n);
+    } else if (info.dtype == dtype || !at::isFloatingType(info.dtype)) {
       d->where_[n] = {&ck->file_of(n), &info};
       d->zero_copy_bytes_ += info.nbytes();
     } else {
@@ -73,11 +86,15 @@ std::unique_ptr<DiskTier> DiskTier::open(std::shared_ptr<const Checkpoint> ck, c
   if (convert.empty()) return d;
 
   std::sort(convert.begin(), convert.end());
-  const nlohmann::json want = {{"fingerprint", fingerprint(*ck, dtype)}, {"tensors", convert}};
+  std::vector<std::string> quantized;
+  for (const auto& n : convert)
+    if (q.count(n)) quantized.push_back(n);
+  const nlohmann::json want = {{"fingerprint", fingerprint(*ck, dtype)}, {"tensors", convert}, {"int8", quantized}};
   std::string reason = stale_reason(folder, want, &d->converted_);
   if (!reason.empty()) {
     log << "cascade: offload folder " << folder << ": " << reason << "; converting " << convert.size() << " tensors to "
-        << dtype_name(dtype) << "\n";
+        << dtype_name(dtype) << (quantized.empty() ? "" : " (" + std::to_string(quantized.size()) + " as int8)")
+        << "\n";
     d->converted_.reset();
     std::error_code ec;
     std::filesystem::create_directories(folder, ec);
@@ -85,7 +102,15 @@ std::unique_ptr<DiskTier> DiskTier::open(std::shared_ptr<const Checkpoint> ck, c
     std::filesystem::remove(folder + "/" + kManifestFile, ec);  // invalid until rewritten
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (const auto& n : convert) tensors.emplace_back(n, ck->load(n, dtype));
+    for (const auto& n : convert) {
+      if (!q.count(n)) {
+        tensors.emplace_back(n, ck->load(n, dtype));
+        continue;
+      }
+      auto [rows, scale] = quantize(ck->load(n, at::kFloat));
+      tensors.emplace_back(n, rows);
+      tensors.emplace_back(n + ":scale", scale);
+    }
     write_safetensors(folder + "/" + kWeightsFile, tensors, {{"format", "cascade-offload"}});
     tensors.clear();
     struct stat st {};
@@ -110,9 +135,11 @@ std::unique_ptr<DiskTier> DiskTier::open(std::shared_ptr<const Checkpoint> ck, c
     log << "cascade: offload folder " << folder << ": reusing " << convert.size() << " converted tensors\n";
   }
   for (const auto& n : convert) {
-    const TensorInfo* info = d->converted_->find(n);
-    d->where_[n] = {d->converted_.get(), info};
-    d->folder_bytes_ += info->nbytes();
+    for (const std::string& t : q.count(n) ? std::vector<std::string>{n, n + ":scale"} : std::vector<std::string>{n}) {
+      const TensorInfo* info = d->converted_->find(t);
+      d->where_[t] = {d->converted_.get(), info};
+      d->folder_bytes_ += info->nbytes();
+    }
   }
   return d;
 }

@@ -8,6 +8,11 @@
 // mtimes), the dtype and the tensors; a folder whose manifest does not match, or whose
 // file is missing, truncated or corrupt, is rebuilt, with the reason logged.
 //
+// LLM.int8 on the disk tier: the tensors named in `int8` are stored in the folder as
+// int8 rows (the tensor's name) plus float32 per-row scales ("<name>:scale"), made by
+// the caller's `quantize` (storage knows no quantization rule); the manifest lists them,
+// so a change of quantization rebuilds the folder.
+//
 // will_need() reads a tensor's pages ahead in the background; dont_need() drops them
 // from this process after use. Ownership: a DiskTier keeps its files mapped while
 // views are alive. Thread-safety: const methods may run on any thread.
@@ -15,10 +20,12 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <iosfwd>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "storage/checkpoint.h"
@@ -29,11 +36,14 @@ class DiskTier {
  public:
   // `names`: the checkpoint tensors on the disk tier. Converts what needs converting
   // (progress and the reuse/rebuild decision go to `log`). Throws StorageError.
+  // float32 weight [rows, cols] -> (int8 [rows, cols], float32 scales [rows]).
+  using Quantize = std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
   static std::unique_ptr<DiskTier> open(std::shared_ptr<const Checkpoint> ck, const std::vector<std::string>& names,
-                                        at::ScalarType dtype, const std::string& folder, std::ostream& log);
+                                        at::ScalarType dtype, const std::string& folder, std::ostream& log,
+                                        const std::vector<std::string>& int8 = {}, const Quantize& quantize = {});
 
   bool has(const std::string& name) const { return where_.count(name) > 0; }
-  // A read-only CPU view in the compute dtype.
+  // A read-only CPU view in the compute dtype (int8 tensors: int8, and "<name>:scale").
   at::Tensor get(const std::string& name) const;
   void will_need(const std::string& name) const;
   void dont_need(const std::string& name) const;

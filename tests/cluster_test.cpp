@@ -146,12 +146,14 @@ TEST(Cluster, SampledTokensMatchToo) {
 
 TEST(Cluster, Int8StagesMatchInt8OneProcess) {
   const std::string model = fixture("qwen2_tied");
-  TempDir dir;
-  const std::string cfg = write_config(dir, model, placement("returns", module_names(model).size()));
   const CliRun one = run_cascade("generate --model " + model + " --dtype float32 --quantization int8 " + kPrompts);
-  const CliRun multi = run_cascade("generate --config " + cfg + " --quantization int8 " + kPrompts);
-  ASSERT_EQ(multi.status, 0);
-  expect_same("qwen2_tied int8 / returns", one.out, multi.out);
+  for (const char* kind : {"returns", "cpu_disk"}) {  // cpu_disk: int8 layers from the offload folder
+    TempDir dir;
+    const std::string cfg = write_config(dir, model, placement(kind, module_names(model).size()));
+    const CliRun multi = run_cascade("generate --config " + cfg + " --quantization int8 " + kPrompts);
+    ASSERT_EQ(multi.status, 0) << kind;
+    expect_same(std::string("qwen2_tied int8 / ") + kind, one.out, multi.out);
+  }
 }
 
 TEST(Cluster, UnderMpirunWithThreeRanks) {

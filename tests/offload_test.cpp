@@ -56,6 +56,49 @@ TEST(DiskTier, OtherDtypesAreConvertedOnceAndReused) {
   EXPECT_NE(log2.str().find("reusing"), std::string::npos);
 }
 
+TEST(DiskTier, Int8TensorsAreStoredQuantizedAndTheManifestSaysSo) {
+  auto ck = Checkpoint::open(test::fixture("llama_gqa"));
+  test::TempDir dir;
+  const auto names = layer0(*ck);
+  std::vector<std::string> q;
+  for (const auto& n : names)
+    if (n.find("proj.weight") != std::string::npos) q.push_back(n);
+  ASSERT_FALSE(q.empty());
+  // A stand-in rule (storage knows none): per-row absmax to [-127, 127].
+  auto quantize = [](const at::Tensor& w) {
+    const at::Tensor scale = w.abs().amax(1).clamp_min(1e-12) / 127;
+    return std::make_pair((w / scale.unsqueeze(1)).round().to(at::kChar), scale);
+  };
+  std::ostringstream log1, log2, log3;
+  {
+    auto d = DiskTier::open(ck, names, at::kFloat, dir.file("off"), log1, q, quantize);
+    for (const auto& n : q) {
+      const at::Tensor rows = d->get(n), scale = d->get(n + ":scale");
+      EXPECT_EQ(rows.scalar_type(), at::kChar) << n;
+      EXPECT_EQ(scale.scalar_type(), at::kFloat) << n;
+      const auto [want_rows, want_scale] = quantize(ck->load(n, at::kFloat));
+      EXPECT_TRUE(at::equal(rows, want_rows)) << n;
+      EXPECT_TRUE(at::equal(scale, want_scale)) << n;
+    }
+    for (const auto& n : names) {
+      if (std::find(q.begin(), q.end(), n) == q.end()) EXPECT_EQ(d->get(n).scalar_type(), at::kFloat) << n;
+    }
+  }
+  EXPECT_NE(log1.str().find("as int8"), std::string::npos) << log1.str();
+  EXPECT_EQ(test::read_json(dir.file("off/manifest.json"))["int8"].size(), q.size());
+  EXPECT_FALSE(DiskTier::open(ck, names, at::kFloat, dir.file("off"), log2, q, quantize)->rebuilt());
+  const std::vector<std::string> fewer(q.begin() + 1, q.end());  // one projection less is int8
+  auto other = DiskTier::open(ck, names, at::kFloat, dir.file("off"), log3, fewer, quantize);
+  EXPECT_TRUE(other->rebuilt());
+  EXPECT_NE(log3.str().find("the quantization changed"), std::string::npos) << log3.str();
+  EXPECT_EQ(other->get(q.front()).scalar_type(), at::kFloat);
+  EXPECT_FALSE(other->has(q.front() + ":scale"));
+  std::ostringstream log4;  // without int8, float32 tensors stored as float32 come from the shards again
+  auto plain = DiskTier::open(ck, names, at::kFloat, dir.file("off"), log4);
+  EXPECT_EQ(plain->folder_bytes(), 0u);
+  EXPECT_EQ(plain->get(q.front()).scalar_type(), at::kFloat);
+}
+
 // Each way a folder goes stale or bad is detected, named, and rebuilt.
 TEST(DiskTier, StaleOrCorruptFoldersAreRebuilt) {
   test::TempDir dir;

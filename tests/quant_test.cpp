@@ -7,6 +7,7 @@
 
 #include "stage/model.h"
 #include "storage/checkpoint.h"
+#include "storage/offload.h"
 #include "tests/test_util.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/tokenizer.h"
@@ -87,6 +88,34 @@ TEST(Int8, FixtureLogitsWithinFivePercentOfFloat32) {
 }
 
 #ifdef CASCADE_WITH_TOKENIZER
+// LLM.int8 on the disk tier: layers served from the offload folder as int8 compute the
+// same logits, bit for bit, as the same int8 layers held in memory.
+TEST(Int8, DiskTierLayersEqualInMemoryLayers) {
+  const std::string dir = test::fixture("llama_gqa");
+  auto ck = storage::Checkpoint::open(dir);
+  test::TempDir tmp;
+  const int64_t n = static_cast<int64_t>(describe(*ck).modules.size());
+  auto load = [&](bool disk) {
+    LoadOptions lo;
+    lo.dtype = at::kFloat;
+    lo.int8 = true;
+    lo.kv_slots = 1;
+    lo.max_seq_len = 64;
+    lo.offload_folder = tmp.file("off");
+    if (disk)
+      for (int64_t i = 1; i < n - 2; ++i) lo.disk_modules.push_back(i);  // every decoder layer
+    return Model::load(ck, lo);
+  };
+  auto mem = load(false), disk = load(true);
+  ASSERT_NE(disk->disk_tier(), nullptr);
+  EXPECT_GT(disk->disk_tier()->folder_bytes(), 0u);
+  EXPECT_LT(disk->disk_tier()->folder_bytes(), mem->source_bytes() / 2);  // int8 rows, not float32
+  const std::vector<int64_t> prompt = {1, 5, 9, 13, 17};
+  Batch b{{{0, 0, static_cast<int64_t>(prompt.size())}}};
+  EXPECT_TRUE(
+      at::equal(mem->forward(at::tensor(prompt, at::kLong), b), disk->forward(at::tensor(prompt, at::kLong), b)));
+}
+
 // Perplexity of the demo model on the first 384 held-out tokens, teacher-forced one
 // token per step.
 double perplexity(bool int8) {
