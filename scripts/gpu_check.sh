@@ -53,7 +53,8 @@ if [ "${CTEST:-all}" = all ]; then
   step ctest "exit $?: $(grep -E 'tests passed|tests failed' "$OUT/ctest.log")"
 elif [ "${CTEST}" = gpu ]; then  # only the tests that exercise the GPU paths
   {
-    build-gpu/tests/decode_graphs_test && build-gpu/tests/kv_cache_test && build-gpu/tests/model_test &&
+    build-gpu/tests/decode_graphs_test && build-gpu/tests/weight_stream_test && build-gpu/tests/device_upload_test &&
+      build-gpu/tests/kv_cache_test && build-gpu/tests/model_test &&
       build-gpu/tests/cluster_test --gtest_filter='*Gpu*:*Streamed*'
   } >"$OUT/ctest.log" 2>&1
   step gpu_tests "exit $?: $(grep -cE '^\[  PASSED' "$OUT/ctest.log") binaries passed"

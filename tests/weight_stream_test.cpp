@@ -1,0 +1,35 @@
+// WeightStream: the double buffer that streams offloaded layers to a GPU. Without a GPU
+// only the factory's contract is checked; with one, three modules through two slots.
+#include "stage/weight_stream.h"
+
+#include <gtest/gtest.h>
+
+namespace cascade::stage {
+namespace {
+
+TEST(WeightStream, OnlyForCudaDevices) { EXPECT_EQ(WeightStream::create(at::kCPU, 1024), nullptr); }
+
+TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 4096);
+  ASSERT_NE(ws, nullptr);
+  std::vector<at::Tensor> host, views;
+  for (int64_t k = 0; k < 3; ++k) {  // modules 0 and 2 share slot 0
+    host.push_back(at::full({16, 8}, static_cast<float>(k + 1)).pin_memory());
+    views.push_back(ws->add(k, host.back()));
+  }
+  EXPECT_EQ(ws->host_bytes(), 3u * 16 * 8 * 4);
+  EXPECT_EQ(views[0].data_ptr(), views[2].data_ptr());  // one slot, two modules
+  for (int step = 0; step < 3; ++step) {
+    for (int64_t k = 0; k < 3; ++k) {
+      ws->acquire(k);
+      const at::Tensor seen = (views[static_cast<size_t>(k)] * 1).cpu();  // a kernel on the compute stream
+      ws->release(k);
+      EXPECT_TRUE(at::equal(seen, host[static_cast<size_t>(k)])) << "step " << step << " module " << k;
+    }
+  }
+  EXPECT_THROW(ws->add(3, at::zeros({2048}).pin_memory()), c10::Error);  // 8 KiB: more than a slot
+}
+
+}  // namespace
+}  // namespace cascade::stage
