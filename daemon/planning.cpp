@@ -137,7 +137,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   out << "model: " << cfg.model.path << " (" << req.model.model_type << ", " << storage::dtype_name(dtype) << ")\n"
       << "strategy " << config::to_string(req.strategy) << ", mode " << config::to_string(req.mode) << ", max_batch "
       << req.max_batch << ", max_seq_len " << req.max_seq_len << ", offload_compute " << req.offload_compute
-      << (req.offload_compute == "auto" ? " (chose " + plan.offload_compute + ")" : "") << "\n"
+      << (req.offload_compute == "auto" ? " (" + plan.offload_choice + ")" : "") << "\n"
       << "budgets:";
   for (size_t i = 0; i < req.budgets.size(); ++i) {
     const auto& b = req.budgets[i];

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <limits>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "config/size.h"
 
@@ -487,6 +489,30 @@ Plan plan_with(const PlanRequest& r) {
   return plan;
 }
 
+// Seconds per step the offloaded weights of `p` cost: streamed to a GPU over PCIe
+// (pinned for the CPU tier, pageable for the disk tier) or read by the CPU that computes
+// them. Decode is weight-bound, so bytes over bandwidth is the step time's floor.
+double offload_seconds(const PlanRequest& r, const Plan& p) {
+  double cpu = 0, disk = 0;
+  for (size_t i = 0; i < p.module_device.size(); ++i) {
+    const DeviceName& d = p.module_device[i];
+    const double b = static_cast<double>(r.model.modules[i].weight_bytes());
+    if (d.kind == Kind::kDisk)
+      disk += b;
+    else if (d.kind == Kind::kCpu &&
+             p.stages.back().tiers.end() != std::find(p.stages.back().tiers.begin(), p.stages.back().tiers.end(), d))
+      cpu += b;  // the offload stage's CPU tier (extra CPU stages compute where they live either way)
+  }
+  if (p.offload_compute == "cpu") return (cpu + disk) / r.cpu_compute;
+  return cpu / r.pinned_h2d + disk / r.pageable_h2d;
+}
+
+std::string ms(double s) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(1) << s * 1e3 << " ms";
+  return o.str();
+}
+
 }  // namespace
 
 Plan make_plan(const PlanRequest& req) {
@@ -495,24 +521,34 @@ Plan make_plan(const PlanRequest& req) {
     p.offload_compute = req.offload_compute;
     return p;
   }
-  // auto: stream offloaded layers to the first GPU when that plan fits, else compute
-  // them on the CPU.
+  // auto: plan both ways and keep the cheaper offload per step.
   PlanRequest r = req;
+  r.offload_compute = "cpu";
+  Plan cpu = plan_with(r);
+  cpu.offload_compute = "cpu";
   for (const auto& b : req.budgets) {
     if (b.device.kind != Kind::kCuda) continue;
     r.offload_compute = b.device.str();
+    Plan gpu;
     try {
-      Plan p = plan_with(r);
-      p.offload_compute = r.offload_compute;
-      return p;
+      gpu = plan_with(r);
     } catch (const PlanError&) {
-      break;  // fall back to CPU compute below
+      cpu.offload_choice = "streaming to " + r.offload_compute + " does not fit its budget; CPU compute";
+      return cpu;
     }
+    gpu.offload_compute = r.offload_compute;
+    const double tg = offload_seconds(req, gpu), tc = offload_seconds(req, cpu);
+    if (tg == 0 && tc == 0) {
+      gpu.offload_choice = "nothing is offloaded";
+      return gpu;
+    }
+    Plan& best = tg <= tc ? gpu : cpu;
+    best.offload_choice = "offloaded weights per step: streamed to " + gpu.offload_compute + " ~" + ms(tg) +
+                          ", computed on the CPU ~" + ms(tc) + "; chose " + best.offload_compute;
+    return best;
   }
-  r.offload_compute = "cpu";
-  Plan p = plan_with(r);
-  p.offload_compute = "cpu";
-  return p;
+  cpu.offload_choice = "no GPU budget; CPU compute";
+  return cpu;
 }
 
 }  // namespace cascade::planner

@@ -72,9 +72,15 @@ struct PlanRequest {
   config::Mode mode = config::Mode::kSequential;
   int64_t max_batch = 16;
   int64_t max_seq_len = 2048;
-  // cpu | cuda:N | auto: stream offloaded layers to the first budgeted GPU when that
-  // plan fits (it reserves the double buffer), else compute them on the CPU.
+  // cpu | cuda:N | auto. auto plans both ways (streaming to the first budgeted GPU, if
+  // that plan fits, and CPU compute) and keeps the one whose offloaded bytes cost less
+  // per step by the cost model below.
   std::string offload_compute = "cpu";
+  // The cost model's bandwidths, bytes/s (defaults: DESIGN §10 and the H100 host's
+  // measured CPU offload rate, docs/performance.md).
+  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
+  double pageable_h2d = 5.9e9;  // disk-tier weights streamed from the mapping
+  double cpu_compute = 6.0e9;   // weights a CPU offload stage gets through per second
   std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
 };
 
@@ -112,6 +118,7 @@ struct Edge {
 
 struct Plan {
   std::string offload_compute;                    // as resolved: cpu | cuda:N
+  std::string offload_choice;                     // auto only: the estimates behind the choice
   std::vector<config::DeviceName> module_device;  // per module, parallel to model.modules
   std::vector<Stage> stages;                      // by rank (stages[i].rank == i + 1)
   std::vector<Segment> route_segments;            // the segments in execution order...

@@ -181,6 +181,23 @@ TEST(Plan, StreamedLayersKeepTheirKvCacheOnTheGpu) {
   EXPECT_EQ(p.stages.size(), 2u);
 }
 
+TEST(Plan, AutoOffloadComputeWeighsStreamingAgainstCpuCompute) {
+  PlanRequest r = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
+  r.offload_compute = "auto";
+  const Plan stream = make_plan(r);  // default bandwidths: PCIe 53.7 GB/s beats 6 GB/s of CPU compute
+  EXPECT_EQ(stream.offload_compute, "cuda:0");
+  EXPECT_NE(stream.offload_choice.find("streamed to cuda:0 ~"), std::string::npos) << stream.offload_choice;
+  EXPECT_NE(stream.offload_choice.find("chose cuda:0"), std::string::npos) << stream.offload_choice;
+  r.cpu_compute = 1e15;  // a CPU that reads weights faster than PCIe carries them
+  const Plan cpu = make_plan(r);
+  EXPECT_EQ(cpu.offload_compute, "cpu");
+  EXPECT_NE(cpu.offload_choice.find("chose cpu"), std::string::npos) << cpu.offload_choice;
+  r.budgets[0].bytes = 150 * MiB;  // no room for the double buffer: CPU compute, and it says why
+  const Plan tight = make_plan(r);
+  EXPECT_EQ(tight.offload_compute, "cpu");
+  EXPECT_NE(tight.offload_choice.find("does not fit"), std::string::npos) << tight.offload_choice;
+}
+
 TEST(Plan, ManualMapWithPrefixesAndAReturnToAnEarlierStage) {
   PlanRequest r = request(model(4, 10 * MiB, 10 * MiB), {{"cpu:0", 1000 * MiB}, {"cpu:1", 1000 * MiB}});
   r.device_map = {{"model.embed_tokens", parse_device("cpu:0")},
