@@ -1,5 +1,6 @@
 #include "comm/channel.h"
 
+#include "comm/cuda_check.h"
 #include "comm/shm_channel.h"
 
 #ifdef CASCADE_WITH_CUDA
@@ -23,9 +24,6 @@ void describe_payload(StepHeader* h, const at::Tensor& t) {
 size_t payload_bytes(const at::Tensor& t) { return static_cast<size_t>(t.numel()) * t.element_size(); }
 
 #ifdef CASCADE_WITH_CUDA
-void cuda_check(cudaError_t rc, const char* what) {
-  if (rc != cudaSuccess) throw CommError(std::string(what) + ": " + cudaGetErrorString(rc));
-}
 void cuda_sync(at::Device d) {
   cuda_check(cudaSetDevice(d.index()), "cudaSetDevice");
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");

@@ -5,13 +5,10 @@
 #include <thread>
 
 #include "comm/channel.h"
+#include "comm/cuda_check.h"
 
 namespace cascade::comm {
 namespace {
-
-void cuda_check(cudaError_t rc, const char* what) {
-  if (rc != cudaSuccess) throw CommError(std::string(what) + ": " + cudaGetErrorString(rc));
-}
 
 ncclDataType_t nccl_type(at::ScalarType t) {
   switch (t) {

@@ -12,6 +12,8 @@
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "comm/cuda_check.h"
 #endif
 
 namespace cascade::stage {
@@ -19,9 +21,7 @@ namespace cascade::stage {
 #ifdef CASCADE_WITH_CUDA
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("weight upload: ") + what + ": " + cudaGetErrorString(e));
-}
+void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("weight upload: ") + what); }
 
 class CudaUploader : public DeviceUploader {
  public:

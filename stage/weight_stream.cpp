@@ -6,6 +6,8 @@
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "comm/cuda_check.h"
 #endif
 
 namespace cascade::stage {
@@ -13,10 +15,7 @@ namespace cascade::stage {
 #ifdef CASCADE_WITH_CUDA
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("weight streaming: ") + what + ": " + cudaGetErrorString(e));
-}
+void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("weight streaming: ") + what); }
 
 // LibTorch computes on the device's default stream unless a guard says otherwise, and
 // nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
