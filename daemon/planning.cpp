@@ -61,10 +61,12 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::Sca
     for (const auto& t : spec.tensors) {
       const storage::TensorInfo& info = ck.info(t);
       const uint64_t numel = static_cast<uint64_t>(info.numel());
-      const bool quantized = int8 && stage::int8_module(spec, int8_skip) && stage::int8_tensor(t, info.shape.size());
-      mi.tensors.push_back({t, quantized                        ? numel + 4 * static_cast<uint64_t>(info.shape[0])
-                               : at::isFloatingType(info.dtype) ? numel * m.dtype_bytes
-                                                                : info.nbytes()});
+      const stage::Int8Layout layout = int8 && stage::int8_module(spec, int8_skip)
+                                           ? stage::int8_layout(t, info.shape.size())
+                                           : stage::Int8Layout::kNone;
+      mi.tensors.push_back({t, layout != stage::Int8Layout::kNone ? stage::int8_bytes(info.shape, layout)
+                               : at::isFloatingType(info.dtype)   ? numel * m.dtype_bytes
+                                                                  : info.nbytes()});
       // A lookup costs no FLOPs; every other matrix is one multiply-add per weight.
       if (info.shape.size() >= 2 && mi.kind != planner::ModuleKind::kEmbedding) mi.flops_per_token += 2.0 * numel;
     }

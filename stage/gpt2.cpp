@@ -5,16 +5,33 @@
 
 #include "stage/family.h"
 #include "stage/ops.h"
+#include "stage/quant.h"
 #include "storage/checkpoint.h"
 
 namespace cascade::stage {
 namespace {
 
-// Conv1D as HF applies it: y = b + x @ W with W [in, out].
+// Conv1D as HF applies it: y = b + x @ W with W [in, out]. Under LLM.int8 the loader
+// hands W over quantized as its transpose ([out, in] int8 + scales, stage/quant.h).
 struct Conv1D {
   at::Tensor w, b;
-  at::Tensor operator()(const at::Tensor& x) const { return at::addmm(b, x, w); }
+  at::Tensor scale;  // [out] when w is int8
+  double threshold = 0;
+  at::Tensor operator()(const at::Tensor& x) const {
+    return scale.defined() ? int8_linear(x, w, scale, b, threshold) : at::addmm(b, x, w);
+  }
 };
+
+Conv1D conv1d(const WeightSource& W, const ModelConfig& c, const std::string& name, int64_t in, int64_t out) {
+  Conv1D l;
+  l.w = W(name + ".weight", {in, out});
+  l.b = W(name + ".bias", {out});
+  if (l.w.scalar_type() == at::kChar) {
+    l.scale = W(name + ".weight:scale", {});
+    l.threshold = c.int8_threshold;
+  }
+  return l;
+}
 
 // Checkpoints saved from GPT2LMHeadModel prefix names with "transformer."; the
 // original hub files saved from GPT2Model do not.
@@ -69,10 +86,10 @@ class Block : public Module {
     const int64_t H = c.hidden_size, I = c.intermediate_size;
     ln1_ = LayerNorm(W(p + "ln_1.weight", {H}), W(p + "ln_1.bias", {H}), c.norm_eps);
     ln2_ = LayerNorm(W(p + "ln_2.weight", {H}), W(p + "ln_2.bias", {H}), c.norm_eps);
-    attn_ = {W(p + "attn.c_attn.weight", {H, 3 * H}), W(p + "attn.c_attn.bias", {3 * H})};
-    proj_ = {W(p + "attn.c_proj.weight", {H, H}), W(p + "attn.c_proj.bias", {H})};
-    fc_ = {W(p + "mlp.c_fc.weight", {H, I}), W(p + "mlp.c_fc.bias", {I})};
-    fc_proj_ = {W(p + "mlp.c_proj.weight", {I, H}), W(p + "mlp.c_proj.bias", {H})};
+    attn_ = conv1d(W, c, p + "attn.c_attn", H, 3 * H);
+    proj_ = conv1d(W, c, p + "attn.c_proj", H, H);
+    fc_ = conv1d(W, c, p + "mlp.c_fc", H, I);
+    fc_proj_ = conv1d(W, c, p + "mlp.c_proj", I, H);
     scale_ = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     if (c.scale_attn_by_inverse_layer_idx) scale_ /= static_cast<double>(layer + 1);
   }

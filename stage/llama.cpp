@@ -52,8 +52,13 @@ struct LinearW {
   at::Tensor w, b;   // [out, in] (float, or int8 under LLM.int8), [out] or undefined
   at::Tensor scale;  // [out] when w is int8
   double threshold = 0;
-  at::Tensor operator()(const at::Tensor& x) const {
-    return scale.defined() ? int8_linear(x, w, scale, b, threshold) : at::linear(x, w, b);
+  // The input as this projection's kind wants it: split for LLM.int8 once, then shared
+  // by the projections that read it.
+  Int8Activation input(const at::Tensor& x) const {
+    return int8_split(x, scale.defined() ? threshold : 0.0);  // weight-only or float: x as is
+  }
+  at::Tensor operator()(const Int8Activation& a) const {
+    return scale.defined() ? int8_linear(a, w, scale, b) : at::linear(a.x, w, b);
   }
 };
 
@@ -90,7 +95,7 @@ class DecoderLayer : public Module {
 
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     const int64_t T = x.size(0);
-    at::Tensor h = rms_norm(x, ln_in_, cfg_.norm_eps);
+    const Int8Activation h = q_.input(rms_norm(x, ln_in_, cfg_.norm_eps));
     at::Tensor q = q_(h).view({T, cfg_.num_heads, cfg_.head_dim});
     at::Tensor k = k_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
     at::Tensor v = v_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
@@ -105,9 +110,9 @@ class DecoderLayer : public Module {
     at::Tensor a = ctx.decode.defined()  // [T, heads*dim]
                        ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, scale, cfg_.sliding_window)
                        : ctx.kv->attend(layer_, q, k, v, ctx.batch, scale, cfg_.sliding_window);
-    at::Tensor y = x + o_(a);
-    h = rms_norm(y, ln_post_, cfg_.norm_eps);
-    return y + down_(activate(gate_(h), act_) * up_(h));
+    at::Tensor y = x + o_(o_.input(a));
+    const Int8Activation m = gate_.input(rms_norm(y, ln_post_, cfg_.norm_eps));
+    return y + down_(down_.input(activate(gate_(m), act_) * up_(m)));
   }
 
  private:

@@ -121,8 +121,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
         const storage::TensorInfo& info = ck->info(t);
         int64_t numel = 1;
         for (int64_t d : info.shape) numel *= d;
-        if (q && int8_tensor(t, info.shape.size()))
-          b += align(static_cast<uint64_t>(numel)) + align(static_cast<uint64_t>(info.shape[0]) * 4);
+        const Int8Layout layout = q ? int8_layout(t, info.shape.size()) : Int8Layout::kNone;
+        if (layout != Int8Layout::kNone)
+          b += align(static_cast<uint64_t>(numel)) + align(int8_bytes(info.shape, layout) - numel);
         else
           b += align(static_cast<uint64_t>(numel) * at::elementSize(opts.dtype));
       }
@@ -138,10 +139,11 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       const ModuleSpec& spec = m->desc_.modules[i];
       if (!opts.int8 || !stage::int8_module(spec, opts.int8_skip)) continue;
       for (const auto& t : spec.tensors)
-        if (disk_names.count(t) && int8_tensor(t, ck->info(t).shape.size())) int8_names.push_back(t);
+        if (disk_names.count(t) && int8_layout(t, ck->info(t).shape.size()) != Int8Layout::kNone)
+          int8_names.push_back(t);
     }
-    auto quantize = [](const at::Tensor& w) {
-      Int8Rows r = quantize_rows(w);
+    auto quantize = [&](const std::string& name, const at::Tensor& w) {
+      Int8Rows r = quantize_rows(w, int8_layout(name, ck->info(name).shape.size()));
       return std::make_pair(r.q, r.scale);
     };
     std::ostringstream sink;
@@ -174,8 +176,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
           t = m->stream_->add(ordinal, m->disk_->get(name));  // mapped: copied through the driver
           if (m->disk_->has(name + ":scale"))
             cache[name + ":scale"] = m->stream_->add(ordinal, m->disk_->get(name + ":scale"));
-        } else if (int8_module && int8_tensor(name, info.shape.size())) {
-          Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
+        } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
+          Int8Rows r = quantize_rows(ck->load(name, at::kFloat), int8_layout(name, info.shape.size()));
           t = m->stream_->add(ordinal, r.q.pin_memory());
           cache[name + ":scale"] = m->stream_->add(ordinal, r.scale.pin_memory());
           m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
@@ -186,8 +188,8 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       } else if (m->disk_ && m->disk_->has(name)) {
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
         if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = m->disk_->get(name + ":scale");  // int8
-      } else if (int8_module && int8_tensor(name, info.shape.size())) {
-        Int8Rows r = quantize_rows(ck->load(name, at::kFloat));
+      } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
+        Int8Rows r = quantize_rows(ck->load(name, at::kFloat), int8_layout(name, info.shape.size()));
         t = r.q.to(opts.device);
         cache[name + ":scale"] = r.scale.to(opts.device);
         m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
@@ -223,10 +225,10 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   }
   if (upload) upload->finish();
   const ModelConfig& c = m->desc_.config;
-  // What a graph cannot hold: int8 outlier columns (data-dependent shapes), "dynamic"
-  // RoPE (frequencies computed on the host per sequence), pages read from disk.
-  const bool capturable =
-      !(opts.int8 && opts.int8_threshold > 0) && c.rope.type != "dynamic" && !m->disk_ && !m->stream_;
+  // What a graph cannot hold: "dynamic" RoPE (frequencies computed on the host per
+  // sequence), pages read from disk, streamed weights. (LLM.int8's outlier split has
+  // fixed shapes and no host sync, so int8 layers can be captured.)
+  const bool capturable = c.rope.type != "dynamic" && !m->disk_ && !m->stream_;
   if (opts.cuda_graphs && capturable) m->graphs_ = DecodeGraphs::create(opts.device);
   m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device,
                    /*spare_slot=*/m->graphs_ != nullptr);

@@ -1,6 +1,38 @@
 #include "stage/quant.h"
 
+#include <algorithm>
+
+#include "storage/compat.h"
+
 namespace cascade::stage {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The compute type of the floating-point parts: x's own on CUDA (tensor cores), float32
+// on CPU, where 16-bit matmuls are slow or (float16 on 1.13) missing.
+at::ScalarType compute_type(const at::Tensor& x) { return x.is_cuda() ? x.scalar_type() : at::kFloat; }
+
+// Exact int8 dot products: xq [T, K] int8, q [N, K] int8 -> [T, N] float32.
+at::Tensor int_dots(const at::Tensor& xq, const at::Tensor& q) {
+  const at::Tensor fast = compat::int8_mm(xq, q);
+  if (fast.defined()) return fast.to(at::kFloat);
+  // float32 holds every integer below 2^24 exactly: 1024 products of at most 127 * 127 are
+  // below 2^24, so each block's sum is exact; blocks are summed in float64.
+  constexpr int64_t kBlock = 1024;
+  const int64_t K = xq.size(1);
+  if (K <= kBlock) return at::mm(xq.to(at::kFloat), q.to(at::kFloat).t());
+  at::Tensor acc = at::zeros({xq.size(0), q.size(0)}, xq.options().dtype(at::kDouble));
+  for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+    const int64_t n = std::min(kBlock, K - k0);
+    acc.add_(at::mm(xq.narrow(1, k0, n).to(at::kFloat), q.narrow(1, k0, n).to(at::kFloat).t()).to(at::kDouble));
+  }
+  return acc.to(at::kFloat);
+}
+
+}  // namespace
 
 bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip) {
   if (spec.kind != ModuleKind::kDecoderLayer) return false;
@@ -9,17 +41,24 @@ bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip) {
   return true;
 }
 
-bool int8_tensor(const std::string& name, size_t rank) {
-  static const std::string suffix = "_proj.weight";
-  return rank == 2 && name.size() > suffix.size() &&
-         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+Int8Layout int8_layout(const std::string& name, size_t rank) {
+  if (rank != 2) return Int8Layout::kNone;
+  for (const char* conv1d : {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"})
+    if (ends_with(name, std::string(".") + conv1d)) return Int8Layout::kTransposed;
+  return ends_with(name, "_proj.weight") ? Int8Layout::kRows : Int8Layout::kNone;
 }
 
-Int8Rows quantize_rows(const at::Tensor& w) {
-  TORCH_CHECK(w.dim() == 2, "int8 quantization takes a [out, in] weight, got ", w.sizes());
-  const at::Tensor f = w.to(at::kFloat);
-  const at::Tensor scale = std::get<0>(f.abs().max(1)).div_(127.0).clamp_min_(1e-12);  // [out]
-  const at::Tensor q = f.div(scale.unsqueeze(1)).round_().clamp_(-127, 127).to(at::kChar);
+uint64_t int8_bytes(const std::vector<int64_t>& shape, Int8Layout layout) {
+  TORCH_CHECK(shape.size() == 2 && layout != Int8Layout::kNone, "int8_bytes: not an int8 weight");
+  const int64_t out = layout == Int8Layout::kRows ? shape[0] : shape[1];
+  return static_cast<uint64_t>(shape[0] * shape[1]) + 4 * static_cast<uint64_t>(out);
+}
+
+Int8Rows quantize_rows(const at::Tensor& w, Int8Layout layout) {
+  TORCH_CHECK(w.dim() == 2 && layout != Int8Layout::kNone, "int8 quantization takes a 2-D weight, got ", w.sizes());
+  const at::Tensor f = (layout == Int8Layout::kTransposed ? w.t() : w).to(at::kFloat).contiguous();  // [out, in]
+  const at::Tensor scale = std::get<0>(f.abs().max(1)).div_(127.0).clamp_min_(1e-12);                // [out]
+  const at::Tensor q = f.div(scale.unsqueeze(1)).round_().clamp_(-127, 127).to(at::kChar).contiguous();
   return {q, scale};
 }
 
@@ -27,29 +66,47 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarTy
   return q.to(at::kFloat).mul_(scale.unsqueeze(1)).to(dtype);
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias,
-                       double threshold) {
+Int8Activation int8_split(const at::Tensor& x, double threshold) {
+  TORCH_CHECK(x.dim() == 2, "int8: activations must be [tokens, in], got ", x.sizes());
+  Int8Activation a;
+  a.x = x;
+  a.threshold = threshold;
+  if (threshold <= 0) return a;
+  const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
+  const at::Tensor xf = x.to(at::kFloat);
+  auto [top, cols] = std::get<0>(xf.abs().max(0)).topk(k);  // [k] largest column maxima, their columns
+  const at::Tensor outlier = top.ge(threshold);             // [k]
+  a.cols = cols;
+  a.xo = xf.index_select(1, cols).mul_(outlier.unsqueeze(0)).to(compute_type(x));  // [T, k]
+  const at::Tensor mask = at::zeros({K}, outlier.options()).scatter_(0, cols, outlier);
+  const at::Tensor regular = xf.masked_fill(mask.unsqueeze(0), 0.0);                         // [T, K]
+  a.sx = std::get<0>(regular.abs().max(1, /*keepdim=*/true)).div_(127.0).clamp_min_(1e-12);  // [T, 1]
+  a.xq = regular.div_(a.sx).round_().clamp_(-127, 127).to(at::kChar);
+  return a;
+}
+
+at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias) {
+  const at::Tensor& x = a.x;
   TORCH_CHECK(x.dim() == 2 && x.size(1) == q.size(1), "int8_linear: input ", x.sizes(), " does not fit weight ",
               q.sizes());
-  const at::Tensor xf = x.to(at::kFloat);
-  at::Tensor y;
-  if (threshold <= 0) {
-    y = at::linear(xf, dequantize(q, scale, at::kFloat));
+  const at::ScalarType ct = compute_type(x);
+  at::Tensor y;  // [T, out] float32, before the weight's row scales
+  if (a.threshold <= 0) {
+    // The int8 values are exact in every float type, so no dequantized copy is made:
+    // the scales apply to the product's columns.
+    y = at::linear(x.to(ct), q.to(ct)).to(at::kFloat);
   } else {
-    const at::Tensor outlier = xf.abs().ge(threshold).any(0);  // [in]
-    const at::Tensor regular = xf.masked_fill(outlier.unsqueeze(0), 0.0);
-    const at::Tensor sx = std::get<0>(regular.abs().max(1)).div_(127.0).clamp_min_(1e-12);  // [tokens]
-    const at::Tensor xq = regular.div(sx.unsqueeze(1)).round_().clamp_(-127, 127);
-    // Exact int8 x int8 -> int32 sums, then the row and column scales.
-    y = at::mm(xq.to(at::kDouble), q.to(at::kDouble).t()).to(at::kFloat);
-    y.mul_(sx.unsqueeze(1)).mul_(scale.unsqueeze(0));
-    const at::Tensor cols = outlier.nonzero().squeeze(1);
-    if (cols.numel() > 0) {
-      y.add_(at::mm(xf.index_select(1, cols), dequantize(q.index_select(1, cols), scale, at::kFloat).t()));
-    }
+    y = int_dots(a.xq, q).mul_(a.sx);
+    y.add_(at::mm(a.xo, q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
   }
+  y.mul_(scale.unsqueeze(0));
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   return y.to(x.scalar_type());
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias,
+                       double threshold) {
+  return int8_linear(int8_split(x, threshold), q, scale, bias);
 }
 
 }  // namespace cascade::stage

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <limits>
+
 #define CASCADE_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
@@ -31,6 +34,24 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   return at::matmul(probs, v);  // [heads, q_len, head_dim]
+}
+
+// int8 x int8 -> int32 through cuBLASLt (at::_int_mm, LibTorch >= 2.1, CUDA only).
+// a [M, K] int8, b [N, K] int8 (row-major, as an int8 nn.Linear weight) -> [M, N] int32,
+// or an undefined tensor where this build or these shapes cannot: the caller then
+// computes the sums itself. cuBLASLt wants more than 16 rows and K, N multiples of 8;
+// decode's few rows are padded with zeros (the weight is read once either way).
+inline at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& b) {
+#if CASCADE_TORCH_AT_LEAST(2, 1)
+  if (a.is_cuda() && a.size(1) % 8 == 0 && b.size(0) % 8 == 0 && a.size(1) > 0) {
+    const int64_t m = a.size(0), rows = std::max<int64_t>(24, (m + 7) / 8 * 8);
+    const at::Tensor padded = rows == m ? a.contiguous() : at::constant_pad_nd(a, {0, 0, 0, rows - m});
+    return at::_int_mm(padded, b.t()).narrow(0, 0, m);
+  }
+#endif
+  (void)a;
+  (void)b;
+  return {};
 }
 
 }  // namespace cascade::compat

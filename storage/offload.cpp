@@ -107,7 +107,7 @@ std::unique_ptr<DiskTier> DiskTier::open(std::shared_ptr<const Checkpoint> ck, c
         tensors.emplace_back(n, ck->load(n, dtype));
         continue;
       }
-      auto [rows, scale] = quantize(ck->load(n, at::kFloat));
+      auto [rows, scale] = quantize(n, ck->load(n, at::kFloat));
       tensors.emplace_back(n, rows);
       tensors.emplace_back(n + ":scale", scale);
     }

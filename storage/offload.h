@@ -36,8 +36,8 @@ class DiskTier {
  public:
   // `names`: the checkpoint tensors on the disk tier. Converts what needs converting
   // (progress and the reuse/rebuild decision go to `log`). Throws StorageError.
-  // float32 weight [rows, cols] -> (int8 [rows, cols], float32 scales [rows]).
-  using Quantize = std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
+  // (name, float32 weight) -> (int8 rows [out, in], float32 scales [out]).
+  using Quantize = std::function<std::pair<at::Tensor, at::Tensor>(const std::string&, const at::Tensor&)>;
   static std::unique_ptr<DiskTier> open(std::shared_ptr<const Checkpoint> ck, const std::vector<std::string>& names,
                                         at::ScalarType dtype, const std::string& folder, std::ostream& log,
                                         const std::vector<std::string>& int8 = {}, const Quantize& quantize = {});

@@ -65,7 +65,7 @@ TEST(DiskTier, Int8TensorsAreStoredQuantizedAndTheManifestSaysSo) {
     if (n.find("proj.weight") != std::string::npos) q.push_back(n);
   ASSERT_FALSE(q.empty());
   // A stand-in rule (storage knows none): per-row absmax to [-127, 127].
-  auto quantize = [](const at::Tensor& w) {
+  auto quantize = [](const std::string&, const at::Tensor& w) {
     const at::Tensor scale = w.abs().amax(1).clamp_min(1e-12) / 127;
     return std::make_pair((w / scale.unsqueeze(1)).round().to(at::kChar), scale);
   };
@@ -76,12 +76,14 @@ TEST(DiskTier, Int8TensorsAreStoredQuantizedAndTheManifestSaysSo) {
       const at::Tensor rows = d->get(n), scale = d->get(n + ":scale");
       EXPECT_EQ(rows.scalar_type(), at::kChar) << n;
       EXPECT_EQ(scale.scalar_type(), at::kFloat) << n;
-      const auto [want_rows, want_scale] = quantize(ck->load(n, at::kFloat));
+      const auto [want_rows, want_scale] = quantize(n, ck->load(n, at::kFloat));
       EXPECT_TRUE(at::equal(rows, want_rows)) << n;
       EXPECT_TRUE(at::equal(scale, want_scale)) << n;
     }
     for (const auto& n : names) {
-      if (std::find(q.begin(), q.end(), n) == q.end()) EXPECT_EQ(d->get(n).scalar_type(), at::kFloat) << n;
+      if (std::find(q.begin(), q.end(), n) == q.end()) {
+        EXPECT_EQ(d->get(n).scalar_type(), at::kFloat) << n;
+      }
     }
   }
   EXPECT_NE(log1.str().find("as int8"), std::string::npos) << log1.str();

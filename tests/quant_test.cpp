@@ -52,11 +52,90 @@ TEST(Int8, MixedDecompositionKeepsOutliersExact) {
   EXPECT_EQ(int8_linear(x.to(at::kBFloat16), r.q, r.scale, b, 6.0).scalar_type(), at::kBFloat16);
 }
 
-// Relative L2 error of last-position logits against HF float32, for every fixture of
-// the llama family (gpt2's Conv1D weights are not quantized yet).
+TEST(Int8, WhatIsQuantizedAndHowBig) {
+  EXPECT_EQ(int8_layout("model.layers.0.mlp.down_proj.weight", 2), Int8Layout::kRows);
+  EXPECT_EQ(int8_layout("model.layers.0.mlp.down_proj.bias", 1), Int8Layout::kNone);
+  EXPECT_EQ(int8_layout("model.layers.0.input_layernorm.weight", 1), Int8Layout::kNone);
+  EXPECT_EQ(int8_layout("transformer.h.3.attn.c_attn.weight", 2), Int8Layout::kTransposed);
+  EXPECT_EQ(int8_layout("h.3.mlp.c_proj.weight", 2), Int8Layout::kTransposed);  // not a "_proj" Linear
+  EXPECT_EQ(int8_layout("transformer.h.3.attn.c_attn.bias", 1), Int8Layout::kNone);
+  EXPECT_EQ(int8_bytes({96, 64}, Int8Layout::kRows), 96u * 64u + 4u * 96u);
+  EXPECT_EQ(int8_bytes({64, 192}, Int8Layout::kTransposed), 64u * 192u + 4u * 192u);  // a scale per output
+}
+
+TEST(Int8, Conv1DWeightsQuantizeAsTheirTranspose) {
+  at::manual_seed(2);
+  const at::Tensor w = at::randn({32, 48});  // [in, out]
+  const Int8Rows t = quantize_rows(w, Int8Layout::kTransposed), r = quantize_rows(w.t().contiguous());
+  EXPECT_EQ(t.q.sizes(), at::IntArrayRef({48, 32}));
+  EXPECT_TRUE(t.q.is_contiguous());
+  EXPECT_TRUE(at::equal(t.q, r.q));
+  EXPECT_TRUE(at::equal(t.scale, r.scale));
+}
+
+// Sums past 2^24 (3000 products of 127 * 127) are still exact: x and the weight are
+// integers with row maxima 127, so both scales are 1 and the result is x @ w^T itself.
+TEST(Int8, SumsAreExactPastOneFloatBlock) {
+  at::manual_seed(3);
+  const int64_t K = 3000;
+  at::Tensor x = at::full({3, K}, 127.0), w = at::randint(-127, 128, {8, K}).to(at::kFloat);
+  x[1].mul_(-1);
+  x[2] = at::randint(-127, 128, {K}).to(at::kFloat);
+  x.index_put_({2, 0}, 127.0);
+  w.select(1, 0).fill_(127.0);
+  w[1].fill_(127.0);  // x[0] . w[1] = 3000 * 127^2, past 2^24
+  const Int8Rows r = quantize_rows(w);
+  ASSERT_TRUE(r.scale.eq(1.0).all().item<bool>());
+  const at::Tensor y = int8_linear(x, r.q, r.scale, at::Tensor(), 1e9);  // 1e9: no outliers, all int8
+  const at::Tensor exact = at::mm(x.to(at::kDouble), w.to(at::kDouble).t());
+  EXPECT_GT(exact.abs().max().item<double>(), 1 << 24);
+  EXPECT_TRUE(at::equal(y, exact.to(at::kFloat)));
+}
+
+// More outlier columns than kMaxOutlierColumns: the largest take the float path, the
+// rest stay in the int8 part, and the result stays close.
+TEST(Int8, OutliersPastTheCapStayInTheInt8Part) {
+  at::manual_seed(4);
+  const int64_t extra = 4, n = kMaxOutlierColumns + extra;
+  at::Tensor x = at::randn({6, 128});
+  for (int64_t j = 0; j < n; ++j) x.select(1, 3 * j).fill_(10.0 + j);  // column 3j: all 10 + j
+  const Int8Activation a = int8_split(x, 6.0);
+  const at::Tensor cols = std::get<0>(a.cols.sort());  // the kMaxOutlierColumns largest: j = extra .. n-1
+  ASSERT_EQ(cols.numel(), kMaxOutlierColumns);
+  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_EQ(cols[i].item<int64_t>(), 3 * (extra + i));
+  EXPECT_TRUE(a.xo.ne(0).all().item<bool>());                          // all of them over 6
+  EXPECT_TRUE(a.xq.index_select(1, a.cols).eq(0).all().item<bool>());  // taken out of the int8 part
+  EXPECT_TRUE(a.xq.select(1, 0).ne(0).any().item<bool>());             // column 0 (j = 0) stays int8
+  const at::Tensor w = at::randn({24, 128}).mul_(0.05);
+  const Int8Rows r = quantize_rows(w);
+  const at::Tensor exact = at::linear(x, dequantize(r.q, r.scale, at::kFloat));
+  EXPECT_LT(rel_l2(int8_linear(a, r.q, r.scale, at::Tensor()), exact), 0.02);
+}
+
+// Same math on the GPU: cuBLASLt's int8 GEMM against the CPU's exact float blocks.
+TEST(Int8, CudaMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({256, 512}).mul_(0.05), b = at::randn({256});
+  const Int8Rows r = quantize_rows(w);
+  for (int64_t tokens : {1, 5, 40}) {
+    at::Tensor x = at::randn({tokens, 512});
+    x.select(1, 9).mul_(30);
+    for (double threshold : {6.0, 0.0}) {
+      const at::Tensor cpu = int8_linear(x, r.q, r.scale, b, threshold);
+      const at::Tensor gpu = int8_linear(x.cuda(), r.q.cuda(), r.scale.cuda(), b.cuda(), threshold).cpu();
+      EXPECT_LT(rel_l2(gpu, cpu), 1e-5) << tokens << " tokens, threshold " << threshold;
+      const at::Tensor half = int8_linear(x.cuda().to(at::kBFloat16), r.q.cuda(), r.scale.cuda(), b.cuda(), threshold);
+      EXPECT_EQ(half.scalar_type(), at::kBFloat16);
+      EXPECT_LT(rel_l2(half.cpu(), cpu), 0.02) << tokens << " tokens, threshold " << threshold << ", bf16";
+    }
+  }
+}
+
+// Relative L2 error of last-position logits against HF float32, for every fixture.
 TEST(Int8, FixtureLogitsWithinFivePercentOfFloat32) {
-  for (const std::string name :
-       {"llama_gqa", "llama3_tied_bf16", "llama_linear_sharded_f16", "llama_dynamic", "mistral_window", "qwen2_tied"}) {
+  for (const std::string name : {"llama_gqa", "llama3_tied_bf16", "llama_linear_sharded_f16", "llama_dynamic",
+                                 "mistral_window", "qwen2_tied", "gpt2"}) {
     auto ck = storage::Checkpoint::open(test::fixture(name));
     const auto ref = test::read_json(test::fixture(name) + "/reference.json");
     for (double threshold : {6.0, 0.0}) {
@@ -90,8 +169,9 @@ TEST(Int8, FixtureLogitsWithinFivePercentOfFloat32) {
 #ifdef CASCADE_WITH_TOKENIZER
 // LLM.int8 on the disk tier: layers served from the offload folder as int8 compute the
 // same logits, bit for bit, as the same int8 layers held in memory.
-TEST(Int8, DiskTierLayersEqualInMemoryLayers) {
-  const std::string dir = test::fixture("llama_gqa");
+void disk_tier_equals_memory(const std::string& name) {
+  SCOPED_TRACE(name);
+  const std::string dir = test::fixture(name);
   auto ck = storage::Checkpoint::open(dir);
   test::TempDir tmp;
   const int64_t n = static_cast<int64_t>(describe(*ck).modules.size());
@@ -114,6 +194,10 @@ TEST(Int8, DiskTierLayersEqualInMemoryLayers) {
   Batch b{{{0, 0, static_cast<int64_t>(prompt.size())}}};
   EXPECT_TRUE(
       at::equal(mem->forward(at::tensor(prompt, at::kLong), b), disk->forward(at::tensor(prompt, at::kLong), b)));
+}
+
+TEST(Int8, DiskTierLayersEqualInMemoryLayers) {
+  for (const std::string name : {"llama_gqa", "gpt2"}) disk_tier_equals_memory(name);
 }
 
 // Perplexity of the demo model on the first 384 held-out tokens, teacher-forced one
