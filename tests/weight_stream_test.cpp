@@ -31,5 +31,43 @@ TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   EXPECT_THROW(ws->add(3, at::zeros({2048}).pin_memory()), c10::Error);  // 8 KiB: more than a slot
 }
 
+// Pageable host memory (as the disk tier's mappings are) goes through the readers and the
+// pinned staging buffers: in order, step after step, and in an order the read-ahead did
+// not expect (a staged module is dropped and read again).
+TEST(WeightStream, PageableWeightsAreStagedAheadInAnyOrder) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 1 << 20);
+  std::vector<at::Tensor> host, views;
+  for (int64_t k = 0; k < 5; ++k) {
+    // Modules 0, 1, 3, 4 pageable (1 has two pieces), module 2 pinned.
+    at::Tensor t = at::arange(k * 1000, k * 1000 + 40000, at::kFloat);
+    host.push_back(k == 2 ? t.pin_memory() : t);
+    views.push_back(ws->add(k, host.back()));
+    if (k == 1) {
+      host.push_back(at::full({777}, 5.0));
+      views.push_back(ws->add(k, host.back()));
+    }
+  }
+  auto check_module = [&](int64_t k) {
+    ws->acquire(k);
+    std::vector<at::Tensor> seen;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const int64_t owner = i <= 1 ? static_cast<int64_t>(i) : static_cast<int64_t>(i) - 1;  // piece i's module
+      if (owner == k) seen.push_back((views[i] * 1).cpu());
+    }
+    ws->release(k);
+    size_t j = 0;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const int64_t owner = i <= 1 ? static_cast<int64_t>(i) : static_cast<int64_t>(i) - 1;
+      if (owner == k) {
+        EXPECT_TRUE(at::equal(seen[j++], host[i])) << "module " << k << " piece " << i;
+      }
+    }
+  };
+  for (int step = 0; step < 3; ++step)
+    for (int64_t k = 0; k < 5; ++k) check_module(k);
+  for (int64_t k : {3, 0, 4, 1, 1, 2, 0}) check_module(k);
+}
+
 }  // namespace
 }  // namespace cascade::stage

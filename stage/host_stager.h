@@ -1,0 +1,70 @@
+// Copies pageable host memory — views of mapped files, i.e. disk-tier weights — into
+// pinned staging buffers on worker threads, ahead of use, so that a streamed module's
+// disk-tier weights are read while earlier modules compute and then cross PCIe from
+// pinned memory at full speed (DESIGN §5, issue 8). Reading a mapping is memcpy plus
+// page faults; several threads read the page cache (or the disk) several times faster
+// than the driver's one-thread pageable copy.
+//
+// A job is a list of copies; the workers split it into 4 MiB chunks and share them.
+// Jobs finish in the order they were submitted. A job's `before` runs on a worker
+// before its first byte is written (the weight stream passes "wait until the last DMA
+// out of this buffer finished").
+//
+// Ownership: the caller keeps sources and destinations alive until its job is done.
+// Thread-safety: submit/done/wait from one thread (the stage's step loop); the workers
+// are internal. The destructor drops queued jobs and joins the workers.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace cascade::stage {
+
+class HostStager {
+ public:
+  struct Copy {
+    const void* src;
+    void* dst;
+    uint64_t bytes;
+  };
+  static constexpr uint64_t kChunk = 4ull << 20;
+
+  explicit HostStager(int threads);
+  ~HostStager();
+  HostStager(const HostStager&) = delete;
+  HostStager& operator=(const HostStager&) = delete;
+
+  // Queues a job and returns its ticket (1, 2, ...).
+  uint64_t submit(std::vector<Copy> copies, std::function<void()> before = {});
+  bool done(uint64_t ticket) const;
+  // Blocks until job `ticket` is done; rethrows what its `before` threw.
+  void wait(uint64_t ticket);
+
+ private:
+  struct Job {
+    uint64_t ticket;
+    std::vector<Copy> chunks;
+    std::function<void()> before;
+    enum { kNew, kPreparing, kRunning } state = kNew;
+    size_t next = 0, finished = 0;
+  };
+  void work();
+  void finish_front(std::exception_ptr error);  // with mu_ held
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  std::deque<Job> jobs_;
+  uint64_t submitted_ = 0, completed_ = 0;
+  std::map<uint64_t, std::exception_ptr> failed_;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace cascade::stage
