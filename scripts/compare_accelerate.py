@@ -138,6 +138,12 @@ def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_
             "wall": wall, "log": err}
 
 
+def memory_bytes(log_text):
+    """Weight bytes the stages hold in memory, from their ready lines."""
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+) (B|KiB|MiB|GiB) in memory", log_text))
+
+
 def streamed_bytes(log_text):
     """Bytes the offload stage streams to the GPU per step, from its ready line."""
     m = re.search(r"streams ([0-9.]+) (B|KiB|MiB|GiB) to the GPU per step", log_text)
@@ -234,6 +240,13 @@ def main():
                      f"Cascade {c1['ready']:.2f} s from launch (stage processes started, CUDA initialised, weights "
                      f"loaded, channels up), of which the GPU stage's load took {c1['load']:.2f} s "
                      f"({weights / 1e9:.2f} GB, {weights / max(c1['load'], 1e-9) / 1e9:.1f} GB/s)")
+        q8 = cascade_run(exe, args.work, "resident_int8_b1", anchor, {"cuda:0": "70GiB", "cpu": "100GiB"}, 1, N,
+                         '[quantization]\nmode = "int8"\n')
+        notes.append(f"int8 (LLM.int8, threshold 6.0) GPU-resident, batch 1: {q8['rate']:.1f} tok/s "
+                     f"({q8['rate'] / c1['rate']:.2f}x bf16); weights in GPU memory "
+                     f"{memory_bytes(q8['log']) / GiB:.2f} GiB vs {memory_bytes(c1['log']) / GiB:.2f} GiB in bf16 "
+                     f"({memory_bytes(q8['log']) / memory_bytes(c1['log']):.2f}x)")
+        log(notes[-1])
         same, prefix, n = agreement(hf_toks[0], c1["tokens"][0])
         notes.append(f"bf16 greedy agreement on the anchor, batch 1: {same}/{n} tokens equal, first {prefix} identical")
         log(notes[-2])

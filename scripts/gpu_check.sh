@@ -54,11 +54,12 @@ if [ "${CTEST:-all}" = all ]; then
 elif [ "${CTEST}" = gpu ]; then  # only the tests that exercise the GPU paths
   {
     build-gpu/tests/decode_graphs_test && build-gpu/tests/weight_stream_test && build-gpu/tests/device_upload_test &&
+      build-gpu/tests/quant_test && build-gpu/tests/host_stager_test &&
       build-gpu/tests/kv_cache_test && build-gpu/tests/model_test &&
       build-gpu/tests/cluster_test --gtest_filter='*Gpu*:*Streamed*'
   } >"$OUT/ctest.log" 2>&1
   step gpu_tests "exit $?: $(grep -cE '^\[  PASSED' "$OUT/ctest.log") binaries passed"
-  grep -E 'graphs vs eager|offload stage|streamed cpu/disk' "$OUT/ctest.log" >>"$summary"
+  grep -E 'graphs vs eager|offload stage|streamed cpu/disk|\[ int8 \]' "$OUT/ctest.log" >>"$summary"
 fi
 # Cascade against transformers + accelerate on the DESIGN §10 anchor (issue 8).
 if [ "${COMPARE:-0}" = 1 ]; then
