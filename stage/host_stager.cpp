@@ -1,9 +1,33 @@
 #include "stage/host_stager.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 namespace cascade::stage {
+
+void HostStager::copy(const Copy& c) {
+  if (c.fd < 0) {
+    std::memcpy(c.dst, c.src, c.bytes);
+    return;
+  }
+  uint64_t done = 0;
+  while (done < c.bytes) {
+    const ssize_t n =
+        ::pread(c.fd, static_cast<char*>(c.dst) + done, c.bytes - done, static_cast<off_t>(c.file_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      throw std::runtime_error(
+          "reading " + std::to_string(c.bytes) + " bytes at offset " + std::to_string(c.file_offset) +
+          " of a disk-tier file: " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+}
 
 HostStager::HostStager(int threads) {
   for (int i = 0; i < std::max(1, threads); ++i) workers_.emplace_back([this] { work(); });
@@ -22,8 +46,8 @@ uint64_t HostStager::submit(std::vector<Copy> copies, std::function<void()> befo
   Job job;
   for (const Copy& c : copies) {
     for (uint64_t off = 0; off < c.bytes; off += kChunk) {
-      job.chunks.push_back(
-          {static_cast<const char*>(c.src) + off, static_cast<char*>(c.dst) + off, std::min(kChunk, c.bytes - off)});
+      job.chunks.push_back({static_cast<const char*>(c.src) + off, static_cast<char*>(c.dst) + off,
+                            std::min(kChunk, c.bytes - off), c.fd, c.file_offset + off});
     }
   }
   job.before = std::move(before);
@@ -90,10 +114,16 @@ void HostStager::work() {
     }
     const Copy c = job.chunks[job.next++];
     lock.unlock();
-    std::memcpy(c.dst, c.src, c.bytes);
+    std::exception_ptr error;
+    try {
+      copy(c);
+    } catch (...) {
+      error = std::current_exception();
+    }
     lock.lock();
     Job& same = jobs_.front();  // the front cannot finish while this chunk is unaccounted
-    if (++same.finished == same.chunks.size()) finish_front(nullptr);
+    if (error && !same.error) same.error = error;
+    if (++same.finished == same.chunks.size()) finish_front(same.error);
   }
 }
 

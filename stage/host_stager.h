@@ -29,10 +29,14 @@ namespace cascade::stage {
 
 class HostStager {
  public:
+  // From memory at src, or, with fd >= 0, from the file at file_offset (pread: no page
+  // faults, no mapping to populate).
   struct Copy {
     const void* src;
     void* dst;
     uint64_t bytes;
+    int fd = -1;
+    uint64_t file_offset = 0;
   };
   static constexpr uint64_t kChunk = 4ull << 20;
 
@@ -44,7 +48,7 @@ class HostStager {
   // Queues a job and returns its ticket (1, 2, ...).
   uint64_t submit(std::vector<Copy> copies, std::function<void()> before = {});
   bool done(uint64_t ticket) const;
-  // Blocks until job `ticket` is done; rethrows what its `before` threw.
+  // Blocks until job `ticket` is done; rethrows what its `before` or a read threw.
   void wait(uint64_t ticket);
 
  private:
@@ -54,8 +58,10 @@ class HostStager {
     std::function<void()> before;
     enum { kNew, kPreparing, kRunning } state = kNew;
     size_t next = 0, finished = 0;
+    std::exception_ptr error;  // the first read that failed
   };
   void work();
+  static void copy(const Copy& c);              // one chunk; throws on a read error
   void finish_front(std::exception_ptr error);  // with mu_ held
 
   mutable std::mutex mu_;

@@ -172,10 +172,13 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
       }
       at::Tensor t;
       if (ordinal >= 0 && streamed_names.count(name)) {  // host memory, a view of its GPU slot
-        if (m->disk_ && m->disk_->has(name)) {
-          t = m->stream_->add(ordinal, m->disk_->get(name));  // mapped: copied through the driver
-          if (m->disk_->has(name + ":scale"))
-            cache[name + ":scale"] = m->stream_->add(ordinal, m->disk_->get(name + ":scale"));
+        if (m->disk_ && m->disk_->has(name)) {           // read from its file by the stream's readers
+          auto add_disk = [&](const std::string& n) {
+            const storage::DiskTier::FileRange r = m->disk_->file_range(n);
+            return m->stream_->add(ordinal, m->disk_->get(n), r.path, r.offset);
+          };
+          t = add_disk(name);
+          if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = add_disk(name + ":scale");
         } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
           Int8Rows r = quantize_rows(ck->load(name, at::kFloat), int8_layout(name, info.shape.size()));
           t = m->stream_->add(ordinal, r.q.pin_memory());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "stage/int8_kernels.h"
 #include "storage/compat.h"
 
 namespace cascade::stage {
@@ -90,16 +91,20 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   TORCH_CHECK(x.dim() == 2 && x.size(1) == q.size(1), "int8_linear: input ", x.sizes(), " does not fit weight ",
               q.sizes());
   const at::ScalarType ct = compute_type(x);
-  at::Tensor y;  // [T, out] float32, before the weight's row scales
-  if (a.threshold <= 0) {
-    // The int8 values are exact in every float type, so no dequantized copy is made:
-    // the scales apply to the product's columns.
-    y = at::linear(x.to(ct), q.to(ct)).to(at::kFloat);
-  } else {
-    y = int_dots(a.xq, q).mul_(a.sx);
-    y.add_(at::mm(a.xo, q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
+  // Decode on CUDA: one kernel reads the weight once (stage/int8_kernels.h).
+  at::Tensor y = a.threshold <= 0 ? int8_gemv_weight_only(x, q, scale)
+                                  : int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);  // [T, out] float32
+  if (!y.defined()) {
+    if (a.threshold <= 0) {
+      // The int8 values are exact in every float type, so no dequantized copy is made:
+      // the scales apply to the product's columns.
+      y = at::linear(x.to(ct), q.to(ct)).to(at::kFloat);
+    } else {
+      y = int_dots(a.xq, q).mul_(a.sx);
+      y.add_(at::mm(a.xo, q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
+    }
+    y.mul_(scale.unsqueeze(0));
   }
-  y.mul_(scale.unsqueeze(0));
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   return y.to(x.scalar_type());
 }

@@ -6,8 +6,13 @@
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
 #include <thread>
 
 #include "comm/cuda_check.h"
@@ -38,6 +43,7 @@ class CudaWeightStream : public WeightStream {
   }
   ~CudaWeightStream() override {
     stager_.reset();  // joins the readers (a queued job may wait on an event below)
+    for (const auto& f : fds_) ::close(f.second);
     cudaStreamSynchronize(copy_);
     for (int s = 0; s < 2; ++s) {
       cudaEventDestroy(copied_[s]);
@@ -47,7 +53,7 @@ class CudaWeightStream : public WeightStream {
     cudaStreamDestroy(copy_);
   }
 
-  at::Tensor add(int64_t k, const at::Tensor& host) override {
+  at::Tensor add(int64_t k, const at::Tensor& host, const std::string& file, uint64_t offset) override {
     TORCH_CHECK(k >= 0 && k <= static_cast<int64_t>(modules_.size()), "streamed modules are added in order");
     if (k == static_cast<int64_t>(modules_.size())) modules_.emplace_back();
     Module& m = modules_[static_cast<size_t>(k)];
@@ -59,11 +65,12 @@ class CudaWeightStream : public WeightStream {
                           .narrow(0, static_cast<int64_t>(m.used), static_cast<int64_t>(n))
                           .view(src.scalar_type())
                           .view(src.sizes());
-    // Pageable memory (the disk tier's mappings) goes through the readers and a pinned
-    // staging buffer, at the same offset as in the slot.
-    const bool staged = !src.is_pinned();
+    // Files and pageable memory go through the readers and a pinned staging buffer, at
+    // the same offset as in the slot.
+    const bool staged = !file.empty() || !src.is_pinned();
     if (staged) start_staging();
-    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used});
+    const int fd = file.empty() ? -1 : open_file(file);
+    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used, fd, offset});
     m.staged = m.staged || staged;
     m.used += (n + kAlign - 1) / kAlign * kAlign;
     host_bytes_ += n;
@@ -98,6 +105,8 @@ class CudaWeightStream : public WeightStream {
     uint64_t bytes;
     bool staged;      // pageable: read into a staging buffer first
     uint64_t offset;  // in the slot and in the staging buffer
+    int fd;           // >= 0: read from this file at file_offset instead of `host`
+    uint64_t file_offset;
   };
   struct Module {
     std::vector<Piece> pieces;
@@ -124,6 +133,15 @@ class CudaWeightStream : public WeightStream {
     stager_ = std::make_unique<HostStager>(static_cast<int>(std::min(4u, std::max(1u, cores / 2))));
   }
 
+  int open_file(const std::string& path) {
+    auto it = fds_.find(path);
+    if (it != fds_.end()) return it->second;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("weight streaming: cannot open " + path + ": " + std::strerror(errno));
+    fds_[path] = fd;
+    return fd;
+  }
+
   Staging* staging_of(int64_t k) {
     for (Staging& st : staging_)
       if (st.module == k && !st.consumed) return &st;
@@ -141,7 +159,8 @@ class CudaWeightStream : public WeightStream {
     std::vector<HostStager::Copy> copies;
     for (const Piece& p : m.pieces)
       if (p.staged)
-        copies.push_back({p.host.data_ptr(), static_cast<char*>(free->buffer.data_ptr()) + p.offset, p.bytes});
+        copies.push_back(
+            {p.host.data_ptr(), static_cast<char*>(free->buffer.data_ptr()) + p.offset, p.bytes, p.fd, p.file_offset});
     const cudaEvent_t dma_done = free->dma_done;
     const int device = device_.index();
     free->module = k;
@@ -194,6 +213,7 @@ class CudaWeightStream : public WeightStream {
   std::vector<Module> modules_;
   Staging staging_[2];
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
+  std::map<std::string, int> fds_;      // disk-tier files, read by the stager
 };
 
 }  // namespace

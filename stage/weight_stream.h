@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 namespace cascade::stage {
 
@@ -29,9 +30,12 @@ class WeightStream {
   virtual ~WeightStream() = default;
 
   // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
-  // returns the view of slot k % 2 that the module computes with. host: CPU, contiguous;
-  // pinned memory copies at full PCIe speed, pageable (a mapped file) through the driver.
-  virtual at::Tensor add(int64_t k, const at::Tensor& host) = 0;
+  // returns the view of slot k % 2 that the module computes with. host: CPU, contiguous.
+  // Pinned memory is copied straight to the GPU at full PCIe speed. Anything else — a
+  // disk-tier tensor, whose bytes lie in `file` at `offset` (read with pread), or other
+  // pageable memory — is read by reader threads into a pinned staging buffer ahead of
+  // use, then copied.
+  virtual at::Tensor add(int64_t k, const at::Tensor& host, const std::string& file = "", uint64_t offset = 0) = 0;
   // Before module k computes: queues its copy if its slot does not hold it, makes the
   // compute stream wait for it, and starts copying the next streamed module.
   virtual void acquire(int64_t k) = 0;

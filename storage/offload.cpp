@@ -150,6 +150,12 @@ at::Tensor DiskTier::get(const std::string& name) const {
   return it->second.file->view(*it->second.info);
 }
 
+DiskTier::FileRange DiskTier::file_range(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw StorageError("tensor '" + name + "' is not on the disk tier");
+  return {it->second.file->path(), it->second.file->file_offset(*it->second.info)};
+}
+
 void DiskTier::will_need(const std::string& name) const {
   auto it = where_.find(name);
   if (it != where_.end()) it->second.file->advise(*it->second.info, SafetensorsFile::Advice::kWillNeed);

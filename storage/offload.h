@@ -45,6 +45,13 @@ class DiskTier {
   bool has(const std::string& name) const { return where_.count(name) > 0; }
   // A read-only CPU view in the compute dtype (int8 tensors: int8, and "<name>:scale").
   at::Tensor get(const std::string& name) const;
+  // Where get(name)'s bytes lie in a file, for readers that pread() rather than fault
+  // pages into a mapping.
+  struct FileRange {
+    std::string path;
+    uint64_t offset;
+  };
+  FileRange file_range(const std::string& name) const;
   void will_need(const std::string& name) const;
   void dont_need(const std::string& name) const;
 

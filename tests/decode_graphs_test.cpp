@@ -101,7 +101,9 @@ TEST(DecodeGraphs, Int8LayersAreCaptured) {
     const auto [ids_g, logits_g] = decode(*graphed, 20);
     EXPECT_EQ(ids_e, ids_g) << name;
     const double worst = (logits_e - logits_g).abs().max().item<double>();
-    EXPECT_LE(worst, 1e-2) << name;  // bf16 logits; the same kernels, so in practice 0
+    // bf16 logits: within two rounding steps of bf16 at |logit| < 16 (cuBLAS may pick
+    // another algorithm under capture for the 16-bit matmuls around the int8 ones).
+    EXPECT_LE(worst, 0.0625) << name;
     EXPECT_EQ(graphed->graphs_captured(), 1u) << name;
     std::printf("%-24s int8 graphs vs eager: max |dlogit| %.2e\n", name.c_str(), worst);
   }

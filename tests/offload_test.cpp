@@ -1,5 +1,9 @@
 #include "storage/offload.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -7,6 +11,18 @@
 
 namespace cascade::storage {
 namespace {
+
+// The bytes at d.file_range(name), read with pread as the GPU stream's readers do.
+bool file_range_matches(const DiskTier& d, const std::string& name) {
+  const at::Tensor t = d.get(name).contiguous();
+  const DiskTier::FileRange r = d.file_range(name);
+  const size_t n = static_cast<size_t>(t.numel()) * t.element_size();
+  std::vector<char> buf(n);
+  const int fd = ::open(r.path.c_str(), O_RDONLY);
+  const bool ok = fd >= 0 && ::pread(fd, buf.data(), n, static_cast<off_t>(r.offset)) == static_cast<ssize_t>(n);
+  if (fd >= 0) ::close(fd);
+  return ok && std::memcmp(buf.data(), t.data_ptr(), n) == 0;
+}
 
 std::vector<std::string> layer0(const Checkpoint& ck) {
   std::vector<std::string> v;
@@ -30,6 +46,7 @@ TEST(DiskTier, SameDtypeIsServedFromTheShardsWithoutCopies) {
     d->will_need(n);
     d->dont_need(n);
     EXPECT_TRUE(at::equal(t, ck->load(n, at::kBFloat16)));  // still readable after dropping
+    EXPECT_TRUE(file_range_matches(*d, n)) << n;
   }
   EXPECT_EQ(d->zero_copy_bytes(), bytes);
   EXPECT_EQ(d->folder_bytes(), 0u);
@@ -45,7 +62,10 @@ TEST(DiskTier, OtherDtypesAreConvertedOnceAndReused) {
     auto d = DiskTier::open(ck, names, at::kFloat, dir.file("off"), log1);
     EXPECT_TRUE(d->rebuilt());
     EXPECT_GT(d->folder_bytes(), 0u);
-    for (const auto& n : names) EXPECT_TRUE(at::equal(d->get(n), ck->load(n, at::kFloat))) << n;
+    for (const auto& n : names) {
+      EXPECT_TRUE(at::equal(d->get(n), ck->load(n, at::kFloat))) << n;
+      EXPECT_TRUE(file_range_matches(*d, n)) << n << " in the offload folder";
+    }
   }
   EXPECT_NE(log1.str().find("no manifest; converting"), std::string::npos) << log1.str();
   const auto manifest = test::read_json(dir.file("off/manifest.json"));

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 namespace cascade::stage {
 namespace {
 
@@ -37,12 +39,21 @@ TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
 TEST(WeightStream, PageableWeightsAreStagedAheadInAnyOrder) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 1 << 20);
+  test::TempDir dir;
   std::vector<at::Tensor> host, views;
   for (int64_t k = 0; k < 5; ++k) {
-    // Modules 0, 1, 3, 4 pageable (1 has two pieces), module 2 pinned.
+    // Modules 0, 1, 3 pageable (1 has two pieces), module 2 pinned, module 4 read from a
+    // file (at offset 4096, as a disk-tier tensor in its shard).
     at::Tensor t = at::arange(k * 1000, k * 1000 + 40000, at::kFloat);
     host.push_back(k == 2 ? t.pin_memory() : t);
-    views.push_back(ws->add(k, host.back()));
+    if (k == 4) {
+      std::string bytes(4096, 'x');
+      bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * 4);
+      test::write_file(dir.file("shard.bin"), bytes);
+      views.push_back(ws->add(k, at::zeros_like(t), dir.file("shard.bin"), 4096));  // the file, not the tensor, counts
+    } else {
+      views.push_back(ws->add(k, host.back()));
+    }
     if (k == 1) {
       host.push_back(at::full({777}, 5.0));
       views.push_back(ws->add(k, host.back()));
