@@ -87,6 +87,9 @@ void World::spawn(int n, const std::string& exe, const std::vector<std::string>&
   MPI_Info_create(&info);
   // More stage processes than cores is normal: stages mostly wait for each other.
   MPI_Info_set(info, "map_by", ":OVERSUBSCRIBE");
+  // A stage runs its own threads (threads_per_stage, the disk readers): binding it to one
+  // core, Open MPI's default for small jobs, would put them all on that core.
+  MPI_Info_set(info, "bind_to", "none");
   MPI_Comm inter = MPI_COMM_NULL;
   std::vector<int> errcodes(static_cast<size_t>(n), MPI_SUCCESS);
   MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);

@@ -205,11 +205,12 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
       rep.zero_copy_bytes = r["zero_copy_bytes"].get<uint64_t>();
       rep.folder_bytes = r["folder_bytes"].get<uint64_t>();
       rep.kv_bytes = r["kv_bytes"].get<uint64_t>();
-      log << "cascade: " << label << " on " << rep.host << " (pid " << rep.pid << ") ready in " << std::fixed
-          << std::setprecision(2) << rep.seconds << " s: " << config::format_bytes(rep.source_bytes)
-          << " of the checkpoint (" << mb_per_s(rep.source_bytes, rep.seconds) << "), "
-          << config::format_bytes(rep.weight_bytes) << " in memory, "
-          << config::format_bytes(rep.zero_copy_bytes + rep.folder_bytes) << " paged from disk"
+      const int cores = r.value("cores", 0);
+      log << "cascade: " << label << " on " << rep.host << " (pid " << rep.pid << ", " << cores
+          << (cores == 1 ? " core" : " cores") << ") ready in " << std::fixed << std::setprecision(2) << rep.seconds
+          << " s: " << config::format_bytes(rep.source_bytes) << " of the checkpoint ("
+          << mb_per_s(rep.source_bytes, rep.seconds) << "), " << config::format_bytes(rep.weight_bytes)
+          << " in memory, " << config::format_bytes(rep.zero_copy_bytes + rep.folder_bytes) << " paged from disk"
           << (r.value("folder_rebuilt", false) ? " (offload folder rebuilt)" : "") << ", KV "
           << config::format_bytes(rep.kv_bytes);
       if (r.value("streamed_bytes", uint64_t{0}) > 0)

@@ -158,6 +158,14 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   bool int8_module = false;  // the module being built takes int8 linear weights
   int64_t ordinal = -1;      // the module being built is streamed module `ordinal` (else -1)
   m->desc_.config.int8_threshold = opts.int8_threshold;
+  // LLM.int8 at load: on the compute device when it is a GPU (the CPU would take ~10x
+  // longer), from the stored values converted to float32 either way.
+  auto quantize = [&](const std::string& name, const storage::TensorInfo& info) {
+    const at::Tensor w = opts.device.is_cuda() && at::isFloatingType(info.dtype)
+                             ? ck->load(name, info.dtype).to(opts.device)
+                             : ck->load(name, at::kFloat);
+    return quantize_rows(w, int8_layout(name, info.shape.size()));
+  };
   WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
     auto it = cache.find(name);
     if (it == cache.end() && name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
@@ -180,9 +188,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
           t = add_disk(name);
           if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = add_disk(name + ":scale");
         } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
-          Int8Rows r = quantize_rows(ck->load(name, at::kFloat), int8_layout(name, info.shape.size()));
-          t = m->stream_->add(ordinal, r.q.pin_memory());
-          cache[name + ":scale"] = m->stream_->add(ordinal, r.scale.pin_memory());
+          Int8Rows r = quantize(name, info);
+          t = m->stream_->add(ordinal, r.q.cpu().pin_memory());
+          cache[name + ":scale"] = m->stream_->add(ordinal, r.scale.cpu().pin_memory());
           m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
         } else {
           t = m->stream_->add(ordinal, ck->load(name, opts.dtype).pin_memory());
@@ -192,7 +200,7 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
         t = m->disk_->get(name);  // a view of the mapping: paged in when used
         if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = m->disk_->get(name + ":scale");  // int8
       } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
-        Int8Rows r = quantize_rows(ck->load(name, at::kFloat), int8_layout(name, info.shape.size()));
+        Int8Rows r = quantize(name, info);
         t = r.q.to(opts.device);
         cache[name + ":scale"] = r.scale.to(opts.device);
         m->weight_bytes_ += t.numel() + r.scale.numel() * 4;

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,15 @@
 
 namespace cascade::stage {
 namespace {
+
+// The cores this process may run on (its affinity mask): a stage bound to one core by
+// its launcher runs its threads and readers on that core alone, so the ready line says.
+int allowed_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return static_cast<int>(std::thread::hardware_concurrency());
+  return CPU_COUNT(&set);
+}
 
 using comm::Clock;
 using nlohmann::json;
@@ -383,6 +393,7 @@ int run_stage(comm::World& w, std::ostream& log) {
                         {"kv_bytes", m.kv_cache().bytes()},
                         {"streamed_bytes", m.streamed_bytes()},
                         {"pid", ::getpid()},
+                        {"cores", allowed_cores()},
                         {"host", w.host()}};
     w.send(0, comm::kTagLoad, ready.dump(), after(a.step_timeout), alive);
   } catch (const std::exception& e) {

@@ -96,7 +96,7 @@ std::string single_run(const std::string& model, const std::string& extra = "") 
 
 std::vector<int> stage_pids(const std::string& log) {
   std::vector<int> pids;
-  const std::regex re("\\(pid ([0-9]+)\\) ready");
+  const std::regex re("\\(pid ([0-9]+), [0-9]+ cores?\\) ready");
   for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
     pids.push_back(std::stoi((*it)[1]));
   return pids;
