@@ -54,6 +54,10 @@ class Module {
   // Decoder layer / final norm: hidden [tokens, hidden] -> hidden [tokens, hidden].
   // LM head: hidden [tokens, hidden] -> logits [seqs, vocab] at each sequence's last token.
   virtual at::Tensor forward(const at::Tensor& x, StepContext& ctx) = 0;
+  // Called once after every weight of a memory-resident module has landed on its device
+  // (never for streamed or disk-tier modules, whose weights are views that change):
+  // a module may re-lay its weights out here, e.g. fuse projections that share an input.
+  virtual void finalize() {}
 };
 
 // Fetches a weight in the compute dtype on the compute device. Checks the shape

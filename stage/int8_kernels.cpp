@@ -1,6 +1,6 @@
 #include "stage/int8_kernels.h"
 
-#ifdef CASCADE_WITH_INT8_KERNELS
+#ifdef CASCADE_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
 
@@ -19,7 +19,7 @@ cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float
 
 namespace cascade::stage {
 
-#ifdef CASCADE_WITH_INT8_KERNELS
+#ifdef CASCADE_WITH_CUDA_KERNELS
 namespace {
 
 // Whether the kernels take this weight and this many tokens.

@@ -93,12 +93,45 @@ class DecoderLayer : public Module {
     rope_.place(ln_in_.device());
   }
 
+  // On a GPU, q/k/v become one matmul and gate/up another: at decode each is a GEMV
+  // that reads its weight once, and three (two) small ones use HBM worse than one large
+  // one, besides the launches. (int8 weights stay apart: the kernel reads rows anyway.)
+  void finalize() override {
+    if (!q_.w.is_cuda() || q_.scale.defined()) return;
+    auto fuse = [](std::initializer_list<LinearW*> parts) {
+      LinearW f;
+      std::vector<at::Tensor> w, b;
+      for (LinearW* p : parts) {
+        w.push_back(p->w);
+        if (p->b.defined()) b.push_back(p->b);
+        *p = LinearW();  // release the separate copy
+      }
+      f.w = at::cat(w);
+      if (!b.empty()) f.b = at::cat(b);
+      return f;
+    };
+    if (q_.b.defined() == k_.b.defined() && k_.b.defined() == v_.b.defined()) qkv_ = fuse({&q_, &k_, &v_});
+    if (gate_.b.defined() == up_.b.defined()) gate_up_ = fuse({&gate_, &up_});
+  }
+
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     const int64_t T = x.size(0);
+    const int64_t q_out = cfg_.num_heads * cfg_.head_dim, kv_out = cfg_.num_kv_heads * cfg_.head_dim;
     const Int8Activation h = q_.input(rms_norm(x, ln_in_, cfg_.norm_eps));
-    at::Tensor q = q_(h).view({T, cfg_.num_heads, cfg_.head_dim});
-    at::Tensor k = k_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
-    at::Tensor v = v_(h).view({T, cfg_.num_kv_heads, cfg_.head_dim});
+    at::Tensor q, k, v;
+    if (qkv_.w.defined()) {
+      const at::Tensor qkv = qkv_(h);  // [T, q_out + 2 * kv_out]
+      q = qkv.narrow(1, 0, q_out);
+      k = qkv.narrow(1, q_out, kv_out);
+      v = qkv.narrow(1, q_out + kv_out, kv_out);
+    } else {
+      q = q_(h);
+      k = k_(h);
+      v = v_(h);
+    }
+    q = q.view({T, cfg_.num_heads, cfg_.head_dim});
+    k = k.view({T, cfg_.num_kv_heads, cfg_.head_dim});
+    v = v.view({T, cfg_.num_kv_heads, cfg_.head_dim});
     if (!ctx.rope_cos.defined()) {
       std::tie(ctx.rope_cos, ctx.rope_sin) = rope_.cos_sin(ctx.batch, ctx.positions);
       ctx.rope_cos = ctx.rope_cos.to(x.scalar_type());  // cast once per step, as HF casts per layer
@@ -111,8 +144,16 @@ class DecoderLayer : public Module {
                        ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, scale, cfg_.sliding_window)
                        : ctx.kv->attend(layer_, q, k, v, ctx.batch, scale, cfg_.sliding_window);
     at::Tensor y = x + o_(o_.input(a));
-    const Int8Activation m = gate_.input(rms_norm(y, ln_post_, cfg_.norm_eps));
-    return y + down_(down_.input(activate(gate_(m), act_) * up_(m)));
+    const Int8Activation m = down_.input(rms_norm(y, ln_post_, cfg_.norm_eps));
+    at::Tensor gated;  // [T, intermediate]
+    if (gate_up_.w.defined()) {
+      const at::Tensor gu = gate_up_(m);  // [T, 2 * intermediate]
+      gated = activate(gu.narrow(1, 0, cfg_.intermediate_size), act_) *
+              gu.narrow(1, cfg_.intermediate_size, cfg_.intermediate_size);
+    } else {
+      gated = activate(gate_(m), act_) * up_(m);
+    }
+    return y + down_(down_.input(gated));
   }
 
  private:
@@ -121,6 +162,7 @@ class DecoderLayer : public Module {
   Rope rope_;
   Activation act_;
   LinearW q_, k_, v_, o_, gate_, up_, down_;
+  LinearW qkv_, gate_up_;  // set by finalize(), which empties the parts
   at::Tensor ln_in_, ln_post_;
 };
 

@@ -235,6 +235,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     if (opts.progress) opts.progress(done, total);
   }
   if (upload) upload->finish();
+  cache.clear();  // the modules hold their weights now; finalize() may replace them
+  for (size_t p = 0; p < m->modules_.size(); ++p)
+    if (m->stream_ordinal_[p] < 0 && !m->on_disk_[p]) m->modules_[p]->finalize();
   const ModelConfig& c = m->desc_.config;
   // What a graph cannot hold: "dynamic" RoPE (frequencies computed on the host per
   // sequence), pages read from disk, streamed weights. (LLM.int8's outlier split has

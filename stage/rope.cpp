@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "stage/fused_kernels.h"
+
 namespace cascade::stage {
 
 Rope::Rope(const RopeConfig& cfg, int64_t head_dim, int64_t max_position_embeddings)
@@ -59,6 +61,10 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Te
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_rope(x, cos, sin);  // one kernel instead of ten
+    if (y.defined()) return y;
+  }
   const int64_t half = x.size(-1) / 2;
   at::Tensor c = cos.to(x.scalar_type()).unsqueeze(1);  // [tokens, 1, head_dim]
   at::Tensor s = sin.to(x.scalar_type()).unsqueeze(1);

@@ -1,0 +1,58 @@
+// The fused RMSNorm and RoPE kernels against the ATen ops they replace (run on the CPU,
+// whose float and bf16 rounding is the same). Without a GPU, or in a build without
+// Cascade's CUDA kernels, only the fallback contract is checked.
+#include "stage/fused_kernels.h"
+
+#include <gtest/gtest.h>
+
+#include "stage/ops.h"
+#include "stage/rope.h"
+
+namespace cascade::stage {
+namespace {
+
+bool kernels() {
+  return at::hasCUDA() && fused_rms_norm(at::ones({1, 8}, at::kCUDA), at::ones({8}, at::kCUDA), 1e-6).defined();
+}
+
+TEST(FusedKernels, CpuTensorsTakeTheAtenPath) {
+  EXPECT_FALSE(fused_rms_norm(at::ones({2, 8}), at::ones({8}), 1e-6).defined());
+  EXPECT_FALSE(fused_rope(at::ones({2, 3, 8}), at::ones({2, 8}), at::ones({2, 8})).defined());
+}
+
+TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(0);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (int64_t hidden : {64, 2560, 4100}) {
+      const at::Tensor x = (at::randn({5, hidden}) * 3).to(t), w = (at::rand({hidden}) + 0.5).to(t);
+      const at::Tensor want = rms_norm(x.to(at::kFloat), w.to(at::kFloat), 1e-5).to(t);  // float32 reference
+      const at::Tensor got = fused_rms_norm(x.cuda(), w.cuda(), 1e-5).cpu();
+      ASSERT_EQ(got.scalar_type(), t);
+      // float32: the sum's order only; 16-bit: at most one rounding step of the output.
+      const double tol = t == at::kFloat ? 1e-5 : (t == at::kBFloat16 ? 1.0 / 64 : 1.0 / 512);
+      const double worst =
+          ((got.to(at::kFloat) - want.to(at::kFloat)).abs() / want.to(at::kFloat).abs().clamp_min(1e-3))
+              .max()
+              .item<double>();
+      EXPECT_LE(worst, tol) << t << " hidden " << hidden;
+    }
+  }
+}
+
+TEST(FusedKernels, RopeIsBitForBitTheAtenOps) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(1);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    for (int64_t dim : {16, 128}) {
+      const at::Tensor x = at::randn({7, 3, dim}).to(t), cos = at::rand({7, dim}).to(t), sin = at::rand({7, dim}).to(t);
+      const at::Tensor want = apply_rope(x, cos, sin);  // the ATen path, on the CPU
+      const at::Tensor got = fused_rope(x.cuda(), cos.cuda(), sin.cuda()).cpu();
+      EXPECT_TRUE(at::equal(got, want)) << t << " dim " << dim << ": max |d| "
+                                        << (got.to(at::kFloat) - want.to(at::kFloat)).abs().max().item<double>();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cascade::stage
