@@ -215,6 +215,11 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
           << config::format_bytes(rep.kv_bytes);
       if (r.value("streamed_bytes", uint64_t{0}) > 0)
         log << ", streams " << config::format_bytes(r["streamed_bytes"].get<uint64_t>()) << " to the GPU per step";
+      if (r.contains("upload") && r["upload"].value("bytes", uint64_t{0}) > 0) {
+        const json& u = r["upload"];  // where a GPU stage's load time went
+        log << "; upload: reading " << u.value("read_s", 0.0) << " s, waiting for DMA " << u.value("dma_wait_s", 0.0)
+            << " s, allocating " << u.value("alloc_s", 0.0) << " s, finishing " << u.value("finish_s", 0.0) << " s";
+      }
       log << "\n";
       c->reports_.push_back(rep);
       waiting.erase(from);

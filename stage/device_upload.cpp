@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -45,7 +46,7 @@ class CudaUploader : public DeviceUploader {
 
   at::Tensor upload(const at::Tensor& host) override {
     const at::Tensor src = host.contiguous();
-    at::Tensor dst = at::empty(src.sizes(), src.options().device(device_));
+    at::Tensor dst = alloc(src.sizes(), src.scalar_type());
     const char* from = static_cast<const char*>(src.data_ptr());
     stage(dst, [&](char* to, size_t at, size_t n) { std::memcpy(to, from + at, n); });
     return dst;
@@ -59,7 +60,7 @@ class CudaUploader : public DeviceUploader {
       if (fd_ < 0) throw std::runtime_error("weight upload: cannot open " + path + ": " + std::strerror(errno));
       path_ = path;
     }
-    at::Tensor dst = at::empty(shape, at::TensorOptions().dtype(dtype).device(device_));
+    at::Tensor dst = alloc(shape, dtype);
     stage(dst, [&](char* to, size_t at, size_t n) {
       while (n > 0) {
         const ssize_t got = ::pread(fd_, to, n, static_cast<off_t>(offset + at));
@@ -70,7 +71,13 @@ class CudaUploader : public DeviceUploader {
     return dst;
   }
 
-  void finish() override { check(cudaStreamSynchronize(stream_), "finishing the weight upload"); }
+  void finish() override {
+    const auto t0 = Clock::now();
+    check(cudaStreamSynchronize(stream_), "finishing the weight upload");
+    stats_.finish_s += seconds_since(t0);
+  }
+
+  Stats stats() const override { return stats_; }
 
  private:
   // Fills dst chunk by chunk: fill(to, at, n) writes bytes [at, at + n) of the source to
@@ -84,17 +91,32 @@ class CudaUploader : public DeviceUploader {
       const size_t n = std::min(chunk_, bytes - off);
       const int b = next_;
       next_ ^= 1;
+      auto t0 = Clock::now();
       check(cudaEventSynchronize(done_[b]), "waiting for a staging buffer");  // its previous DMA is done
+      stats_.dma_wait_s += seconds_since(t0);
       char* buf = static_cast<char*>(buf_[b]);
       constexpr int64_t kGrain = int64_t{4} << 20;
+      t0 = Clock::now();
       at::parallel_for(0, static_cast<int64_t>(n), kGrain, [&](int64_t lo, int64_t hi) {
         fill(buf + lo, off + static_cast<size_t>(lo), static_cast<size_t>(hi - lo));
       });
+      stats_.read_s += seconds_since(t0);
+      stats_.bytes += n;
       check(cudaMemcpyAsync(to + off, buf, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
       check(cudaEventRecord(done_[b], stream_), "cudaEventRecord");
     }
   }
 
+  using Clock = std::chrono::steady_clock;
+  static double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+  at::Tensor alloc(at::IntArrayRef shape, at::ScalarType dtype) {
+    const auto t0 = Clock::now();
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype).device(device_));
+    stats_.alloc_s += seconds_since(t0);
+    return t;
+  }
+
+  Stats stats_;
   at::Device device_;
   size_t chunk_;
   cudaStream_t stream_ = nullptr;

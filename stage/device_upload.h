@@ -30,6 +30,13 @@ class DeviceUploader {
                                  at::ScalarType dtype) = 0;
   // Waits until every upload has landed.
   virtual void finish() = 0;
+  // Where the time went, for the stage's ready line: reading into the pinned buffers,
+  // waiting for a buffer's DMA, allocating device memory, and the final finish().
+  struct Stats {
+    uint64_t bytes = 0;
+    double read_s = 0, dma_wait_s = 0, alloc_s = 0, finish_s = 0;
+  };
+  virtual Stats stats() const = 0;
 };
 
 }  // namespace cascade::stage

@@ -234,7 +234,10 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
     if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
     if (opts.progress) opts.progress(done, total);
   }
-  if (upload) upload->finish();
+  if (upload) {
+    upload->finish();
+    m->upload_stats_ = upload->stats();
+  }
   cache.clear();  // the modules hold their weights now; finalize() may replace them
   for (size_t p = 0; p < m->modules_.size(); ++p)
     if (m->stream_ordinal_[p] < 0 && !m->on_disk_[p]) m->modules_[p]->finalize();

@@ -17,6 +17,7 @@
 
 #include "stage/batch.h"
 #include "stage/decode_graphs.h"
+#include "stage/device_upload.h"
 #include "stage/family.h"
 #include "stage/kv_cache.h"
 #include "stage/model_config.h"
@@ -88,6 +89,8 @@ class Model {
   at::Device device() const { return opts_.device; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // held in memory (disk tier excluded)
   uint64_t streamed_bytes() const { return stream_ ? stream_->host_bytes() : 0; }  // copied in per step
+  // How loading to a GPU spent its time (all zero on a CPU stage).
+  const DeviceUploader::Stats& upload_stats() const { return upload_stats_; }
   // Stored bytes of the checkpoint tensors this model uses, however they are served
   // (loaded, mapped from the shards, or from the offload folder): the stages of a
   // plan add up to the checkpoint, plus tied tensors counted once per stage.
@@ -106,6 +109,7 @@ class Model {
   std::vector<std::unique_ptr<Module>> modules_;  // parallel to loaded_
   KvCache kv_;
   uint64_t weight_bytes_ = 0, source_bytes_ = 0;
+  DeviceUploader::Stats upload_stats_;
   std::unique_ptr<storage::DiskTier> disk_;
   std::vector<bool> on_disk_;             // parallel to loaded_
   std::unique_ptr<DecodeGraphs> graphs_;  // set when decode steps can be captured

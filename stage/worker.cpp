@@ -394,6 +394,12 @@ int run_stage(comm::World& w, std::ostream& log) {
                         {"streamed_bytes", m.streamed_bytes()},
                         {"pid", ::getpid()},
                         {"cores", allowed_cores()},
+                        {"upload",
+                         {{"bytes", m.upload_stats().bytes},
+                          {"read_s", m.upload_stats().read_s},
+                          {"dma_wait_s", m.upload_stats().dma_wait_s},
+                          {"alloc_s", m.upload_stats().alloc_s},
+                          {"finish_s", m.upload_stats().finish_s}}},
                         {"host", w.host()}};
     w.send(0, comm::kTagLoad, ready.dump(), after(a.step_timeout), alive);
   } catch (const std::exception& e) {

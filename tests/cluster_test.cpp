@@ -153,6 +153,14 @@ TEST(Cluster, Int8StagesMatchInt8OneProcess) {
     const CliRun multi = run_cascade("generate --config " + cfg + " --quantization int8 " + kPrompts);
     ASSERT_EQ(multi.status, 0) << kind;
     expect_same(std::string("qwen2_tied int8 / ") + kind, one.out, multi.out);
+    // Pipeline mode (microbatches, chunked prefill; it reports no logits): the same tokens.
+    const CliRun piped = run_cascade("generate --config " + cfg +
+                                     " --quantization int8 --set runtime.mode=pipeline --set runtime.microbatches=2 "
+                                     "--prompt-ids 1,2,3,4,5 --prompt-ids 7,3 --max-new-tokens 6 --json");
+    ASSERT_EQ(piped.status, 0) << kind << " pipeline";
+    const auto a = parse_lines(one.out), b = parse_lines(piped.out);
+    ASSERT_EQ(b.size(), a.size()) << piped.out;
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["output_ids"], b[i]["output_ids"]) << kind << " pipeline";
   }
 }
 
