@@ -4,6 +4,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "comm/cuda_check.h"
 
 namespace cascade::stage::cuda {
@@ -11,6 +13,8 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
                            cudaStream_t stream);
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
                        int dim, cudaStream_t stream);
+cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
+                       cudaStream_t stream);
 }  // namespace cascade::stage::cuda
 #endif
 
@@ -33,6 +37,24 @@ int dtype_code(at::ScalarType t) {
 }
 
 }  // namespace
+
+bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const int code = dtype_code(x.scalar_type());
+  if (!x.is_cuda() || code < 1 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > 8 || w.dim() != 2 ||
+      w.scalar_type() != x.scalar_type() || w.size(1) != x.size(1) || x.size(1) % 8 != 0 || !aligned(w) ||
+      w.size(0) >= (int64_t{1} << 31) / 4 ||
+      (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous())))
+    return {};
+  const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty({a.size(0), w.size(0)}, a.options());
+  comm::cuda_check(cuda::fused_gemv(code, static_cast<int>(a.size(0)), a.data_ptr(), w.data_ptr(),
+                                    b.defined() ? b.data_ptr() : nullptr, y.data_ptr(), static_cast<int>(a.size(1)),
+                                    static_cast<int>(w.size(0)), at::cuda::getCurrentCUDAStream().stream()),
+                   "the decode GEMV kernel");
+  return y;
+}
 
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   const int code = dtype_code(x.scalar_type());
@@ -63,6 +85,7 @@ at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
+at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 at::Tensor fused_rms_norm(const at::Tensor&, const at::Tensor&, double) { return {}; }
 at::Tensor fused_rope(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 #endif

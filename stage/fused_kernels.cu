@@ -78,6 +78,89 @@ __global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, 
   }
 }
 
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// y[t, n] = sum_k x[t, k] w[n, k] (+ b[n]) for a few tokens: one warp per weight row,
+// 16 bytes (8 values) per lane per load, the row read once for all T tokens. cuBLAS's
+// GEMV-shaped kernels reach about 60% of HBM bandwidth on these shapes (the profile in
+// docs/performance.md); a decode step is mostly this.
+constexpr int kGemvWarps = 4;
+template <int T, typename S>
+__global__ void gemv_kernel(const S* __restrict__ x, const S* __restrict__ w, const S* __restrict__ b,
+                            S* __restrict__ y, int K, int N) {
+  const int lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kGemvWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(n) * K);
+  const int vecs = K / 8;
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+#pragma unroll 4
+  for (int v = lane; v < vecs; v += 32) {
+    const int4 wv = __ldg(row + v);
+    const S* we = reinterpret_cast<const S*>(&wv);
+    float wf[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) wf[i] = load(we, i);
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const int4 xv = __ldg(reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + v);
+      const S* xe = reinterpret_cast<const S*>(&xv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[t] = __fmaf_rn(load(xe, i), wf[i], acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float sum = warp_sum(acc[t]);
+    if (lane == 0) store(y, static_cast<int64_t>(t) * N + n, b ? sum + load(b, n) : sum);
+  }
+}
+
+template <int T, typename S>
+void gemv_t(const void* x, const void* w, const void* b, void* y, int K, int N, cudaStream_t stream) {
+  gemv_kernel<T, S><<<(N + kGemvWarps - 1) / kGemvWarps, 32 * kGemvWarps, 0, stream>>>(
+      static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b), static_cast<S*>(y), K, N);
+}
+
+template <typename S>
+cudaError_t gemv_as(int T, const void* x, const void* w, const void* b, void* y, int K, int N, cudaStream_t stream) {
+  switch (T) {
+    case 1:
+      gemv_t<1, S>(x, w, b, y, K, N, stream);
+      break;
+    case 2:
+      gemv_t<2, S>(x, w, b, y, K, N, stream);
+      break;
+    case 3:
+      gemv_t<3, S>(x, w, b, y, K, N, stream);
+      break;
+    case 4:
+      gemv_t<4, S>(x, w, b, y, K, N, stream);
+      break;
+    case 5:
+      gemv_t<5, S>(x, w, b, y, K, N, stream);
+      break;
+    case 6:
+      gemv_t<6, S>(x, w, b, y, K, N, stream);
+      break;
+    case 7:
+      gemv_t<7, S>(x, w, b, y, K, N, stream);
+      break;
+    case 8:
+      gemv_t<8, S>(x, w, b, y, K, N, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
 template <typename S>
 void rms_norm_as(const void* x, const void* w, void* y, int rows, int H, float eps, cudaStream_t stream) {
   rms_norm_kernel<S>
@@ -112,6 +195,19 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
       return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
+}
+
+// dtype: 1 float16, 2 bfloat16; T in [1, 8]; K % 8 == 0; rows 16-byte aligned; b may be null.
+cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
+                       cudaStream_t stream) {
+  switch (dtype) {
+    case 1:
+      return gemv_as<__half>(T, x, w, b, y, K, N, stream);
+    case 2:
+      return gemv_as<__nv_bfloat16>(T, x, w, b, y, K, N, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,

@@ -71,8 +71,8 @@ class LmHead : public Module {
  public:
   explicit LmHead(at::Tensor w) : w_(std::move(w)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
-    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return at::linear(x, w_);  // one row each
-    return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);               // [seqs, vocab]
+    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return apply_linear(x, w_);  // one row each
+    return apply_linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);               // [seqs, vocab]
   }
 
  private:

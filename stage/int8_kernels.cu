@@ -26,10 +26,9 @@ __device__ inline int warp_sum(int v) {
 
 // One warp per weight row n; each lane reads 16 int8 weights (one int4) per step.
 template <int T>
-__global__ void mixed_kernel(const int8_t* __restrict__ xq, const float* __restrict__ sx,
-                             const float* __restrict__ xo, const int64_t* __restrict__ cols, int k_out,
-                             const int8_t* __restrict__ q, const float* __restrict__ scale, float* __restrict__ y,
-                             int K, int N) {
+__global__ void mixed_kernel(const int8_t* __restrict__ xq, const float* __restrict__ sx, const float* __restrict__ xo,
+                             const int64_t* __restrict__ cols, int k_out, const int8_t* __restrict__ q,
+                             const float* __restrict__ scale, float* __restrict__ y, int K, int N) {
   const int lane = threadIdx.x % kWarp;
   const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
   if (n >= N) return;
@@ -113,15 +112,32 @@ void launch_weight_only(const float* x, const int8_t* q, const float* scale, flo
 cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
                        const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream) {
   switch (T) {
-    case 1: launch_mixed<1>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 2: launch_mixed<2>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 3: launch_mixed<3>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 4: launch_mixed<4>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 5: launch_mixed<5>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 6: launch_mixed<6>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 7: launch_mixed<7>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    case 8: launch_mixed<8>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); break;
-    default: return cudaErrorInvalidValue;
+    case 1:
+      launch_mixed<1>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 2:
+      launch_mixed<2>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 3:
+      launch_mixed<3>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 4:
+      launch_mixed<4>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 5:
+      launch_mixed<5>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 6:
+      launch_mixed<6>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 7:
+      launch_mixed<7>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    case 8:
+      launch_mixed<8>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
@@ -129,15 +145,32 @@ cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo
 cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
                              cudaStream_t stream) {
   switch (T) {
-    case 1: launch_weight_only<1>(x, q, scale, y, K, N, stream); break;
-    case 2: launch_weight_only<2>(x, q, scale, y, K, N, stream); break;
-    case 3: launch_weight_only<3>(x, q, scale, y, K, N, stream); break;
-    case 4: launch_weight_only<4>(x, q, scale, y, K, N, stream); break;
-    case 5: launch_weight_only<5>(x, q, scale, y, K, N, stream); break;
-    case 6: launch_weight_only<6>(x, q, scale, y, K, N, stream); break;
-    case 7: launch_weight_only<7>(x, q, scale, y, K, N, stream); break;
-    case 8: launch_weight_only<8>(x, q, scale, y, K, N, stream); break;
-    default: return cudaErrorInvalidValue;
+    case 1:
+      launch_weight_only<1>(x, q, scale, y, K, N, stream);
+      break;
+    case 2:
+      launch_weight_only<2>(x, q, scale, y, K, N, stream);
+      break;
+    case 3:
+      launch_weight_only<3>(x, q, scale, y, K, N, stream);
+      break;
+    case 4:
+      launch_weight_only<4>(x, q, scale, y, K, N, stream);
+      break;
+    case 5:
+      launch_weight_only<5>(x, q, scale, y, K, N, stream);
+      break;
+    case 6:
+      launch_weight_only<6>(x, q, scale, y, K, N, stream);
+      break;
+    case 7:
+      launch_weight_only<7>(x, q, scale, y, K, N, stream);
+      break;
+    case 8:
+      launch_weight_only<8>(x, q, scale, y, K, N, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

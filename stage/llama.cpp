@@ -40,8 +40,8 @@ class LmHead : public Module {
   explicit LmHead(at::Tensor w) : w_(std::move(w)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     // Only each sequence's last token is ever sampled: [seqs, hidden] -> [seqs, vocab].
-    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return at::linear(x, w_);  // one row each
-    return at::linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);
+    if (x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size())) return apply_linear(x, w_);  // one row each
+    return apply_linear(x.index_select(0, ctx.batch.last_rows(x.device())), w_);
   }
 
  private:
@@ -58,7 +58,7 @@ struct LinearW {
     return int8_split(x, scale.defined() ? threshold : 0.0);  // weight-only or float: x as is
   }
   at::Tensor operator()(const Int8Activation& a) const {
-    return scale.defined() ? int8_linear(a, w, scale, b) : at::linear(a.x, w, b);
+    return scale.defined() ? int8_linear(a, w, scale, b) : apply_linear(a.x, w, b);
   }
 };
 

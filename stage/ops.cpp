@@ -7,6 +7,14 @@
 
 namespace cascade::stage {
 
+at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_linear(x, w, b);
+    if (y.defined()) return y;
+  }
+  return at::linear(x, w, b);
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (x.is_cuda()) {
     at::Tensor y = fused_rms_norm(x, weight, eps);  // one kernel instead of eight

@@ -8,6 +8,10 @@
 
 namespace cascade::stage {
 
+// at::linear (x [tokens, in], w [out, in], b [out] or undefined), through the decode GEMV
+// kernel (stage/fused_kernels.h) where it applies.
+at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
 // LlamaRMSNorm: normalise in float32, cast back, then scale. x [tokens, hidden].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 

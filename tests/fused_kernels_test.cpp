@@ -16,8 +16,37 @@ bool kernels() {
 }
 
 TEST(FusedKernels, CpuTensorsTakeTheAtenPath) {
+  EXPECT_FALSE(fused_linear(at::ones({1, 8}, at::kBFloat16), at::ones({4, 8}, at::kBFloat16), {}).defined());
   EXPECT_FALSE(fused_rms_norm(at::ones({2, 8}), at::ones({8}), 1e-6).defined());
   EXPECT_FALSE(fused_rope(at::ones({2, 3, 8}), at::ones({2, 8}), at::ones({2, 8})).defined());
+}
+
+TEST(FusedKernels, LinearForDecodeShapes) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(2);
+  for (at::ScalarType t : {at::kBFloat16, at::kHalf}) {
+    for (int64_t out : {37, 512}) {
+      const at::Tensor w = (at::randn({out, 2560}) * 0.02).to(t), b = at::randn({out}).to(t);
+      for (int64_t tokens = 1; tokens <= 8; ++tokens) {
+        const at::Tensor x = at::randn({tokens, 2560}).to(t);
+        for (bool bias : {false, true}) {
+          const at::Tensor want = at::linear(x.to(at::kDouble), w.to(at::kDouble),
+                                             bias ? b.to(at::kDouble) : at::Tensor());  // exact products of the inputs
+          const at::Tensor got = fused_linear(x.cuda(), w.cuda(), bias ? b.cuda() : at::Tensor());
+          ASSERT_TRUE(got.defined());
+          ASSERT_EQ(got.scalar_type(), t);
+          const double err = (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+          EXPECT_LE(err, t == at::kBFloat16 ? 4e-3 : 1e-3) << t << " out " << out << " tokens " << tokens;
+        }
+      }
+    }
+  }
+  const at::Tensor w = at::ones({16, 64}, at::kCUDA).to(at::kBFloat16);
+  EXPECT_FALSE(fused_linear(at::ones({9, 64}, at::kCUDA).to(at::kBFloat16), w, {}).defined());            // > 8 tokens
+  EXPECT_FALSE(fused_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), {}).defined());  // float32
+  EXPECT_FALSE(
+      fused_linear(at::ones({1, 60}, at::kCUDA).to(at::kBFloat16), at::ones({16, 60}, at::kCUDA).to(at::kBFloat16), {})
+          .defined());  // in % 8 != 0
 }
 
 TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
