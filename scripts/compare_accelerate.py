@@ -8,7 +8,9 @@ one GPU machine, same checkpoint, prompts and memory limits (issue 8).
 2. Writes the DESIGN §10 anchor (2.70 B Llama, random weights from seed 0, bf16) with
    transformers, unless it is already there.
 3. Rows, each run by both: (a) GPU-resident, batch 1 and 16; (b) 2 GiB of GPU + CPU,
-   batch 1 and 16; (c) 2 GiB GPU + 2 GiB CPU + disk, batch 1; (d) time to ready.
+   batch 1 and 16; (c) 2 GiB GPU + 2 GiB CPU + disk, batch 1; (d) time to ready;
+   (e, on a machine with several GPUs, issue 10) every GPU limited to --gpu-budget, so
+   the model is too large for one of them, batch 1 and 16.
    Decode tokens/s excludes the prefill: accelerate's is B*(N-1)/(t(N) - t(1)) from two
    generate() calls; Cascade's is the rate it reports after the first tokens. Both sides
    run once untimed first (accelerate: a short generate(); Cascade: --warmup, which keeps
@@ -202,7 +204,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--offload-tokens", type=int, default=16, help="new tokens in the offload rows (slow for HF)")
     ap.add_argument("--fixture", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "llama_gqa"))
-    ap.add_argument("--rows", default="a,b,c", help="which rows to run")
+    ap.add_argument("--rows", default="a,b,c", help="which rows to run (e: several GPUs, issue 10)")
+    ap.add_argument("--gpu-budget", default="3.4GiB", help="row (e): max_memory per GPU, both sides")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     exe = os.path.abspath(args.cascade)
@@ -284,6 +287,34 @@ def main():
                          {"cuda:0": "2GiB", "cpu": "2GiB", "disk": "unlimited"}, 1, max(M // 2, 4))
         off = streamed_bytes(c1["log"])
         row("(c) GPU 2 GiB + CPU 2 GiB + disk, batch 1", hf1, c1["rate"], PCIE / off)
+
+    if "e" in want:  # issue 10, item 3: a model too large for one GPU, over all of them (+ CPU if needed)
+        n_gpu = torch.cuda.device_count()
+        budget = args.gpu_budget
+        if n_gpu < 2:
+            notes.append(f"(e) needs 2 or more GPUs; this machine has {n_gpu}")
+        else:
+            hf_mem = {i: budget for i in range(n_gpu)}
+            hf_mem["cpu"] = "100GiB"
+            model, _ = hf_load(anchor, hf_mem)
+            where = {}
+            for dev in model.hf_device_map.values():
+                where[str(dev)] = where.get(str(dev), 0) + 1
+            hf1, _ = hf_decode_rate(model, 1, N)
+            hf16, _ = hf_decode_rate(model, 16, N)
+            hf_free(model)
+            ours_mem = {f"cuda:{i}": budget for i in range(n_gpu)}
+            ours_mem["cpu"] = "100GiB"
+            c1 = cascade_run(exe, args.work, "multi_b1", anchor, ours_mem, 1, N)
+            c16 = cascade_run(exe, args.work, "multi_b16", anchor, ours_mem, 16, N)
+            stages = [l.split(" ready in")[0].replace("cascade: ", "") for l in c1["log"].splitlines() if " ready in " in l]
+            row(f"(e) {n_gpu} GPUs x {budget} budget, batch 1", hf1, c1["rate"], HBM / weights)
+            row(f"(e) {n_gpu} GPUs x {budget} budget, batch 16", hf16, c16["rate"], 16 * HBM / weights)
+            notes.append(f"(e): the anchor ({weights / GiB:.2f} GiB of weights) with max_memory {budget} per GPU on "
+                         f"both sides, i.e. {weights / GiB / float(budget.rstrip('GiB')):.2f}x one GPU's budget. "
+                         f"accelerate's device_map=\"auto\" placed modules {where}; Cascade ran {len(stages)} stages "
+                         f"({'; '.join(stages)}), activations over NCCL between GPUs")
+            log(notes[-1])
 
     print(report(rows, notes, args.out))
 
