@@ -2,20 +2,11 @@
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "comm/cuda_check.h"
-
-namespace cascade::stage::cuda {
-cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,
-                           cudaStream_t stream);
-cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
-                       int dim, cudaStream_t stream);
-cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
-                       cudaStream_t stream);
-}  // namespace cascade::stage::cuda
+#include "stage/cuda_kernels.h"
 #endif
 
 namespace cascade::stage {
@@ -42,7 +33,7 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const int code = dtype_code(x.scalar_type());
-  if (!x.is_cuda() || code < 1 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > 8 || w.dim() != 2 ||
+  if (!x.is_cuda() || code < 1 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > cuda::kMaxTokens || w.dim() != 2 ||
       w.scalar_type() != x.scalar_type() || w.size(1) != x.size(1) || x.size(1) % 8 != 0 || !aligned(w) ||
       w.size(0) >= (int64_t{1} << 31) / 4 ||
       (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous())))

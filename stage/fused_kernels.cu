@@ -1,21 +1,11 @@
 // The CUDA side of stage/fused_kernels.h: raw pointers only (no LibTorch headers).
 // Each kernel reproduces the rounding of the ATen ops it replaces: products and sums
 // are rounded to the storage type where ATen would round them, with no FMA contraction.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <cstdint>
+#include "stage/cuda_common.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
 
-__device__ inline float load(const float* p, int64_t i) { return p[i]; }
-__device__ inline float load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ inline void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 // A value rounded to the storage type, as an ATen op's result would be.
 template <typename S>
 __device__ inline float round_to(float v);
@@ -78,12 +68,6 @@ __global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, 
   }
 }
 
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // y[t, n] = sum_k x[t, k] w[n, k] (+ b[n]) for a few tokens: one warp per weight row,
 // 16 bytes (8 values) per lane per load, the row read once for all T tokens. cuBLAS's
 // GEMV-shaped kernels reach about 60% of HBM bandwidth on these shapes (the profile in
@@ -130,35 +114,7 @@ void gemv_t(const void* x, const void* w, const void* b, void* y, int K, int N, 
 
 template <typename S>
 cudaError_t gemv_as(int T, const void* x, const void* w, const void* b, void* y, int K, int N, cudaStream_t stream) {
-  switch (T) {
-    case 1:
-      gemv_t<1, S>(x, w, b, y, K, N, stream);
-      break;
-    case 2:
-      gemv_t<2, S>(x, w, b, y, K, N, stream);
-      break;
-    case 3:
-      gemv_t<3, S>(x, w, b, y, K, N, stream);
-      break;
-    case 4:
-      gemv_t<4, S>(x, w, b, y, K, N, stream);
-      break;
-    case 5:
-      gemv_t<5, S>(x, w, b, y, K, N, stream);
-      break;
-    case 6:
-      gemv_t<6, S>(x, w, b, y, K, N, stream);
-      break;
-    case 7:
-      gemv_t<7, S>(x, w, b, y, K, N, stream);
-      break;
-    case 8:
-      gemv_t<8, S>(x, w, b, y, K, N, stream);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return for_tokens(T, [&](auto t) { gemv_t<decltype(t)::value, S>(x, w, b, y, K, N, stream); });
 }
 
 template <typename S>

@@ -2,24 +2,18 @@
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
-#include <string>
 
 #include "comm/cuda_check.h"
-
-namespace cascade::stage::cuda {
-cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
-                       const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream);
-cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
-                             cudaStream_t stream);
-}  // namespace cascade::stage::cuda
+#include "stage/cuda_kernels.h"
 #endif
 
 namespace cascade::stage {
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
+static_assert(kInt8KernelMaxTokens == cuda::kMaxTokens, "int8_kernels.h and cuda_kernels.h disagree");
+
 namespace {
 
 // Whether the kernels take this weight and this many tokens.

@@ -1,8 +1,6 @@
 // The CUDA side of stage/int8_kernels.h: raw pointers only (no LibTorch headers, so
 // nvcc compiles it against the toolkit alone).
-#include <cuda_runtime.h>
-
-#include <cstdint>
+#include "stage/cuda_common.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
@@ -11,18 +9,6 @@ constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
 
 __device__ inline int dot4(int a, int b, int acc) { return __dp4a(a, b, acc); }
-
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ inline int warp_sum(int v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // One warp per weight row n; each lane reads 16 int8 weights (one int4) per step.
 template <int T>
@@ -108,71 +94,15 @@ void launch_weight_only(const float* x, const int8_t* q, const float* scale, flo
 
 }  // namespace
 
-// T in [1, 8], K % 16 == 0, 16-byte aligned rows, k_out <= 32. Returns the launch error.
 cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
                        const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream) {
-  switch (T) {
-    case 1:
-      launch_mixed<1>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 2:
-      launch_mixed<2>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 3:
-      launch_mixed<3>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 4:
-      launch_mixed<4>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 5:
-      launch_mixed<5>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 6:
-      launch_mixed<6>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 7:
-      launch_mixed<7>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    case 8:
-      launch_mixed<8>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return for_tokens(
+      T, [&](auto t) { launch_mixed<decltype(t)::value>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); });
 }
 
 cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
                              cudaStream_t stream) {
-  switch (T) {
-    case 1:
-      launch_weight_only<1>(x, q, scale, y, K, N, stream);
-      break;
-    case 2:
-      launch_weight_only<2>(x, q, scale, y, K, N, stream);
-      break;
-    case 3:
-      launch_weight_only<3>(x, q, scale, y, K, N, stream);
-      break;
-    case 4:
-      launch_weight_only<4>(x, q, scale, y, K, N, stream);
-      break;
-    case 5:
-      launch_weight_only<5>(x, q, scale, y, K, N, stream);
-      break;
-    case 6:
-      launch_weight_only<6>(x, q, scale, y, K, N, stream);
-      break;
-    case 7:
-      launch_weight_only<7>(x, q, scale, y, K, N, stream);
-      break;
-    case 8:
-      launch_weight_only<8>(x, q, scale, y, K, N, stream);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return for_tokens(T, [&](auto t) { launch_weight_only<decltype(t)::value>(x, q, scale, y, K, N, stream); });
 }
 
 }  // namespace cascade::stage::cuda
