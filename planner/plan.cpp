@@ -490,8 +490,9 @@ Plan plan_with(const PlanRequest& r) {
 }
 
 // Seconds per step the offloaded weights of `p` cost: streamed to a GPU over PCIe
-// (pinned for the CPU tier, pageable for the disk tier) or read by the CPU that computes
-// them. Decode is weight-bound, so bytes over bandwidth is the step time's floor.
+// (pinned for the CPU tier, through the readers' staging for the disk tier) or read by
+// the CPU that computes them. Decode is weight-bound, so bytes over bandwidth is the
+// step time's floor.
 double offload_seconds(const PlanRequest& r, const Plan& p) {
   double cpu = 0, disk = 0;
   for (size_t i = 0; i < p.module_device.size(); ++i) {
@@ -504,7 +505,7 @@ double offload_seconds(const PlanRequest& r, const Plan& p) {
       cpu += b;  // the offload stage's CPU tier (extra CPU stages compute where they live either way)
   }
   if (p.offload_compute == "cpu") return (cpu + disk) / r.cpu_compute;
-  return cpu / r.pinned_h2d + disk / r.pageable_h2d;
+  return cpu / r.pinned_h2d + disk / r.disk_stream;
 }
 
 std::string ms(double s) {

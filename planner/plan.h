@@ -76,11 +76,13 @@ struct PlanRequest {
   // that plan fits, and CPU compute) and keeps the one whose offloaded bytes cost less
   // per step by the cost model below.
   std::string offload_compute = "cpu";
-  // The cost model's bandwidths, bytes/s (defaults: DESIGN §10 and the H100 host's
-  // measured CPU offload rate, docs/performance.md).
-  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
-  double pageable_h2d = 5.9e9;  // disk-tier weights streamed from the mapping
-  double cpu_compute = 6.0e9;   // weights a CPU offload stage gets through per second
+  // The cost model's bandwidths, bytes/s. Defaults: pinned PCIe from DESIGN §10; the
+  // other two from the H100 host's runs of 2026-11-24 (docs/performance.md): 1.48 GiB of
+  // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage
+  // computing 3.11 GiB of layers at 12.0 tok/s.
+  double pinned_h2d = 53.7e9;  // CPU-tier weights streamed from pinned memory
+  double disk_stream = 13e9;   // disk-tier weights read into pinned staging and streamed
+  double cpu_compute = 40e9;   // weights a CPU offload stage gets through per second
   std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
 };
 
