@@ -504,7 +504,8 @@ double offload_seconds(const PlanRequest& r, const Plan& p) {
              p.stages.back().tiers.end() != std::find(p.stages.back().tiers.begin(), p.stages.back().tiers.end(), d))
       cpu += b;  // the offload stage's CPU tier (extra CPU stages compute where they live either way)
   }
-  if (p.offload_compute == "cpu") return (cpu + disk) / r.cpu_compute;
+  // Disk-tier bytes come off the disk (or page cache) at the same rate either way.
+  if (p.offload_compute == "cpu") return cpu / r.cpu_compute + disk / r.disk_stream;
   return cpu / r.pinned_h2d + disk / r.disk_stream;
 }
 
