@@ -1,6 +1,5 @@
 #include "stage/device_upload.h"
 
-#include <ATen/Parallel.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -10,11 +9,13 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include "comm/cuda_check.h"
+#include "stage/host_stager.h"
 #endif
 
 namespace cascade::stage {
@@ -47,8 +48,7 @@ class CudaUploader : public DeviceUploader {
   at::Tensor upload(const at::Tensor& host) override {
     const at::Tensor src = host.contiguous();
     at::Tensor dst = alloc(src.sizes(), src.scalar_type());
-    const char* from = static_cast<const char*>(src.data_ptr());
-    stage(dst, [&](char* to, size_t at, size_t n) { std::memcpy(to, from + at, n); });
+    stage(dst, static_cast<const char*>(src.data_ptr()), -1, 0, "host memory");
     return dst;
   }
 
@@ -61,13 +61,7 @@ class CudaUploader : public DeviceUploader {
       path_ = path;
     }
     at::Tensor dst = alloc(shape, dtype);
-    stage(dst, [&](char* to, size_t at, size_t n) {
-      while (n > 0) {
-        const ssize_t got = ::pread(fd_, to, n, static_cast<off_t>(offset + at));
-        if (got <= 0) throw std::runtime_error("weight upload: short read of " + path_);
-        to += got, at += static_cast<size_t>(got), n -= static_cast<size_t>(got);
-      }
-    });
+    stage(dst, nullptr, fd_, offset, path_);
     return dst;
   }
 
@@ -80,11 +74,11 @@ class CudaUploader : public DeviceUploader {
   Stats stats() const override { return stats_; }
 
  private:
-  // Fills dst chunk by chunk: fill(to, at, n) writes bytes [at, at + n) of the source to
-  // `to` (a pinned buffer), spread over threads; the DMA of one buffer overlaps the fill
-  // of the other.
-  template <class Fill>
-  void stage(const at::Tensor& dst, const Fill& fill) {
+  // Fills dst chunk by chunk from memory (src) or a file (fd, offset): the readers fill
+  // one pinned buffer while the other's DMA runs. The readers are threads of their own
+  // (HostStager), not LibTorch's intra-op pool, which read at one thread's speed here
+  // (5.9 GB/s where 16 threads of pread reach 55 GB/s from the page cache).
+  void stage(const at::Tensor& dst, const char* src, int fd, uint64_t offset, const std::string& what) {
     const size_t bytes = dst.numel() * dst.element_size();
     char* to = static_cast<char*>(dst.data_ptr());
     for (size_t off = 0; off < bytes; off += chunk_) {
@@ -94,15 +88,16 @@ class CudaUploader : public DeviceUploader {
       auto t0 = Clock::now();
       check(cudaEventSynchronize(done_[b]), "waiting for a staging buffer");  // its previous DMA is done
       stats_.dma_wait_s += seconds_since(t0);
-      char* buf = static_cast<char*>(buf_[b]);
-      constexpr int64_t kGrain = int64_t{1} << 20;  // 1 MiB: a 13 MB tensor keeps 13 readers busy
       t0 = Clock::now();
-      at::parallel_for(0, static_cast<int64_t>(n), kGrain, [&](int64_t lo, int64_t hi) {
-        fill(buf + lo, off + static_cast<size_t>(lo), static_cast<size_t>(hi - lo));
-      });
+      const uint64_t ticket = readers_.submit({{src ? src + off : nullptr, buf_[b], n, fd, offset + off}});
+      try {
+        readers_.wait(ticket);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("weight upload from " + what + ": " + e.what());
+      }
       stats_.read_s += seconds_since(t0);
       stats_.bytes += n;
-      check(cudaMemcpyAsync(to + off, buf, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(to + off, buf_[b], n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
       check(cudaEventRecord(done_[b], stream_), "cudaEventRecord");
     }
   }
@@ -117,6 +112,7 @@ class CudaUploader : public DeviceUploader {
   }
 
   Stats stats_;
+  HostStager readers_{static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())))};
   at::Device device_;
   size_t chunk_;
   cudaStream_t stream_ = nullptr;

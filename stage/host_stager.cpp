@@ -23,7 +23,7 @@ void HostStager::copy(const Copy& c) {
     if (n <= 0) {
       throw std::runtime_error(
           "reading " + std::to_string(c.bytes) + " bytes at offset " + std::to_string(c.file_offset) +
-          " of a disk-tier file: " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
+          " of a weights file: " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
     }
     done += static_cast<uint64_t>(n);
   }
