@@ -1,5 +1,6 @@
 #include "stage/host_stager.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,23 +11,31 @@
 
 namespace cascade::stage {
 
-void HostStager::copy(const Copy& c) {
+void HostStager::copy(const Chunk& c) {
   if (c.fd < 0) {
     std::memcpy(c.dst, c.src, c.bytes);
     return;
   }
   uint64_t done = 0;
   while (done < c.bytes) {
-    const ssize_t n =
-        ::pread(c.fd, static_cast<char*>(c.dst) + done, c.bytes - done, static_cast<off_t>(c.file_offset + done));
+    const ssize_t n = ::pread(c.fd, c.dst + done, c.bytes - done, static_cast<off_t>(c.file_offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      throw std::runtime_error(
-          "reading " + std::to_string(c.bytes) + " bytes at offset " + std::to_string(c.file_offset) +
-          " of a weights file: " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
+      throw std::runtime_error(*c.file + ": reading " + std::to_string(c.bytes) + " bytes at offset " +
+                               std::to_string(c.file_offset) + ": " +
+                               (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
     }
     done += static_cast<uint64_t>(n);
   }
+}
+
+int HostStager::open_file(const std::string& path) {
+  auto it = files_.find(path);
+  if (it != files_.end()) return it->second;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(path + ": cannot open for reading: " + std::strerror(errno));
+  files_.emplace(path, fd);
+  return fd;
 }
 
 HostStager::HostStager(int threads) {
@@ -40,14 +49,17 @@ HostStager::~HostStager() {
   }
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
+  for (const auto& f : files_) ::close(f.second);
 }
 
 uint64_t HostStager::submit(std::vector<Copy> copies, std::function<void()> before) {
   Job job;
   for (const Copy& c : copies) {
+    const int fd = c.file.empty() ? -1 : open_file(c.file);
+    const std::string* file = c.file.empty() ? nullptr : &files_.find(c.file)->first;
     for (uint64_t off = 0; off < c.bytes; off += kChunk) {
-      job.chunks.push_back({static_cast<const char*>(c.src) + off, static_cast<char*>(c.dst) + off,
-                            std::min(kChunk, c.bytes - off), c.fd, c.file_offset + off});
+      job.chunks.push_back({c.src ? static_cast<const char*>(c.src) + off : nullptr, static_cast<char*>(c.dst) + off,
+                            std::min(kChunk, c.bytes - off), fd, file, c.file_offset + off});
     }
   }
   job.before = std::move(before);
@@ -112,7 +124,7 @@ void HostStager::work() {
       }
       continue;
     }
-    const Copy c = job.chunks[job.next++];
+    const Chunk c = job.chunks[job.next++];
     lock.unlock();
     std::exception_ptr error;
     try {

@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -29,13 +30,14 @@ namespace cascade::stage {
 
 class HostStager {
  public:
-  // From memory at src, or, with fd >= 0, from the file at file_offset (pread: no page
-  // faults, no mapping to populate).
+  // From memory at src, or, with a non-empty `file`, from that file at file_offset
+  // (pread: no page faults, no mapping to populate). The stager opens each file once and
+  // keeps it open; a read error names the file.
   struct Copy {
     const void* src;
     void* dst;
     uint64_t bytes;
-    int fd = -1;
+    std::string file = "";
     uint64_t file_offset = 0;
   };
   static constexpr uint64_t kChunk = 4ull << 20;
@@ -45,23 +47,34 @@ class HostStager {
   HostStager(const HostStager&) = delete;
   HostStager& operator=(const HostStager&) = delete;
 
-  // Queues a job and returns its ticket (1, 2, ...).
+  // Queues a job and returns its ticket (1, 2, ...). Throws std::runtime_error naming a
+  // file it cannot open.
   uint64_t submit(std::vector<Copy> copies, std::function<void()> before = {});
   bool done(uint64_t ticket) const;
   // Blocks until job `ticket` is done; rethrows what its `before` or a read threw.
   void wait(uint64_t ticket);
 
  private:
+  // A piece of a Copy the workers take whole; `file` points at a key of files_.
+  struct Chunk {
+    const char* src;
+    char* dst;
+    uint64_t bytes;
+    int fd;
+    const std::string* file;
+    uint64_t file_offset;
+  };
   struct Job {
     uint64_t ticket;
-    std::vector<Copy> chunks;
+    std::vector<Chunk> chunks;
     std::function<void()> before;
     enum { kNew, kPreparing, kRunning } state = kNew;
     size_t next = 0, finished = 0;
     std::exception_ptr error;  // the first read that failed
   };
   void work();
-  static void copy(const Copy& c);              // one chunk; throws on a read error
+  static void copy(const Chunk& c);             // throws on a read error
+  int open_file(const std::string& path);       // on the submitting thread
   void finish_front(std::exception_ptr error);  // with mu_ held
 
   mutable std::mutex mu_;
@@ -70,6 +83,7 @@ class HostStager {
   uint64_t submitted_ = 0, completed_ = 0;
   std::map<uint64_t, std::exception_ptr> failed_;
   bool stop_ = false;
+  std::map<std::string, int> files_;  // opened by submit(), closed by the destructor
   std::vector<std::thread> workers_;
 };
 

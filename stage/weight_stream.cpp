@@ -6,13 +6,8 @@
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <map>
 #include <thread>
 
 #include "comm/cuda_check.h"
@@ -43,7 +38,6 @@ class CudaWeightStream : public WeightStream {
   }
   ~CudaWeightStream() override {
     stager_.reset();  // joins the readers (a queued job may wait on an event below)
-    for (const auto& f : fds_) ::close(f.second);
     cudaStreamSynchronize(copy_);
     for (int s = 0; s < 2; ++s) {
       cudaEventDestroy(copied_[s]);
@@ -69,8 +63,7 @@ class CudaWeightStream : public WeightStream {
     // the same offset as in the slot.
     const bool staged = !file.empty() || !src.is_pinned();
     if (staged) start_staging();
-    const int fd = file.empty() ? -1 : open_file(file);
-    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used, fd, offset});
+    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used, file, offset});
     m.staged = m.staged || staged;
     m.used += (n + kAlign - 1) / kAlign * kAlign;
     host_bytes_ += n;
@@ -103,9 +96,9 @@ class CudaWeightStream : public WeightStream {
     at::Tensor host;  // kept alive: the copy reads it every step
     void* dst;
     uint64_t bytes;
-    bool staged;      // pageable: read into a staging buffer first
-    uint64_t offset;  // in the slot and in the staging buffer
-    int fd;           // >= 0: read from this file at file_offset instead of `host`
+    bool staged;       // pageable: read into a staging buffer first
+    uint64_t offset;   // in the slot and in the staging buffer
+    std::string file;  // non-empty: read from this file at file_offset instead of `host`
     uint64_t file_offset;
   };
   struct Module {
@@ -133,15 +126,6 @@ class CudaWeightStream : public WeightStream {
     stager_ = std::make_unique<HostStager>(static_cast<int>(std::min(4u, std::max(1u, cores / 2))));
   }
 
-  int open_file(const std::string& path) {
-    auto it = fds_.find(path);
-    if (it != fds_.end()) return it->second;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::runtime_error("weight streaming: cannot open " + path + ": " + std::strerror(errno));
-    fds_[path] = fd;
-    return fd;
-  }
-
   Staging* staging_of(int64_t k) {
     for (Staging& st : staging_)
       if (st.module == k && !st.consumed) return &st;
@@ -159,8 +143,8 @@ class CudaWeightStream : public WeightStream {
     std::vector<HostStager::Copy> copies;
     for (const Piece& p : m.pieces)
       if (p.staged)
-        copies.push_back(
-            {p.host.data_ptr(), static_cast<char*>(free->buffer.data_ptr()) + p.offset, p.bytes, p.fd, p.file_offset});
+        copies.push_back({p.host.data_ptr(), static_cast<char*>(free->buffer.data_ptr()) + p.offset, p.bytes, p.file,
+                          p.file_offset});
     const cudaEvent_t dma_done = free->dma_done;
     const int device = device_.index();
     free->module = k;
@@ -213,7 +197,6 @@ class CudaWeightStream : public WeightStream {
   std::vector<Module> modules_;
   Staging staging_[2];
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
-  std::map<std::string, int> fds_;      // disk-tier files, read by the stager
 };
 
 }  // namespace

@@ -54,26 +54,31 @@ TEST(HostStager, ReadsFilesAndReportsAShortFile) {
   test::TempDir dir;
   const size_t n = 2 * HostStager::kChunk + 999;
   const std::vector<uint8_t> bytes = pattern(n, 9);
-  test::write_file(dir.file("w.bin"), std::string(bytes.begin(), bytes.end()));
-  const int fd = ::open(dir.file("w.bin").c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
+  const std::string file = dir.file("w.bin");
+  test::write_file(file, std::string(bytes.begin(), bytes.end()));
   std::vector<uint8_t> dst(n - 100, 0);
   HostStager stager(2);
-  const uint64_t t = stager.submit({{nullptr, dst.data(), n - 100, fd, 100}});  // from byte 100 on
+  const uint64_t t = stager.submit({{nullptr, dst.data(), n - 100, file, 100}});  // from byte 100 on
   stager.wait(t);
   EXPECT_TRUE(std::equal(dst.begin(), dst.end(), bytes.begin() + 100));
   std::vector<uint8_t> big(n + 10);
-  const uint64_t bad = stager.submit({{nullptr, big.data(), n + 10, fd, 0}});
-  const uint64_t next = stager.submit({{nullptr, dst.data(), 10, fd, 0}});
+  const uint64_t bad = stager.submit({{nullptr, big.data(), n + 10, file, 0}});
+  const uint64_t next = stager.submit({{nullptr, dst.data(), 10, file, 0}});
   try {
     stager.wait(bad);
     ADD_FAILURE() << "no error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("unexpected end of file"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();  // names the file
   }
   stager.wait(next);
   EXPECT_TRUE(std::equal(dst.begin(), dst.begin() + 10, bytes.begin()));
-  ::close(fd);
+  try {
+    stager.submit({{nullptr, dst.data(), 10, dir.file("missing.bin"), 0}});
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.bin: cannot open"), std::string::npos) << e.what();
+  }
 }
 
 // A job waits for its `before` (the last DMA out of its buffer); jobs finish in order.
