@@ -78,7 +78,7 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   auto [top, cols] = std::get<0>(xf.abs().max(0)).topk(k);  // [k] largest column maxima, their columns
   const at::Tensor outlier = top.ge(threshold);             // [k]
   a.cols = cols;
-  a.xo = xf.index_select(1, cols).mul_(outlier.unsqueeze(0)).to(compute_type(x));  // [T, k]
+  a.xo = xf.index_select(1, cols).mul_(outlier.unsqueeze(0));  // [T, k]
   const at::Tensor mask = at::zeros({K}, outlier.options()).scatter_(0, cols, outlier);
   const at::Tensor regular = xf.masked_fill(mask.unsqueeze(0), 0.0);                         // [T, K]
   a.sx = std::get<0>(regular.abs().max(1, /*keepdim=*/true)).div_(127.0).clamp_min_(1e-12);  // [T, 1]
@@ -101,7 +101,7 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
       y = at::linear(x.to(ct), q.to(ct)).to(at::kFloat);
     } else {
       y = int_dots(a.xq, q).mul_(a.sx);
-      y.add_(at::mm(a.xo, q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
+      y.add_(at::mm(a.xo.to(ct), q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
     }
     y.mul_(scale.unsqueeze(0));
   }

@@ -55,7 +55,7 @@ struct Int8Activation {
   at::Tensor xq;         // [tokens, in] int8, outlier columns zeroed
   at::Tensor sx;         // [tokens, 1] float32 row scales of xq
   at::Tensor cols;       // [k] int64: the k largest columns by |x|
-  at::Tensor xo;         // [tokens, k] their values where over the threshold, else 0
+  at::Tensor xo;         // [tokens, k] float32: their values where over the threshold, else 0
 };
 Int8Activation int8_split(const at::Tensor& x, double threshold);
 
