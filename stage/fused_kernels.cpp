@@ -35,8 +35,7 @@ at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const int code = dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 1 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > cuda::kMaxTokens || w.dim() != 2 ||
       w.scalar_type() != x.scalar_type() || w.size(1) != x.size(1) || x.size(1) % 8 != 0 || !aligned(w) ||
-      w.size(0) >= (int64_t{1} << 31) / 4 ||
-      (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous())))
+      w.size(0) >= (int64_t{1} << 30) || (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous())))
     return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty({a.size(0), w.size(0)}, a.options());
