@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
   int runs = 5;

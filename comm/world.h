@@ -40,17 +40,16 @@ void poll_pause(Clock::time_point since);
 // Throws CommError when a peer that the caller depends on is gone or stalled.
 using Liveness = std::function<void()>;
 
-// Control-message tags (payload = JSON text unless noted).
+// Message tags. The control messages' payloads are comm/control.h's codec.
 enum Tag : int {
-  kTagAssign = 1,  // coordinator -> stage: what to load and how to connect
-  // stage -> coordinator: {"type": "progress"} while loading, then {"type": "ready"}
-  // (bytes, seconds) or a failure; one tag keeps them in the order they were sent.
+  kTagAssign = 1,  // coordinator -> stage: Assignment
+  // stage -> coordinator: LoadProgress while loading, then StageReady (or why not);
+  // one tag keeps them in the order they were sent.
   kTagLoad = 2,
-  kTagShutdown = 4,  // coordinator -> stage
-  kTagError = 5,     // stage -> coordinator: a step failed
-  kTagTrace = 7,     // stage -> coordinator: its timeline spans, after the shutdown step (tracing runs)
-  kTagStats = 6,     // stage -> coordinator: {"busy": seconds computing, "steps": n}, now and then
-  kTagData = 16,     // step payloads over the MPI channel; + hop index
+  kTagError = 5,  // stage -> coordinator: StageFailure (a step failed)
+  kTagStats = 6,  // stage -> coordinator: StageStats, now and then
+  kTagTrace = 7,  // stage -> coordinator: its timeline spans (JSON), after the shutdown step (tracing runs)
+  kTagData = 16,  // step payloads over the MPI channel; + hop index
 };
 
 class World {

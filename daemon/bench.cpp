@@ -16,6 +16,7 @@
 #include "daemon/generate.h"
 #include "daemon/planning.h"
 #include "daemon/scheduler.h"
+#include "daemon/startup.h"
 #include "stage/model.h"
 #include "storage/checkpoint.h"
 
@@ -184,6 +185,68 @@ json mode_json(const ModeResult& m, const std::vector<std::string>& labels) {
           {"stage_busy_pct", busy}};
 }
 
+// One mode's measured run (after a short warm-up) on the started stages.
+ModeResult run_mode(const BenchOptions& o, const Started& started, const std::string& mode,
+                    const std::vector<std::vector<int64_t>>& prompts, std::ostream& log) {
+  const std::shared_ptr<Cluster>& cluster = started.cluster;
+  SchedulerOptions so =
+      scheduler_options(started, mode == "pipeline" ? config::Mode::kPipeline : config::Mode::kSequential);
+  so.max_queue = o.requests;
+  {  // warm-up: first-step allocations and page faults are not part of either mode
+    const std::vector<std::vector<int64_t>> warm(static_cast<size_t>(o.concurrency), prompts.front());
+    Driver(cluster, so, warm, 2, o.concurrency).run();
+  }
+  log << "cascade bench: " << mode << " (" << so.microbatches << " microbatch" << (so.microbatches > 1 ? "es" : "")
+      << "): " << o.requests << " requests x (" << o.prompt_len << " prompt + " << o.new_tokens
+      << " new tokens), concurrency " << o.concurrency << std::endl;
+  ModeResult m;
+  m.mode = mode;
+  m.microbatches = so.microbatches;
+  const std::vector<double> busy0 = cluster->stage_busy();
+  Driver d(cluster, so, prompts, o.new_tokens, o.concurrency);
+  m.begin = Clock::now();
+  d.run();
+  m.end = Clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the stages' last busy reports
+  const std::vector<double> busy1 = cluster->stage_busy();
+  m.wall = seconds(m.end - m.begin);
+  m.generated = d.generated;
+  m.failed = d.failed;
+  m.prompt_tokens = static_cast<int64_t>(o.requests) * o.prompt_len;
+  m.tokens_per_s = static_cast<double>(m.generated) / m.wall;
+  m.total_tokens_per_s = static_cast<double>(m.generated + m.prompt_tokens) / m.wall;
+  m.ttft_p50 = percentile(d.ttft, 0.50);
+  m.ttft_p99 = percentile(d.ttft, 0.99);
+  for (size_t i = 0; i < busy1.size(); ++i) m.busy_pct.push_back(100.0 * (busy1[i] - busy0[i]) / m.wall);
+  return m;
+}
+
+// The human-readable report: one row per mode, then the ratio.
+void print_table(const BenchOptions& o, const std::vector<ModeResult>& results, const std::vector<std::string>& labels,
+                 int stages, double ratio, std::ostream& out) {
+  out << std::fixed << std::setprecision(1) << "workload: " << o.requests << " requests, " << o.prompt_len
+      << " prompt + " << o.new_tokens << " new tokens each, concurrency " << o.concurrency << ", " << stages
+      << " stages\n\n"
+      << std::left << std::setw(12) << "mode" << std::right << std::setw(8) << "micro" << std::setw(12) << "out tok/s"
+      << std::setw(14) << "total tok/s" << std::setw(12) << "TTFT p50" << std::setw(12) << "TTFT p99";
+  for (size_t i = 1; i < labels.size(); ++i) out << std::setw(14) << ("busy r" + std::to_string(i));
+  out << "\n";
+  for (const auto& m : results) {
+    out << std::left << std::setw(12) << m.mode << std::right << std::setw(8) << m.microbatches << std::setw(12)
+        << m.tokens_per_s << std::setw(14) << m.total_tokens_per_s << std::setw(10) << m.ttft_p50 * 1000 << " ms"
+        << std::setw(10) << m.ttft_p99 * 1000 << " ms";
+    for (double b : m.busy_pct) out << std::setw(13) << b << "%";
+    out << "\n";
+  }
+  if (results.size() == 2) {
+    out << std::setprecision(2) << "\npipeline / sequential: " << ratio << "x output tokens/s\n";
+    if (o.concurrency == 1) {
+      out << "(one request in flight: a sequence cannot be in two stages at once, so pipeline mode "
+             "cannot be faster here)\n";
+    }
+  }
+}
+
 }  // namespace
 
 int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
@@ -191,7 +254,7 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
     throw std::invalid_argument("--mode must be sequential, pipeline or both");
   if (o.requests < 1 || o.prompt_len < 1 || o.new_tokens < 1 || o.concurrency < 1)
     throw std::invalid_argument("--requests, --prompt-len, --new-tokens and --concurrency must be at least 1");
-  const PlannedRun run = plan_run(config::load_config(o.config_file, o.overrides));
+  PlannedRun run = plan_run(config::load_config(o.config_file, o.overrides));
   const auto& rt = run.config.runtime;
   if (o.concurrency > rt.max_batch)
     throw std::invalid_argument("--concurrency " + std::to_string(o.concurrency) + " exceeds runtime.max_batch " +
@@ -199,51 +262,21 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
   if (o.prompt_len + o.new_tokens > rt.max_seq_len)
     throw std::invalid_argument("--prompt-len + --new-tokens exceeds runtime.max_seq_len " +
                                 std::to_string(rt.max_seq_len));
-  const int64_t vocab = stage::describe(*run.checkpoint).config.vocab_size;
+  const Started started = start_stages(std::move(run), log, !o.trace.empty());
+  const std::shared_ptr<Cluster>& cluster = started.cluster;
+  const int64_t vocab = started.run.description.config.vocab_size;
   std::mt19937_64 rng(1234);
   std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.requests));
   for (auto& p : prompts)
     for (int i = 0; i < o.prompt_len; ++i) p.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab)));
 
-  std::shared_ptr<Cluster> cluster = Cluster::start(run, self_exe(), log, !o.trace.empty());
-  const int stages = static_cast<int>(run.plan.stages.size());
+  const int stages = started.stages();
   std::vector<std::string> modes;
   if (o.mode != "pipeline") modes.push_back("sequential");
   if (o.mode != "sequential") modes.push_back("pipeline");
   std::vector<ModeResult> results;
   const auto t0 = Clock::now();
-  for (const auto& mode : modes) {
-    SchedulerOptions so;
-    so.max_queue = o.requests;
-    set_mode(&so, mode == "pipeline", rt.microbatches, rt.prefill_chunk, stages);
-    {  // warm-up: first-step allocations and page faults are not part of either mode
-      const std::vector<std::vector<int64_t>> warm(static_cast<size_t>(o.concurrency), prompts.front());
-      Driver(cluster, so, warm, 2, o.concurrency).run();
-    }
-    log << "cascade bench: " << mode << " (" << so.microbatches << " microbatch" << (so.microbatches > 1 ? "es" : "")
-        << "): " << o.requests << " requests x (" << o.prompt_len << " prompt + " << o.new_tokens
-        << " new tokens), concurrency " << o.concurrency << std::endl;
-    ModeResult m;
-    m.mode = mode;
-    m.microbatches = so.microbatches;
-    const std::vector<double> busy0 = cluster->stage_busy();
-    Driver d(cluster, so, prompts, o.new_tokens, o.concurrency);
-    m.begin = Clock::now();
-    d.run();
-    m.end = Clock::now();
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the stages' last busy reports
-    const std::vector<double> busy1 = cluster->stage_busy();
-    m.wall = seconds(m.end - m.begin);
-    m.generated = d.generated;
-    m.failed = d.failed;
-    m.prompt_tokens = static_cast<int64_t>(o.requests) * o.prompt_len;
-    m.tokens_per_s = static_cast<double>(m.generated) / m.wall;
-    m.total_tokens_per_s = static_cast<double>(m.generated + m.prompt_tokens) / m.wall;
-    m.ttft_p50 = percentile(d.ttft, 0.50);
-    m.ttft_p99 = percentile(d.ttft, 0.99);
-    for (size_t i = 0; i < busy1.size(); ++i) m.busy_pct.push_back(100.0 * (busy1[i] - busy0[i]) / m.wall);
-    results.push_back(m);
-  }
+  for (const auto& mode : modes) results.push_back(run_mode(o, started, mode, prompts, log));
   cluster->shutdown();
   if (!o.trace.empty()) {
     write_trace(o.trace, *cluster, results, t0);
@@ -264,27 +297,7 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
     out << j.dump() << "\n";
     return 0;
   }
-  out << std::fixed << std::setprecision(1) << "workload: " << o.requests << " requests, " << o.prompt_len
-      << " prompt + " << o.new_tokens << " new tokens each, concurrency " << o.concurrency << ", " << stages
-      << " stages\n\n"
-      << std::left << std::setw(12) << "mode" << std::right << std::setw(8) << "micro" << std::setw(12) << "out tok/s"
-      << std::setw(14) << "total tok/s" << std::setw(12) << "TTFT p50" << std::setw(12) << "TTFT p99";
-  for (size_t i = 1; i < cluster->labels().size(); ++i) out << std::setw(14) << ("busy r" + std::to_string(i));
-  out << "\n";
-  for (const auto& m : results) {
-    out << std::left << std::setw(12) << m.mode << std::right << std::setw(8) << m.microbatches << std::setw(12)
-        << m.tokens_per_s << std::setw(14) << m.total_tokens_per_s << std::setw(10) << m.ttft_p50 * 1000 << " ms"
-        << std::setw(10) << m.ttft_p99 * 1000 << " ms";
-    for (double b : m.busy_pct) out << std::setw(13) << b << "%";
-    out << "\n";
-  }
-  if (results.size() == 2) {
-    out << std::setprecision(2) << "\npipeline / sequential: " << ratio << "x output tokens/s\n";
-    if (o.concurrency == 1) {
-      out << "(one request in flight: a sequence cannot be in two stages at once, so pipeline mode "
-             "cannot be faster here)\n";
-    }
-  }
+  print_table(o, results, cluster->labels(), stages, ratio, out);
   return 0;
 }
 

@@ -7,10 +7,10 @@
 
 #include "comm/world.h"
 #include "daemon/bench.h"
-#include "daemon/client.h"
 #include "daemon/generate.h"
+#include "daemon/http/client.h"
+#include "daemon/http/server.h"
 #include "daemon/planning.h"
-#include "daemon/server.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/text.h"
 #endif

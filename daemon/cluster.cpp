@@ -10,12 +10,13 @@
 #include <ostream>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include "comm/control.h"
 #include "config/size.h"
 #include "planner/report.h"
 #include "stage/model.h"
-#include "stage/worker.h"
 #include "storage/checkpoint.h"
 
 namespace cascade::daemon {
@@ -37,18 +38,28 @@ std::string job_name() {
   return buf;
 }
 
-const char* transport_name(planner::Transport t) { return planner::to_string(t); }
+comm::Transport transport_of(planner::Transport t) {
+  switch (t) {
+    case planner::Transport::kNccl:
+      return comm::Transport::kNccl;
+    case planner::Transport::kShm:
+      return comm::Transport::kShm;
+    case planner::Transport::kMpi:
+      return comm::Transport::kMpi;
+  }
+  return comm::Transport::kMpi;
+}
 
 // The assignments, one per stage, from the plan's route and edges.
-std::vector<stage::Assignment> assignments(const PlannedRun& run, const std::string& job, const std::string& heartbeats,
-                                           const std::vector<std::string>& labels) {
+std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::string& job, const std::string& heartbeats,
+                                          const std::vector<std::string>& labels, bool trace) {
   const planner::Plan& plan = run.plan;
   const config::Config& cfg = run.config;
   const int n_stages = static_cast<int>(plan.stages.size());
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<stage::Assignment> out;
+  std::vector<comm::Assignment> out;
   for (const auto& s : plan.stages) {
-    stage::Assignment a;
+    comm::Assignment a;
     a.rank = s.rank;
     a.label = labels[static_cast<size_t>(s.rank)];
     a.job = job;
@@ -67,27 +78,22 @@ std::vector<stage::Assignment> assignments(const PlannedRun& run, const std::str
       }
     }
     a.offload_folder = cfg.placement.offload_folder;
-    a.kv_slots = cfg.runtime.max_batch;
-    a.max_seq_len = cfg.runtime.max_seq_len;
     a.threads = cfg.runtime.threads_per_stage > 0 ? cfg.runtime.threads_per_stage
                                                   : static_cast<int>(std::max(1u, cores / n_stages));
-    a.heartbeat_timeout = cfg.runtime.heartbeat_timeout;
-    a.step_timeout = cfg.runtime.step_timeout;
+    a.trace = trace;
+    a.runtime = cfg.runtime;
+    a.quantization = cfg.quantization;
     a.rank_labels = labels;
-    a.int8 = cfg.quantization.mode == "int8";
-    a.cuda_graphs = cfg.runtime.cuda_graphs;
-    a.int8_threshold = cfg.quantization.threshold;
-    a.int8_skip = cfg.quantization.skip_modules;
     out.push_back(a);
   }
   // Route position k runs segment k; edge k brings its input, edge k+1 takes its output.
   auto link = [&](size_t e, int peer) {
     const planner::Edge& edge = plan.edges[e];
-    return stage::Link{peer, transport_name(edge.transport), "/" + job + "-e" + std::to_string(e),
-                       comm::kTagData + static_cast<int>(e)};
+    return comm::Link{peer, transport_of(edge.transport), "/" + job + "-e" + std::to_string(e),
+                      comm::kTagData + static_cast<int>(e)};
   };
   for (size_t k = 0; k < plan.route_ranks.size(); ++k) {
-    stage::Assignment& a = out[static_cast<size_t>(plan.route_ranks[k] - 1)];
+    comm::Assignment& a = out[static_cast<size_t>(plan.route_ranks[k] - 1)];
     a.hops.push_back({plan.route_segments[k].begin, plan.route_segments[k].end, link(k, plan.edges[k].from),
                       link(k + 1, plan.edges[k + 1].to)});
   }
@@ -103,7 +109,7 @@ std::string mb_per_s(uint64_t bytes, double seconds) {
 
 // Stored bytes of the distinct tensors of each stage's modules.
 std::vector<uint64_t> stage_source_bytes(const PlannedRun& run) {
-  const stage::ModelDescription d = stage::describe(*run.checkpoint);
+  const stage::ModelDescription& d = run.description;
   std::vector<uint64_t> out;
   for (const auto& s : run.plan.stages) {
     std::set<std::string> names;
@@ -118,6 +124,23 @@ std::vector<uint64_t> stage_source_bytes(const PlannedRun& run) {
   return out;
 }
 
+// "stage 1 (rank 1, cpu:0) on host (pid 7, 2 cores) ready in 0.31 s: ..."
+std::string ready_line(const std::string& label, const comm::StageReady& r) {
+  std::ostringstream o;
+  o << label << " on " << r.host << " (pid " << r.pid << ", " << r.cores << (r.cores == 1 ? " core" : " cores")
+    << ") ready in " << std::fixed << std::setprecision(2) << r.seconds
+    << " s: " << config::format_bytes(r.source_bytes) << " of the checkpoint (" << mb_per_s(r.source_bytes, r.seconds)
+    << "), " << config::format_bytes(r.weight_bytes) << " in memory, "
+    << config::format_bytes(r.zero_copy_bytes + r.folder_bytes) << " paged from disk"
+    << (r.folder_rebuilt ? " (offload folder rebuilt)" : "") << ", KV " << config::format_bytes(r.kv_bytes);
+  if (r.streamed_bytes > 0) o << ", streams " << config::format_bytes(r.streamed_bytes) << " to the GPU per step";
+  if (r.upload.bytes > 0) {  // where a GPU stage's load time went
+    o << "; upload: reading " << r.upload.read_s << " s, waiting for DMA " << r.upload.dma_wait_s << " s, allocating "
+      << r.upload.alloc_s << " s, finishing " << r.upload.finish_s << " s";
+  }
+  return o.str();
+}
+
 }  // namespace
 
 std::string stage_label(const planner::Stage& s) {
@@ -130,122 +153,29 @@ std::string stage_label(const planner::Stage& s) {
 std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string& exe, std::ostream& log, bool trace) {
   const auto launched = Clock::now();
   std::unique_ptr<Cluster> c(new Cluster());
+  const config::RuntimeSection& rt = run.config.runtime;
   c->trace_ = trace;
-  comm::World& w = comm::World::get();
-  c->world_ = &w;
-  const planner::Plan& plan = run.plan;
-  const int n = static_cast<int>(plan.stages.size());
-  c->slots_ = run.config.runtime.max_batch;
-  c->max_seq_len_ = run.config.runtime.max_seq_len;
-  c->heartbeat_timeout_ = run.config.runtime.heartbeat_timeout;
-  c->step_timeout_ = run.config.runtime.step_timeout;
+  c->world_ = &comm::World::get();
+  c->slots_ = rt.max_batch;
+  c->max_seq_len_ = rt.max_seq_len;
+  c->heartbeat_timeout_ = rt.heartbeat_timeout;
+  c->step_timeout_ = rt.step_timeout;
   c->labels_ = {"the coordinator (rank 0)"};
-  for (const auto& s : plan.stages) c->labels_.push_back(stage_label(s));
+  for (const auto& s : run.plan.stages) c->labels_.push_back(stage_label(s));
   c->busy_.assign(c->labels_.size(), 0.0);
 
-  log << "cascade: device map\n" << planner::format_plan(run.request.model, plan);
+  log << "cascade: device map\n" << planner::format_plan(run.request.model, run.plan);
   const std::string job = job_name();
-  c->hb_ = comm::Heartbeats::create("/" + job + "-hb", n + 1);
+  c->hb_ = comm::Heartbeats::create("/" + job + "-hb", static_cast<int>(c->labels_.size()));
   c->hb_->start(0);
-  if (w.size() == 1) {
-    log << "cascade: starting " << n << " stage process" << (n > 1 ? "es" : "") << "\n";
-    w.spawn(n, exe, {"stage"});
-    c->spawned_ = true;
-  } else if (w.size() != n + 1) {
-    stage::Assignment none;
-    none.exit_reason = "wrong process count";
-    for (int r = 1; r < w.size(); ++r) {
-      none.rank = r;
-      w.send(r, comm::kTagAssign, stage::to_json(none).dump(), after(5), nullptr);
-    }
-    c->failed_ = true;
-    throw ClusterError("this plan has " + std::to_string(n) + " stage" + (n > 1 ? "s" : "") +
-                       ", so it needs mpirun -np " + std::to_string(n + 1) + " (the coordinator plus one process " +
-                       "per stage); it was started with -np " + std::to_string(w.size()));
-  }
-
+  c->launch(exe, log);
   try {
-    auto as = assignments(run, job, c->hb_->name(), c->labels_);
-    for (auto& a : as) a.trace = trace;
-    for (const auto& a : as) w.send(a.rank, comm::kTagAssign, stage::to_json(a).dump(), after(10), nullptr);
-
-    // Wait for every stage, printing progress as it arrives.
-    std::set<int> waiting;
-    for (int r = 1; r <= n; ++r) waiting.insert(r);
-    auto alive = [self = c.get()] { self->check_alive(); };
-    while (!waiting.empty()) {
-      std::vector<uint8_t> msg;
-      int from = 0;
-      if (!w.try_recv(MPI_ANY_SOURCE, comm::kTagLoad, &msg, &from)) {
-        alive();
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        continue;
-      }
-      const json r = json::parse(msg.begin(), msg.end());
-      if (r.value("type", std::string()) == "progress") {
-        log << "cascade: " << c->labels_[static_cast<size_t>(from)]
-            << " loading: " << config::format_bytes(r["bytes"].get<uint64_t>()) << " / "
-            << config::format_bytes(r["total"].get<uint64_t>()) << " ("
-            << mb_per_s(r["bytes"].get<uint64_t>(), r["seconds"].get<double>()) << ")\n";
-        continue;
-      }
-      const std::string& label = c->labels_[static_cast<size_t>(from)];
-      if (!r.value("ok", false)) {
-        throw ClusterError(label + " on " + r.value("host", std::string("?")) +
-                           " failed to load: " + r.value("error", std::string("(no message)")));
-      }
-      StageReport rep;
-      rep.rank = from;
-      rep.label = label;
-      rep.host = r["host"].get<std::string>();
-      rep.pid = r["pid"].get<int>();
-      rep.seconds = r["seconds"].get<double>();
-      rep.source_bytes = r["source_bytes"].get<uint64_t>();
-      rep.weight_bytes = r["weight_bytes"].get<uint64_t>();
-      rep.zero_copy_bytes = r["zero_copy_bytes"].get<uint64_t>();
-      rep.folder_bytes = r["folder_bytes"].get<uint64_t>();
-      rep.kv_bytes = r["kv_bytes"].get<uint64_t>();
-      const int cores = r.value("cores", 0);
-      log << "cascade: " << label << " on " << rep.host << " (pid " << rep.pid << ", " << cores
-          << (cores == 1 ? " core" : " cores") << ") ready in " << std::fixed << std::setprecision(2) << rep.seconds
-          << " s: " << config::format_bytes(rep.source_bytes) << " of the checkpoint ("
-          << mb_per_s(rep.source_bytes, rep.seconds) << "), " << config::format_bytes(rep.weight_bytes)
-          << " in memory, " << config::format_bytes(rep.zero_copy_bytes + rep.folder_bytes) << " paged from disk"
-          << (r.value("folder_rebuilt", false) ? " (offload folder rebuilt)" : "") << ", KV "
-          << config::format_bytes(rep.kv_bytes);
-      if (r.value("streamed_bytes", uint64_t{0}) > 0)
-        log << ", streams " << config::format_bytes(r["streamed_bytes"].get<uint64_t>()) << " to the GPU per step";
-      if (r.contains("upload") && r["upload"].value("bytes", uint64_t{0}) > 0) {
-        const json& u = r["upload"];  // where a GPU stage's load time went
-        log << "; upload: reading " << u.value("read_s", 0.0) << " s, waiting for DMA " << u.value("dma_wait_s", 0.0)
-            << " s, allocating " << u.value("alloc_s", 0.0) << " s, finishing " << u.value("finish_s", 0.0) << " s";
-      }
-      log << "\n";
-      c->reports_.push_back(rep);
-      waiting.erase(from);
-    }
-    std::sort(c->reports_.begin(), c->reports_.end(),
-              [](const StageReport& a, const StageReport& b) { return a.rank < b.rank; });
-    // Each stage reads only its own tensors: the reports must add up to the checkpoint,
-    // plus the tied tensors that more than one stage uses.
-    const std::vector<uint64_t> expect = stage_source_bytes(run);
-    uint64_t sum = 0, want = 0;
-    for (const auto& r : c->reports_) {
-      sum += r.source_bytes;
-      want += expect[static_cast<size_t>(r.rank - 1)];
-      if (r.source_bytes != expect[static_cast<size_t>(r.rank - 1)]) {
-        throw ClusterError(r.label + " serves " + std::to_string(r.source_bytes) + " checkpoint bytes, but its " +
-                           "modules hold " + std::to_string(expect[static_cast<size_t>(r.rank - 1)]));
-      }
-    }
-    log << "cascade: stages serve " << sum << " checkpoint bytes: the checkpoint's " << run.checkpoint->total_bytes()
-        << " + " << (want - run.checkpoint->total_bytes()) << " of tied tensors held by more than one stage\n";
-
-    const size_t last = plan.edges.size() - 1;
-    c->to_first_ = comm::mpi_channel(w, plan.edges.front().to, comm::kTagData);
-    c->from_last_ = comm::mpi_channel(w, plan.edges.back().from, comm::kTagData + static_cast<int>(last));
-    c->to_first_->set_liveness(alive);
-    c->from_last_->set_liveness(alive);
+    for (const auto& a : assignments(run, job, c->hb_->name(), c->labels_, trace))
+      c->world_->send(a.rank, comm::kTagAssign, comm::encode(a), after(10), nullptr);
+    c->await_ready(log);
+    c->check_sources(run, log);
+    c->connect(run.plan);
+    const size_t n = run.plan.stages.size();
     log << "cascade: ready " << std::fixed << std::setprecision(2)
         << std::chrono::duration<double>(Clock::now() - launched).count() << " s after launch (" << n << " stage"
         << (n > 1 ? "s" : "") << " started, loaded and connected)\n";
@@ -253,8 +183,91 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
     c->fail(e.what());
   } catch (const ClusterError& e) {
     c->fail(e.what());
+  } catch (const std::invalid_argument& e) {  // a malformed report (comm/control.h)
+    c->fail(e.what());
   }
   return c;
+}
+
+// Spawns the stage processes, or checks that mpirun started as many as the plan has
+// (telling each extra one why it must exit).
+void Cluster::launch(const std::string& exe, std::ostream& log) {
+  comm::World& w = *world_;
+  const int n = static_cast<int>(labels_.size()) - 1;
+  if (w.size() == 1) {
+    log << "cascade: starting " << n << " stage process" << (n > 1 ? "es" : "") << "\n";
+    w.spawn(n, exe, {"stage"});
+    spawned_ = true;
+    return;
+  }
+  if (w.size() == n + 1) return;
+  comm::Assignment none;
+  none.exit_reason = "wrong process count";
+  for (int r = 1; r < w.size(); ++r) {
+    none.rank = r;
+    w.send(r, comm::kTagAssign, comm::encode(none), after(5), nullptr);
+  }
+  failed_ = true;
+  throw ClusterError("this plan has " + std::to_string(n) + " stage" + (n > 1 ? "s" : "") +
+                     ", so it needs mpirun -np " + std::to_string(n + 1) + " (the coordinator plus one process " +
+                     "per stage); it was started with -np " + std::to_string(w.size()));
+}
+
+// Waits for every stage's ready report, printing load progress as it arrives.
+void Cluster::await_ready(std::ostream& log) {
+  std::set<int> waiting;
+  for (size_t r = 1; r < labels_.size(); ++r) waiting.insert(static_cast<int>(r));
+  while (!waiting.empty()) {
+    std::vector<uint8_t> msg;
+    int from = 0;
+    if (!world_->try_recv(MPI_ANY_SOURCE, comm::kTagLoad, &msg, &from)) {
+      check_alive();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    const std::string& label = labels_.at(static_cast<size_t>(from));
+    const auto report = comm::decode_load(msg);
+    if (const auto* p = std::get_if<comm::LoadProgress>(&report)) {
+      log << "cascade: " << label << " loading: " << config::format_bytes(p->bytes) << " / "
+          << config::format_bytes(p->total) << " (" << mb_per_s(p->bytes, p->seconds) << ")\n";
+      continue;
+    }
+    const auto& r = std::get<comm::StageReady>(report);
+    if (!r.ok) throw ClusterError(label + " on " + r.host + " failed to load: " + r.error);
+    log << "cascade: " << ready_line(label, r) << "\n";
+    reports_.push_back({from, label, r});
+    waiting.erase(from);
+  }
+  std::sort(reports_.begin(), reports_.end(),
+            [](const StageReport& a, const StageReport& b) { return a.rank < b.rank; });
+}
+
+// Each stage reads only its own tensors: the reports must add up to the checkpoint,
+// plus the tied tensors that more than one stage uses.
+void Cluster::check_sources(const PlannedRun& run, std::ostream& log) const {
+  const std::vector<uint64_t> expect = stage_source_bytes(run);
+  uint64_t sum = 0, want = 0;
+  for (const auto& r : reports_) {
+    const uint64_t e = expect[static_cast<size_t>(r.rank - 1)];
+    sum += r.ready.source_bytes;
+    want += e;
+    if (r.ready.source_bytes != e) {
+      throw ClusterError(r.label + " serves " + std::to_string(r.ready.source_bytes) + " checkpoint bytes, but its " +
+                         "modules hold " + std::to_string(e));
+    }
+  }
+  log << "cascade: stages serve " << sum << " checkpoint bytes: the checkpoint's " << run.checkpoint->total_bytes()
+      << " + " << (want - run.checkpoint->total_bytes()) << " of tied tensors held by more than one stage\n";
+}
+
+// The coordinator's ends of the route: to the first stage and from the last.
+void Cluster::connect(const planner::Plan& plan) {
+  const size_t last = plan.edges.size() - 1;
+  to_first_ = comm::mpi_channel(*world_, plan.edges.front().to, comm::kTagData);
+  from_last_ = comm::mpi_channel(*world_, plan.edges.back().from, comm::kTagData + static_cast<int>(last));
+  auto alive = [this] { check_alive(); };
+  to_first_->set_liveness(alive);
+  from_last_->set_liveness(alive);
 }
 
 Cluster::~Cluster() {
@@ -270,9 +283,11 @@ void Cluster::poll_stats() const {
   std::vector<uint8_t> msg;
   int from = 0;
   while (world_->try_recv(MPI_ANY_SOURCE, comm::kTagStats, &msg, &from)) {
-    const json j = json::parse(msg.begin(), msg.end(), nullptr, false);
-    if (j.is_object() && from > 0 && static_cast<size_t>(from) < busy_.size())
-      busy_[static_cast<size_t>(from)] = j.value("busy", 0.0);
+    if (from <= 0 || static_cast<size_t>(from) >= busy_.size()) continue;
+    try {
+      busy_[static_cast<size_t>(from)] = comm::decode_stats(msg).busy;
+    } catch (const std::invalid_argument&) {  // a lost report only makes busy % stale
+    }
   }
 }
 
@@ -287,9 +302,13 @@ void Cluster::check_alive() const {
   std::vector<uint8_t> msg;
   int from = 0;
   if (world_->try_recv(MPI_ANY_SOURCE, comm::kTagError, &msg, &from)) {
-    const json e = json::parse(msg.begin(), msg.end(), nullptr, false);
-    throw ClusterError(labels_.at(static_cast<size_t>(from)) +
-                       " failed: " + (e.is_object() ? e.value("error", std::string("?")) : std::string("?")));
+    std::string why;
+    try {
+      why = comm::decode_failure(msg).error;
+    } catch (const std::invalid_argument& e) {
+      why = e.what();
+    }
+    throw ClusterError(labels_.at(static_cast<size_t>(from)) + " failed: " + why);
   }
   // Starting a stage (exec, loading LibTorch and CUDA, MPI init) can take seconds on a
   // busy machine before its heartbeat thread runs: until it registers, a stage gets the

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "comm/channel.h"
+#include "comm/control.h"
 #include "comm/heartbeat.h"
 #include "daemon/executor.h"
 #include "daemon/planning.h"
@@ -34,15 +35,12 @@ class ClusterError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// What a stage reported when it became ready.
+// What a stage reported when it became ready (source_bytes: the checkpoint bytes it
+// serves, see Model::source_bytes; weight_bytes: held in memory at the compute dtype).
 struct StageReport {
   int rank = 0;
-  std::string label, host;
-  int pid = 0;
-  double seconds = 0;         // assignment to ready
-  uint64_t source_bytes = 0;  // checkpoint bytes it serves (see Model::source_bytes)
-  uint64_t weight_bytes = 0;  // held in memory, at the compute dtype
-  uint64_t zero_copy_bytes = 0, folder_bytes = 0, kv_bytes = 0;
+  std::string label;
+  comm::StageReady ready;
 };
 
 class Cluster : public Executor {
@@ -70,6 +68,11 @@ class Cluster : public Executor {
 
  private:
   Cluster() = default;
+  // The steps of start(), in order.
+  void launch(const std::string& exe, std::ostream& log);
+  void await_ready(std::ostream& log);
+  void check_sources(const PlannedRun& run, std::ostream& log) const;
+  void connect(const planner::Plan& plan);
   void check_alive() const;
   void poll_stats() const;
   [[noreturn]] void fail(const std::string& what);
@@ -80,9 +83,9 @@ class Cluster : public Executor {
   std::unique_ptr<comm::Channel> to_first_, from_last_;
   std::vector<std::string> labels_;  // by rank
   std::vector<StageReport> reports_;
-  mutable std::vector<double> busy_;
-  std::vector<nlohmann::json> traces_;
-  bool trace_ = false;  // by rank; updated whenever messages are polled
+  mutable std::vector<double> busy_;    // by rank; updated whenever messages are polled
+  std::vector<nlohmann::json> traces_;  // by rank - 1, after shutdown()
+  bool trace_ = false;
   int64_t slots_ = 0, max_seq_len_ = 0;
   double heartbeat_timeout_ = 5, step_timeout_ = 300;
   std::deque<comm::StepHeader> in_flight_;

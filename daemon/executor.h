@@ -4,8 +4,9 @@
 //
 // submit() hands over a step (token ids [tokens] int64); next() returns the results in
 // submission order: the sampled ids [seqs] int64 and, when the step set
-// kStepWantLogits, the last-position logits [seqs, vocab] float32. Up to in_flight()
-// steps may be submitted before next() is called (1 for LocalExecutor).
+// kStepWantLogits, the last-position logits [seqs, vocab] float32. A Cluster takes as
+// many steps in flight as the scheduler issues (one per microbatch); LocalExecutor runs
+// each step in submit(), so next() never waits.
 // Thread-safety: one thread drives an Executor.
 #pragma once
 

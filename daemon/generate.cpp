@@ -20,8 +20,9 @@
 #include "daemon/executor.h"
 #include "daemon/planning.h"
 #include "daemon/scheduler.h"
+#include "daemon/startup.h"
 #ifdef CASCADE_WITH_TOKENIZER
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 #endif
 #include "stage/model.h"
 #include "storage/checkpoint.h"
@@ -244,37 +245,36 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
 
   const auto t0 = Clock::now();
   std::shared_ptr<Executor> ex;
+  std::optional<Started> started;
   stage::ModelConfig cfg;
   if (run) {
-    cfg = stage::describe(*run->checkpoint).config;
+    cfg = run->description.config;
     check_prompts(opts, cfg.vocab_size, run->config.runtime.max_batch, run->config.runtime.max_seq_len);
-    ex = Cluster::start(*run, self_exe(), log);
+    started = start_stages(std::move(*run), log);
+    ex = started->cluster;
   } else {
     if (opts.threads > 0) at::set_num_threads(opts.threads);
     std::shared_ptr<const storage::Checkpoint> ck = storage::Checkpoint::open(opts.model_dir);
+    stage::ModelDescription d = stage::describe(*ck);
+    cfg = d.config;
     stage::LoadOptions lo;
-    lo.dtype = stage::resolve_dtype(opts.dtype, *ck);
-    lo.kv_slots = static_cast<int64_t>(opts.prompts.size());
-    lo.int8 = opts.quantization == "int8";
+    lo.dtype = stage::resolve_dtype(opts.dtype, *ck, d);
+    lo.runtime.max_batch = static_cast<int>(opts.prompts.size());
+    lo.quantization.mode = opts.quantization;
     int64_t longest = 0;
     for (const auto& p : opts.prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
-    lo.max_seq_len = longest + opts.max_new_tokens;
-    cfg = stage::describe(*ck).config;
-    check_prompts(opts, cfg.vocab_size, lo.kv_slots, lo.max_seq_len);
-    auto model = stage::Model::load(ck, lo);
+    lo.runtime.max_seq_len = static_cast<int>(longest + opts.max_new_tokens);
+    check_prompts(opts, cfg.vocab_size, lo.runtime.max_batch, lo.runtime.max_seq_len);
+    auto model = stage::Model::load(ck, lo, std::move(d));
     log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers
         << " layers, " << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype)
         << ") from " << opts.model_dir << " in " << seconds_since(t0) << " s\n";
     ex = std::make_unique<LocalExecutor>(std::move(model));
   }
   std::vector<GenerateResult> results;
-  if (run && run->config.runtime.mode == config::Mode::kPipeline) {
+  if (started && started->run.config.runtime.mode == config::Mode::kPipeline) {
     if (opts.logits) throw std::invalid_argument("--logits needs runtime.mode = \"sequential\"");
-    SchedulerOptions so;
-    so.eos_ids = cfg.eos_token_ids;
-    set_mode(&so, true, run->config.runtime.microbatches, run->config.runtime.prefill_chunk,
-             static_cast<int>(run->plan.stages.size()));
-    results = run_scheduled(ex, opts, so, log);
+    results = run_scheduled(ex, opts, scheduler_options(*started, config::Mode::kPipeline), log);
   } else {
     if (opts.warmup) {
       std::ostringstream untimed;
@@ -283,7 +283,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
     }
     results = run_generation(*ex, opts, cfg.eos_token_ids, log);
   }
-  if (auto* c = dynamic_cast<Cluster*>(ex.get())) c->shutdown();
+  if (started) started->cluster->shutdown();
 #ifdef CASCADE_WITH_TOKENIZER
   if (tok) {
     for (auto& r : results) {

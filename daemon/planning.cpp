@@ -5,8 +5,8 @@
 
 #include "config/size.h"
 #include "planner/report.h"
+#include "stage/kernels/quant.h"
 #include "stage/model.h"
-#include "stage/quant.h"
 #include "storage/checkpoint.h"
 
 #ifdef CASCADE_WITH_CUDA
@@ -41,41 +41,38 @@ config::Config config_for(const PlanOptions& o) {
 
 }  // namespace
 
-planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype, bool int8,
-                                          const std::vector<std::string>& int8_skip) {
-  const stage::ModelDescription d = stage::describe(ck);
-  const stage::ModelConfig& c = d.config;
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const stage::ModelDescription& d,
+                                          at::ScalarType dtype, const config::QuantizationSection& quant) {
   planner::ModelDescriptor m;
-  m.model_type = c.model_type;
-  m.hidden_size = c.hidden_size;
-  m.intermediate_size = c.intermediate_size;
-  m.vocab_size = c.vocab_size;
-  m.num_heads = c.num_heads;
-  m.num_kv_heads = c.num_kv_heads;
-  m.head_dim = c.head_dim;
+  m.model_type = d.config.model_type;
+  m.vocab_size = d.config.vocab_size;
   m.dtype_bytes = static_cast<int>(at::elementSize(dtype));
+  const bool int8 = quant.mode == "int8";
   for (const auto& spec : d.modules) {
     planner::ModuleInfo mi;
     mi.name = spec.name;
     mi.kind = kind_of(spec.kind);
+    const bool quantized = int8 && stage::int8_module(spec, quant.skip_modules);
     for (const auto& t : spec.tensors) {
       const storage::TensorInfo& info = ck.info(t);
-      const uint64_t numel = static_cast<uint64_t>(info.numel());
-      const stage::Int8Layout layout = int8 && stage::int8_module(spec, int8_skip)
-                                           ? stage::int8_layout(t, info.shape.size())
-                                           : stage::Int8Layout::kNone;
+      const stage::Int8Layout layout = quantized ? spec.int8_layout(t) : stage::Int8Layout::kNone;
       mi.tensors.push_back({t, layout != stage::Int8Layout::kNone ? stage::int8_bytes(info.shape, layout)
-                               : at::isFloatingType(info.dtype)   ? numel * m.dtype_bytes
+                               : at::isFloatingType(info.dtype)   ? info.numel() * uint64_t(m.dtype_bytes)
                                                                   : info.nbytes()});
-      // A lookup costs no FLOPs; every other matrix is one multiply-add per weight.
-      if (info.shape.size() >= 2 && mi.kind != planner::ModuleKind::kEmbedding) mi.flops_per_token += 2.0 * numel;
     }
-    if (mi.kind == planner::ModuleKind::kLayer) {
-      mi.kv_bytes_per_token = 2ull * c.num_kv_heads * c.head_dim * m.dtype_bytes;
-    }
+    mi.flops_per_token = spec.cost.flops_per_token;
+    mi.kv_bytes_per_token = static_cast<uint64_t>(spec.cost.kv_elems_per_token) * m.dtype_bytes;
+    m.act_bytes_per_token =
+        std::max(m.act_bytes_per_token, static_cast<uint64_t>(spec.cost.act_elems_per_token) * m.dtype_bytes);
+    m.score_heads = std::max(m.score_heads, spec.cost.score_heads);
     m.modules.push_back(std::move(mi));
   }
   return m;
+}
+
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype,
+                                          const config::QuantizationSection& quant) {
+  return build_descriptor(ck, stage::describe(ck), dtype, quant);
 }
 
 planner::HostMemory probe_host() {
@@ -96,10 +93,10 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   PlannedRun run;
   run.config = cfg;
   run.checkpoint = storage::Checkpoint::open(cfg.model.path);
-  run.dtype = stage::resolve_dtype(cfg.model.dtype, *run.checkpoint);
+  run.description = stage::describe(*run.checkpoint);
+  run.dtype = stage::resolve_dtype(cfg.model.dtype, *run.checkpoint, run.description);
   planner::PlanRequest& req = run.request;
-  req.model =
-      build_descriptor(*run.checkpoint, run.dtype, cfg.quantization.mode == "int8", cfg.quantization.skip_modules);
+  req.model = build_descriptor(*run.checkpoint, run.description, run.dtype, cfg.quantization);
   const auto specs =
       max_memory.empty() ? planner::from_config(cfg.placement.max_memory) : planner::parse_max_memory(max_memory);
   req.budgets = planner::resolve_budgets(specs, probe_host());

@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "planner/budgets.h"
 #include "planner/plan.h"
+#include "stage/model.h"
 
 namespace cascade::storage {
 class Checkpoint;
@@ -20,17 +21,22 @@ class Checkpoint;
 
 namespace cascade::daemon {
 
-// Module sizes at the compute dtype (non-float tensors keep their stored size).
-// With `int8`, decoder-layer linear weights (skip_modules excepted) count one byte per
-// element plus a float32 scale per row, as LLM.int8 stores them.
-planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype, bool int8 = false,
-                                          const std::vector<std::string>& int8_skip = {});
+// The planner's view of a described model: module sizes at the compute dtype
+// (non-float tensors keep their stored size), FLOPs, KV and activation sizes as the
+// family declares them. Under LLM.int8 the weights the family marks quantizable
+// (skip_modules excepted) count one byte per element plus a float32 scale per row.
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const stage::ModelDescription& d,
+                                          at::ScalarType dtype, const config::QuantizationSection& quant = {});
+// The same, describing the checkpoint first.
+planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::ScalarType dtype,
+                                          const config::QuantizationSection& quant = {});
 
 // A configuration resolved into a plan: the checkpoint opened (headers only), the
 // compute dtype, the planner's input and its output.
 struct PlannedRun {
   config::Config config;
   std::shared_ptr<const storage::Checkpoint> checkpoint;
+  stage::ModelDescription description;  // the family's config and modules, described once
   at::ScalarType dtype = at::kFloat;
   planner::PlanRequest request;
   planner::Plan plan;

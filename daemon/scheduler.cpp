@@ -4,7 +4,7 @@
 #include <random>
 
 #ifdef CASCADE_WITH_TOKENIZER
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 #endif
 
 namespace cascade::daemon {
@@ -30,9 +30,10 @@ struct Scheduler::Seq {
 #endif
 };
 
-void set_mode(SchedulerOptions* o, bool pipeline, int microbatches, int prefill_chunk, int stages) {
-  o->microbatches = pipeline ? (microbatches > 0 ? microbatches : std::max(1, stages)) : 1;
-  o->prefill_chunk = pipeline ? (prefill_chunk > 0 ? prefill_chunk : 128) : 0;
+void set_mode(SchedulerOptions* o, config::Mode mode, const config::RuntimeSection& rt, int stages) {
+  const bool pipeline = mode == config::Mode::kPipeline;
+  o->microbatches = pipeline ? (rt.microbatches > 0 ? rt.microbatches : std::max(1, stages)) : 1;
+  o->prefill_chunk = pipeline ? (rt.prefill_chunk > 0 ? rt.prefill_chunk : 128) : 0;
 }
 
 // One submitted step: which sequences (slot, generation) it carries, in order.

@@ -33,9 +33,10 @@
 #include <string>
 #include <vector>
 
-#include "daemon/api.h"
+#include "config/config.h"
 #include "daemon/executor.h"
-#include "daemon/metrics.h"
+#include "daemon/http/api.h"
+#include "daemon/http/metrics.h"
 
 namespace cascade::daemon {
 
@@ -67,9 +68,9 @@ struct SchedulerOptions {
   std::vector<std::string> stage_labels;
 };
 
-// Microbatches and prefill chunk for a run's runtime.mode (sequential: 1 and whole
-// prompts; pipeline: runtime.microbatches or one per stage, runtime.prefill_chunk or 128).
-void set_mode(SchedulerOptions* o, bool pipeline, int microbatches, int prefill_chunk, int stages);
+// Microbatches and prefill chunk for `mode` (sequential: 1 and whole prompts; pipeline:
+// runtime.microbatches or one per stage, runtime.prefill_chunk or 128).
+void set_mode(SchedulerOptions* o, config::Mode mode, const config::RuntimeSection& rt, int stages);
 
 class Scheduler {
  public:

@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "daemon/generate.h"
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 
 namespace cascade::daemon {
 

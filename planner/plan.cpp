@@ -67,10 +67,8 @@ class Ledger {
     const ModelDescriptor& m = req_->model;
     const int64_t chunk = std::min<int64_t>(req_->max_seq_len, kPrefillChunk);
     const uint64_t tokens = static_cast<uint64_t>(std::max<int64_t>(req_->max_batch, chunk));
-    uint64_t b = tokens * m.dtype_bytes *
-                 static_cast<uint64_t>(4 * m.hidden_size + 3 * m.intermediate_size +
-                                       (m.num_heads + 2 * m.num_kv_heads) * m.head_dim);
-    b += 4ull * m.num_heads * chunk * req_->max_seq_len;         // one sequence's float32 attention scores
+    uint64_t b = tokens * m.act_bytes_per_token;
+    b += 4ull * m.score_heads * chunk * req_->max_seq_len;       // one sequence's float32 attention scores
     if (holds_head) b += 4ull * req_->max_batch * m.vocab_size;  // float32 logits
     return b;
   }

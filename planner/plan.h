@@ -45,15 +45,17 @@ struct ModuleInfo {
   uint64_t weight_bytes() const;
 };
 
+// What the planner knows of a model: sizes only, as the model's family declares them
+// (daemon/planning.h builds it); no formula here assumes a layer's shape.
 struct ModelDescriptor {
   std::string model_type;
   std::vector<ModuleInfo> modules;  // execution order
-  int64_t hidden_size = 0;
-  int64_t intermediate_size = 0;
-  int64_t vocab_size = 0;
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;
+  // Transient activations per token of a step (the largest any module holds, in
+  // bytes at the compute dtype), and the most attention heads whose float32 scores
+  // one prefill chunk materialises at once.
+  uint64_t act_bytes_per_token = 0;
+  int64_t score_heads = 0;
+  int64_t vocab_size = 0;  // the LM head's float32 logits per sequence
   int dtype_bytes = 2;
 
   uint64_t total_weight_bytes() const;  // distinct tensors

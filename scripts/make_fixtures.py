@@ -3,7 +3,7 @@
 
 Run where Hugging Face transformers is installed (the GPU machine's python3):
 
-    python3 scripts/make_fixtures.py [--out tests/data]
+    python3 scripts/make_fixtures.py [--out tests/data] [--only NAME ...]
 
 Each fixture is a tiny random-weight checkpoint (config.json + safetensors, as
 save_pretrained writes them) and reference.json: for three prompts of different
@@ -107,43 +107,53 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
     return size
 
 
+def fixtures(common):
+    """Every fixture: name -> (config, stored dtype, seed, make() keywords)."""
+    return {
+        # GQA (4 query heads on 2 KV heads), plain RoPE with a non-default theta, f32, untied.
+        "llama_gqa": (LlamaConfig(**common, num_key_value_heads=2, rope_theta=50000.0, tie_word_embeddings=False),
+                      torch.float32, 11, {}),
+        # llama3 RoPE scaling with a short original context so the scaled band is exercised;
+        # attention/mlp biases; tied embeddings; stored bf16.
+        "llama3_tied_bf16": (LlamaConfig(
+            **{**common, "max_position_embeddings": 256}, num_key_value_heads=4, rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 64},
+            attention_bias=True, mlp_bias=True, tie_word_embeddings=True), torch.bfloat16, 12, {}),
+        # Linear RoPE scaling, stored f16, sharded, config written in the legacy spelling.
+        "llama_linear_sharded_f16": (LlamaConfig(
+            **{**common, "num_hidden_layers": 3}, num_key_value_heads=1,
+            rope_scaling={"rope_type": "linear", "factor": 2.0}, tie_word_embeddings=False),
+            torch.float16, 13, {"shard": "40KB", "legacy": True}),
+        # Dynamic NTK: the generated sequence outgrows max_position_embeddings (12).
+        "llama_dynamic": (LlamaConfig(
+            **{**common, "max_position_embeddings": 12}, num_key_value_heads=2,
+            rope_scaling={"rope_type": "dynamic", "factor": 2.0}, tie_word_embeddings=False), torch.float32, 14, {}),
+        # Mistral with a sliding window shorter than prompt + continuation.
+        "mistral_window": (MistralConfig(**common, num_key_value_heads=2, sliding_window=8,
+                                         tie_word_embeddings=False), torch.float32, 15, {}),
+        # Qwen2: q/k/v biases, tied embeddings.
+        "qwen2_tied": (Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True,
+                                   use_sliding_window=False), torch.float32, 16, {}),
+        # GPT-2: learned positions, LayerNorm, fused Conv1D c_attn, gelu_new, tied lm_head.
+        "gpt2": (GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0), torch.float32, 17, {"std": 0.12}),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
+    ap.add_argument("--only", nargs="*", help="write only these fixtures (default: all)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5)
     total = 0
-    # GQA (4 query heads on 2 KV heads), plain RoPE with a non-default theta, f32, untied.
-    total += make(a.out, "llama_gqa", LlamaConfig(**common, num_key_value_heads=2, rope_theta=50000.0,
-                                                   tie_word_embeddings=False), torch.float32, 11)
-    # llama3 RoPE scaling with a short original context so the scaled band is exercised;
-    # attention/mlp biases; tied embeddings; stored bf16.
-    total += make(a.out, "llama3_tied_bf16", LlamaConfig(
-        **{**common, "max_position_embeddings": 256}, num_key_value_heads=4, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 64},
-        attention_bias=True, mlp_bias=True, tie_word_embeddings=True), torch.bfloat16, 12)
-    # Linear RoPE scaling, stored f16, sharded, config written in the legacy spelling.
-    total += make(a.out, "llama_linear_sharded_f16", LlamaConfig(
-        **{**common, "num_hidden_layers": 3}, num_key_value_heads=1,
-        rope_scaling={"rope_type": "linear", "factor": 2.0}, tie_word_embeddings=False),
-        torch.float16, 13, shard="40KB", legacy=True)
-    # Dynamic NTK: the generated sequence outgrows max_position_embeddings (12).
-    total += make(a.out, "llama_dynamic", LlamaConfig(
-        **{**common, "max_position_embeddings": 12}, num_key_value_heads=2,
-        rope_scaling={"rope_type": "dynamic", "factor": 2.0}, tie_word_embeddings=False), torch.float32, 14)
-    # Mistral with a sliding window shorter than prompt + continuation.
-    total += make(a.out, "mistral_window", MistralConfig(**common, num_key_value_heads=2, sliding_window=8,
-                                                          tie_word_embeddings=False), torch.float32, 15)
-    # Qwen2: q/k/v biases, tied embeddings.
-    total += make(a.out, "qwen2_tied", Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True,
-                                                    use_sliding_window=False), torch.float32, 16)
-    # GPT-2: learned positions, LayerNorm, fused Conv1D c_attn, gelu_new, tied lm_head.
-    total += make(a.out, "gpt2", GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), torch.float32, 17,
-                  std=0.12)
+    for name, (config, dtype, seed, kw) in fixtures(common).items():
+        if a.only and name not in a.only:
+            continue
+        total += make(a.out, name, config, dtype, seed, **kw)
     print(f"total {total/1e6:.2f} MB")
     assert total < 10e6
 

@@ -10,8 +10,10 @@
 // short sequences do not pay for max_seq_len.
 //
 // Only pure decode steps are captured (prefill keeps the eager path), and only what can
-// be captured: no int8 outlier decomposition (data-dependent shapes), no "dynamic"
-// RoPE (host-side frequencies per sequence), no disk tier.
+// be captured (Model decides): no "dynamic" RoPE (host-side frequencies per sequence),
+// no disk tier, no streamed weights. LLM.int8 layers are captured: their outlier split
+// has fixed shapes and no host sync. A mixture-of-experts MLP reads its routing on the
+// host, so a model with one must not be captured.
 //
 // Ownership: a Model owns its DecodeGraphs; the graphs hold static input/output
 // buffers in a private memory pool. Thread-safety: none (the stage's step loop).

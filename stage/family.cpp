@@ -3,19 +3,41 @@
 #include <map>
 
 namespace cascade::stage {
+
+// The registry: one entry per family, `X(f)` for the `const Family& f_family()` that
+// stage/families/<file>.cpp defines; the family's name() is its model_type.
+#define CASCADE_FAMILIES(X) X(llama) X(mistral) X(qwen2) X(gpt2)
+
+#define CASCADE_DECLARE_FAMILY(f) const Family& f##_family();
+CASCADE_FAMILIES(CASCADE_DECLARE_FAMILY)
+#undef CASCADE_DECLARE_FAMILY
+
 namespace {
 
 const std::map<std::string, const Family*>& registry() {
-  static const std::map<std::string, const Family*> r = {
-      {"llama", &llama_family()},
-      {"mistral", &mistral_family()},
-      {"qwen2", &qwen2_family()},
-      {"gpt2", &gpt2_family()},
-  };
+  static const std::map<std::string, const Family*> r = [] {
+    std::map<std::string, const Family*> m;
+#define CASCADE_REGISTER_FAMILY(f) m[f##_family().name()] = &f##_family();
+    CASCADE_FAMILIES(CASCADE_REGISTER_FAMILY)
+#undef CASCADE_REGISTER_FAMILY
+    return m;
+  }();
   return r;
 }
 
 }  // namespace
+
+void ModuleSpec::add_linear(const std::string& prefix, int64_t out, int64_t in, bool bias, bool conv1d, double active) {
+  tensors.push_back(prefix + ".weight");
+  if (bias) tensors.push_back(prefix + ".bias");
+  int8[prefix + ".weight"] = conv1d ? Int8Layout::kTransposed : Int8Layout::kRows;
+  cost.flops_per_token += 2.0 * static_cast<double>(out) * static_cast<double>(in) * active;
+}
+
+Int8Layout ModuleSpec::int8_layout(const std::string& tensor) const {
+  const auto it = int8.find(tensor);
+  return it == int8.end() ? Int8Layout::kNone : it->second;
+}
 
 std::vector<std::string> supported_model_types() {
   std::vector<std::string> out;

@@ -1,16 +1,19 @@
 // Model families: everything Cascade knows about a `model_type` lives behind this
 // interface (DESIGN §5), so nothing outside stage/ knows a family.
 //
-// A family turns config.json into a ModelConfig, lists the model's modules in
-// execution order (embeddings, each decoder layer, final norm, LM head; module names
-// follow hf_device_map), and builds a runnable Module from a ModuleSpec. Families are
-// stateless singletons, safe to use from any thread. A Module owns its weights; it is
-// used by one stage's step loop at a time.
+// A family (one file in stage/families/, registered in families/registry.cpp) turns
+// config.json into a ModelConfig, lists the model's modules in execution order
+// (embeddings, each decoder layer, final norm, LM head; module names follow
+// hf_device_map) with what each costs and which of its weights LLM.int8 may quantize,
+// and builds a runnable Module from a ModuleSpec out of the layer toolkit
+// (stage/layers/). Families are stateless singletons, safe to use from any thread. A
+// Module owns its weights; it is used by one stage's step loop at a time.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -28,11 +31,35 @@ namespace cascade::stage {
 
 enum class ModuleKind { kEmbedding, kDecoderLayer, kFinalNorm, kLmHead };
 
+// How LLM.int8 lays a quantizable weight out: nn.Linear weights are stored [out, in]
+// (kRows); GPT-2's Conv1D weights [in, out] and are quantized as their transpose.
+enum class Int8Layout { kNone, kRows, kTransposed };
+
+// What the planner charges for a module, as its family declares it (counts, not
+// bytes: the planner multiplies by the compute dtype's size).
+struct ModuleCost {
+  double flops_per_token = 0;       // forward FLOPs per token (a multiply-add is 2)
+  int64_t kv_elems_per_token = 0;   // K + V elements cached per token
+  int64_t act_elems_per_token = 0;  // transient activations per token of a step, at their peak
+  int64_t score_heads = 0;          // heads whose float32 [chunk, max_seq_len] scores a prefill holds at once
+};
+
 struct ModuleSpec {
   std::string name;  // "model.embed_tokens", "model.layers.3", "model.norm", "lm_head"
   ModuleKind kind = ModuleKind::kDecoderLayer;
   int64_t layer = -1;                // decoder layer index, else -1
   std::vector<std::string> tensors;  // checkpoint tensor names it reads (tied ones included)
+  // The weights LLM.int8 may quantize (2-D projections), and their layout.
+  std::map<std::string, Int8Layout> int8;
+  ModuleCost cost;
+
+  // Declares a projection weight `prefix`.weight ([out, in], or [in, out] for a
+  // Conv1D) and its bias: its tensors, its FLOPs (times `active`, the share of tokens
+  // that use it: k/E for an expert), and that LLM.int8 may quantize it.
+  void add_linear(const std::string& prefix, int64_t out, int64_t in, bool bias, bool conv1d = false,
+                  double active = 1.0);
+  // How LLM.int8 lays out `tensor` of this module (kNone: not quantizable).
+  Int8Layout int8_layout(const std::string& tensor) const;
 };
 
 // Per-step state shared by the modules of one stage.
@@ -58,11 +85,23 @@ class Module {
   // (never for streamed or disk-tier modules, whose weights are views that change):
   // a module may re-lay its weights out here, e.g. fuse projections that share an input.
   virtual void finalize() {}
+  // False when a decode step through this module syncs with the host (e.g. a mixture of
+  // experts reading its routing), so it cannot be captured in a CUDA graph.
+  virtual bool capturable() const { return true; }
 };
 
-// Fetches a weight in the compute dtype on the compute device. Checks the shape
-// against `expected` (empty = no check) and throws a message naming the tensor.
-using WeightSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& expected)>;
+// What a Module reads its weights through while it is built (Model::load provides it).
+struct WeightSource {
+  // A weight in the compute dtype on the compute device (int8 [out, in] when LLM.int8
+  // quantized it; its float32 row scales are then "<name>:scale"). Checks the stored
+  // shape against `expected` (empty = no check) and throws a message naming the tensor.
+  std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& expected)> get;
+  double int8_threshold = 0;  // LLM.int8's outlier threshold (quantization.threshold)
+
+  at::Tensor operator()(const std::string& name, const std::vector<int64_t>& expected) const {
+    return get(name, expected);
+  }
+};
 
 class Family {
  public:
@@ -74,14 +113,9 @@ class Family {
                                        const WeightSource& weights) const = 0;
 };
 
-// The family registered for `model_type`; throws ModelConfigError listing the supported ones.
+// The family registered for `model_type` (stage/families/registry.cpp); throws
+// ModelConfigError listing the supported ones.
 const Family& find_family(const std::string& model_type);
 std::vector<std::string> supported_model_types();
-
-// Families register themselves (llama.cpp, gpt2.cpp).
-const Family& llama_family();
-const Family& mistral_family();
-const Family& qwen2_family();
-const Family& gpt2_family();
 
 }  // namespace cascade::stage

@@ -4,10 +4,28 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "storage/compat.h"
 
 namespace cascade::stage {
+namespace {
+
+// Attention with score modifications, written out (no fused kernel takes them):
+// q [..., heads, q_len, d] against k/v [..., heads, kv_len, d]; `kpos` [kv_len] int64 key
+// positions; the rest as compat::attention. `slopes` is broadcastable to q's leading
+// dims plus [1, 1] once viewed by the caller.
+at::Tensor attention_with(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                          double scale, const ScoreMods& mods, const at::Tensor& slopes, const at::Tensor& kpos) {
+  if (!mods.any()) return compat::attention(q, k, v, mask, scale);
+  at::Tensor scores = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-1, -2)) * scale;
+  if (mods.softcap > 0) scores = at::tanh(scores / mods.softcap) * mods.softcap;
+  if (slopes.defined()) scores = scores + slopes * kpos.to(at::kFloat);
+  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  return at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);
+}
+
+}  // namespace
 
 KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_heads, int64_t max_seq_len,
                  int64_t head_dim, at::ScalarType dtype, at::Device device)
@@ -45,7 +63,7 @@ DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t
 }
 
 at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const DecodeIndex& d, double scale, int64_t window) {
+                                  const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods) {
   using at::indexing::Slice;
   const auto it = layers_.find(layer);
   TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
@@ -64,7 +82,9 @@ at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::
   at::Tensor qpos = d.pos.unsqueeze(1);                                // [B, 1]
   at::Tensor mask = kpos <= qpos;                                      // [B, span], true = may attend
   if (window > 0) mask = mask.logical_and((qpos - kpos) < window);
-  at::Tensor o = compat::attention(qg, keys, vals, mask.view({B, 1, 1, d.span}), scale);
+  at::Tensor slopes;  // [1, kv_heads, group, 1]
+  if (mods.alibi.defined()) slopes = mods.alibi.view({1, kv_heads, heads / kv_heads, 1});
+  at::Tensor o = attention_with(qg, keys, vals, mask.view({B, 1, 1, d.span}), scale, mods, slopes, kpos.view({d.span}));
   return o.reshape({B, heads * head_dim});
 }
 
@@ -75,7 +95,7 @@ uint64_t KvCache::bytes() const {
 }
 
 at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const Batch& batch, double scale, int64_t window) {
+                           const Batch& batch, double scale, int64_t window, const ScoreMods& mods) {
   const auto it = layers_.find(layer);
   TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
   Layer& c = it->second;
@@ -99,14 +119,14 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
     }
     at::Tensor mask;  // [n, len], true = may attend
     const bool window_bites = window > 0 && len > window;
+    const at::Tensor kpos = at::arange(len, at::TensorOptions().dtype(at::kLong).device(q.device()));
     if (n > 1 || window_bites) {
-      at::Tensor qpos =
-          at::arange(s.start_pos, len, at::TensorOptions().dtype(at::kLong).device(q.device())).unsqueeze(1);
-      at::Tensor kpos = at::arange(len, qpos.options()).unsqueeze(0);
-      mask = kpos <= qpos;
-      if (window > 0) mask = mask.logical_and((qpos - kpos) < window);
+      at::Tensor qpos = at::arange(s.start_pos, len, kpos.options()).unsqueeze(1);
+      mask = kpos.unsqueeze(0) <= qpos;
+      if (window > 0) mask = mask.logical_and((qpos - kpos.unsqueeze(0)) < window);
     }
-    at::Tensor o = compat::attention(q.narrow(0, row, n).transpose(0, 1), keys, vals, mask, scale);
+    const at::Tensor slopes = mods.alibi.defined() ? mods.alibi.view({heads, 1, 1}) : at::Tensor();
+    at::Tensor o = attention_with(q.narrow(0, row, n).transpose(0, 1), keys, vals, mask, scale, mods, slopes, kpos);
     out.narrow(0, row, n).copy_(o.transpose(0, 1));
     row += n;
   }

@@ -27,6 +27,13 @@ struct DecodeIndex {
   bool defined() const { return slots.defined(); }
 };
 
+// What some families do to attention scores before the softmax (both off by default).
+struct ScoreMods {
+  double softcap = 0;  // scores -> softcap * tanh(scores / softcap) (gemma2)
+  at::Tensor alibi;    // [heads] float32 slopes: scores += slope * key position (bloom)
+  bool any() const { return softcap > 0 || alibi.defined(); }
+};
+
 class KvCache {
  public:
   KvCache() = default;
@@ -48,13 +55,13 @@ class KvCache {
   // window). q [tokens, heads, head_dim], k/v [tokens, kv_heads, head_dim];
   // returns [tokens, heads * head_dim]. window 0 = full attention.
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Batch& batch,
-                    double scale, int64_t window);
+                    double scale, int64_t window, const ScoreMods& mods = {});
 
   // A decode step for every sequence at once: one scatter into the cache, one batched
   // attention over positions [0, d.span) masked to each sequence's length.
   // q [seqs, heads, head_dim], k/v [seqs, kv_heads, head_dim]; returns [seqs, heads * head_dim].
   at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const DecodeIndex& d, double scale, int64_t window);
+                           const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
 
   // The DecodeIndex of `batch` on `device`, or an undefined one when some sequence adds
   // more than one token. Checks slots and positions; span 0 = the longest sequence.

@@ -5,8 +5,8 @@
 #include <set>
 #include <sstream>
 
-#include "stage/device_upload.h"
-#include "stage/quant.h"
+#include "stage/kernels/quant.h"
+#include "stage/weights/device_upload.h"
 #include "storage/checkpoint.h"
 #include "storage/compat.h"
 #include "storage/offload.h"
@@ -23,6 +23,7 @@ ModelDescription describe(const storage::Checkpoint& ck) {
   ModelDescription d;
   try {
     d.config = f.parse_config(j);
+    d.config.json = j;
   } catch (const ModelConfigError& e) {
     throw ModelConfigError(ck.dir() + "/" + e.what());
   }
@@ -35,6 +36,11 @@ ModelDescription describe(const storage::Checkpoint& ck) {
 
 at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck) {
   if (requested != "auto") return storage::parse_dtype(requested);
+  return resolve_dtype(requested, ck, describe(ck));
+}
+
+at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck, const ModelDescription& d) {
+  if (requested != "auto") return storage::parse_dtype(requested);
   const auto& j = ck.config();
   for (const char* key : {"torch_dtype", "dtype"}) {
     if (j.contains(key) && j[key].is_string()) {
@@ -44,12 +50,25 @@ at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkp
       }
     }
   }
-  const ModelDescription d = describe(ck);
   const at::ScalarType stored = ck.info(d.modules.front().tensors.front()).dtype;
   return at::isFloatingType(stored) ? stored : at::kFloat;
 }
 
+// Which loaded modules, and which of their tensors, live where. Built once by place().
+struct Model::Placement {
+  std::set<int64_t> disk, streamed;      // module indices (subsets of loaded_)
+  std::set<std::string> disk_names;      // tensors served from the disk tier
+  std::set<std::string> streamed_names;  // tensors copied to the GPU per step
+  uint64_t total = 0;                    // stored bytes of every distinct tensor loaded
+};
+
 std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts) {
+  ModelDescription d = describe(*ck);
+  return load(std::move(ck), opts, std::move(d));
+}
+
+std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts,
+                                   ModelDescription described) {
   if (opts.device.is_cpu() && opts.dtype == at::kHalf && !compat::kCpuHalfMatmul) {
     throw std::invalid_argument(std::string("float16 compute on CPU needs LibTorch >= 2.1 (this build has ") +
                                 compat::kTorchVersion + "); use bfloat16 or float32");
@@ -57,199 +76,253 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
   std::unique_ptr<Model> m(new Model());
   m->ck_ = ck;
   m->opts_ = opts;
-  m->desc_ = describe(*ck);
-  const Family& family = find_family(m->desc_.config.model_type);
-  const int64_t n = static_cast<int64_t>(m->desc_.modules.size());
-  if (opts.modules.empty()) {
-    for (int64_t i = 0; i < n; ++i) m->loaded_.push_back(i);
-  } else {
-    m->loaded_ = opts.modules;
-    std::sort(m->loaded_.begin(), m->loaded_.end());
-    m->loaded_.erase(std::unique(m->loaded_.begin(), m->loaded_.end()), m->loaded_.end());
-    TORCH_CHECK(m->loaded_.front() >= 0 && m->loaded_.back() < n, "module index out of range [0, ", n, ")");
-  }
+  m->desc_ = std::move(described);
+  m->select_modules();
+  const Placement p = m->place();
+  m->open_stream(p);
+  m->open_disk_tier(p);
+  m->build_modules(p);
+  m->finish_load();
+  return m;
+}
 
-  for (int64_t i : opts.disk_modules) {
-    TORCH_CHECK(std::binary_search(m->loaded_.begin(), m->loaded_.end(), i), "disk module ", i,
-                " is not among the modules to load");
+// loaded_: the requested module indices, sorted and checked.
+void Model::select_modules() {
+  const int64_t n = static_cast<int64_t>(desc_.modules.size());
+  if (opts_.modules.empty()) {
+    for (int64_t i = 0; i < n; ++i) loaded_.push_back(i);
+    return;
   }
-  const std::set<int64_t> disk(opts.disk_modules.begin(), opts.disk_modules.end());
-  const std::set<int64_t> streamed(opts.streamed_modules.begin(), opts.streamed_modules.end());
-  for (int64_t i : streamed) {
-    TORCH_CHECK(std::binary_search(m->loaded_.begin(), m->loaded_.end(), i), "streamed module ", i,
-                " is not among the modules to load");
-  }
-  TORCH_CHECK(streamed.empty() || opts.device.is_cuda(), "streamed modules need a CUDA compute device, not ",
-              opts.device.str());
-  for (int64_t i : disk) {
-    TORCH_CHECK(opts.device.is_cpu() || streamed.count(i), "disk-tier module ", i, " computed on ", opts.device.str(),
-                " must be streamed");
-  }
-  uint64_t total = 0;
-  std::set<std::string> disk_names, seen;
-  for (int64_t i : m->loaded_) {
-    for (const auto& t : m->desc_.modules[i].tensors) {
-      if (seen.insert(t).second) total += ck->info(t).nbytes();
-      if (disk.count(i)) disk_names.insert(t);
-    }
-  }
-  for (int64_t i : m->loaded_) {  // a tensor shared with a memory-resident module stays in memory
-    if (disk.count(i)) continue;
-    for (const auto& t : m->desc_.modules[i].tensors) disk_names.erase(t);
-  }
-  // Streamed tensors: those of streamed modules that no device-resident module shares.
-  std::set<std::string> streamed_names;
-  for (int64_t i : streamed)
-    streamed_names.insert(m->desc_.modules[i].tensors.begin(), m->desc_.modules[i].tensors.end());
-  for (int64_t i : m->loaded_) {
-    if (streamed.count(i)) continue;
-    for (const auto& t : m->desc_.modules[i].tensors) streamed_names.erase(t);
-  }
-  if (!streamed_names.empty()) {
-    // One slot holds the largest streamed module, each tensor aligned, int8 ones as
-    // int8 rows plus float scales.
-    auto align = [](uint64_t b) {
-      return (b + WeightStream::kAlign - 1) / WeightStream::kAlign * WeightStream::kAlign;
-    };
-    uint64_t slot = 0;
-    for (int64_t i : streamed) {
-      const ModuleSpec& spec = m->desc_.modules[i];
-      const bool q = opts.int8 && stage::int8_module(spec, opts.int8_skip);
-      uint64_t b = 0;
-      for (const auto& t : spec.tensors) {
-        if (!streamed_names.count(t)) continue;
-        const storage::TensorInfo& info = ck->info(t);
-        int64_t numel = 1;
-        for (int64_t d : info.shape) numel *= d;
-        const Int8Layout layout = q ? int8_layout(t, info.shape.size()) : Int8Layout::kNone;
-        if (layout != Int8Layout::kNone)
-          b += align(static_cast<uint64_t>(numel)) + align(int8_bytes(info.shape, layout) - numel);
-        else
-          b += align(static_cast<uint64_t>(numel) * at::elementSize(opts.dtype));
-      }
-      slot = std::max(slot, b);
-    }
-    m->stream_ = WeightStream::create(opts.device, slot);
-  }
-  if (!disk_names.empty()) {
-    // Under LLM.int8 the disk tier holds the quantized projections too (int8 + scales
-    // in the offload folder), so a disk-tier layer reads half the bytes.
-    std::vector<std::string> int8_names;
-    for (int64_t i : disk) {
-      const ModuleSpec& spec = m->desc_.modules[i];
-      if (!opts.int8 || !stage::int8_module(spec, opts.int8_skip)) continue;
-      for (const auto& t : spec.tensors)
-        if (disk_names.count(t) && int8_layout(t, ck->info(t).shape.size()) != Int8Layout::kNone)
-          int8_names.push_back(t);
-    }
-    auto quantize = [&](const std::string& name, const at::Tensor& w) {
-      Int8Rows r = quantize_rows(w, int8_layout(name, ck->info(name).shape.size()));
-      return std::make_pair(r.q, r.scale);
-    };
-    std::ostringstream sink;
-    m->disk_ = storage::DiskTier::open(ck, {disk_names.begin(), disk_names.end()}, opts.dtype, opts.offload_folder,
-                                       opts.log ? *opts.log : sink, int8_names, quantize);
-  }
+  loaded_ = opts_.modules;
+  std::sort(loaded_.begin(), loaded_.end());
+  loaded_.erase(std::unique(loaded_.begin(), loaded_.end()), loaded_.end());
+  TORCH_CHECK(loaded_.front() >= 0 && loaded_.back() < n, "module index out of range [0, ", n, ")");
+}
 
-  std::unique_ptr<DeviceUploader> upload = DeviceUploader::create(opts.device);
-  // Tied tensors (embed_tokens / lm_head) are loaded once per stage and shared.
-  std::map<std::string, at::Tensor> cache;
-  uint64_t done = 0;
-  bool int8_module = false;  // the module being built takes int8 linear weights
-  int64_t ordinal = -1;      // the module being built is streamed module `ordinal` (else -1)
-  m->desc_.config.int8_threshold = opts.int8_threshold;
-  // LLM.int8 at load: on the compute device when it is a GPU (the CPU would take ~10x
-  // longer), from the stored values converted to float32 either way.
-  auto quantize = [&](const std::string& name, const storage::TensorInfo& info) {
-    const at::Tensor w = opts.device.is_cuda() && at::isFloatingType(info.dtype)
-                             ? ck->load(name, info.dtype).to(opts.device)
-                             : ck->load(name, at::kFloat);
-    return quantize_rows(w, int8_layout(name, info.shape.size()));
+// Checks the disk and streamed module lists and splits the tensors by where they live:
+// a tensor shared with a memory-resident module (a tied embedding) stays in memory.
+Model::Placement Model::place() const {
+  Placement p;
+  p.disk.insert(opts_.disk_modules.begin(), opts_.disk_modules.end());
+  p.streamed.insert(opts_.streamed_modules.begin(), opts_.streamed_modules.end());
+  auto loaded = [&](int64_t i) { return std::binary_search(loaded_.begin(), loaded_.end(), i); };
+  for (int64_t i : p.disk) TORCH_CHECK(loaded(i), "disk module ", i, " is not among the modules to load");
+  for (int64_t i : p.streamed) TORCH_CHECK(loaded(i), "streamed module ", i, " is not among the modules to load");
+  TORCH_CHECK(p.streamed.empty() || opts_.device.is_cuda(), "streamed modules need a CUDA compute device, not ",
+              opts_.device.str());
+  for (int64_t i : p.disk) {
+    TORCH_CHECK(opts_.device.is_cpu() || p.streamed.count(i), "disk-tier module ", i, " computed on ",
+                opts_.device.str(), " must be streamed");
+  }
+  std::set<std::string> seen;
+  for (int64_t i : loaded_) {
+    for (const auto& t : desc_.modules[i].tensors) {
+      if (seen.insert(t).second) p.total += ck_->info(t).nbytes();
+      if (p.disk.count(i)) p.disk_names.insert(t);
+      if (p.streamed.count(i)) p.streamed_names.insert(t);
+    }
+  }
+  for (int64_t i : loaded_) {
+    for (const auto& t : desc_.modules[i].tensors) {
+      if (!p.disk.count(i)) p.disk_names.erase(t);
+      if (!p.streamed.count(i)) p.streamed_names.erase(t);
+    }
+  }
+  return p;
+}
+
+// The GPU double buffer: one slot holds the largest streamed module, each tensor
+// aligned, int8 ones as int8 rows plus float scales.
+void Model::open_stream(const Placement& p) {
+  if (p.streamed_names.empty()) return;
+  auto align = [](uint64_t b) { return (b + WeightStream::kAlign - 1) / WeightStream::kAlign * WeightStream::kAlign; };
+  uint64_t slot = 0;
+  for (int64_t i : p.streamed) {
+    const ModuleSpec& spec = desc_.modules[i];
+    const bool q = opts_.int8() && int8_module(spec, opts_.quantization.skip_modules);
+    uint64_t b = 0;
+    for (const auto& t : spec.tensors) {
+      if (!p.streamed_names.count(t)) continue;
+      const storage::TensorInfo& info = ck_->info(t);
+      const uint64_t numel = static_cast<uint64_t>(info.numel());
+      const Int8Layout layout = q ? spec.int8_layout(t) : Int8Layout::kNone;
+      if (layout != Int8Layout::kNone)
+        b += align(numel) + align(int8_bytes(info.shape, layout) - numel);
+      else
+        b += align(numel * at::elementSize(opts_.dtype));
+    }
+    slot = std::max(slot, b);
+  }
+  stream_ = WeightStream::create(opts_.device, slot);
+}
+
+// The disk tier: the shards themselves, or converted copies in the offload folder.
+// Under LLM.int8 it holds the quantized projections too (int8 + scales), so a
+// disk-tier layer reads half the bytes.
+void Model::open_disk_tier(const Placement& p) {
+  if (p.disk_names.empty()) return;
+  std::vector<std::string> int8_names;
+  for (int64_t i : p.disk) {
+    const ModuleSpec& spec = desc_.modules[i];
+    if (!opts_.int8() || !int8_module(spec, opts_.quantization.skip_modules)) continue;
+    for (const auto& t : spec.tensors)
+      if (p.disk_names.count(t) && spec.int8_layout(t) != Int8Layout::kNone) int8_names.push_back(t);
+  }
+  std::map<std::string, Int8Layout> layouts;
+  for (int64_t i : p.disk) layouts.insert(desc_.modules[i].int8.begin(), desc_.modules[i].int8.end());
+  auto quantize = [layouts](const std::string& name, const at::Tensor& w) {
+    Int8Rows r = quantize_rows(w, layouts.at(name));
+    return std::make_pair(r.q, r.scale);
   };
-  WeightSource weights = [&](const std::string& name, const std::vector<int64_t>& expected) {
-    auto it = cache.find(name);
-    if (it == cache.end() && name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
+  std::ostringstream sink;
+  disk_ = storage::DiskTier::open(ck_, {p.disk_names.begin(), p.disk_names.end()}, opts_.dtype, opts_.offload_folder,
+                                  opts_.log ? *opts_.log : sink, int8_names, quantize);
+}
+
+// Serves the weights a family asks for while a module is built: from the disk tier, the
+// GPU stream, or loaded (converted, quantized, uploaded) once and cached, so tied
+// tensors are shared. Set `module` before each family.load().
+class Model::Builder {
+ public:
+  Builder(Model& m, const Placement& p) : m_(m), p_(p), upload_(DeviceUploader::create(m.opts_.device)) {}
+
+  const ModuleSpec* spec = nullptr;  // the module being built
+  int64_t ordinal = -1;              // its streamed-module number, or -1
+  bool int8 = false;                 // LLM.int8 quantizes its declared weights
+  uint64_t done = 0;                 // stored bytes loaded so far
+
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& expected) {
+    auto it = cache_.find(name);
+    if (it != cache_.end()) return it->second;
+    if (name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
       throw std::logic_error("no int8 scale for " + name);  // asked before its weight
     }
-    if (it == cache.end()) {
-      const storage::TensorInfo& info = ck->info(name);
-      if (!expected.empty() && info.shape != expected) {
-        throw storage::StorageError(ck->file_of(name).path() + ": tensor '" + name + "' has shape " +
-                                    storage::shape_str(info.shape) + " but config.json implies " +
-                                    storage::shape_str(expected));
-      }
-      at::Tensor t;
-      if (ordinal >= 0 && streamed_names.count(name)) {  // host memory, a view of its GPU slot
-        if (m->disk_ && m->disk_->has(name)) {           // read from its file by the stream's readers
-          auto add_disk = [&](const std::string& n) {
-            const storage::DiskTier::FileRange r = m->disk_->file_range(n);
-            return m->stream_->add(ordinal, m->disk_->get(n), r.path, r.offset);
-          };
-          t = add_disk(name);
-          if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = add_disk(name + ":scale");
-        } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
-          Int8Rows r = quantize(name, info);
-          t = m->stream_->add(ordinal, r.q.cpu().pin_memory());
-          cache[name + ":scale"] = m->stream_->add(ordinal, r.scale.cpu().pin_memory());
-          m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
-        } else {
-          t = m->stream_->add(ordinal, ck->load(name, opts.dtype).pin_memory());
-          m->weight_bytes_ += t.numel() * t.element_size();
-        }
-      } else if (m->disk_ && m->disk_->has(name)) {
-        t = m->disk_->get(name);  // a view of the mapping: paged in when used
-        if (m->disk_->has(name + ":scale")) cache[name + ":scale"] = m->disk_->get(name + ":scale");  // int8
-      } else if (int8_module && int8_layout(name, info.shape.size()) != Int8Layout::kNone) {
-        Int8Rows r = quantize(name, info);
-        t = r.q.to(opts.device);
-        cache[name + ":scale"] = r.scale.to(opts.device);
-        m->weight_bytes_ += t.numel() + r.scale.numel() * 4;
-      } else if (upload) {  // mapped shard (or converted copy) -> pinned chunks -> device
-        const storage::SafetensorsFile& f = ck->file_of(name);
-        t = info.dtype == opts.dtype ? upload->upload_file(f.path(), f.file_offset(info), info.shape, opts.dtype)
-                                     : upload->upload(ck->load(name, opts.dtype));
-        m->weight_bytes_ += t.numel() * t.element_size();
-      } else {
-        t = ck->load(name, opts.dtype).to(opts.device);
-        m->weight_bytes_ += t.numel() * t.element_size();
-      }
-      m->source_bytes_ += info.nbytes();
-      done += info.nbytes();
-      it = cache.emplace(name, t).first;
+    const storage::TensorInfo& info = m_.ck_->info(name);
+    if (!expected.empty() && info.shape != expected) {
+      throw storage::StorageError(m_.ck_->file_of(name).path() + ": tensor '" + name + "' has shape " +
+                                  storage::shape_str(info.shape) + " but config.json implies " +
+                                  storage::shape_str(expected));
     }
-    return it->second;
-  };
-  std::vector<int64_t> layers;
-  for (int64_t i : m->loaded_) {
-    const ModuleSpec& spec = m->desc_.modules[i];
-    int8_module = opts.int8 && stage::int8_module(spec, opts.int8_skip);
-    ordinal = streamed.count(i)
-                  ? static_cast<int64_t>(std::count_if(m->stream_ordinal_.begin(), m->stream_ordinal_.end(),
-                                                       [](int64_t k) { return k >= 0; }))
-                  : -1;
-    TORCH_CHECK(ordinal < 0 || m->stream_, "streamed module ", i, " on a build without CUDA");
-    m->stream_ordinal_.push_back(ordinal);
-    m->modules_.push_back(family.load(spec, m->desc_.config, weights));
-    m->on_disk_.push_back(disk.count(i) > 0);
-    if (spec.kind == ModuleKind::kDecoderLayer) layers.push_back(spec.layer);
-    if (opts.progress) opts.progress(done, total);
+    const at::Tensor t = ordinal >= 0 && p_.streamed_names.count(name) ? streamed(name, info) : resident(name, info);
+    m_.source_bytes_ += info.nbytes();
+    done += info.nbytes();
+    return cache_.emplace(name, t).first->second;
   }
-  if (upload) {
-    upload->finish();
-    m->upload_stats_ = upload->stats();
+
+  void finish() {
+    if (upload_) {
+      upload_->finish();
+      m_.upload_stats_ = upload_->stats();
+    }
+    cache_.clear();  // the modules hold their weights now; finalize() may replace them
   }
-  cache.clear();  // the modules hold their weights now; finalize() may replace them
-  for (size_t p = 0; p < m->modules_.size(); ++p)
-    if (m->stream_ordinal_[p] < 0 && !m->on_disk_[p]) m->modules_[p]->finalize();
-  const ModelConfig& c = m->desc_.config;
+
+ private:
+  Int8Layout layout(const std::string& name) const { return int8 ? spec->int8_layout(name) : Int8Layout::kNone; }
+
+  // LLM.int8 at load: on the compute device when it is a GPU (the CPU would take ~10x
+  // longer), from the stored values converted to float32 either way.
+  Int8Rows quantize(const std::string& name, const storage::TensorInfo& info) const {
+    const at::Tensor w = m_.opts_.device.is_cuda() && at::isFloatingType(info.dtype)
+                             ? m_.ck_->load(name, info.dtype).to(m_.opts_.device)
+                             : m_.ck_->load(name, at::kFloat);
+    return quantize_rows(w, layout(name));
+  }
+
+  // In host memory, a view of its GPU slot; disk-tier ones read from their file by the
+  // stream's readers.
+  at::Tensor streamed(const std::string& name, const storage::TensorInfo& info) {
+    WeightStream& s = *m_.stream_;
+    if (m_.disk_ && m_.disk_->has(name)) {
+      auto add_disk = [&](const std::string& n) {
+        const storage::DiskTier::FileRange r = m_.disk_->file_range(n);
+        return s.add(ordinal, m_.disk_->get(n), r.path, r.offset);
+      };
+      const at::Tensor t = add_disk(name);
+      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = add_disk(name + ":scale");
+      return t;
+    }
+    if (layout(name) != Int8Layout::kNone) {
+      Int8Rows r = quantize(name, info);
+      const at::Tensor t = s.add(ordinal, r.q.cpu().pin_memory());
+      cache_[name + ":scale"] = s.add(ordinal, r.scale.cpu().pin_memory());
+      m_.weight_bytes_ += r.q.numel() + r.scale.numel() * 4;
+      return t;
+    }
+    const at::Tensor t = s.add(ordinal, m_.ck_->load(name, m_.opts_.dtype).pin_memory());
+    m_.weight_bytes_ += t.numel() * t.element_size();
+    return t;
+  }
+
+  // On the compute device for good, or a view of the disk tier's mapping.
+  at::Tensor resident(const std::string& name, const storage::TensorInfo& info) {
+    const LoadOptions& o = m_.opts_;
+    if (m_.disk_ && m_.disk_->has(name)) {  // paged in when used
+      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = m_.disk_->get(name + ":scale");  // int8
+      return m_.disk_->get(name);
+    }
+    at::Tensor t;
+    if (layout(name) != Int8Layout::kNone) {
+      Int8Rows r = quantize(name, info);
+      cache_[name + ":scale"] = r.scale.to(o.device);
+      m_.weight_bytes_ += r.scale.numel() * 4;
+      t = r.q.to(o.device);
+    } else if (upload_) {  // mapped shard (or converted copy) -> pinned chunks -> device
+      const storage::SafetensorsFile& f = m_.ck_->file_of(name);
+      t = info.dtype == o.dtype ? upload_->upload_file(f.path(), f.file_offset(info), info.shape, o.dtype)
+                                : upload_->upload(m_.ck_->load(name, o.dtype));
+    } else {
+      t = m_.ck_->load(name, o.dtype).to(o.device);
+    }
+    m_.weight_bytes_ += t.numel() * t.element_size();
+    return t;
+  }
+
+  Model& m_;
+  const Placement& p_;
+  std::unique_ptr<DeviceUploader> upload_;
+  std::map<std::string, at::Tensor> cache_;  // by tensor name ("<name>:scale" for int8 scales)
+};
+
+// Builds every loaded module from its family, reporting progress after each.
+void Model::build_modules(const Placement& p) {
+  const Family& family = find_family(desc_.config.model_type);
+  Builder b(*this, p);
+  WeightSource weights{[&b](const std::string& n, const std::vector<int64_t>& e) { return b.get(n, e); },
+                       opts_.quantization.threshold};
+  int64_t streamed = 0;
+  for (int64_t i : loaded_) {
+    const ModuleSpec& spec = desc_.modules[i];
+    b.spec = &spec;
+    b.int8 = opts_.int8() && int8_module(spec, opts_.quantization.skip_modules);
+    b.ordinal = p.streamed.count(i) ? streamed++ : -1;
+    TORCH_CHECK(b.ordinal < 0 || stream_, "streamed module ", i, " on a build without CUDA");
+    stream_ordinal_.push_back(b.ordinal);
+    modules_.push_back(family.load(spec, desc_.config, weights));
+    on_disk_.push_back(p.disk.count(i) > 0);
+    if (opts_.progress) opts_.progress(b.done, p.total);
+  }
+  b.finish();
+}
+
+// Lets memory-resident modules re-lay their weights out, then decides on CUDA graphs
+// and allocates the KV cache of the loaded decoder layers.
+void Model::finish_load() {
+  for (size_t i = 0; i < modules_.size(); ++i)
+    if (stream_ordinal_[i] < 0 && !on_disk_[i]) modules_[i]->finalize();
+  const ModelConfig& c = desc_.config;
   // What a graph cannot hold: "dynamic" RoPE (frequencies computed on the host per
-  // sequence), pages read from disk, streamed weights. (LLM.int8's outlier split has
-  // fixed shapes and no host sync, so int8 layers can be captured.)
-  const bool capturable = c.rope.type != "dynamic" && !m->disk_ && !m->stream_;
-  if (opts.cuda_graphs && capturable) m->graphs_ = DecodeGraphs::create(opts.device);
-  m->kv_ = KvCache(layers, opts.kv_slots, c.num_kv_heads, opts.max_seq_len, c.head_dim, opts.dtype, opts.device,
-                   /*spare_slot=*/m->graphs_ != nullptr);
-  return m;
+  // sequence), pages read from disk, streamed weights, modules that sync with the host.
+  // (LLM.int8's outlier split has fixed shapes and no host sync, so int8 layers can be
+  // captured.)
+  bool capturable = c.rope.type != "dynamic" && !disk_ && !stream_;
+  for (const auto& m : modules_) capturable = capturable && m->capturable();
+  if (opts_.runtime.cuda_graphs && capturable) graphs_ = DecodeGraphs::create(opts_.device);
+  std::vector<int64_t> layers;
+  for (int64_t i : loaded_)
+    if (desc_.modules[i].kind == ModuleKind::kDecoderLayer) layers.push_back(desc_.modules[i].layer);
+  kv_ = KvCache(layers, opts_.runtime.max_batch, c.num_kv_heads, opts_.runtime.max_seq_len, c.head_dim, opts_.dtype,
+                opts_.device, /*spare_slot=*/graphs_ != nullptr);
 }
 
 size_t Model::graphs_captured() const { return graphs_ ? graphs_->captured() : 0; }

@@ -15,13 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "config/config.h"
 #include "stage/batch.h"
 #include "stage/decode_graphs.h"
-#include "stage/device_upload.h"
 #include "stage/family.h"
 #include "stage/kv_cache.h"
 #include "stage/model_config.h"
-#include "stage/weight_stream.h"
+#include "stage/weights/device_upload.h"
+#include "stage/weights/weight_stream.h"
 
 namespace cascade::storage {
 class Checkpoint;
@@ -41,6 +42,7 @@ ModelDescription describe(const storage::Checkpoint& ck);
 // "auto" -> config.json's torch_dtype (or "dtype"), else the dtype of the stored
 // embedding; otherwise float32 | bfloat16 | float16. Throws std::invalid_argument.
 at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck);
+at::ScalarType resolve_dtype(const std::string& requested, const storage::Checkpoint& ck, const ModelDescription& d);
 
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;
@@ -51,28 +53,37 @@ struct LoadOptions {
   std::vector<int64_t> disk_modules;
   // Modules computed on a CUDA `device` whose weights stay in host memory (pinned; disk-
   // tier ones mapped) and are copied in for each step through a double buffer
-  // (stage/weight_stream.h). Every disk module of a CUDA model must be one.
+  // (stage/weights/weight_stream.h). Every disk module of a CUDA model must be one.
   std::vector<int64_t> streamed_modules;
   std::string offload_folder = "offload";
-  int64_t kv_slots = 1;
-  int64_t max_seq_len = 2048;
-  // LLM.int8: decoder-layer linear weights held as int8 with per-row scales (stage/quant.h).
-  // Modules whose name contains an entry of int8_skip stay as they are; disk-tier ones are
-  // stored int8 in the offload folder.
-  bool int8 = false;
-  double int8_threshold = 6.0;  // 0 = weight-only
-  std::vector<std::string> int8_skip = {"lm_head"};
-  // Decode steps on a CUDA device replay CUDA graphs (stage/decode_graphs.h) where the
-  // modules allow it; false = always launch kernels one by one.
-  bool cuda_graphs = true;
+  // The run's options as the config gives them. Read here: runtime.max_batch (KV
+  // slots), runtime.max_seq_len, runtime.cuda_graphs (decode steps on a CUDA device
+  // replay CUDA graphs where the modules allow it, stage/decode_graphs.h).
+  config::RuntimeSection runtime = small_runtime();
+  // quantization.mode = "int8": the weights each family marks quantizable are held as
+  // int8 with per-row scales (stage/kernels/quant.h), except in modules whose name
+  // contains an entry of skip_modules; disk-tier ones are stored int8 in the offload
+  // folder. threshold 0 = weight-only.
+  config::QuantizationSection quantization;
   // Called after each module loads with (bytes so far, bytes in all); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
   std::ostream* log = nullptr;  // offload-folder decisions; nullptr = silent
+
+  bool int8() const { return quantization.mode == "int8"; }
+  // One KV slot of 2048 positions: what a single generation needs.
+  static config::RuntimeSection small_runtime() {
+    config::RuntimeSection r;
+    r.max_batch = 1;
+    return r;
+  }
 };
 
 class Model {
  public:
   static std::unique_ptr<Model> load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts);
+  // The same for a checkpoint the caller has described already.
+  static std::unique_ptr<Model> load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts,
+                                     ModelDescription described);
 
   // Runs the loaded modules with index in [begin, end) (default: all of them).
   // input: token ids [tokens] int64 when the first module run is the embedding, else
@@ -102,6 +113,16 @@ class Model {
 
  private:
   Model() = default;
+  // The steps of load(), in order (model.cpp says what each needs from the ones before).
+  struct Placement;
+  class Builder;
+  void select_modules();
+  Placement place() const;
+  void open_stream(const Placement& p);
+  void open_disk_tier(const Placement& p);
+  void build_modules(const Placement& p);
+  void finish_load();
+
   std::shared_ptr<const storage::Checkpoint> ck_;
   ModelDescription desc_;
   LoadOptions opts_;

@@ -78,4 +78,30 @@ std::vector<int64_t> read_eos(const nlohmann::json& j) {
   return out;
 }
 
+ModelConfig read_standard(const nlohmann::json& j, const std::string& model_type, const StandardDefaults& d) {
+  ModelConfig c;
+  c.model_type = model_type;
+  c.vocab_size = get_int(j, "vocab_size");
+  c.hidden_size = get_int(j, "hidden_size");
+  c.intermediate_size = get_int(j, "intermediate_size");
+  c.num_layers = get_int(j, "num_hidden_layers");
+  c.num_heads = get_int(j, "num_attention_heads");
+  c.num_kv_heads = get_int(j, "num_key_value_heads", c.num_heads);
+  if (c.num_heads <= 0 || c.hidden_size % c.num_heads != 0) {
+    throw ModelConfigError("config.json: hidden_size must be a positive multiple of num_attention_heads");
+  }
+  c.head_dim = get_int(j, "head_dim", c.hidden_size / c.num_heads);
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+    throw ModelConfigError("config.json: num_attention_heads must be a multiple of num_key_value_heads");
+  }
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", 2048);
+  c.norm_eps = get_double(j, "rms_norm_eps", 1e-6);
+  c.hidden_act = get_string(j, "hidden_act", d.hidden_act);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", d.tie_word_embeddings);
+  c.mlp_bias = get_bool(j, "mlp_bias", false);
+  c.rope = read_rope(j);
+  c.eos_token_ids = read_eos(j);
+  return c;
+}
+
 }  // namespace cascade::stage::cfg

@@ -38,14 +38,16 @@ struct ModelConfig {
   double norm_eps = 1e-6;
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
+  // Options of the toolkit's common layers (stage/layers/), as config.json sets them.
   bool qkv_bias = false;  // q/k/v projections carry a bias (qwen2, llama attention_bias)
   bool o_bias = false;    // o_proj carries a bias (llama attention_bias)
   bool mlp_bias = false;
-  int64_t sliding_window = 0;                    // 0 = full attention
-  bool scale_attn_by_inverse_layer_idx = false;  // gpt2
+  int64_t sliding_window = 0;  // 0 = full attention
   RopeConfig rope;
   std::vector<int64_t> eos_token_ids;
-  double int8_threshold = 6.0;  // LLM.int8 outlier threshold; set by Model::load from LoadOptions
+  // config.json as read: keys that only one family uses stay here, read by that family
+  // (e.g. gpt2's scale_attn_by_inverse_layer_idx), rather than becoming fields.
+  nlohmann::json json;
 };
 
 // Helpers for families: typed reads from config.json with messages that name the key.
@@ -58,6 +60,16 @@ std::string get_string(const nlohmann::json& j, const char* key, const std::stri
 // rope_theta/rope_scaling (pre-v5 transformers) or rope_parameters (v5).
 RopeConfig read_rope(const nlohmann::json& j);
 std::vector<int64_t> read_eos(const nlohmann::json& j);
+
+// The keys most decoder families share, with their usual names (vocab_size,
+// hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+// num_key_value_heads, head_dim, max_position_embeddings, rms_norm_eps, hidden_act,
+// tie_word_embeddings, mlp_bias, RoPE, eos_token_id), checked for consistency.
+struct StandardDefaults {
+  std::string hidden_act = "silu";
+  bool tie_word_embeddings = false;
+};
+ModelConfig read_standard(const nlohmann::json& j, const std::string& model_type, const StandardDefaults& d = {});
 }  // namespace cfg
 
 }  // namespace cascade::stage

@@ -10,11 +10,13 @@
 #include <csignal>
 #include <cstdlib>
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <set>
 #include <thread>
 
 #include "comm/channel.h"
+#include "comm/control.h"
 #include "comm/heartbeat.h"
 #include "comm/world.h"
 #include "stage/runner.h"
@@ -33,16 +35,11 @@ int allowed_cores() {
   return CPU_COUNT(&set);
 }
 
+using comm::Assignment;
 using comm::Clock;
-using nlohmann::json;
-
-json link_json(const Link& l) {
-  return {{"peer", l.peer}, {"transport", l.transport}, {"name", l.name}, {"tag", l.tag}};
-}
-Link link_from(const json& j) {
-  return {j.at("peer").get<int>(), j.at("transport").get<std::string>(), j.at("name").get<std::string>(),
-          j.at("tag").get<int>()};
-}
+using comm::Hop;
+using comm::Link;
+using comm::Transport;
 
 Clock::time_point after(double seconds) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
@@ -107,27 +104,29 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
   c.in.resize(a.hops.size());
   c.out.resize(a.hops.size());
   auto unavailable = [](const Link& l) {
-    return std::invalid_argument("transport '" + l.transport + "' is not available in this build");
+    return std::invalid_argument(std::string("transport '") + comm::to_string(l.transport) +
+                                 "' is not available in this build");
   };
   // 1. Receivers create their shm rings (no waiting), MPI ends need no setup.
   std::vector<std::pair<int, std::pair<size_t, bool>>> nccl;  // (tag, (hop, is_out))
   for (size_t i = 0; i < a.hops.size(); ++i) {
     const Link& l = a.hops[i].in;
-    if (l.transport == "shm")
-      c.in[i] = comm::shm_receiver(l.name, a.ring_bytes);
-    else if (l.transport == "mpi")
-      c.in[i] = comm::mpi_channel(w, l.peer, l.tag);
-    else if (l.transport == "nccl")
-      nccl.push_back({l.tag, {i, false}});
-    else
-      throw unavailable(l);
+    switch (l.transport) {
+      case Transport::kShm:
+        c.in[i] = comm::shm_receiver(l.name, a.ring_bytes);
+        break;
+      case Transport::kMpi:
+        c.in[i] = comm::mpi_channel(w, l.peer, l.tag);
+        break;
+      case Transport::kNccl:
+        nccl.push_back({l.tag, {i, false}});
+        break;
+    }
     const Link& o = a.hops[i].out;
-    if (o.transport == "mpi")
+    if (o.transport == Transport::kMpi)
       c.out[i] = comm::mpi_channel(w, o.peer, o.tag);
-    else if (o.transport == "nccl")
+    else if (o.transport == Transport::kNccl)
       nccl.push_back({o.tag, {i, true}});
-    else if (o.transport != "shm")
-      throw unavailable(o);
   }
   // 2. NCCL pairs in global hop order, so both ends of every hop meet (no cycle of waits).
   std::sort(nccl.begin(), nccl.end());
@@ -135,7 +134,7 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
 #ifdef CASCADE_WITH_CUDA
     const auto [i, out] = where;
     const Link& l = out ? a.hops[i].out : a.hops[i].in;
-    (out ? c.out[i] : c.in[i]) = comm::nccl_channel(w, l.peer, l.tag, out, device, after(a.step_timeout));
+    (out ? c.out[i] : c.in[i]) = comm::nccl_channel(w, l.peer, l.tag, out, device, after(a.runtime.step_timeout));
 #else
     throw unavailable(a.hops[where.first].in);
 #endif
@@ -143,7 +142,7 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
   // 3. Senders open the rings their successors created in step 1.
   for (size_t i = 0; i < a.hops.size(); ++i) {
     const Link& o = a.hops[i].out;
-    if (o.transport == "shm") c.out[i] = comm::shm_sender(o.name, after(a.step_timeout));
+    if (o.transport == Transport::kShm) c.out[i] = comm::shm_sender(o.name, after(a.runtime.step_timeout));
   }
   for (auto& ch : c.in) {
     ch->set_liveness(alive);
@@ -166,24 +165,17 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostr
   lo.modules = a.modules;
   lo.disk_modules = a.disk_modules;
   lo.offload_folder = a.offload_folder;
-  lo.kv_slots = a.kv_slots;
-  lo.int8 = a.int8;
-  lo.cuda_graphs = a.cuda_graphs;
   lo.streamed_modules = a.streamed_modules;
-  lo.int8_threshold = a.int8_threshold;
-  lo.int8_skip = a.int8_skip;
-  lo.max_seq_len = a.max_seq_len;
+  lo.runtime = a.runtime;
+  lo.quantization = a.quantization;
   lo.log = &log;
   const auto t0 = Clock::now();
   auto last = t0;
   lo.progress = [&](uint64_t done, uint64_t total) {
     if (Clock::now() - last < std::chrono::milliseconds(500) && done < total) return;
     last = Clock::now();
-    const json p = {{"type", "progress"},
-                    {"bytes", done},
-                    {"total", total},
-                    {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}};
-    w.send(0, comm::kTagLoad, p.dump(), after(a.step_timeout), nullptr);
+    const comm::LoadProgress p{done, total, std::chrono::duration<double>(Clock::now() - t0).count()};
+    w.send(0, comm::kTagLoad, comm::encode(p), after(a.runtime.step_timeout), nullptr);
   };
   return Model::load(ck, lo);
 }
@@ -197,8 +189,7 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
   double busy = 0;  // seconds spent computing, reported to the coordinator now and then
   auto reported = Clock::now();
   auto report = [&](int64_t steps) {
-    const json j = {{"busy", busy}, {"steps", steps}};
-    w.send(0, comm::kTagStats, j.dump(), after(a.step_timeout), alive);
+    w.send(0, comm::kTagStats, comm::encode(comm::StageStats{busy, steps}), after(a.runtime.step_timeout), alive);
     reported = Clock::now();
   };
   for (int64_t step = 0;; ++step) {
@@ -209,11 +200,11 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
       const Hop& hop = a.hops[i];
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
       const int64_t r0 = now_us();
-      comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.step_timeout));
+      comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.runtime.step_timeout));
       span("recv", m.header, r0);
       if (m.header.kind == comm::StepKind::kShutdown) {
         if (i == 0) report(step);
-        ch.out[i]->send(m.header, m.payload, after(a.step_timeout));
+        ch.out[i]->send(m.header, m.payload, after(a.runtime.step_timeout));
         shutdown = true;
         continue;
       }
@@ -228,7 +219,7 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         busy += std::chrono::duration<double>(Clock::now() - t0).count();
         span("compute", h, c0);
         const int64_t s0 = now_us();
-        ch.out[i]->send(h, out, after(a.step_timeout));
+        ch.out[i]->send(h, out, after(a.runtime.step_timeout));
         span("send", h, s0);
         continue;
       }
@@ -237,11 +228,11 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
       busy += std::chrono::duration<double>(Clock::now() - t0).count();
       span("compute", h, c0);
       const int64_t s0 = now_us();
-      ch.out[i]->send(h, ids, after(a.step_timeout));
+      ch.out[i]->send(h, ids, after(a.runtime.step_timeout));
       span("send", h, s0);
       if (m.header.flags & comm::kStepWantLogits) {
         h.kind = comm::StepKind::kLogits;
-        ch.out[i]->send(h, out.to(at::kFloat), after(a.step_timeout));
+        ch.out[i]->send(h, out.to(at::kFloat), after(a.runtime.step_timeout));
       }
     }
     if (shutdown) {
@@ -255,102 +246,64 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
     }
   }
   if (!a.trace) return;
-  json j = json::array();
+  nlohmann::json j = nlohmann::json::array();
   for (const auto& sp : *spans) j.push_back({sp.name, sp.step, sp.microbatch, sp.begin_us, sp.end_us});
-  w.send(0, comm::kTagTrace, j.dump(), after(a.step_timeout), alive);
+  w.send(0, comm::kTagTrace, j.dump(), after(a.runtime.step_timeout), alive);
+}
+
+// Liveness of every process this stage waits on: the coordinator and its hops' peers.
+comm::Liveness peers_alive(const Assignment& a, const comm::Heartbeats& hb) {
+  std::set<int> peers = {0};
+  for (const auto& h : a.hops) peers.insert({h.in.peer, h.out.peer});
+  return [&a, &hb, peers] {
+    for (int p : peers) hb.check(p, a.runtime.heartbeat_timeout, a.rank_labels.at(static_cast<size_t>(p)));
+  };
+}
+
+comm::StageReady ready_report(const comm::World& w, const Model& m, double seconds) {
+  const storage::DiskTier* disk = m.disk_tier();
+  const DeviceUploader::Stats& up = m.upload_stats();
+  comm::StageReady r;
+  r.ok = true;
+  r.host = w.host();
+  r.pid = ::getpid();
+  r.cores = allowed_cores();
+  r.seconds = seconds;
+  r.source_bytes = m.source_bytes();
+  r.weight_bytes = m.weight_bytes();
+  r.zero_copy_bytes = disk ? disk->zero_copy_bytes() : 0;
+  r.folder_bytes = disk ? disk->folder_bytes() : 0;
+  r.folder_rebuilt = disk && disk->rebuilt();
+  r.kv_bytes = m.kv_cache().bytes();
+  r.streamed_bytes = m.streamed_bytes();
+  r.upload = {up.bytes, up.read_s, up.dma_wait_s, up.alloc_s, up.finish_s};
+  return r;
+}
+
+// Tells the coordinator this stage will not become ready, then gives MPI up.
+void report_failed_load(comm::World& w, const std::string& error, const comm::Liveness& alive) {
+  comm::StageReady r;
+  r.error = error;
+  r.host = w.host();
+  r.pid = ::getpid();
+  try {
+    w.send(0, comm::kTagLoad, comm::encode(r), after(5), alive);
+  } catch (const std::exception&) {
+  }
+  w.abandon();
 }
 
 }  // namespace
 
-json to_json(const Assignment& a) {
-  json hops = json::array();
-  for (const auto& h : a.hops)
-    hops.push_back({{"begin", h.begin}, {"end", h.end}, {"in", link_json(h.in)}, {"out", link_json(h.out)}});
-  return {{"version", kAssignmentVersion},
-          {"rank", a.rank},
-          {"label", a.label},
-          {"job", a.job},
-          {"heartbeats", a.heartbeats},
-          {"exit_reason", a.exit_reason},
-          {"model_dir", a.model_dir},
-          {"dtype", a.dtype},
-          {"device", a.device},
-          {"modules", a.modules},
-          {"disk_modules", a.disk_modules},
-          {"offload_folder", a.offload_folder},
-          {"kv_slots", a.kv_slots},
-          {"max_seq_len", a.max_seq_len},
-          {"threads", a.threads},
-          {"heartbeat_timeout", a.heartbeat_timeout},
-          {"step_timeout", a.step_timeout},
-          {"ring_bytes", a.ring_bytes},
-          {"trace", a.trace},
-          {"cuda_graphs", a.cuda_graphs},
-          {"streamed_modules", a.streamed_modules},
-          {"int8", a.int8},
-          {"int8_threshold", a.int8_threshold},
-          {"int8_skip", a.int8_skip},
-          {"hops", hops},
-          {"rank_labels", a.rank_labels}};
-}
-
-Assignment assignment_from_json(const json& j) {
-  try {
-    if (j.at("version").get<int>() != kAssignmentVersion) {
-      throw std::invalid_argument("assignment version " + j.at("version").dump() + ", this build speaks " +
-                                  std::to_string(kAssignmentVersion) + ": every process must run the same build");
-    }
-    Assignment a;
-    a.rank = j.at("rank").get<int>();
-    a.label = j.at("label").get<std::string>();
-    a.job = j.at("job").get<std::string>();
-    a.heartbeats = j.at("heartbeats").get<std::string>();
-    a.exit_reason = j.at("exit_reason").get<std::string>();
-    a.model_dir = j.at("model_dir").get<std::string>();
-    a.dtype = j.at("dtype").get<std::string>();
-    a.device = j.at("device").get<std::string>();
-    a.modules = j.at("modules").get<std::vector<int64_t>>();
-    a.disk_modules = j.at("disk_modules").get<std::vector<int64_t>>();
-    a.offload_folder = j.at("offload_folder").get<std::string>();
-    a.kv_slots = j.at("kv_slots").get<int64_t>();
-    a.max_seq_len = j.at("max_seq_len").get<int64_t>();
-    a.threads = j.at("threads").get<int>();
-    a.heartbeat_timeout = j.at("heartbeat_timeout").get<double>();
-    a.step_timeout = j.at("step_timeout").get<double>();
-    a.ring_bytes = j.at("ring_bytes").get<size_t>();
-    a.trace = j.at("trace").get<bool>();
-    a.cuda_graphs = j.at("cuda_graphs").get<bool>();
-    a.streamed_modules = j.at("streamed_modules").get<std::vector<int64_t>>();
-    a.int8 = j.at("int8").get<bool>();
-    a.int8_threshold = j.at("int8_threshold").get<double>();
-    a.int8_skip = j.at("int8_skip").get<std::vector<std::string>>();
-    for (const auto& h : j.at("hops")) {
-      a.hops.push_back(
-          {h.at("begin").get<int64_t>(), h.at("end").get<int64_t>(), link_from(h.at("in")), link_from(h.at("out"))});
-    }
-    a.rank_labels = j.at("rank_labels").get<std::vector<std::string>>();
-    return a;
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("malformed stage assignment: ") + e.what());
-  }
-}
-
 int run_stage(comm::World& w, std::ostream& log) {
-  const std::string me = "stage rank " + std::to_string(w.rank()) + " on " + w.host();
   Assignment a;
   try {
     // The coordinator plans before it assigns (headers only: seconds at most).
-    const auto bytes = w.recv(0, comm::kTagAssign, after(120), nullptr);
-    a = assignment_from_json(json::parse(bytes.begin(), bytes.end()));
+    a = comm::decode_assignment(w.recv(0, comm::kTagAssign, after(120), nullptr));
   } catch (const std::exception& e) {
     const std::string msg = std::string("no usable assignment from the coordinator: ") + e.what();
-    log << "cascade " << me << ": error: " << msg << "\n";
-    try {  // tell the coordinator at once rather than let it wait for a heartbeat
-      const json fail = {{"type", "ready"}, {"ok", false}, {"error", msg}, {"pid", ::getpid()}, {"host", w.host()}};
-      w.send(0, comm::kTagLoad, fail.dump(), after(2), nullptr);
-    } catch (const std::exception&) {
-    }
-    w.abandon();
+    log << "cascade stage rank " << w.rank() << " on " << w.host() << ": error: " << msg << "\n";
+    report_failed_load(w, msg, nullptr);  // at once, rather than let it wait for a heartbeat
     return 1;
   }
   if (!a.exit_reason.empty()) return 1;  // the coordinator prints the reason
@@ -358,13 +311,9 @@ int run_stage(comm::World& w, std::ostream& log) {
   std::unique_ptr<comm::Heartbeats> hb;
   comm::Liveness alive;
   try {
-    hb = comm::Heartbeats::open(a.heartbeats, after(a.heartbeat_timeout));
+    hb = comm::Heartbeats::open(a.heartbeats, after(a.runtime.heartbeat_timeout));
     hb->start(a.rank);
-    std::set<int> peers = {0};
-    for (const auto& h : a.hops) peers.insert({h.in.peer, h.out.peer});
-    alive = [&, peers] {
-      for (int p : peers) hb->check(p, a.heartbeat_timeout, a.rank_labels.at(static_cast<size_t>(p)));
-    };
+    alive = peers_alive(a, *hb);
   } catch (const std::exception& e) {
     log << "cascade " << a.label << ": error: " << e.what() << "\n";
     w.abandon();
@@ -380,36 +329,11 @@ int run_stage(comm::World& w, std::ostream& log) {
     fault.maybe(-1);
     runner = std::make_unique<StepRunner>(load(w, a, log));
     ch = open_channels(w, a, runner->model().device(), alive);
-    const Model& m = runner->model();
-    const storage::DiskTier* disk = m.disk_tier();
-    const json ready = {{"type", "ready"},
-                        {"ok", true},
-                        {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()},
-                        {"source_bytes", m.source_bytes()},
-                        {"weight_bytes", m.weight_bytes()},
-                        {"zero_copy_bytes", disk ? disk->zero_copy_bytes() : 0},
-                        {"folder_bytes", disk ? disk->folder_bytes() : 0},
-                        {"folder_rebuilt", disk && disk->rebuilt()},
-                        {"kv_bytes", m.kv_cache().bytes()},
-                        {"streamed_bytes", m.streamed_bytes()},
-                        {"pid", ::getpid()},
-                        {"cores", allowed_cores()},
-                        {"upload",
-                         {{"bytes", m.upload_stats().bytes},
-                          {"read_s", m.upload_stats().read_s},
-                          {"dma_wait_s", m.upload_stats().dma_wait_s},
-                          {"alloc_s", m.upload_stats().alloc_s},
-                          {"finish_s", m.upload_stats().finish_s}}},
-                        {"host", w.host()}};
-    w.send(0, comm::kTagLoad, ready.dump(), after(a.step_timeout), alive);
+    const comm::StageReady ready =
+        ready_report(w, runner->model(), std::chrono::duration<double>(Clock::now() - t0).count());
+    w.send(0, comm::kTagLoad, comm::encode(ready), after(a.runtime.step_timeout), alive);
   } catch (const std::exception& e) {
-    const json fail = {
-        {"type", "ready"}, {"ok", false}, {"error", error_text(e)}, {"pid", ::getpid()}, {"host", w.host()}};
-    try {
-      w.send(0, comm::kTagLoad, fail.dump(), after(5), alive);
-    } catch (const std::exception&) {
-    }
-    w.abandon();
+    report_failed_load(w, error_text(e), alive);
     return 1;
   }
 
@@ -419,7 +343,7 @@ int run_stage(comm::World& w, std::ostream& log) {
   } catch (const std::exception& e) {
     const std::string msg = error_text(e);
     try {
-      w.send(0, comm::kTagError, json({{"error", msg}}).dump(), after(2), alive);
+      w.send(0, comm::kTagError, comm::encode(comm::StageFailure{msg}), after(2), alive);
     } catch (const std::exception&) {
       log << "cascade " << a.label << ": error: " << msg << "\n";  // the coordinator is gone too
     }

@@ -1,4 +1,4 @@
-#include "daemon/api.h"
+#include "daemon/http/api.h"
 
 #include "tests/test_util.h"
 

@@ -1,5 +1,5 @@
 // `cascade complete` against a real daemon on the demo model.
-#include "daemon/client.h"
+#include "daemon/http/client.h"
 
 #include <signal.h>
 #include <sys/wait.h>

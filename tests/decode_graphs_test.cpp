@@ -59,9 +59,9 @@ TEST(DecodeGraphs, SameTokensAndLogitsAsEagerKernels) {
       LoadOptions o;
       o.dtype = at::kFloat;
       o.device = at::Device(at::kCUDA, 0);
-      o.kv_slots = 3;
-      o.max_seq_len = 96;  // decode crosses the 64-position span bucket
-      o.cuda_graphs = graphs;
+      o.runtime.max_batch = 3;
+      o.runtime.max_seq_len = 96;  // decode crosses the 64-position span bucket
+      o.runtime.cuda_graphs = graphs;
       return Model::load(storage::Checkpoint::open(test::fixture(name)), o);
     };
     auto eager = load(false), graphed = load(true);
@@ -90,10 +90,10 @@ TEST(DecodeGraphs, Int8LayersAreCaptured) {
       LoadOptions o;
       o.dtype = at::kBFloat16;
       o.device = at::Device(at::kCUDA, 0);
-      o.int8 = true;
-      o.kv_slots = 3;
-      o.max_seq_len = 64;
-      o.cuda_graphs = graphs;
+      o.quantization.mode = "int8";
+      o.runtime.max_batch = 3;
+      o.runtime.max_seq_len = 64;
+      o.runtime.cuda_graphs = graphs;
       return Model::load(storage::Checkpoint::open(test::fixture(name)), o);
     };
     auto eager = load(false), graphed = load(true);

@@ -1,6 +1,6 @@
 // DeviceUploader: host and file bytes to a GPU through two pinned chunks. Without a GPU
 // only the factory's contract is checked; with one, tensors larger than a chunk.
-#include "stage/device_upload.h"
+#include "stage/weights/device_upload.h"
 
 #include <gtest/gtest.h>
 

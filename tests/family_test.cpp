@@ -10,7 +10,15 @@ namespace cascade::stage {
 namespace {
 
 TEST(Family, RegistryCoversTheDesignFamilies) {
-  EXPECT_EQ(supported_model_types(), (std::vector<std::string>{"gpt2", "llama", "mistral", "qwen2"}));
+  const std::vector<std::string> types = supported_model_types();
+  for (const char* t : {"gpt2", "llama", "mistral", "qwen2"})
+    EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
+  for (const auto& name : test::all_fixtures()) {  // every fixture's family is registered
+    const auto ref = test::read_json(test::fixture(name) + "/reference.json");
+    EXPECT_STREQ(find_family(ref["model_type"].get<std::string>()).name(),
+                 ref["model_type"].get<std::string>().c_str());
+  }
+  EXPECT_GE(test::all_fixtures().size(), 7u);
   EXPECT_STREQ(find_family("qwen2").name(), "qwen2");
   EXPECT_THROW_WITH(find_family("bert"), ModelConfigError, "'bert' is not supported");
 }
@@ -39,6 +47,30 @@ TEST(Family, EveryCheckpointTensorBelongsToExactlyOneModule) {
     }
     for (const auto& t : ck->tensor_names()) EXPECT_EQ(owners[t], 1) << name << ": " << t;
     EXPECT_EQ(owners.size(), ck->tensor_names().size()) << name;
+  }
+}
+
+// For the dense families the declared FLOPs are the old size rule: one multiply-add
+// per weight of every matrix but the embedding's; KV is K and V per token.
+TEST(Family, DeclaredCostsMatchTheWeightsForDenseFamilies) {
+  for (const auto& name : test::all_fixtures()) {
+    auto ck = storage::Checkpoint::open(test::fixture(name));
+    const ModelDescription d = describe(*ck);
+    for (const auto& m : d.modules) {
+      double flops = 0;
+      for (const auto& t : m.tensors) {
+        const auto& info = ck->info(t);
+        if (info.shape.size() >= 2 && m.kind != ModuleKind::kEmbedding) flops += 2.0 * info.numel();
+      }
+      EXPECT_DOUBLE_EQ(m.cost.flops_per_token, flops) << name << " " << m.name;
+      const bool layer = m.kind == ModuleKind::kDecoderLayer;
+      EXPECT_EQ(m.cost.kv_elems_per_token, layer ? 2 * d.config.num_kv_heads * d.config.head_dim : 0) << m.name;
+      EXPECT_EQ(m.int8.empty(), !layer) << name << " " << m.name;  // only layers' projections
+    }
+    const ModelConfig& c = d.config;
+    EXPECT_EQ(d.modules[1].cost.act_elems_per_token,
+              4 * c.hidden_size + 3 * c.intermediate_size + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)
+        << name;
   }
 }
 

@@ -1,12 +1,12 @@
 // The fused RMSNorm and RoPE kernels against the ATen ops they replace (run on the CPU,
 // whose float and bf16 rounding is the same). Without a GPU, or in a build without
 // Cascade's CUDA kernels, only the fallback contract is checked.
-#include "stage/fused_kernels.h"
+#include "stage/kernels/fused_kernels.h"
 
 #include <gtest/gtest.h>
 
-#include "stage/ops.h"
-#include "stage/rope.h"
+#include "stage/kernels/ops.h"
+#include "stage/layers/rope.h"
 
 namespace cascade::stage {
 namespace {

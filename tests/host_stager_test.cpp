@@ -1,6 +1,6 @@
 // HostStager: the worker pool that reads disk-tier weights into pinned staging buffers
 // ahead of use. Real threads, a real mapped file; no GPU needed.
-#include "stage/host_stager.h"
+#include "stage/weights/host_stager.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

@@ -1,10 +1,10 @@
 // The int8 decode kernels against the exact CPU path of stage/quant.h. Without a GPU, or
 // in a build without Cascade's CUDA kernels, only the fallback contract is checked.
-#include "stage/int8_kernels.h"
+#include "stage/kernels/int8_kernels.h"
 
 #include <gtest/gtest.h>
 
-#include "stage/quant.h"
+#include "stage/kernels/quant.h"
 
 namespace cascade::stage {
 namespace {

@@ -97,6 +97,29 @@ TEST(KvCache, BatchedDecodeEqualsOneSequenceAtATime) {
   EXPECT_EQ(KvCache({0}, 2, 1, 4, 2, at::kFloat, at::kCPU, true).spare_slot(), 2);
 }
 
+// Soft-capping and ALiBi (ScoreMods) agree between the per-sequence and the batched
+// decode path, with GQA, and change the result (so they are applied at all).
+TEST(KvCache, ScoreModsAgreeOnBothPaths) {
+  at::manual_seed(3);
+  const int64_t heads = 4, kvh = 2, d = 8, len = 6;
+  const double scale = 1.0 / std::sqrt(double(d));
+  const ScoreMods mods{1.5, at::tensor({0.5f, 0.25f, 0.125f, 0.0625f})};
+  KvCache a({0}, 2, kvh, 16, d, at::kFloat, at::kCPU), b({0}, 2, kvh, 16, d, at::kFloat, at::kCPU);
+  at::Tensor q = at::randn({len + 1, heads, d}) * 3, k = at::randn({len + 1, kvh, d}) * 3,
+             v = at::randn({len + 1, kvh, d});
+  a.attend(0, q.narrow(0, 0, len), k.narrow(0, 0, len), v.narrow(0, 0, len), Batch{{{1, 0, len}}}, scale, 0, mods);
+  b.attend(0, q.narrow(0, 0, len), k.narrow(0, 0, len), v.narrow(0, 0, len), Batch{{{1, 0, len}}}, scale, 0, mods);
+  const Batch step{{{1, len, 1}}};
+  const at::Tensor one =
+      a.attend(0, q.narrow(0, len, 1), k.narrow(0, len, 1), v.narrow(0, len, 1), step, scale, 0, mods);
+  const at::Tensor batched = b.attend_decode(0, q.narrow(0, len, 1), k.narrow(0, len, 1), v.narrow(0, len, 1),
+                                             b.decode_index(step, at::kCPU), scale, 0, mods);
+  EXPECT_TRUE(at::allclose(one, batched, 1e-5, 1e-5));
+  KvCache plain({0}, 2, kvh, 16, d, at::kFloat, at::kCPU);
+  const at::Tensor none = plain.attend(0, q, k, v, Batch{{{1, 0, len + 1}}}, scale, 0).narrow(0, len, 1);
+  EXPECT_FALSE(at::allclose(one, none, 1e-3, 1e-3));
+}
+
 TEST(KvCache, BoundsAreChecked) {
   KvCache kv({0}, 2, 1, 4, 2, at::kFloat, at::kCPU);
   EXPECT_EQ(kv.bytes(), 2u * 2 * 1 * 4 * 2 * sizeof(float));

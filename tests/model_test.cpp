@@ -36,8 +36,8 @@ std::vector<Prompt> reference(const std::string& name) {
 std::unique_ptr<Model> load(const std::string& dir, int64_t slots, std::vector<int64_t> modules = {}) {
   LoadOptions o;
   o.dtype = at::kFloat;
-  o.kv_slots = slots;
-  o.max_seq_len = 64;
+  o.runtime.max_batch = slots;
+  o.runtime.max_seq_len = 64;
   o.modules = std::move(modules);
   return Model::load(storage::Checkpoint::open(dir), o);
 }

@@ -1,4 +1,4 @@
-#include "stage/ops.h"
+#include "stage/kernels/ops.h"
 
 #include <gtest/gtest.h>
 

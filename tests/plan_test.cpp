@@ -19,12 +19,12 @@ ModelDescriptor model(int layers, uint64_t layer_bytes, uint64_t embed_bytes, bo
                       uint64_t kv_per_token = 0) {
   ModelDescriptor m;
   m.model_type = "llama";
-  m.hidden_size = 64;
-  m.intermediate_size = 128;
   m.vocab_size = 256;
-  m.num_heads = m.num_kv_heads = 4;
-  m.head_dim = 16;
   m.dtype_bytes = 2;
+  // A llama layer of hidden 64, intermediate 128, 4 heads of 16 (K and V too), as its
+  // family declares it: residuals 4 * 64 + MLP 3 * 128 + q/k/v (4 + 2 * 4) * 16.
+  m.act_bytes_per_token = 2 * (4 * 64 + 3 * 128 + 12 * 16);
+  m.score_heads = 4;
   m.modules.push_back(
       {"model.embed_tokens", ModuleKind::kEmbedding, {{"model.embed_tokens.weight", embed_bytes}}, 0, 0});
   for (int i = 0; i < layers; ++i) {

@@ -1,6 +1,6 @@
 // LLM.int8: the kernel against float math, and whole models against HF's float32
 // reference (fixtures) and against bf16 (the demo model's held-out perplexity).
-#include "stage/quant.h"
+#include "stage/kernels/quant.h"
 
 #include <cmath>
 #include <fstream>
@@ -10,7 +10,7 @@
 #include "storage/offload.h"
 #include "tests/test_util.h"
 #ifdef CASCADE_WITH_TOKENIZER
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 #endif
 
 namespace cascade::stage {
@@ -53,12 +53,21 @@ TEST(Int8, MixedDecompositionKeepsOutliersExact) {
 }
 
 TEST(Int8, WhatIsQuantizedAndHowBig) {
-  EXPECT_EQ(int8_layout("model.layers.0.mlp.down_proj.weight", 2), Int8Layout::kRows);
-  EXPECT_EQ(int8_layout("model.layers.0.mlp.down_proj.bias", 1), Int8Layout::kNone);
-  EXPECT_EQ(int8_layout("model.layers.0.input_layernorm.weight", 1), Int8Layout::kNone);
-  EXPECT_EQ(int8_layout("transformer.h.3.attn.c_attn.weight", 2), Int8Layout::kTransposed);
-  EXPECT_EQ(int8_layout("h.3.mlp.c_proj.weight", 2), Int8Layout::kTransposed);  // not a "_proj" Linear
-  EXPECT_EQ(int8_layout("transformer.h.3.attn.c_attn.bias", 1), Int8Layout::kNone);
+  // The families declare what LLM.int8 may quantize; nothing decides by name.
+  auto layer0 = [](const char* fixture) {
+    return describe(*storage::Checkpoint::open(test::fixture(fixture))).modules.at(1);
+  };
+  const ModuleSpec llama = layer0("llama_gqa"), gpt2 = layer0("gpt2");
+  EXPECT_EQ(llama.int8_layout("model.layers.0.mlp.down_proj.weight"), Int8Layout::kRows);
+  EXPECT_EQ(llama.int8_layout("model.layers.0.mlp.down_proj.bias"), Int8Layout::kNone);
+  EXPECT_EQ(llama.int8_layout("model.layers.0.input_layernorm.weight"), Int8Layout::kNone);
+  EXPECT_EQ(gpt2.int8_layout("transformer.h.0.attn.c_attn.weight"), Int8Layout::kTransposed);
+  EXPECT_EQ(gpt2.int8_layout("transformer.h.0.mlp.c_proj.weight"), Int8Layout::kTransposed);  // not a "_proj" Linear
+  EXPECT_EQ(gpt2.int8_layout("transformer.h.0.attn.c_attn.bias"), Int8Layout::kNone);
+  EXPECT_TRUE(int8_module(llama, {"lm_head"}));
+  EXPECT_FALSE(int8_module(llama, {"layers.0"}));  // quantization.skip_modules
+  const ModelDescription d = describe(*storage::Checkpoint::open(test::fixture("llama_gqa")));
+  EXPECT_FALSE(int8_module(d.modules.back(), {}));  // the LM head declares nothing quantizable
   EXPECT_EQ(int8_bytes({96, 64}, Int8Layout::kRows), 96u * 64u + 4u * 96u);
   EXPECT_EQ(int8_bytes({64, 192}, Int8Layout::kTransposed), 64u * 192u + 4u * 192u);  // a scale per output
 }
@@ -140,14 +149,14 @@ TEST(Int8, FixtureLogitsWithinFivePercentOfFloat32) {
     const auto ref = test::read_json(test::fixture(name) + "/reference.json");
     for (double threshold : {6.0, 0.0}) {
       LoadOptions lo;
-      lo.int8 = true;
-      lo.int8_threshold = threshold;
-      lo.kv_slots = 1;
-      lo.max_seq_len = 64;
+      lo.quantization.mode = "int8";
+      lo.quantization.threshold = threshold;
+      lo.runtime.max_batch = 1;
+      lo.runtime.max_seq_len = 64;
       auto m = Model::load(ck, lo);
       LoadOptions fp;
-      fp.kv_slots = 1;
-      fp.max_seq_len = 64;
+      fp.runtime.max_batch = 1;
+      fp.runtime.max_seq_len = 64;
       EXPECT_LT(m->weight_bytes(), Model::load(ck, fp)->weight_bytes() * 0.75) << name;
       double worst = 0;
       for (const auto& p : ref["prompts"]) {
@@ -178,9 +187,9 @@ void disk_tier_equals_memory(const std::string& name) {
   auto load = [&](bool disk) {
     LoadOptions lo;
     lo.dtype = at::kFloat;
-    lo.int8 = true;
-    lo.kv_slots = 1;
-    lo.max_seq_len = 64;
+    lo.quantization.mode = "int8";
+    lo.runtime.max_batch = 1;
+    lo.runtime.max_seq_len = 64;
     lo.offload_folder = tmp.file("off");
     if (disk)
       for (int64_t i = 1; i < n - 2; ++i) lo.disk_modules.push_back(i);  // every decoder layer
@@ -211,9 +220,9 @@ double perplexity(bool int8) {
   ids.resize(std::min<size_t>(ids.size(), 384));
   LoadOptions lo;
   lo.dtype = at::kBFloat16;
-  lo.int8 = int8;
-  lo.kv_slots = 1;
-  lo.max_seq_len = 512;
+  lo.quantization.mode = int8 ? "int8" : "none";
+  lo.runtime.max_batch = 1;
+  lo.runtime.max_seq_len = 512;
   auto m = Model::load(storage::Checkpoint::open(dir), lo);
   double nll = 0;
   for (size_t i = 0; i + 1 < ids.size(); ++i) {

@@ -12,11 +12,9 @@ constexpr uint64_t MiB = 1ull << 20;
 PlanRequest two_stage_request() {
   PlanRequest r;
   r.model.model_type = "llama";
-  r.model.hidden_size = 8;
-  r.model.intermediate_size = 16;
   r.model.vocab_size = 32;
-  r.model.num_heads = r.model.num_kv_heads = 2;
-  r.model.head_dim = 4;
+  r.model.act_bytes_per_token = 2 * (4 * 8 + 3 * 16 + 6 * 4);  // hidden 8, intermediate 16, 2 heads of 4
+  r.model.score_heads = 2;
   r.model.modules = {{"model.embed_tokens", ModuleKind::kEmbedding, {{"e", 10 * MiB}}, 0, 0},
                      {"model.layers.0", ModuleKind::kLayer, {{"l0", 10 * MiB}}, 1, 64},
                      {"model.layers.1", ModuleKind::kLayer, {{"l1", 10 * MiB}}, 1, 64},

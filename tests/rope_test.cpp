@@ -1,4 +1,4 @@
-#include "stage/rope.h"
+#include "stage/layers/rope.h"
 
 #include <gtest/gtest.h>
 

@@ -9,8 +9,8 @@ namespace {
 std::unique_ptr<Model> load(const std::string& name, std::vector<int64_t> modules = {}) {
   LoadOptions lo;
   lo.modules = std::move(modules);
-  lo.kv_slots = 2;
-  lo.max_seq_len = 32;
+  lo.runtime.max_batch = 2;
+  lo.runtime.max_seq_len = 32;
   return Model::load(storage::Checkpoint::open(test::fixture(name)), lo);
 }
 

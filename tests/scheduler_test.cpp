@@ -6,7 +6,7 @@
 #include "storage/checkpoint.h"
 #include "tests/test_util.h"
 #ifdef CASCADE_WITH_TOKENIZER
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 #endif
 
 namespace cascade::daemon {
@@ -60,8 +60,8 @@ class FailingExecutor : public Executor {
 
 std::unique_ptr<Executor> local(const std::string& dir, int64_t slots, int64_t max_seq = 64) {
   stage::LoadOptions lo;
-  lo.kv_slots = slots;
-  lo.max_seq_len = max_seq;
+  lo.runtime.max_batch = slots;
+  lo.runtime.max_seq_len = max_seq;
   return std::make_unique<LocalExecutor>(stage::Model::load(storage::Checkpoint::open(dir), lo));
 }
 

@@ -1,6 +1,6 @@
 // The daemon as people run it: `cascade serve` in its own process with real stage
 // processes, spoken to over its real Unix socket.
-#include "daemon/server.h"
+#include "daemon/http/server.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

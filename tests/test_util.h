@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -18,10 +19,17 @@ namespace cascade::test {
 
 inline std::string fixture(const std::string& name) { return std::string(CASCADE_TEST_DATA) + "/" + name; }
 
+// Every model fixture: the folders of tests/data with a reference.json
+// (scripts/make_fixtures.py writes them), sorted by name. A new family's fixture is
+// picked up by every test that loops over them.
 inline const std::vector<std::string>& all_fixtures() {
-  static const std::vector<std::string> names = {"llama_gqa",     "llama3_tied_bf16", "llama_linear_sharded_f16",
-                                                 "llama_dynamic", "mistral_window",   "qwen2_tied",
-                                                 "gpt2"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(CASCADE_TEST_DATA))
+      if (std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }();
   return names;
 }
 

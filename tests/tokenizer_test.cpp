@@ -1,7 +1,7 @@
 // Parity with Hugging Face `tokenizers` (fixtures from scripts/make_tokenizer_fixtures.py):
 // identical ids with and without special tokens, identical decoded text with and
 // without skip_special_tokens, for every tokenizer and every string.
-#include "daemon/tokenizer.h"
+#include "daemon/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // WeightStream: the double buffer that streams offloaded layers to a GPU. Without a GPU
 // only the factory's contract is checked; with one, three modules through two slots.
-#include "stage/weight_stream.h"
+#include "stage/weights/weight_stream.h"
 
 #include <gtest/gtest.h>
 

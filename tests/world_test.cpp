@@ -35,13 +35,13 @@ TEST(World, ControlMessagesBothWays) {
 TEST(World, WaitsEndAtTheDeadlineOrWhenLivenessFails) {
   World& w = World::get();
   const auto t0 = Clock::now();
-  EXPECT_THROW_WITH(w.recv(1 - w.rank(), kTagShutdown, in(0.2), nullptr), CommError, "timed out",
+  EXPECT_THROW_WITH(w.recv(1 - w.rank(), kTagTrace, in(0.2), nullptr), CommError, "timed out",
                     "rank " + std::to_string(1 - w.rank()));
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(2));
-  EXPECT_THROW_WITH(w.recv(1 - w.rank(), kTagShutdown, in(60), [] { throw CommError("peer is gone"); }), CommError,
+  EXPECT_THROW_WITH(w.recv(1 - w.rank(), kTagTrace, in(60), [] { throw CommError("peer is gone"); }), CommError,
                     "peer is gone");
   std::vector<uint8_t> buf(16);
-  EXPECT_THROW_WITH(w.recv_raw(1 - w.rank(), kTagShutdown, buf.data(), buf.size(), in(0.2), nullptr), CommError,
+  EXPECT_THROW_WITH(w.recv_raw(1 - w.rank(), kTagTrace, buf.data(), buf.size(), in(0.2), nullptr), CommError,
                     "timed out in MPI_Irecv");
   MPI_Barrier(w.comm());
 }

@@ -1,0 +1,448 @@
+#include "daemon/http/server.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <chrono>
+#include <ctime>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <random>
+#include <thread>
+
+#include "config/config.h"
+#include "daemon/cluster.h"
+#include "daemon/generate.h"
+#include "daemon/planning.h"
+#include "daemon/scheduler.h"
+#include "daemon/startup.h"
+#include "planner/report.h"
+#include "stage/model.h"
+#include "storage/checkpoint.h"
+#ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/tokenizer/tokenizer.h"
+#endif
+
+namespace cascade::daemon {
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using nlohmann::json;
+using local = net::local::stream_protocol;
+
+// Everything the connections share. Lives on the main thread's stack in serve().
+struct Shared {
+  config::ServerSection cfg;
+  std::string model_name;
+  std::string device_map;  // plan JSON
+  Limits limits;
+  std::shared_ptr<const Tokenizer> tok;
+  Scheduler* scheduler = nullptr;
+  Cluster* cluster = nullptr;
+  Metrics metrics;
+  std::atomic<int> connections{0};
+  std::atomic<bool> stopping{false};
+};
+
+std::string new_id() {
+  static std::atomic<uint64_t> n{0};
+  static const uint64_t base = std::random_device()();
+  std::ostringstream s;
+  s << "cmpl-" << std::hex << base << "-" << n++;
+  return s.str();
+}
+
+std::string status_line(int status) {
+  return "HTTP/1.1 " + std::to_string(status) + " " +
+         std::string(http::obsolete_reason(static_cast<http::status>(status))) + "\r\n";
+}
+
+// One connection. Reads requests one at a time (keep-alive); a streaming completion
+// takes the connection over until it ends (Connection: close).
+template <class Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+ public:
+  Session(Stream s, Shared& sh) : stream_(std::move(s)), sh_(sh) {
+    ++sh_.connections;
+    sh_.metrics.add_open_connections(1);
+  }
+  ~Session() {
+    --sh_.connections;
+    sh_.metrics.add_open_connections(-1);
+  }
+
+  void start(bool refuse) {
+    if (refuse) {
+      respond(429,
+              error_json(429, "too many connections (server.max_connections = " +
+                                  std::to_string(sh_.cfg.max_connections) + ")"),
+              false);
+      return;
+    }
+    read(true);
+  }
+
+  // The scheduler's view of this request (called on the scheduler thread).
+  class RequestSink : public Sink {
+   public:
+    explicit RequestSink(std::shared_ptr<Session> s) : s_(std::move(s)) {}
+    void on_tokens(const std::string& text, const std::vector<int64_t>& ids) override {
+      net::post(s_->stream_.get_executor(), [s = s_, text, ids] { s->on_tokens(text, ids); });
+    }
+    void on_done(const CompletionResult& r) override {
+      net::post(s_->stream_.get_executor(), [s = s_, r] { s->on_done(r); });
+    }
+    void on_error(int status, const std::string& m) override {
+      net::post(s_->stream_.get_executor(), [s = s_, status, m] { s->on_error(status, m); });
+    }
+    bool cancelled() const override { return s_->gone_; }
+
+   private:
+    std::shared_ptr<Session> s_;
+  };
+
+ private:
+  void read(bool first) {
+    parser_.emplace();
+    parser_->body_limit(sh_.cfg.max_request_bytes);
+    parser_->header_limit(16 * 1024);
+    const double t = first ? sh_.cfg.header_timeout : sh_.cfg.idle_timeout;
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(static_cast<int64_t>(t * 1000)));
+    http::async_read(stream_, buf_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == http::error::body_limit) {
+      respond(413,
+              error_json(413, "the request body is larger than server.max_request_bytes (" +
+                                  std::to_string(sh_.cfg.max_request_bytes) + " bytes)"),
+              false);
+      return;
+    }
+    if (ec == http::error::header_limit) {
+      respond(431, error_json(431, "the request header is too large"), false);
+      return;
+    }
+    if (ec) return close();  // timeout, reset, EOF: nothing to answer
+    beast::get_lowest_layer(stream_).expires_never();
+    handle(parser_->get());
+  }
+
+  void handle(const http::request<http::string_body>& req) {
+    keep_alive_ = req.keep_alive();
+    if (!sh_.cfg.api_key.empty()) {
+      const auto auth = req[http::field::authorization];
+      if (auth != "Bearer " + sh_.cfg.api_key)
+        return respond(401, error_json(401, "a valid API key is required (Authorization: Bearer …)"), keep_alive_);
+    }
+    const std::string target(req.target());
+    const std::string path = target.substr(0, target.find('?'));
+    const bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+    auto only = [&](bool ok, const char* allowed) {
+      if (!ok) respond(405, error_json(405, "method not allowed on " + path + "; use " + allowed), keep_alive_);
+      return ok;
+    };
+    if (path == "/v1/completions") {
+      if (only(post, "POST")) completion(req.body());
+    } else if (path == "/health") {
+      if (only(get, "GET")) health();
+    } else if (path == "/v1/models") {
+      if (only(get, "GET"))
+        respond(200,
+                json({{"object", "list"},
+                      {"data", {{{"id", sh_.model_name}, {"object", "model"}, {"owned_by", "cascade"}}}}})
+                    .dump(),
+                keep_alive_);
+    } else if (path == "/v1/device_map") {
+      if (only(get, "GET")) respond(200, sh_.device_map, keep_alive_);
+    } else if (path == "/metrics") {
+      if (only(get, "GET")) respond(200, sh_.metrics.render(), keep_alive_, "text/plain; version=0.0.4");
+    } else {
+      respond(404, error_json(404, "no such endpoint: " + path), keep_alive_);
+    }
+  }
+
+  void health() {
+    json stages = json::array();
+    const bool failed = sh_.scheduler->failed();
+    for (const auto& s : sh_.cluster->stages()) {
+      stages.push_back({{"rank", s.rank},
+                        {"label", s.label},
+                        {"host", s.ready.host},
+                        {"pid", s.ready.pid},
+                        {"state", failed ? "failed" : "ready"}});
+    }
+    json j = {{"status", failed         ? "failed"
+                         : sh_.stopping ? "stopping"
+                                        : "ok"},
+              {"pid", ::getpid()},
+              {"stages", stages},
+              {"running", sh_.scheduler->running()},
+              {"queued", sh_.scheduler->queued()}};
+    if (failed) j["error"] = sh_.scheduler->failure();
+    respond(failed ? 503 : 200, j.dump(), keep_alive_);
+  }
+
+  void completion(const std::string& body) {
+    try {
+      req_ = parse_completion(body);
+      if (req_.text_prompt) {
+#ifdef CASCADE_WITH_TOKENIZER
+        if (!sh_.tok) throw ApiError(400, "this model has no tokenizer.json: send the prompt as token ids", "prompt");
+        req_.prompt_ids = sh_.tok->encode(req_.prompt_text, /*add_special_tokens=*/true);
+#else
+        throw ApiError(400, "this build has no tokenizer: send the prompt as token ids", "prompt");
+#endif
+      }
+      check_limits(req_, sh_.limits);
+    } catch (const ApiError& e) {
+      sh_.metrics.request_finished(e.status);
+      return respond(e.status, error_json(e.status, e.what(), e.param), keep_alive_);
+    }
+    id_ = new_id();
+    created_ = static_cast<int64_t>(std::time(nullptr));
+    const int rc = sh_.scheduler->submit({req_, std::make_shared<RequestSink>(this->shared_from_this())});
+    if (rc != 0) {
+      sh_.metrics.request_finished(rc);
+      const std::string msg = rc == 429      ? "the server is busy: every KV slot is taken and the queue is full"
+                              : sh_.stopping ? "the server is shutting down"
+                                             : "the model is unavailable: " + sh_.scheduler->failure();
+      return respond(rc, error_json(rc, msg), keep_alive_);
+    }
+    if (req_.stream) {
+      streaming_ = true;
+      write(status_line(200) +
+            "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    }
+  }
+
+  void on_tokens(const std::string& text, const std::vector<int64_t>& ids) {
+    if (!streaming_ || gone_) return;
+    if (text.empty() && !req_.return_token_ids) return;
+    write(chunk_event(id_, created_, sh_.model_name, text, ids, nullptr, req_.return_token_ids));
+  }
+
+  void on_done(const CompletionResult& r) {
+    if (gone_) return;
+    if (!streaming_) return respond(200, completion_json(id_, created_, sh_.model_name, req_, r), keep_alive_);
+    write(chunk_event(id_, created_, sh_.model_name, "", {}, &r.finish, false));
+    write("data: [DONE]\n\n", /*last=*/true);
+  }
+
+  void on_error(int status, const std::string& message) {
+    if (gone_) return;
+    if (!streaming_) return respond(status, error_json(status, message), false);
+    // Headers are out: report in-band, the way OpenAI's stream does.
+    write("data: " + error_json(status, message) + "\n\n", /*last=*/true);
+  }
+
+  void respond(int status, const std::string& body, bool keep_alive, const char* type = "application/json") {
+    std::string head = status_line(status) + "Content-Type: " + type +
+                       "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" +
+                       (keep_alive ? "" : "Connection: close\r\n") + "\r\n";
+    write(head + body, !keep_alive, keep_alive);
+  }
+
+  // Writes go out one at a time, in order.
+  void write(std::string data, bool last = false, bool then_read = false) {
+    out_.push_back({std::move(data), last, then_read});
+    if (out_.size() == 1) write_next();
+  }
+
+  void write_next() {
+    beast::get_lowest_layer(stream_).expires_after(
+        std::chrono::milliseconds(static_cast<int64_t>(sh_.cfg.idle_timeout * 1000)));
+    net::async_write(stream_, net::buffer(out_.front().data),
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_write(ec); });
+  }
+
+  void on_write(beast::error_code ec) {
+    beast::get_lowest_layer(stream_).expires_never();
+    if (ec) {
+      gone_ = true;  // the client went away: its sequence gives up the slot at the next step
+      out_.clear();
+      return close();
+    }
+    const Out done = std::move(out_.front());
+    out_.pop_front();
+    if (!out_.empty()) return write_next();
+    if (done.last) return close();
+    if (done.then_read && !sh_.stopping)
+      read(false);
+    else if (done.then_read)
+      close();
+  }
+
+  void close() {
+    beast::error_code ec;
+    beast::get_lowest_layer(stream_).socket().shutdown(net::socket_base::shutdown_both, ec);
+    beast::get_lowest_layer(stream_).close();
+  }
+
+  struct Out {
+    std::string data;
+    bool last = false, then_read = false;
+  };
+  Stream stream_;
+  Shared& sh_;
+  beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::deque<Out> out_;
+  CompletionRequest req_;
+  std::string id_;
+  int64_t created_ = 0;
+  bool keep_alive_ = true, streaming_ = false;
+  std::atomic<bool> gone_{false};
+};
+
+template <class Acceptor, class Stream>
+void accept_loop(Acceptor& acc, Shared& sh) {
+  acc.async_accept([&acc, &sh](beast::error_code ec, typename Acceptor::protocol_type::socket sock) {
+    if (ec) return;  // closed at shutdown
+    auto s = std::make_shared<Session<Stream>>(Stream(std::move(sock)), sh);
+    s->start(sh.connections > sh.cfg.max_connections);
+    accept_loop<Acceptor, Stream>(acc, sh);
+  });
+}
+
+using LocalStream = beast::basic_stream<local, net::any_io_executor, beast::unlimited_rate_policy>;
+
+}  // namespace
+
+std::string claim_socket_path(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return "free";
+  if (!S_ISSOCK(st.st_mode))
+    throw std::runtime_error(path + " exists and is not a socket; choose another server.socket");
+  net::io_context ioc;
+  local::socket probe(ioc);
+  beast::error_code ec;
+  probe.connect(local::endpoint(path), ec);
+  if (!ec) throw std::runtime_error("a live daemon is already serving on " + path);
+  std::filesystem::remove(path);
+  return "stale";
+}
+
+namespace {
+
+// The sockets the daemon answers on: the Unix socket (0600), and TCP when configured.
+struct Listeners {
+  local::acceptor unix_acc;
+  std::optional<net::ip::tcp::acceptor> tcp_acc;
+
+  Listeners(net::io_context& ioc, const config::ServerSection& sc, Shared& sh) : unix_acc(ioc) {
+    const mode_t old = ::umask(0177);  // the socket is created 0600: only this user may connect
+    unix_acc = local::acceptor(ioc, local::endpoint(sc.socket));
+    ::umask(old);
+    ::chmod(sc.socket.c_str(), 0600);
+    accept_loop<local::acceptor, LocalStream>(unix_acc, sh);
+    if (sc.tcp.empty()) return;
+    const size_t colon = sc.tcp.rfind(':');
+    const auto addr = net::ip::make_address(sc.tcp.substr(0, colon));
+    tcp_acc.emplace(ioc,
+                    net::ip::tcp::endpoint(addr, static_cast<unsigned short>(std::stoi(sc.tcp.substr(colon + 1)))));
+    accept_loop<net::ip::tcp::acceptor, beast::tcp_stream>(*tcp_acc, sh);
+  }
+  void close() {
+    beast::error_code ignore;
+    unix_acc.close(ignore);
+    if (tcp_acc) tcp_acc->close(ignore);
+  }
+};
+
+// On SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace,
+// then, once the scheduler thread is done and the last writes drained, stop Asio.
+void drain_on_signal(net::io_context& ioc, net::signal_set& signals, Listeners& listeners, Scheduler& scheduler,
+                     const std::atomic<bool>& sched_done, Shared& sh, std::ostream& log) {
+  signals.async_wait([&](beast::error_code ec, int sig) {
+    if (ec) return;
+    log << "cascade: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": finishing in-flight requests (grace "
+        << sh.cfg.shutdown_grace << " s)" << std::endl;
+    sh.stopping = true;
+    listeners.close();
+    scheduler.stop(std::chrono::duration<double>(sh.cfg.shutdown_grace));
+    auto poll = std::make_shared<net::steady_timer>(ioc);
+    auto check = std::make_shared<std::function<void(beast::error_code)>>();
+    *check = [&, poll, check](beast::error_code) {
+      if (!sched_done) {
+        poll->expires_after(std::chrono::milliseconds(20));
+        poll->async_wait(*check);
+        return;
+      }
+      poll->expires_after(std::chrono::milliseconds(300));
+      poll->async_wait([&ioc, poll, check](beast::error_code) {
+        ioc.stop();
+        *check = nullptr;  // break the cycle
+      });
+    };
+    (*check)({});
+  });
+}
+
+}  // namespace
+
+int serve(const ServeOptions& opts, std::ostream& log) {
+  ::signal(SIGPIPE, SIG_IGN);
+  PlannedRun run = plan_run(config::load_config(opts.config_file, opts.overrides));
+  const config::ServerSection sc = run.config.server;
+  const std::string claim = claim_socket_path(sc.socket);  // before loading anything
+  if (claim == "stale") log << "cascade: removed a stale socket file " << sc.socket << "\n";
+
+  Shared sh;
+  sh.cfg = sc;
+  sh.model_name = std::filesystem::path(run.config.model.path).filename().string();
+  sh.device_map = planner::plan_json(run.request.model, run.plan);
+  sh.limits = {run.description.config.vocab_size, run.config.runtime.max_seq_len, sc.max_tokens};
+#ifdef CASCADE_WITH_TOKENIZER
+  if (std::ifstream(run.config.model.path + "/tokenizer.json").good()) sh.tok = Tokenizer::load(run.config.model.path);
+#endif
+
+  const Started started = start_stages(std::move(run), log);
+  sh.cluster = started.cluster.get();
+  SchedulerOptions so = scheduler_options(started, started.run.config.runtime.mode);
+  so.max_queue = sc.max_queue;
+  Scheduler scheduler(started.cluster, sh.tok, so, &sh.metrics);
+  sh.scheduler = &scheduler;
+
+  net::io_context ioc;
+  Listeners listeners(ioc, sc, sh);
+  log << "cascade: serving " << sh.model_name << " on unix:" << sc.socket
+      << (sc.tcp.empty() ? "" : " and tcp:" + sc.tcp) << std::endl;
+  std::atomic<bool> sched_done{false};
+  std::thread sched([&] {
+    scheduler.run();
+    sched_done = true;
+  });
+  auto work = net::make_work_guard(ioc);  // Asio runs until shutdown completes, even with no connection open
+  net::signal_set signals(ioc, SIGTERM, SIGINT);
+  drain_on_signal(ioc, signals, listeners, scheduler, sched_done, sh, log);
+  ioc.run();
+  if (sched.joinable()) sched.join();
+  int rc = 0;
+  if (!scheduler.failed()) {
+    try {
+      started.cluster->shutdown();
+    } catch (const std::exception& e) {
+      log << "cascade serve: stopping the stages: " << e.what() << "\n";
+      rc = 1;
+    }
+  }
+  std::filesystem::remove(sc.socket);
+  log << "cascade: stopped" << std::endl;
+  return rc;
+}
+
+}  // namespace cascade::daemon

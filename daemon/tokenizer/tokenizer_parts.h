@@ -1,0 +1,107 @@
+// Internal pieces of the tokenizer (not a public header): text pieces, normalizers,
+// pre-tokenizers, the BPE model and decoders, each built from its tokenizer.json
+// object. Unsupported types throw TokenizerError naming the type.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "daemon/tokenizer/tokenizer.h"
+
+namespace cascade::daemon::tok {
+
+// A piece of text in the pipeline. `at_start`: it begins at offset 0 of the original
+// text (Metaspace's prepend_scheme "first" prepends only there, as HF checks
+// offsets_original().0 == 0).
+struct Piece {
+  std::string text;
+  bool at_start = false;
+};
+
+// Unicode regex over UTF-8 (PCRE2 with UTF and UCP). Immutable; thread-safe.
+class Regex {
+ public:
+  explicit Regex(const std::string& pattern);
+  ~Regex();
+  Regex(const Regex&) = delete;
+  Regex& operator=(const Regex&) = delete;
+  // Non-overlapping matches, left to right, as [begin, end) byte ranges.
+  std::vector<std::pair<size_t, size_t>> find_all(const std::string& s) const;
+
+ private:
+  void* code_ = nullptr;  // pcre2_code_8
+};
+
+enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+SplitBehavior parse_behavior(const std::string& name);
+// Splits `p` at `matches` (the delimiters, or the kept parts when `invert`), HF semantics.
+std::vector<Piece> split(const Piece& p, const std::vector<std::pair<size_t, size_t>>& matches, SplitBehavior b,
+                         bool invert);
+
+// ICU: Unicode normalization forms and full lower-casing (root locale).
+std::string normalize_form(const std::string& s, const std::string& form);  // NFC, NFD, NFKC, NFKD
+std::string to_lower(const std::string& s);
+
+class Normalizer {
+ public:
+  virtual ~Normalizer() = default;
+  virtual void apply(Piece& p) const = 0;
+};
+std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j);  // null -> nullptr
+
+class PreTokenizer {
+ public:
+  virtual ~PreTokenizer() = default;
+  virtual std::vector<Piece> apply(const Piece& p) const = 0;
+};
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j);
+
+// GPT-2's byte <-> printable character table used by ByteLevel.
+const std::vector<std::string>& byte_to_char();  // 256 UTF-8 strings
+const std::unordered_map<uint32_t, uint8_t>& char_to_byte();
+
+// Byte-pair encoding with byte fallback, <unk> (fused or not), ignore_merges and
+// continuing-subword / end-of-word affixes.
+class Bpe {
+ public:
+  explicit Bpe(const nlohmann::json& model);
+  void tokenize(const std::string& word, std::vector<int64_t>* out) const;
+  const std::string* token(int64_t id) const;
+  int64_t size() const { return static_cast<int64_t>(id_to_token_.size()); }
+
+ private:
+  struct PairHash {
+    size_t operator()(const std::pair<int64_t, int64_t>& p) const {
+      return std::hash<int64_t>()(p.first * 1000003 + p.second);
+    }
+  };
+  std::unordered_map<std::string, int64_t> vocab_;
+  std::vector<std::string> id_to_token_;
+  std::unordered_map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>, PairHash> merges_;  // -> (rank, id)
+  int64_t unk_ = -1;
+  bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
+  std::string prefix_, suffix_;
+  int64_t byte_ids_[256];  // <0xXX> ids, -1 when absent
+};
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual void decode(std::vector<std::string>& tokens) const = 0;  // HF decode_chain
+};
+std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j);  // null -> nullptr
+
+// The "type" of a tokenizer.json component; throws naming `what` when absent.
+std::string component_type(const nlohmann::json& j, const char* what);
+
+// UTF-8 helpers.
+size_t utf8_len(unsigned char lead);
+uint32_t utf8_decode(const std::string& s, size_t i, size_t* len);
+std::string utf8_encode(uint32_t cp);
+
+}  // namespace cascade::daemon::tok

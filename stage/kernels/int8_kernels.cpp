@@ -1,0 +1,63 @@
+#include "stage/kernels/int8_kernels.h"
+
+#ifdef CASCADE_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdint>
+
+#include "comm/cuda_check.h"
+#include "stage/kernels/cuda_kernels.h"
+#endif
+
+namespace cascade::stage {
+
+#ifdef CASCADE_WITH_CUDA_KERNELS
+static_assert(kInt8KernelMaxTokens == cuda::kMaxTokens, "int8_kernels.h and cuda_kernels.h disagree");
+
+namespace {
+
+// Whether the kernels take this weight and this many tokens.
+bool fits(const at::Tensor& x, const at::Tensor& q) {
+  const int64_t T = x.size(0), K = q.size(1);
+  return q.is_cuda() && T >= 1 && T <= kInt8KernelMaxTokens && K % 16 == 0 && q.is_contiguous() &&
+         reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0 && K < (int64_t{1} << 30) &&
+         q.size(0) < (int64_t{1} << 30);
+}
+
+}  // namespace
+
+at::Tensor int8_gemv_mixed(const at::Tensor& xq, const at::Tensor& sx, const at::Tensor& xo, const at::Tensor& cols,
+                           const at::Tensor& q, const at::Tensor& scale) {
+  if (!fits(xq, q) || cols.numel() > 32) return {};
+  const at::Tensor a = xq.contiguous(), s = sx.to(at::kFloat).contiguous(), o = xo.to(at::kFloat).contiguous(),
+                   c = cols.contiguous(), sc = scale.to(at::kFloat).contiguous();
+  const int T = static_cast<int>(a.size(0)), K = static_cast<int>(q.size(1)), N = static_cast<int>(q.size(0));
+  at::Tensor y = at::empty({T, N}, q.options().dtype(at::kFloat));
+  comm::cuda_check(
+      cuda::int8_mixed(T, a.data_ptr<int8_t>(), s.data_ptr<float>(), o.data_ptr<float>(), c.data_ptr<int64_t>(),
+                       static_cast<int>(c.numel()), q.data_ptr<int8_t>(), sc.data_ptr<float>(), y.data_ptr<float>(), K,
+                       N, at::cuda::getCurrentCUDAStream().stream()),
+      "the int8 mixed-decomposition kernel");
+  return y;
+}
+
+at::Tensor int8_gemv_weight_only(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
+  if (!fits(x, q)) return {};
+  const at::Tensor a = x.to(at::kFloat).contiguous(), sc = scale.to(at::kFloat).contiguous();
+  const int T = static_cast<int>(a.size(0)), K = static_cast<int>(q.size(1)), N = static_cast<int>(q.size(0));
+  at::Tensor y = at::empty({T, N}, q.options().dtype(at::kFloat));
+  comm::cuda_check(cuda::int8_weight_only(T, a.data_ptr<float>(), q.data_ptr<int8_t>(), sc.data_ptr<float>(),
+                                          y.data_ptr<float>(), K, N, at::cuda::getCurrentCUDAStream().stream()),
+                   "the int8 weight-only kernel");
+  return y;
+}
+#else
+// No CUDA kernels in this build: the ATen path everywhere.
+at::Tensor int8_gemv_mixed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&) {
+  return {};
+}
+at::Tensor int8_gemv_weight_only(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
+#endif
+
+}  // namespace cascade::stage

@@ -1,0 +1,53 @@
+#include "stage/kernels/ops.h"
+
+#include <cmath>
+
+#include "stage/kernels/fused_kernels.h"
+#include "stage/model_config.h"
+
+namespace cascade::stage {
+
+at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_linear(x, w, b);
+    if (y.defined()) return y;
+  }
+  return at::linear(x, w, b);
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_rms_norm(x, weight, eps);  // one kernel instead of eight
+    if (y.defined()) return y;
+  }
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+Activation parse_activation(const std::string& name) {
+  if (name == "silu" || name == "swish") return Activation::kSilu;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return Activation::kGeluTanh;
+  throw ModelConfigError("config.json: activation '" + name +
+                         "' is not supported (supported: silu, relu, gelu, gelu_new, gelu_pytorch_tanh)");
+}
+
+at::Tensor activate(const at::Tensor& x, Activation a) {
+  switch (a) {
+    case Activation::kSilu:
+      return at::silu(x);
+    case Activation::kRelu:
+      return at::relu(x);
+    case Activation::kGelu:
+      return at::gelu(x);
+    case Activation::kGeluTanh:
+      // The tanh approximation written out as HF's NewGELUActivation does.
+      return 0.5 * x * (1.0 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * at::pow(x, 3.0))));
+  }
+  return x;
+}
+
+}  // namespace cascade::stage

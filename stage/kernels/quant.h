@@ -1,0 +1,61 @@
+// LLM.int8 (Dettmers et al., 2022), as bitsandbytes integrates it: linear weights
+// stored as int8 with one absmax scale per output row; at run time the activation
+// columns holding an outlier (|x| >= threshold, 6.0 by default) are multiplied in
+// floating point against those weight columns dequantized, and the rest as
+// int8 x int8 -> int32 with a scale per activation row and per weight row.
+// threshold = 0 is the weight-only path: the int8 weight times x, then the row scales.
+//
+// Two departures from bitsandbytes, both so that a step needs no device-to-host sync
+// (and so can be captured in a CUDA graph): the outlier columns are the
+// kMaxOutlierColumns largest by |x| among those over the threshold (bitsandbytes takes
+// all of them, which needs their count on the host); any beyond that stay in the int8
+// part, quantized with their row. And the int8 sums are exact everywhere: cuBLASLt's
+// int8 GEMM on CUDA (LibTorch >= 2.1), float32 products in blocks of 1024 (exact below
+// 2^24) elsewhere. Plain functions; no state.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "stage/family.h"
+
+namespace cascade::stage {
+
+constexpr int64_t kMaxOutlierColumns = 16;
+
+// Whether LLM.int8 quantizes `spec`: its family declares weights it may quantize
+// (ModuleSpec::int8), and its name contains no entry of `skip` (quantization.skip_modules).
+bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip);
+
+// Bytes an int8 tensor holds: one byte per weight plus a float scale per output row.
+uint64_t int8_bytes(const std::vector<int64_t>& shape, Int8Layout layout);
+
+struct Int8Rows {
+  at::Tensor q;      // [out, in] int8, contiguous
+  at::Tensor scale;  // [out] float32: row absmax / 127
+};
+
+// w: [out, in] (kRows) or [in, out] (kTransposed), any float dtype and device.
+Int8Rows quantize_rows(const at::Tensor& w, Int8Layout layout = Int8Layout::kRows);
+at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype);  // [out, in]
+
+// An activation split once for every projection that reads it (q/k/v share one,
+// gate/up another), so the split costs its kernels once.
+struct Int8Activation {
+  at::Tensor x;          // [tokens, in] as given
+  double threshold = 0;  // <= 0: weight-only, nothing below is set
+  at::Tensor xq;         // [tokens, in] int8, outlier columns zeroed
+  at::Tensor sx;         // [tokens, 1] float32 row scales of xq
+  at::Tensor cols;       // [k] int64: the k largest columns by |x|
+  at::Tensor xo;         // [tokens, k] float32: their values where over the threshold, else 0
+};
+Int8Activation int8_split(const at::Tensor& x, double threshold);
+
+// Returns [tokens, out] in x's dtype; bias: [out] or undefined.
+at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias);
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias,
+                       double threshold);
+
+}  // namespace cascade::stage

@@ -1,0 +1,48 @@
+#include "stage/layers/linear.h"
+
+#include <vector>
+
+#include "stage/kernels/ops.h"
+
+namespace cascade::stage {
+
+Linear Linear::load(const WeightSource& W, const std::string& prefix, int64_t out, int64_t in, bool bias, bool conv1d) {
+  Linear l;
+  l.w = W(prefix + ".weight", conv1d ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in});
+  if (bias) l.b = W(prefix + ".bias", {out});
+  if (l.w.scalar_type() == at::kChar) {  // quantized at load, a Conv1D as its transpose
+    l.scale = W(prefix + ".weight:scale", {});
+    l.threshold = W.int8_threshold;
+  } else {
+    l.conv1d = conv1d;
+  }
+  return l;
+}
+
+Linear Linear::fuse(std::initializer_list<Linear*> parts) {
+  const bool biased = (*parts.begin())->b.defined();
+  for (const Linear* p : parts)
+    if (p->int8() || p->conv1d || p->b.defined() != biased) return {};
+  Linear f;
+  std::vector<at::Tensor> w, b;
+  for (Linear* p : parts) {
+    w.push_back(p->w);
+    if (biased) b.push_back(p->b);
+    *p = Linear();  // release the separate copy
+  }
+  f.w = at::cat(w);
+  if (biased) f.b = at::cat(b);
+  return f;
+}
+
+Int8Activation Linear::input(const at::Tensor& x) const {
+  return int8_split(x, int8() ? threshold : 0.0);  // weight-only or float: x as is
+}
+
+at::Tensor Linear::operator()(const Int8Activation& a) const {
+  if (int8()) return int8_linear(a, w, scale, b);
+  if (conv1d) return b.defined() ? at::addmm(b, a.x, w) : at::mm(a.x, w);
+  return apply_linear(a.x, w, b);
+}
+
+}  // namespace cascade::stage

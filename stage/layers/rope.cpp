@@ -1,0 +1,75 @@
+#include "stage/layers/rope.h"
+
+#include <cmath>
+
+#include "stage/kernels/fused_kernels.h"
+
+namespace cascade::stage {
+
+Rope::Rope(const RopeConfig& cfg, int64_t head_dim, int64_t max_position_embeddings)
+    : cfg_(cfg), dim_(head_dim), max_pos_(max_position_embeddings) {
+  at::Tensor f = default_inv_freq(cfg_.theta);
+  if (cfg_.type == "linear") {
+    f = f / cfg_.factor;
+  } else if (cfg_.type == "llama3") {
+    // Long wavelengths are slowed by `factor`, short ones kept, the band between
+    // interpolated smoothly (Llama 3.1's scheme).
+    const double old_ctx = static_cast<double>(cfg_.original_max_position);
+    const double low_wavelen = old_ctx / cfg_.low_freq_factor;
+    const double high_wavelen = old_ctx / cfg_.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / f;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, f / cfg_.factor, f);
+    at::Tensor smooth = (old_ctx / wavelen - cfg_.low_freq_factor) / (cfg_.high_freq_factor - cfg_.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / cfg_.factor + smooth * scaled;
+    at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    f = at::where(medium, smoothed, scaled);
+  }
+  inv_freq_ = f;
+}
+
+at::Tensor Rope::default_inv_freq(double base) const {
+  at::Tensor exponents = at::arange(0, dim_, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim_;
+  return 1.0 / at::pow(base, exponents);
+}
+
+at::Tensor Rope::inv_freq(int64_t seq_len) const {
+  if (cfg_.type != "dynamic" || seq_len <= max_pos_) return inv_freq_.cpu();
+  const double d = static_cast<double>(dim_);
+  const double base = cfg_.theta * std::pow(cfg_.factor * static_cast<double>(seq_len) / static_cast<double>(max_pos_) -
+                                                (cfg_.factor - 1),
+                                            d / (d - 2));
+  return default_inv_freq(base);
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Tensor& positions) const {
+  at::Tensor pos = positions.to(at::kFloat).unsqueeze(1);  // [tokens, 1]
+  at::Tensor freqs;                                        // [tokens, head_dim / 2]
+  if (cfg_.type != "dynamic") {
+    freqs = pos * inv_freq_.to(positions.device()).unsqueeze(0);
+  } else {
+    std::vector<at::Tensor> parts;
+    int64_t row = 0;
+    for (const SeqSlice& s : batch.seqs) {
+      const at::Tensor f = inv_freq(s.start_pos + s.n_tokens).to(positions.device()).unsqueeze(0);
+      parts.push_back(pos.narrow(0, row, s.n_tokens) * f);
+      row += s.n_tokens;
+    }
+    freqs = at::cat(parts, 0);
+  }
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_rope(x, cos, sin);  // one kernel instead of ten
+    if (y.defined()) return y;
+  }
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor c = cos.to(x.scalar_type()).unsqueeze(1);  // [tokens, 1, head_dim]
+  at::Tensor s = sin.to(x.scalar_type()).unsqueeze(1);
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * c + rotated * s;
+}
+
+}  // namespace cascade::stage

@@ -1,0 +1,212 @@
+#include "stage/weights/weight_stream.h"
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef CASCADE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "comm/cuda_check.h"
+#include "stage/weights/host_stager.h"
+#endif
+
+namespace cascade::stage {
+
+#ifdef CASCADE_WITH_CUDA
+namespace {
+
+void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("weight streaming: ") + what); }
+
+// LibTorch computes on the device's default stream unless a guard says otherwise, and
+// nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
+constexpr cudaStream_t kCompute = nullptr;
+
+class CudaWeightStream : public WeightStream {
+ public:
+  CudaWeightStream(at::Device device, uint64_t slot_bytes) : device_(device), slot_bytes_(slot_bytes) {
+    check(cudaSetDevice(device.index()), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (int s = 0; s < 2; ++s) {
+      slot_[s] = at::empty({static_cast<int64_t>(slot_bytes)}, at::TensorOptions().dtype(at::kByte).device(device));
+      check(cudaEventCreateWithFlags(&copied_[s], cudaEventDisableTiming), "cudaEventCreate");
+      check(cudaEventCreateWithFlags(&freed_[s], cudaEventDisableTiming), "cudaEventCreate");
+    }
+  }
+  ~CudaWeightStream() override {
+    stager_.reset();  // joins the readers (a queued job may wait on an event below)
+    cudaStreamSynchronize(copy_);
+    for (int s = 0; s < 2; ++s) {
+      cudaEventDestroy(copied_[s]);
+      cudaEventDestroy(freed_[s]);
+      if (staging_[s].dma_done) cudaEventDestroy(staging_[s].dma_done);
+    }
+    cudaStreamDestroy(copy_);
+  }
+
+  at::Tensor add(int64_t k, const at::Tensor& host, const std::string& file, uint64_t offset) override {
+    TORCH_CHECK(k >= 0 && k <= static_cast<int64_t>(modules_.size()), "streamed modules are added in order");
+    if (k == static_cast<int64_t>(modules_.size())) modules_.emplace_back();
+    Module& m = modules_[static_cast<size_t>(k)];
+    const at::Tensor src = host.contiguous();
+    const uint64_t n = static_cast<uint64_t>(src.numel()) * src.element_size();
+    TORCH_CHECK(m.used + n <= slot_bytes_, "streamed module ", k, " needs more than its slot of ", slot_bytes_,
+                " bytes");
+    at::Tensor view = slot_[k % 2]
+                          .narrow(0, static_cast<int64_t>(m.used), static_cast<int64_t>(n))
+                          .view(src.scalar_type())
+                          .view(src.sizes());
+    // Files and pageable memory go through the readers and a pinned staging buffer, at
+    // the same offset as in the slot.
+    const bool staged = !file.empty() || !src.is_pinned();
+    if (staged) start_staging();
+    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used, file, offset});
+    m.staged = m.staged || staged;
+    m.used += (n + kAlign - 1) / kAlign * kAlign;
+    host_bytes_ += n;
+    return view;
+  }
+
+  void acquire(int64_t k) override {
+    const int s = static_cast<int>(k % 2);
+    if (loaded_[s] != k) issue(k, /*block=*/true);
+    check(cudaStreamWaitEvent(kCompute, copied_[s], 0), "waiting for a streamed module");
+    const int64_t n = static_cast<int64_t>(modules_.size()), next = (k + 1) % n;
+    // The next module's copy may start now (its slot's last reader was module k - 1)
+    // unless its disk-tier part is still being read; then release(k) or acquire(next)
+    // issues it, and the GPU computes module k meanwhile.
+    if (next % 2 != s && loaded_[next % 2] != next) issue(next, /*block=*/false);
+    stage(next);
+    stage((k + 2) % n);  // read ahead into the other staging buffer
+  }
+
+  void release(int64_t k) override {
+    check(cudaEventRecord(freed_[k % 2], kCompute), "cudaEventRecord");
+    const int64_t next = (k + 1) % static_cast<int64_t>(modules_.size());
+    if (next % 2 != k % 2 && loaded_[next % 2] != next) issue(next, /*block=*/false);
+  }
+
+  uint64_t host_bytes() const override { return host_bytes_; }
+
+ private:
+  struct Piece {
+    at::Tensor host;  // kept alive: the copy reads it every step
+    void* dst;
+    uint64_t bytes;
+    bool staged;       // pageable: read into a staging buffer first
+    uint64_t offset;   // in the slot and in the staging buffer
+    std::string file;  // non-empty: read from this file at file_offset instead of `host`
+    uint64_t file_offset;
+  };
+  struct Module {
+    std::vector<Piece> pieces;
+    uint64_t used = 0;
+    bool staged = false;  // some piece is
+  };
+  // A pinned host buffer the readers fill with one module's pageable pieces.
+  struct Staging {
+    at::Tensor buffer;  // [slot_bytes] uint8, pinned
+    int64_t module = -1;
+    uint64_t ticket = 0;
+    bool consumed = true;  // its DMA was issued: free to refill once dma_done
+    cudaEvent_t dma_done = nullptr;
+  };
+
+  void start_staging() {
+    if (stager_) return;
+    for (Staging& st : staging_) {
+      st.buffer =
+          at::empty({static_cast<int64_t>(slot_bytes_)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+      check(cudaEventCreateWithFlags(&st.dma_done, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    stager_ = std::make_unique<HostStager>(static_cast<int>(std::min(4u, std::max(1u, cores / 2))));
+  }
+
+  Staging* staging_of(int64_t k) {
+    for (Staging& st : staging_)
+      if (st.module == k && !st.consumed) return &st;
+    return nullptr;
+  }
+
+  // Asks the readers for module k's pageable pieces, if it has any and a buffer is free.
+  void stage(int64_t k) {
+    const Module& m = modules_[static_cast<size_t>(k)];
+    if (!m.staged || staging_of(k)) return;
+    Staging* free = nullptr;
+    for (Staging& st : staging_)
+      if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
+    if (!free) return;  // both hold modules not yet copied to the GPU
+    std::vector<HostStager::Copy> copies;
+    for (const Piece& p : m.pieces)
+      if (p.staged)
+        copies.push_back({p.host.data_ptr(), static_cast<char*>(free->buffer.data_ptr()) + p.offset, p.bytes, p.file,
+                          p.file_offset});
+    const cudaEvent_t dma_done = free->dma_done;
+    const int device = device_.index();
+    free->module = k;
+    free->consumed = false;
+    free->ticket = stager_->submit(std::move(copies), [dma_done, device] {
+      check(cudaSetDevice(device), "cudaSetDevice");
+      check(cudaEventSynchronize(dma_done), "waiting for a staging buffer's last copy");
+    });
+  }
+
+  // Queues module k's copy into its slot. A module with pageable pieces needs them read
+  // first: block = false leaves it for later if they are not.
+  void issue(int64_t k, bool block) {
+    const Module& m = modules_[static_cast<size_t>(k)];
+    Staging* st = nullptr;
+    if (m.staged) {
+      stage(k);
+      st = staging_of(k);
+      if (!st) {  // both buffers hold modules read ahead for another order of use
+        if (!block) return;
+        Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
+        stager_->wait(old.ticket);
+        old.consumed = true;  // dropped unread: no copy left it, so its dma_done is still the last one
+        stage(k);
+        st = staging_of(k);
+      }
+      if (!block && !stager_->done(st->ticket)) return;
+      stager_->wait(st->ticket);
+    }
+    const int s = static_cast<int>(k % 2);
+    check(cudaStreamWaitEvent(copy_, freed_[s], 0), "waiting for a free slot");  // the slot's last reader is done
+    for (const Piece& p : m.pieces) {
+      const void* from = p.staged ? static_cast<const char*>(st->buffer.data_ptr()) + p.offset : p.host.data_ptr();
+      check(cudaMemcpyAsync(p.dst, from, p.bytes, cudaMemcpyHostToDevice, copy_), "cudaMemcpyAsync");
+    }
+    check(cudaEventRecord(copied_[s], copy_), "cudaEventRecord");
+    if (st) {
+      check(cudaEventRecord(st->dma_done, copy_), "cudaEventRecord");
+      st->consumed = true;
+    }
+    loaded_[s] = k;
+  }
+
+  at::Device device_;
+  uint64_t slot_bytes_, host_bytes_ = 0;
+  at::Tensor slot_[2];
+  cudaStream_t copy_ = nullptr;
+  cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
+  int64_t loaded_[2] = {-1, -1};
+  std::vector<Module> modules_;
+  Staging staging_[2];
+  std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
+};
+
+}  // namespace
+
+std::unique_ptr<WeightStream> WeightStream::create(at::Device device, uint64_t slot_bytes) {
+  if (!device.is_cuda()) return nullptr;
+  return std::make_unique<CudaWeightStream>(device, slot_bytes);
+}
+#else
+std::unique_ptr<WeightStream> WeightStream::create(at::Device, uint64_t) { return nullptr; }  // CPU-only build
+#endif
+
+}  // namespace cascade::stage
