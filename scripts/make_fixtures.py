@@ -19,7 +19,7 @@ import shutil
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -138,6 +138,10 @@ def fixtures(common):
         # GPT-2: learned positions, LayerNorm, fused Conv1D c_attn, gelu_new, tied lm_head.
         "gpt2": (GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
                             embd_pdrop=0.0, attn_pdrop=0.0), torch.float32, 17, {"std": 0.12}),
+        # Gemma: (1 + w) RMSNorm, embeddings scaled by sqrt(hidden), GeGLU, head_dim (32) apart
+        # from hidden / heads (16), one KV head, tied head.
+        "gemma": (GemmaConfig(**common, num_key_value_heads=1, head_dim=32,
+                              hidden_activation="gelu_pytorch_tanh"), torch.float32, 18, {}),
     }
 
 
