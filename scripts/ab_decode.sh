@@ -4,21 +4,29 @@
 # flags, alternating A and B `ROUNDS` times, one process per run (warm-up excluded).
 #   scripts/ab_decode.sh OLD_BINARY NEW_BINARY [MODEL_DIR]
 # Environment: BATCHES="1 16", NEW_TOKENS=64, PROMPT_LEN=32, ROUNDS=2, DTYPE=bfloat16,
-# and with no MODEL_DIR a random Llama made by RANDOM_MODEL (default: the DESIGN §10
-# anchor, 2.70 B parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
+# MAX_MEMORY (e.g. "cuda:0" = "100GiB": the run plans and starts its stages from a
+# config with these budgets; empty = one process on the CPU, `generate --model`).
+# A MODEL_DIR without config.json (default /tmp/ab-anchor) first gets a random Llama
+# from RANDOM_MODEL with ANCHOR_FLAGS (default: the DESIGN §10 anchor, 2.70 B
+# parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
 set -euo pipefail
-a=$1 b=$2 model=${3:-}
-if [ -z "$model" ]; then
-  model=/tmp/ab-anchor
-  [ -f "$model/config.json" ] || "${RANDOM_MODEL:-build/bench/random_model}" --out "$model" \
-    ${ANCHOR_FLAGS:---hidden 2560 --intermediate 6912 --layers 32 --heads 20 --kv-heads 20 --vocab 32000} >/dev/null
-fi
+a=$1 b=$2 model=${3:-/tmp/ab-anchor}
+[ -f "$model/config.json" ] || "${RANDOM_MODEL:-build/bench/random_model}" --out "$model" \
+  ${ANCHOR_FLAGS:---hidden 2560 --intermediate 6912 --layers 32 --heads 20 --kv-heads 20 --vocab 32000} >/dev/null
 ids=$(python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(1000)) for _ in range(${PROMPT_LEN:-32})))")
+where=(--model "$model" --dtype "${DTYPE:-bfloat16}")
+if [ -n "${MAX_MEMORY:-}" ]; then
+  cfg=$(mktemp --suffix=.toml)
+  max_batch=$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)
+  printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n[runtime]\nmax_batch = %s\nmax_seq_len = 512\n' \
+    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "$max_batch" >"$cfg"
+  where=(--config "$cfg")
+fi
 rate() {  # decode tokens/s of one run of binary $1 with the prompt flags that follow
   local bin=$1
   shift
-  "$bin" generate --model "$model" --dtype "${DTYPE:-bfloat16}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup \
-    2>&1 >/dev/null | grep -o '([0-9.]* tokens/s decode)' | tail -1 | grep -o '[0-9.]*' | head -1
+  "$bin" generate "${where[@]}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup 2>&1 >/dev/null |
+    grep -o '([0-9.]* tokens/s decode)' | tail -1 | grep -o '[0-9.]*' | head -1
 }
 printf '%-6s %-28s %-28s\n' batch "A decode tok/s (per round)" "B decode tok/s (per round)"
 for batch in ${BATCHES:-1 16}; do
