@@ -18,6 +18,30 @@ void expect_400(const std::string& body, const std::string& part, const std::str
   }
 }
 
+// Inputs that once aborted the daemon (issue 19): a number outside a double's range in
+// any field, and bytes that are not UTF-8 echoed into an error message.
+TEST(Api, HostileBodiesBecome400sWithValidUtf8Messages) {
+  expect_400(R"({"prompt": "hi", "unknown": 1e999})", "not valid JSON");
+  expect_400(R"({"prompt": "hi", "max_tokens": -1e400})", "not valid JSON");
+  for (const std::string body : {std::string("{\"prompt\": tru\xff\xfe}"), std::string("{\"pro\xc3\x28mpt\": 1}"),
+                                 std::string("\xff\xfe\xfd"), std::string("{\"prompt\": \"a\xed\xa0\x80\"}")}) {
+    try {
+      parse_completion(body);
+      ADD_FAILURE() << "accepted a body with invalid bytes";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      const std::string out = error_json(e.status, e.what(), e.param);
+      const auto j = nlohmann::json::parse(out);  // valid JSON, hence valid UTF-8
+      EXPECT_EQ(j["error"]["code"], 400);
+      EXPECT_EQ(out.find('\xff'), std::string::npos) << out;
+    }
+  }
+  // Whatever a message holds, the error body is valid UTF-8 JSON.
+  const std::string echoed = error_json(404, "no such endpoint: /v1/\xff\xc3");
+  EXPECT_NO_THROW(nlohmann::json::parse(echoed)) << echoed;
+  EXPECT_EQ(echoed.find('\xff'), std::string::npos);
+}
+
 TEST(Api, ParsesEveryField) {
   const auto r = parse_completion(R"({"prompt": [1, 2, 3], "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
       "top_k": 40, "seed": 12, "stop": ["\n\n", "END"], "stream": true, "return_token_ids": true, "ignore_eos": true,

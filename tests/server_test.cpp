@@ -235,6 +235,32 @@ TEST_F(DemoServer, StreamingAndNonStreamingEqualGenerate) {
   EXPECT_GT(t.j()["usage"]["prompt_tokens"].get<int>(), 2);
 }
 
+// Requests that once aborted the daemon (issue 19) get a 400 whose body is valid JSON,
+// and a stream in flight meanwhile still ends with [DONE].
+TEST_F(DemoServer, HostileRequestsGet400AndNobodyElseNotices) {
+  std::string streamed;
+  std::thread bystander([&] {
+    streamed = call(d_->sock(), "POST", "/v1/completions",
+                    R"({"prompt": [1, 529], "max_tokens": 40, "stream": true, "ignore_eos": true})")
+                   .body;
+  });
+  const std::vector<std::pair<std::string, std::string>> hostile = {
+      {"/v1/completions", R"({"prompt": "hi", "unknown": 1e999})"},
+      {"/v1/completions", R"({"prompt": [1], "max_tokens": -1e400})"},
+      {"/v1/completions", "{\"prompt\": tru\xff\xfe}"},
+      {"/v1/completions", "{\"prompt\": \"\xc3\x28\"}"},
+      {"/v1/\xff\xfe", "{}"},
+  };
+  for (const auto& [target, body] : hostile) {
+    const Reply r = call(d_->sock(), "POST", target, body);
+    EXPECT_TRUE(r.status == 400 || r.status == 404) << r.status << " for " << body;
+    EXPECT_FALSE(r.j().is_discarded()) << "not JSON: " << r.body;
+  }
+  bystander.join();
+  EXPECT_NE(streamed.find("data: [DONE]"), std::string::npos) << streamed;
+  EXPECT_EQ(call(d_->sock(), "GET", "/health").status, 200) << d_->log();
+}
+
 TEST_F(DemoServer, SixteenConcurrentStreamingClientsGetWhatTheyWouldAlone) {
   auto body = [](int i) {
     return json({{"prompt", {1, 529 + i, 1753}},

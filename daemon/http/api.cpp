@@ -51,7 +51,13 @@ std::string error_json(int status, const std::string& message, const std::string
   }
   json e = {{"message", message}, {"type", t}, {"param", nullptr}, {"code", status}};
   if (!param.empty()) e["param"] = param;
-  return json({{"error", e}}).dump();
+  return to_json_text(json({{"error", e}}));
+}
+
+std::string to_json_text(const nlohmann::json& j) {
+  // Bytes that are not UTF-8 (from a client, echoed in a message) become U+FFFD rather
+  // than an exception: an error response must never fail to serialise.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 CompletionRequest parse_completion(const std::string& body) {
@@ -59,10 +65,14 @@ CompletionRequest parse_completion(const std::string& body) {
   try {
     j = json::parse(body);
   } catch (const json::parse_error& e) {
-    const std::string what = e.what();
+    std::string what = e.what();
     if (what.find("UTF-8") != std::string::npos || what.find("utf-8") != std::string::npos)
       bad("", "the request body is not valid UTF-8");
-    bad("", std::string("the request body is not valid JSON: ") + what);
+    // nlohmann quotes the bytes it read last: keep the position, not the client's bytes.
+    what = what.substr(0, what.find("; last read"));
+    bad("", "the request body is not valid JSON (byte " + std::to_string(e.byte) + "): " + what);
+  } catch (const json::exception& e) {  // e.g. a number outside the range of a double
+    bad("", std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) bad("", std::string("the request body must be a JSON object, got ") + type_of(j));
   CompletionRequest r;
@@ -155,7 +165,7 @@ std::string completion_json(const std::string& id, int64_t created, const std::s
               {"completion_tokens", res.token_ids.size()},
               {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
   if (req.return_token_ids) j["prompt_token_ids"] = req.prompt_ids;
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  return to_json_text(j);
 }
 
 std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const std::string& text,
@@ -169,7 +179,7 @@ std::string chunk_event(const std::string& id, int64_t created, const std::strin
                   {"model", model},
                   {"choices", json::array({choice})}};
   // Invalid UTF-8 can only come from a token cut mid-character; the decoder holds those back.
-  return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+  return "data: " + to_json_text(j) + "\n\n";
 }
 
 }  // namespace cascade::daemon

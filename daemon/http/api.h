@@ -25,7 +25,11 @@ class ApiError : public std::runtime_error {
   std::string param, type;
 };
 
-// {"error": {"message", "type", "param", "code"}}; type defaults by status.
+// j as JSON text; never throws: bytes that are not valid UTF-8 become U+FFFD.
+std::string to_json_text(const nlohmann::json& j);
+
+// {"error": {"message", "type", "param", "code"}}; type defaults by status. Valid
+// UTF-8 whatever `message` holds.
 std::string error_json(int status, const std::string& message, const std::string& param = "",
                        const std::string& type = "");
 

@@ -138,7 +138,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     if (ec) return close();  // timeout, reset, EOF: nothing to answer
     beast::get_lowest_layer(stream_).expires_never();
-    handle(parser_->get());
+    try {
+      handle(parser_->get());
+    } catch (const std::exception& e) {  // a bug, not the client's fault: answer, keep serving
+      sh_.metrics.request_finished(500);
+      respond(500, error_json(500, std::string("internal error: ") + e.what()), false);
+    }
   }
 
   void handle(const http::request<http::string_body>& req) {
@@ -161,11 +166,11 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       if (only(get, "GET")) health();
     } else if (path == "/v1/models") {
       if (only(get, "GET"))
-        respond(200,
-                json({{"object", "list"},
-                      {"data", {{{"id", sh_.model_name}, {"object", "model"}, {"owned_by", "cascade"}}}}})
-                    .dump(),
-                keep_alive_);
+        respond(
+            200,
+            to_json_text(json({{"object", "list"},
+                               {"data", {{{"id", sh_.model_name}, {"object", "model"}, {"owned_by", "cascade"}}}}})),
+            keep_alive_);
     } else if (path == "/v1/device_map") {
       if (only(get, "GET")) respond(200, sh_.device_map, keep_alive_);
     } else if (path == "/metrics") {
@@ -193,7 +198,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
               {"running", sh_.scheduler->running()},
               {"queued", sh_.scheduler->queued()}};
     if (failed) j["error"] = sh_.scheduler->failure();
-    respond(failed ? 503 : 200, j.dump(), keep_alive_);
+    respond(failed ? 503 : 200, to_json_text(j), keep_alive_);
   }
 
   void completion(const std::string& body) {
@@ -429,7 +434,14 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   auto work = net::make_work_guard(ioc);  // Asio runs until shutdown completes, even with no connection open
   net::signal_set signals(ioc, SIGTERM, SIGINT);
   drain_on_signal(ioc, signals, listeners, scheduler, sched_done, sh, log);
-  ioc.run();
+  for (;;) {  // an exception out of a handler costs that connection, never the daemon
+    try {
+      ioc.run();
+      break;
+    } catch (const std::exception& e) {
+      log << "cascade serve: error in a connection handler (connection dropped): " << e.what() << std::endl;
+    }
+  }
   if (sched.joinable()) sched.join();
   int rc = 0;
   if (!scheduler.failed()) {
