@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -107,13 +108,19 @@ class Reader {
     *out = **n->as_boolean();
   }
 
-  void number(const toml::table& sec, const std::string& section, const char* key, double* out, double lo) const {
+  // A finite number in [lo, hi]. TOML allows nan and inf; neither is a duration or a
+  // threshold (nan compares false with everything, so a bound alone would let it in),
+  // and hi keeps seconds * 1000 far inside an int64 of milliseconds.
+  void number(const toml::table& sec, const std::string& section, const char* key, double* out, double lo,
+              double hi = 1e7) const {
     const toml::node* n = sec.get(key);
     if (!n) return;
     const std::string k = section + "." + key;
     if (!n->is_number()) fail(n, k, std::string("expected a number, got ") + type_name(*n));
     const double v = n->is_integer() ? static_cast<double>(**n->as_integer()) : **n->as_floating_point();
-    if (v < lo) fail(n, k, "value " + std::to_string(v) + " must be >= " + std::to_string(lo));
+    if (!std::isfinite(v)) fail(n, k, "must be a finite number, got " + std::to_string(v));
+    if (v < lo || v > hi)
+      fail(n, k, "value " + std::to_string(v) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     *out = v;
   }
 

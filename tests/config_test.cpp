@@ -104,6 +104,24 @@ TEST(Config, WrongType) {
                     "runtime.cuda_graphs", "expected true or false, got an integer");
 }
 
+// TOML spells nan and inf; neither is a duration (issue 19: header_timeout = nan
+// dropped every connection at once). Each is refused with file:line:key.
+TEST(Config, DurationsAreFiniteAndPositive) {
+  for (const char* v : {"nan", "inf", "-inf", "+nan"}) {
+    EXPECT_THROW_WITH(parse(std::string("[model]\npath = \"/m\"\n[server]\nheader_timeout = ") + v + "\n"), ConfigError,
+                      "cfg.toml:4", "server.header_timeout", "must be a finite number");
+    EXPECT_THROW_WITH(parse(std::string("[model]\npath = \"/m\"\n[runtime]\nstep_timeout = ") + v + "\n"), ConfigError,
+                      "cfg.toml:4", "runtime.step_timeout", "must be a finite number");
+  }
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[server]\nidle_timeout = -5\n"), ConfigError, "cfg.toml:4",
+                    "server.idle_timeout", "must be in [");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[server]\nshutdown_grace = 1e300\n"), ConfigError, "cfg.toml:4",
+                    "server.shutdown_grace", "must be in [");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[quantization]\nthreshold = nan\n"), ConfigError, "cfg.toml:4",
+                    "quantization.threshold", "must be a finite number");
+  EXPECT_DOUBLE_EQ(parse("[model]\npath = \"/m\"\n[server]\nheader_timeout = 2.5\n").server.header_timeout, 2.5);
+}
+
 TEST(Config, BadSize) {
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nmax_memory = { \"cuda:0\" = \"12 GiBs\" }\n"),
                     ConfigError, "cfg.toml:4", "placement.max_memory.cuda:0", "invalid size '12 GiBs'");

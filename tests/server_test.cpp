@@ -261,6 +261,40 @@ TEST_F(DemoServer, HostileRequestsGet400AndNobodyElseNotices) {
   EXPECT_EQ(call(d_->sock(), "GET", "/health").status, 200) << d_->log();
 }
 
+// A socket or address the daemon cannot listen on fails before any stage starts, in a
+// message that names it, and leaves no socket file (issue 19, item 7).
+TEST(Server, BadListenAddressesFailFastAndLeaveNothing) {
+  TempDir dir;
+  // A TCP port that is taken: bind one first.
+  const int taken = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(taken, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(taken, 1), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(taken, reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string port = std::to_string(ntohs(a.sin_port));
+  const std::string sock = dir.file("d.sock");
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"socket = \"" + dir.file("no/such/dir/d.sock") + "\"\n", {"cannot listen on unix:", "no/such/dir/d.sock"}},
+      {"socket = \"" + dir.file(std::string(120, 'x')) + "\"\n", {"a Unix socket path must be under 108 bytes"}},
+      {"socket = \"" + sock + "\"\ntcp = \"127.0.0.1:" + port + "\"\n",
+       {"cannot listen on tcp:127.0.0.1:" + port, "server.tcp"}},
+  };
+  for (const auto& [server, want] : cases) {
+    write_file(dir.file("c.toml"), "[model]\npath = \"" + demo() + "\"\n[server]\n" + server);
+    const auto t0 = Clock::now();
+    const CliRun r = run_cascade("serve --config " + dir.file("c.toml"), /*merge_stderr=*/true);
+    EXPECT_NE(r.status, 0) << r.out;
+    for (const auto& part : want) EXPECT_NE(r.out.find(part), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("stage process"), std::string::npos) << "stages started anyway:\n" << r.out;
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(30));
+    EXPECT_FALSE(std::filesystem::exists(sock)) << "socket file left behind";
+  }
+  ::close(taken);
+}
+
 TEST_F(DemoServer, SixteenConcurrentStreamingClientsGetWhatTheyWouldAlone) {
   auto body = [](int i) {
     return json({{"prompt", {1, 529 + i, 1753}},

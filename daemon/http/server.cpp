@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -344,28 +345,58 @@ std::string claim_socket_path(const std::string& path) {
 namespace {
 
 // The sockets the daemon answers on: the Unix socket (0600), and TCP when configured.
-struct Listeners {
-  local::acceptor unix_acc;
-  std::optional<net::ip::tcp::acceptor> tcp_acc;
-
-  Listeners(net::io_context& ioc, const config::ServerSection& sc, Shared& sh) : unix_acc(ioc) {
+// Bound before any stage starts, so a bad path or a taken port fails in a second with
+// the path or address named; the socket file goes with the object.
+class Listeners {
+ public:
+  Listeners(net::io_context& ioc, const config::ServerSection& sc) : unix_acc_(ioc), path_(sc.socket) {
+    if (path_.size() >= sizeof(sockaddr_un::sun_path)) {
+      throw std::runtime_error("server.socket " + path_ + " is " + std::to_string(path_.size()) +
+                               " bytes long; a Unix socket path must be under " +
+                               std::to_string(sizeof(sockaddr_un::sun_path)) + " bytes");
+    }
     const mode_t old = ::umask(0177);  // the socket is created 0600: only this user may connect
-    unix_acc = local::acceptor(ioc, local::endpoint(sc.socket));
+    try {
+      unix_acc_ = local::acceptor(ioc, local::endpoint(path_));
+    } catch (const boost::system::system_error& e) {
+      ::umask(old);
+      throw std::runtime_error("cannot listen on unix:" + path_ + " (server.socket): " + e.code().message());
+    }
     ::umask(old);
-    ::chmod(sc.socket.c_str(), 0600);
-    accept_loop<local::acceptor, LocalStream>(unix_acc, sh);
-    if (sc.tcp.empty()) return;
-    const size_t colon = sc.tcp.rfind(':');
-    const auto addr = net::ip::make_address(sc.tcp.substr(0, colon));
-    tcp_acc.emplace(ioc,
-                    net::ip::tcp::endpoint(addr, static_cast<unsigned short>(std::stoi(sc.tcp.substr(colon + 1)))));
-    accept_loop<net::ip::tcp::acceptor, beast::tcp_stream>(*tcp_acc, sh);
+    ::chmod(path_.c_str(), 0600);
+    if (sc.tcp.empty()) {
+      created_ = true;
+      return;
+    }
+    try {
+      const size_t colon = sc.tcp.rfind(':');
+      const auto addr = net::ip::make_address(sc.tcp.substr(0, colon));
+      tcp_acc_.emplace(ioc,
+                       net::ip::tcp::endpoint(addr, static_cast<unsigned short>(std::stoi(sc.tcp.substr(colon + 1)))));
+    } catch (const boost::system::system_error& e) {
+      std::filesystem::remove(path_);  // the destructor will not run: leave nothing behind
+      throw std::runtime_error("cannot listen on tcp:" + sc.tcp + " (server.tcp): " + e.code().message());
+    }
+    created_ = true;
+  }
+  ~Listeners() {
+    if (created_) std::filesystem::remove(path_);
+  }
+  void accept(Shared& sh) {
+    accept_loop<local::acceptor, LocalStream>(unix_acc_, sh);
+    if (tcp_acc_) accept_loop<net::ip::tcp::acceptor, beast::tcp_stream>(*tcp_acc_, sh);
   }
   void close() {
     beast::error_code ignore;
-    unix_acc.close(ignore);
-    if (tcp_acc) tcp_acc->close(ignore);
+    unix_acc_.close(ignore);
+    if (tcp_acc_) tcp_acc_->close(ignore);
   }
+
+ private:
+  local::acceptor unix_acc_;
+  std::optional<net::ip::tcp::acceptor> tcp_acc_;
+  std::string path_;
+  bool created_ = false;
 };
 
 // On SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace,
@@ -406,6 +437,9 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   const std::string claim = claim_socket_path(sc.socket);  // before loading anything
   if (claim == "stale") log << "cascade: removed a stale socket file " << sc.socket << "\n";
 
+  net::io_context ioc;
+  Listeners listeners(ioc, sc);  // before loading anything: a bad address fails now
+
   Shared sh;
   sh.cfg = sc;
   sh.model_name = std::filesystem::path(run.config.model.path).filename().string();
@@ -422,8 +456,7 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   Scheduler scheduler(started.cluster, sh.tok, so, &sh.metrics);
   sh.scheduler = &scheduler;
 
-  net::io_context ioc;
-  Listeners listeners(ioc, sc, sh);
+  listeners.accept(sh);
   log << "cascade: serving " << sh.model_name << " on unix:" << sc.socket
       << (sc.tcp.empty() ? "" : " and tcp:" + sc.tcp) << std::endl;
   std::atomic<bool> sched_done{false};
@@ -452,7 +485,6 @@ int serve(const ServeOptions& opts, std::ostream& log) {
       rc = 1;
     }
   }
-  std::filesystem::remove(sc.socket);
   log << "cascade: stopped" << std::endl;
   return rc;
 }
