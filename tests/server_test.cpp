@@ -385,6 +385,81 @@ TEST_F(DemoServer, AClientThatLeavesMidStreamFreesItsSlot) {
   EXPECT_TRUE(freed) << call(d_->sock(), "GET", "/metrics").body;
 }
 
+const std::string kAuth = "Authorization: Bearer sekrit\r\n";
+
+// Polls GET /metrics until it has every line in `lines` (up to 20 s), so that a test acts on
+// the daemon's own view rather than on a guess of how long a busy machine takes.
+bool await_metrics(const std::string& sock, const std::vector<std::string>& lines) {
+  const auto end = Clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    const std::string m = call(sock, "GET", "/metrics", "", kAuth).body;
+    bool all = true;
+    for (const auto& l : lines) all = all && m.find("\n" + l + "\n") != std::string::npos;
+    if (all) return true;
+    if (Clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Without a stream nothing is written until the end, so the server watches the socket:
+// a client that hangs up frees its slot within a second (issue 19, item 4). The first
+// stage sleeps 20 ms a step (CASCADE_FAULT=slow), so the generation would run for
+// seconds more.
+TEST(Server, ANonStreamingClientThatLeavesFreesItsSlotWithinASecond) {
+  TempDir dir;
+  ::setenv("CASCADE_FAULT", "1:step=0:slow", 1);
+  Daemon d(dir, demo(), "[runtime]\nmax_batch = 2\nmax_seq_len = 256\nthreads_per_stage = 1\n", kDemoMap);
+  ::unsetenv("CASCADE_FAULT");
+  const int fd = connect_to(d.sock());
+  send_all(fd, http("POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": 200, "ignore_eos": true})"));
+  ASSERT_TRUE(await_metrics(d.sock(), {"cascade_kv_slots_used 1"})) << d.log();
+  ::close(fd);
+  const auto t0 = Clock::now();
+  EXPECT_TRUE(await_metrics(d.sock(), {"cascade_kv_slots_used 0", "cascade_requests_total{status=\"499\"} 1"}))
+      << call(d.sock(), "GET", "/metrics").body;
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(1500));
+}
+
+// Bad framing gets a 400 that says so, then a close; the daemon carries on.
+TEST_F(DemoServer, MalformedFramingGets400) {
+  const std::vector<std::string> framings = {
+      "GET /health HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+      std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11) + std::string(64, 'A') + "\r\n\r\n",
+  };
+  for (const auto& f : framings) {
+    const int fd = connect_to(d_->sock());
+    send_all(fd, f);
+    const Reply r = read_reply(fd);
+    ::close(fd);
+    EXPECT_EQ(r.status, 400) << "for: " << f << "\n" << r.head;
+    EXPECT_NE(r.body.find("malformed HTTP request"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(call(d_->sock(), "GET", "/health").status, 200);
+}
+
+// A kept-alive connection's later requests get header_timeout too (10 s here), not
+// idle_timeout (60 s): a trickling client is cut off as soon on its second request.
+TEST_F(DemoServer, HeaderDeadlineAppliesToEveryRequestOfAConnection) {
+  const int fd = connect_to(d_->sock());
+  send_all(fd, http("GET", "/health", ""));
+  ASSERT_EQ(read_reply(fd).status, 200);
+  send_all(fd, "GET /health HTTP/1.1\r\nHo");
+  const auto t0 = Clock::now();
+  for (int i = 0; i < 30; ++i) {  // a byte now and then, never the whole header
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (::send(fd, "s", 1, MSG_NOSIGNAL) <= 0) break;
+  }
+  char c;
+  EXPECT_LE(::recv(fd, &c, 1, 0), 0);
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_GT(s, 8.0);
+  EXPECT_LT(s, 20.0) << "cut off after " << s << " s";
+  ::close(fd);
+}
+
 TEST_F(DemoServer, SocketIsPrivateAndNotStolen) {
   struct stat st {};
   ASSERT_EQ(::stat(d_->sock().c_str(), &st), 0);
@@ -416,22 +491,6 @@ std::string small_server_toml(const std::string& extra = "") {
 }
 const char* kTwoStages = R"("model.embed_tokens" = "cpu:0", "model.layers.0" = "cpu:0", "model.layers.1" = "cpu:1",
                             "model.norm" = "cpu:1", "lm_head" = "cpu:1")";
-const std::string kAuth = "Authorization: Bearer sekrit\r\n";
-
-// Polls GET /metrics until it has every line in `lines` (up to 20 s), so that a test acts on
-// the daemon's own view rather than on a guess of how long a busy machine takes.
-bool await_metrics(const std::string& sock, const std::vector<std::string>& lines) {
-  const auto end = Clock::now() + std::chrono::seconds(20);
-  for (;;) {
-    const std::string m = call(sock, "GET", "/metrics", "", kAuth).body;
-    bool all = true;
-    for (const auto& l : lines) all = all && m.find("\n" + l + "\n") != std::string::npos;
-    if (all) return true;
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
 TEST(Server, LimitsAuthAndSlowClients) {
   TempDir dir;
   const int port = 20000 + ::getpid() % 20000;

@@ -115,14 +115,31 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   };
 
  private:
+  // The next request. A kept-alive connection may sit idle up to idle_timeout for its
+  // first byte; from then on (and from the start on a new connection) the whole request
+  // must arrive within header_timeout, so a slow sender holds a connection no longer
+  // on its tenth request than on its first.
   void read(bool first) {
+    if (first || buf_.size() > 0) return read_request();
+    expire_in(sh_.cfg.idle_timeout);
+    stream_.async_read_some(buf_.prepare(4096), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+      if (ec) return self->close();
+      self->buf_.commit(n);
+      self->read_request();
+    });
+  }
+
+  void read_request() {
     parser_.emplace();
     parser_->body_limit(sh_.cfg.max_request_bytes);
     parser_->header_limit(16 * 1024);
-    const double t = first ? sh_.cfg.header_timeout : sh_.cfg.idle_timeout;
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(static_cast<int64_t>(t * 1000)));
+    expire_in(sh_.cfg.header_timeout);
     http::async_read(stream_, buf_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void expire_in(double seconds) {
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   }
 
   void on_read(beast::error_code ec) {
@@ -137,6 +154,15 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       respond(431, error_json(431, "the request header is too large"), false);
       return;
     }
+    // Bad framing (a line without a colon, a bad Content-Length, HTTP/2's preface, a TLS
+    // ClientHello, ...) gets a 400 that says so; a client that hung up mid-request or a
+    // timeout gets nothing (nobody is there to read it).
+    if (ec && ec.category() == http::make_error_code(http::error::bad_method).category() &&
+        ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      sh_.metrics.request_finished(400);
+      respond(400, error_json(400, "malformed HTTP request: " + ec.message()), false);
+      return;
+    }
     if (ec) return close();  // timeout, reset, EOF: nothing to answer
     beast::get_lowest_layer(stream_).expires_never();
     try {
@@ -145,6 +171,25 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       sh_.metrics.request_finished(500);
       respond(500, error_json(500, std::string("internal error: ") + e.what()), false);
     }
+  }
+
+  // While a non-streaming request waits for its result nothing is written, so a client
+  // that hangs up would keep its KV slot until the generation ends: watch the socket
+  // instead. End of stream or an error means gone (the slot frees at the next step);
+  // bytes mean a pipelined next request, kept for read().
+  // One read at a time: when the response is out before the watch ends, the watch's
+  // end starts the next request's read (read_after_watch_).
+  void watch_for_hangup() {
+    watching_ = true;
+    stream_.async_read_some(buf_.prepare(4096), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+      self->watching_ = false;
+      if (!ec) self->buf_.commit(n);
+      if (self->read_after_watch_) {
+        self->read_after_watch_ = false;
+        return ec ? self->close() : self->read_request();
+      }
+      if (ec && ec != net::error::operation_aborted) self->gone_ = true;
+    });
   }
 
   void handle(const http::request<http::string_body>& req) {
@@ -232,6 +277,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       streaming_ = true;
       write(status_line(200) +
             "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    } else {
+      watch_for_hangup();
     }
   }
 
@@ -286,10 +333,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     out_.pop_front();
     if (!out_.empty()) return write_next();
     if (done.last) return close();
-    if (done.then_read && !sh_.stopping)
+    if (done.then_read && sh_.stopping) return close();
+    if (done.then_read && watching_) {  // the watch's read becomes the next request's first
+      read_after_watch_ = true;
+      expire_in(sh_.cfg.idle_timeout);
+    } else if (done.then_read) {
       read(false);
-    else if (done.then_read)
-      close();
+    }
   }
 
   void close() {
@@ -311,6 +361,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::string id_;
   int64_t created_ = 0;
   bool keep_alive_ = true, streaming_ = false;
+  bool watching_ = false, read_after_watch_ = false;  // see watch_for_hangup()
   std::atomic<bool> gone_{false};
 };
 
