@@ -2,7 +2,8 @@
 # Installs Cascade's build and test dependencies on Debian 12 (DESIGN §10).
 set -euo pipefail
 pkgs=(build-essential cmake libtorch-dev libopenmpi-dev openmpi-bin libboost-dev libtomlplusplus-dev
-      libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev pkg-config curl python3)
+      libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev pkg-config curl python3
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 
 #include "tests/test_util.h"
 
@@ -145,6 +146,32 @@ TEST(TokenizerLoad, BadFilesNameTheProblem) {
   j["model"]["merges"][0] = "s e x";
   test::write_file(d.file("tokenizer.json"), j.dump());
   EXPECT_THROW_WITH(Tokenizer::load(d.path()), TokenizerError, "merge 's e x'");
+}
+
+// Found by tokenizer_json_fuzz: a missing key was read with const operator[] (undefined
+// behaviour, a heap overflow under ASan); ids outside any vocabulary sized the id table.
+TEST(TokenizerLoad, MissingKeysAndWildIdsAreErrors) {
+  test::TempDir d;
+  auto load_edited = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto j = test::read_json(dir() + "/split_isolated/tokenizer.json");
+    edit(j);
+    test::write_file(d.file("tokenizer.json"), j.dump());
+    return Tokenizer::load(d.path());
+  };
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["model"].erase("merges"); }), TokenizerError, "merges");
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["model"].erase("vocab"); }), TokenizerError, "vocab");
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["model"]["vocab"]["zzz"] = -3; }), TokenizerError, "vocab id -3");
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["model"]["vocab"]["zzz"] = int64_t{1} << 40; }), TokenizerError,
+                    "out of range");
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["model"]["vocab"]["zzz"] = 2e73; }), TokenizerError,
+                    "vocab id must be an integer");
+  EXPECT_THROW_WITH(load_edited([](auto& j) { j["added_tokens"] = {{{"content", "x"}}}; }), TokenizerError, "id");
+  EXPECT_THROW_WITH(load_edited([](auto& j) {
+                      j["post_processor"] = {{"type", "TemplateProcessing"},
+                                             {"single", {{{"SpecialToken", {{"id", "<x>"}, {"type_id", 0}}}}}},
+                                             {"special_tokens", nlohmann::json::object()}};
+                    }),
+                    TokenizerError, "'<x>', not in special_tokens");
 }
 
 TEST(Tokenizer, MergesInEitherSpelling) {

@@ -132,15 +132,21 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   try {
     if (!j.contains("model")) throw TokenizerError("tokenizer.json: no \"model\"");
-    impl->model = std::make_unique<Bpe>(j["model"]);
+    impl->model = std::make_unique<Bpe>(j.at("model"));
     impl->normalizer = make_normalizer(j.value("normalizer", nlohmann::json()));
     impl->pre = make_pre_tokenizer(j.value("pre_tokenizer", nlohmann::json()));
     impl->decoder = make_decoder(j.value("decoder", nlohmann::json()));
     impl->vocab_size = impl->model->size();
     for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
-      AddedToken t{a["id"].get<int64_t>(),      a["content"].get<std::string>(), a.value("special", false),
-                   a.value("lstrip", false),    a.value("rstrip", false),        a.value("single_word", false),
+      AddedToken t{json_int(a.at("id"), "an added token's id"),
+                   a.at("content").get<std::string>(),
+                   a.value("special", false),
+                   a.value("lstrip", false),
+                   a.value("rstrip", false),
+                   a.value("single_word", false),
                    a.value("normalized", false)};
+      if (t.id < 0 || t.id > kMaxTokenId)
+        throw TokenizerError("tokenizer.json: added token id " + std::to_string(t.id) + " is out of range");
       impl->added_by_id[t.id] = t.content;
       if (t.special) impl->special_ids.insert(t.id);
       impl->vocab_size = std::max(impl->vocab_size, t.id + 1);
@@ -157,12 +163,20 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& path) {
     auto read_post = [&](const nlohmann::json& p, auto& self) -> void {
       const std::string type = p.value("type", std::string());
       if (type == "TemplateProcessing") {
-        impl->template_single = p["single"].get<std::vector<nlohmann::json>>();
-        for (auto it = p["special_tokens"].begin(); it != p["special_tokens"].end(); ++it) {
-          impl->template_ids[it.key()] = it.value()["ids"].get<std::vector<int64_t>>();
+        impl->template_single = p.at("single").get<std::vector<nlohmann::json>>();
+        for (auto it = p.at("special_tokens").begin(); it != p.at("special_tokens").end(); ++it) {
+          for (const auto& id : it.value().at("ids"))
+            impl->template_ids[it.key()].push_back(json_int(id, "a post-processor special token id"));
+        }
+        // encode() reads these without checks: every special token must be defined here.
+        for (const auto& item : impl->template_single) {
+          if (!item.is_object() || !item.contains("SpecialToken")) continue;
+          const std::string id = item.at("SpecialToken").at("id").get<std::string>();
+          if (!impl->template_ids.count(id))
+            throw TokenizerError("tokenizer.json: post-processor template uses '" + id + "', not in special_tokens");
         }
       } else if (type == "Sequence") {
-        for (const auto& q : p["processors"]) self(q, self);
+        for (const auto& q : p.at("processors")) self(q, self);
       } else if (type != "ByteLevel") {  // ByteLevel only adjusts offsets
         throw TokenizerError("tokenizer.json: post-processor '" + type +
                              "' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
@@ -201,7 +215,7 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_special
     if (item.contains("Sequence")) {
       out.insert(out.end(), ids.begin(), ids.end());
     } else if (item.contains("SpecialToken")) {
-      const auto& v = m.template_ids.at(item["SpecialToken"]["id"].get<std::string>());
+      const auto& v = m.template_ids.at(item.at("SpecialToken").at("id").get<std::string>());  // checked at load
       out.insert(out.end(), v.begin(), v.end());
     }
   }

@@ -1,5 +1,6 @@
 // Byte-pair encoding as HF's BPE model applies it: characters (or their byte
 // fallbacks, or <unk>) merged lowest rank first, leftmost first on ties.
+#include <algorithm>
 #include <queue>
 
 #include "daemon/tokenizer/tokenizer_parts.h"
@@ -11,11 +12,14 @@ Bpe::Bpe(const nlohmann::json& m) {
   if (type != "BPE") {
     throw TokenizerError("tokenizer.json: model '" + type + "' is not supported (supported: BPE)");
   }
-  if (!m.value("dropout", nlohmann::json()).is_null() && m["dropout"].get<double>() > 0) {
+  if (!m.value("dropout", nlohmann::json()).is_null() && m.at("dropout").get<double>() > 0) {
     throw TokenizerError("tokenizer.json: BPE dropout is not supported for inference");
   }
-  for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
+  for (auto it = m.at("vocab").begin(); it != m.at("vocab").end(); ++it) {
+    const int64_t id = json_int(it.value(), "a vocab id");
+    if (id < 0 || id > kMaxTokenId)
+      throw TokenizerError("tokenizer.json: vocab id " + std::to_string(id) + " is out of range [0, " +
+                           std::to_string(kMaxTokenId) + "]");
     vocab_[it.key()] = id;
     if (id >= static_cast<int64_t>(id_to_token_.size())) id_to_token_.resize(id + 1);
     id_to_token_[id] = it.key();
@@ -41,7 +45,7 @@ Bpe::Bpe(const nlohmann::json& m) {
     byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
   }
   int64_t rank = 0;
-  for (const auto& mj : m["merges"]) {
+  for (const auto& mj : m.at("merges")) {
     std::string a, b;
     if (mj.is_array() && mj.size() == 2) {  // ["a", "b"]: tokens may contain spaces
       a = mj[0].get<std::string>();
@@ -162,7 +166,7 @@ namespace {
 class DecSequence : public Decoder {
  public:
   explicit DecSequence(const nlohmann::json& j) {
-    for (const auto& d : j["decoders"]) parts_.push_back(make_decoder(d));
+    for (const auto& d : j.at("decoders")) parts_.push_back(make_decoder(d));
   }
   void decode(std::vector<std::string>& t) const override {
     for (const auto& d : parts_) d->decode(t);
@@ -227,12 +231,12 @@ class DecByteLevel : public Decoder {
 
 class DecReplace : public Decoder {
  public:
-  explicit DecReplace(const nlohmann::json& j) : content_(j["content"].get<std::string>()) {
-    const auto& p = j["pattern"];
+  explicit DecReplace(const nlohmann::json& j) : content_(j.at("content").get<std::string>()) {
+    const auto& p = j.at("pattern");
     if (p.contains("String"))
-      lit_ = p["String"].get<std::string>();
+      lit_ = p.at("String").get<std::string>();
     else
-      re_ = std::make_unique<Regex>(p["Regex"].get<std::string>());
+      re_ = std::make_unique<Regex>(p.at("Regex").get<std::string>());
   }
   void decode(std::vector<std::string>& t) const override {
     for (auto& tok : t) {
@@ -301,7 +305,11 @@ class DecFuse : public Decoder {
 class DecStrip : public Decoder {
  public:
   explicit DecStrip(const nlohmann::json& j)
-      : content_(j["content"].get<std::string>()), start_(j.value("start", 0)), stop_(j.value("stop", 0)) {}
+      : content_(j.at("content").get<std::string>()),
+        start_(static_cast<int>(
+            std::clamp<int64_t>(j.contains("start") ? json_int(j.at("start"), "Strip start") : 0, 0, 1 << 20))),
+        stop_(static_cast<int>(
+            std::clamp<int64_t>(j.contains("stop") ? json_int(j.at("stop"), "Strip stop") : 0, 0, 1 << 20))) {}
   void decode(std::vector<std::string>& t) const override {
     for (auto& tok : t) {
       for (int k = 0; k < start_ && tok.compare(0, content_.size(), content_) == 0 && !content_.empty(); ++k) {

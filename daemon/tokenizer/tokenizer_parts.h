@@ -15,6 +15,18 @@
 
 namespace cascade::daemon::tok {
 
+// The largest token id a tokenizer.json may use (vocabularies run to ~256 K; this bound
+// keeps a hostile file from sizing the id table at will).
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
+// An integer field of tokenizer.json. nlohmann converts a float to an integer by a plain
+// cast (undefined behaviour out of range: tokenizer_json_fuzz found 2e73), so anything
+// but a JSON integer is refused by name.
+inline int64_t json_int(const nlohmann::json& v, const char* what) {
+  if (!v.is_number_integer()) throw TokenizerError(std::string("tokenizer.json: ") + what + " must be an integer");
+  return v.get<int64_t>();
+}
+
 // A piece of text in the pipeline. `at_start`: it begins at offset 0 of the original
 // text (Metaspace's prepend_scheme "first" prepends only there, as HF checks
 // offsets_original().0 == 0).

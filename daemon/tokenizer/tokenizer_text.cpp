@@ -13,8 +13,8 @@ namespace {
 
 // {"String": "x"} or {"Regex": "..."} -> a regex (literal strings are quoted).
 std::unique_ptr<Regex> pattern_of(const nlohmann::json& p) {
-  if (p.contains("Regex")) return std::make_unique<Regex>(p["Regex"].get<std::string>());
-  if (p.contains("String")) return std::make_unique<Regex>("\\Q" + p["String"].get<std::string>() + "\\E");
+  if (p.contains("Regex")) return std::make_unique<Regex>(p.at("Regex").get<std::string>());
+  if (p.contains("String")) return std::make_unique<Regex>("\\Q" + p.at("String").get<std::string>() + "\\E");
   throw TokenizerError("tokenizer.json: pattern must be {\"String\": …} or {\"Regex\": …}: " + p.dump());
 }
 
@@ -24,7 +24,7 @@ const char* kWord = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}";
 class Sequence : public Normalizer {
  public:
   explicit Sequence(const nlohmann::json& j) {
-    for (const auto& n : j["normalizers"]) parts_.push_back(make_normalizer(n));
+    for (const auto& n : j.at("normalizers")) parts_.push_back(make_normalizer(n));
   }
   void apply(Piece& p) const override {
     for (const auto& n : parts_) n->apply(p);
@@ -62,7 +62,7 @@ class Prepend : public Normalizer {
 class Replace : public Normalizer {
  public:
   explicit Replace(const nlohmann::json& j)
-      : re_(pattern_of(j["pattern"])), content_(j["content"].get<std::string>()) {}
+      : re_(pattern_of(j.at("pattern"))), content_(j.at("content").get<std::string>()) {}
   void apply(Piece& p) const override {
     std::string out;
     size_t prev = 0;
@@ -105,7 +105,7 @@ class Strip : public Normalizer {
 class PreSequence : public PreTokenizer {
  public:
   explicit PreSequence(const nlohmann::json& j) {
-    for (const auto& n : j["pretokenizers"]) parts_.push_back(make_pre_tokenizer(n));
+    for (const auto& n : j.at("pretokenizers")) parts_.push_back(make_pre_tokenizer(n));
   }
   std::vector<Piece> apply(const Piece& p) const override {
     std::vector<Piece> cur = {p};
@@ -192,10 +192,10 @@ class Metaspace : public PreTokenizer {
 }  // namespace
 
 std::string component_type(const nlohmann::json& j, const char* what) {
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
+  if (!j.is_object() || !j.contains("type") || !j.at("type").is_string()) {
     throw TokenizerError(std::string("tokenizer.json: a ") + what + " has no \"type\": " + j.dump().substr(0, 80));
   }
-  return j["type"].get<std::string>();
+  return j.at("type").get<std::string>();
 }
 
 // ---- regex ----
@@ -351,7 +351,7 @@ std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j) {
   if (t == "Sequence") return std::make_unique<Sequence>(j);
   if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") return std::make_unique<Form>(t);
   if (t == "Lowercase") return std::make_unique<Lowercase>();
-  if (t == "Prepend") return std::make_unique<Prepend>(j["prepend"].get<std::string>());
+  if (t == "Prepend") return std::make_unique<Prepend>(j.at("prepend").get<std::string>());
   if (t == "Replace") return std::make_unique<Replace>(j);
   if (t == "Strip") return std::make_unique<Strip>(j.value("strip_left", true), j.value("strip_right", true));
   throw TokenizerError("tokenizer.json: normalizer '" + t +
@@ -364,8 +364,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j) {
   const std::string t = component_type(j, "pre-tokenizer");
   if (t == "Sequence") return std::make_unique<PreSequence>(j);
   if (t == "Split") {
-    return std::make_unique<RegexSplit>(pattern_of(j["pattern"]), parse_behavior(j["behavior"].get<std::string>()),
-                                        j.value("invert", false));
+    return std::make_unique<RegexSplit>(pattern_of(j.at("pattern")),
+                                        parse_behavior(j.at("behavior").get<std::string>()), j.value("invert", false));
   }
   if (t == "ByteLevel")
     return std::make_unique<ByteLevel>(j.value("add_prefix_space", true), j.value("use_regex", true));
