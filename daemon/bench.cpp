@@ -68,8 +68,10 @@ class Driver {
         got_first = true;
       }
     }
-    void on_done(const CompletionResult& r) override { d->done(*this, static_cast<int64_t>(r.token_ids.size()), true); }
-    void on_error(int, const std::string&) override { d->done(*this, 0, false); }
+    void on_done(const CompletionResult& r) override { d->done(*this, static_cast<int64_t>(r.token_ids.size()), ""); }
+    void on_error(int status, const std::string& m) override {
+      d->done(*this, 0, m.empty() ? "HTTP status " + std::to_string(status) : m);
+    }
     bool cancelled() const override { return false; }
   };
 
@@ -86,6 +88,7 @@ class Driver {
 
   std::vector<double> ttft;
   int64_t generated = 0, failed = 0;
+  std::string first_error;  // why the first failed request failed
 
  private:
   void send() {  // under mu_
@@ -101,19 +104,19 @@ class Driver {
     j.request.ignore_eos = true;
     j.sink = r;
     live_.push_back(r);
-    if (sched_.submit(std::move(j)) != 0) {
-      ++failed;
+    if (const int rc = sched_.submit(std::move(j)); rc != 0) {
+      if (failed++ == 0) first_error = "the scheduler refused a request (" + std::to_string(rc) + ")";
       ++finished_;
     }
   }
   // Called on the scheduler thread: the closed loop sends the next request from here.
-  void done(Request& r, int64_t tokens, bool ok) {
+  void done(Request& r, int64_t tokens, const std::string& error) {
     std::lock_guard<std::mutex> l(mu_);
-    if (ok) {
+    if (error.empty()) {
       generated += tokens;
       ttft.push_back(seconds(r.first - r.sent));
-    } else {
-      ++failed;
+    } else if (failed++ == 0) {
+      first_error = error;
     }
     ++finished_;
     if (next_ < prompts_.size()) send();
@@ -194,7 +197,9 @@ ModeResult run_mode(const BenchOptions& o, const Started& started, const std::st
   so.max_queue = o.requests;
   {  // warm-up: first-step allocations and page faults are not part of either mode
     const std::vector<std::vector<int64_t>> warm(static_cast<size_t>(o.concurrency), prompts.front());
-    Driver(cluster, so, warm, 2, o.concurrency).run();
+    Driver w(cluster, so, warm, 2, o.concurrency);
+    w.run();
+    if (w.failed > 0) throw std::runtime_error(mode + " mode's warm-up failed: " + w.first_error);
   }
   log << "cascade bench: " << mode << " (" << so.microbatches << " microbatch" << (so.microbatches > 1 ? "es" : "")
       << "): " << o.requests << " requests x (" << o.prompt_len << " prompt + " << o.new_tokens
@@ -209,6 +214,11 @@ ModeResult run_mode(const BenchOptions& o, const Started& started, const std::st
   m.end = Clock::now();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the stages' last busy reports
   const std::vector<double> busy1 = cluster->stage_busy();
+  // A rate measured over failed requests means nothing: say why instead of printing it.
+  if (d.failed > 0) {
+    throw std::runtime_error(mode + " mode: " + std::to_string(d.failed) + " of " + std::to_string(o.requests) +
+                             " requests failed; the first: " + d.first_error);
+  }
   m.wall = seconds(m.end - m.begin);
   m.generated = d.generated;
   m.failed = d.failed;

@@ -127,6 +127,21 @@ TEST(Bench, JsonHasEveryFieldAndTheTraceShowsEveryStage) {
   EXPECT_GE(microbatches.size(), 2u);
 }
 
+// A mode whose stage stalls fails the benchmark with the reason, instead of printing a
+// rate over failed requests and exiting 0 (issue 19, item 8).
+TEST(Bench, AModeThatFailsExitsNonZeroWithTheReason) {
+  TempDir dir;
+  const CliRun r = run_shell("CASCADE_FAULT=2:step=8:stall " + std::string(CASCADE_BINARY) + " bench --config " +
+                             three_stages(dir, fixture("llama_gqa")) +
+                             " --set runtime.heartbeat_timeout=2 --requests 4 --prompt-len 4 --new-tokens 6"
+                             " --concurrency 2 2>&1");
+  EXPECT_NE(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("mode"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stage 2"), std::string::npos) << r.out;  // the failure names the stage
+  EXPECT_EQ(r.out.find("tok/s"), std::string::npos) << "printed a rate anyway:\n" << r.out;
+}
+
 TEST(Bench, OneRequestAtATimeIsReportedAsSuch) {
   TempDir dir;
   const CliRun r = run_cascade("bench --config " + three_stages(dir, fixture("llama_gqa")) +
