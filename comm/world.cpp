@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <thread>
 
 namespace cascade::comm {
@@ -16,6 +17,21 @@ std::string mpi_error_string(int rc) {
   int len = 0;
   if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
   return std::string(buf, static_cast<size_t>(len));
+}
+
+// A coordinator started alone spawns its stages on this host, so Open MPI's TCP
+// traffic (the runtime's out-of-band channel and the TCP transport between the
+// coordinator and the stages) needs no interface but loopback. Set before MPI starts,
+// inherited by the runtime daemon it forks and by the stages. Left alone under mpirun
+// (the launcher's settings rule) or when the user named interfaces or a hostfile.
+void confine_to_loopback() {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK")) return;  // started by mpirun
+  if (std::getenv("OMPI_MCA_orte_default_hostfile")) return;
+  for (const char* family : {"oob_tcp", "btl_tcp"}) {
+    const std::string inc = std::string("OMPI_MCA_") + family + "_if_include";
+    const std::string exc = std::string("OMPI_MCA_") + family + "_if_exclude";
+    if (!std::getenv(inc.c_str()) && !std::getenv(exc.c_str())) ::setenv(inc.c_str(), "lo", 0);
+  }
 }
 
 }  // namespace
@@ -33,6 +49,7 @@ World::World() {
   int initialised = 0;
   MPI_Initialized(&initialised);
   if (!initialised) {
+    confine_to_loopback();
     int provided = 0;
     check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
   }
@@ -78,7 +95,8 @@ World::~World() {
 }
 
 void World::spawn(int n, const std::string& exe, const std::vector<std::string>& args) {
-  if (size_ != 1) throw CommError("spawn: this process already has " + std::to_string(size_ - 1) + " peers");
+  if (size_ != 1 && !spawned_peers_)
+    throw CommError("spawn: this process already has " + std::to_string(size_ - 1) + " peers");
   std::vector<std::string> copy = args;
   std::vector<char*> argv;
   for (auto& a : copy) argv.push_back(a.data());
@@ -99,8 +117,11 @@ void World::spawn(int n, const std::string& exe, const std::vector<std::string>&
   for (int i = 0; i < n; ++i) check_mpi(errcodes[static_cast<size_t>(i)], "MPI_Comm_spawn (a stage process)");
   MPI_Comm merged = MPI_COMM_NULL;
   check_mpi(MPI_Intercomm_merge(inter, /*high=*/0, &merged), "MPI_Intercomm_merge");
-  MPI_Comm_free(&comm_);
+  // A communicator with earlier stages (a restart: they were stopped) is left as it is:
+  // freeing it could wait on processes that are gone, and it is a handful of bytes.
+  if (!spawned_peers_) MPI_Comm_free(&comm_);
   comm_ = merged;
+  spawned_peers_ = true;
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);

@@ -60,7 +60,8 @@ class World {
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_coordinator() const { return rank_ == 0; }
-  bool spawned() const { return spawned_; }  // started by a coordinator's MPI_Comm_spawn
+  bool spawned() const { return spawned_; }              // started by a coordinator's MPI_Comm_spawn
+  bool spawned_peers() const { return spawned_peers_; }  // this coordinator spawned its ranks 1..n
   MPI_Comm comm() const { return comm_; }
   // The rank's index among the ranks on its host (MPI_Comm_split_type).
   int local_rank() const { return local_rank_; }
@@ -72,7 +73,10 @@ class World {
   const std::string& host() const { return host_; }
 
   // Coordinator started alone: start `n` processes `exe args…` and merge them in as
-  // ranks 1..n. Oversubscribes the host (stages mostly wait on each other).
+  // ranks 1..n. Oversubscribes the host (stages mostly wait on each other). May be
+  // called again once the earlier stages are stopped (a restart): the new ones replace
+  // them as ranks 1..n. A coordinator started alone confines Open MPI's TCP traffic to
+  // loopback (OMPI_MCA_{oob,btl}_tcp_if_include=lo) unless the environment says otherwise.
   void spawn(int n, const std::string& exe, const std::vector<std::string>& args);
 
   void send(int dest, int tag, const std::vector<uint8_t>& bytes, Clock::time_point deadline,
@@ -99,6 +103,7 @@ class World {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_stage_index_ = 0;
   bool multi_node_ = false;
   bool spawned_ = false, abandoned_ = false;
+  bool spawned_peers_ = false;  // this coordinator spawned ranks 1..n
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string host_;
 };

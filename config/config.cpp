@@ -27,8 +27,8 @@ const std::map<std::string, std::set<std::string>>& schema() {
         "step_timeout", "cuda_graphs"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
       {"server",
-       {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_tokens", "max_queue", "header_timeout",
-        "idle_timeout", "shutdown_grace"}},
+       {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_pending_connections", "max_restarts",
+        "max_tokens", "max_queue", "header_timeout", "idle_timeout", "shutdown_grace"}},
   };
   return s;
 }
@@ -347,6 +347,8 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
     c.server.max_request_bytes = *v;
   }
   r.integer(sv, "server", "max_connections", &c.server.max_connections, 1, 1 << 20);
+  r.integer(sv, "server", "max_pending_connections", &c.server.max_pending_connections, 1, 1 << 20);
+  r.integer(sv, "server", "max_restarts", &c.server.max_restarts, 0, 1 << 20);
   r.integer(sv, "server", "max_tokens", &c.server.max_tokens, 1, 1 << 24);
   r.integer(sv, "server", "max_queue", &c.server.max_queue, 0, 1 << 20);
   r.number(sv, "server", "header_timeout", &c.server.header_timeout, 0.1);

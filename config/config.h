@@ -83,6 +83,10 @@ struct ServerSection {
   std::string api_key;
   uint64_t max_request_bytes = 1 << 20;
   int max_connections = 256;
+  // Connections that have not sent a whole request (new, idle between requests, or
+  // mid-header): past this many, or at max_connections, the oldest is dropped first.
+  int max_pending_connections = 128;
+  int max_restarts = 5;          // stage restarts allowed per hour when a stage fails; 0 = never
   int max_tokens = 2048;         // cap on a request's max_tokens (also bounded by max_seq_len)
   int max_queue = 64;            // requests waiting for a KV slot; past it: 429
   double header_timeout = 10.0;  // seconds to receive a request's header

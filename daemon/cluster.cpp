@@ -194,7 +194,7 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
 void Cluster::launch(const std::string& exe, std::ostream& log) {
   comm::World& w = *world_;
   const int n = static_cast<int>(labels_.size()) - 1;
-  if (w.size() == 1) {
+  if (w.size() == 1 || w.spawned_peers()) {  // alone, or restarting stages it spawned before
     log << "cascade: starting " << n << " stage process" << (n > 1 ? "es" : "") << "\n";
     w.spawn(n, exe, {"stage"});
     spawned_ = true;
@@ -315,6 +315,15 @@ void Cluster::check_alive() const {
   // start-up grace rather than the heartbeat timeout (after that, its pid shows a death at once).
   for (size_t r = 1; r < labels_.size(); ++r)
     hb_->check(static_cast<int>(r), heartbeat_timeout_, labels_[r], std::max(heartbeat_timeout_, kStartupGrace));
+}
+
+void Cluster::check() {
+  if (failed_ || down_) throw ClusterError("the stages are not running");
+  try {
+    check_alive();
+  } catch (const std::exception& e) {
+    fail(e.what());
+  }
 }
 
 void Cluster::stop_stages() {

@@ -53,12 +53,17 @@ class Cluster : public Executor {
 
   void submit(const comm::StepHeader& h, const at::Tensor& ids) override;
   StepOutput next() override;
+  // Between steps: throws ClusterError (and stops the stages) when one has exited,
+  // stalled or reported a failure, so an idle daemon notices a death too.
+  void check() override;
   int64_t kv_slots() const override { return slots_; }
   int64_t max_seq_len() const override { return max_seq_len_; }
 
   // Sends a shutdown step down the route and waits for every stage to pass it on.
   void shutdown();
   const std::vector<StageReport>& stages() const { return reports_; }
+  // True when this process spawned the stages (it may start them again); false under mpirun.
+  bool spawned() const { return spawned_; }
   // Seconds each stage (by rank - 1) has spent computing, as last reported (~4 Hz).
   std::vector<double> stage_busy() const;
   const std::vector<std::string>& labels() const { return labels_; }

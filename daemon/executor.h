@@ -14,6 +14,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 
 #include "comm/message.h"
 #include "stage/runner.h"
@@ -33,6 +34,11 @@ class Executor {
   virtual StepOutput next() = 0;
   virtual int64_t kv_slots() const = 0;
   virtual int64_t max_seq_len() const = 0;
+  // Called between steps while idle: throws when the executor can no longer run steps.
+  virtual void check() {}
+  // After submit(), next() or check() threw: tries to make the executor usable again
+  // (stages restarted and reloaded, every KV slot empty). False when it cannot.
+  virtual bool recover(const std::string& /*why*/) { return false; }
 };
 
 // The whole model in this process.

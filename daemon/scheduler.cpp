@@ -54,8 +54,7 @@ Scheduler::~Scheduler() = default;
 
 int Scheduler::submit(Job job) {
   std::lock_guard<std::mutex> l(mu_);
-  if (failed_) return 503;
-  if (stopping_) return 503;
+  if (failed_ || recovering_ || stopping_) return 503;
   // Free slots take queued jobs at the next step, so they count as room too.
   if (static_cast<int64_t>(queue_.size()) >= opts_.max_queue + free_slots_) return 429;
   if (!job.request.seeded) job.request.sampling.seed = std::random_device()();
@@ -278,10 +277,37 @@ void Scheduler::collect() {
   if (metrics_) metrics_->add_tokens(f.prompt_tokens, sampled);
 }
 
+// Fails every request held or queued with a 503 naming `why`, then lets the executor
+// try to recover. While it does, submit() answers 503 too.
+bool Scheduler::recover(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    failure_ = why;
+    recovering_ = true;
+  }
+  in_flight_.clear();
+  fail_all(503, "the model is unavailable: " + why);
+  running_ = 0;
+  if (metrics_) metrics_->set_in_flight(0);
+  const bool ok = ex_->recover(why);
+  std::lock_guard<std::mutex> l(mu_);
+  if (ok) {
+    slots_.clear();
+    slots_.resize(static_cast<size_t>(ex_->kv_slots()));
+    free_slots_ = ex_->kv_slots();
+    if (metrics_) metrics_->stage_restarted();
+  } else {
+    failed_ = true;
+  }
+  recovering_ = false;
+  return ok;
+}
+
 void Scheduler::run() {
   const size_t max_in_flight = static_cast<size_t>(std::max(1, opts_.microbatches));
   for (;;) {
     int64_t used = 0;
+    bool idle = false;
     {
       std::unique_lock<std::mutex> l(mu_);
       // Clients that went away give up their slots before the next step (once no
@@ -304,9 +330,18 @@ void Scheduler::run() {
         }
         if (stopping_) break;
         cv_.wait_for(l, std::chrono::milliseconds(100));
-        continue;
+        idle = true;
+      } else if (stopping_ && Clock::now() > stop_deadline_ && in_flight_.empty()) {
+        break;
       }
-      if (stopping_ && Clock::now() > stop_deadline_ && in_flight_.empty()) break;
+    }
+    if (idle) {
+      try {
+        ex_->check();
+      } catch (const std::exception& e) {
+        if (!recover(e.what())) return;
+      }
+      continue;
     }
     running_ = used;
     if (metrics_) {
@@ -319,15 +354,8 @@ void Scheduler::run() {
       }
       if (!in_flight_.empty()) collect();
     } catch (const std::exception& e) {
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        failure_ = e.what();
-        failed_ = true;
-      }
-      in_flight_.clear();
-      fail_all(503, std::string("the model is unavailable: ") + e.what());
-      running_ = 0;
-      return;
+      if (!recover(e.what())) return;
+      continue;
     }
     if (metrics_ && opts_.stage_busy) {
       const auto busy = opts_.stage_busy();

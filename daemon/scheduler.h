@@ -16,8 +16,12 @@
 //
 // Results flow back through the request's Sink, called on the scheduler thread. A
 // request whose sink reports cancelled() (its client went away) gives up its slot at
-// the next step. If the Executor fails (a stage died), every request in flight or
-// queued gets a 503 and the scheduler refuses new work, reporting the failure.
+// the next step. While idle it asks the Executor to check itself every 100 ms, so a
+// stage that dies between requests is noticed too. If the Executor fails (a stage
+// died), every request in flight or queued gets a 503 naming the failure, and the
+// scheduler asks the Executor to recover (Supervisor restarts the stages); meanwhile
+// new requests get a 503 too. If it cannot, the scheduler refuses new work for good,
+// reporting the failure, and run() returns.
 //
 // Ownership: owns the Executor. Thread-safety: submit(), stop() and the accessors may
 // be called from any thread; run() is the scheduler thread.
@@ -89,6 +93,7 @@ class Scheduler {
   void stop(std::chrono::duration<double> grace);
 
   bool failed() const { return failed_; }
+  bool recovering() const { return recovering_; }
   std::string failure() const;
   int64_t running() const { return running_; }
   int64_t queued() const;
@@ -103,6 +108,7 @@ class Scheduler {
   void collect();  // takes the oldest step's results
   void finish(Seq& s, Finish f);
   void fail_all(int status, const std::string& msg);
+  bool recover(const std::string& why);  // after the executor failed; false when it stays failed
   void emit(Seq& s, bool final);
 
   std::shared_ptr<Executor> ex_;
@@ -116,7 +122,7 @@ class Scheduler {
   std::deque<InFlight> in_flight_;           // submitted steps, oldest first
   uint64_t generation_ = 0;                  // tells a slot's sequences apart
   int next_group_ = 0;                       // round-robin over groups
-  std::atomic<bool> stopping_{false}, failed_{false};
+  std::atomic<bool> stopping_{false}, failed_{false}, recovering_{false};
   std::atomic<int64_t> running_{0}, free_slots_{0};
   std::chrono::steady_clock::time_point stop_deadline_;
   std::string failure_;

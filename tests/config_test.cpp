@@ -41,6 +41,8 @@ tcp = "127.0.0.1:8000"
 api_key = "secret"
 max_request_bytes = "2MiB"
 max_connections = 16
+max_pending_connections = 8
+max_restarts = 0
 )");
   EXPECT_EQ(c.model.path, "/base/models/tiny");  // relative to the config file's folder
   EXPECT_EQ(c.model.dtype, "bfloat16");
@@ -69,6 +71,8 @@ max_connections = 16
   EXPECT_EQ(c.server.tcp, "127.0.0.1:8000");
   EXPECT_EQ(c.server.max_request_bytes, 2ull << 20);
   EXPECT_EQ(c.server.max_connections, 16);
+  EXPECT_EQ(c.server.max_pending_connections, 8);
+  EXPECT_EQ(c.server.max_restarts, 0);
 }
 
 TEST(Config, DefaultsFillEverythingButTheModel) {
@@ -80,6 +84,8 @@ TEST(Config, DefaultsFillEverythingButTheModel) {
   EXPECT_EQ(c.runtime.max_seq_len, 2048);
   EXPECT_EQ(c.quantization.mode, "none");
   EXPECT_EQ(c.server.max_connections, 256);
+  EXPECT_EQ(c.server.max_pending_connections, 128);
+  EXPECT_EQ(c.server.max_restarts, 5);
   EXPECT_EQ(c.placement.offload_compute, "auto");
   EXPECT_TRUE(c.runtime.cuda_graphs);
   EXPECT_FALSE(parse("[model]\npath = \"/m\"\n[runtime]\ncuda_graphs = false\n").runtime.cuda_graphs);

@@ -21,6 +21,9 @@ TEST(Metrics, PrometheusText) {
   m.add_open_connections(1);
   m.add_open_connections(1);
   m.add_open_connections(-1);
+  m.connection_evicted();
+  m.stage_restarted();
+  m.stage_restarted();
   const std::string t = m.render();
   for (const char* line :
        {"cascade_requests_total{status=\"200\"} 2", "cascade_requests_total{status=\"429\"} 1",
@@ -31,6 +34,7 @@ TEST(Metrics, PrometheusText) {
         "cascade_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2", "cascade_time_to_first_token_seconds_count 2",
         "cascade_inter_token_seconds_bucket{le=\"0.0025\"} 0", "cascade_inter_token_seconds_bucket{le=\"0.005\"} 1",
         "cascade_stage_busy_seconds_total{stage=\"stage 1 (rank 1, cpu:0)\"} 1.5",
+        "cascade_connections_evicted_total 1", "cascade_stage_restarts_total 2",
         "# TYPE cascade_time_to_first_token_seconds histogram"}) {
     EXPECT_NE(t.find(std::string(line) + "\n"), std::string::npos) << "missing: " << line << "\n" << t;
   }

@@ -59,6 +59,16 @@ void Metrics::add_open_connections(int64_t delta) {
   connections_ += delta;
 }
 
+void Metrics::connection_evicted() {
+  std::lock_guard<std::mutex> l(mu_);
+  ++evicted_;
+}
+
+void Metrics::stage_restarted() {
+  std::lock_guard<std::mutex> l(mu_);
+  ++restarts_;
+}
+
 namespace {
 
 void histogram(std::ostringstream& o, const char* name, const char* help, const Metrics::Histogram& h) {
@@ -92,6 +102,11 @@ std::string Metrics::render() const {
   scalar(o, "cascade_kv_slots_total", "gauge", "KV-cache slots (runtime.max_batch).", static_cast<double>(kv_total_));
   scalar(o, "cascade_open_connections", "gauge", "Client connections open (server.max_connections caps them).",
          static_cast<double>(connections_));
+  scalar(o, "cascade_connections_evicted_total", "counter",
+         "Connections that had not sent a whole request, dropped (oldest first) to make room.",
+         static_cast<double>(evicted_));
+  scalar(o, "cascade_stage_restarts_total", "counter", "Times the stages were restarted after a stage failed.",
+         static_cast<double>(restarts_));
   scalar(o, "cascade_prompt_tokens_total", "counter", "Prompt tokens prefilled.", static_cast<double>(prompt_tokens_));
   scalar(o, "cascade_generated_tokens_total", "counter", "Tokens generated.", static_cast<double>(generated_tokens_));
   histogram(o, "cascade_time_to_first_token_seconds", "From request admission to its first token.", ttft_);

@@ -25,6 +25,8 @@ class Metrics {
   void observe_inter_token(double seconds);
   void set_stage_busy(const std::string& stage, double seconds);
   void add_open_connections(int64_t delta);  // +1 on accept, -1 on close
+  void connection_evicted();                 // an incomplete connection dropped for a new one
+  void stage_restarted();                    // the stages were restarted after a failure
   std::string render() const;
 
   struct Histogram {
@@ -39,7 +41,7 @@ class Metrics {
   mutable std::mutex mu_;
   std::map<int, uint64_t> requests_;
   int64_t in_flight_ = 0, queue_ = 0, kv_used_ = 0, kv_total_ = 0, connections_ = 0;
-  uint64_t prompt_tokens_ = 0, generated_tokens_ = 0;
+  uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, evicted_ = 0, restarts_ = 0;
   Histogram ttft_, inter_token_;
   std::map<std::string, double> stage_busy_;
 };

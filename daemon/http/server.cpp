@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <iomanip>
+#include <list>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -22,11 +23,11 @@
 #include <thread>
 
 #include "config/config.h"
-#include "daemon/cluster.h"
 #include "daemon/generate.h"
 #include "daemon/planning.h"
 #include "daemon/scheduler.h"
 #include "daemon/startup.h"
+#include "daemon/supervisor.h"
 #include "planner/report.h"
 #include "stage/model.h"
 #include "storage/checkpoint.h"
@@ -43,6 +44,13 @@ namespace http = beast::http;
 using nlohmann::json;
 using local = net::local::stream_protocol;
 
+// A connection as the pending list sees it: one that can be dropped to make room.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  virtual void evict() = 0;
+};
+
 // Everything the connections share. Lives on the main thread's stack in serve().
 struct Shared {
   config::ServerSection cfg;
@@ -51,9 +59,12 @@ struct Shared {
   Limits limits;
   std::shared_ptr<const Tokenizer> tok;
   Scheduler* scheduler = nullptr;
-  Cluster* cluster = nullptr;
+  Supervisor* supervisor = nullptr;
   Metrics metrics;
   std::atomic<int> connections{0};
+  // Connections that have not sent a whole request yet, oldest first (Asio thread only):
+  // the first to go when room is needed, so slow senders cannot lock everyone out.
+  std::list<std::weak_ptr<Connection>> pending;
   std::atomic<bool> stopping{false};
 };
 
@@ -73,15 +84,22 @@ std::string status_line(int status) {
 // One connection. Reads requests one at a time (keep-alive); a streaming completion
 // takes the connection over until it ends (Connection: close).
 template <class Stream>
-class Session : public std::enable_shared_from_this<Session<Stream>> {
+class Session : public Connection, public std::enable_shared_from_this<Session<Stream>> {
  public:
   Session(Stream s, Shared& sh) : stream_(std::move(s)), sh_(sh) {
     ++sh_.connections;
     sh_.metrics.add_open_connections(1);
   }
-  ~Session() {
+  ~Session() override {
+    unmark_pending();
     --sh_.connections;
     sh_.metrics.add_open_connections(-1);
+  }
+
+  void evict() override {
+    unmark_pending();
+    sh_.metrics.connection_evicted();
+    close();
   }
 
   void start(bool refuse) {
@@ -120,6 +138,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // must arrive within header_timeout, so a slow sender holds a connection no longer
   // on its tenth request than on its first.
   void read(bool first) {
+    mark_pending();
     if (first || buf_.size() > 0) return read_request();
     expire_in(sh_.cfg.idle_timeout);
     stream_.async_read_some(buf_.prepare(4096), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
@@ -130,6 +149,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void read_request() {
+    mark_pending();
     parser_.emplace();
     parser_->body_limit(sh_.cfg.max_request_bytes);
     parser_->header_limit(16 * 1024);
@@ -142,7 +162,19 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     beast::get_lowest_layer(stream_).expires_after(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   }
 
+  void mark_pending() {
+    if (pending_) return;
+    pending_it_ = sh_.pending.insert(sh_.pending.end(), this->weak_from_this());
+    pending_ = true;
+  }
+  void unmark_pending() {
+    if (!pending_) return;
+    sh_.pending.erase(pending_it_);
+    pending_ = false;
+  }
+
   void on_read(beast::error_code ec) {
+    unmark_pending();
     if (ec == http::error::body_limit) {
       respond(413,
               error_json(413, "the request body is larger than server.max_request_bytes (" +
@@ -227,24 +259,24 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void health() {
+    const Supervisor::State state = sh_.supervisor->state();
+    const bool up = state == Supervisor::State::kReady && !sh_.scheduler->failed();
     json stages = json::array();
-    const bool failed = sh_.scheduler->failed();
-    for (const auto& s : sh_.cluster->stages()) {
+    for (const auto& s : sh_.supervisor->stages()) {
       stages.push_back({{"rank", s.rank},
                         {"label", s.label},
                         {"host", s.ready.host},
                         {"pid", s.ready.pid},
-                        {"state", failed ? "failed" : "ready"}});
+                        {"state", up ? "ready" : to_string(state)}});
     }
-    json j = {{"status", failed         ? "failed"
-                         : sh_.stopping ? "stopping"
-                                        : "ok"},
+    json j = {{"status", sh_.stopping ? "stopping" : to_string(state)},
               {"pid", ::getpid()},
               {"stages", stages},
+              {"restarts", sh_.supervisor->restarts()},
               {"running", sh_.scheduler->running()},
               {"queued", sh_.scheduler->queued()}};
-    if (failed) j["error"] = sh_.scheduler->failure();
-    respond(failed ? 503 : 200, to_json_text(j), keep_alive_);
+    if (!up) j["error"] = sh_.scheduler->failure();
+    respond(up ? 200 : 503, to_json_text(j), keep_alive_);
   }
 
   void completion(const std::string& body) {
@@ -270,7 +302,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       sh_.metrics.request_finished(rc);
       const std::string msg = rc == 429      ? "the server is busy: every KV slot is taken and the queue is full"
                               : sh_.stopping ? "the server is shutting down"
-                                             : "the model is unavailable: " + sh_.scheduler->failure();
+                                             : "the model is unavailable: " + sh_.scheduler->failure() +
+                                                   (sh_.scheduler->failed() ? "" : " (the stages are being restarted)");
       return respond(rc, error_json(rc, msg), keep_alive_);
     }
     if (req_.stream) {
@@ -363,14 +396,34 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool keep_alive_ = true, streaming_ = false;
   bool watching_ = false, read_after_watch_ = false;  // see watch_for_hangup()
   std::atomic<bool> gone_{false};
+  bool pending_ = false;  // in sh_.pending, at pending_it_
+  std::list<std::weak_ptr<Connection>>::iterator pending_it_;
 };
+
+// Makes room for a new connection by dropping the oldest that has not sent a whole
+// request: while the pending ones are at server.max_pending_connections, or while all
+// connections are at server.max_connections. False when the server is full of busy
+// connections (the new one gets a 429).
+bool make_room(Shared& sh) {
+  auto evict_oldest = [&sh] {
+    const auto oldest = sh.pending.front().lock();
+    if (oldest) return oldest->evict();  // takes itself off the list
+    sh.pending.pop_front();
+  };
+  while (!sh.pending.empty() && static_cast<int>(sh.pending.size()) >= sh.cfg.max_pending_connections) evict_oldest();
+  if (sh.connections < sh.cfg.max_connections) return true;
+  if (sh.pending.empty()) return false;
+  evict_oldest();
+  return true;
+}
 
 template <class Acceptor, class Stream>
 void accept_loop(Acceptor& acc, Shared& sh) {
   acc.async_accept([&acc, &sh](beast::error_code ec, typename Acceptor::protocol_type::socket sock) {
     if (ec) return;  // closed at shutdown
+    const bool room = make_room(sh);
     auto s = std::make_shared<Session<Stream>>(Stream(std::move(sock)), sh);
-    s->start(sh.connections > sh.cfg.max_connections);
+    s->start(!room);
     accept_loop<Acceptor, Stream>(acc, sh);
   });
 }
@@ -450,34 +503,39 @@ class Listeners {
   bool created_ = false;
 };
 
-// On SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace,
-// then, once the scheduler thread is done and the last writes drained, stop Asio.
-void drain_on_signal(net::io_context& ioc, net::signal_set& signals, Listeners& listeners, Scheduler& scheduler,
-                     const std::atomic<bool>& sched_done, Shared& sh, std::ostream& log) {
-  signals.async_wait([&](beast::error_code ec, int sig) {
-    if (ec) return;
-    log << "cascade: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": finishing in-flight requests (grace "
-        << sh.cfg.shutdown_grace << " s)" << std::endl;
-    sh.stopping = true;
+// Stops serving: no new connections, in-flight requests finish within the grace, then,
+// once the scheduler thread is done and the last writes drained, Asio stops. Called on
+// SIGTERM/SIGINT and when the stages failed for good. Asio thread only.
+struct Drain {
+  net::io_context& ioc;
+  Listeners& listeners;
+  Scheduler& scheduler;
+  const std::atomic<bool>& sched_done;
+  Shared& sh;
+  std::ostream& log;
+
+  void operator()(const std::string& why) const {
+    if (sh.stopping.exchange(true)) return;
+    log << "cascade: " << why << std::endl;
     listeners.close();
     scheduler.stop(std::chrono::duration<double>(sh.cfg.shutdown_grace));
     auto poll = std::make_shared<net::steady_timer>(ioc);
     auto check = std::make_shared<std::function<void(beast::error_code)>>();
-    *check = [&, poll, check](beast::error_code) {
+    *check = [this, poll, check](beast::error_code) {
       if (!sched_done) {
         poll->expires_after(std::chrono::milliseconds(20));
         poll->async_wait(*check);
         return;
       }
       poll->expires_after(std::chrono::milliseconds(300));
-      poll->async_wait([&ioc, poll, check](beast::error_code) {
+      poll->async_wait([&ioc = ioc, poll, check](beast::error_code) {
         ioc.stop();
         *check = nullptr;  // break the cycle
       });
     };
     (*check)({});
-  });
-}
+  }
+};
 
 }  // namespace
 
@@ -500,24 +558,35 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   if (std::ifstream(run.config.model.path + "/tokenizer.json").good()) sh.tok = Tokenizer::load(run.config.model.path);
 #endif
 
-  const Started started = start_stages(std::move(run), log);
-  sh.cluster = started.cluster.get();
+  Started started = start_stages(std::move(run), log);
   SchedulerOptions so = scheduler_options(started, started.run.config.runtime.mode);
   so.max_queue = sc.max_queue;
-  Scheduler scheduler(started.cluster, sh.tok, so, &sh.metrics);
+  auto supervisor = std::make_shared<Supervisor>(std::move(started), log, SupervisorOptions{sc.max_restarts});
+  so.stage_busy = [s = supervisor.get()] { return s->stage_busy(); };
+  sh.supervisor = supervisor.get();
+  Scheduler scheduler(supervisor, sh.tok, so, &sh.metrics);
   sh.scheduler = &scheduler;
 
   listeners.accept(sh);
   log << "cascade: serving " << sh.model_name << " on unix:" << sc.socket
       << (sc.tcp.empty() ? "" : " and tcp:" + sc.tcp) << std::endl;
   std::atomic<bool> sched_done{false};
+  const Drain drain{ioc, listeners, scheduler, sched_done, sh, log};
   std::thread sched([&] {
     scheduler.run();
     sched_done = true;
+    // The scheduler only stops by itself when the stages failed for good.
+    if (scheduler.failed()) net::post(ioc, [&] { drain("the stages failed and were not restarted: stopping"); });
   });
   auto work = net::make_work_guard(ioc);  // Asio runs until shutdown completes, even with no connection open
   net::signal_set signals(ioc, SIGTERM, SIGINT);
-  drain_on_signal(ioc, signals, listeners, scheduler, sched_done, sh, log);
+  signals.async_wait([&](beast::error_code ec, int sig) {
+    if (ec) return;
+    std::ostringstream why;
+    why << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": finishing in-flight requests (grace " << sh.cfg.shutdown_grace
+        << " s)";
+    drain(why.str());
+  });
   for (;;) {  // an exception out of a handler costs that connection, never the daemon
     try {
       ioc.run();
@@ -528,9 +597,12 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   }
   if (sched.joinable()) sched.join();
   int rc = 0;
-  if (!scheduler.failed()) {
+  if (scheduler.failed()) {
+    log << "cascade serve: exiting with an error: " << scheduler.failure() << "\n";
+    rc = 1;
+  } else {
     try {
-      started.cluster->shutdown();
+      supervisor->shutdown();
     } catch (const std::exception& e) {
       log << "cascade serve: stopping the stages: " << e.what() << "\n";
       rc = 1;

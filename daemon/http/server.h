@@ -6,10 +6,12 @@
 // scheduler thread runs the steps. They meet in Scheduler::submit() and in the Sink
 // callbacks, which post back to Asio.
 //
-// Limits (config [server]): body size (413), connections (429), header and idle
-// timeouts, an optional bearer api_key (401). SIGTERM/SIGINT stop accepting, let
-// in-flight requests finish within shutdown_grace, stop the stages, remove the socket
-// and return 0.
+// Limits (config [server]): body size (413), connections (429 when all are busy;
+// connections without a whole request are capped apart and the oldest dropped first),
+// header and idle timeouts, an optional bearer api_key (401). SIGTERM/SIGINT stop
+// accepting, let in-flight requests finish within shutdown_grace, stop the stages,
+// remove the socket and return 0. A stage failure restarts the stages (Supervisor); one
+// that cannot be recovered stops the daemon the same way and returns 1.
 #pragma once
 
 #include <iosfwd>
