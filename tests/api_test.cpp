@@ -23,8 +23,8 @@ void expect_400(const std::string& body, const std::string& part, const std::str
 TEST(Api, HostileBodiesBecome400sWithValidUtf8Messages) {
   expect_400(R"({"prompt": "hi", "unknown": 1e999})", "not valid JSON");
   expect_400(R"({"prompt": "hi", "max_tokens": -1e400})", "not valid JSON");
-  for (const std::string body : {std::string("{\"prompt\": tru\xff\xfe}"), std::string("{\"pro\xc3\x28mpt\": 1}"),
-                                 std::string("\xff\xfe\xfd"), std::string("{\"prompt\": \"a\xed\xa0\x80\"}")}) {
+  for (const std::string& body : {std::string("{\"prompt\": tru\xff\xfe}"), std::string("{\"pro\xc3\x28mpt\": 1}"),
+                                  std::string("\xff\xfe\xfd"), std::string("{\"prompt\": \"a\xed\xa0\x80\"}")}) {
     try {
       parse_completion(body);
       ADD_FAILURE() << "accepted a body with invalid bytes";

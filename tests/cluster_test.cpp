@@ -102,15 +102,6 @@ std::vector<int> stage_pids(const std::string& log) {
   return pids;
 }
 
-bool running(int pid) {
-  if (::kill(pid, 0) != 0) return false;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  const size_t p = line.rfind(')');
-  return p != std::string::npos && p + 2 < line.size() && line[p + 2] != 'Z';
-}
-
 TEST(Cluster, EveryPlacementMatchesOneProcessOnEveryFixture) {
   for (const auto& name : all_fixtures()) {
     const std::string model = fixture(name);
@@ -285,7 +276,7 @@ void expect_clean_failure(const Fault& f, const std::vector<std::string>& parts)
   EXPECT_NE(f.run.status, 0) << f.run.out;
   EXPECT_LT(f.seconds, 10.0) << f.run.out;
   for (const auto& p : parts) EXPECT_NE(f.run.out.find(p), std::string::npos) << "lacks '" << p << "':\n" << f.run.out;
-  for (int pid : stage_pids(f.run.out)) EXPECT_FALSE(running(pid)) << "stage pid " << pid << " outlived the run";
+  for (int pid : stage_pids(f.run.out)) EXPECT_FALSE(process_alive(pid)) << "stage pid " << pid << " outlived the run";
 }
 
 TEST(ClusterFaults, KilledStage) {

@@ -25,7 +25,9 @@ struct Weights {
     return {[this](const std::string& name, const std::vector<int64_t>& expected) {
               const auto it = t.find(name);
               if (it == t.end()) throw std::out_of_range("test weights lack " + name);
-              if (!expected.empty()) EXPECT_EQ(it->second.sizes().vec(), expected) << name;
+              if (!expected.empty()) {
+                EXPECT_EQ(it->second.sizes().vec(), expected) << name;
+              }
               return it->second;
             },
             threshold};

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -11,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -71,18 +74,49 @@ class TempDir {
 struct CliRun {
   int status;
   std::string out;
+  std::string err;  // stderr, unless it was merged into out
 };
-inline CliRun run_shell(const std::string& cmd) {
+// Runs `cmd` with /bin/sh; stdout in `out`. When the command names no redirection of
+// its own, stderr lands in `err`.
+inline CliRun run_shell(const std::string& cmd, std::string* err_file = nullptr) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = pclose(p);
-  return {WEXITSTATUS(status), out};
+  CliRun r{WEXITSTATUS(status), out, ""};
+  if (err_file) {
+    std::ifstream f(*err_file);
+    r.err.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    std::remove(err_file->c_str());
+  }
+  return r;
 }
+// `cascade <args>`. A run that fails prints its stderr (the last 6000 bytes), so a
+// failing multi-process test says why, whatever it asserted.
 inline CliRun run_cascade(const std::string& args, bool merge_stderr = false) {
-  return run_shell(std::string(CASCADE_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null"));
+  if (merge_stderr) return run_shell(std::string(CASCADE_BINARY) + " " + args + " 2>&1");
+  char tmpl[] = "/tmp/cascade_stderr_XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  if (fd >= 0) ::close(fd);
+  std::string err_file = tmpl;
+  CliRun r = run_shell(std::string(CASCADE_BINARY) + " " + args + " 2>" + err_file, &err_file);
+  if (r.status != 0) {
+    const std::string tail = r.err.size() > 6000 ? r.err.substr(r.err.size() - 6000) : r.err;
+    std::printf("cascade %s\nexited %d; its stderr:\n%s\n", args.c_str(), r.status, tail.c_str());
+  }
+  return r;
+}
+
+// True while process `pid` exists and is not a zombie.
+inline bool process_alive(int pid) {
+  if (::kill(pid, 0) != 0) return false;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  const size_t p = line.rfind(')');
+  return p != std::string::npos && p + 2 < line.size() && line[p + 2] != 'Z';
 }
 
 // Asserts that `stmt` throws an exception of type E whose message contains every part.
