@@ -19,7 +19,8 @@ import shutil
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig,
+                          Qwen2Config, Qwen3Config)
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -142,6 +143,16 @@ def fixtures(common):
         # from hidden / heads (16), one KV head, tied head.
         "gemma": (GemmaConfig(**common, num_key_value_heads=1, head_dim=32,
                               hidden_activation="gelu_pytorch_tanh"), torch.float32, 18, {}),
+        # Gemma 2: sandwich norms, attention and final-logit soft-capping (small caps, so they
+        # bite at this scale), a sliding window (6) shorter than prompt + continuation on the
+        # even layers, query_pre_attn_scalar apart from head_dim, 4 layers.
+        "gemma2": (Gemma2Config(**{**common, "num_hidden_layers": 4}, num_key_value_heads=2, head_dim=32,
+                                hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
+                                attn_logit_softcapping=3.0, final_logit_softcapping=2.5, sliding_window=6),
+                   torch.float32, 19, {}),
+        # Qwen3: per-head q/k RMSNorm, head_dim (32) apart from hidden / heads (16), untied.
+        "qwen3": (Qwen3Config(**common, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
+                  torch.float32, 20, {}),
     }
 
 
