@@ -20,7 +20,7 @@ import shutil
 import torch
 import transformers
 from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig,
-                          Qwen2Config, Qwen3Config)
+                          MixtralConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -153,6 +153,13 @@ def fixtures(common):
         # Qwen3: per-head q/k RMSNorm, head_dim (32) apart from hidden / heads (16), untied.
         "qwen3": (Qwen3Config(**common, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
                   torch.float32, 20, {}),
+        # Mixtral: 4 experts, top 2 per token, experts stored block_sparse_moe.experts.N.w1/w2/w3.
+        "mixtral": (MixtralConfig(**common, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                  tie_word_embeddings=False), torch.float32, 21, {}),
+        # Qwen3-MoE: q/k norms, 4 experts of 48, top 2, renormalised (norm_topk_prob).
+        "qwen3_moe": (Qwen3MoeConfig(**common, num_key_value_heads=2, head_dim=32, num_experts=4,
+                                     num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
+                                     tie_word_embeddings=False), torch.float32, 22, {}),
     }
 
 

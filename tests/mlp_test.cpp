@@ -77,6 +77,7 @@ TEST(Mlp, DeclaresAllExpertsBytesButOnlyActiveFlops) {
   Mlp::declare(&moe, {MlpKind::kMoe, H, I, Activation::kSilu, false, 8, 2, true}, "l.moe.");
   EXPECT_EQ(moe.tensors.size(), 1u + 8 * 3);  // router + every expert's three projections
   EXPECT_DOUBLE_EQ(moe.cost.flops_per_token, 2.0 * 8 * H + 2.0 * 3 * H * I * 2);  // router + top-2 experts
+  EXPECT_EQ(moe.cost.act_elems_per_token, 3 * I * 2 + 8);                          // top-2 experts' + scores
   EXPECT_EQ(moe.int8_layout("l.moe.gate.weight"), Int8Layout::kNone);             // the router stays in float
   EXPECT_EQ(moe.int8_layout("l.moe.experts.7.down_proj.weight"), Int8Layout::kRows);
 }

@@ -47,7 +47,7 @@ std::vector<ModuleSpec> decoder_modules(const DecoderRecipe& r, const ModelConfi
     const std::string p = layer_prefix(i);
     ModuleSpec s{p.substr(0, p.size() - 1), ModuleKind::kDecoderLayer, i, {}, {}, {}};
     Attention::declare(&s, r.attention_of(i), p + "self_attn.", r.attention_names);
-    Mlp::declare(&s, r.mlp, p + "mlp.", r.mlp_names);
+    Mlp::declare(&s, r.mlp, p + r.mlp_prefix + ".", r.mlp_names);
     for (const std::string& name : {n.input, n.pre_mlp, n.post_attn, n.post_mlp})
       if (!name.empty()) norm_tensors(&s, p + name);
     s.cost.act_elems_per_token += DecoderBlock::residual_elems(H);
@@ -82,7 +82,7 @@ std::unique_ptr<Module> decoder_load(const DecoderRecipe& r, const ModuleSpec& s
       DecoderBlock::Parts parts{norm(p + n.input),
                                 Attention(r.attention_of(s.layer), s.layer, W, p + "self_attn.", r.attention_names),
                                 norm(p + n.pre_mlp),
-                                Mlp(r.mlp, W, p + "mlp.", r.mlp_names),
+                                Mlp(r.mlp, W, p + r.mlp_prefix + ".", r.mlp_names),
                                 {},
                                 {}};
       if (r.sandwich_norms) {

@@ -38,6 +38,7 @@ struct DecoderRecipe {
   bool sandwich_norms = false;
   std::function<void(int64_t layer, AttentionSpec* a)> per_layer;  // e.g. alternating windows
   AttentionNames attention_names;
+  std::string mlp_prefix = "mlp";  // under model.layers.N (Mixtral: block_sparse_moe)
   MlpNames mlp_names;
 
   AttentionSpec attention_of(int64_t layer) const;
