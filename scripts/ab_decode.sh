@@ -10,6 +10,7 @@
 # from RANDOM_MODEL with ANCHOR_FLAGS (default: the DESIGN §10 anchor, 2.70 B
 # parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
 set -euo pipefail
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # spawned stages under root
 a=$1 b=$2 model=${3:-/tmp/ab-anchor}
 [ -f "$model/config.json" ] || "${RANDOM_MODEL:-build/bench/random_model}" --out "$model" \
   ${ANCHOR_FLAGS:---hidden 2560 --intermediate 6912 --layers 32 --heads 20 --kv-heads 20 --vocab 32000} >/dev/null
@@ -25,8 +26,13 @@ fi
 rate() {  # decode tokens/s of one run of binary $1 with the prompt flags that follow
   local bin=$1
   shift
-  "$bin" generate "${where[@]}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup 2>&1 >/dev/null |
-    grep -o '([0-9.]* tokens/s decode)' | tail -1 | grep -o '[0-9.]*' | head -1
+  local log
+  log=$(mktemp)
+  if ! "$bin" generate "${where[@]}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup 2>"$log" >/dev/null; then
+    tail -5 "$log" >&2  # say why, on stderr, and the round reads FAILED
+    return 1
+  fi
+  grep -o '([0-9.]* tokens/s decode)' "$log" | tail -1 | grep -o '[0-9.]*' | head -1
 }
 printf '%-6s %-28s %-28s\n' batch "A decode tok/s (per round)" "B decode tok/s (per round)"
 for batch in ${BATCHES:-1 16}; do

@@ -1,52 +1,79 @@
 #!/usr/bin/env bash
-# Nsight Compute look at one GPU stage's decode step (issue 8): how long the GPU works
-# per step and on which kernels. Runs on the GPU machine after scripts/gpu_check.sh has
-# built build-gpu/. The stage (rank 1 of `mpirun -np 2`) runs under ncu, collecting one
-# metric per kernel (its GPU time); the coordinator runs plainly.
+# Nsight Compute breakdown of one GPU stage's decode step (issue 16): per kernel, its GPU
+# time, the DRAM bytes it moved and the bandwidth that makes. Runs on the GPU machine
+# after scripts/gpu_check.sh has built build-gpu/. The stage (rank 1 of `mpirun -np 2`)
+# runs under ncu; the coordinator runs plainly. One decode step's kernels are the
+# difference between a run of SHORT+STEPS new tokens and one of SHORT, divided by STEPS,
+# so the prefill and start-up drop out without guessing where a step begins.
 #   scripts/profile_decode.sh MODEL_DIR [OUT_DIR]
+# Environment: CASES="bf16:1 bf16:16 int8_0:1 int8_6:1" (weights:batch; int8_T = LLM.int8
+# with threshold T), GRAPHS=false (true: one row per graph replay), BOUND_GBS=4270 (the
+# device copy bandwidth the % column divides by), METRICS (default: time and DRAM bytes;
+# `gpu__time_duration.sum` alone runs several times faster under ncu, bytes then read 0),
+# STEPS=3, RUN_TIMEOUT=300 (seconds per profiled run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 model=$1
 out=${2:-${OUT:-/tmp}}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-printf '[model]\npath = "%s"\ndtype = "bfloat16"\n[placement]\nmax_memory = { "cuda:0" = "70GiB", "cpu" = "100GiB" }\n[runtime]\nmax_batch = 1\nmax_seq_len = 64\n' \
-  "$model" >/tmp/profile.toml
 ids=$(seq -s, 11 42)
-for graphs in false true; do
-  mode=$([ $graphs = true ] && echo graph || echo node)
-  timeout 240 mpirun --oversubscribe -np 1 build-gpu/cascade generate --config /tmp/profile.toml \
-    --set runtime.cuda_graphs=$graphs --prompt-ids "$ids" --max-new-tokens 4 : \
-    -np 1 ncu --csv --graph-profiling "$mode" --metrics gpu__time_duration.sum --log-file "$out/ncu_graphs_$graphs.csv" \
-    build-gpu/cascade generate --config /tmp/profile.toml --set runtime.cuda_graphs=$graphs --prompt-ids "$ids" \
-    --max-new-tokens 4 >"$out/profile_run_$graphs.log" 2>&1
-  echo "== cuda_graphs=$graphs: exit $?"
+short=2 steps=${STEPS:-3}
+metrics=${METRICS:-gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum}
+for case in ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1}; do
+  weights=${case%%:*} batch=${case##*:}
+  quant=none threshold=0
+  case $weights in int8_*) quant=int8 threshold=${weights#int8_} ;; esac
+  printf '[model]\npath = "%s"\ndtype = "bfloat16"\n[placement]\nmax_memory = { "cuda:0" = "100GiB", "cpu" = "100GiB" }\n[runtime]\nmax_batch = %s\nmax_seq_len = 64\ncuda_graphs = %s\n[quantization]\nmode = "%s"\nthreshold = %s\n' \
+    "$model" "$batch" "${GRAPHS:-false}" "$quant" "$threshold" >/tmp/profile.toml
+  prompts=()
+  for _ in $(seq "$batch"); do prompts+=(--prompt-ids "$ids"); done
+  for n in $short $((short + steps)); do
+    log=$out/ncu_${weights}_b${batch}_n$n.csv
+    timeout "${RUN_TIMEOUT:-300}" mpirun --oversubscribe -np 1 build-gpu/cascade generate --config /tmp/profile.toml \
+      "${prompts[@]}" --max-new-tokens $n : -np 1 ncu --csv --clock-control none --metrics $metrics \
+      --log-file "$log" build-gpu/cascade generate --config /tmp/profile.toml "${prompts[@]}" --max-new-tokens $n \
+      >"$out/profile_${weights}_b${batch}_n$n.log" 2>&1
+    echo "== $weights batch $batch, $n new tokens: exit $?"
+  done
 done
-python3 - "$out" <<'PY'
-import collections, csv, io, sys
-unit = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6}
-def rows(path):
-    text = open(path, errors="replace").read()
+python3 - "$out" "$short" "$steps" "${BOUND_GBS:-4270}" ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1} <<'PY'
+import collections, csv, io, re, sys
+out, short, steps, bound = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6,
+         "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+def kernels(path):  # name -> [launches, us, bytes]
+    try:
+        text = open(path, errors="replace").read()
+    except OSError:
+        return {}
     start = text.find('"ID"')
-    return list(csv.DictReader(io.StringIO(text[start:]))) if start >= 0 else []
-for graphs in ("false", "true"):
-    r = [x for x in rows(f"{sys.argv[1]}/ncu_graphs_{graphs}.csv") if x.get("Metric Name") == "gpu__time_duration.sum"]
-    us = [float(x["Metric Value"].replace(",", "")) * unit.get(x["Metric Unit"], 1.0) for x in r]
-    print(f"cuda_graphs={graphs}: {len(r)} profiled launches, {sum(us) / 1e3:.2f} ms GPU time in all")
-    if graphs == "true":  # one result per graph replay: the decode steps
-        for x, t in list(zip(r, us))[-4:]:
-            print(f"  last launches: {x['Kernel Name'][:60]}  {t / 1e3:.3f} ms")
-        continue
-    # Eager: the last quarter of the launches is the last decode steps; per step, by kernel.
-    n = len(r) // 4 if r else 0
-    tail = list(zip(r, us))[-n:] if n else []
-    by = collections.defaultdict(lambda: [0, 0.0])
-    for x, t in tail:
-        k = x["Kernel Name"].split("(")[0][:70]
-        by[k][0] += 1
-        by[k][1] += t
-    tot = sum(t for _, t in tail)
-    print(f"  last {n} launches: {tot / 1e3:.2f} ms GPU time, mean {tot / max(n, 1):.1f} us per kernel")
-    for k, (c, t) in sorted(by.items(), key=lambda kv: -kv[1][1])[:15]:
-        print(f"  {c:5d} x {t / max(c, 1):8.1f} us  {t / 1e3:7.2f} ms  {k}")
+    by = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    seen = set()
+    for r in csv.DictReader(io.StringIO(text[start:])) if start >= 0 else []:
+        name = r["Kernel Name"].replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
+        name = re.split(r"[(<]", re.sub(r"^void ", "", name))[0][:60] + f" {r['Grid Size']}"
+        v = float(r["Metric Value"].replace(",", "") or 0) * scale.get(r["Metric Unit"], 1.0)
+        if r["ID"] not in seen:
+            seen.add(r["ID"])
+            by[name][0] += 1
+        if r["Metric Name"] == "gpu__time_duration.sum":
+            by[name][1] += v
+        else:
+            by[name][2] += v
+    return by
+for case in sys.argv[5:]:
+    weights, batch = case.split(":")
+    a = kernels(f"{out}/ncu_{weights}_b{batch}_n{short}.csv")
+    b = kernels(f"{out}/ncu_{weights}_b{batch}_n{short + steps}.csv")
+    step = {k: [(b[k][i] - a.get(k, [0, 0, 0])[i]) / steps for i in range(3)] for k in b}
+    step = {k: v for k, v in step.items() if v[0] > 0.5}
+    us = sum(v[1] for v in step.values())
+    gb = sum(v[2] for v in step.values()) / 1e9
+    print(f"\n### {weights}, batch {batch}: one decode step = {sum(v[0] for v in step.values()):.0f} kernels, "
+          f"{us:.0f} us GPU time, {gb * 1e3:.0f} MB DRAM, {gb / (us * 1e-6) if us else 0:.0f} GB/s "
+          f"({100 * gb / (us * 1e-6) / bound if us else 0:.0f}% of {bound:.0f})")
+    print("| kernel | launches | us | MB | GB/s | % of time |\n|---|---|---|---|---|---|")
+    for k, (n, t, by) in sorted(step.items(), key=lambda kv: -kv[1][1])[:16]:
+        print(f"| {k} | {n:.0f} | {t:.0f} | {by / 1e6:.1f} | {by / 1e3 / t if t else 0:.0f} | {100 * t / us:.1f} |")
 PY

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "stage/kernels/attention_kernels.h"
 #include "storage/compat.h"
 
 namespace cascade::stage {
@@ -41,6 +42,8 @@ KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_h
     layers_[l] = Layer{at::zeros({rows, kv_heads, max_seq_len, head_dim}, opts),
                        at::zeros({rows, kv_heads, max_seq_len, head_dim}, opts)};
   }
+  // A CUDA-graph batch is padded up to a power of two, below twice the rows.
+  if (device.is_cuda()) counters_ = at::zeros({2 * rows * kv_heads}, opts.dtype(at::kInt));
 }
 
 DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t span) const {
@@ -71,6 +74,13 @@ at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::
   const int64_t B = q.size(0), heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
   TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
   TORCH_CHECK(d.slots.size(0) == B, "decode index has ", d.slots.size(0), " sequences, the step ", B);
+  if (counters_.defined()) {  // the kernels, where they apply; otherwise the ATen path below
+    const DecodeAttentionArgs args{d.span, scale, window, mods.softcap, mods.alibi};
+    if (decode_store_kv(k, v, c.k, c.v, d.slots, d.pos)) {
+      const at::Tensor o = decode_attention(q, c.k, c.v, d.slots, d.pos, args, counters_);
+      if (o.defined()) return o.view({B, heads * head_dim});
+    }
+  }
   c.k.index_put_({d.slots, Slice(), d.pos}, k);  // [B, kv_heads, head_dim] at (slot, :, pos)
   c.v.index_put_({d.slots, Slice(), d.pos}, v);
   at::Tensor keys = c.k.narrow(2, 0, d.span).index_select(0, d.slots);  // [B, kv_heads, span, head_dim]

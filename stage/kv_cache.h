@@ -57,8 +57,10 @@ class KvCache {
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Batch& batch,
                     double scale, int64_t window, const ScoreMods& mods = {});
 
-  // A decode step for every sequence at once: one scatter into the cache, one batched
-  // attention over positions [0, d.span) masked to each sequence's length.
+  // A decode step for every sequence at once. On the GPU two kernels write the new K/V
+  // into the slots and attend in place (stage/kernels/attention_kernels.h); elsewhere one
+  // scatter into the cache and one batched attention over positions [0, d.span) masked
+  // to each sequence's length.
   // q [seqs, heads, head_dim], k/v [seqs, kv_heads, head_dim]; returns [seqs, heads * head_dim].
   at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
@@ -73,6 +75,7 @@ class KvCache {
     at::Tensor v;
   };
   std::map<int64_t, Layer> layers_;
+  at::Tensor counters_;  // [2 * rows * kv_heads] int32 zeros on a GPU: the decode kernel's split counters
   int64_t slots_ = 0;
   int64_t max_seq_len_ = 0;
   bool spare_ = false;

@@ -49,6 +49,37 @@ TEST(FusedKernels, LinearForDecodeShapes) {
           .defined());  // in % 8 != 0
 }
 
+// The residual and gated epilogues, on row counts that pick each threads-per-row
+// variant (128, 64 and 32 threads a row), against float64 references.
+TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(5);
+  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
+    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+  };
+  const at::ScalarType t = at::kBFloat16;
+  for (int64_t out : {37, 2560, 5000, 9000}) {
+    const at::Tensor w = (at::randn({out, 1024}) * 0.03).to(t), b = at::randn({out}).to(t);
+    const at::Tensor w2 = (at::randn({2 * out, 1024}) * 0.03).to(t);
+    for (int64_t tokens : {1, 3, 8}) {
+      const at::Tensor x = at::randn({tokens, 1024}).to(t), r = at::randn({tokens, out}).to(t);
+      const at::Tensor xd = x.to(at::kDouble);
+      const at::Tensor sum = fused_linear_add(x.cuda(), w.cuda(), b.cuda(), r.cuda());
+      ASSERT_TRUE(sum.defined());
+      EXPECT_LE(rel(sum, r.to(at::kDouble) + at::linear(xd, w.to(at::kDouble), b.to(at::kDouble))), 8e-3)
+          << "residual, out " << out << " tokens " << tokens;
+      const at::Tensor gu = at::linear(xd, w2.to(at::kDouble));
+      const at::Tensor g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
+      const at::Tensor silu = fused_gated_linear(x.cuda(), w2.cuda(), static_cast<int>(Activation::kSilu));
+      ASSERT_TRUE(silu.defined());
+      EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "silu, out " << out << " tokens " << tokens;
+      const at::Tensor gelu = fused_gated_linear(x.cuda(), w2.cuda(), static_cast<int>(Activation::kGeluTanh));
+      EXPECT_LE(rel(gelu, activate(g, Activation::kGeluTanh) * u), 1.5e-2) << "gelu, out " << out;
+    }
+  }
+  EXPECT_FALSE(fused_gated_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), 0).defined());  // f32
+}
+
 TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(0);

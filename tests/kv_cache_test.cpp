@@ -120,6 +120,56 @@ TEST(KvCache, ScoreModsAgreeOnBothPaths) {
   EXPECT_FALSE(at::allclose(one, none, 1e-3, 1e-3));
 }
 
+// On a GPU, batched decode goes through the in-place kernels (attention_kernels.h):
+// the same result as the ATen path on the CPU, for every head size, GQA group, window,
+// score modification and a span long enough to be split over several blocks, in float32
+// (1e-5) and bf16 (the CPU computing the bf16 inputs in float32; 2e-2).
+TEST(KvCache, DecodeKernelsMatchTheAtenPathOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  at::manual_seed(4);
+  struct Shape {
+    int64_t heads, kvh, d;
+  };
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    for (const Shape& sh : {Shape{4, 4, 64}, Shape{8, 2, 128}, Shape{14, 2, 128}, Shape{8, 1, 256}}) {
+      for (int64_t window : {0, 37}) {
+        for (bool mods_on : {false, true}) {
+          const double scale = 1.0 / std::sqrt(double(sh.d));
+          ScoreMods mods;
+          if (mods_on) mods = {30.0, (at::rand({sh.heads}) * 0.1).to(at::kFloat)};
+          ScoreMods gpu_mods = mods;
+          if (mods_on) gpu_mods.alibi = mods.alibi.cuda();
+          KvCache cpu({0}, 4, sh.kvh, 512, sh.d, at::kFloat, at::kCPU, true);
+          KvCache gpu({0}, 4, sh.kvh, 512, sh.d, t, at::kCUDA, true);
+          const std::vector<std::pair<int64_t, int64_t>> seqs = {{2, 300}, {0, 1}, {3, 45}};  // (slot, prompt)
+          for (const auto& [slot, len] : seqs) {
+            const at::Tensor k = at::randn({len, sh.kvh, sh.d}).to(t), v = at::randn({len, sh.kvh, sh.d}).to(t);
+            const at::Tensor q = at::randn({len, sh.heads, sh.d}).to(t);
+            cpu.attend(0, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), Batch{{{slot, 0, len}}}, scale, window);
+            gpu.attend(0, q.cuda(), k.cuda(), v.cuda(), Batch{{{slot, 0, len}}}, scale, window);
+          }
+          for (int64_t step = 0; step < 2; ++step) {
+            const at::Tensor q = (at::randn({3, sh.heads, sh.d}) * 2).to(t);
+            const at::Tensor k = at::randn({3, sh.kvh, sh.d}).to(t), v = at::randn({3, sh.kvh, sh.d}).to(t);
+            Batch b;
+            for (const auto& [slot, len] : seqs) b.seqs.push_back({slot, len + step, 1});
+            const at::Tensor want = cpu.attend_decode(0, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat),
+                                                      cpu.decode_index(b, at::kCPU, 320), scale, window, mods);
+            const at::Tensor got = gpu.attend_decode(0, q.cuda(), k.cuda(), v.cuda(),
+                                                     gpu.decode_index(b, at::kCUDA, 320), scale, window, gpu_mods)
+                                       .cpu()
+                                       .to(at::kFloat);
+            const double err = (got - want).abs().max().item<double>();
+            EXPECT_LE(err, t == at::kFloat ? 1e-5 : 2e-2)
+                << t << " heads " << sh.heads << "/" << sh.kvh << " d " << sh.d << " window " << window << " mods "
+                << mods_on << " step " << step;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KvCache, BoundsAreChecked) {
   KvCache kv({0}, 2, 1, 4, 2, at::kFloat, at::kCPU);
   EXPECT_EQ(kv.bytes(), 2u * 2 * 1 * 4 * 2 * sizeof(float));

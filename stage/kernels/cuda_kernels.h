@@ -26,5 +26,32 @@ cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* si
 // dtype 1 or 2; T in [1, kMaxTokens]; K % 8 == 0; rows 16-byte aligned; b may be null.
 cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
                        cudaStream_t stream);
+// fused_gemv, then y = r + y (r [T, N], rounded as the two ATen ops round).
+cudaError_t fused_gemv_add(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
+                           int N, cudaStream_t stream);
+// A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =
+// act(x w_gate) * (x w_up). act: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh).
+cudaError_t fused_gemv_gated(int dtype, int T, const void* x, const void* w, int act, void* y, int K, int N,
+                             cudaStream_t stream);
+
+// Decode attention over the KV cache in place (stage/kernels/attention_kernels.cu).
+// Caches [rows, kv_heads, max_seq, D]; q [B, heads, D]; o [B, heads, D]; slots/pos [B]
+// int64 on the device. Each sequence b attends its query (at position pos[b]) to the
+// keys [max(0, pos - window + 1), pos] of its slot. `work` holds splits * B * heads *
+// (D + 2) floats and `counters` B * kv_heads zeroed ints (left zeroed on return).
+// D in {64, 128, 256}, heads / kv_heads <= 8; slopes [heads] float32 or null.
+struct DecodeAttention {
+  int dtype, B, heads, kv_heads, D, max_seq, span, splits, window;
+  float scale, softcap;
+  const float* slopes;
+};
+cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
+                             const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
+                             cudaStream_t stream);
+// Writes each sequence's new key and value into its slot at pos[b]: k/v [B, kv_heads, D]
+// with row strides k_row/v_row (elements) and head stride D.
+cudaError_t decode_store_kv(int dtype, int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row,
+                            const void* v, int64_t v_row, void* k_cache, void* v_cache, const int64_t* slots,
+                            const int64_t* pos, cudaStream_t stream);
 
 }  // namespace cascade::stage::cuda

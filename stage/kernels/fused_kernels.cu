@@ -68,53 +68,160 @@ __global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, 
   }
 }
 
-// y[t, n] = sum_k x[t, k] w[n, k] (+ b[n]) for a few tokens: one warp per weight row,
-// 16 bytes (8 values) per lane per load, the row read once for all T tokens. cuBLAS's
-// GEMV-shaped kernels reach about 60% of HBM bandwidth on these shapes (the profile in
-// docs/performance.md); a decode step is mostly this.
-constexpr int kGemvWarps = 4;
-template <int T, typename S>
-__global__ void gemv_kernel(const S* __restrict__ x, const S* __restrict__ w, const S* __restrict__ b,
-                            S* __restrict__ y, int K, int N) {
-  const int lane = threadIdx.x % 32;
-  const int n = blockIdx.x * kGemvWarps + threadIdx.x / 32;
-  if (n >= N) return;
-  const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(n) * K);
-  const int vecs = K / 8;
-  float acc[T];
+// The decode GEMV: y[t, n] = sum_k x[t, k] w[n, k] for a few tokens, each weight row
+// read once for all T tokens, 16 bytes (8 values) per thread per load and kUnroll loads
+// in flight before the first use. TPR threads share a row (one to four warps): a step's
+// small projections (o_proj, down_proj: 2,560 rows) need several warps per row to keep
+// enough bytes in flight; at one warp per row they reached 52% of HBM (the profile in
+// docs/performance.md). The epilogue is one of:
+//   kPlain    y = s + b                      (rounded once, as at::linear)
+//   kResidual y = r + round(s + b)           (at::linear, then the residual add)
+//   kGated    y = round(act(round(g))) * round(u), g and u the rows n and n + N of a
+//             fused gate/up weight [2N, K] (the gated MLP's activation and product)
+enum Epilogue { kPlain, kResidual, kGated };
+constexpr int kGemvThreads = 256, kUnroll = 4;
+
+__device__ inline float activation(int act, float v) {
+  switch (act) {
+    case 0:  // silu
+      return v / (1.f + expf(-v));
+    case 1:  // relu
+      return v > 0.f ? v : 0.f;
+    case 2:  // gelu (erf)
+      return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    default:  // gelu, tanh approximation
+      return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+  }
+}
+
+// Sums `acc` over the TPR threads of each row; the result is valid in the row's first thread.
+template <int T, int TPR>
+__device__ inline void row_sum(float (&acc)[T]) {
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
-#pragma unroll 4
-  for (int v = lane; v < vecs; v += 32) {
-    const int4 wv = __ldg(row + v);
-    const S* we = reinterpret_cast<const S*>(&wv);
-    float wf[8];
+  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);
+  if constexpr (TPR > 32) {
+    __shared__ float part[kGemvThreads / 32][T];
+    const int warp = threadIdx.x / 32;
+    __syncthreads();  // a previous call's readers are done with `part`
+    if (threadIdx.x % 32 == 0) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) wf[i] = load(we, i);
+      for (int t = 0; t < T; ++t) part[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (threadIdx.x % TPR == 0) {
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int4 xv = __ldg(reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + v);
-      const S* xe = reinterpret_cast<const S*>(&xv);
+      for (int t = 0; t < T; ++t) {
+        float s = 0.f;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[t] = __fmaf_rn(load(xe, i), wf[i], acc[t]);
+        for (int i = 0; i < TPR / 32; ++i) s += part[warp + i][t];
+        acc[t] = s;
+      }
     }
   }
+}
+
+// acc[t] += x[t, 8v .. 8v + 8) . w8
+template <int T, typename S>
+__device__ inline void dot8(const S* __restrict__ x, int K, int v, const int4& wv, float (&acc)[T]) {
+  const S* we = reinterpret_cast<const S*>(&wv);
+  float wf[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) wf[i] = load(we, i);
 #pragma unroll
   for (int t = 0; t < T; ++t) {
-    const float sum = warp_sum(acc[t]);
-    if (lane == 0) store(y, static_cast<int64_t>(t) * N + n, b ? sum + load(b, n) : sum);
+    const int4 xv = __ldg(reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + v);
+    const S* xe = reinterpret_cast<const S*>(&xv);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[t] = __fmaf_rn(load(xe, i), wf[i], acc[t]);
   }
 }
 
-template <int T, typename S>
-void gemv_t(const void* x, const void* w, const void* b, void* y, int K, int N, cudaStream_t stream) {
-  gemv_kernel<T, S><<<(N + kGemvWarps - 1) / kGemvWarps, 32 * kGemvWarps, 0, stream>>>(
-      static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b), static_cast<S*>(y), K, N);
+template <int T, int TPR, int E, typename S>
+__global__ void __launch_bounds__(kGemvThreads)
+    gemv_kernel(const S* __restrict__ x, const S* __restrict__ w, const S* __restrict__ b, const S* __restrict__ r,
+                S* __restrict__ y, int K, int N, int act) {
+  constexpr int kRows = kGemvThreads / TPR;
+  const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
+  const bool live = n < N;  // no early return: row_sum may synchronise the block
+  const int vecs = K / 8;
+  const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(live ? n : 0) * K);
+  const int4* row2 = E == kGated ? row + static_cast<int64_t>(N) * vecs : row;  // the up row
+  float acc[T], acc2[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = acc2[t] = 0.f;
+  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
+    int4 wv[kUnroll], wv2[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = base + u * TPR;
+      if (v < vecs) {
+        wv[u] = __ldg(row + v);
+        if (E == kGated) wv2[u] = __ldg(row2 + v);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = base + u * TPR;
+      if (v < vecs) {
+        dot8<T, S>(x, K, v, wv[u], acc);
+        if (E == kGated) dot8<T, S>(x, K, v, wv2[u], acc2);
+      }
+    }
+  }
+  row_sum<T, TPR>(acc);
+  if (E == kGated) row_sum<T, TPR>(acc2);
+  if (!live || lane != 0) return;
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const int64_t at = static_cast<int64_t>(t) * N + n;
+    if (E == kGated) {
+      const float g = round_to<S>(acc[t]), u = round_to<S>(acc2[t]);
+      store(y, at, __fmul_rn(round_to<S>(activation(act, g)), u));
+    } else {
+      const float s = b ? acc[t] + load(b, n) : acc[t];
+      store(y, at, E == kResidual ? __fadd_rn(load(r, at), round_to<S>(s)) : s);
+    }
+  }
 }
 
-template <typename S>
-cudaError_t gemv_as(int T, const void* x, const void* w, const void* b, void* y, int K, int N, cudaStream_t stream) {
-  return for_tokens(T, [&](auto t) { gemv_t<decltype(t)::value, S>(x, w, b, y, K, N, stream); });
+// Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
+int threads_per_row(int N) { return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128); }
+
+template <int T, int TPR, int E, typename S>
+void gemv_t(const void* x, const void* w, const void* b, const void* r, void* y, int K, int N, int act,
+            cudaStream_t stream) {
+  constexpr int kRows = kGemvThreads / TPR;
+  gemv_kernel<T, TPR, E, S><<<(N + kRows - 1) / kRows, kGemvThreads, 0, stream>>>(
+      static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b), static_cast<const S*>(r),
+      static_cast<S*>(y), K, N, act);
+}
+
+template <int E, typename S>
+cudaError_t gemv_as(int T, const void* x, const void* w, const void* b, const void* r, void* y, int K, int N, int act,
+                    cudaStream_t stream) {
+  const int tpr = threads_per_row(E == kGated ? 2 * N : N);
+  return for_tokens(T, [&](auto t) {
+    constexpr int kT = decltype(t)::value;
+    if (tpr == 32)
+      gemv_t<kT, 32, E, S>(x, w, b, r, y, K, N, act, stream);
+    else if (tpr == 64)
+      gemv_t<kT, 64, E, S>(x, w, b, r, y, K, N, act, stream);
+    else
+      gemv_t<kT, 128, E, S>(x, w, b, r, y, K, N, act, stream);
+  });
+}
+
+template <int E>
+cudaError_t gemv_dtype(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
+                       int N, int act, cudaStream_t stream) {
+  switch (dtype) {
+    case 1:
+      return gemv_as<E, __half>(T, x, w, b, r, y, K, N, act, stream);
+    case 2:
+      return gemv_as<E, __nv_bfloat16>(T, x, w, b, r, y, K, N, act, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 template <typename S>
@@ -153,17 +260,19 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
   return cudaGetLastError();
 }
 
-// dtype: 1 float16, 2 bfloat16; T in [1, 8]; K % 8 == 0; rows 16-byte aligned; b may be null.
 cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
                        cudaStream_t stream) {
-  switch (dtype) {
-    case 1:
-      return gemv_as<__half>(T, x, w, b, y, K, N, stream);
-    case 2:
-      return gemv_as<__nv_bfloat16>(T, x, w, b, y, K, N, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return gemv_dtype<kPlain>(dtype, T, x, w, b, nullptr, y, K, N, 0, stream);
+}
+
+cudaError_t fused_gemv_add(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
+                           int N, cudaStream_t stream) {
+  return gemv_dtype<kResidual>(dtype, T, x, w, b, r, y, K, N, 0, stream);
+}
+
+cudaError_t fused_gemv_gated(int dtype, int T, const void* x, const void* w, int act, void* y, int K, int N,
+                             cudaStream_t stream) {
+  return gemv_dtype<kGated>(dtype, T, x, w, nullptr, nullptr, y, K, N, act, stream);
 }
 
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,

@@ -15,6 +15,11 @@ namespace cascade::stage {
 // float16 or bfloat16 -> [tokens, out]. One warp per weight row reads it once for every
 // token; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the profile).
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// r + fused_linear(x, w, b) in one kernel; r [tokens, out] in x's dtype.
+at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r);
+// A gated MLP's first half in one kernel: w [2 * I, in] holds the gate rows, then the up
+// rows; -> act(x w_gate^T) * (x w_up^T) [tokens, I]. act: the Activation enum's value.
+at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act);
 // x [tokens, hidden], w [hidden] (x's dtype) -> [tokens, hidden]; see stage/ops.h rms_norm.
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 // x [tokens, heads, head_dim], cos/sin [tokens, head_dim] (x's dtype); see stage/rope.h.

@@ -15,6 +15,24 @@ at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tens
   return at::linear(x, w, b);
 }
 
+at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_linear_add(x, w, b, r);  // the residual add in the GEMV's epilogue
+    if (y.defined()) return y;
+  }
+  return r + apply_linear(x, w, b);
+}
+
+at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a) {
+  if (x.is_cuda()) {
+    at::Tensor y = fused_gated_linear(x, w, static_cast<int>(a));  // activation and product in the epilogue
+    if (y.defined()) return y;
+  }
+  const at::Tensor gu = apply_linear(x, w);
+  const int64_t I = w.size(0) / 2;
+  return activate(gu.narrow(1, 0, I), a) * gu.narrow(1, I, I);
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (x.is_cuda()) {
     at::Tensor y = fused_rms_norm(x, weight, eps);  // one kernel instead of eight

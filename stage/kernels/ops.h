@@ -11,14 +11,20 @@ namespace cascade::stage {
 // at::linear (x [tokens, in], w [out, in], b [out] or undefined), through the decode GEMV
 // kernel (stage/fused_kernels.h) where it applies.
 at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+// r + apply_linear(x, w, b), the add in the GEMV's epilogue where the kernel applies.
+at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r);
 
 // LlamaRMSNorm: normalise in float32, cast back, then scale. x [tokens, hidden].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // Activation by config.json name: silu, relu, gelu, gelu_new, gelu_pytorch_tanh.
+// The values are the decode kernels' activation codes (stage/kernels/cuda_kernels.h).
 enum class Activation { kSilu, kRelu, kGelu, kGeluTanh };
 // Throws ModelConfigError naming the activation when unsupported.
 Activation parse_activation(const std::string& name);
 at::Tensor activate(const at::Tensor& x, Activation a);
+// A gated MLP's first half: w [2 * I, in] = [w_gate; w_up] -> act(x w_gate^T) * (x w_up^T)
+// [tokens, I]; one kernel at decode on the GPU, else linear, activate and multiply.
+at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a);
 
 }  // namespace cascade::stage

@@ -77,7 +77,7 @@ void Attention::finalize() {
   if (f.defined()) qkv_ = std::move(f);
 }
 
-at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx) {
+at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual) {
   const int64_t T = x.size(0);
   const int64_t q_out = a_.heads * a_.head_dim, kv_out = a_.kv_heads * a_.head_dim;
   at::Tensor q, k, v;
@@ -112,7 +112,7 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx) {
   const at::Tensor a = ctx.decode.defined()  // [T, heads * head_dim]
                            ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, a_.scale, a_.window, mods)
                            : ctx.kv->attend(layer_, q, k, v, ctx.batch, a_.scale, a_.window, mods);
-  return o_(a);
+  return residual.defined() ? o_.add_to(residual, o_.input(a)) : o_(a);
 }
 
 at::Tensor Attention::alibi_slopes(int64_t heads) {

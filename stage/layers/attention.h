@@ -57,8 +57,9 @@ class Attention {
             const AttentionNames& n = {});
   // On a GPU, separate q/k/v projections become one matmul (see Module::finalize).
   void finalize();
-  // x [tokens, hidden], already normed -> [tokens, hidden], after the output projection.
-  at::Tensor operator()(const at::Tensor& x, StepContext& ctx);
+  // x [tokens, hidden], already normed -> [tokens, hidden], after the output projection;
+  // plus `residual` when defined (the add fused into the projection where it can be).
+  at::Tensor operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual = {});
 
   // Bloom's ALiBi slopes for `heads` heads (any count, not only powers of two): [heads] float32.
   static at::Tensor alibi_slopes(int64_t heads);

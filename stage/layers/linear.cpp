@@ -39,6 +39,11 @@ Int8Activation Linear::input(const at::Tensor& x) const {
   return int8_split(x, int8() ? threshold : 0.0);  // weight-only or float: x as is
 }
 
+at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a) const {
+  if (int8() || conv1d) return r + (*this)(a);
+  return apply_linear_add(a.x, w, b, r);
+}
+
 at::Tensor Linear::operator()(const Int8Activation& a) const {
   if (int8()) return int8_linear(a, w, scale, b);
   if (conv1d) return b.defined() ? at::addmm(b, a.x, w) : at::mm(a.x, w);

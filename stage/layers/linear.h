@@ -39,6 +39,8 @@ struct Linear {
   Int8Activation input(const at::Tensor& x) const;       // x [tokens, in]
   at::Tensor operator()(const Int8Activation& a) const;  // -> [tokens, out] in x's dtype
   at::Tensor operator()(const at::Tensor& x) const { return (*this)(input(x)); }
+  // r + (*this)(a), r [tokens, out]: the add rides in the decode GEMV where it applies.
+  at::Tensor add_to(const at::Tensor& r, const Int8Activation& a) const;
 };
 
 }  // namespace cascade::stage

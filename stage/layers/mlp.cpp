@@ -71,16 +71,31 @@ void Mlp::finalize() {
   g.gate_up = Linear::fuse({&g.gate, &g.up});
 }
 
-at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, int64_t intermediate) const {
+at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, int64_t intermediate,
+                                  const at::Tensor& r) const {
   const Int8Activation h = (gate_up.defined() ? gate_up : gate).input(x);
   at::Tensor a;  // [tokens, intermediate]
-  if (gate_up.defined()) {
+  if (gate_up.defined() && !gate_up.int8() && !gate_up.b.defined()) {
+    a = apply_gated(h.x, gate_up.w, act);  // one kernel at decode on the GPU
+  } else if (gate_up.defined()) {
     const at::Tensor gu = gate_up(h);  // [tokens, 2 * intermediate]
     a = activate(gu.narrow(1, 0, intermediate), act) * gu.narrow(1, intermediate, intermediate);
   } else {
     a = activate(gate(h), act) * up(h);
   }
-  return down(a);
+  return r.defined() ? down.add_to(r, down.input(a)) : down(a);
+}
+
+at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& r) {
+  switch (m_.kind) {
+    case MlpKind::kGated:
+      return gated_(x, m_.act, m_.intermediate, r);
+    case MlpKind::kPlain:
+      return proj_.add_to(r, proj_.input(activate(fc_(x), m_.act)));
+    case MlpKind::kMoe:
+      return r + moe(x);
+  }
+  return r + x;
 }
 
 at::Tensor Mlp::operator()(const at::Tensor& x) {

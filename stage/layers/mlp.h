@@ -49,13 +49,16 @@ class Mlp {
   // On a GPU, gate and up become one matmul (see Module::finalize).
   void finalize();
   at::Tensor operator()(const at::Tensor& x);  // [tokens, hidden] -> [tokens, hidden]
+  // r + (*this)(x), the add fused into the down projection where it can be.
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& r);
   // A mixture of experts groups tokens by expert on the host: no CUDA graph.
   bool capturable() const { return m_.kind != MlpKind::kMoe; }
 
  private:
   struct Gated {
     Linear gate, up, down, gate_up;  // gate_up: set by finalize(), which empties gate and up
-    at::Tensor operator()(const at::Tensor& x, Activation act, int64_t intermediate) const;
+    // r (when defined) + down(act(gate(x)) * up(x)).
+    at::Tensor operator()(const at::Tensor& x, Activation act, int64_t intermediate, const at::Tensor& r = {}) const;
   };
   at::Tensor moe(const at::Tensor& x);
 

@@ -1,0 +1,252 @@
+// Decode attention that reads the KV cache where it lies ("flash decoding"): no gather
+// of each sequence's keys, no mask tensor, no scatter through index_put. One block per
+// (sequence, KV head, split of the key range); its warps take keys in turn, each lane
+// holding D/32 elements of a row, with an online softmax in float32 for every query head
+// of the GQA group. Splits write partial (max, sum, acc) and the last block of a
+// (sequence, KV head) to finish merges them (a counter per pair, reset by that block),
+// so a step is one launch whatever the split count. Raw pointers only (cuda_kernels.h).
+#include <cfloat>
+
+#include "stage/kernels/cuda_common.cuh"
+
+namespace cascade::stage::cuda {
+namespace {
+
+constexpr int kAttnWarps = 4;
+
+// n contiguous values of a row as float.
+template <typename S, int N>
+__device__ inline void load_row(const S* __restrict__ p, float (&out)[N]) {
+  if constexpr (sizeof(S) * N % 16 == 0) {
+#pragma unroll
+    for (int c = 0; c < static_cast<int>(sizeof(S)) * N / 16; ++c) {
+      const int4 v = __ldg(reinterpret_cast<const int4*>(p) + c);
+      const S* e = reinterpret_cast<const S*>(&v);
+#pragma unroll
+      for (int i = 0; i < 16 / static_cast<int>(sizeof(S)); ++i) out[c * (16 / sizeof(S)) + i] = load(e, i);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = load(p, i);
+  }
+}
+
+template <typename S, int D, int G>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    attention_kernel(DecodeAttention a, const S* __restrict__ q, const S* __restrict__ kc, const S* __restrict__ vc,
+                     const int64_t* __restrict__ slots, const int64_t* __restrict__ pos, S* __restrict__ o,
+                     float* __restrict__ work, int* __restrict__ counters) {
+  constexpr int E = D / 32;  // elements per lane
+  const int b = blockIdx.x / a.kv_heads, h = blockIdx.x % a.kv_heads, split = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = a.heads / a.kv_heads;  // query heads h*group .. h*group + group - 1, group <= G
+  const int64_t slot = slots[b];
+  const int p = static_cast<int>(pos[b]);
+  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+  const int chunk = (a.span + a.splits - 1) / a.splits;
+  const int begin = max(lo, split * chunk), end = min(p + 1, (split + 1) * chunk);
+
+  float qv[G][E], acc[G][E], m[G], l[G], slope[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -FLT_MAX;
+    l[g] = 0.f;
+    slope[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) acc[g][i] = 0.f;
+    if (g < group) {
+      const int hq = h * group + g;
+      load_row<S, E>(q + (static_cast<int64_t>(b) * a.heads + hq) * D + lane * E, qv[g]);
+      if (a.slopes) slope[g] = a.slopes[hq];
+    }
+  }
+  const int64_t head = (slot * a.kv_heads + h) * a.max_seq;
+  for (int j = begin + warp; j < end; j += kAttnWarps) {
+    float kv[E], vv[E];
+    load_row<S, E>(kc + (head + j) * D + lane * E, kv);
+    load_row<S, E>(vc + (head + j) * D + lane * E, vv);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= group) break;
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < E; ++i) s = __fmaf_rn(qv[g][i], kv[i], s);
+      s = warp_sum(s) * a.scale;
+      if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap);
+      s += slope[g] * static_cast<float>(j);
+      const float mn = fmaxf(m[g], s), corr = expf(m[g] - mn), e = expf(s - mn);
+      m[g] = mn;
+      l[g] = l[g] * corr + e;
+#pragma unroll
+      for (int i = 0; i < E; ++i) acc[g][i] = __fmaf_rn(e, vv[i], acc[g][i] * corr);
+    }
+  }
+
+  // Merge the warps: (m, l, acc) per warp and query head through shared memory.
+  __shared__ float sm_m[kAttnWarps][G], sm_l[kAttnWarps][G], sm_acc[kAttnWarps][G][D];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      sm_m[warp][g] = m[g];
+      sm_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) sm_acc[warp][g][lane * E + i] = acc[g][i];
+  }
+  __syncthreads();
+  const int n_out = a.splits * a.heads * D;  // floats of one sequence's partial accs
+  float* part_acc = work + static_cast<int64_t>(b) * n_out;
+  float* part_ml = work + static_cast<int64_t>(a.B) * n_out + static_cast<int64_t>(b) * a.splits * a.heads * 2;
+  for (int idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D, hq = h * group + g;
+    float mx = -FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm_m[w][g]);
+    float sum = 0.f, val = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) {
+      const float f = sm_l[w][g] > 0.f ? expf(sm_m[w][g] - mx) : 0.f;
+      sum += sm_l[w][g] * f;
+      val += sm_acc[w][g][d] * f;
+    }
+    if (a.splits == 1) {
+      store(o, (static_cast<int64_t>(b) * a.heads + hq) * D + d, val / sum);
+    } else {
+      part_acc[(static_cast<int64_t>(split) * a.heads + hq) * D + d] = val;
+      if (d == 0) {
+        part_ml[(split * a.heads + hq) * 2] = mx;
+        part_ml[(split * a.heads + hq) * 2 + 1] = sum;
+      }
+    }
+  }
+  if (a.splits == 1) return;
+
+  // The last split block of this (sequence, KV head) to finish merges the splits.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(&counters[blockIdx.x], 1);
+    last = done == a.splits - 1;
+    if (last) counters[blockIdx.x] = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D, hq = h * group + g;
+    float mx = -FLT_MAX;
+    for (int s = 0; s < a.splits; ++s) {
+      if (__ldcg(&part_ml[(s * a.heads + hq) * 2 + 1]) > 0.f) mx = fmaxf(mx, __ldcg(&part_ml[(s * a.heads + hq) * 2]));
+    }
+    float sum = 0.f, val = 0.f;
+    for (int s = 0; s < a.splits; ++s) {
+      const float ls = __ldcg(&part_ml[(s * a.heads + hq) * 2 + 1]);
+      if (ls <= 0.f) continue;
+      const float f = expf(__ldcg(&part_ml[(s * a.heads + hq) * 2]) - mx);
+      sum += ls * f;
+      val += __ldcg(&part_acc[(static_cast<int64_t>(s) * a.heads + hq) * D + d]) * f;
+    }
+    store(o, (static_cast<int64_t>(b) * a.heads + hq) * D + d, val / sum);
+  }
+}
+
+template <typename S, int D, int G>
+void attention_t(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
+                 const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+  attention_kernel<S, D, G><<<dim3(a.B * a.kv_heads, a.splits), kAttnWarps * 32, 0, stream>>>(
+      a, static_cast<const S*>(q), static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos, static_cast<S*>(o),
+      work, counters);
+}
+
+template <typename S, int D>
+cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
+                        const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+  const int group = a.heads / a.kv_heads;
+  if (group == 1)
+    attention_t<S, D, 1>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+  else if (group == 2)
+    attention_t<S, D, 2>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+  else if (group <= 4)
+    attention_t<S, D, 4>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+  else if (group <= 8)
+    attention_t<S, D, 8>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+  else
+    return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t attention_d(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
+                        const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+  switch (a.D) {
+    case 64:
+      return attention_g<S, 64>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    case 128:
+      return attention_g<S, 128>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    case 256:
+      return attention_g<S, 256>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <typename S>
+__global__ void store_kv_kernel(const S* __restrict__ k, int64_t k_row, const S* __restrict__ v, int64_t v_row,
+                                S* __restrict__ kc, S* __restrict__ vc, const int64_t* __restrict__ slots,
+                                const int64_t* __restrict__ pos, int kv_heads, int D, int max_seq) {
+  const int b = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
+  const int64_t dst = ((slots[b] * kv_heads + h) * max_seq + pos[b]) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    kc[dst + i] = k[b * k_row + h * D + i];
+    vc[dst + i] = v[b * v_row + h * D + i];
+  }
+}
+
+template <typename S>
+void store_kv_as(int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row, const void* v, int64_t v_row,
+                 void* kc, void* vc, const int64_t* slots, const int64_t* pos, cudaStream_t stream) {
+  store_kv_kernel<S> < <<B * kv_heads, D<256 ? D : 256, 0, stream>>>(
+                           static_cast<const S*>(k), k_row, static_cast<const S*>(v), v_row, static_cast<S*>(kc),
+                           static_cast<S*>(vc), slots, pos, kv_heads, D, max_seq);
+}
+
+}  // namespace
+
+cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
+                             const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
+                             cudaStream_t stream) {
+  if (a.B <= 0) return cudaSuccess;
+  switch (a.dtype) {
+    case 0:
+      return attention_d<float>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+    case 1:
+      return attention_d<__half>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+    case 2:
+      return attention_d<__nv_bfloat16>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t decode_store_kv(int dtype, int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row,
+                            const void* v, int64_t v_row, void* k_cache, void* v_cache, const int64_t* slots,
+                            const int64_t* pos, cudaStream_t stream) {
+  if (B <= 0) return cudaSuccess;
+  switch (dtype) {
+    case 0:
+      store_kv_as<float>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
+      break;
+    case 1:
+      store_kv_as<__half>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
+      break;
+    case 2:
+      store_kv_as<__nv_bfloat16>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cascade::stage::cuda

@@ -1,0 +1,37 @@
+// Decode attention over the KV cache in place (stage/kernels/attention_kernels.cu): the
+// step's new keys and values are written into their slots by one kernel, and one more
+// attends every sequence's query to its cached prefix, reading K and V where they lie.
+// The ATen path this replaces gathered each sequence's cache (index_select), built a
+// mask and ran SDPA: about ten kernels per layer and a copy of the cache per step.
+//
+// Both return false / an undefined tensor where they do not apply (no CUDA kernels in
+// this build, a CPU cache, an unsupported head_dim or GQA group); the caller then takes
+// the ATen path. Plain functions; they queue on the current stream.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace cascade::stage {
+
+// What decode_attention needs besides the tensors (see stage/kv_cache.h ScoreMods).
+struct DecodeAttentionArgs {
+  int64_t span = 0;    // keys [0, span) may be read; every pos < span
+  double scale = 0;    // multiplies q.k
+  int64_t window = 0;  // 0 = full attention
+  double softcap = 0;  // 0 = off
+  at::Tensor slopes;   // [heads] float32 ALiBi slopes, or undefined
+};
+
+// k/v [B, kv_heads, D] (rows may be strided) into k_cache/v_cache [rows, kv_heads,
+// max_seq, D] at (slots[b], :, pos[b]); slots/pos [B] int64 on the cache's device.
+bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
+                     const at::Tensor& slots, const at::Tensor& pos);
+
+// q [B, heads, D] -> [B, heads, D]: softmax(q k^T * scale (+ mods), masked to keys
+// [pos - window + 1, pos]) v per sequence. `counters` [>= B * kv_heads] int32 zeros,
+// owned by the cache and left zeroed.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
+                            at::Tensor& counters);
+
+}  // namespace cascade::stage
