@@ -258,8 +258,10 @@ void Scheduler::collect() {
       metrics_->observe_inter_token(std::chrono::duration<double>(now - s.last_token).count());
     }
     s.last_token = now;
+    const auto& stops = s.job.request.stop_token_ids;  // a chat format's end of turn
     const bool eos =
-        !s.job.request.ignore_eos && std::find(opts_.eos_ids.begin(), opts_.eos_ids.end(), t) != opts_.eos_ids.end();
+        !s.job.request.ignore_eos && (std::find(opts_.eos_ids.begin(), opts_.eos_ids.end(), t) != opts_.eos_ids.end() ||
+                                      std::find(stops.begin(), stops.end(), t) != stops.end());
     s.out.push_back(t);
 #ifdef CASCADE_WITH_TOKENIZER
     if (s.decoder) s.text += s.decoder->push(t);

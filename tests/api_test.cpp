@@ -122,5 +122,72 @@ TEST(Api, ResponseShapes) {
   EXPECT_EQ(e["error"]["message"], "busy");
 }
 
+// /v1/chat/completions: the messages as the template will see them, and every
+// malformed message a 400 that names it.
+TEST(Api, ChatRequests) {
+  const ChatRequest r = parse_chat(R"({"messages": [
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]},
+      {"role": "assistant", "content": null,
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "max_completion_tokens": 7, "temperature": 0, "stream": true, "stop": "END",
+    "chat_template_kwargs": {"enable_thinking": false, "messages": "ignored"}})");
+  ASSERT_EQ(r.messages.size(), 4u);
+  EXPECT_EQ(r.messages[1]["content"], "Hello\nthere");
+  EXPECT_TRUE(r.messages[2]["content"].is_null());
+  EXPECT_EQ(r.messages[2]["tool_calls"][0]["function"]["arguments"], nlohmann::json({{"x", 1}}));
+  EXPECT_EQ(r.messages[3]["tool_call_id"], "c1");
+  EXPECT_EQ(r.tools.size(), 1u);
+  EXPECT_EQ(r.options.max_tokens, 7);
+  EXPECT_TRUE(r.max_tokens_given);
+  EXPECT_TRUE(r.options.stream);
+  EXPECT_EQ(r.options.stop, std::vector<std::string>{"END"});
+  EXPECT_EQ(r.template_kwargs, nlohmann::json({{"enable_thinking", false}}));
+  EXPECT_FALSE(parse_chat(R"({"messages": [{"role": "user", "content": "x"}]})").max_tokens_given);
+
+  auto rejects = [](const std::string& body, const std::string& part) {
+    try {
+      parse_chat(body);
+      ADD_FAILURE() << "accepted: " << body;
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  rejects(R"({})", "'messages' is required");
+  rejects(R"({"messages": []})", "non-empty array");
+  rejects(R"({"messages": [{"content": "x"}]})", "messages[0] needs a 'role'");
+  rejects(R"({"messages": [{"role": "user", "content": "x"}, {"role": "wizard", "content": "x"}]})",
+          "messages[1]: role 'wizard'");
+  rejects(R"({"messages": [{"role": "user"}]})", "messages[0] needs 'content'");
+  rejects(R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
+          "only text content parts");
+  rejects(R"({"messages": [{"role": "user", "content": 5}]})", "'content' must be a string");
+  rejects(R"({"messages": [{"role": "user", "content": "x"}], "tools": {}})", "'tools' must be an array");
+  rejects(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", "'logprobs'");
+  rejects(R"({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0})", "max_completion_tokens");
+}
+
+TEST(Api, ChatResponseShapes) {
+  CompletionRequest req;
+  req.prompt_ids = {1, 2, 3};
+  const auto j = nlohmann::json::parse(
+      chat_completion_json("chatcmpl-1", 100, "demo", req, CompletionResult{"hi", {5, 6}, Finish::kStop}));
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"], nlohmann::json({{"role", "assistant"}, {"content", "hi"}}));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 3);
+  const std::string first = chat_chunk_event("chatcmpl-1", 100, "demo", true, "he", nullptr);
+  const auto c = nlohmann::json::parse(first.substr(6));
+  EXPECT_EQ(c["object"], "chat.completion.chunk");
+  EXPECT_EQ(c["choices"][0]["delta"], nlohmann::json({{"role", "assistant"}, {"content", "he"}}));
+  const Finish f = Finish::kLength;
+  const auto last = nlohmann::json::parse(chat_chunk_event("chatcmpl-1", 100, "demo", false, "", &f).substr(6));
+  EXPECT_EQ(last["choices"][0]["delta"], nlohmann::json::object());
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+}
+
 }  // namespace
 }  // namespace cascade::daemon

@@ -353,6 +353,9 @@ TEST_F(DemoServer, EveryBadInputGetsItsErrorAndTheServerCarriesOn) {
       {"GET", "/v1/nothing", "", 404, "no such endpoint"},
       {"GET", "/v1/completions", "", 405, "use POST"},
       {"POST", "/health", "{}", 405, "use GET"},
+      {"POST", "/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})", 400,
+       "this model has no chat template"},
+      {"POST", "/v1/chat/completions", R"({"messages": [{"role": "robot", "content": "hi"}]})", 400, "role 'robot'"},
   };
   for (const auto& c : cases) {
     const Reply r = call(d_->sock(), c.method, c.target, c.body);
@@ -362,6 +365,79 @@ TEST_F(DemoServer, EveryBadInputGetsItsErrorAndTheServerCarriesOn) {
     EXPECT_NE(j["error"]["message"].get<std::string>().find(c.part), std::string::npos) << r.body;
     EXPECT_EQ(call(d_->sock(), "POST", "/v1/completions", good).status, 200) << "after " << c.part;
   }
+}
+
+// /v1/chat/completions on the demo model given a chat template: the reply is what
+// /v1/completions gives for the rendered prompt's tokens, streamed or not; the
+// template's raise_exception reaches the client as a 400 with its message.
+TEST(Server, ChatCompletionsRenderTheModelsTemplate) {
+  TempDir dir;
+  const std::string model = dir.file("model");
+  std::filesystem::create_directory(model);
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+    std::filesystem::create_symlink(demo() + "/" + f, model + "/" + f);
+  write_file(model + "/tokenizer_config.json", json({{"eos_token", "<|endoftext|>"},
+                                                     {"chat_template",
+                                                      "{% if messages | length > 3 %}{{ raise_exception('at most "
+                                                      "three messages, please') }}{% endif %}"
+                                                      "{% for m in messages %}{{ m.role | capitalize }}: "
+                                                      "{{ m.content }}\n{% endfor %}"
+                                                      "{% if add_generation_prompt %}Assistant:{% endif %}"}})
+                                                   .dump());
+  Daemon d(dir, model, "[runtime]\nmax_batch = 4\nmax_seq_len = 256\nthreads_per_stage = 1\n");
+  const json messages = json::array(
+      {{{"role", "system"}, {"content", "You tell stories."}}, {{"role", "user"}, {"content", "Once upon a time"}}});
+  const CliRun tok =
+      run_cascade("tokenize --tokenizer " + model + " 'System: You tell stories.\nUser: Once upon a time\nAssistant:'");
+  const json ids = json::parse(tok.out)["ids"];
+  const Reply plain =
+      call(d.sock(), "POST", "/v1/completions", json({{"prompt", ids}, {"max_tokens", 12}, {"temperature", 0}}).dump());
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  const json want = plain.j()["choices"][0];
+  ASSERT_FALSE(want["text"].get<std::string>().empty()) << plain.body;  // something to compare
+
+  const Reply chat = call(d.sock(), "POST", "/v1/chat/completions",
+                          json({{"messages", messages}, {"max_tokens", 12}, {"temperature", 0}}).dump());
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  const json c = chat.j();
+  EXPECT_EQ(c["object"], "chat.completion");
+  EXPECT_EQ(c["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(c["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(c["choices"][0]["message"]["content"], want["text"]);
+  EXPECT_EQ(c["choices"][0]["finish_reason"], want["finish_reason"]);
+  EXPECT_EQ(c["usage"]["prompt_tokens"], ids.size());
+
+  const Reply streamed =
+      call(d.sock(), "POST", "/v1/chat/completions",
+           json({{"messages", messages}, {"max_tokens", 12}, {"temperature", 0}, {"stream", true}}).dump());
+  ASSERT_EQ(streamed.status, 200);
+  std::string text, finish;
+  int events = 0;
+  bool role_first = false, done = false;
+  std::istringstream in(streamed.body);
+  for (std::string line; std::getline(in, line);) {
+    if (line == "data: [DONE]") done = true;
+    if (line.rfind("data: {", 0) != 0) continue;
+    const json e = json::parse(line.substr(6));
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    const json& delta = e["choices"][0]["delta"];
+    if (events++ == 0) role_first = delta.value("role", "") == "assistant";
+    if (delta.contains("content")) text += delta["content"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_TRUE(role_first && done) << streamed.body;
+  EXPECT_EQ(text, want["text"]);
+  EXPECT_EQ(finish, want["finish_reason"]);
+
+  json four = messages;
+  four.push_back({{"role", "assistant"}, {"content", "Yes?"}});
+  four.push_back({{"role", "user"}, {"content", "More."}});
+  const Reply raised = call(d.sock(), "POST", "/v1/chat/completions", json({{"messages", four}}).dump());
+  EXPECT_EQ(raised.status, 400);
+  EXPECT_EQ(raised.j()["error"]["message"], "at most three messages, please");
+  EXPECT_EQ(
+      call(d.sock(), "POST", "/v1/chat/completions", json({{"messages", messages}, {"max_tokens", 2}}).dump()).status,
+      200);
 }
 
 TEST_F(DemoServer, InfoEndpoints) {

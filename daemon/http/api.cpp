@@ -1,6 +1,8 @@
 #include "daemon/http/api.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 
 namespace cascade::daemon {
 namespace {
@@ -60,7 +62,9 @@ std::string to_json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-CompletionRequest parse_completion(const std::string& body) {
+namespace {
+
+json parse_body(const std::string& body) {
   json j;
   try {
     j = json::parse(body);
@@ -75,24 +79,11 @@ CompletionRequest parse_completion(const std::string& body) {
     bad("", std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) bad("", std::string("the request body must be a JSON object, got ") + type_of(j));
-  CompletionRequest r;
-  if (!present(j, "prompt")) bad("prompt", "'prompt' is required");
-  const json& p = j.at("prompt");
-  if (p.is_string()) {
-    r.text_prompt = true;
-    r.prompt_text = p.get<std::string>();
-    if (r.prompt_text.empty()) bad("prompt", "'prompt' is empty");
-  } else if (p.is_array() && !p.empty() && p.front().is_array()) {
-    bad("prompt", "batched prompts (a list of prompts) are not supported: send one request per prompt");
-  } else if (p.is_array()) {
-    if (p.empty()) bad("prompt", "'prompt' is empty");
-    for (const auto& t : p) {
-      if (!t.is_number_integer()) bad("prompt", "'prompt' must be a string or an array of token ids (integers)");
-      r.prompt_ids.push_back(t.get<int64_t>());
-    }
-  } else {
-    bad("prompt", std::string("'prompt' must be a string or an array of token ids, got ") + type_of(p));
-  }
+  return j;
+}
+
+// The generation options both endpoints take.
+void parse_options(const json& j, CompletionRequest& r) {
   if (present(j, "max_tokens")) r.max_tokens = integer(j, "max_tokens", 1, int64_t{1} << 40);
   if (present(j, "temperature"))
     r.sampling.temperature = number(j, "temperature", 0.0, 2.0);
@@ -130,8 +121,109 @@ CompletionRequest parse_completion(const std::string& body) {
   if (present(j, "ignore_eos")) r.ignore_eos = boolean(j, "ignore_eos");
   if (present(j, "n") && integer(j, "n", 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
   if (present(j, "best_of") && integer(j, "best_of", 1, 1 << 20) != 1) bad("best_of", "only best_of = 1 is supported");
+}
+
+}  // namespace
+
+CompletionRequest parse_completion(const std::string& body) {
+  const json j = parse_body(body);
+  CompletionRequest r;
+  if (!present(j, "prompt")) bad("prompt", "'prompt' is required");
+  const json& p = j.at("prompt");
+  if (p.is_string()) {
+    r.text_prompt = true;
+    r.prompt_text = p.get<std::string>();
+    if (r.prompt_text.empty()) bad("prompt", "'prompt' is empty");
+  } else if (p.is_array() && !p.empty() && p.front().is_array()) {
+    bad("prompt", "batched prompts (a list of prompts) are not supported: send one request per prompt");
+  } else if (p.is_array()) {
+    if (p.empty()) bad("prompt", "'prompt' is empty");
+    for (const auto& t : p) {
+      if (!t.is_number_integer()) bad("prompt", "'prompt' must be a string or an array of token ids (integers)");
+      r.prompt_ids.push_back(t.get<int64_t>());
+    }
+  } else {
+    bad("prompt", std::string("'prompt' must be a string or an array of token ids, got ") + type_of(p));
+  }
+  parse_options(j, r);
   if (present(j, "echo") && boolean(j, "echo")) bad("echo", "'echo' is not supported");
   if (present(j, "logprobs")) bad("logprobs", "'logprobs' is not supported");
+  return r;
+}
+
+namespace {
+
+// One message as the template sees it: content parts of text joined into a string, a
+// tool call's JSON-string arguments parsed into an object (as transformers passes them).
+json chat_message(const json& m, size_t i) {
+  const std::string at = "messages[" + std::to_string(i) + "]";
+  if (!m.is_object()) bad("messages", at + " must be an object, got " + type_of(m));
+  if (!m.contains("role") || !m["role"].is_string()) bad("messages", at + " needs a 'role' string");
+  static const char* const roles[] = {"system", "developer", "user", "assistant", "tool"};
+  const std::string role = m["role"].get<std::string>();
+  if (std::find(std::begin(roles), std::end(roles), role) == std::end(roles))
+    bad("messages", at + ": role '" + role + "' is not one of system, developer, user, assistant, tool");
+  json out = m;
+  const bool calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
+  if (!m.contains("content") || m["content"].is_null()) {
+    if (!(role == "assistant" && calls)) bad("messages", at + " needs 'content'");
+    out["content"] = nullptr;
+  } else if (m["content"].is_array()) {
+    std::string text;
+    for (const json& part : m["content"]) {
+      if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+          !part["text"].is_string())
+        bad("messages", at + ": only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+      text += (text.empty() ? "" : "\n") + part["text"].get<std::string>();
+    }
+    out["content"] = text;
+  } else if (!m["content"].is_string()) {
+    bad("messages", at + ": 'content' must be a string, an array of text parts or null");
+  }
+  if (calls) {
+    if (!m["tool_calls"].is_array()) bad("messages", at + ": 'tool_calls' must be an array");
+    for (json& c : out["tool_calls"]) {
+      if (!c.is_object() || !c.contains("function") || !c["function"].is_object() || !c["function"].contains("name") ||
+          !c["function"]["name"].is_string())
+        bad("messages", at + ": each tool call needs a function with a name");
+      json& args = c["function"]["arguments"];
+      if (args.is_string()) {
+        json parsed = json::parse(args.get<std::string>(), nullptr, /*allow_exceptions=*/false);
+        if (parsed.is_object()) args = std::move(parsed);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+ChatRequest parse_chat(const std::string& body) {
+  const json j = parse_body(body);
+  ChatRequest r;
+  if (!present(j, "messages")) bad("messages", "'messages' is required");
+  const json& m = j.at("messages");
+  if (!m.is_array() || m.empty()) bad("messages", "'messages' must be a non-empty array");
+  r.messages = json::array();
+  for (size_t i = 0; i < m.size(); ++i) r.messages.push_back(chat_message(m[i], i));
+  if (present(j, "tools")) {
+    const json& t = j.at("tools");
+    if (!t.is_array()) bad("tools", std::string("'tools' must be an array, got ") + type_of(t));
+    for (const json& tool : t)
+      if (!tool.is_object()) bad("tools", "each tool must be an object");
+    if (!t.empty()) r.tools = t;
+  }
+  if (present(j, "chat_template_kwargs")) {
+    r.template_kwargs = j.at("chat_template_kwargs");
+    if (!r.template_kwargs.is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    for (const char* k : {"messages", "tools", "add_generation_prompt"}) r.template_kwargs.erase(k);
+  }
+  if (present(j, "add_generation_prompt")) r.add_generation_prompt = boolean(j, "add_generation_prompt");
+  parse_options(j, r.options);
+  if (present(j, "max_completion_tokens"))
+    r.options.max_tokens = integer(j, "max_completion_tokens", 1, int64_t{1} << 40);
+  r.max_tokens_given = present(j, "max_tokens") || present(j, "max_completion_tokens");
+  if (present(j, "logprobs") && boolean(j, "logprobs")) bad("logprobs", "'logprobs' is not supported yet");
   return r;
 }
 
@@ -179,6 +271,43 @@ std::string chunk_event(const std::string& id, int64_t created, const std::strin
                   {"model", model},
                   {"choices", json::array({choice})}};
   // Invalid UTF-8 can only come from a token cut mid-character; the decoder holds those back.
+  return "data: " + to_json_text(j) + "\n\n";
+}
+
+}  // namespace cascade::daemon
+
+namespace cascade::daemon {
+
+std::string chat_completion_json(const std::string& id, int64_t created, const std::string& model,
+                                 const CompletionRequest& req, const CompletionResult& res) {
+  json choice = {{"index", 0},
+                 {"message", {{"role", "assistant"}, {"content", res.text}}},
+                 {"logprobs", nullptr},
+                 {"finish_reason", to_string(res.finish)}};
+  const json j = {{"id", id},
+                  {"object", "chat.completion"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array({choice})},
+                  {"usage",
+                   {{"prompt_tokens", req.prompt_ids.size()},
+                    {"completion_tokens", res.token_ids.size()},
+                    {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
+  return to_json_text(j);
+}
+
+std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model, bool first,
+                             const std::string& text, const Finish* finish) {
+  json delta = json::object();
+  if (first) delta["role"] = "assistant";
+  if (!finish) delta["content"] = text;
+  json choice = {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+  if (finish) choice["finish_reason"] = to_string(*finish);
+  const json j = {{"id", id},
+                  {"object", "chat.completion.chunk"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array({choice})}};
   return "data: " + to_json_text(j) + "\n\n";
 }
 

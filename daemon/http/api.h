@@ -1,5 +1,6 @@
 // The OpenAI-compatible surface of `cascade serve` (DESIGN §8): parsing and checking
-// a /v1/completions request, and shaping responses, stream chunks and errors.
+// /v1/completions and /v1/chat/completions requests, and shaping responses, stream
+// chunks and errors.
 //
 // Unknown request fields are ignored, as OpenAI's own server and vLLM do, so existing
 // clients work; fields Cascade cannot honour (n > 1, echo, logprobs, best_of > 1) are
@@ -43,12 +44,28 @@ struct CompletionRequest {
   std::vector<std::string> stop;    // up to 4, non-empty
   bool stream = false;
   bool return_token_ids = false;
-  bool ignore_eos = false;  // vLLM's extension: generate max_tokens even past EOS
+  bool ignore_eos = false;              // vLLM's extension: generate max_tokens even past EOS
+  std::vector<int64_t> stop_token_ids;  // end a sequence like EOS (a chat format's end of turn)
 };
 
 // Parses the body; throws ApiError(400) naming the field for malformed JSON, invalid
 // UTF-8, wrong types and out-of-range values.
 CompletionRequest parse_completion(const std::string& body);
+
+// A /v1/chat/completions request: the conversation as the chat template will see it
+// (text content as strings, tool-call arguments as objects, as transformers passes
+// them) and the generation options it shares with /v1/completions; `options.prompt_ids`
+// is filled in once the template is rendered and tokenized.
+struct ChatRequest {
+  nlohmann::json messages;                                    // array of message objects
+  nlohmann::json tools;                                       // array, or null
+  nlohmann::json template_kwargs = nlohmann::json::object();  // chat_template_kwargs
+  bool add_generation_prompt = true;
+  bool max_tokens_given = false;  // else: up to the end of the context
+  CompletionRequest options;
+};
+// Parses and checks the body; throws ApiError(400) naming the field.
+ChatRequest parse_chat(const std::string& body);
 
 // What the model and server allow; checked after the prompt is tokenized.
 struct Limits {
@@ -71,6 +88,13 @@ struct CompletionResult {
 
 std::string completion_json(const std::string& id, int64_t created, const std::string& model,
                             const CompletionRequest& req, const CompletionResult& res);
+// chat.completion and its stream's chat.completion.chunk events: the first chunk
+// carries the role, the last the finish reason.
+std::string chat_completion_json(const std::string& id, int64_t created, const std::string& model,
+                                 const CompletionRequest& req, const CompletionResult& res);
+std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model, bool first,
+                             const std::string& text, const Finish* finish);
+
 // One SSE "data: {...}\n\n" event; finish is set on the last chunk only.
 std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const std::string& text,
                         const std::vector<int64_t>& token_ids, const Finish* finish, bool with_ids);

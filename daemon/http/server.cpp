@@ -32,6 +32,7 @@
 #include "stage/model.h"
 #include "storage/checkpoint.h"
 #ifdef CASCADE_WITH_TOKENIZER
+#include "daemon/http/chat_prompt.h"
 #include "daemon/tokenizer/tokenizer.h"
 #endif
 
@@ -58,6 +59,9 @@ struct Shared {
   std::string device_map;  // plan JSON
   Limits limits;
   std::shared_ptr<const Tokenizer> tok;
+#ifdef CASCADE_WITH_TOKENIZER
+  ChatSetup chat;  // the model's chat template, for /v1/chat/completions
+#endif
   Scheduler* scheduler = nullptr;
   Supervisor* supervisor = nullptr;
   Metrics metrics;
@@ -68,11 +72,11 @@ struct Shared {
   std::atomic<bool> stopping{false};
 };
 
-std::string new_id() {
+std::string new_id(const char* prefix) {
   static std::atomic<uint64_t> n{0};
   static const uint64_t base = std::random_device()();
   std::ostringstream s;
-  s << "cmpl-" << std::hex << base << "-" << n++;
+  s << prefix << std::hex << base << "-" << n++;
   return s.str();
 }
 
@@ -240,6 +244,8 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
     };
     if (path == "/v1/completions") {
       if (only(post, "POST")) completion(req.body());
+    } else if (path == "/v1/chat/completions") {
+      if (only(post, "POST")) chat(req.body());
     } else if (path == "/health") {
       if (only(get, "GET")) health();
     } else if (path == "/v1/models") {
@@ -280,6 +286,8 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
   }
 
   void completion(const std::string& body) {
+    chat_ = false;
+    first_chunk_ = true;
     try {
       req_ = parse_completion(body);
       if (req_.text_prompt) {
@@ -295,7 +303,31 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
       sh_.metrics.request_finished(e.status);
       return respond(e.status, error_json(e.status, e.what(), e.param), keep_alive_);
     }
-    id_ = new_id();
+    submit("cmpl-");
+  }
+
+  void chat(const std::string& body) {
+    chat_ = false;
+    first_chunk_ = true;
+    try {
+#ifdef CASCADE_WITH_TOKENIZER
+      const ChatRequest r = parse_chat(body);
+      if (!sh_.tok) throw ApiError(400, "this model has no tokenizer.json, which chat needs", "messages");
+      req_ = chat_prompt(r, sh_.chat, *sh_.tok, sh_.limits);
+      chat_ = true;
+#else
+      throw ApiError(400, "this build has no tokenizer, which chat needs", "messages");
+#endif
+    } catch (const ApiError& e) {
+      sh_.metrics.request_finished(e.status);
+      return respond(e.status, error_json(e.status, e.what(), e.param), keep_alive_);
+    }
+    submit("chatcmpl-");
+  }
+
+  // Hands the parsed request to the scheduler and starts the response.
+  void submit(const char* id_prefix) {
+    id_ = new_id(id_prefix);
     created_ = static_cast<int64_t>(std::time(nullptr));
     const int rc = sh_.scheduler->submit({req_, std::make_shared<RequestSink>(this->shared_from_this())});
     if (rc != 0) {
@@ -317,14 +349,25 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
 
   void on_tokens(const std::string& text, const std::vector<int64_t>& ids) {
     if (!streaming_ || gone_) return;
+    if (chat_) {
+      if (text.empty() && !first_chunk_) return;
+      write(chat_chunk_event(id_, created_, sh_.model_name, first_chunk_, text, nullptr));
+      first_chunk_ = false;
+      return;
+    }
     if (text.empty() && !req_.return_token_ids) return;
     write(chunk_event(id_, created_, sh_.model_name, text, ids, nullptr, req_.return_token_ids));
   }
 
   void on_done(const CompletionResult& r) {
     if (gone_) return;
-    if (!streaming_) return respond(200, completion_json(id_, created_, sh_.model_name, req_, r), keep_alive_);
-    write(chunk_event(id_, created_, sh_.model_name, "", {}, &r.finish, false));
+    if (!streaming_)
+      return respond(200,
+                     chat_ ? chat_completion_json(id_, created_, sh_.model_name, req_, r)
+                           : completion_json(id_, created_, sh_.model_name, req_, r),
+                     keep_alive_);
+    write(chat_ ? chat_chunk_event(id_, created_, sh_.model_name, first_chunk_, "", &r.finish)
+                : chunk_event(id_, created_, sh_.model_name, "", {}, &r.finish, false));
     write("data: [DONE]\n\n", /*last=*/true);
   }
 
@@ -394,6 +437,7 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
   std::string id_;
   int64_t created_ = 0;
   bool keep_alive_ = true, streaming_ = false;
+  bool chat_ = false, first_chunk_ = true;            // a /v1/chat/completions request; no chunk sent yet
   bool watching_ = false, read_after_watch_ = false;  // see watch_for_hangup()
   std::atomic<bool> gone_{false};
   bool pending_ = false;  // in sh_.pending, at pending_it_
@@ -556,6 +600,7 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   sh.limits = {run.description.config.vocab_size, run.config.runtime.max_seq_len, sc.max_tokens};
 #ifdef CASCADE_WITH_TOKENIZER
   if (std::ifstream(run.config.model.path + "/tokenizer.json").good()) sh.tok = Tokenizer::load(run.config.model.path);
+  sh.chat = ChatSetup::load(run.config.model.path, sh.tok.get(), log);
 #endif
 
   Started started = start_stages(std::move(run), log);
