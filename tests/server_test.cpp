@@ -440,6 +440,43 @@ TEST(Server, ChatCompletionsRenderTheModelsTemplate) {
       200);
 }
 
+// vLLM's /tokenize and /detokenize, the context length in /v1/models, and the usage
+// chunk a stream ends with when stream_options.include_usage asks for it.
+TEST_F(DemoServer, TokenizeDetokenizeAndStreamUsage) {
+  const Reply t =
+      call(d_->sock(), "POST", "/tokenize", R"({"prompt": "Once upon a time", "add_special_tokens": false})");
+  ASSERT_EQ(t.status, 200) << t.body;
+  const json ids = t.j()["tokens"];
+  EXPECT_EQ(t.j()["count"], ids.size());
+  EXPECT_EQ(t.j()["max_model_len"], 256);
+  EXPECT_GT(ids.size(), 1u);
+  const Reply back = call(d_->sock(), "POST", "/detokenize", json({{"tokens", ids}}).dump());
+  ASSERT_EQ(back.status, 200) << back.body;
+  EXPECT_EQ(back.j()["prompt"], "Once upon a time");
+  EXPECT_EQ(call(d_->sock(), "POST", "/detokenize", R"({"tokens": [1, -5]})").status, 400);
+  EXPECT_EQ(call(d_->sock(), "POST", "/tokenize", R"({"text": "x"})").status, 400);
+  EXPECT_EQ(call(d_->sock(), "GET", "/v1/models").j()["data"][0]["max_model_len"], 256);
+
+  const Reply s = call(d_->sock(), "POST", "/v1/completions",
+                       json({{"prompt", ids},
+                             {"max_tokens", 5},
+                             {"temperature", 0},
+                             {"stream", true},
+                             {"ignore_eos", true},
+                             {"stream_options", {{"include_usage", true}}}})
+                           .dump());
+  ASSERT_EQ(s.status, 200);
+  json usage;
+  std::istringstream in(s.body);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("data: {", 0) == 0 && json::parse(line.substr(6)).contains("usage"))
+      usage = json::parse(line.substr(6));
+  ASSERT_TRUE(usage.is_object()) << s.body;
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["prompt_tokens"], ids.size());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 5);
+}
+
 TEST_F(DemoServer, InfoEndpoints) {
   const Reply h = call(d_->sock(), "GET", "/health");
   ASSERT_EQ(h.status, 200);

@@ -117,6 +117,11 @@ void parse_options(const json& j, CompletionRequest& r) {
       if (x.empty()) bad("stop", "'stop' sequences must not be empty");
   }
   if (present(j, "stream")) r.stream = boolean(j, "stream");
+  if (present(j, "stream_options")) {
+    const json& o = j.at("stream_options");
+    if (!o.is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (present(o, "include_usage")) r.stream_usage = boolean(o, "include_usage");
+  }
   if (present(j, "return_token_ids")) r.return_token_ids = boolean(j, "return_token_ids");
   if (present(j, "ignore_eos")) r.ignore_eos = boolean(j, "ignore_eos");
   if (present(j, "n") && integer(j, "n", 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
@@ -309,6 +314,40 @@ std::string chat_chunk_event(const std::string& id, int64_t created, const std::
                   {"model", model},
                   {"choices", json::array({choice})}};
   return "data: " + to_json_text(j) + "\n\n";
+}
+
+std::string usage_event(const std::string& id, int64_t created, const std::string& model, bool chat,
+                        const CompletionRequest& req, const CompletionResult& res) {
+  const json j = {{"id", id},
+                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array()},
+                  {"usage",
+                   {{"prompt_tokens", req.prompt_ids.size()},
+                    {"completion_tokens", res.token_ids.size()},
+                    {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
+  return "data: " + to_json_text(j) + "\n\n";
+}
+
+TokenizeRequest parse_tokenize(const std::string& body) {
+  const json j = parse_body(body);
+  if (!present(j, "prompt") || !j.at("prompt").is_string()) bad("prompt", "'prompt' must be a string");
+  TokenizeRequest r;
+  r.text = j.at("prompt").get<std::string>();
+  if (present(j, "add_special_tokens")) r.add_special_tokens = boolean(j, "add_special_tokens");
+  return r;
+}
+
+std::vector<int64_t> parse_detokenize(const std::string& body) {
+  const json j = parse_body(body);
+  if (!present(j, "tokens") || !j.at("tokens").is_array()) bad("tokens", "'tokens' must be an array of token ids");
+  std::vector<int64_t> ids;
+  for (const json& t : j.at("tokens")) {
+    if (!t.is_number_integer()) bad("tokens", "'tokens' must be an array of token ids (integers)");
+    ids.push_back(t.get<int64_t>());
+  }
+  return ids;
 }
 
 }  // namespace cascade::daemon

@@ -44,6 +44,7 @@ struct CompletionRequest {
   std::vector<std::string> stop;    // up to 4, non-empty
   bool stream = false;
   bool return_token_ids = false;
+  bool stream_usage = false;            // stream_options.include_usage: a usage chunk before [DONE]
   bool ignore_eos = false;              // vLLM's extension: generate max_tokens even past EOS
   std::vector<int64_t> stop_token_ids;  // end a sequence like EOS (a chat format's end of turn)
 };
@@ -94,6 +95,18 @@ std::string chat_completion_json(const std::string& id, int64_t created, const s
                                  const CompletionRequest& req, const CompletionResult& res);
 std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model, bool first,
                              const std::string& text, const Finish* finish);
+
+// The stream's usage chunk (stream_options.include_usage): no choices, the token counts.
+std::string usage_event(const std::string& id, int64_t created, const std::string& model, bool chat,
+                        const CompletionRequest& req, const CompletionResult& res);
+
+// /tokenize and /detokenize bodies (vLLM's shapes): text, or token ids.
+struct TokenizeRequest {
+  std::string text;
+  bool add_special_tokens = true;
+};
+TokenizeRequest parse_tokenize(const std::string& body);         // {"prompt": "...", "add_special_tokens"?}
+std::vector<int64_t> parse_detokenize(const std::string& body);  // {"tokens": [...]}
 
 // One SSE "data: {...}\n\n" event; finish is set on the last chunk only.
 std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const std::string& text,

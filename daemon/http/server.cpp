@@ -246,21 +246,56 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
       if (only(post, "POST")) completion(req.body());
     } else if (path == "/v1/chat/completions") {
       if (only(post, "POST")) chat(req.body());
+    } else if (path == "/tokenize" || path == "/detokenize") {
+      if (only(post, "POST")) tokenize(path == "/tokenize", req.body());
     } else if (path == "/health") {
       if (only(get, "GET")) health();
     } else if (path == "/v1/models") {
       if (only(get, "GET"))
-        respond(
-            200,
-            to_json_text(json({{"object", "list"},
-                               {"data", {{{"id", sh_.model_name}, {"object", "model"}, {"owned_by", "cascade"}}}}})),
-            keep_alive_);
+        respond(200,
+                to_json_text(json({{"object", "list"},
+                                   {"data",
+                                    {{{"id", sh_.model_name},
+                                      {"object", "model"},
+                                      {"owned_by", "cascade"},
+                                      {"max_model_len", sh_.limits.max_seq_len}}}}})),
+                keep_alive_);
     } else if (path == "/v1/device_map") {
       if (only(get, "GET")) respond(200, sh_.device_map, keep_alive_);
     } else if (path == "/metrics") {
       if (only(get, "GET")) respond(200, sh_.metrics.render(), keep_alive_, "text/plain; version=0.0.4");
     } else {
       respond(404, error_json(404, "no such endpoint: " + path), keep_alive_);
+    }
+  }
+
+  // POST /tokenize {"prompt", "add_special_tokens"} and /detokenize {"tokens"}.
+  void tokenize(bool encode, const std::string& body) {
+    try {
+#ifdef CASCADE_WITH_TOKENIZER
+      if (!sh_.tok) throw ApiError(400, "this model has no tokenizer.json");
+      json out;
+      if (encode) {
+        const TokenizeRequest r = parse_tokenize(body);
+        const std::vector<int64_t> ids = sh_.tok->encode(r.text, r.add_special_tokens);
+        out = {{"tokens", ids}, {"count", ids.size()}, { "max_model_len", sh_.limits.max_seq_len }};
+      } else {
+        const std::vector<int64_t> ids = parse_detokenize(body);
+        for (int64_t id : ids)
+          if (id < 0 || id >= sh_.limits.vocab_size)
+            throw ApiError(400, "token id " + std::to_string(id) + " is out of range", "tokens");
+        out = {{ "prompt", sh_.tok->decode(ids, /*skip_special_tokens=*/false) }};
+      }
+      respond(200, to_json_text(out), keep_alive_);
+#else
+      (void)encode;
+      (void)body;
+      throw ApiError(400, "this build has no tokenizer");
+#endif
+    } catch (const ApiError& e) {
+      respond(e.status, error_json(e.status, e.what(), e.param), keep_alive_);
+    } catch (const std::exception& e) {  // the tokenizer refusing its input
+      respond(400, error_json(400, e.what()), keep_alive_);
     }
   }
 
@@ -368,6 +403,7 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
                      keep_alive_);
     write(chat_ ? chat_chunk_event(id_, created_, sh_.model_name, first_chunk_, "", &r.finish)
                 : chunk_event(id_, created_, sh_.model_name, "", {}, &r.finish, false));
+    if (req_.stream_usage) write(usage_event(id_, created_, sh_.model_name, chat_, req_, r));
     write("data: [DONE]\n\n", /*last=*/true);
   }
 
