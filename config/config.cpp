@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -408,6 +409,38 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   text << in.rdbuf();
   const fs::path dir = fs::absolute(fs::path(path)).parent_path();
   return parse_config(text.str(), path, dir.string(), overrides);
+}
+
+std::vector<std::string> env_overrides() {
+  std::vector<std::string> out;
+  for (char** e = environ; e && *e; ++e) {
+    const std::string var(*e);
+    if (var.rfind("CASCADE_", 0) != 0) continue;
+    const size_t eq = var.find('=');
+    if (eq == std::string::npos) continue;
+    std::string name = var.substr(8, eq - 8);
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    for (const auto& [section, keys] : schema()) {
+      if (name.rfind(section + "_", 0) != 0) continue;
+      const std::string key = name.substr(section.size() + 1);
+      if (!keys.count(key))
+        throw ConfigError(var.substr(0, eq) + ": [" + section + "] has no key '" + key + "' (keys: " + join(keys) +
+                          ")");
+      out.push_back(section + "." + key + "=" + var.substr(eq + 1));
+    }
+  }
+  std::sort(out.begin(), out.end());  // the environment's order is no order
+  return out;
+}
+
+Config resolve_config(const std::string& path, const std::string& model_dir,
+                      const std::vector<std::string>& overrides) {
+  std::vector<std::string> ov = env_overrides();
+  ov.insert(ov.end(), overrides.begin(), overrides.end());
+  if (!path.empty()) return load_config(path, ov);
+  if (model_dir.empty()) throw ConfigError("give --config FILE or --model DIR");
+  ov.insert(ov.begin(), "model.path=\"" + model_dir + "\"");
+  return parse_config("[model]\npath = \"\"\n", "(command line)", ".", ov);
 }
 
 const char* to_string(Strategy s) {

@@ -113,6 +113,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config(const std::string& toml_text, const std::string& source_name, const std::string& base_dir,
                     const std::vector<std::string>& overrides = {});
 
+// CASCADE_<SECTION>_<KEY>=value variables of the environment as overrides
+// ("section.key=value"), e.g. CASCADE_SERVER_API_KEY or CASCADE_RUNTIME_MAX_BATCH. Other
+// CASCADE_* variables are not config keys and are left alone; one that names a section
+// but no key of it is a ConfigError naming the variable.
+std::vector<std::string> env_overrides();
+
+// A command's config: the file at `path` when given, else defaults with
+// [model] path = `model_dir`; then the environment's overrides, then `overrides` (the
+// command line), each later one winning. Throws ConfigError.
+Config resolve_config(const std::string& path, const std::string& model_dir, const std::vector<std::string>& overrides);
+
 const char* to_string(Strategy s);
 const char* to_string(Mode m);
 

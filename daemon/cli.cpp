@@ -128,8 +128,17 @@ int run_cli(int argc, char** argv) {
   app.add_subcommand("stage", "(internal) A stage process: started by the coordinator or mpirun");
   ServeOptions serve_opts;
   auto* sv = app.add_subcommand("serve", "Serve the model of a config on a Unix socket (OpenAI-compatible HTTP)");
-  sv->add_option("--config", serve_opts.config_file, "cascade.toml")->required()->check(CLI::ExistingFile);
+  auto* sv_config = sv->add_option("--config", serve_opts.config_file, "cascade.toml")->check(CLI::ExistingFile);
+  sv->add_option("--model", serve_opts.model_dir, "A checkpoint directory, instead of --config (measured budgets)")
+      ->check(CLI::ExistingDirectory)
+      ->excludes(sv_config);
   sv->add_option("--set", serve_opts.overrides, "Override a config key: section.key=value")->take_all();
+  std::string serve_socket, serve_host, serve_key;
+  int serve_port = 0;
+  sv->add_option("--socket", serve_socket, "Unix socket path (server.socket)");
+  sv->add_option("--host", serve_host, "TCP address to listen on too (with --port; default 127.0.0.1)");
+  sv->add_option("--port", serve_port, "TCP port (server.tcp = HOST:PORT)")->check(CLI::Range(1, 65535));
+  sv->add_option("--api-key", serve_key, "Bearer key clients must send (server.api_key)");
   std::string serve_quant, bench_quant;
   sv->add_option("--quantization", serve_quant, "none | int8 (overrides [quantization] mode)")
       ->check(CLI::IsMember({"none", "int8"}));
@@ -162,6 +171,12 @@ int run_cli(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     if (!serve_quant.empty()) serve_opts.overrides.push_back("quantization.mode=\"" + serve_quant + "\"");
+    if (!serve_socket.empty()) serve_opts.overrides.push_back("server.socket=\"" + serve_socket + "\"");
+    if (!serve_host.empty() && serve_port == 0) throw CLI::ValidationError("--host", "--host needs --port");
+    if (serve_port != 0)
+      serve_opts.overrides.push_back("server.tcp=\"" + (serve_host.empty() ? "127.0.0.1" : serve_host) + ":" +
+                                     std::to_string(serve_port) + "\"");
+    if (!serve_key.empty()) serve_opts.overrides.push_back("server.api_key=\"" + serve_key + "\"");
     if (!bench_quant.empty()) bo.overrides.push_back("quantization.mode=\"" + bench_quant + "\"");
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

@@ -31,12 +31,7 @@ planner::ModuleKind kind_of(stage::ModuleKind k) {
 }
 
 config::Config config_for(const PlanOptions& o) {
-  if (!o.config_file.empty()) return config::load_config(o.config_file, o.overrides);
-  if (o.model_dir.empty()) throw std::invalid_argument("give --config FILE or --model DIR");
-  std::string text = "[model]\npath = \"\"\n";
-  std::vector<std::string> ov = o.overrides;
-  ov.insert(ov.begin(), "model.path=\"" + o.model_dir + "\"");
-  return config::parse_config(text, "(command line)", ".", ov);
+  return config::resolve_config(o.config_file, o.model_dir, o.overrides);
 }
 
 }  // namespace

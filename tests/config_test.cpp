@@ -218,3 +218,42 @@ TEST(DeviceName, ParsesAccelerateSpellings) {
 
 }  // namespace
 }  // namespace cascade::config
+
+namespace cascade::config {
+namespace {
+
+// CASCADE_<SECTION>_<KEY> variables override the file, and the command line overrides
+// them; other CASCADE_* variables are not config; a misspelt key is named.
+TEST(Config, EnvironmentVariablesOverrideTheFileAndFlagsThem) {
+  test::TempDir dir;
+  const std::string file = dir.file("c.toml");
+  test::write_file(file,
+                   "[model]\npath = \"/m\"\n[runtime]\nmax_batch = 2\nmax_seq_len = 64\n[server]\napi_key = \"f\"\n");
+  ::setenv("CASCADE_RUNTIME_MAX_BATCH", "6", 1);
+  ::setenv("CASCADE_SERVER_API_KEY", "from-env", 1);
+  ::setenv("CASCADE_FAULT", "not-config", 1);
+  Config c = resolve_config(file, "", {"runtime.max_seq_len=128"});
+  EXPECT_EQ(c.runtime.max_batch, 6);
+  EXPECT_EQ(c.server.api_key, "from-env");
+  EXPECT_EQ(c.runtime.max_seq_len, 128);
+  c = resolve_config(file, "", {"runtime.max_batch=3"});
+  EXPECT_EQ(c.runtime.max_batch, 3);
+  c = resolve_config("", "/some/model", {});
+  EXPECT_EQ(c.model.path, "/some/model");
+  EXPECT_EQ(c.runtime.max_batch, 6);
+  ::setenv("CASCADE_SERVER_APIKEY", "x", 1);
+  try {
+    resolve_config(file, "", {});
+    ADD_FAILURE() << "a misspelt variable was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("CASCADE_SERVER_APIKEY: [server] has no key 'apikey'"), std::string::npos)
+        << e.what();
+  }
+  for (const char* v :
+       {"CASCADE_RUNTIME_MAX_BATCH", "CASCADE_SERVER_API_KEY", "CASCADE_FAULT", "CASCADE_SERVER_APIKEY"})
+    ::unsetenv(v);
+  EXPECT_THROW(resolve_config("", "", {}), ConfigError);
+}
+
+}  // namespace
+}  // namespace cascade::config

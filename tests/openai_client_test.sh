@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The official OpenAI Node.js client (tests/openai/, installed by scripts/install_deps.sh)
-# against a live `cascade serve` over TCP with an API key: the demo model, given a chat
-# template, in one CPU stage. ctest runs it (label mpi): tests/openai_client_test.sh CASCADE_BINARY
+# against a live `cascade serve` over TCP with an API key, started without a config file
+# (--model, flags and CASCADE_* variables): the demo model, given a chat template. ctest runs it (label mpi): tests/openai_client_test.sh CASCADE_BINARY
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cascade=$1
@@ -29,21 +29,10 @@ cat >"$work/model/tokenizer_config.json" <<'JSON'
  "chat_template": "{% if messages | length > 3 %}{{ raise_exception('at most three messages, please') }}{% endif %}{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"}
 JSON
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/serve.toml" <<TOML
-[model]
-path = "$work/model"
-[placement]
-max_memory = { "cpu" = "1GiB" }
-[runtime]
-max_batch = 4
-max_seq_len = 256
-threads_per_stage = 1
-[server]
-socket = "$work/d.sock"
-tcp = "127.0.0.1:$port"
-api_key = "test-key"
-TOML
-"$cascade" serve --config "$work/serve.toml" >"$work/serve.log" 2>&1 &
+# No config file: the checkpoint, flags and CASCADE_* variables (issue 20, item 5).
+CASCADE_RUNTIME_MAX_BATCH=4 CASCADE_RUNTIME_MAX_SEQ_LEN=256 CASCADE_RUNTIME_THREADS_PER_STAGE=1 \
+  "$cascade" serve --model "$work/model" --socket "$work/d.sock" --port "$port" --api-key test-key \
+  >"$work/serve.log" 2>&1 &
 pid=$!
 up=""
 for _ in $(seq 600); do  # until /health answers 200 (the socket exists before the model is loaded)

@@ -21,8 +21,9 @@
 namespace cascade::daemon {
 
 struct ServeOptions {
-  std::string config_file;
-  std::vector<std::string> overrides;  // --set
+  std::string config_file;             // or:
+  std::string model_dir;               // a checkpoint, planned from measured budgets
+  std::vector<std::string> overrides;  // --set, then --socket/--host/--port/--api-key
 };
 
 // Returns the exit code; throws on bad configuration or when the socket is taken.
