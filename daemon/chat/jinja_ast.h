@@ -148,6 +148,7 @@ std::string lower(const std::string& s);  // ASCII, Latin-1/Extended-A, Greek, C
 std::string upper(const std::string& s);
 std::string title(const std::string& s);
 std::string capitalize(const std::string& s);
+std::string utf8(const std::vector<uint32_t>& code_points);  // UTF-8 bytes of code points
 
 [[noreturn]] void fail(int line, const std::string& what);
 

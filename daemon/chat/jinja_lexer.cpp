@@ -218,16 +218,7 @@ std::vector<Token> tokenize(const std::string& s, int line) {
                                  std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
             }
             j += digits;
-            if (cp < 0x80) {
-              v += static_cast<char>(cp);
-            } else if (cp < 0x800) {
-              v += static_cast<char>(0xC0 | (cp >> 6));
-              v += static_cast<char>(0x80 | (cp & 0x3F));
-            } else {
-              v += static_cast<char>(0xE0 | (cp >> 12));
-              v += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-              v += static_cast<char>(0x80 | (cp & 0x3F));
-            }
+            v += utf8({cp});
             break;
           }
           default:

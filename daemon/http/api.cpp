@@ -248,19 +248,22 @@ void check_limits(const CompletionRequest& r, const Limits& l) {
 
 const char* to_string(Finish f) { return f == Finish::kStop ? "stop" : "length"; }
 
+namespace {
+
+json usage_json(const CompletionRequest& req, const CompletionResult& res) {
+  return {{"prompt_tokens", req.prompt_ids.size()},
+          {"completion_tokens", res.token_ids.size()},
+          {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}};
+}
+
+}  // namespace
+
 std::string completion_json(const std::string& id, int64_t created, const std::string& model,
                             const CompletionRequest& req, const CompletionResult& res) {
   json choice = {{"text", res.text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", to_string(res.finish)}};
   if (req.return_token_ids) choice["token_ids"] = res.token_ids;
-  json j = {{"id", id},
-            {"object", "text_completion"},
-            {"created", created},
-            {"model", model},
-            {"choices", json::array({choice})},
-            {"usage",
-             {{"prompt_tokens", req.prompt_ids.size()},
-              {"completion_tokens", res.token_ids.size()},
-              {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
+  json j = {{"id", id},       {"object", "text_completion"},      {"created", created},
+            {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(req, res)}};
   if (req.return_token_ids) j["prompt_token_ids"] = req.prompt_ids;
   return to_json_text(j);
 }
@@ -279,25 +282,14 @@ std::string chunk_event(const std::string& id, int64_t created, const std::strin
   return "data: " + to_json_text(j) + "\n\n";
 }
 
-}  // namespace cascade::daemon
-
-namespace cascade::daemon {
-
 std::string chat_completion_json(const std::string& id, int64_t created, const std::string& model,
                                  const CompletionRequest& req, const CompletionResult& res) {
   json choice = {{"index", 0},
                  {"message", {{"role", "assistant"}, {"content", res.text}}},
                  {"logprobs", nullptr},
                  {"finish_reason", to_string(res.finish)}};
-  const json j = {{"id", id},
-                  {"object", "chat.completion"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices", json::array({choice})},
-                  {"usage",
-                   {{"prompt_tokens", req.prompt_ids.size()},
-                    {"completion_tokens", res.token_ids.size()},
-                    {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
+  const json j = {{"id", id},       {"object", "chat.completion"},      {"created", created},
+                  {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(req, res)}};
   return to_json_text(j);
 }
 
@@ -323,10 +315,7 @@ std::string usage_event(const std::string& id, int64_t created, const std::strin
                   {"created", created},
                   {"model", model},
                   {"choices", json::array()},
-                  {"usage",
-                   {{"prompt_tokens", req.prompt_ids.size()},
-                    {"completion_tokens", res.token_ids.size()},
-                    {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}}}};
+                  {"usage", usage_json(req, res)}};
   return "data: " + to_json_text(j) + "\n\n";
 }
 
