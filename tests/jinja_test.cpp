@@ -124,6 +124,8 @@ TEST(Jinja, HostileTemplatesAreBounded) {
   EXPECT_TRUE(fails_with("{% for i in range(1000) %}{{ 'x' * 100000 }}{% endfor %}", "16 MiB"));
   EXPECT_TRUE(fails_with("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "nest too deep"));
   EXPECT_TRUE(fails_with("{{ range(10000000) }}", "too long"));
+  EXPECT_TRUE(fails_with("{{ 'ab' * 100000000 }}", "string too long"));
+  EXPECT_EQ(render("{{ '' * 100000000000 }}|{{ [1, 2] * 2 }}"), "|[1, 2, 1, 2]");
 }
 
 TEST(Jinja, LoopsScopesAndNamespaces) {

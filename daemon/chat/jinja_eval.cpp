@@ -12,7 +12,7 @@ namespace {
 // Limits that keep a hostile template from running away with the daemon.
 constexpr size_t kMaxOutput = 16u << 20;  // bytes rendered
 constexpr int kMaxDepth = 200;            // nested macro calls
-constexpr int64_t kMaxSteps = 5'000'000;  // loop iterations and macro calls
+constexpr int64_t kMaxSteps = 1'000'000;  // loop iterations and macro calls
 
 struct Break {};
 struct Continue {};
@@ -411,15 +411,21 @@ class Renderer {
       for (const Json& x : b) r.push_back(x);
       return Value(std::move(r));
     }
-    if (op == "*" && ((a.is_string() || a.is_array()) && b.is_number_integer())) {
-      Json r = a.is_string() ? Json("") : Json::array();
-      for (int64_t i = 0; i < b.get<int64_t>() && i < 1'000'000; ++i) {
-        if (a.is_string())
-          r = r.get<std::string>() + a.get<std::string>();
-        else
-          for (const Json& x : a) r.push_back(x);
-        if (r.is_string() && r.get_ref<const std::string&>().size() > kMaxOutput) fail(line, "string too long");
+    if (op == "*" && ((a.is_string() || a.is_array()) && b.is_number_integer())) {  // repetition
+      const int64_t n = std::max<int64_t>(0, b.get<int64_t>());
+      const uint64_t unit = a.is_string() ? a.get_ref<const std::string&>().size() : a.size();
+      if (unit == 0) return Value(a.is_string() ? Json("") : Json::array());
+      if (static_cast<uint64_t>(n) > (a.is_string() ? kMaxOutput : 1'000'000u) / unit)
+        fail(line, a.is_string() ? "string too long" : "list too long");
+      if (a.is_string()) {
+        std::string r;
+        r.reserve(unit * static_cast<uint64_t>(n));
+        for (int64_t i = 0; i < n; ++i) r += a.get_ref<const std::string&>();
+        return Value(Json(std::move(r)));
       }
+      Json r = Json::array();
+      for (int64_t i = 0; i < n; ++i)
+        for (const Json& x : a) r.push_back(x);
       return Value(std::move(r));
     }
     const bool nums = (a.is_number() || a.is_boolean()) && (b.is_number() || b.is_boolean());
