@@ -327,7 +327,6 @@ class Renderer {
       return Value::undefined("no key " + repr(k));
     }
     if ((o.is_array() || o.is_string()) && k.is_number_integer()) {
-      const Value whole = o.is_string() ? Value(Json(iterate(obj, line).size())) : Value();
       std::vector<Value> chars;
       if (o.is_string()) chars = iterate(obj, line);
       const int64_t n = o.is_string() ? static_cast<int64_t>(chars.size()) : static_cast<int64_t>(o.size());
@@ -357,13 +356,12 @@ class Renderer {
     const int64_t len = static_cast<int64_t>(items.size());
     const int64_t st = bound(n.kids[3], 1);
     if (st == 0) fail(n.line, "slice step cannot be zero");
-    auto clamp = [&](int64_t i, bool is_stop) {
+    auto clamp = [&](int64_t i) {  // Python's slice bounds: negative from the end, then into range
       if (i < 0) i += len;
-      if (st > 0) return std::max<int64_t>(0, std::min(i, len));
-      return std::max<int64_t>(-1, std::min(i, len - 1)) + (is_stop ? 0 : 0);
+      return st > 0 ? std::max<int64_t>(0, std::min(i, len)) : std::max<int64_t>(-1, std::min(i, len - 1));
     };
-    int64_t a = n.kids[1] ? clamp(bound(n.kids[1], 0), false) : (st > 0 ? 0 : len - 1);
-    int64_t b = n.kids[2] ? clamp(bound(n.kids[2], 0), true) : (st > 0 ? len : -1);
+    const int64_t a = n.kids[1] ? clamp(bound(n.kids[1], 0)) : (st > 0 ? 0 : len - 1);
+    const int64_t b = n.kids[2] ? clamp(bound(n.kids[2], 0)) : (st > 0 ? len : -1);
     std::string s;
     Json out = Json::array();
     for (int64_t i = a; st > 0 ? i < b : i > b; i += st) {
