@@ -19,7 +19,8 @@ TEST(Mlp, GatedAndPlainAsWrittenOut) {
   const at::Tensor want =
       at::linear(at::silu(at::linear(x, w.t["m.gate_proj.weight"])) * at::linear(x, w.t["m.up_proj.weight"]),
                  w.t["m.down_proj.weight"]);
-  EXPECT_LT(test::max_abs_diff(gated(x), want), 1e-6);
+  // 1e-5: the CPU kernels sum in another order than at::linear (float32 rounding only).
+  EXPECT_LT(test::max_abs_diff(gated(x), want), 1e-5);
   EXPECT_TRUE(gated.capturable());
 
   w.add("m.c_fc.weight", {H, I});  // GPT-2's Conv1D: [in, out]

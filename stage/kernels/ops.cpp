@@ -2,32 +2,28 @@
 
 #include <cmath>
 
+#include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/fused_kernels.h"
 #include "stage/model_config.h"
 
 namespace cascade::stage {
 
 at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (x.is_cuda()) {
-    at::Tensor y = fused_linear(x, w, b);
-    if (y.defined()) return y;
-  }
-  return at::linear(x, w, b);
+  at::Tensor y = x.is_cuda() ? fused_linear(x, w, b) : cpu_linear(x, w, b);
+  return y.defined() ? y : at::linear(x, w, b);
 }
 
 at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
-  if (x.is_cuda()) {
-    at::Tensor y = fused_linear_add(x, w, b, r);  // the residual add in the GEMV's epilogue
-    if (y.defined()) return y;
-  }
-  return r + apply_linear(x, w, b);
+  // The residual add in the GEMV's epilogue.
+  at::Tensor y = x.is_cuda() ? fused_linear_add(x, w, b, r) : cpu_linear(x, w, b, r);
+  return y.defined() ? y : r + apply_linear(x, w, b);
 }
 
 at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a) {
-  if (x.is_cuda()) {
-    at::Tensor y = fused_gated_linear(x, w, static_cast<int>(a));  // activation and product in the epilogue
-    if (y.defined()) return y;
-  }
+  // The activation and product in the GEMV's epilogue.
+  at::Tensor y =
+      x.is_cuda() ? fused_gated_linear(x, w, static_cast<int>(a)) : cpu_gated_linear(x, w, static_cast<int>(a));
+  if (y.defined()) return y;
   const at::Tensor gu = apply_linear(x, w);
   const int64_t I = w.size(0) / 2;
   return activate(gu.narrow(1, 0, I), a) * gu.narrow(1, I, I);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/int8_kernels.h"
 #include "storage/compat.h"
 
@@ -80,9 +81,13 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   TORCH_CHECK(x.dim() == 2 && x.size(1) == q.size(1), "int8_linear: input ", x.sizes(), " does not fit weight ",
               q.sizes());
   const at::ScalarType ct = compute_type(x);
-  // Decode on CUDA: one kernel reads the weight once (stage/int8_kernels.h).
-  at::Tensor y = a.threshold <= 0 ? int8_gemv_weight_only(x, q, scale)
-                                  : int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);  // [T, out] float32
+  // Decode: one kernel reads the weight once (stage/kernels/int8_kernels.h on CUDA,
+  // stage/kernels/cpu_gemv.h on the CPU, weight-only there).
+  at::Tensor y;  // [T, out] float32
+  if (x.is_cuda())
+    y = a.threshold <= 0 ? int8_gemv_weight_only(x, q, scale) : int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);
+  else if (a.threshold <= 0)
+    y = cpu_int8_linear(x, q, scale);
   if (!y.defined()) {
     if (a.threshold <= 0) {
       // The int8 values are exact in every float type, so no dequantized copy is made:

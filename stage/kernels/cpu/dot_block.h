@@ -1,0 +1,172 @@
+// The body of every back end's dot_block (isa.h), written once over a vector type V
+// that each back end's file supplies:
+//   V::reg; V::kWidth floats per reg; V::zero(); V::fma(a, b, c) = a * b + c;
+//   V::load(const float*); V::template load_w<WeightType>(const void*, int64_t k) (kWidth
+//   weights from element k, widened to float); V::sum(reg).
+// Everything here has internal linkage: each back end compiles it with its own -m
+// flags, and no copy may stand in for another's at link time.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "stage/kernels/cpu/isa.h"
+
+namespace cascade::stage::cpu {
+namespace {
+
+template <WeightType>
+struct ElemOf;
+template <>
+struct ElemOf<WeightType::kF32> {
+  using type = float;
+};
+template <>
+struct ElemOf<WeightType::kBF16> {
+  using type = uint16_t;
+};
+template <>
+struct ElemOf<WeightType::kF16> {
+  using type = uint16_t;
+};
+template <>
+struct ElemOf<WeightType::kI8> {
+  using type = int8_t;
+};
+
+float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// IEEE binary16 -> float32, subnormals, infinities and NaNs included.
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (man << 13));
+  if (exp != 0) return bits_to_float(sign | ((exp + 112) << 23) | (man << 13));
+  const float sub = static_cast<float>(man) * (1.0f / 16777216.0f);  // man * 2^-24
+  return sign ? -sub : sub;
+}
+
+template <WeightType WT>
+float widen(const typename ElemOf<WT>::type* w, int64_t k) {
+  if constexpr (WT == WeightType::kBF16) return bits_to_float(static_cast<uint32_t>(w[k]) << 16);
+  if constexpr (WT == WeightType::kF16) return half_to_float(w[k]);
+  return static_cast<float>(w[k]);
+}
+
+// bfloat16 rows where V reads them in pairs (isa.h, Backend::pair_width): a register of
+// 2 * kWidth weights splits into the even elements and the odd ones with a shift and a
+// mask, no widening shuffle; x comes with each 2 * kWidth block's even elements first.
+template <class V, int R, int G>
+void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
+  const uint16_t* w = static_cast<const uint16_t*>(a.w) + r0 * a.ldw;
+  const float* x = a.x + t0 * a.ldx;
+  constexpr int kStep = 2 * V::kWidth;
+  typename V::reg acc[R][G];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  const int64_t K = a.K, full = K - K % kStep;
+  for (int64_t k = 0; k < full; k += kStep) {
+    typename V::reg xe[G], xo[G];
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) {
+      xe[g] = V::load(x + g * a.ldx + k);
+      xo[g] = V::load(x + g * a.ldx + k + V::kWidth);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      typename V::reg we, wo;
+      V::load_bf16_pairs(w + r * a.ldw + k, &we, &wo);
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) acc[r][g] = V::fma(wo, xo[g], V::fma(we, xe[g], acc[r][g]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) {
+      float s = V::sum(acc[r][g]);
+      for (int64_t k = full; k < K; ++k) s += widen<WeightType::kBF16>(w + r * a.ldw, k) * x[g * a.ldx + k];
+      a.out[(t0 + g) * a.ldo + r0 + r] = s;
+    }
+}
+
+// R weight rows from row r0 against G tokens from token t0, the sums in registers.
+template <class V, WeightType WT, int R, int G>
+void dot_tile(const DotArgs& a, int r0, int t0) {
+  if constexpr (WT == WeightType::kBF16 && V::kPairs) return dot_tile_pairs<V, R, G>(a, r0, t0);
+  using E = typename ElemOf<WT>::type;
+  const E* w = static_cast<const E*>(a.w) + r0 * a.ldw;
+  const float* x = a.x + t0 * a.ldx;
+  typename V::reg acc[R][G];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  const int64_t K = a.K, full = K - K % V::kWidth;
+  for (int64_t k = 0; k < full; k += V::kWidth) {
+    typename V::reg xv[G];
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) xv[g] = V::load(x + g * a.ldx + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const typename V::reg wv = V::template load_w<WT>(w + r * a.ldw, k);
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) acc[r][g] = V::fma(wv, xv[g], acc[r][g]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) {
+      float s = V::sum(acc[r][g]);
+      for (int64_t k = full; k < K; ++k) s += widen<WT>(w + r * a.ldw, k) * x[g * a.ldx + k];
+      a.out[(t0 + g) * a.ldo + r0 + r] = s;
+    }
+}
+
+// Every row of the block against G tokens: R rows at a time, then one at a time.
+template <class V, WeightType WT, int R, int G>
+void rows(const DotArgs& a, int t0) {
+  int r = 0;
+  for (; r + R <= a.rows; r += R) dot_tile<V, WT, R, G>(a, r, t0);
+  for (; r < a.rows; ++r) dot_tile<V, WT, 1, G>(a, r, t0);
+}
+
+// Tokens in groups of up to four, the tile shapes chosen to fit the vector registers
+// (R * G sums + G inputs + a weight): 16 for AVX2, 32 for AVX-512 (V::kRegs).
+template <class V, WeightType WT>
+void dot_block(const DotArgs& a) {
+  for (int t = 0; t < a.tokens;) {
+    const int left = a.tokens - t;
+    switch (left >= 4 ? 4 : left) {
+      case 1:
+        rows<V, WT, 4, 1>(a, t);
+        t += 1;
+        break;
+      case 2:
+        rows<V, WT, 4, 2>(a, t);
+        t += 2;
+        break;
+      case 3:
+        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 3>(a, t);
+        t += 3;
+        break;
+      default:
+        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 4>(a, t);
+        t += 4;
+        break;
+    }
+  }
+}
+
+template <class V>
+Backend make_backend(const char* name) {
+  return Backend{name,
+                 V::kPairs ? V::kWidth : 0,
+                 {&dot_block<V, WeightType::kF32>, &dot_block<V, WeightType::kBF16>, &dot_block<V, WeightType::kF16>,
+                  &dot_block<V, WeightType::kI8>}};
+}
+
+}  // namespace
+}  // namespace cascade::stage::cpu

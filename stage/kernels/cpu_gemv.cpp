@@ -1,0 +1,260 @@
+#include "stage/kernels/cpu_gemv.h"
+
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "stage/kernels/cpu/isa.h"
+
+namespace cascade::stage {
+namespace {
+
+using cpu::Backend;
+using cpu::kBlockRows;
+using cpu::WeightType;
+
+std::vector<const Backend*> runnable() {
+  std::vector<const Backend*> out;
+#if defined(__x86_64__) && defined(CASCADE_CPU_X86_KERNELS)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) out.push_back(&cpu::avx512_backend());
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    out.push_back(&cpu::avx2_backend());
+#endif
+  out.push_back(&cpu::generic_backend());
+  return out;
+}
+
+const Backend* find(const std::string& name) {
+  for (const Backend* b : runnable())
+    if (name == b->name) return b;
+  return nullptr;
+}
+
+// The best runnable back end, or CASCADE_CPU_ISA's when this CPU can run it.
+const Backend* initial() {
+  const char* env = std::getenv("CASCADE_CPU_ISA");
+  const Backend* b = env != nullptr ? find(env) : nullptr;
+  return b != nullptr ? b : runnable().front();
+}
+
+std::atomic<const Backend*>& current() {
+  static std::atomic<const Backend*> b{initial()};
+  return b;
+}
+
+bool weight_type(at::ScalarType t, WeightType* out) {
+  switch (t) {
+    case at::kFloat:
+      *out = WeightType::kF32;
+      return true;
+    case at::kBFloat16:
+      *out = WeightType::kBF16;
+      return true;
+    case at::kHalf:
+      *out = WeightType::kF16;
+      return true;
+    case at::kChar:
+      *out = WeightType::kI8;
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+// The most tokens for which these kernels beat ATen's (cpu_gemv_bench, docs/performance.md):
+// OpenBLAS's SGEMM from 16 tokens; oneDNN's bfloat16 GEMM from 4 where the CPU has
+// AVX-512 BF16 dot products (without them it is slower than these kernels everywhere);
+// ATen's float16 and int8 paths never.
+int64_t max_tokens(WeightType wt) {
+  static const bool native_bf16 = [] {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return false;
+#endif
+  }();
+  if (wt == WeightType::kF32) return 8;
+  if (wt == WeightType::kBF16 && native_bf16) return 2;
+  return kCpuGemvMaxTokens;
+}
+
+// Whether x [T, K] and w [rows, K] suit the kernels.
+bool applies(const at::Tensor& x, const at::Tensor& w) {
+  WeightType wt;
+  return x.device().is_cpu() && w.device().is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(0) >= 1 &&
+         float_type(x.scalar_type()) && weight_type(w.scalar_type(), &wt) && x.size(0) <= max_tokens(wt) &&
+         w.size(1) == x.size(1) && w.is_contiguous() && w.size(0) >= 1;
+}
+
+// x [T, K] with each block of 2 * p columns reordered: its even columns, then its odd
+// ones (isa.h, Backend::pair_width); the columns after the last whole block as they are.
+at::Tensor evens_first(const at::Tensor& x, int p) {
+  const int64_t T = x.size(0), K = x.size(1), full = K - K % (2 * p);
+  if (full == 0) return x;
+  at::Tensor out = x.clone();
+  out.narrow(1, 0, full)
+      .view({T, full / (2 * p), 2, p})
+      .copy_(x.narrow(1, 0, full).view({T, full / (2 * p), p, 2}).transpose(2, 3));
+  return out;
+}
+
+// One weight, read block by block: the float sums of rows [n0, n0 + rows) for every
+// token into acc [T, kBlockRows].
+struct Sums {
+  cpu::DotBlock dot;
+  at::Tensor xf;  // [T, K] float32, contiguous
+  const char* w;
+  int64_t K;
+  size_t elem;
+
+  Sums(const at::Tensor& x, const at::Tensor& weight) : xf(x.to(at::kFloat).contiguous()) {
+    WeightType wt = WeightType::kF32;
+    weight_type(weight.scalar_type(), &wt);
+    const Backend* be = current().load();
+    dot = be->dot[static_cast<int>(wt)];
+    if (wt == WeightType::kBF16 && be->pair_width > 0) xf = evens_first(xf, be->pair_width);
+    w = static_cast<const char*>(weight.data_ptr());
+    K = weight.size(1);
+    elem = weight.element_size();
+  }
+  int tokens() const { return static_cast<int>(xf.size(0)); }
+  void operator()(int64_t n0, int rows, float* acc) const {
+    dot(cpu::DotArgs{xf.data_ptr<float>(), K, tokens(), w + static_cast<size_t>(n0 * K) * elem, K, rows, K, acc,
+                     kBlockRows});
+  }
+};
+
+// f(n0, rows, acc) for every block of kBlockRows of [0, N), blocks split over threads.
+template <class F>
+void for_blocks(int64_t N, const F& f) {
+  const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    float acc[cpu::kMaxTokens * kBlockRows];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kBlockRows;
+      f(n0, static_cast<int>(std::min<int64_t>(kBlockRows, N - n0)), acc);
+    }
+  });
+}
+
+// Where the kernels' results go: y [T, N] contiguous, float32, bfloat16 or float16.
+struct Out {
+  void* p;
+  at::ScalarType type;
+  int64_t ld;
+
+  explicit Out(at::Tensor& y) : p(y.data_ptr()), type(y.scalar_type()), ld(y.size(1)) {}
+  void put(int64_t t, int64_t n, float v) const {
+    const int64_t i = t * ld + n;
+    if (type == at::kBFloat16)
+      static_cast<at::BFloat16*>(p)[i] = at::BFloat16(v);  // rounds to nearest even
+    else if (type == at::kHalf)
+      static_cast<at::Half*>(p)[i] = at::Half(v);
+    else
+      static_cast<float*>(p)[i] = v;
+  }
+};
+
+float activate(float g, int act) {
+  switch (act) {
+    case 0:
+      return g / (1.0f + std::exp(-g));
+    case 1:
+      return g > 0 ? g : 0.0f;
+    case 2:
+      return 0.5f * g * (1.0f + std::erf(g * static_cast<float>(M_SQRT1_2)));
+    default: {
+      const float c = std::sqrt(2.0f / static_cast<float>(M_PI));
+      return 0.5f * g * (1.0f + std::tanh(c * (g + 0.044715f * g * g * g)));
+    }
+  }
+}
+
+// sums * scale (when given) + b (when given) + r (when given) -> y of `dtype`.
+at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b,
+                       const at::Tensor& r, at::ScalarType dtype) {
+  const int64_t N = w.size(0);
+  const Sums sums(x, w);
+  const int T = sums.tokens();
+  const at::Tensor sf = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
+  const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : b;
+  const at::Tensor rf = r.defined() ? r.to(at::kFloat).contiguous() : r;
+  const float* s = sf.defined() ? sf.data_ptr<float>() : nullptr;
+  const float* bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
+  const float* res = rf.defined() ? rf.data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({T, N}, x.options().dtype(dtype));
+  const Out out(y);
+  for_blocks(N, [&](int64_t n0, int rows, float* acc) {
+    sums(n0, rows, acc);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < rows; ++i) {
+        const int64_t n = n0 + i;
+        float v = acc[t * kBlockRows + i];
+        if (s != nullptr) v *= s[n];
+        if (bias != nullptr) v += bias[n];
+        if (res != nullptr) v += res[t * N + n];
+        out.put(t, n, v);
+      }
+  });
+  return y;
+}
+
+}  // namespace
+
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
+  if (!applies(x, w) || !float_type(w.scalar_type())) return {};
+  const int64_t T = x.size(0), N = w.size(0);
+  if (b.defined() && (b.numel() != N || !b.device().is_cpu())) return {};
+  if (r.defined() && (r.sizes() != at::IntArrayRef({T, N}) || !r.device().is_cpu())) return {};
+  return linear_impl(x, w, {}, b, r, x.scalar_type());
+}
+
+at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
+  if (!applies(x, w) || !float_type(w.scalar_type()) || w.size(0) % 2 != 0) return {};
+  const int64_t I = w.size(0) / 2;
+  const Sums sums(x, w);
+  const int T = sums.tokens();
+  at::Tensor y = at::empty({T, I}, x.options());
+  const Out out(y);
+  for_blocks(I, [&](int64_t n0, int rows, float* gate) {
+    float up[cpu::kMaxTokens * kBlockRows];
+    sums(n0, rows, gate);
+    sums(I + n0, rows, up);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < rows; ++i)
+        out.put(t, n0 + i, activate(gate[t * kBlockRows + i], act) * up[t * kBlockRows + i]);
+  });
+  return y;
+}
+
+at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
+  if (!applies(x, q) || q.scalar_type() != at::kChar || scale.numel() != q.size(0)) return {};
+  return linear_impl(x, q, scale, {}, {}, at::kFloat);
+}
+
+std::string cpu_gemv_isa() { return current().load()->name; }
+
+std::vector<std::string> cpu_gemv_isas() {
+  std::vector<std::string> out;
+  for (const Backend* b : runnable()) out.push_back(b->name);
+  return out;
+}
+
+void set_cpu_gemv_isa(const std::string& isa) {
+  const Backend* b = find(isa);
+  if (b == nullptr) {
+    std::string have;
+    for (const auto& n : cpu_gemv_isas()) have += (have.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("CPU kernels: this CPU cannot run '" + isa + "' (it runs " + have + ")");
+  }
+  current().store(b);
+}
+
+}  // namespace cascade::stage

@@ -1,0 +1,44 @@
+// Matrix-vector products for decode on the CPU: x [tokens, in] against a weight
+// [out, in] in float32, bfloat16, float16 or int8 rows, read once per call at memory
+// bandwidth. ATen's CPU paths for these shapes read the weight at a fraction of that
+// (docs/performance.md, "CPU decode"), and LibTorch 1.13 widens a whole int8 weight to
+// float32 per call. Sums are float32 whatever the weight type, rounded once to x's dtype.
+//
+// The kernels are chosen at run time by the CPU's features (AVX-512, AVX2 + FMA + F16C,
+// else portable loops), capped by the CASCADE_CPU_ISA variable (generic | avx2 |
+// avx512), and split over rows with at::parallel_for, so they use the threads the
+// process was given (--threads, at::set_num_threads). Each function returns an undefined
+// tensor where it does not apply (a CUDA tensor, another layout, or more tokens than
+// beat ATen's GEMM for the weight type: at most kCpuGemvMaxTokens, fewer for float32 and,
+// on CPUs with AVX-512 BF16, for bfloat16), and the caller takes the ATen path.
+// Thread-safe.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace cascade::stage {
+
+constexpr int64_t kCpuGemvMaxTokens = 16;
+
+// at::linear(x, w, b) (+ r): x [T, in] float32/bfloat16/float16, w [out, in] contiguous
+// in one of those, b [out] or undefined, r [T, out] or undefined -> [T, out] in x's dtype.
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r = {});
+// act(x w_gate^T) * (x w_up^T) with w [2 * I, in] = [w_gate; w_up] -> [T, I] in x's
+// dtype; act is the Activation enum's value (stage/kernels/ops.h).
+at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act);
+// LLM.int8's weight-only product: (x q^T) * scale, q [out, in] int8 contiguous, scale
+// [out] -> [T, out] float32.
+at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale);
+
+// The instruction set the kernels use now ("avx512", "avx2" or "generic"), and those
+// this CPU can run, best first.
+std::string cpu_gemv_isa();
+std::vector<std::string> cpu_gemv_isas();
+// Uses `isa` from now on (tests and benchmarks compare them); throws std::invalid_argument
+// naming what this CPU can run when it cannot run `isa`.
+void set_cpu_gemv_isa(const std::string& isa);
+
+}  // namespace cascade::stage

@@ -1,0 +1,150 @@
+// The CPU decode GEMVs against float64 products of the same inputs, for every
+// instruction set this CPU runs, every weight type, token counts on both sides of each
+// tile shape, and lengths with and without a tail after the last vector block.
+#include "stage/kernels/cpu_gemv.h"
+
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+
+#include "stage/kernels/ops.h"
+
+namespace cascade::stage {
+namespace {
+
+// The largest error of got against want, each element's relative to the sum of the
+// magnitudes that made it (`size`), so that cancellation in a sum does not count.
+double err_by_size(const at::Tensor& got, const at::Tensor& want, const at::Tensor& size) {
+  return ((got.to(at::kDouble) - want).abs() / size.clamp_min(1e-30)).max().item<double>();
+}
+
+// Relative error of got against want, as a norm over the whole output.
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  return (got.to(at::kDouble) - want).norm().item<double>() / std::max(want.norm().item<double>(), 1e-30);
+}
+
+// A tolerance for results rounded to `t` from float32 sums.
+double tol(at::ScalarType t) { return t == at::kBFloat16 ? 8e-3 : t == at::kHalf ? 1e-3 : 2e-6; }
+
+class CpuGemv : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    before_ = cpu_gemv_isa();
+    set_cpu_gemv_isa(GetParam());
+  }
+  void TearDown() override { set_cpu_gemv_isa(before_); }
+  std::string before_;
+};
+
+TEST_P(CpuGemv, LinearWithBiasAndResidualMatchesFloat64) {
+  at::manual_seed(1);
+  struct Case {
+    at::ScalarType x, w;
+  };
+  for (const Case c : {Case{at::kFloat, at::kFloat}, Case{at::kBFloat16, at::kBFloat16}, Case{at::kHalf, at::kHalf},
+                       Case{at::kFloat, at::kBFloat16}, Case{at::kFloat, at::kHalf}}) {
+    for (int64_t K : {64, 200, 1000}) {  // 200 and 1000 leave a tail after the last 32 or 64
+      for (int64_t N : {1, 17, 40}) {
+        const at::Tensor w = at::randn({N, K}).to(c.w), b = at::randn({N}).to(c.x);
+        for (int64_t T : {1, 2, 3, 4, 5, 8, 16}) {
+          const at::Tensor x = at::randn({T, K}).to(c.x), r = at::randn({T, N}).to(c.x);
+          const at::Tensor got = cpu_linear(x, w, b, r);
+          if (!got.defined()) {  // more tokens than the kernels take for this weight type
+            EXPECT_GT(T, 2) << c.w;
+            continue;
+          }
+          ASSERT_EQ(got.scalar_type(), c.x);
+          ASSERT_EQ(got.sizes(), at::IntArrayRef({T, N}));
+          const at::Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble), bd = b.to(at::kDouble),
+                           rd = r.to(at::kDouble);
+          const at::Tensor size = at::linear(xd.abs(), wd.abs());
+          EXPECT_LE(err_by_size(got, at::linear(xd, wd, bd) + rd, size + bd.abs() + rd.abs()), tol(c.x))
+              << c.x << " x " << c.w << " K " << K << " N " << N << " T " << T;
+          const at::Tensor plain = cpu_linear(x, w, {});
+          ASSERT_TRUE(plain.defined());
+          EXPECT_LE(err_by_size(plain, at::linear(xd, wd), size), tol(c.x));
+        }
+      }
+    }
+  }
+}
+
+TEST_P(CpuGemv, GatedProductMatchesFloat64ForEveryActivation) {
+  at::manual_seed(2);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    const int64_t I = 23, K = 136;
+    const at::Tensor w = at::randn({2 * I, K}).div_(8).to(t);
+    for (Activation a : {Activation::kSilu, Activation::kRelu, Activation::kGelu, Activation::kGeluTanh}) {
+      for (int64_t T : {1, 2}) {
+        const at::Tensor x = at::randn({T, K}).to(t);
+        const at::Tensor gu = at::linear(x.to(at::kDouble), w.to(at::kDouble));
+        const at::Tensor want = activate(gu.narrow(1, 0, I), a) * gu.narrow(1, I, I);
+        const at::Tensor got = cpu_gated_linear(x, w, static_cast<int>(a));
+        ASSERT_TRUE(got.defined());
+        ASSERT_EQ(got.sizes(), at::IntArrayRef({T, I}));
+        EXPECT_LE(rel_err(got, want), tol(t)) << t << " activation " << static_cast<int>(a) << " T " << T;
+      }
+    }
+  }
+}
+
+TEST_P(CpuGemv, Int8WeightOnlyMatchesFloat64) {
+  at::manual_seed(3);
+  for (int64_t K : {128, 776}) {
+    const at::Tensor q = at::randint(-127, 128, {37, K}).to(at::kChar), scale = at::rand({37}).add_(0.01);
+    for (int64_t T : {1, 3, 16}) {
+      for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+        const at::Tensor x = at::randn({T, K}).to(t);
+        const at::Tensor got = cpu_int8_linear(x, q, scale);
+        ASSERT_TRUE(got.defined());
+        ASSERT_EQ(got.scalar_type(), at::kFloat);
+        const at::Tensor want = at::linear(x.to(at::kDouble), q.to(at::kDouble)) * scale.to(at::kDouble);
+        EXPECT_LE(rel_err(got, want), 2e-6) << "K " << K << " T " << T;
+      }
+    }
+  }
+}
+
+TEST_P(CpuGemv, ThreadCountDoesNotChangeTheResult) {
+  at::manual_seed(4);
+  const at::Tensor w = at::randn({300, 512}).to(at::kBFloat16), x = at::randn({1, 512}).to(at::kBFloat16);
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = cpu_linear(x, w, {});
+  at::set_num_threads(2);
+  const at::Tensor two = cpu_linear(x, w, {});
+  at::set_num_threads(before);
+  EXPECT_TRUE(at::equal(one, two));  // each row is summed by one thread, in one order
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryIsaThisCpuRuns, CpuGemv, ::testing::ValuesIn(cpu_gemv_isas()),
+                         [](const auto& info) { return info.param; });
+
+TEST(CpuGemvDispatch, ShapesTheKernelsDoNotTakeGoToAten) {
+  const at::Tensor x = at::randn({1, 64});
+  EXPECT_FALSE(cpu_linear(x, at::randn({64, 8}).t(), {}).defined());                // not contiguous
+  EXPECT_FALSE(cpu_linear(x, at::randn({8, 32}), {}).defined());                    // in differs
+  EXPECT_FALSE(cpu_linear(at::randn({17, 64}), at::randn({8, 64}), {}).defined());  // too many tokens
+  EXPECT_FALSE(cpu_linear(x, at::randn({8, 64}).to(at::kDouble), {}).defined());    // float64 weight
+  EXPECT_FALSE(cpu_linear(x, at::randn({8, 64}), at::randn({7})).defined());        // bias of the wrong length
+  EXPECT_FALSE(cpu_gated_linear(x, at::randn({7, 64}), 0).defined());               // odd rows for gate + up
+  EXPECT_FALSE(cpu_int8_linear(x, at::randn({8, 64}), at::ones({8})).defined());    // not int8
+  EXPECT_TRUE(cpu_linear(x, at::randn({8, 64}), {}).defined());
+}
+
+TEST(CpuGemvDispatch, AnIsaThisCpuCannotRunIsRefusedByName) {
+  try {
+    set_cpu_gemv_isa("sse9");
+    FAIL() << "accepted an unknown instruction set";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'sse9'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("generic"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cpu_gemv_isas().back(), "generic");
+  if (std::getenv("CASCADE_CPU_ISA") == nullptr) EXPECT_EQ(cpu_gemv_isa(), cpu_gemv_isas().front());  // the best
+}
+
+}  // namespace
+}  // namespace cascade::stage
