@@ -206,9 +206,10 @@ __global__ void store_kv_kernel(const S* __restrict__ k, int64_t k_row, const S*
 template <typename S>
 void store_kv_as(int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row, const void* v, int64_t v_row,
                  void* kc, void* vc, const int64_t* slots, const int64_t* pos, cudaStream_t stream) {
-  store_kv_kernel<S> < <<B * kv_heads, D<256 ? D : 256, 0, stream>>>(
-                           static_cast<const S*>(k), k_row, static_cast<const S*>(v), v_row, static_cast<S*>(kc),
-                           static_cast<S*>(vc), slots, pos, kv_heads, D, max_seq);
+  const int threads = D < 256 ? D : 256;
+  store_kv_kernel<S><<<B * kv_heads, threads, 0, stream>>>(static_cast<const S*>(k), k_row, static_cast<const S*>(v),
+                                                           v_row, static_cast<S*>(kc), static_cast<S*>(vc), slots, pos,
+                                                           kv_heads, D, max_seq);
 }
 
 }  // namespace
