@@ -5,7 +5,8 @@
 #   scripts/ab_decode.sh OLD_BINARY NEW_BINARY [MODEL_DIR]
 # Environment: BATCHES="1 16", NEW_TOKENS=64, PROMPT_LEN=32, ROUNDS=2, DTYPE=bfloat16,
 # MAX_MEMORY (e.g. "cuda:0" = "100GiB": the run plans and starts its stages from a
-# config with these budgets; empty = one process on the CPU, `generate --model`).
+# config with these budgets; empty = one process on the CPU, `generate --model`);
+# PLACEMENT_EXTRA: more [placement] lines for that config (e.g. 'offload_compute = "cpu"').
 # A MODEL_DIR without config.json (default /tmp/ab-anchor) first gets a random Llama
 # from RANDOM_MODEL with ANCHOR_FLAGS (default: the DESIGN §10 anchor, 2.70 B
 # parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
@@ -19,8 +20,8 @@ where=(--model "$model" --dtype "${DTYPE:-bfloat16}")
 if [ -n "${MAX_MEMORY:-}" ]; then
   cfg=$(mktemp --suffix=.toml)
   max_batch=$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)
-  printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n[runtime]\nmax_batch = %s\nmax_seq_len = 512\n' \
-    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "$max_batch" >"$cfg"
+  printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n%s\n[runtime]\nmax_batch = %s\nmax_seq_len = 512\n' \
+    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "${PLACEMENT_EXTRA:-}" "$max_batch" >"$cfg"
   where=(--config "$cfg")
 fi
 rate() {  # decode tokens/s of one run of binary $1 with the prompt flags that follow

@@ -107,6 +107,12 @@ TEST_P(CpuGemv, Int8WeightOnlyMatchesFloat64) {
   }
 }
 
+TEST(CpuGemvBound, ReadBandwidthIsMeasured) {
+  const double gbs = cpu_read_bandwidth(int64_t{64} << 20, 2);
+  EXPECT_GT(gbs, 0.1);  // any machine reads 64 MiB faster than 0.1 GB/s
+  EXPECT_LT(gbs, 1e5);
+}
+
 TEST_P(CpuGemv, ThreadCountDoesNotChangeTheResult) {
   at::manual_seed(4);
   const at::Tensor w = at::randn({300, 512}).to(at::kBFloat16), x = at::randn({1, 512}).to(at::kBFloat16);
@@ -143,7 +149,9 @@ TEST(CpuGemvDispatch, AnIsaThisCpuCannotRunIsRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("generic"), std::string::npos) << e.what();
   }
   EXPECT_EQ(cpu_gemv_isas().back(), "generic");
-  if (std::getenv("CASCADE_CPU_ISA") == nullptr) EXPECT_EQ(cpu_gemv_isa(), cpu_gemv_isas().front());  // the best
+  if (std::getenv("CASCADE_CPU_ISA") == nullptr) {
+    EXPECT_EQ(cpu_gemv_isa(), cpu_gemv_isas().front());  // the best this CPU runs
+  }
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -237,6 +239,25 @@ at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
 at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
   if (!applies(x, q) || q.scalar_type() != at::kChar || scale.numel() != q.size(0)) return {};
   return linear_impl(x, q, scale, {}, {}, at::kFloat);
+}
+
+double cpu_read_bandwidth(int64_t bytes, int runs) {
+  constexpr int64_t kChunk = int64_t{1} << 16;  // floats a task reads
+  const int64_t n = std::max<int64_t>(bytes / 4, kChunk), chunks = (n + kChunk - 1) / kChunk;
+  const at::Tensor buf = at::full({n}, 0.5f);  // written, so every page is mapped before timing
+  const float* p = buf.data_ptr<float>();
+  const auto sum = current().load()->read_sum;
+  std::atomic<float> sink{0};
+  double best = 1e30;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      const int64_t first = c0 * kChunk;
+      sink.store(sink.load() + sum(p + first, std::min(c1 * kChunk, n) - first));
+    });
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return static_cast<double>(n) * 4 / best / 1e9;
 }
 
 std::string cpu_gemv_isa() { return current().load()->name; }

@@ -33,6 +33,11 @@ at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act);
 // [out] -> [T, out] float32.
 at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale);
 
+// The memory read bound these kernels are measured against: GB/s of a read of `bytes`
+// (a few GB, well past the caches) through the current back end with the threads
+// at::parallel_for uses, best of `runs`.
+double cpu_read_bandwidth(int64_t bytes = int64_t{2} << 30, int runs = 5);
+
 // The instruction set the kernels use now ("avx512", "avx2" or "generic"), and those
 // this CPU can run, best first.
 std::string cpu_gemv_isa();

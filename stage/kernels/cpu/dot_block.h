@@ -160,10 +160,32 @@ void dot_block(const DotArgs& a) {
   }
 }
 
+// The sum of squares of n floats, with enough sums in flight that the loads, not the
+// arithmetic, set the pace: the read half of a STREAM-like bound.
+template <class V>
+float read_sum(const float* p, int64_t n) {
+  typename V::reg acc[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) acc[i] = V::zero();
+  constexpr int64_t kStep = 8 * V::kWidth;
+  int64_t k = 0;
+  for (; k + kStep <= n; k += kStep)
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const typename V::reg v = V::load(p + k + i * V::kWidth);
+      acc[i] = V::fma(v, v, acc[i]);
+    }
+  float s = 0;
+  for (int i = 0; i < 8; ++i) s += V::sum(acc[i]);
+  for (; k < n; ++k) s += p[k] * p[k];
+  return s;
+}
+
 template <class V>
 Backend make_backend(const char* name) {
   return Backend{name,
                  V::kPairs ? V::kWidth : 0,
+                 &read_sum<V>,
                  {&dot_block<V, WeightType::kF32>, &dot_block<V, WeightType::kBF16>, &dot_block<V, WeightType::kF16>,
                   &dot_block<V, WeightType::kI8>}};
 }

@@ -36,6 +36,8 @@ struct Backend {
   // reordered, its even elements first, then its odd ones (a tail shorter than a block
   // stays as it is).
   int pair_width;
+  // The sum of n floats at the rate the loads allow (the memory read bound).
+  float (*read_sum)(const float* p, int64_t n);
   DotBlock dot[kWeightTypes];
 };
 
