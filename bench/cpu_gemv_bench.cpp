@@ -56,6 +56,16 @@ int main(int argc, char** argv) {
   const double bw = cascade::stage::cpu_read_bandwidth();
   std::printf("threads %d, weight [%lld, %lld], memory read %.1f GB/s\n", threads, static_cast<long long>(out),
               static_cast<long long>(in), bw);
+  // The prefill bound: ATen's GEMM (OpenBLAS for float32, oneDNN for bfloat16) on a
+  // 512-token block of this shape, with the same threads.
+  for (const at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor a = at::randn({512, in}).to(t), b = at::randn({in, out}).to(t);
+    (void)at::mm(a, b);
+    const double s = best_seconds(5, [&] { (void)at::mm(a, b); });
+    std::printf("GEMM %s [512, %lld] x [%lld, %lld]: %.1f GFLOP/s\n", t == at::kFloat ? "float32" : "bfloat16",
+                static_cast<long long>(in), static_cast<long long>(in), static_cast<long long>(out),
+                2.0 * 512 * in * out / s / 1e9);
+  }
   std::printf("%-9s %-8s %-7s %10s %8s %9s %10s %8s\n", "weight", "isa", "tokens", "us/call", "GB/s", "% of read",
               "aten us", "speedup");
   struct Type {

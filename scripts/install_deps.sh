@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs Cascade's build and test dependencies on Debian 12 (DESIGN §10).
 set -euo pipefail
+# libopenblas0-openmp: LibTorch's float32 GEMMs (prefill) through OpenBLAS instead of the
+# reference BLAS (17x faster on one core here), on LibTorch's own OpenMP threads.
 pkgs=(build-essential cmake libtorch-dev libopenmpi-dev openmpi-bin libboost-dev libtomlplusplus-dev
       libgtest-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev pkg-config curl python3
-      clang libclang-rt-14-dev)
+      clang libclang-rt-14-dev libopenblas0-openmp)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then
