@@ -46,10 +46,12 @@ int main(int argc, char** argv) {
   int64_t in = 2560, out = 6912;
   std::string tokens = "1,16";
   int64_t pool_mib = 1024;
+  std::string only;
   app.add_option("--threads", threads, "Compute threads");
   app.add_option("--in", in, "Input features (K)");
   app.add_option("--out", out, "Output features (N)");
   app.add_option("--tokens", tokens, "Token counts, comma-separated");
+  app.add_option("--types", only, "Weight types to run, comma-separated (default all)");
   app.add_option("--pool-mib", pool_mib, "MiB of weight copies used in turn (more than the last-level cache)");
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(threads);
@@ -77,6 +79,7 @@ int main(int argc, char** argv) {
                         {"float16", at::kHalf, at::kFloat},
                         {"int8", at::kChar, at::kFloat}};
   for (const Type& ty : types) {
+    if (!only.empty() && ("," + only + ",").find(std::string(",") + ty.name + ",") == std::string::npos) continue;
     // Copies of the weight, used in turn, that together overflow the last-level cache:
     // every call reads its weight from memory, as a decode step does.
     const int64_t one = out * in * at::elementSize(ty.w);
