@@ -4,6 +4,7 @@
 # flags, alternating A and B `ROUNDS` times, one process per run (warm-up excluded).
 #   scripts/ab_decode.sh OLD_BINARY NEW_BINARY [MODEL_DIR]
 # Environment: BATCHES="1 16", NEW_TOKENS=64, PROMPT_LEN=32, ROUNDS=2, DTYPE=bfloat16,
+# THREADS (generate --threads: compute threads of the one-process run; default LibTorch's),
 # MAX_MEMORY (e.g. "cuda:0" = "100GiB": the run plans and starts its stages from a
 # config with these budgets; empty = one process on the CPU, `generate --model`);
 # PLACEMENT_EXTRA: more [placement] lines for that config (e.g. 'offload_compute = "cpu"').
@@ -16,7 +17,7 @@ a=$1 b=$2 model=${3:-/tmp/ab-anchor}
 [ -f "$model/config.json" ] || "${RANDOM_MODEL:-build/bench/random_model}" --out "$model" \
   ${ANCHOR_FLAGS:---hidden 2560 --intermediate 6912 --layers 32 --heads 20 --kv-heads 20 --vocab 32000} >/dev/null
 ids=$(python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(1000)) for _ in range(${PROMPT_LEN:-32})))")
-where=(--model "$model" --dtype "${DTYPE:-bfloat16}")
+where=(--model "$model" --dtype "${DTYPE:-bfloat16}" ${THREADS:+--threads "$THREADS"})
 if [ -n "${MAX_MEMORY:-}" ]; then
   cfg=$(mktemp --suffix=.toml)
   max_batch=$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)
