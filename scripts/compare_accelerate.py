@@ -17,8 +17,9 @@ one GPU machine, same checkpoint, prompts and memory limits (issue 8).
    CUDA graph capture out of the rate; the capture time is in the stage's log line).
 4. Token agreement of the two bf16 runs on the anchor (batch 1).
 
-The bound column is the physical limit the issue names: HBM (2.9 TB/s, DESIGN §10) for
-GPU-resident weights, pinned PCIe (53.7 GB/s) for the bytes not on the GPU.
+The bound column is the physical limit, measured on this machine at the start of the run
+(measure_bounds): the device-to-device copy rate (bytes read + written) for GPU-resident
+weights, the pinned host-to-device copy rate for the bytes not on the GPU.
 """
 import argparse
 import gc
@@ -32,9 +33,34 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-HBM = 2.9e12
-PCIE = 53.7e9
 GiB = 1 << 30
+
+
+def measure_bounds(size=2 * GiB, runs=5):
+    """(HBM, PCIe) in bytes/s: best of `runs` device-to-device copies of `size` bytes, counted as read + write, and
+    pinned host-to-device copies of half that."""
+    def best(f):
+        f()
+        torch.cuda.synchronize()
+        out = []
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            f()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        return min(out)
+    a = torch.empty(size, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    hbm = 2 * size / best(lambda: b.copy_(a))
+    del a, b
+    h = torch.empty(size // 2, dtype=torch.uint8).pin_memory()
+    d = torch.empty(size // 2, dtype=torch.uint8, device="cuda")
+    pcie = (size // 2) / best(lambda: d.copy_(h, non_blocking=True))
+    del h, d
+    torch.cuda.empty_cache()
+    return hbm, pcie
 
 
 def log(*a):
@@ -211,6 +237,11 @@ def main():
     exe = os.path.abspath(args.cascade)
     anchor = os.path.join(args.work, "anchor")
     rows, notes = [], []
+    global HBM, PCIE
+    HBM, PCIE = measure_bounds()
+    notes.append(f"bounds measured in this run: device-to-device copy {HBM / 1e9:.0f} GB/s (read + write), "
+                 f"pinned host-to-device {PCIE / 1e9:.1f} GB/s")
+    log(notes[-1])
 
     hf_ids, our_ids = correctness(exe, args.work, os.path.abspath(args.fixture))
     notes.append(f"float32 greedy tokens on `{os.path.basename(args.fixture)}` (16 new): "
