@@ -69,30 +69,12 @@ bool weight_type(at::ScalarType t, WeightType* out) {
 
 bool float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
-// The most tokens for which these kernels beat ATen's (cpu_gemv_bench, docs/performance.md):
-// OpenBLAS's SGEMM from 16 tokens; oneDNN's bfloat16 GEMM from 4 where the CPU has
-// AVX-512 BF16 dot products (without them it is slower than these kernels everywhere);
-// ATen's float16 and int8 paths never.
-int64_t max_tokens(WeightType wt) {
-  static const bool native_bf16 = [] {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-#else
-    return false;
-#endif
-  }();
-  if (wt == WeightType::kF32) return 8;
-  if (wt == WeightType::kBF16 && native_bf16) return 2;
-  return kCpuGemvMaxTokens;
-}
-
 // Whether x [T, K] and w [rows, K] suit the kernels.
 bool applies(const at::Tensor& x, const at::Tensor& w) {
   WeightType wt;
   return x.device().is_cpu() && w.device().is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(0) >= 1 &&
-         float_type(x.scalar_type()) && weight_type(w.scalar_type(), &wt) && x.size(0) <= max_tokens(wt) &&
-         w.size(1) == x.size(1) && w.is_contiguous() && w.size(0) >= 1;
+         float_type(x.scalar_type()) && weight_type(w.scalar_type(), &wt) && w.size(1) == x.size(1) &&
+         w.is_contiguous() && w.size(0) >= 1;
 }
 
 // x [T, K] with each block of 2 * p columns reordered: its even columns, then its odd
@@ -133,11 +115,15 @@ struct Sums {
   }
 };
 
-// f(n0, rows, acc) for every block of kBlockRows of [0, N), blocks split over threads.
+// f(n0, rows, acc) for every block of kBlockRows of [0, N), blocks split over threads
+// in tasks of at least kTaskBytes of weight: a small weight stays on the calling thread,
+// where waking the others (and their spinning after) would cost more than it saves.
+constexpr int64_t kTaskBytes = int64_t{512} << 10;
 template <class F>
-void for_blocks(int64_t N, const F& f) {
+void for_blocks(int64_t N, int64_t row_bytes, const F& f) {
   const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t grain = std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(1, kBlockRows * row_bytes));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     float acc[cpu::kMaxTokens * kBlockRows];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kBlockRows;
@@ -193,7 +179,7 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const float* res = rf.defined() ? rf.data_ptr<float>() : nullptr;
   at::Tensor y = at::empty({T, N}, x.options().dtype(dtype));
   const Out out(y);
-  for_blocks(N, [&](int64_t n0, int rows, float* acc) {
+  for_blocks(N, w.size(1) * w.element_size(), [&](int64_t n0, int rows, float* acc) {
     sums(n0, rows, acc);
     for (int t = 0; t < T; ++t)
       for (int i = 0; i < rows; ++i) {
@@ -208,24 +194,14 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
-}  // namespace
-
-at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
-  if (!applies(x, w) || !float_type(w.scalar_type())) return {};
-  const int64_t T = x.size(0), N = w.size(0);
-  if (b.defined() && (b.numel() != N || !b.device().is_cpu())) return {};
-  if (r.defined() && (r.sizes() != at::IntArrayRef({T, N}) || !r.device().is_cpu())) return {};
-  return linear_impl(x, w, {}, b, r, x.scalar_type());
-}
-
-at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
-  if (!applies(x, w) || !float_type(w.scalar_type()) || w.size(0) % 2 != 0) return {};
+// act(x w_gate^T) * (x w_up^T) for at most cpu::kMaxTokens tokens.
+at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& w, int act) {
   const int64_t I = w.size(0) / 2;
   const Sums sums(x, w);
   const int T = sums.tokens();
   at::Tensor y = at::empty({T, I}, x.options());
   const Out out(y);
-  for_blocks(I, [&](int64_t n0, int rows, float* gate) {
+  for_blocks(I, 2 * w.size(1) * w.element_size(), [&](int64_t n0, int rows, float* gate) {
     float up[cpu::kMaxTokens * kBlockRows];
     sums(n0, rows, gate);
     sums(I + n0, rows, up);
@@ -236,9 +212,40 @@ at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
   return y;
 }
 
+// f(x, r) for tokens in chunks of cpu::kMaxTokens, the results stacked: each token's
+// sums are the same whatever else shares its call.
+template <class F>
+at::Tensor by_chunks(const at::Tensor& x, const at::Tensor& r, const F& f) {
+  const int64_t T = x.size(0);
+  if (T <= cpu::kMaxTokens) return f(x, r);
+  std::vector<at::Tensor> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += cpu::kMaxTokens) {
+    const int64_t n = std::min<int64_t>(cpu::kMaxTokens, T - t0);
+    parts.push_back(f(x.narrow(0, t0, n), r.defined() ? r.narrow(0, t0, n) : r));
+  }
+  return at::cat(parts);
+}
+
+}  // namespace
+
+at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
+  if (!applies(x, w) || !float_type(w.scalar_type())) return {};
+  const int64_t T = x.size(0), N = w.size(0);
+  if (b.defined() && (b.numel() != N || !b.device().is_cpu())) return {};
+  if (r.defined() && (r.sizes() != at::IntArrayRef({T, N}) || !r.device().is_cpu())) return {};
+  return by_chunks(
+      x, r, [&](const at::Tensor& xc, const at::Tensor& rc) { return linear_impl(xc, w, {}, b, rc, x.scalar_type()); });
+}
+
+at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
+  if (!applies(x, w) || !float_type(w.scalar_type()) || w.size(0) % 2 != 0) return {};
+  return by_chunks(x, {}, [&](const at::Tensor& xc, const at::Tensor&) { return gated_impl(xc, w, act); });
+}
+
 at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
   if (!applies(x, q) || q.scalar_type() != at::kChar || scale.numel() != q.size(0)) return {};
-  return linear_impl(x, q, scale, {}, {}, at::kFloat);
+  return by_chunks(
+      x, {}, [&](const at::Tensor& xc, const at::Tensor&) { return linear_impl(xc, q, scale, {}, {}, at::kFloat); });
 }
 
 double cpu_read_bandwidth(int64_t bytes, int runs) {

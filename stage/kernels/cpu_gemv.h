@@ -1,17 +1,20 @@
-// Matrix-vector products for decode on the CPU: x [tokens, in] against a weight
-// [out, in] in float32, bfloat16, float16 or int8 rows, read once per call at memory
-// bandwidth. ATen's CPU paths for these shapes read the weight at a fraction of that
+// Matrix products on the CPU for every token count: x [tokens, in] against a weight
+// [out, in] in float32, bfloat16, float16 or int8 rows. Tokens go in chunks of 16, each
+// chunk reading the weight once at memory bandwidth, so a decode step reads it once;
+// ATen's CPU paths for these shapes read the weight at a fraction of that
 // (docs/performance.md, "CPU decode"), and LibTorch 1.13 widens a whole int8 weight to
 // float32 per call. Sums are float32 whatever the weight type, rounded once to x's dtype.
+// A token's result never depends on the other tokens of the call (chunking and tile
+// shapes do not change the order of its sums), so a sequence gets the same tokens in
+// any batch: sending prefill to a faster GEMM (oneDNN, OpenBLAS) would break that.
 //
 // The kernels are chosen at run time by the CPU's features (AVX-512, AVX2 + FMA + F16C,
 // else portable loops), capped by the CASCADE_CPU_ISA variable (generic | avx2 |
-// avx512), and split over rows with at::parallel_for, so they use the threads the
-// process was given (--threads, at::set_num_threads). Each function returns an undefined
-// tensor where it does not apply (a CUDA tensor, another layout, or more tokens than
-// beat ATen's GEMM for the weight type: at most kCpuGemvMaxTokens, fewer for float32 and,
-// on CPUs with AVX-512 BF16, for bfloat16), and the caller takes the ATen path.
-// Thread-safe.
+// avx512), and split over rows with at::parallel_for in tasks of at least 512 KiB of
+// weight, so they use the threads the process was given (--threads,
+// at::set_num_threads) where the weight is large enough to pay for them. Each function
+// returns an undefined tensor where it does not apply (a CUDA tensor, another layout),
+// and the caller takes the ATen path. Thread-safe.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,8 +23,6 @@
 #include <vector>
 
 namespace cascade::stage {
-
-constexpr int64_t kCpuGemvMaxTokens = 16;
 
 // at::linear(x, w, b) (+ r): x [T, in] float32/bfloat16/float16, w [out, in] contiguous
 // in one of those, b [out] or undefined, r [T, out] or undefined -> [T, out] in x's dtype.
