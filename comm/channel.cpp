@@ -138,6 +138,7 @@ at::Tensor empty_payload(const StepHeader& h, const std::string& where) {
     case at::kInt:
     case at::kByte:
     case at::kChar:
+    case at::kDouble:  // kLogprobs records
       st = static_cast<at::ScalarType>(h.dtype);
       break;
     default:

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/sampling.h"
+
 namespace cascade::comm {
 
 class CommError : public std::runtime_error {
@@ -17,27 +19,44 @@ class CommError : public std::runtime_error {
 };
 
 constexpr uint32_t kWireMagic = 0x43534344;  // "DCSC"
-constexpr uint16_t kWireVersion = 2;
+constexpr uint16_t kWireVersion = 3;
 
 // Prefill/decode steps carry ids or hidden states down the route; the last stage
-// answers with a kResult (sampled ids [seqs] int64) and, when the step asked for
-// them, a kLogits message (last-position logits [seqs, vocab] float32). kShutdown
-// travels the route like a step, so every stage stops after the steps before it.
-enum class StepKind : uint8_t { kPrefill = 0, kDecode = 1, kResult = 2, kLogits = 3, kShutdown = 4 };
-constexpr uint8_t kStepWantLogits = 1;  // StepHeader::flags
+// answers with a kResult: the sampled ids [rows] int64, one row per sequence in order,
+// then one per fork (SeqEntry::forks) in order, -1 where a sequence was not sampled.
+// When the step asked for them it then sends a kLogits message (last-position logits
+// [seqs, vocab] float32) and a kLogprobs message: float64 [records, 4 + 2K], a record
+// per scored token: result row, position, token, log-probability (NaN: none, for a
+// prompt's first token), then K (token, log-probability) pairs of the most likely
+// tokens (token -1 past a row's own count), K the largest count the step asked for.
+// A prompt's tokens are scored at their positions, a sampled token at the position
+// after the step's last. kShutdown travels the route like a step, so every stage stops
+// after the steps before it.
+enum class StepKind : uint8_t {
+  kPrefill = 0,
+  kDecode = 1,
+  kResult = 2,
+  kLogits = 3,
+  kShutdown = 4,
+  kLogprobs = 5,
+};
+constexpr uint8_t kStepWantLogits = 1;    // StepHeader::flags
+constexpr uint8_t kStepWantLogprobs = 2;  // some sequence asks for logprobs
 
 struct SeqEntry {
   int64_t slot = 0;
   int64_t start_pos = 0;
   int64_t n_tokens = 0;
-  double temperature = 0;  // sampling, used by the last stage
-  int64_t top_k = 0;
-  double top_p = 1;
-  uint64_t seed = 0;
-  bool sample = true;  // false for a prefill chunk that is not the prompt's last
+  SamplingParams sampling;  // used by the last stage
+  bool sample = true;       // false for a prefill chunk that is not the prompt's last
+  // n > 1: on the prompt's last chunk, after running the step, every stage copies this
+  // slot's KV prefix [0, start_pos + n_tokens) into each fork's slot, and the last
+  // stage samples each fork's first token from the same logits with the fork's seed
+  // (the fork's other options are this entry's). (slot, seed) pairs.
+  std::vector<std::pair<int64_t, uint64_t>> forks;
   bool operator==(const SeqEntry& o) const {
-    return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && temperature == o.temperature &&
-           top_k == o.top_k && top_p == o.top_p && seed == o.seed && sample == o.sample;
+    return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && sampling == o.sampling &&
+           sample == o.sample && forks == o.forks;
   }
 };
 
@@ -49,9 +68,18 @@ struct StepHeader {
   std::vector<SeqEntry> seqs;
   std::vector<int64_t> shape;  // of the payload that follows: [tokens] ids or [tokens, hidden]
   uint8_t dtype = 0;           // storage::scalar type code of the payload
+  // The step's token ids [tokens] when some sequence's sampler needs its prompt
+  // (SamplingParams::needs_prompt): the last stage sees hidden states, not ids.
+  std::vector<int64_t> ids;
+  // Rows of the kResult: one per sequence, then one per fork.
+  size_t result_rows() const {
+    size_t n = seqs.size();
+    for (const auto& s : seqs) n += s.forks.size();
+    return n;
+  }
   bool operator==(const StepHeader& o) const {
     return step_id == o.step_id && microbatch == o.microbatch && kind == o.kind && flags == o.flags && seqs == o.seqs &&
-           shape == o.shape && dtype == o.dtype;
+           shape == o.shape && dtype == o.dtype && ids == o.ids;
   }
 };
 

@@ -26,6 +26,8 @@ ncclDataType_t nccl_type(at::ScalarType t) {
       return ncclUint8;
     case at::kChar:
       return ncclInt8;
+    case at::kDouble:
+      return ncclFloat64;
     default:
       throw CommError(std::string("NCCL cannot send ") + c10::toString(t));
   }

@@ -62,8 +62,8 @@ class Driver {
     size_t index;
     Clock::time_point sent, first;
     bool got_first = false;
-    void on_tokens(const std::string&, const std::vector<int64_t>& ids) override {
-      if (!got_first && !ids.empty()) {
+    void on_tokens(const Delta& d) override {
+      if (!got_first && !d.ids.empty()) {
         first = Clock::now();
         got_first = true;
       }

@@ -371,6 +371,7 @@ StepOutput Cluster::next() {
     }
     out.ids = m.payload;
     if (out.header.flags & comm::kStepWantLogits) out.logits = from_last_->recv(after(step_timeout_)).payload;
+    if (out.header.flags & comm::kStepWantLogprobs) out.logprobs = from_last_->recv(after(step_timeout_)).payload;
   } catch (const std::exception& e) {
     fail(e.what());
   }

@@ -3,8 +3,9 @@
 // (LocalExecutor) or the stage processes of a plan (Cluster).
 //
 // submit() hands over a step (token ids [tokens] int64); next() returns the results in
-// submission order: the sampled ids [seqs] int64 and, when the step set
-// kStepWantLogits, the last-position logits [seqs, vocab] float32. A Cluster takes as
+// submission order: the sampled ids [result rows] int64 (a row per sequence, then per
+// fork), when the step set kStepWantLogits the last-position logits [seqs, vocab]
+// float32, and when it set kStepWantLogprobs the kLogprobs records (comm/message.h). A Cluster takes as
 // many steps in flight as the scheduler issues (one per microbatch); LocalExecutor runs
 // each step in submit(), so next() never waits.
 // Thread-safety: one thread drives an Executor.
@@ -23,8 +24,9 @@ namespace cascade::daemon {
 
 struct StepOutput {
   comm::StepHeader header;  // of the step as submitted
-  at::Tensor ids;           // [seqs] int64, -1 where a sequence was not sampled
+  at::Tensor ids;           // [result rows] int64, -1 where a sequence was not sampled
   at::Tensor logits;        // [seqs, vocab] float32, or undefined
+  at::Tensor logprobs;      // float64 [records, 4 + 2K], or undefined
 };
 
 class Executor {
@@ -47,8 +49,10 @@ class LocalExecutor : public Executor {
   explicit LocalExecutor(std::unique_ptr<stage::Model> model) : runner_(std::move(model)) {}
   void submit(const comm::StepHeader& h, const at::Tensor& ids) override {
     at::Tensor logits = runner_.run(h, ids, 0, -1);
-    StepOutput out{h, runner_.sample(h, logits), {}};
+    stage::StepRunner::Sampled s = runner_.sample(h, logits);
+    StepOutput out{h, s.ids, {}, {}};
     if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
+    if (h.flags & comm::kStepWantLogprobs) out.logprobs = s.logprobs;
     done_.push_back(std::move(out));
   }
   StepOutput next() override {

@@ -75,10 +75,7 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     e.slot = static_cast<int64_t>(i);
     e.start_pos = pos;
     e.n_tokens = len;
-    e.temperature = opts.sampling.temperature;
-    e.top_k = opts.sampling.top_k;
-    e.top_p = opts.sampling.top_p;
-    e.seed = opts.sampling.seed;
+    e.sampling = opts.sampling;
     return e;
   };
 
@@ -93,6 +90,7 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     ids.insert(ids.end(), opts.prompts[i].begin(), opts.prompts[i].end());
     active.push_back(i);
   }
+  if (opts.sampling.needs_prompt()) h.ids = ids;
   ex.submit(h, at::tensor(ids, at::kLong));
   int64_t generated = 0, first = 0;
   auto t_first = Clock::now();
@@ -143,7 +141,7 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
 std::vector<GenerateResult> run_scheduled(std::shared_ptr<Executor> ex, const GenerateOptions& opts,
                                           SchedulerOptions so, std::ostream& log) {
   struct Collect : Sink {
-    void on_tokens(const std::string&, const std::vector<int64_t>&) override {}
+    void on_tokens(const Delta&) override {}
     void on_done(const CompletionResult& r) override {
       std::lock_guard<std::mutex> l(mu);
       ids = r.token_ids;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/tokenizer/tokenizer.h"
@@ -12,18 +13,23 @@ namespace cascade::daemon {
 using Clock = std::chrono::steady_clock;
 
 struct Scheduler::Seq {
-  Job job;
+  Job job;            // choice i > 0: request.sampling.seed is the request's + i
+  int64_t index = 0;  // choice
   int64_t slot = 0;
   uint64_t gen = 0;
   int group = 0;
-  int64_t prefill_pos = 0;  // prompt tokens already issued
-  int in_flight = 0;        // submitted steps that include this sequence
-  bool waiting = false;     // a step whose sampled token it needs is in flight
+  int64_t prefill_pos = 0;                              // prompt tokens already issued
+  int in_flight = 0;                                    // submitted steps that include this sequence
+  bool waiting = false;                                 // a step whose sampled token it needs is in flight
+  bool awaiting_fork = false;                           // choice > 0 before choice 0's prompt ends
+  std::vector<std::pair<int64_t, uint64_t>> followers;  // choice 0: (slot, gen) of choices 1..n-1
   bool prefilled() const { return prefill_pos >= static_cast<int64_t>(job.request.prompt_ids.size()); }
-  std::vector<int64_t> out;  // generated ids
-  std::string text;          // decoded so far
-  size_t emitted = 0;        // text[0, emitted) has been sent
-  size_t ids_emitted = 0;    // out[0, ids_emitted) has been sent
+  std::vector<int64_t> out;                                  // generated ids
+  std::vector<stage::TokenScore> logprobs, prompt_logprobs;  // when the request asks for them
+  bool prompt_sent = false;                                  // prompt_logprobs went out with the first delta
+  std::string text;                                          // decoded so far
+  size_t emitted = 0;                                        // text[0, emitted) has been sent
+  size_t ids_emitted = 0;                                    // out[0, ids_emitted) has been sent
   Clock::time_point admitted, last_token;
 #ifdef CASCADE_WITH_TOKENIZER
   std::unique_ptr<StreamDecoder> decoder;
@@ -36,9 +42,11 @@ void set_mode(SchedulerOptions* o, config::Mode mode, const config::RuntimeSecti
   o->prefill_chunk = pipeline ? (rt.prefill_chunk > 0 ? rt.prefill_chunk : 128) : 0;
 }
 
-// One submitted step: which sequences (slot, generation) it carries, in order.
+// One submitted step: which sequences (slot, generation) its result rows belong to, in
+// order (its entries, then their forks), and for each row the row whose prompt it shares.
 struct Scheduler::InFlight {
   std::vector<std::pair<int64_t, uint64_t>> seqs;
+  std::vector<size_t> parent;
   int64_t prompt_tokens = 0;
 };
 
@@ -81,24 +89,39 @@ void Scheduler::stop(std::chrono::duration<double> grace) {
   cv_.notify_one();
 }
 
-// Moves queued jobs into free slots (under mu_).
+// Moves queued jobs into free slots (under mu_), in order: a job with n choices waits
+// until n slots are free at once.
 void Scheduler::admit() {
-  for (size_t s = 0; s < slots_.size() && !queue_.empty(); ++s) {
-    if (slots_[s]) continue;
-    auto seq = std::make_unique<Seq>();
-    seq->job = std::move(queue_.front());
+  while (!queue_.empty()) {
+    std::vector<int64_t> free;
+    for (size_t s = 0; s < slots_.size(); ++s)
+      if (!slots_[s]) free.push_back(static_cast<int64_t>(s));
+    const int64_t n = std::max<int64_t>(1, queue_.front().request.n);
+    if (static_cast<int64_t>(free.size()) < n) return;
+    Job job = std::move(queue_.front());
     queue_.pop_front();
-    seq->slot = static_cast<int64_t>(s);
-    seq->gen = ++generation_;
-    seq->admitted = Clock::now();
-    std::vector<int> size(static_cast<size_t>(std::max(1, opts_.microbatches)), 0);
-    for (const auto& o : slots_)
-      if (o) ++size[static_cast<size_t>(o->group)];
-    seq->group = static_cast<int>(std::min_element(size.begin(), size.end()) - size.begin());
+    Seq* leader = nullptr;
+    for (int64_t i = 0; i < n; ++i) {
+      auto seq = std::make_unique<Seq>();
+      seq->job = job;
+      seq->job.request.sampling.seed = job.request.sampling.seed + static_cast<uint64_t>(i);
+      seq->index = i;
+      seq->slot = free[static_cast<size_t>(i)];
+      seq->gen = ++generation_;
+      seq->admitted = Clock::now();
+      seq->awaiting_fork = i > 0;
+      std::vector<int> size(static_cast<size_t>(std::max(1, opts_.microbatches)), 0);
+      for (const auto& o : slots_)
+        if (o) ++size[static_cast<size_t>(o->group)];
+      seq->group = static_cast<int>(std::min_element(size.begin(), size.end()) - size.begin());
 #ifdef CASCADE_WITH_TOKENIZER
-    if (tok_) seq->decoder = std::make_unique<StreamDecoder>(tok_, /*skip_special_tokens=*/true);
+      if (tok_) seq->decoder = std::make_unique<StreamDecoder>(tok_, /*skip_special_tokens=*/true);
 #endif
-    slots_[s] = std::move(seq);
+      if (leader) leader->followers.push_back({seq->slot, seq->gen});
+      Seq* raw = seq.get();
+      slots_[static_cast<size_t>(seq->slot)] = std::move(seq);
+      if (i == 0) leader = raw;
+    }
   }
 }
 
@@ -124,8 +147,15 @@ void Scheduler::emit(Seq& s, bool final) {
         }
   }
   safe = std::max(safe, s.emitted);
-  const std::vector<int64_t> ids(s.out.begin() + static_cast<std::ptrdiff_t>(s.ids_emitted), s.out.end());
-  if (safe > s.emitted || !ids.empty()) s.job.sink->on_tokens(s.text.substr(s.emitted, safe - s.emitted), ids);
+  Delta d;
+  d.index = s.index;
+  d.ids.assign(s.out.begin() + static_cast<std::ptrdiff_t>(s.ids_emitted), s.out.end());
+  if (s.logprobs.size() >= s.out.size())
+    d.logprobs.assign(s.logprobs.begin() + static_cast<std::ptrdiff_t>(s.ids_emitted), s.logprobs.end());
+  if (!s.prompt_sent) d.prompt_logprobs = s.prompt_logprobs;
+  s.prompt_sent = true;
+  d.text = s.text.substr(s.emitted, safe - s.emitted);
+  if (!d.text.empty() || !d.ids.empty()) s.job.sink->on_tokens(d);
   s.emitted = safe;
   s.ids_emitted = s.out.size();
   if (cut != std::string::npos) {
@@ -136,11 +166,14 @@ void Scheduler::emit(Seq& s, bool final) {
 
 void Scheduler::finish(Seq& s, Finish f) {
   CompletionResult r;
+  r.index = s.index;
   r.text = s.text.substr(0, s.emitted);
   r.token_ids = s.out;
+  r.logprobs = s.logprobs;
+  r.prompt_logprobs = s.prompt_logprobs;
   r.finish = f;
   s.job.sink->on_done(r);
-  if (metrics_) metrics_->request_finished(200);
+  if (metrics_ && s.index == 0) metrics_->request_finished(200);
   slots_[static_cast<size_t>(s.slot)].reset();
 }
 
@@ -150,10 +183,13 @@ void Scheduler::fail_all(int status, const std::string& msg) {
     std::lock_guard<std::mutex> l(mu_);
     queued.swap(queue_);
   }
+  std::set<const Sink*> told;  // a request's choices share a sink: one error each
   for (auto& s : slots_) {
     if (!s) continue;
-    s->job.sink->on_error(status, msg);
-    if (metrics_) metrics_->request_finished(status);
+    if (told.insert(s->job.sink.get()).second) {
+      s->job.sink->on_error(status, msg);
+      if (metrics_) metrics_->request_finished(status);
+    }
     s.reset();
   }
   for (auto& j : queued) {
@@ -191,17 +227,17 @@ bool Scheduler::issue() {
     h.microbatch = static_cast<uint32_t>(g);
     h.kind = comm::StepKind::kDecode;
     std::vector<int64_t> ids;
-    InFlight f;
+    InFlight f, forks;  // forks' rows follow the entries'
+    bool carry_ids = false;
     for (auto& sp : slots_) {
-      if (!sp || sp->group != g || sp->waiting) continue;
+      if (!sp || sp->group != g || sp->waiting || sp->awaiting_fork) continue;
       Seq& s = *sp;
       const auto& r = s.job.request;
       comm::SeqEntry e;
       e.slot = s.slot;
-      e.temperature = r.sampling.temperature;
-      e.top_k = r.sampling.top_k;
-      e.top_p = r.sampling.top_p;
-      e.seed = r.sampling.seed;
+      e.sampling = r.sampling;
+      if (r.sampling.needs_prompt()) carry_ids = true;
+      if (r.sampling.logprobs >= 0) h.flags |= comm::kStepWantLogprobs;
       if (!s.prefilled()) {
         const int64_t n = static_cast<int64_t>(r.prompt_ids.size());
         const int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
@@ -211,6 +247,7 @@ bool Scheduler::issue() {
         s.prefill_pos += chunk;
         e.sample = s.prefilled();  // only the prompt's last chunk yields a token
         s.waiting = e.sample;
+        if (e.sample) add_forks(s, e, forks, f.seqs.size());
         h.kind = comm::StepKind::kPrefill;
         f.prompt_tokens += chunk;
       } else {
@@ -222,11 +259,15 @@ bool Scheduler::issue() {
       ++s.in_flight;
       h.seqs.push_back(e);
       f.seqs.push_back({s.slot, s.gen});
+      f.parent.push_back(f.parent.size());
     }
     if (h.seqs.empty()) {
       --step_id_;
       continue;
     }
+    f.seqs.insert(f.seqs.end(), forks.seqs.begin(), forks.seqs.end());
+    f.parent.insert(f.parent.end(), forks.parent.begin(), forks.parent.end());
+    if (carry_ids && h.kind == comm::StepKind::kPrefill) h.ids = ids;
     next_group_ = (g + 1) % m;
     ex_->submit(h, at::tensor(ids, at::kLong));
     in_flight_.push_back(std::move(f));
@@ -235,10 +276,63 @@ bool Scheduler::issue() {
   return false;
 }
 
+// Choice 0's prompt ends in this entry: its followers still here start from it.
+void Scheduler::add_forks(Seq& leader, comm::SeqEntry& e, InFlight& f, size_t leader_row) {
+  for (const auto& [slot, gen] : leader.followers) {
+    Seq* fs = slots_[static_cast<size_t>(slot)].get();
+    if (!fs || fs->gen != gen || !fs->awaiting_fork) continue;  // cancelled meanwhile
+    e.forks.push_back({slot, fs->job.request.sampling.seed});
+    fs->awaiting_fork = false;
+    fs->prefill_pos = static_cast<int64_t>(fs->job.request.prompt_ids.size());
+    fs->waiting = true;
+    ++fs->in_flight;
+    f.seqs.push_back({slot, gen});
+    f.parent.push_back(leader_row);
+  }
+  leader.followers.clear();
+}
+
+// Hands the step's kLogprobs records to their sequences: a prompt token's to
+// prompt_logprobs (a fork gets a copy of its parent's), a sampled token's to logprobs.
+void Scheduler::take_logprobs(const StepOutput& res, const InFlight& f) {
+  if (!res.logprobs.defined() || res.logprobs.size(0) == 0) return;
+  const at::Tensor t = res.logprobs.contiguous();
+  const int64_t w = t.size(1), k = (w - 4) / 2;
+  const double* d = t.data_ptr<double>();
+  std::vector<std::vector<stage::TokenScore>> prompt(f.seqs.size());
+  std::vector<std::vector<stage::TokenScore>> sampled(f.seqs.size());
+  for (int64_t r = 0; r < t.size(0); ++r, d += w) {
+    const size_t row = static_cast<size_t>(d[0]);
+    if (row >= f.seqs.size()) continue;
+    Seq* sp = slots_[static_cast<size_t>(f.seqs[row].first)].get();
+    if (!sp || sp->gen != f.seqs[row].second) continue;
+    stage::TokenScore sc;
+    sc.token = static_cast<int64_t>(d[2]);
+    sc.logprob = d[3];
+    for (int64_t i = 0; i < k && d[4 + 2 * i] >= 0; ++i)
+      sc.top.emplace_back(static_cast<int64_t>(d[4 + 2 * i]), d[5 + 2 * i]);
+    const bool in_prompt = static_cast<int64_t>(d[1]) < static_cast<int64_t>(sp->job.request.prompt_ids.size());
+    (in_prompt ? prompt : sampled)[row].push_back(std::move(sc));
+  }
+  for (size_t row = 0; row < f.seqs.size(); ++row) {
+    Seq* sp = slots_[static_cast<size_t>(f.seqs[row].first)].get();
+    if (!sp || sp->gen != f.seqs[row].second) continue;
+    if (f.parent[row] == row) {
+      sp->prompt_logprobs.insert(sp->prompt_logprobs.end(), prompt[row].begin(), prompt[row].end());
+    } else {  // a fork: its parent's whole prompt, earlier chunks' included (its row came first)
+      const auto& [pslot, pgen] = f.seqs[f.parent[row]];
+      const Seq* parent = slots_[static_cast<size_t>(pslot)].get();
+      if (parent && parent->gen == pgen) sp->prompt_logprobs = parent->prompt_logprobs;
+    }
+    sp->logprobs.insert(sp->logprobs.end(), sampled[row].begin(), sampled[row].end());
+  }
+}
+
 void Scheduler::collect() {
   const StepOutput res = ex_->next();
   const InFlight f = std::move(in_flight_.front());
   in_flight_.pop_front();
+  take_logprobs(res, f);
   const int64_t* tok = res.ids.data_ptr<int64_t>();
   const auto now = Clock::now();
   int64_t sampled = 0;
@@ -316,7 +410,7 @@ void Scheduler::run() {
       // step of theirs is in flight, so a new sequence never shares one).
       for (auto& s : slots_) {
         if (s && s->in_flight == 0 && s->job.sink->cancelled()) {
-          if (metrics_) metrics_->request_finished(499);
+          if (metrics_ && s->index == 0) metrics_->request_finished(499);
           s.reset();
         }
       }

@@ -9,10 +9,12 @@
 // Prompts are cut into chunks of `prefill_chunk` tokens, and a sequence's next chunk
 // is issued without waiting for the previous one (no token depends on it), so chunk
 // c+1 enters the first stage while chunk c is in the second; the KV cache makes this
-// exact. A request joins at the next step after a KV slot frees up; admission waits in
-// a bounded queue (past it, submit() refuses and the client gets 429). Each sequence
-// samples with its own seed in its own slot, so its tokens do not depend on what
-// shares its batch, nor on the mode.
+// exact. A request joins at the next step after a KV slot frees up (n slots for n
+// choices, all at once); admission waits in a bounded queue (past it, submit() refuses
+// and the client gets 429). Each sequence samples with its own seed in its own slot,
+// so its tokens do not depend on what shares its batch, nor on the mode. Choices 1..n-1
+// of a request do not prefill: they fork from choice 0 when its prompt's last chunk
+// runs (comm::SeqEntry::forks), seeded seed + i.
 //
 // Results flow back through the request's Sink, called on the scheduler thread. A
 // request whose sink reports cancelled() (its client went away) gives up its slot at
@@ -50,10 +52,12 @@ class Tokenizer;
 class Sink {
  public:
   virtual ~Sink() = default;
-  // New text (possibly empty while a multi-byte character or a possible stop string
-  // is held back) and the ids that produced it.
-  virtual void on_tokens(const std::string& text, const std::vector<int64_t>& ids) = 0;
+  // A choice's new text (possibly empty while a multi-byte character or a possible stop
+  // string is held back), the ids that produced it and their logprobs.
+  virtual void on_tokens(const Delta& d) = 0;
+  // Once per choice (request.n of them), in the order they finish.
   virtual void on_done(const CompletionResult& result) = 0;
+  // At most once per request, and nothing follows it.
   virtual void on_error(int status, const std::string& message) = 0;
   virtual bool cancelled() const = 0;
 };
@@ -107,6 +111,8 @@ class Scheduler {
   bool issue();    // submits one step if a group has work; false when none has
   void collect();  // takes the oldest step's results
   void finish(Seq& s, Finish f);
+  void add_forks(Seq& leader, comm::SeqEntry& e, InFlight& forks, size_t leader_row);
+  void take_logprobs(const StepOutput& res, const InFlight& f);
   void fail_all(int status, const std::string& msg);
   bool recover(const std::string& why);  // after the executor failed; false when it stays failed
   void emit(Seq& s, bool final);

@@ -11,9 +11,10 @@
 namespace cascade::stage {
 
 struct SeqSlice {
-  int64_t slot = 0;       // KV-cache slot owned by the sequence (the coordinator assigns it)
-  int64_t start_pos = 0;  // position of the first token of this slice
-  int64_t n_tokens = 0;   // tokens of this sequence in the step
+  int64_t slot = 0;         // KV-cache slot owned by the sequence (the coordinator assigns it)
+  int64_t start_pos = 0;    // position of the first token of this slice
+  int64_t n_tokens = 0;     // tokens of this sequence in the step
+  bool all_logits = false;  // the LM head returns logits at every token, not only the last (echo's logprobs)
 };
 
 struct Batch {
@@ -32,13 +33,19 @@ struct Batch {
       for (int64_t i = 0; i < s.n_tokens; ++i) p.push_back(s.start_pos + i);
     return at::tensor(p, at::TensorOptions().dtype(at::kLong)).to(device);
   }
-  // [seqs] int64 row of each sequence's last token in the flattened batch.
-  at::Tensor last_rows(at::Device device) const {
+  bool any_all_logits() const {
+    for (const auto& s : seqs)
+      if (s.all_logits) return true;
+    return false;
+  }
+  // [rows] int64 rows of the flattened batch whose logits the LM head returns: each
+  // sequence's last token, or all its tokens when it asks for all_logits.
+  at::Tensor logit_rows(at::Device device) const {
     std::vector<int64_t> r;
     int64_t row = 0;
     for (const auto& s : seqs) {
+      for (int64_t i = s.all_logits ? 0 : s.n_tokens - 1; i < s.n_tokens; ++i) r.push_back(row + i);
       row += s.n_tokens;
-      r.push_back(row - 1);
     }
     return at::tensor(r, at::TensorOptions().dtype(at::kLong)).to(device);
   }

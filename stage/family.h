@@ -79,7 +79,8 @@ class Module {
   virtual ~Module() = default;
   // Embedding: token ids [tokens] -> hidden [tokens, hidden].
   // Decoder layer / final norm: hidden [tokens, hidden] -> hidden [tokens, hidden].
-  // LM head: hidden [tokens, hidden] -> logits [seqs, vocab] at each sequence's last token.
+  // LM head: hidden [tokens, hidden] -> logits at each sequence's last token [seqs, vocab], or at
+  // every token of the sequences that ask for all_logits (Batch::logit_rows).
   virtual at::Tensor forward(const at::Tensor& x, StepContext& ctx) = 0;
   // Called once after every weight of a memory-resident module has landed on its device
   // (never for streamed or disk-tier modules, whose weights are views that change):

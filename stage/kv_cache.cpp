@@ -143,4 +143,15 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
   return out.view({q.size(0), heads * head_dim});
 }
 
+void KvCache::copy_prefix(int64_t layer, int64_t from, int64_t to, int64_t n) {
+  auto it = layers_.find(layer);
+  TORCH_CHECK(it != layers_.end(), "this KV cache holds no layer ", layer);
+  TORCH_CHECK(from >= 0 && from < slots_ && to >= 0 && to < slots_ && from != to, "cannot copy KV slot ", from,
+              " to slot ", to, " of ", slots_);
+  TORCH_CHECK(n >= 0 && n <= max_seq_len_, "cannot copy ", n, " positions of ", max_seq_len_);
+  if (n == 0) return;
+  for (at::Tensor* t : {&it->second.k, &it->second.v})
+    (*t)[to].narrow(1, 0, n).copy_((*t)[from].narrow(1, 0, n));  // [kv_heads, n, head_dim]
+}
+
 }  // namespace cascade::stage

@@ -65,6 +65,11 @@ class KvCache {
   at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
 
+  // Copies positions [0, n) of `layer`'s keys and values from slot `from` to slot `to`
+  // (n > 1 sequences that share a prompt: stage/runner.h).
+  void copy_prefix(int64_t layer, int64_t from, int64_t to, int64_t n);
+  bool has_layer(int64_t layer) const { return layers_.count(layer) != 0; }
+
   // The DecodeIndex of `batch` on `device`, or an undefined one when some sequence adds
   // more than one token. Checks slots and positions; span 0 = the longest sequence.
   DecodeIndex decode_index(const Batch& batch, at::Device device, int64_t span = 0) const;

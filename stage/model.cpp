@@ -355,6 +355,14 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   return run_modules(input.to(opts_.device), ctx, begin, end);
 }
 
+void Model::copy_kv_prefix(int64_t from, int64_t to, int64_t n, int64_t begin, int64_t end) {
+  if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
+  for (int64_t m : loaded_) {
+    const int64_t layer = desc_.modules[m].layer;
+    if (m >= begin && m < end && layer >= 0 && kv_.has_layer(layer)) kv_.copy_prefix(layer, from, to, n);
+  }
+}
+
 at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int64_t end) {
   bool ran = false;
   auto advise = [&](size_t i, bool need) {

@@ -87,9 +87,14 @@ class Model {
 
   // Runs the loaded modules with index in [begin, end) (default: all of them).
   // input: token ids [tokens] int64 when the first module run is the embedding, else
-  // hidden [tokens, hidden]. Returns logits [seqs, vocab] when the LM head ran, else
+  // hidden [tokens, hidden]. Returns logits [rows, vocab] when the LM head ran (a row per
+  // sequence, or per token for sequences with all_logits: Batch::logit_rows), else
   // hidden [tokens, hidden].
   at::Tensor forward(const at::Tensor& input, const Batch& batch, int64_t begin = 0, int64_t end = -1);
+
+  // Copies KV positions [0, n) from slot `from` to slot `to` in the decoder layers of
+  // modules [begin, end) this model holds (n > 1 sequences sharing a prompt).
+  void copy_kv_prefix(int64_t from, int64_t to, int64_t n, int64_t begin = 0, int64_t end = -1);
 
   const ModelConfig& config() const { return desc_.config; }
   const std::vector<ModuleSpec>& all_modules() const { return desc_.modules; }

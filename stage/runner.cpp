@@ -1,45 +1,145 @@
 #include "stage/runner.h"
 
+#include <algorithm>
+#include <limits>
+#include <optional>
+
 namespace cascade::stage {
 
 Batch batch_of(const comm::StepHeader& h) {
   Batch b;
-  for (const auto& s : h.seqs) b.seqs.push_back({s.slot, s.start_pos, s.n_tokens});
+  for (const auto& s : h.seqs) b.seqs.push_back({s.slot, s.start_pos, s.n_tokens, s.sampling.prompt_logprobs});
   return b;
 }
 
 at::Tensor StepRunner::run(const comm::StepHeader& h, const at::Tensor& input, int64_t begin, int64_t end) {
   TORCH_CHECK(h.kind == comm::StepKind::kPrefill || h.kind == comm::StepKind::kDecode, "step ", h.step_id,
               " is not a prefill or decode step");
+  const int64_t slots = model_->kv_cache().slots();
   for (const auto& s : h.seqs) {
-    TORCH_CHECK(s.slot >= 0 && s.slot < model_->kv_cache().slots(), "step ", h.step_id, ": KV slot ", s.slot,
-                " is outside [0, ", model_->kv_cache().slots(), ")");
+    TORCH_CHECK(s.slot >= 0 && s.slot < slots, "step ", h.step_id, ": KV slot ", s.slot, " is outside [0, ", slots,
+                ")");
     TORCH_CHECK(s.start_pos >= 0 && s.n_tokens >= 1 && s.start_pos + s.n_tokens <= model_->kv_cache().max_seq_len(),
                 "step ", h.step_id, ": positions [", s.start_pos, ", ", s.start_pos + s.n_tokens,
                 ") do not fit max_seq_len ", model_->kv_cache().max_seq_len());
+    for (const auto& f : s.forks)
+      TORCH_CHECK(f.first >= 0 && f.first < slots && f.first != s.slot, "step ", h.step_id, ": fork slot ", f.first,
+                  " of slot ", s.slot, " is not another slot in [0, ", slots, ")");
   }
-  return model_->forward(input, batch_of(h), begin, end);
+  at::Tensor out = model_->forward(input, batch_of(h), begin, end);
+  for (const auto& s : h.seqs)
+    for (const auto& f : s.forks) model_->copy_kv_prefix(s.slot, f.first, s.start_pos + s.n_tokens, begin, end);
+  return out;
 }
 
-at::Tensor StepRunner::sample(const comm::StepHeader& h, const at::Tensor& logits) {
-  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == static_cast<int64_t>(h.seqs.size()), "step ", h.step_id,
-              ": logits ", logits.sizes(), " do not match ", h.seqs.size(), " sequences");
-  const at::Tensor cpu = logits.to(at::kCPU, at::kFloat);
-  at::Tensor out = at::empty({static_cast<int64_t>(h.seqs.size())}, at::kLong);
+namespace {
+
+// kLogprobs records (comm/message.h), width 4 + 2K.
+class Records {
+ public:
+  explicit Records(int64_t k) : k_(k) {}
+  void add(int64_t row, int64_t pos, const TokenScore& s) {
+    const size_t at = v_.size();
+    v_.resize(at + static_cast<size_t>(4 + 2 * k_), 0.0);
+    v_[at] = static_cast<double>(row);
+    v_[at + 1] = static_cast<double>(pos);
+    v_[at + 2] = static_cast<double>(s.token);
+    v_[at + 3] = s.logprob;
+    for (int64_t i = 0; i < k_; ++i) {
+      const bool has = i < static_cast<int64_t>(s.top.size());
+      v_[at + 4 + 2 * i] = has ? static_cast<double>(s.top[i].first) : -1.0;
+      v_[at + 5 + 2 * i] = has ? s.top[i].second : 0.0;
+    }
+  }
+  at::Tensor tensor() const {
+    const int64_t w = 4 + 2 * k_;
+    return at::tensor(v_, at::kDouble).reshape({static_cast<int64_t>(v_.size()) / w, w});
+  }
+
+ private:
+  int64_t k_;
+  std::vector<double> v_;
+};
+
+}  // namespace
+
+StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tensor& logits) {
+  const Batch b = batch_of(h);
+  const int64_t rows = b.logit_rows(at::kCPU).numel();
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == rows, "step ", h.step_id, ": logits ", logits.sizes(),
+              " do not match the ", rows, " rows of ", h.seqs.size(), " sequences");
+  TORCH_CHECK(h.ids.empty() || static_cast<int64_t>(h.ids.size()) == b.total_tokens(), "step ", h.step_id, ": ",
+              h.ids.size(), " token ids for ", b.total_tokens(), " tokens");
+  const at::Tensor cpu = logits.to(at::kCPU, at::kFloat).contiguous();
+  const int64_t vocab = cpu.size(1);
+  auto row_ptr = [&](int64_t r) { return cpu.data_ptr<float>() + r * vocab; };
+  int64_t k = 0;
+  for (const auto& s : h.seqs) k = std::max<int64_t>(k, s.sampling.logprobs);
+  Records rec(k);
+  at::Tensor out = at::full({static_cast<int64_t>(h.result_rows())}, -1, at::kLong);
+  int64_t row = 0, tok = 0, fork_row = static_cast<int64_t>(h.seqs.size());
   for (size_t i = 0; i < h.seqs.size(); ++i) {
     const comm::SeqEntry& s = h.seqs[i];
-    if (s.start_pos == 0) samplers_.erase(s.slot);  // a new sequence in this slot
-    if (!s.sample) {
-      out[static_cast<int64_t>(i)] = -1;
-      continue;
+    const SamplingParams& p = s.sampling;
+    const int64_t n_rows = p.prompt_logprobs ? s.n_tokens : 1;
+    const int64_t* ids = h.ids.empty() ? nullptr : h.ids.data() + tok;
+    if (s.start_pos == 0) {  // a new sequence in this slot
+      samplers_.erase(s.slot);
+      prompt_tail_.erase(s.slot);
     }
-    auto it = samplers_.find(s.slot);
-    if (it == samplers_.end()) {
-      it = samplers_.emplace(s.slot, Sampler(SamplingParams{s.temperature, s.top_k, s.top_p, s.seed})).first;
+    auto it = samplers_.try_emplace(s.slot, p).first;
+    Sampler& sm = it->second;
+    if (!sm.sampled()) {
+      TORCH_CHECK(ids || !p.needs_prompt(), "step ", h.step_id, ": slot ", s.slot,
+                  " needs its prompt's token ids (repetition_penalty or prompt logprobs), which the step lacks");
+      if (ids) sm.observe(ids, s.n_tokens);
+      if (p.prompt_logprobs && p.logprobs >= 0) {  // score each prompt token by the logits before it
+        for (int64_t j = 0; j < s.n_tokens; ++j) {
+          const int64_t pos = s.start_pos + j;
+          TokenScore ts;
+          if (pos == 0) {
+            ts.token = ids[j];
+            ts.logprob = std::numeric_limits<double>::quiet_NaN();
+          } else if (j > 0) {
+            ts = score_token(row_ptr(row + j - 1), vocab, ids[j], p.logprobs);
+          } else {
+            auto t = prompt_tail_.find(s.slot);
+            TORCH_CHECK(t != prompt_tail_.end(), "step ", h.step_id, ": slot ", s.slot,
+                        " continues a prompt whose previous chunk was not seen here");
+            ts = score_token(t->second.data(), vocab, ids[j], p.logprobs);
+          }
+          rec.add(static_cast<int64_t>(i), pos, ts);
+        }
+        const float* last = row_ptr(row + n_rows - 1);
+        if (s.sample) {
+          prompt_tail_.erase(s.slot);
+        } else {
+          prompt_tail_[s.slot].assign(last, last + vocab);
+        }
+      }
     }
-    out[static_cast<int64_t>(i)] = it->second.next(cpu[static_cast<int64_t>(i)]);
+    if (s.sample) {
+      const at::Tensor last = cpu[row + n_rows - 1];
+      const int64_t pos = s.start_pos + s.n_tokens;
+      // Forks start from the prompt, before this sequence's own token.
+      const std::optional<Sampler> base = s.forks.empty() ? std::nullopt : std::optional<Sampler>(sm);
+      TokenScore ts;
+      out[static_cast<int64_t>(i)] = sm.next(last, p.logprobs >= 0 ? &ts : nullptr);
+      if (p.logprobs >= 0) rec.add(static_cast<int64_t>(i), pos, ts);
+      for (const auto& [slot, seed] : s.forks) {
+        prompt_tail_.erase(slot);
+        Sampler& f = samplers_.insert_or_assign(slot, base->fork(seed)).first->second;
+        out[fork_row] = f.next(last, p.logprobs >= 0 ? &ts : nullptr);
+        if (p.logprobs >= 0) rec.add(fork_row, pos, ts);
+        ++fork_row;
+      }
+    } else {
+      fork_row += static_cast<int64_t>(s.forks.size());
+    }
+    row += n_rows;
+    tok += s.n_tokens;
   }
-  return out;
+  return {out, rec.tensor()};
 }
 
 }  // namespace cascade::stage

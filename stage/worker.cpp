@@ -224,15 +224,19 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         continue;
       }
       h.kind = comm::StepKind::kResult;
-      const at::Tensor ids = runner.sample(m.header, out);
+      const StepRunner::Sampled sampled = runner.sample(m.header, out);
       busy += std::chrono::duration<double>(Clock::now() - t0).count();
       span("compute", h, c0);
       const int64_t s0 = now_us();
-      ch.out[i]->send(h, ids, after(a.runtime.step_timeout));
+      ch.out[i]->send(h, sampled.ids, after(a.runtime.step_timeout));
       span("send", h, s0);
       if (m.header.flags & comm::kStepWantLogits) {
         h.kind = comm::StepKind::kLogits;
         ch.out[i]->send(h, out.to(at::kFloat), after(a.runtime.step_timeout));
+      }
+      if (m.header.flags & comm::kStepWantLogprobs) {
+        h.kind = comm::StepKind::kLogprobs;
+        ch.out[i]->send(h, sampled.logprobs, after(a.runtime.step_timeout));
       }
     }
     if (shutdown) {

@@ -182,5 +182,26 @@ TEST(KvCache, BoundsAreChecked) {
   EXPECT_THROW_WITH(kv.decode_index(Batch{{{0, 1, 1}}}, at::kCPU, 1), c10::Error, "decode span 1 outside [2, 4]");
 }
 
+TEST(KvCache, CopyPrefixCopiesOnlyThePrefixOfOneLayer) {
+  KvCache kv({2, 5}, 3, 2, 8, 4, at::kFloat, at::kCPU);
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({6, 2, 4});
+  kv.attend(2, x, x, x, Batch{{{0, 0, 6}}}, 1.0, 0);  // slot 0, positions 0..5 of layer 2
+  kv.copy_prefix(2, 0, 2, 4);
+  // Slot 2 now answers a query over its first 4 positions exactly as slot 0 does.
+  const at::Tensor q = at::randn({1, 2, 4});
+  const at::Tensor k = x.narrow(0, 4, 1);
+  const at::Tensor a = kv.attend(2, q, k, k, Batch{{{0, 4, 1}}}, 1.0, 0);
+  const at::Tensor b = kv.attend(2, q, k, k, Batch{{{2, 4, 1}}}, 1.0, 0);
+  EXPECT_TRUE(at::equal(a, b));
+  // Slot 1 was left alone (empty): attending there differs.
+  const at::Tensor c = kv.attend(2, q, k, k, Batch{{{1, 4, 1}}}, 1.0, 0);
+  EXPECT_FALSE(at::equal(a, c));
+  EXPECT_THROW_WITH(kv.copy_prefix(3, 0, 1, 2), c10::Error, "no layer 3");
+  EXPECT_THROW_WITH(kv.copy_prefix(2, 0, 0, 2), c10::Error, "cannot copy KV slot 0 to slot 0");
+  EXPECT_THROW_WITH(kv.copy_prefix(2, 0, 3, 2), c10::Error, "cannot copy KV slot 0 to slot 3");
+  EXPECT_THROW_WITH(kv.copy_prefix(2, 0, 1, 9), c10::Error, "cannot copy 9 positions");
+}
+
 }  // namespace
 }  // namespace cascade::stage

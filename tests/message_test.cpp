@@ -12,8 +12,30 @@ StepHeader sample() {
   h.step_id = 123456789012ull;
   h.microbatch = 3;
   h.kind = StepKind::kDecode;
-  h.seqs = {{0, 17, 1, 0.0, 0, 1.0, 0}, {5, 42, 1, 0.7, 40, 0.95, 99, false}};
-  h.flags = kStepWantLogits;
+  SeqEntry a;
+  a.slot = 0;
+  a.start_pos = 17;
+  a.n_tokens = 1;
+  SeqEntry b;
+  b.slot = 5;
+  b.start_pos = 0;
+  b.n_tokens = 2;
+  b.sample = false;
+  b.sampling.temperature = 0.7;
+  b.sampling.top_k = 40;
+  b.sampling.top_p = 0.95;
+  b.sampling.min_p = 0.05;
+  b.sampling.presence_penalty = 0.5;
+  b.sampling.frequency_penalty = -0.25;
+  b.sampling.repetition_penalty = 1.3;
+  b.sampling.logit_bias = {{7, -100.0f}, {123456, 2.5f}};
+  b.sampling.logprobs = 5;
+  b.sampling.prompt_logprobs = true;
+  b.sampling.seed = 99;
+  b.forks = {{6, 100}, {7, 101}};
+  h.seqs = {a, b};
+  h.ids = {11, 12, 13};
+  h.flags = kStepWantLogits | kStepWantLogprobs;
   h.shape = {2, 2560};
   h.dtype = 15;
   return h;
@@ -23,6 +45,14 @@ TEST(Message, RoundTrip) {
   const StepHeader h = sample();
   const auto b = encode(h);
   EXPECT_EQ(decode_step(b.data(), b.size()), h);
+  EXPECT_EQ(h.result_rows(), 4u);  // two sequences, then two forks
+  // Every field takes part: a change anywhere is seen.
+  StepHeader other = h;
+  other.seqs[1].sampling.logit_bias[1].second = 2.0f;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
+  other = h;
+  other.seqs[1].forks[0].second = 1;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   StepHeader empty;
   const auto e = encode(empty);
   EXPECT_EQ(decode_step(e.data(), e.size()), empty);
@@ -40,7 +70,7 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto b = encode(sample());
   auto v = b;
   v[4] = 9;  // version field
-  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 2");
+  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 3");
   auto m = b;
   m[0] ^= 0xFF;
   EXPECT_THROW_WITH(decode_step(m.data(), m.size()), CommError, "bad magic");
@@ -50,6 +80,15 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto k = b;
   k[18] = 7;  // kind
   EXPECT_THROW_WITH(decode_step(k.data(), k.size()), CommError, "unknown kind 7");
+  // A huge count is refused before anything is allocated for it.
+  StepHeader one;
+  one.seqs.resize(1);
+  auto c = encode(one);
+  const size_t bias_count = 4 + 2 + 8 + 4 + 1 + 1 + 1 + 4 + 3 * 8 + 7 * 8;  // header, entry, 7 options
+  c[bias_count] = 0xFF;
+  c[bias_count + 1] = 0xFF;
+  c[bias_count + 2] = 0xFF;
+  EXPECT_THROW_WITH(decode_step(c.data(), c.size()), CommError, "logit_bias entries");
 }
 
 }  // namespace

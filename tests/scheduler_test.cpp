@@ -1,5 +1,7 @@
 #include "daemon/scheduler.h"
 
+#include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "stage/model.h"
@@ -12,18 +14,23 @@
 namespace cascade::daemon {
 namespace {
 
-// Records what the scheduler reports for one request.
+// Records what the scheduler reports for one request (`n` choices).
 class Recorder : public Sink {
  public:
-  void on_tokens(const std::string& text, const std::vector<int64_t>& ids) override {
+  explicit Recorder(int64_t n = 1) : n(n) {}
+  void on_tokens(const Delta& d) override {
     std::lock_guard<std::mutex> l(mu);
-    streamed += text;
-    stream_ids.insert(stream_ids.end(), ids.begin(), ids.end());
+    if (d.index == 0) {
+      streamed += d.text;
+      stream_ids.insert(stream_ids.end(), d.ids.begin(), d.ids.end());
+    }
+    deltas.push_back(d);
   }
   void on_done(const CompletionResult& r) override {
     std::lock_guard<std::mutex> l(mu);
-    result = r;
-    done = true;
+    if (r.index == 0) result = r;
+    results.push_back(r);
+    done = static_cast<int64_t>(results.size()) == n;
   }
   void on_error(int s, const std::string& m) override {
     std::lock_guard<std::mutex> l(mu);
@@ -34,8 +41,11 @@ class Recorder : public Sink {
   bool cancelled() const override { return cancel; }
   std::mutex mu;
   std::string streamed, error;
-  std::vector<int64_t> stream_ids;
-  CompletionResult result;
+  std::vector<int64_t> stream_ids;  // choice 0's
+  CompletionResult result;          // choice 0's
+  std::vector<CompletionResult> results;
+  std::vector<Delta> deltas;
+  int64_t n;
   int status = 0;
   std::atomic<bool> done{false}, cancel{false};
 };
@@ -147,6 +157,98 @@ TEST(Scheduler, PipelineModeMatchesSequentialMode) {
   for (const auto& [m, chunk] : std::vector<std::pair<int, int64_t>>{{2, 4}, {3, 2}, {5, 3}, {8, 1}}) {
     EXPECT_EQ(run(m, chunk), sequential) << m << " microbatches, chunks of " << chunk;
   }
+}
+
+// Every sampling option (penalties, logit_bias, min_p, logprobs, echo's prompt
+// logprobs, n > 1) gives the same tokens in pipeline mode as in sequential mode, and
+// choice i of n equals the same request alone with seed + i.
+struct OptionRun {
+  std::vector<std::vector<int64_t>> tokens;  // request-major, then choice
+  std::vector<std::vector<double>> logprobs;
+};
+
+Job option_job(int i, std::shared_ptr<Recorder> rec, int64_t n, uint64_t seed_shift = 0) {
+  std::vector<int64_t> prompt;
+  for (int k = 0; k < 4 + (i * 5) % 11; ++k) prompt.push_back((i * 37 + k * 11) % 250 + 1);
+  Job j = job(prompt, 5 + i % 4, 900 + i + seed_shift, std::move(rec));
+  auto& p = j.request.sampling;
+  p.temperature = i % 3 == 0 ? 0.0 : 0.8;
+  if (i % 2 == 0) p.repetition_penalty = 1.3;
+  if (i % 3 == 1) p.frequency_penalty = 0.7;
+  if (i % 4 == 2) p.presence_penalty = -0.5;
+  if (i % 5 == 3) p.min_p = 0.1;
+  if (i % 4 == 1) p.logit_bias = {{7, 3.0f}, {prompt[0], -2.0f}};
+  p.logprobs = i % 2 ? 3 : -1;
+  p.prompt_logprobs = i % 4 == 1;
+  j.request.n = n;
+  return j;
+}
+
+OptionRun run_options(int microbatches, int64_t chunk, int64_t n, int requests, bool alone = false) {
+  SchedulerOptions o;
+  o.microbatches = microbatches;
+  o.prefill_chunk = chunk;
+  Scheduler s(local(test::fixture("mistral_window"), 8), nullptr, o, nullptr);
+  std::thread t([&] { s.run(); });
+  std::vector<std::shared_ptr<Recorder>> recs;
+  for (int i = 0; i < requests; ++i) {
+    for (int64_t c = 0; c < (alone ? n : 1); ++c) {
+      recs.push_back(std::make_shared<Recorder>(alone ? 1 : n));
+      Job j = option_job(i, recs.back(), alone ? 1 : n, static_cast<uint64_t>(c));
+      EXPECT_EQ(s.submit(std::move(j)), 0);
+    }
+    if (i % 3 == 1) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+  wait_all(recs);
+  s.stop(std::chrono::seconds(5));
+  t.join();
+  OptionRun out;
+  for (const auto& r : recs) {
+    EXPECT_TRUE(r->done) << r->error;
+    std::vector<CompletionResult> by_index = r->results;
+    std::sort(by_index.begin(), by_index.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
+    for (const auto& c : by_index) {
+      out.tokens.push_back(c.token_ids);
+      std::vector<double> lp;
+      for (const auto* v : {&c.prompt_logprobs, &c.logprobs})
+        for (const auto& sc : *v) {
+          lp.push_back(static_cast<double>(sc.token));
+          lp.push_back(sc.logprob);
+          for (const auto& [id, x] : sc.top) lp.insert(lp.end(), {static_cast<double>(id), x});
+        }
+      out.logprobs.push_back(lp);
+    }
+  }
+  return out;
+}
+
+void expect_same(const OptionRun& a, const OptionRun& b, const std::string& what) {
+  EXPECT_EQ(a.tokens, b.tokens) << what;
+  ASSERT_EQ(a.logprobs.size(), b.logprobs.size()) << what;
+  for (size_t i = 0; i < a.logprobs.size(); ++i) {
+    ASSERT_EQ(a.logprobs[i].size(), b.logprobs[i].size()) << what << ", choice row " << i;
+    for (size_t k = 0; k < a.logprobs[i].size(); ++k) {
+      if (std::isnan(a.logprobs[i][k])) {
+        EXPECT_TRUE(std::isnan(b.logprobs[i][k])) << what;
+      } else {
+        EXPECT_NEAR(a.logprobs[i][k], b.logprobs[i][k], 1e-5) << what << ", choice row " << i << " value " << k;
+      }
+    }
+  }
+}
+
+TEST(Scheduler, EverySamplingOptionMatchesAcrossModesAndChoices) {
+  const OptionRun sequential = run_options(1, 0, 1, 9);
+  for (const auto& [m, chunk] : std::vector<std::pair<int, int64_t>>{{2, 3}, {4, 1}})
+    expect_same(run_options(m, chunk, 1, 9), sequential, std::to_string(m) + " microbatches");
+  // n = 3: choices fork from choice 0's prefill; each equals its seed alone.
+  const OptionRun forked = run_options(1, 0, 3, 6);
+  expect_same(forked, run_options(1, 0, 3, 6, /*alone=*/true), "n = 3 against three requests");
+  expect_same(run_options(3, 2, 3, 6), forked, "n = 3 in pipeline mode");
+  // Logprobs came back where asked: request 1 asks for them with echo.
+  ASSERT_GE(forked.logprobs.size(), 6u);
+  EXPECT_FALSE(forked.logprobs[3].empty());
+  EXPECT_TRUE(forked.logprobs[0].empty());
 }
 
 TEST(Scheduler, BoundedQueueAndCancellation) {

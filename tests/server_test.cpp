@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -475,6 +476,81 @@ TEST_F(DemoServer, TokenizeDetokenizeAndStreamUsage) {
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["prompt_tokens"], ids.size());
   EXPECT_EQ(usage["usage"]["completion_tokens"], 5);
+}
+
+// Issue 20 item 3 across the stage processes (two CPU stages and the disk tier): n
+// choices forked from one prefill, logprobs from the last stage, echo; streamed too.
+TEST_F(DemoServer, ChoicesLogprobsAndEchoOverTheStages) {
+  const auto want = generate_ids(demo(), "1,529,1753,3876", 6);
+  const json body = {{"prompt", {1, 529, 1753, 3876}},
+                     {"max_tokens", 6},
+                     {"temperature", 0},
+                     {"n", 2},
+                     {"logprobs", 3},
+                     {"echo", true},
+                     {"return_token_ids", true},
+                     {"ignore_eos", true}};
+  const Reply r = call(d_->sock(), "POST", "/v1/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = r.j();
+  ASSERT_EQ(j["choices"].size(), 2u);
+  for (int c = 0; c < 2; ++c) {
+    const json& ch = j["choices"][c];
+    EXPECT_EQ(ch["index"], c);
+    EXPECT_EQ(ch["token_ids"].get<std::vector<int64_t>>(), want);
+    const json& lp = ch["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), 4u + 6u) << lp;  // the prompt's, then the generated ones
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    for (size_t i = 1; i < 10; ++i) {
+      double best = -1e9;
+      for (const auto& [tok, x] : lp["top_logprobs"][i].items()) best = std::max(best, x.get<double>());
+      EXPECT_LE(lp["token_logprobs"][i].get<double>(), best + 1e-9);
+      if (i >= 4) {
+        EXPECT_NEAR(lp["token_logprobs"][i].get<double>(), best, 1e-9) << "greedy picks the best";
+      }
+      EXPECT_LE(lp["top_logprobs"][i].size(), 4u);
+    }
+  }
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+
+  json streamed = body;
+  streamed["stream"] = true;
+  const Reply s = call(d_->sock(), "POST", "/v1/completions", streamed.dump());
+  ASSERT_EQ(s.status, 200);
+  std::map<int, std::vector<int64_t>> ids;
+  std::map<int, std::string> finish;
+  int done = 0;
+  std::istringstream in(s.body);
+  for (std::string line; std::getline(in, line);) {
+    done += line == "data: [DONE]";
+    if (line.rfind("data: {", 0) != 0) continue;
+    const json ev = json::parse(line.substr(6));
+    const json& ch = ev["choices"][0];
+    for (const auto& t : ch.value("token_ids", json::array())) ids[ch["index"].get<int>()].push_back(t.get<int64_t>());
+    if (!ch["finish_reason"].is_null()) finish[ch["index"].get<int>()] = ch["finish_reason"];
+  }
+  EXPECT_EQ(done, 1) << s.body;
+  EXPECT_EQ(ids[0], want);
+  EXPECT_EQ(ids[1], want);
+  EXPECT_EQ(finish.size(), 2u);
+
+  // Sampled: choice i is the request alone with seed + i, penalties and all.
+  json sampled = {{"prompt", {1, 529, 1753}}, {"max_tokens", 8},         {"temperature", 1.0},        {"seed", 40},
+                  {"return_token_ids", true}, {"presence_penalty", 0.5}, {"repetition_penalty", 1.2}, {"min_p", 0.02},
+                  {"ignore_eos", true}};
+  json three = sampled;
+  three["n"] = 3;
+  const json all = call(d_->sock(), "POST", "/v1/completions", three.dump()).j();
+  ASSERT_EQ(all["choices"].size(), 3u) << all;
+  std::set<std::vector<int64_t>> distinct;
+  for (int c = 0; c < 3; ++c) {
+    sampled["seed"] = 40 + c;
+    const json one = call(d_->sock(), "POST", "/v1/completions", sampled.dump()).j();
+    EXPECT_EQ(all["choices"][c]["token_ids"], one["choices"][0]["token_ids"]) << "choice " << c;
+    distinct.insert(all["choices"][c]["token_ids"].get<std::vector<int64_t>>());
+  }
+  EXPECT_GT(distinct.size(), 1u) << "three seeds, one sequence";
+  EXPECT_EQ(call(d_->sock(), "POST", "/v1/completions", R"({"prompt": [1], "n": 17})").status, 400);
 }
 
 TEST_F(DemoServer, InfoEndpoints) {

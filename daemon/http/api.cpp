@@ -124,8 +124,31 @@ void parse_options(const json& j, CompletionRequest& r) {
   }
   if (present(j, "return_token_ids")) r.return_token_ids = boolean(j, "return_token_ids");
   if (present(j, "ignore_eos")) r.ignore_eos = boolean(j, "ignore_eos");
-  if (present(j, "n") && integer(j, "n", 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
+  if (present(j, "n")) r.n = integer(j, "n", 1, 1 << 20);
   if (present(j, "best_of") && integer(j, "best_of", 1, 1 << 20) != 1) bad("best_of", "only best_of = 1 is supported");
+  auto& p = r.sampling;
+  if (present(j, "presence_penalty")) p.presence_penalty = number(j, "presence_penalty", -2.0, 2.0);
+  if (present(j, "frequency_penalty")) p.frequency_penalty = number(j, "frequency_penalty", -2.0, 2.0);
+  if (present(j, "repetition_penalty")) {
+    p.repetition_penalty = number(j, "repetition_penalty", 0.0, 1e6);
+    if (p.repetition_penalty <= 0) bad("repetition_penalty", "'repetition_penalty' must be > 0");
+  }
+  if (present(j, "min_p")) p.min_p = number(j, "min_p", 0.0, 1.0);
+  if (present(j, "logit_bias")) {
+    const json& b = j.at("logit_bias");
+    if (!b.is_object()) bad("logit_bias", std::string("'logit_bias' must be an object, got ") + type_of(b));
+    if (b.size() > 1024) bad("logit_bias", "'logit_bias' takes at most 1024 tokens");
+    for (const auto& [key, value] : b.items()) {
+      const bool digits = !key.empty() && key.size() <= 12 &&
+                          std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      const int64_t token = digits ? std::stoll(key) : -1;
+      if (token < 0) bad("logit_bias", "'logit_bias' keys must be token ids, got \"" + key + "\"");
+      if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < -100 ||
+          value.get<double>() > 100)
+        bad("logit_bias", "'logit_bias' values must be numbers in [-100, 100]");
+      p.logit_bias.emplace_back(token, value.get<float>());
+    }
+  }
 }
 
 }  // namespace
@@ -151,8 +174,9 @@ CompletionRequest parse_completion(const std::string& body) {
     bad("prompt", std::string("'prompt' must be a string or an array of token ids, got ") + type_of(p));
   }
   parse_options(j, r);
-  if (present(j, "echo") && boolean(j, "echo")) bad("echo", "'echo' is not supported");
-  if (present(j, "logprobs")) bad("logprobs", "'logprobs' is not supported");
+  if (present(j, "echo")) r.echo = boolean(j, "echo");
+  if (present(j, "logprobs")) r.sampling.logprobs = static_cast<int32_t>(integer(j, "logprobs", 0, 20));
+  r.sampling.prompt_logprobs = r.echo && r.sampling.logprobs >= 0;
   return r;
 }
 
@@ -228,7 +252,14 @@ ChatRequest parse_chat(const std::string& body) {
   if (present(j, "max_completion_tokens"))
     r.options.max_tokens = integer(j, "max_completion_tokens", 1, int64_t{1} << 40);
   r.max_tokens_given = present(j, "max_tokens") || present(j, "max_completion_tokens");
-  if (present(j, "logprobs") && boolean(j, "logprobs")) bad("logprobs", "'logprobs' is not supported yet");
+  const bool logprobs = present(j, "logprobs") && boolean(j, "logprobs");
+  if (present(j, "top_logprobs")) {
+    const int64_t top = integer(j, "top_logprobs", 0, 20);
+    if (!logprobs) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    r.options.sampling.logprobs = static_cast<int32_t>(top);
+  } else if (logprobs) {
+    r.options.sampling.logprobs = 0;
+  }
   return r;
 }
 
@@ -237,6 +268,14 @@ void check_limits(const CompletionRequest& r, const Limits& l) {
     if (id < 0 || id >= l.vocab_size)
       bad("prompt", "token id " + std::to_string(id) + " is out of range [0, " + std::to_string(l.vocab_size) + ")");
   }
+  for (const auto& [id, bias] : r.sampling.logit_bias) {
+    if (id >= l.vocab_size)
+      bad("logit_bias",
+          "logit_bias token " + std::to_string(id) + " is out of range [0, " + std::to_string(l.vocab_size) + ")");
+  }
+  if (l.max_n > 0 && r.n > l.max_n)
+    bad("n", "'n' is " + std::to_string(r.n) + ", but this server runs at most " + std::to_string(l.max_n) +
+                 " sequences at once (runtime.max_batch)");
   if (r.max_tokens > l.max_tokens)
     bad("max_tokens", "'max_tokens' is " + std::to_string(r.max_tokens) + ", over this server's cap of " +
                           std::to_string(l.max_tokens));
@@ -248,74 +287,140 @@ void check_limits(const CompletionRequest& r, const Limits& l) {
 
 const char* to_string(Finish f) { return f == Finish::kStop ? "stop" : "length"; }
 
+int64_t code_points(const std::string& s) {
+  return std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
 namespace {
 
-json usage_json(const CompletionRequest& req, const CompletionResult& res) {
+json usage_json(const CompletionRequest& req, const std::vector<CompletionResult>& results) {
+  size_t completion = 0;
+  for (const auto& r : results) completion += r.token_ids.size();
   return {{"prompt_tokens", req.prompt_ids.size()},
-          {"completion_tokens", res.token_ids.size()},
-          {"total_tokens", req.prompt_ids.size() + res.token_ids.size()}};
+          {"completion_tokens", completion},
+          {"total_tokens", req.prompt_ids.size() + completion}};
+}
+
+json logprob_value(double lp) { return std::isnan(lp) ? json(nullptr) : json(lp); }
+
+// Completions' shape: parallel arrays, top_logprobs as {token text: logprob} with the
+// chosen token included (so up to logprobs + 1 entries), text_offset in code points.
+json completion_logprobs(const std::vector<stage::TokenScore>& scores, int64_t offset, const TokenText& text_of) {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& sc : scores) {
+    const std::string t = text_of(sc.token);
+    tokens.push_back(t);
+    lps.push_back(logprob_value(sc.logprob));
+    offsets.push_back(offset);
+    offset += code_points(t);
+    if (std::isnan(sc.logprob)) {
+      tops.push_back(nullptr);
+      continue;
+    }
+    json top = json::object();
+    for (const auto& [id, lp] : sc.top) top[text_of(id)] = lp;
+    top[t] = sc.logprob;
+    tops.push_back(top);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+json token_entry(const std::string& t, double lp) {
+  json bytes = json::array();
+  for (char c : t) bytes.push_back(static_cast<unsigned char>(c));
+  return {{"token", t}, {"logprob", logprob_value(lp)}, {"bytes", bytes}};
+}
+
+// Chat's shape: one object per token with its bytes and its top alternatives.
+json chat_logprobs(const std::vector<stage::TokenScore>& scores, const TokenText& text_of) {
+  json content = json::array();
+  for (const auto& sc : scores) {
+    json e = token_entry(text_of(sc.token), sc.logprob);
+    json top = json::array();
+    for (const auto& [id, lp] : sc.top) top.push_back(token_entry(text_of(id), lp));
+    e["top_logprobs"] = top;
+    content.push_back(e);
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
+
+std::vector<stage::TokenScore> joined(const std::vector<stage::TokenScore>& a,
+                                      const std::vector<stage::TokenScore>& b) {
+  std::vector<stage::TokenScore> v = a;
+  v.insert(v.end(), b.begin(), b.end());
+  return v;
+}
+
+json envelope(const std::string& id, const char* object, int64_t created, const std::string& model, json choices) {
+  return {{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"choices", std::move(choices)}};
 }
 
 }  // namespace
 
 std::string completion_json(const std::string& id, int64_t created, const std::string& model,
-                            const CompletionRequest& req, const CompletionResult& res) {
-  json choice = {{"text", res.text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", to_string(res.finish)}};
-  if (req.return_token_ids) choice["token_ids"] = res.token_ids;
-  json j = {{"id", id},       {"object", "text_completion"},      {"created", created},
-            {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(req, res)}};
+                            const CompletionRequest& req, const std::vector<CompletionResult>& results,
+                            const std::string& echo_text, const TokenText& text_of) {
+  json choices = json::array();
+  for (const auto& r : results) {
+    json choice = {{"text", req.echo ? echo_text + r.text : r.text},
+                   {"index", r.index},
+                   {"logprobs", nullptr},
+                   {"finish_reason", to_string(r.finish)}};
+    if (req.sampling.logprobs >= 0)
+      choice["logprobs"] = completion_logprobs(joined(r.prompt_logprobs, r.logprobs), 0, text_of);
+    if (req.return_token_ids) choice["token_ids"] = r.token_ids;
+    choices.push_back(choice);
+  }
+  json j = envelope(id, "text_completion", created, model, choices);
+  j["usage"] = usage_json(req, results);
   if (req.return_token_ids) j["prompt_token_ids"] = req.prompt_ids;
   return to_json_text(j);
 }
 
-std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                        const std::vector<int64_t>& token_ids, const Finish* finish, bool with_ids) {
-  json choice = {{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const CompletionRequest& req,
+                        const Delta& d, const Finish* finish, const TokenText& text_of) {
+  json choice = {{"text", d.text}, {"index", d.index}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
   if (finish) choice["finish_reason"] = to_string(*finish);
-  if (with_ids) choice["token_ids"] = token_ids;
-  const json j = {{"id", id},
-                  {"object", "text_completion"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices", json::array({choice})}};
+  if (req.sampling.logprobs >= 0 && !finish)
+    choice["logprobs"] = completion_logprobs(joined(d.prompt_logprobs, d.logprobs), d.text_offset, text_of);
+  if (req.return_token_ids && !finish) choice["token_ids"] = d.ids;
   // Invalid UTF-8 can only come from a token cut mid-character; the decoder holds those back.
-  return "data: " + to_json_text(j) + "\n\n";
+  return "data: " + to_json_text(envelope(id, "text_completion", created, model, json::array({choice}))) + "\n\n";
 }
 
 std::string chat_completion_json(const std::string& id, int64_t created, const std::string& model,
-                                 const CompletionRequest& req, const CompletionResult& res) {
-  json choice = {{"index", 0},
-                 {"message", {{"role", "assistant"}, {"content", res.text}}},
-                 {"logprobs", nullptr},
-                 {"finish_reason", to_string(res.finish)}};
-  const json j = {{"id", id},       {"object", "chat.completion"},      {"created", created},
-                  {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(req, res)}};
+                                 const CompletionRequest& req, const std::vector<CompletionResult>& results,
+                                 const TokenText& text_of) {
+  json choices = json::array();
+  for (const auto& r : results) {
+    json choice = {{"index", r.index},
+                   {"message", {{"role", "assistant"}, {"content", r.text}}},
+                   {"logprobs", nullptr},
+                   {"finish_reason", to_string(r.finish)}};
+    if (req.sampling.logprobs >= 0) choice["logprobs"] = chat_logprobs(r.logprobs, text_of);
+    choices.push_back(choice);
+  }
+  json j = envelope(id, "chat.completion", created, model, choices);
+  j["usage"] = usage_json(req, results);
   return to_json_text(j);
 }
 
-std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model, bool first,
-                             const std::string& text, const Finish* finish) {
+std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model,
+                             const CompletionRequest& req, bool first, const Delta& d, const Finish* finish,
+                             const TokenText& text_of) {
   json delta = json::object();
   if (first) delta["role"] = "assistant";
-  if (!finish) delta["content"] = text;
-  json choice = {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+  if (!finish) delta["content"] = d.text;
+  json choice = {{"index", d.index}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
   if (finish) choice["finish_reason"] = to_string(*finish);
-  const json j = {{"id", id},
-                  {"object", "chat.completion.chunk"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices", json::array({choice})}};
-  return "data: " + to_json_text(j) + "\n\n";
+  if (req.sampling.logprobs >= 0 && !finish) choice["logprobs"] = chat_logprobs(d.logprobs, text_of);
+  return "data: " + to_json_text(envelope(id, "chat.completion.chunk", created, model, json::array({choice}))) + "\n\n";
 }
 
 std::string usage_event(const std::string& id, int64_t created, const std::string& model, bool chat,
-                        const CompletionRequest& req, const CompletionResult& res) {
-  const json j = {{"id", id},
-                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                  {"created", created},
-                  {"model", model},
-                  {"choices", json::array()},
-                  {"usage", usage_json(req, res)}};
+                        const CompletionRequest& req, const std::vector<CompletionResult>& results) {
+  json j = envelope(id, chat ? "chat.completion.chunk" : "text_completion", created, model, json::array());
+  j["usage"] = usage_json(req, results);
   return "data: " + to_json_text(j) + "\n\n";
 }
 

@@ -3,11 +3,13 @@
 // chunks and errors.
 //
 // Unknown request fields are ignored, as OpenAI's own server and vLLM do, so existing
-// clients work; fields Cascade cannot honour (n > 1, echo, logprobs, best_of > 1) are
-// rejected with a 400 that names them. Plain functions; no state.
+// clients work; fields Cascade cannot honour (best_of > 1, batched prompts, content
+// parts other than text) are rejected with a 400 that names them. Plain functions; no
+// state.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -39,9 +41,13 @@ struct CompletionRequest {
   std::string prompt_text;          // when text_prompt
   std::vector<int64_t> prompt_ids;  // otherwise (or after tokenizing)
   int64_t max_tokens = 16;          // OpenAI's default
-  stage::SamplingParams sampling;   // temperature 1, top_p 1, top_k off by default
-  bool seeded = false;              // a seed was given (else the server draws one)
-  std::vector<std::string> stop;    // up to 4, non-empty
+  // temperature 1, top_p 1, the rest off by default; logprobs: completions' integer, or
+  // chat's top_logprobs when chat's logprobs is true; prompt_logprobs = echo && logprobs.
+  stage::SamplingParams sampling;
+  bool seeded = false;            // a seed was given (else the server draws one); choice i uses seed + i
+  int64_t n = 1;                  // choices, sharing the prompt's prefill
+  bool echo = false;              // completions: the prompt comes back before each choice's text
+  std::vector<std::string> stop;  // up to 4, non-empty
   bool stream = false;
   bool return_token_ids = false;
   bool stream_usage = false;            // stream_options.include_usage: a usage chunk before [DONE]
@@ -73,32 +79,59 @@ struct Limits {
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;
   int64_t max_tokens = 0;  // the server's cap on max_tokens
+  int64_t max_n = 0;       // sequences the server runs at once (KV slots)
 };
-// Throws ApiError(400) for token ids out of range, a prompt that leaves no room in
-// max_seq_len, or max_tokens over the cap.
+// Throws ApiError(400) for token ids out of range (prompt, logit_bias), a prompt that
+// leaves no room in max_seq_len, max_tokens over the cap, or n over the KV slots.
 void check_limits(const CompletionRequest& r, const Limits& l);
 
 enum class Finish { kLength, kStop };
 const char* to_string(Finish f);
 
+// One choice's outcome. logprobs has one entry per token_ids entry when logprobs were
+// asked for; prompt_logprobs one per prompt token when echo was too (the first NaN).
 struct CompletionResult {
+  int64_t index = 0;  // choice
   std::string text;
   std::vector<int64_t> token_ids;
+  std::vector<stage::TokenScore> logprobs, prompt_logprobs;
   Finish finish = Finish::kLength;
 };
 
+// What one choice adds to a stream: new text, the ids and logprobs behind it, and in
+// its first delta (echo) the prompt's text and logprobs.
+struct Delta {
+  int64_t index = 0;
+  int64_t text_offset = 0;  // code points of the choice's token texts before this delta (completions)
+  std::string text;
+  std::vector<int64_t> ids;
+  std::vector<stage::TokenScore> logprobs, prompt_logprobs;
+};
+
+// A token's text in logprobs ("token_id:N" where there is no tokenizer).
+using TokenText = std::function<std::string(int64_t)>;
+// Unicode code points in UTF-8 text (a stray continuation byte counts as none).
+int64_t code_points(const std::string& s);
+
+// The response bodies; `results` hold every choice, by index. echo_text: the prompt
+// as echoed (completions with echo).
 std::string completion_json(const std::string& id, int64_t created, const std::string& model,
-                            const CompletionRequest& req, const CompletionResult& res);
-// chat.completion and its stream's chat.completion.chunk events: the first chunk
-// carries the role, the last the finish reason.
+                            const CompletionRequest& req, const std::vector<CompletionResult>& results,
+                            const std::string& echo_text, const TokenText& text_of);
 std::string chat_completion_json(const std::string& id, int64_t created, const std::string& model,
-                                 const CompletionRequest& req, const CompletionResult& res);
-std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model, bool first,
-                             const std::string& text, const Finish* finish);
+                                 const CompletionRequest& req, const std::vector<CompletionResult>& results,
+                                 const TokenText& text_of);
+// One SSE "data: {...}\n\n" event for a choice; finish is set on its last chunk only.
+std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const CompletionRequest& req,
+                        const Delta& d, const Finish* finish, const TokenText& text_of);
+// chat.completion.chunk: a choice's first chunk carries the role, its last the finish reason.
+std::string chat_chunk_event(const std::string& id, int64_t created, const std::string& model,
+                             const CompletionRequest& req, bool first, const Delta& d, const Finish* finish,
+                             const TokenText& text_of);
 
 // The stream's usage chunk (stream_options.include_usage): no choices, the token counts.
 std::string usage_event(const std::string& id, int64_t created, const std::string& model, bool chat,
-                        const CompletionRequest& req, const CompletionResult& res);
+                        const CompletionRequest& req, const std::vector<CompletionResult>& results);
 
 // /tokenize and /detokenize bodies (vLLM's shapes): text, or token ids.
 struct TokenizeRequest {
@@ -107,9 +140,5 @@ struct TokenizeRequest {
 };
 TokenizeRequest parse_tokenize(const std::string& body);         // {"prompt": "...", "add_special_tokens"?}
 std::vector<int64_t> parse_detokenize(const std::string& body);  // {"tokens": [...]}
-
-// One SSE "data: {...}\n\n" event; finish is set on the last chunk only.
-std::string chunk_event(const std::string& id, int64_t created, const std::string& model, const std::string& text,
-                        const std::vector<int64_t>& token_ids, const Finish* finish, bool with_ids);
 
 }  // namespace cascade::daemon

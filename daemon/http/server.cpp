@@ -24,6 +24,7 @@
 
 #include "config/config.h"
 #include "daemon/generate.h"
+#include "daemon/http/reply.h"
 #include "daemon/planning.h"
 #include "daemon/scheduler.h"
 #include "daemon/startup.h"
@@ -85,6 +86,27 @@ std::string status_line(int status) {
          std::string(http::obsolete_reason(static_cast<http::status>(status))) + "\r\n";
 }
 
+// A token's text for logprobs; its raw bytes, which may be part of a character.
+std::string token_text(const Tokenizer* tok, int64_t id) {
+#ifdef CASCADE_WITH_TOKENIZER
+  if (tok) return tok->decode({id}, /*skip_special_tokens=*/false);
+#else
+  (void)tok;
+#endif
+  return "token_id:" + std::to_string(id);
+}
+
+// A token-id prompt as echo returns it.
+std::string prompt_text(const Tokenizer* tok, const std::vector<int64_t>& ids) {
+#ifdef CASCADE_WITH_TOKENIZER
+  if (tok) return tok->decode(ids, /*skip_special_tokens=*/false);
+#else
+  (void)tok;
+  (void)ids;
+#endif
+  return "";
+}
+
 // One connection. Reads requests one at a time (keep-alive); a streaming completion
 // takes the connection over until it ends (Connection: close).
 template <class Stream>
@@ -121,8 +143,8 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
   class RequestSink : public Sink {
    public:
     explicit RequestSink(std::shared_ptr<Session> s) : s_(std::move(s)) {}
-    void on_tokens(const std::string& text, const std::vector<int64_t>& ids) override {
-      net::post(s_->stream_.get_executor(), [s = s_, text, ids] { s->on_tokens(text, ids); });
+    void on_tokens(const Delta& d) override {
+      net::post(s_->stream_.get_executor(), [s = s_, d] { s->on_tokens(d); });
     }
     void on_done(const CompletionResult& r) override {
       net::post(s_->stream_.get_executor(), [s = s_, r] { s->on_done(r); });
@@ -322,7 +344,6 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
 
   void completion(const std::string& body) {
     chat_ = false;
-    first_chunk_ = true;
     try {
       req_ = parse_completion(body);
       if (req_.text_prompt) {
@@ -343,7 +364,6 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
 
   void chat(const std::string& body) {
     chat_ = false;
-    first_chunk_ = true;
     try {
 #ifdef CASCADE_WITH_TOKENIZER
       const ChatRequest r = parse_chat(body);
@@ -362,8 +382,11 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
 
   // Hands the parsed request to the scheduler and starts the response.
   void submit(const char* id_prefix) {
-    id_ = new_id(id_prefix);
-    created_ = static_cast<int64_t>(std::time(nullptr));
+    ReplySetup rs{req_, chat_, new_id(id_prefix), sh_.model_name, static_cast<int64_t>(std::time(nullptr)), "", {}};
+    const Tokenizer* tok = sh_.tok.get();
+    rs.text_of = [tok](int64_t id) { return token_text(tok, id); };
+    if (req_.echo) rs.echo_text = req_.text_prompt ? req_.prompt_text : prompt_text(tok, req_.prompt_ids);
+    reply_ = std::make_unique<Reply>(std::move(rs));
     const int rc = sh_.scheduler->submit({req_, std::make_shared<RequestSink>(this->shared_from_this())});
     if (rc != 0) {
       sh_.metrics.request_finished(rc);
@@ -382,29 +405,21 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
     }
   }
 
-  void on_tokens(const std::string& text, const std::vector<int64_t>& ids) {
+  void on_tokens(const Delta& d) {
     if (!streaming_ || gone_) return;
-    if (chat_) {
-      if (text.empty() && !first_chunk_) return;
-      write(chat_chunk_event(id_, created_, sh_.model_name, first_chunk_, text, nullptr));
-      first_chunk_ = false;
-      return;
-    }
-    if (text.empty() && !req_.return_token_ids) return;
-    write(chunk_event(id_, created_, sh_.model_name, text, ids, nullptr, req_.return_token_ids));
+    std::string events = reply_->on_tokens(d);
+    if (!events.empty()) write(std::move(events));
   }
 
   void on_done(const CompletionResult& r) {
-    if (gone_) return;
-    if (!streaming_)
-      return respond(200,
-                     chat_ ? chat_completion_json(id_, created_, sh_.model_name, req_, r)
-                           : completion_json(id_, created_, sh_.model_name, req_, r),
-                     keep_alive_);
-    write(chat_ ? chat_chunk_event(id_, created_, sh_.model_name, first_chunk_, "", &r.finish)
-                : chunk_event(id_, created_, sh_.model_name, "", {}, &r.finish, false));
-    if (req_.stream_usage) write(usage_event(id_, created_, sh_.model_name, chat_, req_, r));
-    write("data: [DONE]\n\n", /*last=*/true);
+    if (gone_ || !reply_ || reply_->complete()) return;
+    std::string out = reply_->on_done(r);
+    if (!reply_->complete()) {
+      if (streaming_ && !out.empty()) write(std::move(out));
+      return;
+    }
+    if (!streaming_) return respond(200, out, keep_alive_);
+    write(std::move(out), /*last=*/true);
   }
 
   void on_error(int status, const std::string& message) {
@@ -470,10 +485,9 @@ class Session : public Connection, public std::enable_shared_from_this<Session<S
   std::optional<http::request_parser<http::string_body>> parser_;
   std::deque<Out> out_;
   CompletionRequest req_;
-  std::string id_;
-  int64_t created_ = 0;
+  std::unique_ptr<Reply> reply_;  // of the request in flight
   bool keep_alive_ = true, streaming_ = false;
-  bool chat_ = false, first_chunk_ = true;            // a /v1/chat/completions request; no chunk sent yet
+  bool chat_ = false;                                 // a /v1/chat/completions request
   bool watching_ = false, read_after_watch_ = false;  // see watch_for_hangup()
   std::atomic<bool> gone_{false};
   bool pending_ = false;  // in sh_.pending, at pending_it_
@@ -633,7 +647,8 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   sh.cfg = sc;
   sh.model_name = std::filesystem::path(run.config.model.path).filename().string();
   sh.device_map = planner::plan_json(run.request.model, run.plan);
-  sh.limits = {run.description.config.vocab_size, run.config.runtime.max_seq_len, sc.max_tokens};
+  sh.limits = {run.description.config.vocab_size, run.config.runtime.max_seq_len, sc.max_tokens,
+               run.config.runtime.max_batch};
 #ifdef CASCADE_WITH_TOKENIZER
   if (std::ifstream(run.config.model.path + "/tokenizer.json").good()) sh.tok = Tokenizer::load(run.config.model.path);
   sh.chat = ChatSetup::load(run.config.model.path, sh.tok.get(), log);

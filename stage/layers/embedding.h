@@ -23,8 +23,9 @@ class Embedding : public Module {
   double scale_;
 };
 
-// hidden [tokens, hidden] -> logits [seqs, vocab] at each sequence's last token (only
-// those are ever sampled).
+// hidden [tokens, hidden] -> logits [seqs, vocab] at each sequence's last token (the
+// ones sampled), or [rows, vocab] with every token of the sequences that ask for
+// all_logits (Batch::logit_rows: a prompt's log-probabilities).
 class LmHead : public Module {
  public:
   // w [vocab, hidden]; softcap > 0: logits -> softcap * tanh(logits / softcap).
