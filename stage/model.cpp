@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/quant.h"
 #include "stage/weights/device_upload.h"
 #include "storage/checkpoint.h"
@@ -69,6 +70,9 @@ std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck
 
 std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts,
                                    ModelDescription described) {
+  // Before any CPU matmul of this process (AMX: see cpu_gemv.h).
+  const std::string amx = enable_cpu_matrix_units();
+  if (opts.log && !amx.empty() && opts.device.is_cpu()) *opts.log << "cascade: " << amx << "\n";
   if (opts.device.is_cpu() && opts.dtype == at::kHalf && !compat::kCpuHalfMatmul) {
     throw std::invalid_argument(std::string("float16 compute on CPU needs LibTorch >= 2.1 (this build has ") +
                                 compat::kTorchVersion + "); use bfloat16 or float32");

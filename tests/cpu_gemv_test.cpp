@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <iostream>
 
 #include "stage/kernels/ops.h"
 
@@ -164,6 +165,32 @@ TEST(CpuGemvDispatch, AnIsaThisCpuCannotRunIsRefusedByName) {
   EXPECT_EQ(cpu_gemv_isas().back(), "generic");
   if (std::getenv("CASCADE_CPU_ISA") == nullptr) {
     EXPECT_EQ(cpu_gemv_isa(), cpu_gemv_isas().front());  // the best this CPU runs
+  }
+}
+
+// Decode attention's bf16 matmul shapes (q k^T, then p v) go to oneDNN, which uses AMX where CPUID reports it. On a CPU
+// (or VM) where Linux does not grant the AMX state, that was SIGILL: this process would die here.
+// CASCADE_TEST_SKIP_AMX_SETUP=1 shows the crash on such a machine.
+TEST(CpuMatrixUnits, Bf16AttentionMatmulsRunAfterSetup) {
+  if (!std::getenv("CASCADE_TEST_SKIP_AMX_SETUP")) {
+    const std::string what = enable_cpu_matrix_units();
+    std::cout << "AMX: " << (what.empty() ? "not on this CPU" : what) << "\n";
+    EXPECT_EQ(enable_cpu_matrix_units(), what);  // asks once
+  }
+  at::manual_seed(0);
+  at::set_num_threads(1);
+  // [kv_heads, max_seq_len, head_dim] as the cache holds them; head_dim 80 (hidden 2560,
+  // 32 heads) is a shape that crashed on this project's VM at len 62.
+  const at::Tensor keys = at::randn({32, 2048, 80}).to(at::kBFloat16);
+  for (int64_t len = 1; len <= 128; ++len) {
+    const at::Tensor q = at::randn({32, 1, 80}).to(at::kBFloat16);
+    const at::Tensor k = keys.narrow(1, 0, len);
+    const at::Tensor s = at::matmul(q, k.transpose(1, 2));                                    // scores [32, 1, len]
+    const at::Tensor o = at::matmul(at::softmax(s.to(at::kFloat), -1).to(at::kBFloat16), k);  // [32, 1, 80]
+    const at::Tensor want = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(1, 2));
+    EXPECT_TRUE(at::allclose(s.to(at::kFloat), want, 2e-2, 0.5))
+        << len << ": " << (s.to(at::kFloat) - want).abs().max();
+    EXPECT_EQ(o.sizes(), (std::vector<int64_t>{32, 1, 80}));
   }
 }
 

@@ -1,12 +1,15 @@
 #include "stage/kernels/cpu_gemv.h"
 
 #include <ATen/Parallel.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 
 #include "stage/kernels/cpu/isa.h"
@@ -283,6 +286,32 @@ void set_cpu_gemv_isa(const std::string& isa) {
     throw std::invalid_argument("CPU kernels: this CPU cannot run '" + isa + "' (it runs " + have + ")");
   }
   current().store(b);
+}
+
+std::string enable_cpu_matrix_units() {
+  static std::once_flag once;
+  static std::string what;
+  std::call_once(once, [] {
+#if defined(__x86_64__) && defined(__linux__)
+    if (!__builtin_cpu_supports("avx512f")) return;  // no AMX without AVX-512
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    if (!(d & (1u << 24))) return;  // CPUID.(7,0):EDX bit 24 = AMX-TILE
+    // A hypervisor may show AMX in CPUID yet not enable its state (XCR0): then the
+    // request "succeeds" and the permission still lacks the tile data. Check it.
+    constexpr long kGetXcompPerm = 0x1024, kReqXcompPerm = 0x1023, kXtileData = 18;
+    syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData);
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, kGetXcompPerm, &perm) == 0 && (perm >> kXtileData & 1)) {
+      what = "AMX tile state granted by Linux";
+    } else {
+      ::setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", 0);
+      ::setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_BF16", 0);
+      what = "this CPU reports AMX but Linux does not grant its tile state: oneDNN capped at AVX512_CORE_BF16";
+    }
+#endif
+  });
+  return what;
 }
 
 }  // namespace cascade::stage

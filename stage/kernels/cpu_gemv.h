@@ -47,4 +47,15 @@ std::vector<std::string> cpu_gemv_isas();
 // naming what this CPU can run when it cannot run `isa`.
 void set_cpu_gemv_isa(const std::string& isa);
 
+// Linux (>= 5.16) gives a process the AMX tile registers only once it asks
+// (arch_prctl ARCH_REQ_XCOMP_PERM); an AMX instruction before that is SIGILL. The
+// oneDNN inside Debian's LibTorch 1.13 uses AMX for bfloat16 matmuls (attention) on
+// Sapphire Rapids and later without asking, so the first long-enough bf16 decode killed
+// the process. Every process that computes on the CPU calls this before its first
+// matmul (Model::load does): it asks once; if the permission then still lacks the tile
+// data (Linux said no, or a VM shows AMX in CPUID without enabling it, as this project's
+// 2-core VM does), it caps oneDNN below AMX (ONEDNN_MAX_CPU_ISA) instead. Returns a line saying what it did,
+// empty where there is no AMX. Thread-safe; idempotent.
+std::string enable_cpu_matrix_units();
+
 }  // namespace cascade::stage
