@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "stage/kernels/attention_kernels.h"
+#include "stage/kernels/cpu_attention.h"
 #include "storage/compat.h"
 
 namespace cascade::stage {
@@ -121,6 +122,14 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
     // [kv_heads, n, head_dim] into positions [start, start + n) of the slot.
     c.k[s.slot].narrow(1, s.start_pos, n).copy_(k.narrow(0, row, n).transpose(0, 1));
     c.v[s.slot].narrow(1, s.start_pos, n).copy_(v.narrow(0, row, n).transpose(0, 1));
+    if (n == 1 && q.device().is_cpu()) {  // one call instead of a dozen ATen ones (cpu_attention.h)
+      at::Tensor o = out[row];
+      if (cpu_decode_attention(q[row].contiguous(), c.k[s.slot], c.v[s.slot], len,
+                               {scale, window, mods.softcap, mods.alibi}, o)) {
+        row += 1;
+        continue;
+      }
+    }
     at::Tensor keys = c.k[s.slot].narrow(1, 0, len);  // [kv_heads, len, head_dim]
     at::Tensor vals = c.v[s.slot].narrow(1, 0, len);
     if (kv_heads != heads) {  // GQA: each KV head serves heads/kv_heads consecutive query heads
