@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   app.add_option("--pool-mib", pool_mib, "MiB of weight copies used in turn (more than the last-level cache)");
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(threads);
+  cascade::stage::enable_cpu_matrix_units();  // ATen's bf16 GEMM below may use AMX
   const double bw = cascade::stage::cpu_read_bandwidth();
   std::printf("threads %d, weight [%lld, %lld], memory read %.1f GB/s\n", threads, static_cast<long long>(out),
               static_cast<long long>(in), bw);
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
       for (const auto& isa : cascade::stage::cpu_gemv_isas()) {
         cascade::stage::set_cpu_gemv_isa(isa);
         if (!ours().defined()) {
-          std::printf("%-9s %-8s %-7lld %10s %8s %9s %10.1f  (ATen's GEMM: more tokens than the kernels take)\n",
+          std::printf("%-9s %-8s %-7lld %10s %8s %9s %10.1f  (the kernels do not take this shape)\n",
                       ty.name, isa.c_str(), static_cast<long long>(T), "-", "-", "-", ta * 1e6);
           continue;
         }
