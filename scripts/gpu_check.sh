@@ -3,7 +3,7 @@
 # build against LibTorch's own CUDA build, run the whole ctest suite, and leave logs
 # and a summary under $OUT. Needs the Debian header packages unpacked in .deps/root
 # (toml++ is not installed there): see docs/development.md.
-#   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh
+#   REGEN_FIXTURES=1 REGEN_TOKENIZERS=1 scripts/gpu_check.sh   (FIXTURES="a b": only those)
 #   CTEST=gpu COMPARE=1 SKIP_EXTRAS=1 scripts/gpu_check.sh   (GPU tests only, then the accelerate comparison)
 #   CTEST=none|gpu|all (default all); COMPARE_ROWS=a,b,c; GPU_BENCH=0 skips the 134 M bench;
 #   BUILD_ONLY=1 stops after the build (other scripts build through it)
@@ -17,7 +17,8 @@ summary="$OUT/summary.txt"
 step() { echo "== $1: $2" | tee -a "$summary"; }
 
 if [ "${REGEN_FIXTURES:-0}" = 1 ]; then
-  python3 scripts/make_fixtures.py --out tests/data >"$OUT/fixtures.log" 2>&1
+  # shellcheck disable=SC2086  # FIXTURES is a list of names
+  python3 scripts/make_fixtures.py --out tests/data ${FIXTURES:+--only $FIXTURES} >"$OUT/fixtures.log" 2>&1
   step fixtures "exit $? ($(grep -c distinct "$OUT/fixtures.log") models)"
   tar czf "$OUT/fixtures.tgz" -C tests data
 fi

@@ -19,8 +19,8 @@ import shutil
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig,
-                          MixtralConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig,
+                          MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -103,6 +103,8 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f)
     size = sum(os.path.getsize(os.path.join(out, x)) for x in os.listdir(out))
+    with open(os.path.join(out, "config.json")) as f:
+        print(f"{name} config: {f.read()}")
     print(f"{name}: {size/1e3:.0f} kB, files={sorted(os.listdir(out))}, distinct greedy tokens={distinct}")
     assert distinct >= 6, f"{name}: greedy path too constant ({distinct} distinct tokens); raise std"
     return size
@@ -160,6 +162,22 @@ def fixtures(common):
         "qwen3_moe": (Qwen3MoeConfig(**common, num_key_value_heads=2, head_dim=32, num_experts=4,
                                      num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
                                      tie_word_embeddings=False), torch.float32, 22, {}),
+        # Phi-3: fused qkv_proj and gate_up_proj; LongRoPE with an original context (8) that
+        # the 11-token prompt exceeds at once and the shorter ones cross while generating;
+        # partial rotary embeddings (12 of 16 dims, as Phi-4-mini's 0.75); a sliding window
+        # (12) shorter than prompt + continuation. factor = max / original, as Phi-3 saves it.
+        "phi3": (Phi3Config(
+            **{**common, "max_position_embeddings": 32}, num_key_value_heads=2, original_max_position_embeddings=8,
+            partial_rotary_factor=0.75, sliding_window=12, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            rope_scaling={"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 8,
+                          "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                          "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]},
+            tie_word_embeddings=False), torch.float32, 23, {}),
+        # Bloom: ALiBi over 6 heads (not a power of two), the embedding LayerNorm, the per-head
+        # interleaved query_key_value, biases, tanh-GELU MLP, tied head.
+        "bloom": (BloomConfig(vocab_size=VOCAB, hidden_size=96, n_layer=2, n_head=6, layer_norm_epsilon=1e-5,
+                              hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
+                              pad_token_id=3, tie_word_embeddings=True), torch.float32, 24, {"std": 0.12}),
     }
 
 

@@ -2,11 +2,14 @@
 
 #include <map>
 
+#include "storage/checkpoint.h"
+
 namespace cascade::stage {
 
 // The registry: one entry per family, `X(f)` for the `const Family& f_family()` that
 // stage/families/<file>.cpp defines; the family's name() is its model_type.
-#define CASCADE_FAMILIES(X) X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe)
+#define CASCADE_FAMILIES(X) \
+  X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe) X(phi3) X(bloom)
 
 #define CASCADE_DECLARE_FAMILY(f) const Family& f##_family();
 CASCADE_FAMILIES(CASCADE_DECLARE_FAMILY)
@@ -37,6 +40,13 @@ void ModuleSpec::add_linear(const std::string& prefix, int64_t out, int64_t in, 
 Int8Layout ModuleSpec::int8_layout(const std::string& tensor) const {
   const auto it = int8.find(tensor);
   return it == int8.end() ? Int8Layout::kNone : it->second;
+}
+
+std::string transformer_prefix(const storage::Checkpoint& ck, const std::string& family, const std::string& probe) {
+  if (ck.has("transformer." + probe)) return "transformer.";
+  if (ck.has(probe)) return "";
+  throw storage::StorageError(ck.dir() + ": " + family + " checkpoint has neither 'transformer." + probe + "' nor '" +
+                              probe + "'");
 }
 
 std::vector<std::string> supported_model_types() {

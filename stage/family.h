@@ -67,7 +67,7 @@ struct StepContext {
   const Batch& batch;
   at::Tensor positions;  // [tokens] int64 on the compute device
   KvCache* kv = nullptr;
-  // Rotary cos/sin [tokens, head_dim] in the compute dtype for this step, computed by
+  // Rotary cos/sin [tokens, rotary_dim] in the compute dtype for this step, computed by
   // the first layer that needs them and reused by the rest.
   at::Tensor rope_cos, rope_sin;
   // Defined when every sequence adds one token: layers then take the batched decode path.
@@ -113,6 +113,12 @@ class Family {
   virtual std::unique_ptr<Module> load(const ModuleSpec& spec, const ModelConfig& cfg,
                                        const WeightSource& weights) const = 0;
 };
+
+// Where a checkpoint saved from a *ForCausalLM with base_model_prefix "transformer"
+// (GPT-2, Bloom) puts its tensors: "transformer." when it has "transformer.<probe>",
+// "" when it has "<probe>" (the original hub files, saved from the bare model); throws
+// storage::StorageError naming both otherwise.
+std::string transformer_prefix(const storage::Checkpoint& ck, const std::string& family, const std::string& probe);
 
 // The family registered for `model_type` (stage/families/registry.cpp); throws
 // ModelConfigError listing the supported ones.

@@ -1,5 +1,7 @@
 #include "stage/model_config.h"
 
+#include <cmath>
+
 namespace cascade::stage::cfg {
 namespace {
 
@@ -38,9 +40,42 @@ std::string get_string(const nlohmann::json& j, const char* key, const std::stri
   return j[key].get<std::string>();
 }
 
+namespace {
+
+std::vector<double> get_factors(const nlohmann::json& params, const char* key) {
+  if (!params.contains(key) || !params[key].is_array()) bad(key, "must be a list of numbers (rope scaling 'longrope')");
+  std::vector<double> out;
+  for (const auto& x : params[key]) {
+    if (!x.is_number() || x.get<double>() <= 0) bad(key, "must hold positive numbers");
+    out.push_back(x.get<double>());
+  }
+  return out;
+}
+
+// Phi-3's LongRoPE, as transformers computes it: when config.json has a top-level
+// original_max_position_embeddings, the scale is max_position_embeddings over it;
+// the default attention factor is sqrt(1 + ln(scale) / ln(original)).
+void read_longrope(const nlohmann::json& j, const nlohmann::json& params, RopeConfig* r) {
+  r->short_factor = get_factors(params, "short_factor");
+  r->long_factor = get_factors(params, "long_factor");
+  if (r->short_factor.size() != r->long_factor.size()) bad("long_factor", "must be as long as 'short_factor'");
+  const int64_t max_pos = get_int(j, "max_position_embeddings", 2048);
+  const int64_t top = get_int(j, "original_max_position_embeddings", 0);
+  r->original_max_position = get_int(params, "original_max_position_embeddings", top > 0 ? top : max_pos);
+  if (r->original_max_position <= 0) bad("original_max_position_embeddings", "must be positive");
+  const double orig = static_cast<double>(r->original_max_position);
+  r->factor = top > 0 ? static_cast<double>(max_pos) / orig : get_double(params, "factor", 1.0);
+  r->attention_factor = get_double(params, "attention_factor", 0);
+  if (r->attention_factor <= 0)
+    r->attention_factor = r->factor <= 1 ? 1.0 : std::sqrt(1 + std::log(r->factor) / std::log(orig));
+}
+
+}  // namespace
+
 RopeConfig read_rope(const nlohmann::json& j) {
   RopeConfig r;
   r.theta = get_double(j, "rope_theta", 10000.0);
+  r.partial_rotary_factor = get_double(j, "partial_rotary_factor", 1.0);
   nlohmann::json params;
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object())
     params = j["rope_parameters"];
@@ -48,11 +83,17 @@ RopeConfig read_rope(const nlohmann::json& j) {
     params = j["rope_scaling"];
   if (params.is_null()) return r;
   r.theta = get_double(params, "rope_theta", r.theta);
+  r.partial_rotary_factor = get_double(params, "partial_rotary_factor", r.partial_rotary_factor);
   r.type = get_string(params, "rope_type", get_string(params, "type", "default"));
+  if (r.type == "su") r.type = "longrope";  // the name early Phi-3 configs used
   if (r.type == "default") return r;
+  if (r.type == "longrope") {
+    read_longrope(j, params, &r);
+    return r;
+  }
   if (r.type != "linear" && r.type != "dynamic" && r.type != "llama3") {
     throw ModelConfigError("config.json: rope type '" + r.type +
-                           "' is not supported (supported: default, linear, dynamic, llama3)");
+                           "' is not supported (supported: default, linear, dynamic, llama3, longrope)");
   }
   if (!params.contains("factor")) throw ModelConfigError("config.json: rope scaling '" + r.type + "' needs 'factor'");
   r.factor = get_double(params, "factor", 1.0);
@@ -62,6 +103,17 @@ RopeConfig read_rope(const nlohmann::json& j) {
     r.original_max_position = get_int(params, "original_max_position_embeddings");
   }
   return r;
+}
+
+void check_rope(const RopeConfig& r, int64_t head_dim) {
+  if (r.partial_rotary_factor <= 0 || r.partial_rotary_factor > 1) bad("partial_rotary_factor", "must be in (0, 1]");
+  const int64_t rot = r.rotary_dim(head_dim);
+  if (rot < 2 || rot % 2 != 0)
+    bad("partial_rotary_factor", "leaves " + std::to_string(rot) + " rotated dims of " + std::to_string(head_dim) +
+                                     "; RoPE needs an even number");
+  if (r.type == "longrope" && static_cast<int64_t>(r.short_factor.size()) != rot / 2)
+    bad("short_factor", "has " + std::to_string(r.short_factor.size()) + " entries; heads of " + std::to_string(rot) +
+                            " rotated dims need " + std::to_string(rot / 2));
 }
 
 std::vector<int64_t> read_eos(const nlohmann::json& j) {
@@ -100,6 +152,7 @@ ModelConfig read_standard(const nlohmann::json& j, const std::string& model_type
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", d.tie_word_embeddings);
   c.mlp_bias = get_bool(j, "mlp_bias", false);
   c.rope = read_rope(j);
+  check_rope(c.rope, c.head_dim);
   c.eos_token_ids = read_eos(j);
   return c;
 }

@@ -17,12 +17,24 @@ class ModelConfigError : public std::runtime_error {
 };
 
 struct RopeConfig {
-  std::string type = "default";  // default | linear | dynamic | llama3
+  std::string type = "default";  // default | linear | dynamic | llama3 | longrope
   double theta = 10000.0;
   double factor = 1.0;
   double low_freq_factor = 1.0;       // llama3
   double high_freq_factor = 4.0;      // llama3
-  int64_t original_max_position = 0;  // llama3: original_max_position_embeddings
+  int64_t original_max_position = 0;  // llama3, longrope: original_max_position_embeddings
+  // longrope (Phi-3): per-frequency divisors [rotary_dim / 2], the short ones while a
+  // sequence fits original_max_position, the long ones past it; cos and sin are
+  // multiplied by attention_factor.
+  std::vector<double> short_factor, long_factor;
+  double attention_factor = 1.0;
+  // Only the first head_dim * partial_rotary_factor dims of each head rotate (Phi-4-mini).
+  double partial_rotary_factor = 1.0;
+
+  // The rotated dims of a head of `head_dim` (as transformers rounds it).
+  int64_t rotary_dim(int64_t head_dim) const {
+    return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor);
+  }
 };
 
 struct ModelConfig {
@@ -59,6 +71,9 @@ bool get_bool(const nlohmann::json& j, const char* key, bool dflt);
 std::string get_string(const nlohmann::json& j, const char* key, const std::string& dflt);
 // rope_theta/rope_scaling (pre-v5 transformers) or rope_parameters (v5).
 RopeConfig read_rope(const nlohmann::json& j);
+// Throws ModelConfigError unless `r` fits heads of `head_dim` (an even rotary dim,
+// longrope factors for each of its frequencies).
+void check_rope(const RopeConfig& r, int64_t head_dim);
 std::vector<int64_t> read_eos(const nlohmann::json& j);
 
 // The keys most decoder families share, with their usual names (vocab_size,

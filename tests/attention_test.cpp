@@ -100,6 +100,54 @@ TEST(Attention, DecodeStepsMatchThePrefill) {
   }
 }
 
+// Fused projections give what separate ones give: Phi-3's qkv_proj (q rows, k rows, v
+// rows) and Bloom's query_key_value (rows head by head: [heads, 3, head_dim]), with
+// partial rotary embeddings (12 of 16 dims) on the Phi-3 side.
+TEST(Attention, FusedQkvLayoutsMatchSeparateProjections) {
+  at::manual_seed(2);
+  for (const bool per_head : {false, true}) {
+    AttentionSpec a = spec(2, 2, per_head ? PositionKind::kAlibi : PositionKind::kRope);
+    a.rope.partial_rotary_factor = 0.75;
+    a.qkv_bias = per_head;
+    test::Weights w;
+    add_weights(&w, a);
+    const int64_t d = a.head_dim, n = a.heads * d;
+    if (a.qkv_bias)
+      for (const char* p : {"q", "k", "v"}) w.add(std::string("attn.") + p + "_proj.bias", {n});
+    const at::Tensor q = w.t["attn.q_proj.weight"], k = w.t["attn.k_proj.weight"], v = w.t["attn.v_proj.weight"];
+    AttentionNames fused;
+    fused.qkv = "qkv";
+    fused.qkv_per_head = per_head;
+    if (per_head) {  // [heads, 3, head_dim] rows
+      const at::Tensor rows = at::stack({q.view({2, d, kHidden}), k.view({2, d, kHidden}), v.view({2, d, kHidden})}, 1);
+      w.t["attn.qkv.weight"] = rows.reshape({3 * n, kHidden});
+      const auto bias = [&](const char* p) { return w.t[std::string("attn.") + p + "_proj.bias"].view({2, d}); };
+      w.t["attn.qkv.bias"] = at::stack({bias("q"), bias("k"), bias("v")}, 1).reshape({3 * n});
+    } else {
+      w.t["attn.qkv.weight"] = at::cat({q, k, v}, 0);
+    }
+    Attention separate(a, 0, w.source(), "attn."), one(a, 0, w.source(), "attn.", fused);
+    const at::Tensor x = at::randn({5, kHidden});
+    EXPECT_LT(test::max_abs_diff(prefill(one, a, x), prefill(separate, a, x)), 1e-5) << "per_head " << per_head;
+  }
+}
+
+// Partial rotary embeddings leave the dims past rotary_dim as they are.
+TEST(Attention, PartialRotaryKeepsTheTailOfEachHead) {
+  at::manual_seed(3);
+  RopeConfig c;
+  c.partial_rotary_factor = 0.5;
+  Rope r(c, 8, 64);
+  const Batch b{{{0, 3, 2}}};
+  auto [cos, sin] = r.cos_sin(b, b.positions(at::kCPU));
+  ASSERT_EQ(cos.size(1), 4);
+  const at::Tensor x = at::randn({2, 3, 8});
+  const at::Tensor y = apply_rope(x, cos, sin);
+  EXPECT_TRUE(y.narrow(2, 4, 4).equal(x.narrow(2, 4, 4)));
+  EXPECT_TRUE(y.narrow(2, 0, 4).allclose(apply_rope(x.narrow(2, 0, 4).contiguous(), cos, sin)));
+  EXPECT_FALSE(y.narrow(2, 0, 4).allclose(x.narrow(2, 0, 4)));
+}
+
 TEST(Attention, DeclaresTensorsCostsAndWhatInt8MayQuantize) {
   AttentionSpec a = spec(4, 2, PositionKind::kRope);
   a.qkv_bias = true;

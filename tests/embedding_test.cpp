@@ -21,6 +21,18 @@ TEST(Embedding, TokensScaledAndPositionsAdded) {
   EXPECT_THROW_WITH(Embedding(tok, pos).forward(ids, far), c10::Error, "past the 6 learned positions");
 }
 
+// Bloom's word_embeddings_layernorm: the embedding, then a LayerNorm with bias.
+TEST(Embedding, NormedAfterTheLookup) {
+  at::manual_seed(1);
+  const at::Tensor tok = at::randn({10, 4}), w = at::randn({4}), bias = at::randn({4});
+  const at::Tensor ids = at::tensor({3, 1}, at::kLong);
+  const Batch b{{{0, 0, 2}}};
+  StepContext ctx{b, b.positions(at::kCPU), nullptr, {}, {}, {}};
+  const Norm ln{NormKind::kLayer, w, bias, 1e-5};
+  const at::Tensor want = at::layer_norm(tok.index_select(0, ids), {4}, w, bias, 1e-5);
+  EXPECT_LT(test::max_abs_diff(Embedding(tok, {}, 1.0, ln).forward(ids, ctx), want), 1e-6);
+}
+
 TEST(LmHead, LastTokenOfEachSequenceAndSoftcap) {
   at::manual_seed(1);
   const at::Tensor w = at::randn({12, 4}) * 3, x = at::randn({5, 4});

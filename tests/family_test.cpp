@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "stage/model.h"
 #include "storage/checkpoint.h"
 #include "tests/test_util.h"
@@ -91,6 +93,44 @@ TEST(Family, ConfigVariantsAreRead) {
   EXPECT_FALSE(desc("qwen2_tied").o_bias);
   EXPECT_EQ(desc("gpt2").intermediate_size, 256);
   EXPECT_EQ(describe(*storage::Checkpoint::open(test::fixture("gpt2"))).modules.front().name, "transformer.wte");
+}
+
+// Phi-3's and Bloom's config.json keys, as the hub's checkpoints spell them.
+TEST(Family, Phi3AndBloomConfigsAreRead) {
+  nlohmann::json phi = {
+      {"vocab_size", 64},
+      {"hidden_size", 64},
+      {"intermediate_size", 96},
+      {"num_hidden_layers", 2},
+      {"num_attention_heads", 4},
+      {"max_position_embeddings", 131072},
+      {"original_max_position_embeddings", 4096},
+      {"rope_scaling",
+       {{"type", "su"}, {"short_factor", std::vector<double>(8, 1.0)}, {"long_factor", std::vector<double>(8, 2.0)}}}};
+  ModelConfig c = find_family("phi3").parse_config(phi);
+  EXPECT_EQ(c.rope.type, "longrope");  // "su": the early name
+  EXPECT_EQ(c.rope.original_max_position, 4096);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 32.0);  // max / original, as transformers computes it
+  EXPECT_NEAR(c.rope.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)), 1e-12);
+  phi["partial_rotary_factor"] = 0.75;  // 12 of 16 dims rotate: 6 factors, not 8
+  EXPECT_THROW_WITH(find_family("phi3").parse_config(phi), ModelConfigError, "'short_factor' has 8 entries");
+  phi["rope_scaling"]["short_factor"] = phi["rope_scaling"]["long_factor"] = std::vector<double>(6, 1.0);
+  phi["rope_scaling"]["attention_factor"] = 1.25;
+  c = find_family("phi3").parse_config(phi);
+  EXPECT_EQ(c.rope.rotary_dim(c.head_dim), 12);
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor, 1.25);
+  phi["partial_rotary_factor"] = 0.7;  // 11.2 -> 11 dims: odd
+  EXPECT_THROW_WITH(find_family("phi3").parse_config(phi), ModelConfigError, "needs an even number");
+
+  nlohmann::json bloom = {{"vocab_size", 64}, {"n_embed", 96}, {"n_layer", 2}, {"num_attention_heads", 6}};
+  c = find_family("bloom").parse_config(bloom);
+  EXPECT_EQ(c.hidden_size, 96);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.intermediate_size, 384);
+  EXPECT_TRUE(c.tie_word_embeddings && c.qkv_bias && c.o_bias && c.mlp_bias);
+  bloom["apply_residual_connection_post_layernorm"] = true;
+  EXPECT_THROW_WITH(find_family("bloom").parse_config(bloom), ModelConfigError,
+                    "'apply_residual_connection_post_layernorm': true is not supported");
 }
 
 }  // namespace

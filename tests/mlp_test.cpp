@@ -34,6 +34,27 @@ TEST(Mlp, GatedAndPlainAsWrittenOut) {
   EXPECT_LT(test::max_abs_diff(plain(x), h.matmul(w.t["m.c_proj.weight"]) + w.t["m.c_proj.bias"]), 1e-6);
 }
 
+// Phi-3's fused gate_up_proj (gate rows, then up rows) gives what separate gate and up
+// projections give.
+TEST(Mlp, FusedGateUpMatchesSeparateProjections) {
+  at::manual_seed(4);
+  test::Weights w;
+  w.add("m.gate_proj.weight", {I, H});
+  w.add("m.up_proj.weight", {I, H});
+  w.add("m.down_proj.weight", {H, I});
+  w.t["m.gate_up_proj.weight"] = at::cat({w.t["m.gate_proj.weight"], w.t["m.up_proj.weight"]}, 0);
+  MlpNames fused;
+  fused.gate_up = "gate_up_proj";
+  const MlpSpec spec{MlpKind::kGated, H, I, Activation::kSilu, false};
+  Mlp one(spec, w.source(), "m.", fused), two(spec, w.source(), "m.");
+  const at::Tensor x = at::randn({3, H});
+  EXPECT_LT(test::max_abs_diff(one(x), two(x)), 1e-5);
+  ModuleSpec s;
+  Mlp::declare(&s, spec, "m.", fused);
+  EXPECT_EQ(s.tensors, (std::vector<std::string>{"m.gate_up_proj.weight", "m.down_proj.weight"}));
+  EXPECT_DOUBLE_EQ(s.cost.flops_per_token, 2.0 * 3 * H * I);
+}
+
 // Mixtral's block against a token-by-token loop over the chosen experts.
 TEST(Mlp, MixtureOfExpertsMatchesAPerTokenLoop) {
   at::manual_seed(1);
@@ -78,7 +99,7 @@ TEST(Mlp, DeclaresAllExpertsBytesButOnlyActiveFlops) {
   Mlp::declare(&moe, {MlpKind::kMoe, H, I, Activation::kSilu, false, 8, 2, true}, "l.moe.");
   EXPECT_EQ(moe.tensors.size(), 1u + 8 * 3);  // router + every expert's three projections
   EXPECT_DOUBLE_EQ(moe.cost.flops_per_token, 2.0 * 8 * H + 2.0 * 3 * H * I * 2);  // router + top-2 experts
-  EXPECT_EQ(moe.cost.act_elems_per_token, 3 * I * 2 + 8);                          // top-2 experts' + scores
+  EXPECT_EQ(moe.cost.act_elems_per_token, 3 * I * 2 + 8);                         // top-2 experts' + scores
   EXPECT_EQ(moe.int8_layout("l.moe.gate.weight"), Int8Layout::kNone);             // the router stays in float
   EXPECT_EQ(moe.int8_layout("l.moe.experts.7.down_proj.weight"), Int8Layout::kRows);
 }

@@ -13,11 +13,7 @@ namespace {
 
 // Checkpoints saved from GPT2LMHeadModel prefix names with "transformer."; the
 // original hub files saved from GPT2Model do not.
-std::string prefix_of(const storage::Checkpoint& ck) {
-  if (ck.has("transformer.wte.weight")) return "transformer.";
-  if (ck.has("wte.weight")) return "";
-  throw storage::StorageError(ck.dir() + ": gpt2 checkpoint has neither 'transformer.wte.weight' nor 'wte.weight'");
-}
+std::string prefix_of(const storage::Checkpoint& ck) { return transformer_prefix(ck, "gpt2", "wte.weight"); }
 
 AttentionSpec attention_spec(const ModelConfig& c, int64_t layer) {
   AttentionSpec a = AttentionSpec::of(c);

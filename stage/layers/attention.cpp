@@ -44,7 +44,9 @@ void Attention::declare(ModuleSpec* s, const AttentionSpec& a, const std::string
 
 Attention::Attention(const AttentionSpec& a, int64_t layer, const WeightSource& W, const std::string& prefix,
                      const AttentionNames& n)
-    : a_(a), layer_(layer) {
+    : a_(a), layer_(layer), qkv_per_head_(n.qkv_per_head) {
+  TORCH_CHECK(!n.qkv_per_head || (!n.qkv.empty() && a.kv_heads == a.heads),
+              "a per-head fused qkv needs as many KV heads as heads");
   if (a_.scale == 0) a_.scale = 1.0 / std::sqrt(static_cast<double>(a_.head_dim));
   const int64_t q_out = a.heads * a.head_dim, kv_out = a.kv_heads * a.head_dim;
   if (!n.qkv.empty()) {
@@ -81,7 +83,12 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at
   const int64_t T = x.size(0);
   const int64_t q_out = a_.heads * a_.head_dim, kv_out = a_.kv_heads * a_.head_dim;
   at::Tensor q, k, v;
-  if (qkv_.defined()) {
+  if (qkv_per_head_) {
+    const at::Tensor qkv = qkv_(x).view({T, a_.heads, 3, a_.head_dim});
+    q = qkv.select(2, 0).contiguous();  // [T, heads, head_dim], as the other layouts give
+    k = qkv.select(2, 1).contiguous();
+    v = qkv.select(2, 2).contiguous();
+  } else if (qkv_.defined()) {
     const at::Tensor qkv = qkv_(x);  // [T, q_out + 2 * kv_out]
     q = qkv.narrow(1, 0, q_out);
     k = qkv.narrow(1, q_out, kv_out);
@@ -101,7 +108,7 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at
   }
   if (rope_) {
     if (!ctx.rope_cos.defined()) {
-      std::tie(ctx.rope_cos, ctx.rope_sin) = rope_->cos_sin(ctx.batch, ctx.positions);
+      std::tie(ctx.rope_cos, ctx.rope_sin) = rope_->cos_sin(ctx.batch, ctx.positions, ctx.decode.defined());
       ctx.rope_cos = ctx.rope_cos.to(x.scalar_type());  // cast once per step, as HF casts per layer
       ctx.rope_sin = ctx.rope_sin.to(x.scalar_type());
     }

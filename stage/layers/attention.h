@@ -44,6 +44,7 @@ struct AttentionSpec {
 struct AttentionNames {
   std::string q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj";
   std::string qkv;
+  bool qkv_per_head = false;  // the fused rows go head by head, [heads, 3, head_dim] (Bloom)
   std::string q_norm = "q_norm", k_norm = "k_norm";
   bool conv1d = false;  // GPT-2's Conv1D projections ([in, out])
 };
@@ -67,6 +68,7 @@ class Attention {
  private:
   AttentionSpec a_;
   int64_t layer_;
+  bool qkv_per_head_ = false;
   std::optional<Rope> rope_;
   at::Tensor alibi_;  // [heads] float32 on the compute device
   Linear q_, k_, v_, qkv_, o_;

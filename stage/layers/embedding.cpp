@@ -4,10 +4,15 @@
 
 namespace cascade::stage {
 
-Embedding::Embedding(at::Tensor tokens, at::Tensor positions, double scale)
-    : tokens_(std::move(tokens)), positions_(std::move(positions)), scale_(scale) {}
+Embedding::Embedding(at::Tensor tokens, at::Tensor positions, double scale, std::optional<Norm> norm)
+    : tokens_(std::move(tokens)), positions_(std::move(positions)), scale_(scale), norm_(std::move(norm)) {}
 
 at::Tensor Embedding::forward(const at::Tensor& ids, StepContext& ctx) {
+  const at::Tensor x = embed(ids, ctx);
+  return norm_ ? (*norm_)(x) : x;
+}
+
+at::Tensor Embedding::embed(const at::Tensor& ids, StepContext& ctx) const {
   at::Tensor x = at::embedding(tokens_, ids);                         // [tokens, hidden]
   if (scale_ != 1.0) x = x * at::scalar_tensor(scale_, x.options());  // rounded to the dtype first, as HF does
   if (!positions_.defined()) return x;

@@ -1,11 +1,14 @@
 // The ends of a decoder stack, as toolkit Modules: the token embedding (optionally
-// scaled, optionally plus learned absolute positions) and the LM head (optionally
+// scaled, optionally plus learned absolute positions, optionally normed) and the LM head (optionally
 // soft-capped logits). Immutable after load; one step loop drives them.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "stage/family.h"
+#include "stage/layers/norm.h"
 
 namespace cascade::stage {
 
@@ -14,13 +17,15 @@ class Embedding : public Module {
  public:
   // `positions`: learned absolute positions [max_positions, hidden] (GPT-2's wpe), or
   // undefined. `scale` != 1: the embedding is multiplied by it in the compute dtype
-  // (Gemma's sqrt(hidden)).
-  Embedding(at::Tensor tokens, at::Tensor positions = {}, double scale = 1.0);
+  // (Gemma's sqrt(hidden)). `norm`: applied last (Bloom's word_embeddings_layernorm).
+  Embedding(at::Tensor tokens, at::Tensor positions = {}, double scale = 1.0, std::optional<Norm> norm = {});
   at::Tensor forward(const at::Tensor& ids, StepContext& ctx) override;
 
  private:
+  at::Tensor embed(const at::Tensor& ids, StepContext& ctx) const;
   at::Tensor tokens_, positions_;
   double scale_;
+  std::optional<Norm> norm_;
 };
 
 // hidden [tokens, hidden] -> logits [seqs, vocab] at each sequence's last token (the

@@ -13,8 +13,12 @@ void Mlp::declare(ModuleSpec* s, const MlpSpec& m, const std::string& prefix, co
   const int64_t H = m.hidden, I = m.intermediate;
   switch (m.kind) {
     case MlpKind::kGated:
-      s->add_linear(prefix + n.gate, I, H, m.bias, n.conv1d);
-      s->add_linear(prefix + n.up, I, H, m.bias, n.conv1d);
+      if (!n.gate_up.empty()) {
+        s->add_linear(prefix + n.gate_up, 2 * I, H, m.bias, n.conv1d);
+      } else {
+        s->add_linear(prefix + n.gate, I, H, m.bias, n.conv1d);
+        s->add_linear(prefix + n.up, I, H, m.bias, n.conv1d);
+      }
       s->add_linear(prefix + n.down, H, I, m.bias, n.conv1d);
       s->cost.act_elems_per_token += 3 * I;
       break;
@@ -50,7 +54,12 @@ Mlp::Mlp(const MlpSpec& m, const WeightSource& W, const std::string& prefix, con
   };
   switch (m.kind) {
     case MlpKind::kGated:
-      gated_ = gated(prefix);
+      if (!n.gate_up.empty()) {
+        gated_.gate_up = Linear::load(W, prefix + n.gate_up, 2 * I, H, m.bias, n.conv1d);
+        gated_.down = Linear::load(W, prefix + n.down, H, I, m.bias, n.conv1d);
+      } else {
+        gated_ = gated(prefix);
+      }
       break;
     case MlpKind::kPlain:
       fc_ = Linear::load(W, prefix + n.fc, I, H, m.bias, n.conv1d);
@@ -67,7 +76,7 @@ Mlp::Mlp(const MlpSpec& m, const WeightSource& W, const std::string& prefix, con
 
 void Mlp::finalize() {
   Gated& g = gated_;
-  if (m_.kind != MlpKind::kGated || !g.gate.w.is_cuda()) return;
+  if (m_.kind != MlpKind::kGated || g.gate_up.defined() || !g.gate.w.is_cuda()) return;
   g.gate_up = Linear::fuse({&g.gate, &g.up});
 }
 

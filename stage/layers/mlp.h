@@ -35,8 +35,9 @@ struct MlpSpec {
 // names; the router is `router`.
 struct MlpNames {
   std::string gate = "gate_proj", up = "up_proj", down = "down_proj";  // kGated (and each expert)
-  std::string fc = "c_fc", proj = "c_proj";                            // kPlain
-  std::string router = "gate", experts = "experts";                    // kMoe
+  std::string gate_up;                       // kGated, non-empty: one fused projection, gate rows then up rows (Phi-3)
+  std::string fc = "c_fc", proj = "c_proj";  // kPlain
+  std::string router = "gate", experts = "experts";  // kMoe
   bool conv1d = false;
 };
 

@@ -7,9 +7,16 @@
 namespace cascade::stage {
 
 Rope::Rope(const RopeConfig& cfg, int64_t head_dim, int64_t max_position_embeddings)
-    : cfg_(cfg), dim_(head_dim), max_pos_(max_position_embeddings) {
+    : cfg_(cfg), dim_(cfg.rotary_dim(head_dim)), max_pos_(max_position_embeddings) {
   at::Tensor f = default_inv_freq(cfg_.theta);
-  if (cfg_.type == "linear") {
+  if (cfg_.type == "longrope") {
+    auto factors = [&](const std::vector<double>& v) {
+      TORCH_CHECK(static_cast<int64_t>(v.size()) == dim_ / 2, "longrope needs ", dim_ / 2, " factors, got ", v.size());
+      return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+    };
+    long_inv_freq_ = f / factors(cfg_.long_factor);
+    f = f / factors(cfg_.short_factor);
+  } else if (cfg_.type == "linear") {
     f = f / cfg_.factor;
   } else if (cfg_.type == "llama3") {
     // Long wavelengths are slowed by `factor`, short ones kept, the band between
@@ -33,6 +40,7 @@ at::Tensor Rope::default_inv_freq(double base) const {
 }
 
 at::Tensor Rope::inv_freq(int64_t seq_len) const {
+  if (cfg_.type == "longrope") return (seq_len > cfg_.original_max_position ? long_inv_freq_ : inv_freq_).cpu();
   if (cfg_.type != "dynamic" || seq_len <= max_pos_) return inv_freq_.cpu();
   const double d = static_cast<double>(dim_);
   const double base = cfg_.theta * std::pow(cfg_.factor * static_cast<double>(seq_len) / static_cast<double>(max_pos_) -
@@ -41,10 +49,28 @@ at::Tensor Rope::inv_freq(int64_t seq_len) const {
   return default_inv_freq(base);
 }
 
-std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Tensor& positions) const {
+// [tokens, rotary_dim / 2]: each token's frequencies, long for the tokens of sequences
+// longer than original_max_position (the whole sequence's length decides, as in HF).
+at::Tensor Rope::longrope_freqs(const Batch& batch, const at::Tensor& pos, bool decode) const {
+  at::Tensor is_long;  // [tokens, 1] bool
+  if (decode) {
+    is_long = pos >= static_cast<double>(cfg_.original_max_position);
+  } else {
+    std::vector<uint8_t> flags;
+    for (const SeqSlice& s : batch.seqs)
+      flags.insert(flags.end(), static_cast<size_t>(s.n_tokens),
+                   s.start_pos + s.n_tokens > cfg_.original_max_position ? 1 : 0);
+    is_long = at::tensor(flags, at::TensorOptions().dtype(at::kByte)).to(at::kBool).to(pos.device()).unsqueeze(1);
+  }
+  return at::where(is_long, pos * long_inv_freq_.unsqueeze(0), pos * inv_freq_.unsqueeze(0));
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Tensor& positions, bool decode) const {
   at::Tensor pos = positions.to(at::kFloat).unsqueeze(1);  // [tokens, 1]
-  at::Tensor freqs;                                        // [tokens, head_dim / 2]
-  if (cfg_.type != "dynamic") {
+  at::Tensor freqs;                                        // [tokens, rotary_dim / 2]
+  if (cfg_.type == "longrope") {
+    freqs = longrope_freqs(batch, pos, decode);
+  } else if (cfg_.type != "dynamic") {
     freqs = pos * inv_freq_.to(positions.device()).unsqueeze(0);
   } else {
     std::vector<at::Tensor> parts;
@@ -57,10 +83,14 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Te
     freqs = at::cat(parts, 0);
   }
   at::Tensor emb = at::cat({freqs, freqs}, -1);
+  if (cfg_.attention_factor != 1.0) return {emb.cos() * cfg_.attention_factor, emb.sin() * cfg_.attention_factor};
   return {emb.cos(), emb.sin()};
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rot = cos.size(-1);
+  if (rot < x.size(-1))
+    return at::cat({apply_rope(x.narrow(-1, 0, rot), cos, sin), x.narrow(-1, rot, x.size(-1) - rot)}, -1);
   if (x.is_cuda()) {
     at::Tensor y = fused_rope(x, cos, sin);  // one kernel instead of ten
     if (y.defined()) return y;
