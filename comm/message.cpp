@@ -106,7 +106,8 @@ std::vector<uint8_t> encode(const StepHeader& h) {
     w.put(s.start_pos);
     w.put(s.n_tokens);
     put_sampling(w, s.sampling);
-    w.put(static_cast<uint8_t>(s.sample));
+    w.put(static_cast<uint8_t>((s.sample ? 1 : 0) | (s.recompute ? 2 : 0)));
+    w.put(s.seq_len);
     w.put(static_cast<uint32_t>(s.forks.size()));
     for (const auto& [slot, seed] : s.forks) {
       w.put(slot);
@@ -145,7 +146,11 @@ StepHeader decode_step(const uint8_t* data, size_t size) {
     s.start_pos = r.get<int64_t>("start_pos");
     s.n_tokens = r.get<int64_t>("n_tokens");
     s.sampling = get_sampling(r);
-    s.sample = r.get<uint8_t>("sample") != 0;
+    const uint8_t bits = r.get<uint8_t>("entry flags");
+    if (bits > 3) throw CommError("step header has unknown entry flags " + std::to_string(bits));
+    s.sample = (bits & 1) != 0;
+    s.recompute = (bits & 2) != 0;
+    s.seq_len = r.get<int64_t>("seq_len");
     const uint32_t forks = count(r, "forks", kMaxSeqs);
     for (uint32_t f = 0; f < forks; ++f) {
       const int64_t slot = r.get<int64_t>("fork slot");

@@ -19,7 +19,7 @@ class CommError : public std::runtime_error {
 };
 
 constexpr uint32_t kWireMagic = 0x43534344;  // "DCSC"
-constexpr uint16_t kWireVersion = 3;
+constexpr uint16_t kWireVersion = 4;
 
 // Prefill/decode steps carry ids or hidden states down the route; the last stage
 // answers with a kResult: the sampled ids [rows] int64, one row per sequence in order,
@@ -54,9 +54,15 @@ struct SeqEntry {
   // stage samples each fork's first token from the same logits with the fork's seed
   // (the fork's other options are this entry's). (slot, seed) pairs.
   std::vector<std::pair<int64_t, uint64_t>> forks;
+  // The sequence's tokens [0, seq_len) re-run from their ids (start_pos 0 first), keeping
+  // its sampler: length-dependent RoPE switched (RopeConfig::recompute_at).
+  bool recompute = false;
+  // Length the sequence reaches when this prefill (all its chunks) ends, which
+  // length-dependent RoPE decides by; 0 = start_pos + n_tokens.
+  int64_t seq_len = 0;
   bool operator==(const SeqEntry& o) const {
     return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && sampling == o.sampling &&
-           sample == o.sample && forks == o.forks;
+           sample == o.sample && forks == o.forks && recompute == o.recompute && seq_len == o.seq_len;
   }
 };
 

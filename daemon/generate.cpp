@@ -62,8 +62,10 @@ namespace {
 
 // Prefill every prompt in one ragged step, then decode all running sequences one
 // token per step until each has max_new_tokens (or EOS). Prompt i uses KV slot i.
-std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& opts,
-                                           const std::vector<int64_t>& eos_ids, std::ostream& log) {
+std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& opts, const stage::ModelConfig& cfg,
+                                           std::ostream& log) {
+  const std::vector<int64_t>& eos_ids = cfg.eos_token_ids;
+  const int64_t redo_at = cfg.rope.recompute_at();
   const size_t n = opts.prompts.size();
   std::vector<GenerateResult> results(n);
   for (size_t i = 0; i < n; ++i) results[i].prompt_ids = opts.prompts[i];
@@ -121,9 +123,18 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     h.seqs.clear();
     ids.clear();
     for (size_t i : active) {
-      const int64_t pos = static_cast<int64_t>(results[i].prompt_ids.size() + results[i].output_ids.size()) - 1;
+      const GenerateResult& g = results[i];
+      const int64_t pos = static_cast<int64_t>(g.prompt_ids.size() + g.output_ids.size()) - 1;
+      if (redo_at > 0 && pos == redo_at) {  // re-run every token, as transformers' Phi-3 does
+        h.seqs.push_back(entry(i, 0, pos + 1));
+        h.seqs.back().recompute = true;
+        h.kind = comm::StepKind::kPrefill;
+        ids.insert(ids.end(), g.prompt_ids.begin(), g.prompt_ids.end());
+        ids.insert(ids.end(), g.output_ids.begin(), g.output_ids.end());
+        continue;
+      }
       h.seqs.push_back(entry(i, pos, 1));
-      ids.push_back(results[i].output_ids.back());
+      ids.push_back(g.output_ids.back());
     }
     ex.submit(h, at::tensor(ids, at::kLong));
   }
@@ -276,10 +287,10 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   } else {
     if (opts.warmup) {
       std::ostringstream untimed;
-      run_generation(*ex, opts, cfg.eos_token_ids, untimed);
+      run_generation(*ex, opts, cfg, untimed);
       log << "cascade: warm-up run done\n";
     }
-    results = run_generation(*ex, opts, cfg.eos_token_ids, log);
+    results = run_generation(*ex, opts, cfg, log);
   }
   if (started) started->cluster->shutdown();
 #ifdef CASCADE_WITH_TOKENIZER

@@ -19,6 +19,7 @@ struct Scheduler::Seq {
   uint64_t gen = 0;
   int group = 0;
   int64_t prefill_pos = 0;                              // prompt tokens already issued
+  int64_t redo_pos = -1;                                // >= 0: tokens of a recompute already issued
   int in_flight = 0;                                    // submitted steps that include this sequence
   bool waiting = false;                                 // a step whose sampled token it needs is in flight
   bool awaiting_fork = false;                           // choice > 0 before choice 0's prompt ends
@@ -243,6 +244,7 @@ bool Scheduler::issue() {
         const int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
         e.start_pos = s.prefill_pos;
         e.n_tokens = chunk;
+        e.seq_len = n;
         ids.insert(ids.end(), r.prompt_ids.begin() + s.prefill_pos, r.prompt_ids.begin() + s.prefill_pos + chunk);
         s.prefill_pos += chunk;
         e.sample = s.prefilled();  // only the prompt's last chunk yields a token
@@ -250,8 +252,11 @@ bool Scheduler::issue() {
         if (e.sample) add_forks(s, e, forks, f.seqs.size());
         h.kind = comm::StepKind::kPrefill;
         f.prompt_tokens += chunk;
+      } else if (s.redo_pos >= 0 || (opts_.recompute_at > 0 && decode_pos(s) == opts_.recompute_at)) {
+        add_recompute(s, e, ids);
+        h.kind = comm::StepKind::kPrefill;
       } else {
-        e.start_pos = static_cast<int64_t>(r.prompt_ids.size() + s.out.size()) - 1;
+        e.start_pos = decode_pos(s);
         e.n_tokens = 1;
         ids.push_back(s.out.back());
         s.waiting = true;
@@ -274,6 +279,33 @@ bool Scheduler::issue() {
     return true;
   }
   return false;
+}
+
+int64_t Scheduler::decode_pos(const Seq& s) {
+  return static_cast<int64_t>(s.job.request.prompt_ids.size() + s.out.size()) - 1;
+}
+
+// The next chunk of re-running the sequence's tokens (prompt, then generated) from
+// position 0, as transformers' Phi-3 does when a sequence outgrows its original
+// context; its last chunk samples the next token.
+void Scheduler::add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& ids) {
+  const auto& prompt = s.job.request.prompt_ids;
+  const int64_t total = decode_pos(s) + 1;
+  if (s.redo_pos < 0) s.redo_pos = 0;
+  const int64_t chunk =
+      opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, total - s.redo_pos) : total - s.redo_pos;
+  for (int64_t p = s.redo_pos; p < s.redo_pos + chunk; ++p) {
+    const auto i = static_cast<size_t>(p);
+    ids.push_back(i < prompt.size() ? prompt[i] : s.out[i - prompt.size()]);
+  }
+  e.start_pos = s.redo_pos;
+  e.n_tokens = chunk;
+  e.seq_len = total;
+  e.recompute = true;
+  s.redo_pos += chunk;
+  e.sample = s.redo_pos == total;
+  s.waiting = e.sample;
+  if (e.sample) s.redo_pos = -1;
 }
 
 // Choice 0's prompt ends in this entry: its followers still here start from it.

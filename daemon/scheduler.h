@@ -72,6 +72,9 @@ struct SchedulerOptions {
   int microbatches = 1;       // steps in flight: 1 = sequential mode
   int64_t prefill_chunk = 0;  // tokens per prefill step; 0 = whole prompts
   std::vector<int64_t> eos_ids;
+  // A decoding sequence about to feed this position is re-prefilled from its tokens
+  // first (stage::RopeConfig::recompute_at); 0 = never.
+  int64_t recompute_at = 0;
   std::function<std::vector<double>()> stage_busy;  // for metrics; may be empty
   std::vector<std::string> stage_labels;
 };
@@ -112,6 +115,8 @@ class Scheduler {
   void collect();  // takes the oldest step's results
   void finish(Seq& s, Finish f);
   void add_forks(Seq& leader, comm::SeqEntry& e, InFlight& forks, size_t leader_row);
+  static int64_t decode_pos(const Seq& s);  // position of the token a decode step feeds
+  void add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& ids);
   void take_logprobs(const StepOutput& res, const InFlight& f);
   void fail_all(int status, const std::string& msg);
   bool recover(const std::string& why);  // after the executor failed; false when it stays failed

@@ -63,7 +63,17 @@ def legacy_config(path):
         json.dump(cfg, f, indent=2)
 
 
-def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy=False, prompt_lengths=PROMPT_LENGTHS):
+def fresh_greedy(model, ids, n):
+    """Greedy continuation with no cache: the whole sequence through the model at every step."""
+    seq = ids
+    for _ in range(n):
+        t = model(seq).logits[0, -1].argmax()
+        seq = torch.cat([seq, t.view(1, 1)], 1)
+    return seq
+
+
+def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy=False, prompt_lengths=PROMPT_LENGTHS,
+         fresh=False):
     out = os.path.join(out_root, name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(seed)
@@ -91,13 +101,17 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
         with torch.no_grad():
             logits = model(ids).logits[0, -1].float()
-            gen = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 do_sample=False, use_cache=True)
+            if fresh:
+                gen = fresh_greedy(model, ids, NEW_TOKENS)
+            else:
+                gen = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                     do_sample=False, use_cache=True)
         new = gen[0, n:].tolist()
         prompts.append({"prompt_ids": ids[0].tolist(), "output_ids": new,
                         "last_logits": [float(x) for x in logits]})
     distinct = len({t for p in prompts for t in p["output_ids"]})
-    ref = {"name": name, "model_type": config.model_type, "stored_dtype": str(store_dtype).split(".")[-1],
+    ref = {"name": name, "model_type": config.model_type, "greedy": "fresh" if fresh else "generate",
+           "stored_dtype": str(store_dtype).split(".")[-1],
            "new_tokens": NEW_TOKENS, "distinct_output_tokens": distinct,
            "transformers": transformers.__version__, "torch": torch.__version__, "prompts": prompts}
     with open(os.path.join(out, "reference.json"), "w") as f:
@@ -173,10 +187,20 @@ def fixtures(common):
                           "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
                           "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]},
             tie_word_embeddings=False), torch.float32, 23, {}),
+        # Phi-3 crossing its original context (8) while generating: from there on every key is
+        # rotated with the long factors, so Cascade re-prefills the sequence at the crossing
+        # (as the comment in transformers' Phi-3 prepare_inputs_for_generation intends). The
+        # reference is transformers' forward over the whole sequence at every step (fresh=True):
+        # transformers 5.17's generate drops the cache there but runs only the new token.
+        "phi3_cross": (Phi3Config(
+            **{**common, "max_position_embeddings": 32}, num_key_value_heads=2, original_max_position_embeddings=8,
+            partial_rotary_factor=0.75, sliding_window=12, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            rope_scaling={"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 8,
+                          "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                          "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0]},
+            tie_word_embeddings=False), torch.float32, 23, {"fresh": True}),
         # Phi-3 past its original context (4): every prompt is longer, so the long factors
-        # apply from the prefill on. (A sequence that crosses the original context while
-        # generating is recomputed by transformers' Phi-3 generate; Cascade does not do that
-        # yet, so no prompt here crosses.)
+        # apply from the prefill on.
         "phi3_long": (Phi3Config(
             **{**common, "max_position_embeddings": 64}, num_key_value_heads=4, original_max_position_embeddings=4,
             pad_token_id=0, bos_token_id=1, eos_token_id=2,

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -15,6 +16,10 @@ struct SeqSlice {
   int64_t start_pos = 0;    // position of the first token of this slice
   int64_t n_tokens = 0;     // tokens of this sequence in the step
   bool all_logits = false;  // the LM head returns logits at every token, not only the last (echo's logprobs)
+  int64_t seq_len = 0;      // length the sequence reaches at the end of this prefill; 0 = start_pos + n_tokens
+  // What length-dependent RoPE (dynamic, longrope) decides by: a prompt prefilled in
+  // chunks counts as long as the whole prompt, as transformers sees it in one piece.
+  int64_t length() const { return std::max(seq_len, start_pos + n_tokens); }
 };
 
 struct Batch {

@@ -31,6 +31,12 @@ struct RopeConfig {
   // Only the first head_dim * partial_rotary_factor dims of each head rotate (Phi-4-mini).
   double partial_rotary_factor = 1.0;
 
+  // The position at which a decoding sequence must be recomputed from its tokens, or 0:
+  // transformers' Phi-3 generate drops the cache once a sequence grows past the original
+  // context (so every key is rotated with the long factors), and Cascade does the same
+  // (the drivers re-prefill it: daemon/scheduler, daemon/generate).
+  int64_t recompute_at() const { return type == "longrope" ? original_max_position : 0; }
+
   // The rotated dims of a head of `head_dim` (as transformers rounds it).
   int64_t rotary_dim(int64_t head_dim) const {
     return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor);

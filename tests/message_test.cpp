@@ -33,8 +33,15 @@ StepHeader sample() {
   b.sampling.prompt_logprobs = true;
   b.sampling.seed = 99;
   b.forks = {{6, 100}, {7, 101}};
-  h.seqs = {a, b};
-  h.ids = {11, 12, 13};
+  b.seq_len = 9;
+  SeqEntry c;  // a recompute chunk
+  c.slot = 2;
+  c.n_tokens = 1;
+  c.recompute = true;
+  c.sample = false;
+  c.seq_len = 4;
+  h.seqs = {a, b, c};
+  h.ids = {11, 12, 13, 14};
   h.flags = kStepWantLogits | kStepWantLogprobs;
   h.shape = {2, 2560};
   h.dtype = 15;
@@ -45,13 +52,19 @@ TEST(Message, RoundTrip) {
   const StepHeader h = sample();
   const auto b = encode(h);
   EXPECT_EQ(decode_step(b.data(), b.size()), h);
-  EXPECT_EQ(h.result_rows(), 4u);  // two sequences, then two forks
+  EXPECT_EQ(h.result_rows(), 5u);  // three sequences, then two forks
   // Every field takes part: a change anywhere is seen.
   StepHeader other = h;
   other.seqs[1].sampling.logit_bias[1].second = 2.0f;
   EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   other = h;
   other.seqs[1].forks[0].second = 1;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
+  other = h;
+  other.seqs[2].recompute = false;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
+  other = h;
+  other.seqs[1].seq_len = 10;
   EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   StepHeader empty;
   const auto e = encode(empty);
@@ -70,7 +83,7 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto b = encode(sample());
   auto v = b;
   v[4] = 9;  // version field
-  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 3");
+  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 4");
   auto m = b;
   m[0] ^= 0xFF;
   EXPECT_THROW_WITH(decode_step(m.data(), m.size()), CommError, "bad magic");

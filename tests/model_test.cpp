@@ -43,7 +43,8 @@ std::unique_ptr<Model> load(const std::string& dir, int64_t slots, std::vector<i
 }
 
 // Greedy continuation of `prompts` run together, one slot each. Returns the new ids
-// and the logits at each prompt's last position.
+// and the logits at each prompt's last position. A sequence reaching the model's
+// recompute position is re-run from its tokens, as the scheduler does.
 std::vector<std::vector<int64_t>> greedy(Model& m, const std::vector<std::vector<int64_t>>& prompts, int64_t steps,
                                          at::Tensor* first_logits) {
   Batch b;
@@ -60,7 +61,14 @@ std::vector<std::vector<int64_t>> greedy(Model& m, const std::vector<std::vector
     ids.clear();
     for (size_t i = 0; i < prompts.size(); ++i) {
       out[i].push_back(logits[i].argmax().item<int64_t>());
-      b.seqs.push_back({static_cast<int64_t>(i), static_cast<int64_t>(prompts[i].size() + out[i].size() - 1), 1});
+      const int64_t pos = static_cast<int64_t>(prompts[i].size() + out[i].size()) - 1;
+      if (pos == m.config().rope.recompute_at()) {
+        b.seqs.push_back({static_cast<int64_t>(i), 0, pos + 1});
+        ids.insert(ids.end(), prompts[i].begin(), prompts[i].end());
+        ids.insert(ids.end(), out[i].begin(), out[i].end());
+        continue;
+      }
+      b.seqs.push_back({static_cast<int64_t>(i), pos, 1});
       ids.push_back(out[i].back());
     }
     if (s + 1 < steps) logits = m.forward(at::tensor(ids, at::kLong), b);
@@ -115,6 +123,24 @@ TEST_P(Parity, DecodeWithCacheEqualsFullRecompute) {
     seq.push_back(logits[0].argmax().item<int64_t>());
     b.seqs = {{0, static_cast<int64_t>(seq.size()) - 1, 1}};
     logits = cached->forward(at::tensor({seq.back()}, at::kLong), b);
+  }
+}
+
+// Greedy decoding with the KV cache (and the recompute where the model's RoPE asks for
+// one: phi3 past its original context) picks what running the whole sequence afresh at
+// every step picks.
+TEST_P(Parity, GreedyEqualsRunningEverythingAfreshEachStep) {
+  if (GetParam() == "llama_dynamic") GTEST_SKIP() << "dynamic NTK: see DecodeWithCacheEqualsFullRecompute";
+  for (const Prompt& p : reference(GetParam())) {
+    auto cached = load(test::fixture(GetParam()), 1), fresh = load(test::fixture(GetParam()), 1);
+    const auto out = greedy(*cached, {p.ids}, 12, nullptr);
+    std::vector<int64_t> seq = p.ids;
+    for (int step = 0; step < 12; ++step) {
+      const Batch b{{{0, 0, static_cast<int64_t>(seq.size())}}};
+      seq.push_back(fresh->forward(at::tensor(seq, at::kLong), b)[0].argmax().item<int64_t>());
+    }
+    EXPECT_EQ(out[0], std::vector<int64_t>(seq.begin() + static_cast<int64_t>(p.ids.size()), seq.end()))
+        << "prompt of " << p.ids.size() << " tokens";
   }
 }
 

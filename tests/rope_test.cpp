@@ -80,6 +80,20 @@ TEST(Rope, LongropePicksFactorsByTheSequenceLength) {
   EXPECT_NEAR(sin[3].pow(2).add(cos[3].pow(2)).mean().item<double>(), 1.5 * 1.5, 1e-5);
 }
 
+// A prompt prefilled in chunks counts as long as the whole prompt (SeqSlice::seq_len),
+// as transformers sees it in one piece: its first chunk already takes the long factors.
+TEST(Rope, LongropeChunksGoByTheWholePrompt) {
+  const Rope r(longrope(), 4, 32);
+  const Batch whole{{{0, 0, 10}}};
+  Batch chunk{{{0, 0, 4}}};
+  chunk.seqs[0].seq_len = 10;
+  auto [wc, ws] = r.cos_sin(whole, whole.positions(at::kCPU));
+  auto [cc, cs] = r.cos_sin(chunk, chunk.positions(at::kCPU));
+  EXPECT_TRUE(cc.equal(wc.narrow(0, 0, 4)));
+  chunk.seqs[0].seq_len = 0;  // without it: a 4-token sequence, short factors
+  EXPECT_FALSE(r.cos_sin(chunk, chunk.positions(at::kCPU)).first.equal(wc.narrow(0, 0, 4)));
+}
+
 // A decode step reads lengths from the positions alone (what a CUDA graph replays)
 // and agrees with the host's per-sequence answer.
 TEST(Rope, LongropeDecodeStepsAgreeWithTheHostPath) {

@@ -1,6 +1,7 @@
 #include "stage/runner.h"
 
 #include <cmath>
+#include <set>
 
 #include "storage/checkpoint.h"
 #include "tests/test_util.h"
@@ -65,6 +66,33 @@ TEST(StepRunner, SeededSamplingRestartsWithTheSequence) {
   const int64_t a = r.sample(h, r.run(h, ids, 0, -1)).ids[0].item<int64_t>();
   const int64_t b = r.sample(h, r.run(h, ids, 0, -1)).ids[0].item<int64_t>();  // start_pos 0: a fresh sampler
   EXPECT_EQ(a, b);
+}
+
+// A recompute re-runs a sequence from position 0 but keeps its sampler: a seeded
+// sequence draws the same tokens whether or not it was recomputed on the way (the
+// model's RoPE does not depend on length, so the recomputed KV is the same), while a
+// fresh start at position 0 restarts the draws.
+TEST(StepRunner, ARecomputeKeepsTheSequencesSampler) {
+  auto draws = [](bool recompute) {
+    StepRunner r(load("llama_gqa"));
+    auto h = prefill({3});
+    h.seqs[0].sampling.temperature = 1.5;
+    h.seqs[0].sampling.seed = 5;
+    std::vector<int64_t> seq = {1, 2, 3};
+    for (int step = 0; step < 6; ++step) {
+      const std::vector<int64_t> feed(seq.end() - h.seqs[0].n_tokens, seq.end());
+      seq.push_back(r.sample(h, r.run(h, at::tensor(feed, at::kLong), 0, -1)).ids[0].item<int64_t>());
+      const int64_t pos = static_cast<int64_t>(seq.size()) - 1;
+      const bool redo = recompute && step == 2;
+      h.seqs[0].start_pos = redo ? 0 : pos;
+      h.seqs[0].n_tokens = redo ? pos + 1 : 1;
+      h.seqs[0].recompute = redo;
+    }
+    return seq;
+  };
+  const auto plain = draws(false), recomputed = draws(true);
+  EXPECT_EQ(plain, recomputed);
+  EXPECT_GE(std::set<int64_t>(plain.begin() + 3, plain.end()).size(), 3u);  // sampled, not one token
 }
 
 comm::StepHeader decode(std::vector<int64_t> slots, int64_t pos) {

@@ -58,8 +58,7 @@ at::Tensor Rope::longrope_freqs(const Batch& batch, const at::Tensor& pos, bool 
   } else {
     std::vector<uint8_t> flags;
     for (const SeqSlice& s : batch.seqs)
-      flags.insert(flags.end(), static_cast<size_t>(s.n_tokens),
-                   s.start_pos + s.n_tokens > cfg_.original_max_position ? 1 : 0);
+      flags.insert(flags.end(), static_cast<size_t>(s.n_tokens), s.length() > cfg_.original_max_position ? 1 : 0);
     is_long = at::tensor(flags, at::TensorOptions().dtype(at::kByte)).to(at::kBool).to(pos.device()).unsqueeze(1);
   }
   return at::where(is_long, pos * long_inv_freq_.unsqueeze(0), pos * inv_freq_.unsqueeze(0));
@@ -76,7 +75,7 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(const Batch& batch, const at::Te
     std::vector<at::Tensor> parts;
     int64_t row = 0;
     for (const SeqSlice& s : batch.seqs) {
-      const at::Tensor f = inv_freq(s.start_pos + s.n_tokens).to(positions.device()).unsqueeze(0);
+      const at::Tensor f = inv_freq(s.length()).to(positions.device()).unsqueeze(0);
       parts.push_back(pos.narrow(0, row, s.n_tokens) * f);
       row += s.n_tokens;
     }
