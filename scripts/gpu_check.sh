@@ -106,6 +106,11 @@ if [ -x build-gpu/bench/tokenizer_bench ]; then
     python3 scripts/hf_tokenizer_bench.py --ids-out "$OUT/hf_llama2_bench_ids.json" $t/llama2_bytefallback \
       $t/gpt2_bytelevel $t/llama3_split
     build-gpu/bench/tokenizer_bench $t/llama2_bytefallback $t/gpt2_bytelevel $t/llama3_split
+    # Unigram (SentencePiece Precompiled normalizer); the 1 MB's ids compared one by one.
+    python3 scripts/hf_tokenizer_bench.py --ids-out /tmp/hf_t5_ids.json $t/t5_hub $t/t5_unigram $t/unigram_bytefallback
+    build-gpu/bench/tokenizer_bench --ids-out /tmp/cascade_t5_ids.json $t/t5_hub $t/t5_unigram $t/unigram_bytefallback
+    python3 -c 'import json; a, b = (json.load(open(f"/tmp/{w}_t5_ids.json")) for w in ("hf", "cascade"))
+print(f"t5_hub: {len(a)} HF ids, {len(b)} Cascade ids,", "identical" if a == b else "DIFFERENT")'
   } >"$OUT/tokenizer_bench.txt" 2>&1
   step tokenizer_bench "exit $?"
 fi

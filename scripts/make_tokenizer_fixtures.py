@@ -2,9 +2,15 @@
 """Train small tokenizers offline with Hugging Face `tokenizers` and record how they
 encode and decode a fixed set of hard strings: tests/data/tokenizers/.
 
-Run where `tokenizers` is installed (the GPU machine's python3):
+Run where `tokenizers`, `transformers` and `sentencepiece` are installed (the GPU
+machine's python3):
 
-    python3 scripts/make_tokenizer_fixtures.py [--out tests/data/tokenizers] [--bench-out FILE]
+    python3 scripts/make_tokenizer_fixtures.py [--out tests/data/tokenizers] [--bench-out FILE] [--only a,b]
+
+--only rebuilds just the named tokenizers and keeps the other rows of cases.json.
+The Unigram ones (t5_*, unigram_*) are trained by SentencePiece, so their
+tokenizer.json carries SentencePiece's `Precompiled` normalizer (its nmt_nfkc
+charsmap), as every T5/mT5 tokenizer on the Hub does.
 
 Training text is whatever exists offline there: the Python standard library's sources,
 plus a few lines of other scripts so some non-ASCII merges exist (and many glyphs stay
@@ -19,6 +25,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 import time
 
 import tokenizers
@@ -156,6 +163,58 @@ def build(lines):
     return toks
 
 
+def spm_train(lines, workdir, name, **options):
+    """A SentencePiece Unigram model trained on `lines`; returns its parsed proto."""
+    import sentencepiece as spm
+    from transformers.convert_slow_tokenizer import import_protobuf
+    prefix = os.path.join(workdir, name)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, model_type="unigram",
+                                   normalization_rule_name="nmt_nfkc", minloglevel=2, **options)
+    proto = import_protobuf().ModelProto()
+    with open(prefix + ".model", "rb") as f:
+        proto.ParseFromString(f.read())
+    return prefix + ".model", proto
+
+
+def build_unigram(lines, workdir):
+    """T5 as transformers 5 builds it from spiece.model, T5 as the Hub's tokenizer.json
+    files have it, and a byte-fallback Unigram without a pre-tokenizer."""
+    from transformers import T5Tokenizer
+    toks = {}
+    # T5 ids: <pad> 0, </s> 1, <unk> 2; coverage < 1 leaves rare glyphs to <unk>.
+    model, proto = spm_train(lines, workdir, "t5", vocab_size=1200, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                             character_coverage=0.995)
+    d = os.path.join(workdir, "t5_spm")
+    os.makedirs(d, exist_ok=True)
+    os.replace(model, os.path.join(d, "spiece.model"))
+    toks["t5_unigram"] = T5Tokenizer.from_pretrained(d, extra_ids=4).backend_tokenizer
+
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    vocab = [(p.piece, p.score) for p in proto.pieces] + [(f"<extra_id_{i}>", 0.0) for i in range(3, -1, -1)]
+    t = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    t.normalizer = normalizers.Sequence([normalizers.Precompiled(charsmap), normalizers.Replace(Regex(" {2,}"), " ")])
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    t.add_special_tokens(["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(4)])
+    t.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                     special_tokens=[("</s>", 1)])
+    toks["t5_hub"] = t
+
+    _, proto = spm_train(lines, workdir, "bf", vocab_size=800, byte_fallback=True, character_coverage=0.98,
+                         split_digits=True)
+    vocab = [(p.piece, p.score) for p in proto.pieces]
+    t = Tokenizer(models.Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=True))
+    t.normalizer = normalizers.Sequence([normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
+                                         normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                   decoders.Strip(content=" ", left=1, right=0)])
+    t.add_special_tokens(["<unk>", "<s>", "</s>"])
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                     special_tokens=[("<s>", t.token_to_id("<s>"))])
+    toks["unigram_bytefallback"] = t
+    return toks
+
+
 def fix_llama2_bytes(tok):
     """Byte tokens live in the vocab but not in added_tokens (as in Llama-2's file)."""
     j = json.loads(tok.to_str())
@@ -168,12 +227,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "tokenizers"))
     ap.add_argument("--bench-out", default="")
+    ap.add_argument("--only", default="", help="comma-separated tokenizer names to rebuild")
     a = ap.parse_args()
     lines = corpus()
     toks = build(lines)
     toks["llama2_bytefallback"] = fix_llama2_bytes(toks["llama2_bytefallback"])
+    with tempfile.TemporaryDirectory() as workdir:
+        toks.update(build_unigram(lines, workdir))
     os.makedirs(a.out, exist_ok=True)
     cases = {"tokenizers_version": tokenizers.__version__, "strings": CASES, "results": {}}
+    cases_path = os.path.join(a.out, "cases.json")
+    if a.only:
+        keep = a.only.split(",")
+        toks = {k: v for k, v in toks.items() if k in keep}
+        with open(cases_path) as f:
+            old = json.load(f)
+        assert old["strings"] == CASES, "--only needs the same strings as the existing cases.json"
+        cases["results"] = old["results"]
     for name, t in toks.items():
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
@@ -189,9 +259,11 @@ def main():
         unk = sum(r["ids"].count(t.token_to_id("<unk>") or -1) for r in rows)
         print(f"{name}: vocab {t.get_vocab_size()}, {sum(len(r['ids']) for r in rows)} ids over {len(CASES)} strings,"
               f" {unk} <unk>, {os.path.getsize(os.path.join(d, 'tokenizer.json')) // 1024} KiB")
-    with open(os.path.join(a.out, "cases.json"), "w") as f:
+    with open(cases_path, "w") as f:
         json.dump(cases, f, ensure_ascii=False, indent=0)
 
+    if a.only:
+        return 0
     # 1 MB of mixed text for the speed comparison: source code and the Unicode lines.
     text, i = [], 0
     while sum(len(x.encode()) for x in text) < 1_000_000:

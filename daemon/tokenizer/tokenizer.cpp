@@ -20,7 +20,7 @@ struct AddedToken {
 struct Tokenizer::Impl {
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre;
-  std::unique_ptr<Bpe> model;
+  std::unique_ptr<Model> model;
   std::unique_ptr<Decoder> decoder;
   std::vector<AddedToken> raw_added, norm_added;  // matched before / after normalization
   std::map<int64_t, std::string> added_by_id;
@@ -132,7 +132,7 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   try {
     if (!j.contains("model")) throw TokenizerError("tokenizer.json: no \"model\"");
-    impl->model = std::make_unique<Bpe>(j.at("model"));
+    impl->model = make_model(j.at("model"));
     impl->normalizer = make_normalizer(j.value("normalizer", nlohmann::json()));
     impl->pre = make_pre_tokenizer(j.value("pre_tokenizer", nlohmann::json()));
     impl->decoder = make_decoder(j.value("decoder", nlohmann::json()));

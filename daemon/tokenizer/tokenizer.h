@@ -1,10 +1,11 @@
 // Hugging Face tokenizer.json in C++: the same ids and the same text as the Rust
-// `tokenizers` library, for BPE models with the normalizers, pre-tokenizers,
-// post-processors and decoders that causal LMs ship (see tokenizer_parts.h).
+// `tokenizers` library, for BPE and Unigram (SentencePiece) models with the normalizers,
+// pre-tokenizers, post-processors and decoders that causal LMs and T5 ship (see
+// tokenizer_parts.h).
 // Anything else in a tokenizer.json fails load() with a message naming it.
 //
 // Encoding runs: added tokens split out of the raw text (non-normalized ones first,
-// then normalized ones on the normalized text) -> normalizer -> pre-tokenizer -> BPE
+// then normalized ones on the normalized text) -> normalizer -> pre-tokenizer -> model
 // -> post-processor (only with add_special_tokens). Decoding maps ids to tokens (added
 // tokens included, special ones dropped with skip_special_tokens) and runs the decoder.
 //

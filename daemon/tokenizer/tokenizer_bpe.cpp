@@ -7,11 +7,23 @@
 
 namespace cascade::daemon::tok {
 
-Bpe::Bpe(const nlohmann::json& m) {
-  const std::string type = m.value("type", std::string("BPE"));
-  if (type != "BPE") {
-    throw TokenizerError("tokenizer.json: model '" + type + "' is not supported (supported: BPE)");
+void byte_token_ids(const std::unordered_map<std::string, int64_t>& vocab, int64_t out[256]) {
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    const auto it = vocab.find(name);
+    out[b] = it == vocab.end() ? -1 : it->second;
   }
+}
+
+std::unique_ptr<Model> make_model(const nlohmann::json& j) {
+  const std::string type = j.value("type", std::string("BPE"));
+  if (type == "BPE") return std::make_unique<Bpe>(j);
+  if (type == "Unigram") return std::make_unique<Unigram>(j);
+  throw TokenizerError("tokenizer.json: model '" + type + "' is not supported (supported: BPE, Unigram)");
+}
+
+Bpe::Bpe(const nlohmann::json& m) {
   if (!m.value("dropout", nlohmann::json()).is_null() && m.at("dropout").get<double>() > 0) {
     throw TokenizerError("tokenizer.json: BPE dropout is not supported for inference");
   }
@@ -38,12 +50,7 @@ Bpe::Bpe(const nlohmann::json& m) {
     if (it == vocab_.end()) throw TokenizerError("tokenizer.json: unk_token '" + unk + "' is not in the vocabulary");
     unk_ = it->second;
   }
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof name, "<0x%02X>", b);
-    const auto it = vocab_.find(name);
-    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
-  }
+  byte_token_ids(vocab_, byte_ids_);
   int64_t rank = 0;
   for (const auto& mj : m.at("merges")) {
     std::string a, b;

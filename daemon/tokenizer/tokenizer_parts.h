@@ -77,14 +77,28 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j);
 const std::vector<std::string>& byte_to_char();  // 256 UTF-8 strings
 const std::unordered_map<uint32_t, uint8_t>& char_to_byte();
 
+// A tokenizer.json "model": one pre-tokenized word -> ids, and id -> token string.
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual void tokenize(const std::string& word, std::vector<int64_t>* out) const = 0;
+  virtual const std::string* token(int64_t id) const = 0;  // nullptr for an unknown id
+  virtual int64_t size() const = 0;                        // largest id + 1
+};
+// "BPE" (the default when "type" is absent) or "Unigram"; others throw naming the type.
+std::unique_ptr<Model> make_model(const nlohmann::json& j);
+
+// The ids of the byte-fallback tokens <0x00> … <0xFF>; -1 where the vocabulary lacks one.
+void byte_token_ids(const std::unordered_map<std::string, int64_t>& vocab, int64_t out[256]);
+
 // Byte-pair encoding with byte fallback, <unk> (fused or not), ignore_merges and
 // continuing-subword / end-of-word affixes.
-class Bpe {
+class Bpe : public Model {
  public:
   explicit Bpe(const nlohmann::json& model);
-  void tokenize(const std::string& word, std::vector<int64_t>* out) const;
-  const std::string* token(int64_t id) const;
-  int64_t size() const { return static_cast<int64_t>(id_to_token_.size()); }
+  void tokenize(const std::string& word, std::vector<int64_t>* out) const override;
+  const std::string* token(int64_t id) const override;
+  int64_t size() const override { return static_cast<int64_t>(id_to_token_.size()); }
 
  private:
   struct PairHash {
@@ -100,6 +114,32 @@ class Bpe {
   std::string prefix_, suffix_;
   int64_t byte_ids_[256];  // <0xXX> ids, -1 when absent
 };
+
+// SentencePiece's Unigram model as HF runs it: the segmentation with the highest total
+// log-probability (Viterbi over every vocabulary piece that starts at each character),
+// a character no piece covers costs min(score) - 10 and becomes <unk>, adjacent <unk>s
+// fuse into one, and with byte_fallback an <unk> piece is spelled as <0xXX> tokens.
+class Unigram : public Model {
+ public:
+  explicit Unigram(const nlohmann::json& model);
+  void tokenize(const std::string& word, std::vector<int64_t>* out) const override;
+  const std::string* token(int64_t id) const override;
+  int64_t size() const override { return static_cast<int64_t>(pieces_.size()); }
+
+ private:
+  std::vector<std::string> pieces_;               // by id
+  std::vector<double> scores_;                    // by id
+  std::unordered_map<std::string, int64_t> ids_;  // a piece listed twice maps to its last id, as in HF
+  std::vector<int64_t> sorted_;                   // ids_'s ids ordered by piece bytes: the prefix search
+  int64_t unk_ = -1;
+  double unk_score_ = 0;
+  bool byte_fallback_ = false;
+  int64_t byte_ids_[256];
+};
+
+// SentencePiece's normalizer as tokenizer.json carries it ("Precompiled"): a
+// darts-clone double-array trie over UTF-8 and the replacement strings it points to.
+std::unique_ptr<Normalizer> make_precompiled(const nlohmann::json& j);
 
 class Decoder {
  public:

@@ -354,9 +354,10 @@ std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j) {
   if (t == "Prepend") return std::make_unique<Prepend>(j.at("prepend").get<std::string>());
   if (t == "Replace") return std::make_unique<Replace>(j);
   if (t == "Strip") return std::make_unique<Strip>(j.value("strip_left", true), j.value("strip_right", true));
+  if (t == "Precompiled") return make_precompiled(j);
   throw TokenizerError("tokenizer.json: normalizer '" + t +
                        "' is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, "
-                       "Strip)");
+                       "Strip, Precompiled)");
 }
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j) {
