@@ -20,8 +20,10 @@ planner::ModuleKind kind_of(stage::ModuleKind k) {
   switch (k) {
     case stage::ModuleKind::kEmbedding:
       return planner::ModuleKind::kEmbedding;
+    case stage::ModuleKind::kEncoderLayer:
     case stage::ModuleKind::kDecoderLayer:
       return planner::ModuleKind::kLayer;
+    case stage::ModuleKind::kEncoderNorm:
     case stage::ModuleKind::kFinalNorm:
       return planner::ModuleKind::kNorm;
     case stage::ModuleKind::kLmHead:

@@ -11,6 +11,12 @@ lengths, the greedy 16-token continuation from model.generate (KV cache on, as a
 user would run it) and the float32 logits at the last prompt position. The
 reference is always computed in float32 by reloading the saved checkpoint with
 from_pretrained(dtype=float32), so both sides see exactly the stored weights.
+
+Encoder-decoder fixtures (seq2seq=True, T5) hold the same keys with the encoder's view:
+prompt_ids go to the encoder, output_ids are the decoder's greedy tokens after
+decoder_start_token_id, and last_logits are the logits that chose the first of them.
+reference.json also has "relative_buckets": transformers' own T5 bucket function over
+relative positions -64..64 for the fixture's config, bidirectional and causal.
 """
 import argparse
 import json
@@ -19,8 +25,9 @@ import shutil
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig,
-                          MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, BloomConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig,
+                          MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig,
+                          T5Config)
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -72,13 +79,53 @@ def fresh_greedy(model, ids, n):
     return seq
 
 
+def relative_buckets(config):
+    """transformers' T5 bucketing of relative positions (key - query) -64..64."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+    rel = torch.arange(-64, 65)
+    out = {"relative_positions": rel.tolist()}
+    for name, bidirectional in (("bidirectional", True), ("causal", False)):
+        out[name] = T5Attention._relative_position_bucket(
+            rel, bidirectional=bidirectional, num_buckets=config.relative_attention_num_buckets,
+            max_distance=config.relative_attention_max_distance).tolist()
+    return out
+
+
+def seq2seq_reference(model, config, seed, prompt_lengths):
+    """Greedy decoder tokens and first-step logits for random encoder inputs."""
+    g = torch.Generator().manual_seed(seed + 1)
+    start = config.decoder_start_token_id
+    prompts = []
+    for n in prompt_lengths:
+        ids = torch.randint(3, config.vocab_size, (1, n), generator=g)
+        with torch.no_grad():
+            logits = model(input_ids=ids, decoder_input_ids=torch.tensor([[start]])).logits[0, -1].float()
+            # The whole decoder sequence at every step: transformers 5.17's generate sizes its
+            # cache by the encoder's layer count and fails when the decoder has more.
+            seq = torch.tensor([[start]])
+            for _ in range(NEW_TOKENS):
+                t = model(input_ids=ids, decoder_input_ids=seq).logits[0, -1].argmax()
+                seq = torch.cat([seq, t.view(1, 1)], 1)
+        prompts.append({"prompt_ids": ids[0].tolist(), "output_ids": seq[0, 1:].tolist(),
+                        "last_logits": [float(x) for x in logits]})
+    return prompts
+
+
 def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy=False, prompt_lengths=PROMPT_LENGTHS,
-         fresh=False):
+         fresh=False, seq2seq=False, min_distinct=6):
     out = os.path.join(out_root, name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    model = auto.from_config(config, attn_implementation="eager")
     init_weights(model, std, seed)
+    if seq2seq:
+        # One embedding for encoder and decoder, as every T5 checkpoint has it (untied
+        # configs make transformers 5.17 keep three separate matrices).
+        with torch.no_grad():
+            for stack in (model.encoder, model.decoder):
+                if stack.embed_tokens.weight is not model.shared.weight:
+                    stack.embed_tokens.weight.copy_(model.shared.weight)
     if config.tie_word_embeddings:
         model.tie_weights()
     model.eval()
@@ -90,14 +137,14 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
         legacy_config(os.path.join(out, "config.json"))
     # Reload as a user would. Casting the in-memory model back to float32 is not the
     # same: .to(bf16) also rounds non-persistent buffers such as RoPE's inv_freq.
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+    model = auto.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
 
     g = torch.Generator().manual_seed(seed + 1)
-    prompts = []
-    for n in prompt_lengths:
+    prompts = seq2seq_reference(model, config, seed, prompt_lengths) if seq2seq else []
+    for n in () if seq2seq else prompt_lengths:
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
         with torch.no_grad():
             logits = model(ids).logits[0, -1].float()
@@ -110,18 +157,29 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
         prompts.append({"prompt_ids": ids[0].tolist(), "output_ids": new,
                         "last_logits": [float(x) for x in logits]})
     distinct = len({t for p in prompts for t in p["output_ids"]})
-    ref = {"name": name, "model_type": config.model_type, "greedy": "fresh" if fresh else "generate",
+    ref = {"name": name, "model_type": config.model_type, "greedy": "fresh" if fresh or seq2seq else "generate",
            "stored_dtype": str(store_dtype).split(".")[-1],
            "new_tokens": NEW_TOKENS, "distinct_output_tokens": distinct,
            "transformers": transformers.__version__, "torch": torch.__version__, "prompts": prompts}
+    if seq2seq:
+        ref["decoder_start_token_id"] = config.decoder_start_token_id
+        ref["relative_buckets"] = relative_buckets(config)
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f)
     size = sum(os.path.getsize(os.path.join(out, x)) for x in os.listdir(out))
     with open(os.path.join(out, "config.json")) as f:
-        print(f"{name} config: {f.read()}")
+        saved = f.read()
+        print(f"{name} config: {saved}")
+    assert json.loads(saved).get("tie_word_embeddings", True) == config.tie_word_embeddings, f"{name}: tying changed"
     print(f"{name}: {size/1e3:.0f} kB, files={sorted(os.listdir(out))}, distinct greedy tokens={distinct}")
-    assert distinct >= 6, f"{name}: greedy path too constant ({distinct} distinct tokens); raise std"
+    assert distinct >= min_distinct, f"{name}: greedy path too constant ({distinct} distinct tokens); raise std"
     return size
+
+
+def untied(config):
+    """transformers 5.17's T5Config drops tie_word_embeddings=False given to its constructor."""
+    config.tie_word_embeddings = False
+    return config
 
 
 def fixtures(common):
@@ -212,6 +270,24 @@ def fixtures(common):
         "bloom": (BloomConfig(vocab_size=VOCAB, hidden_size=96, n_layer=2, n_head=6, layer_norm_epsilon=1e-5,
                               hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
                               pad_token_id=3, tie_word_embeddings=True), torch.float32, 24, {"std": 0.25}),
+        # T5 v1.1 / T0pp: gated-GELU feed-forward, untied head, more decoder than encoder
+        # layers, 8 relative-position buckets up to distance 20, which the 25-token prompt
+        # passes (the logarithmic buckets).
+        "t5_v1_1": (untied(T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                    num_decoder_layers=3, num_heads=4, relative_attention_num_buckets=8,
+                                    relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+                                    dropout_rate=0.0, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
+                                    decoder_start_token_id=0)),
+                    torch.float32, 26, {"seq2seq": True, "prompt_lengths": (1, 5, 11, 25)}),
+        # The original T5: ReLU feed-forward, and the head tied to the embedding, whose
+        # output T5 scales by d_model^-0.5 (transformers 5 writes scale_decoder_outputs).
+        # Its random greedy paths settle on one token within a few steps at any std tried
+        # (0.15-0.5); the first-step logits over the whole vocabulary carry the test.
+        "t5_tied": (T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                             relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                             feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0,
+                             layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+                    torch.float32, 27, {"seq2seq": True, "std": 0.3}),
     }
 
 

@@ -9,7 +9,7 @@ namespace cascade::stage {
 // The registry: one entry per family, `X(f)` for the `const Family& f_family()` that
 // stage/families/<file>.cpp defines; the family's name() is its model_type.
 #define CASCADE_FAMILIES(X) \
-  X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe) X(phi3) X(bloom)
+  X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe) X(phi3) X(bloom) X(t5)
 
 #define CASCADE_DECLARE_FAMILY(f) const Family& f##_family();
 CASCADE_FAMILIES(CASCADE_DECLARE_FAMILY)
@@ -40,6 +40,16 @@ void ModuleSpec::add_linear(const std::string& prefix, int64_t out, int64_t in, 
 Int8Layout ModuleSpec::int8_layout(const std::string& tensor) const {
   const auto it = int8.find(tensor);
   return it == int8.end() ? Int8Layout::kNone : it->second;
+}
+
+ModuleSpec lm_head_spec(const ModelConfig& c, const storage::Checkpoint& ck, const std::string& embedding) {
+  if (!c.tie_word_embeddings && !ck.has("lm_head.weight")) {
+    throw storage::StorageError(ck.dir() +
+                                ": tensor 'lm_head.weight' is missing and config.json does not tie embeddings");
+  }
+  ModuleSpec head{"lm_head", ModuleKind::kLmHead, -1, {c.tie_word_embeddings ? embedding : "lm_head.weight"}, {}, {}};
+  head.cost.flops_per_token = 2.0 * static_cast<double>(c.vocab_size * c.hidden_size);
+  return head;
 }
 
 std::string transformer_prefix(const storage::Checkpoint& ck, const std::string& family, const std::string& probe) {

@@ -29,7 +29,10 @@ class Checkpoint;
 
 namespace cascade::stage {
 
-enum class ModuleKind { kEmbedding, kDecoderLayer, kFinalNorm, kLmHead };
+// kEncoderLayer / kEncoderNorm: the encoder stack of an encoder-decoder model (T5),
+// which runs once per request over its input and keeps no KV cache; the decoder
+// layers' cross-attention reads the encoder norm's output.
+enum class ModuleKind { kEmbedding, kEncoderLayer, kEncoderNorm, kDecoderLayer, kFinalNorm, kLmHead };
 
 // How LLM.int8 lays a quantizable weight out: nn.Linear weights are stored [out, in]
 // (kRows); GPT-2's Conv1D weights [in, out] and are quantized as their transpose.
@@ -45,9 +48,9 @@ struct ModuleCost {
 };
 
 struct ModuleSpec {
-  std::string name;  // "model.embed_tokens", "model.layers.3", "model.norm", "lm_head"
+  std::string name;  // hf_device_map's: "model.embed_tokens", "model.layers.3", "model.norm", "lm_head"
   ModuleKind kind = ModuleKind::kDecoderLayer;
-  int64_t layer = -1;                // decoder layer index, else -1
+  int64_t layer = -1;                // layer index within its stack (encoder or decoder), else -1
   std::vector<std::string> tensors;  // checkpoint tensor names it reads (tied ones included)
   // The weights LLM.int8 may quantize (2-D projections), and their layout.
   std::map<std::string, Int8Layout> int8;
@@ -113,6 +116,11 @@ class Family {
   virtual std::unique_ptr<Module> load(const ModuleSpec& spec, const ModelConfig& cfg,
                                        const WeightSource& weights) const = 0;
 };
+
+// The LM head's spec: "lm_head" reading `embedding` (e.g. "model.embed_tokens.weight")
+// when config.json ties embeddings, else lm_head.weight, which must then exist (throws
+// storage::StorageError naming it).
+ModuleSpec lm_head_spec(const ModelConfig& c, const storage::Checkpoint& ck, const std::string& embedding);
 
 // Where a checkpoint saved from a *ForCausalLM with base_model_prefix "transformer"
 // (GPT-2, Bloom) puts its tensors: "transformer." when it has "transformer.<probe>",

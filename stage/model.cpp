@@ -303,6 +303,8 @@ void Model::build_modules(const Placement& p) {
     TORCH_CHECK(b.ordinal < 0 || stream_, "streamed module ", i, " on a build without CUDA");
     stream_ordinal_.push_back(b.ordinal);
     modules_.push_back(family.load(spec, desc_.config, weights));
+    if (!modules_.back())
+      throw ModelConfigError(std::string(family.name()) + " has no module of the kind of '" + spec.name + "'");
     on_disk_.push_back(p.disk.count(i) > 0);
     if (opts_.progress) opts_.progress(b.done, p.total);
   }

@@ -51,6 +51,28 @@ TEST(PlanCli, GpusThisMachineLacksCanBePlannedForBySize) {
   EXPECT_GE(weights, storage::Checkpoint::open(test::fixture("llama_gqa"))->total_bytes());
 }
 
+// T5, as the seed's hf_device_map has it: the encoder on one GPU, the decoder's blocks
+// over another GPU and the CPU. Decoder blocks carry self- and cross-attention KV.
+TEST(PlanCli, AnEncoderAndItsDecoderCanSitOnDifferentDevices) {
+  int status = 0;
+  const std::string out = run("plan --model " + test::fixture("t5_v1_1") +
+                                  " --max-memory cuda:0=800KiB,cuda:1=1100KiB,cpu=4MiB --max-batch 2"
+                                  " --max-seq-len 64 --strategy sequential --json",
+                              &status);
+  ASSERT_EQ(status, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  const auto& map = j["device_map"];
+  for (const char* m : {"shared", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm"})
+    EXPECT_EQ(map[m], 0) << m;
+  EXPECT_EQ(map["decoder.block.0"], 1);
+  EXPECT_EQ(map["decoder.block.2"], "cpu");
+  EXPECT_EQ(map["lm_head"], "cpu");
+  // Two decoder blocks on cuda:1, each caching K and V of 4 heads x 16 for its own
+  // tokens and the encoder's: 2 slots x 64 tokens x 2 x 2 x 64 x 4 bytes = 128 KiB.
+  EXPECT_EQ(j["devices"]["cuda:1"]["kv"], 2 * 128 * 1024) << j["devices"].dump();
+  EXPECT_EQ(j["devices"]["cuda:0"]["kv"], 0);  // the encoder caches nothing
+}
+
 TEST(PlanCli, ReadableTableFromAConfigFile) {
   test::TempDir dir;
   test::write_file(dir.file("c.toml"), "[model]\npath = \"" + test::fixture("gpt2") +

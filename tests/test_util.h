@@ -22,17 +22,31 @@ namespace cascade::test {
 
 inline std::string fixture(const std::string& name) { return std::string(CASCADE_TEST_DATA) + "/" + name; }
 
-// Every model fixture: the folders of tests/data with a reference.json
-// (scripts/make_fixtures.py writes them), sorted by name. A new family's fixture is
-// picked up by every test that loops over them.
+// The folders of tests/data with a reference.json (scripts/make_fixtures.py writes
+// them) whose config.json says `is_encoder_decoder` (T5) or not, sorted by name.
+inline std::vector<std::string> fixtures_where(bool encoder_decoder) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(CASCADE_TEST_DATA)) {
+    if (!std::filesystem::exists(e.path() / "reference.json")) continue;
+    std::ifstream in(e.path() / "config.json");
+    if (nlohmann::json::parse(in).value("is_encoder_decoder", false) == encoder_decoder)
+      out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Every decoder-only model fixture. A new family's fixture is picked up by every test
+// that loops over them.
 inline const std::vector<std::string>& all_fixtures() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> out;
-    for (const auto& e : std::filesystem::directory_iterator(CASCADE_TEST_DATA))
-      if (std::filesystem::exists(e.path() / "reference.json")) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }();
+  static const std::vector<std::string> names = fixtures_where(false);
+  return names;
+}
+
+// The encoder-decoder fixtures (T5): their reference.json gives the encoder's input as
+// prompt_ids and the decoder's greedy tokens as output_ids.
+inline const std::vector<std::string>& seq2seq_fixtures() {
+  static const std::vector<std::string> names = fixtures_where(true);
   return names;
 }
 

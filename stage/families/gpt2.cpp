@@ -86,14 +86,7 @@ class Gpt2Family : public Family {
       m.push_back(std::move(s));
     }
     m.push_back({p + "ln_f", ModuleKind::kFinalNorm, -1, {p + "ln_f.weight", p + "ln_f.bias"}, {}, {}});
-    if (!c.tie_word_embeddings && !ck.has("lm_head.weight")) {
-      throw storage::StorageError(ck.dir() +
-                                  ": tensor 'lm_head.weight' is missing and config.json does not tie embeddings");
-    }
-    ModuleSpec head{
-        "lm_head", ModuleKind::kLmHead, -1, {c.tie_word_embeddings ? p + "wte.weight" : "lm_head.weight"}, {}, {}};
-    head.cost.flops_per_token = 2.0 * static_cast<double>(c.vocab_size * c.hidden_size);
-    m.push_back(std::move(head));
+    m.push_back(lm_head_spec(c, ck, p + "wte.weight"));
     return m;
   }
 
@@ -118,6 +111,9 @@ class Gpt2Family : public Family {
         return std::make_unique<NormModule>(layer_norm(s.name));
       case ModuleKind::kLmHead:
         return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}));
+      case ModuleKind::kEncoderLayer:
+      case ModuleKind::kEncoderNorm:
+        break;  // a decoder-only model lists none
     }
     return nullptr;
   }

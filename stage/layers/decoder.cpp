@@ -56,15 +56,7 @@ std::vector<ModuleSpec> decoder_modules(const DecoderRecipe& r, const ModelConfi
   ModuleSpec final_norm{"model.norm", ModuleKind::kFinalNorm, -1, {}, {}, {}};
   norm_tensors(&final_norm, "model.norm");
   m.push_back(std::move(final_norm));
-  if (!c.tie_word_embeddings && !ck.has("lm_head.weight")) {
-    throw storage::StorageError(ck.dir() +
-                                ": tensor 'lm_head.weight' is missing and config.json does not tie embeddings");
-  }
-  ModuleSpec head{"lm_head", ModuleKind::kLmHead,
-                  -1,        {c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"},
-                  {},        {}};
-  head.cost.flops_per_token = 2.0 * static_cast<double>(c.vocab_size * H);
-  m.push_back(std::move(head));
+  m.push_back(lm_head_spec(c, ck, "model.embed_tokens.weight"));
   return m;
 }
 
@@ -95,6 +87,9 @@ std::unique_ptr<Module> decoder_load(const DecoderRecipe& r, const ModuleSpec& s
       return std::make_unique<NormModule>(norm("model.norm"));
     case ModuleKind::kLmHead:
       return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}), r.logit_softcap);
+    case ModuleKind::kEncoderLayer:
+    case ModuleKind::kEncoderNorm:
+      break;  // a decoder-only model lists none
   }
   return nullptr;
 }
