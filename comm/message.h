@@ -60,6 +60,9 @@ struct SeqEntry {
   // Length the sequence reaches when this prefill (all its chunks) ends, which
   // length-dependent RoPE decides by; 0 = start_pos + n_tokens.
   int64_t seq_len = 0;
+  // The LM head's logits at every token of this entry (prompt logprobs), not only its
+  // last: a recompute's tokens were scored when they were first run.
+  bool all_logits() const { return sampling.prompt_logprobs && !recompute; }
   bool operator==(const SeqEntry& o) const {
     return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && sampling == o.sampling &&
            sample == o.sample && forks == o.forks && recompute == o.recompute && seq_len == o.seq_len;

@@ -8,8 +8,7 @@ namespace cascade::stage {
 
 Batch batch_of(const comm::StepHeader& h) {
   Batch b;
-  for (const auto& s : h.seqs)
-    b.seqs.push_back({s.slot, s.start_pos, s.n_tokens, s.sampling.prompt_logprobs && !s.recompute, s.seq_len});
+  for (const auto& s : h.seqs) b.seqs.push_back({s.slot, s.start_pos, s.n_tokens, s.all_logits(), s.seq_len});
   return b;
 }
 
@@ -82,7 +81,7 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
   for (size_t i = 0; i < h.seqs.size(); ++i) {
     const comm::SeqEntry& s = h.seqs[i];
     const SamplingParams& p = s.sampling;
-    const int64_t n_rows = p.prompt_logprobs && !s.recompute ? s.n_tokens : 1;
+    const int64_t n_rows = s.all_logits() ? s.n_tokens : 1;
     const int64_t* ids = h.ids.empty() ? nullptr : h.ids.data() + tok;
     if (s.start_pos == 0 && !s.recompute) {  // a new sequence in this slot
       samplers_.erase(s.slot);
