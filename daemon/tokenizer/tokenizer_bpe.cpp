@@ -203,37 +203,6 @@ class DecByteLevel : public Decoder {
     }
     t = {lossy_utf8(bytes)};
   }
-
-  // String::from_utf8_lossy: each maximal invalid sequence becomes U+FFFD.
-  static std::string lossy_utf8(const std::string& b) {
-    std::string out;
-    for (size_t i = 0; i < b.size();) {
-      const unsigned char c = static_cast<unsigned char>(b[i]);
-      size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-      size_t ok = 0;
-      if (n == 1) {
-        ok = 1;
-      } else if (n > 1) {
-        ok = 1;
-        while (ok < n && i + ok < b.size() && (static_cast<unsigned char>(b[i + ok]) & 0xC0) == 0x80) ++ok;
-        // Reject overlongs and surrogates the way Rust does by checking the second byte's range.
-        const unsigned char c1 = i + 1 < b.size() ? static_cast<unsigned char>(b[i + 1]) : 0;
-        if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
-            (c == 0xF4 && c1 > 0x8F) || c == 0xC0 || c == 0xC1 || c > 0xF4) {
-          ok = 1;
-          n = 0;
-        }
-      }
-      if (n > 0 && ok == n) {
-        out.append(b, i, n);
-        i += n;
-      } else {
-        out += "\xEF\xBF\xBD";
-        i += std::max<size_t>(ok, 1);
-      }
-    }
-    return out;
-  }
 };
 
 class DecReplace : public Decoder {
@@ -297,7 +266,6 @@ class DecByteFallback : public Decoder {
     flush();
     t = std::move(out);
   }
-  static bool valid_utf8(const std::string& b) { return DecByteLevel::lossy_utf8(b) == b; }
 };
 
 class DecFuse : public Decoder {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -155,5 +156,9 @@ std::string component_type(const nlohmann::json& j, const char* what);
 size_t utf8_len(unsigned char lead);
 uint32_t utf8_decode(const std::string& s, size_t i, size_t* len);
 std::string utf8_encode(uint32_t cp);
+// Rust's String::from_utf8_lossy: each maximal invalid sequence (overlongs and
+// surrogates included) becomes U+FFFD; valid_utf8: what Rust's String::from_utf8 accepts.
+std::string lossy_utf8(std::string_view b);
+bool valid_utf8(std::string_view b);
 
 }  // namespace cascade::daemon::tok

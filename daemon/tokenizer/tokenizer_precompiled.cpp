@@ -17,18 +17,6 @@
 namespace cascade::daemon::tok {
 namespace {
 
-bool valid_utf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const size_t n = utf8_len(c);
-    if ((c & 0xC0) == 0x80 || c >= 0xF8 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    i += n;
-  }
-  return true;
-}
-
 class Precompiled : public Normalizer {
  public:
   explicit Precompiled(const nlohmann::json& j) {

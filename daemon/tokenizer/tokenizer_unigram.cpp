@@ -81,36 +81,38 @@ void Unigram::tokenize(const std::string& word, std::vector<int64_t>* out) const
     if (!single) offer(start + mblen, start, unk_, unk_score_);
     start += mblen;
   }
-  // Back from the end; runs of <unk> become one piece of text.
-  std::vector<std::string> pieces;
+  // Back from the end. A piece's id is its node's (sorted_ holds ids_'s ids, so the
+  // last id of a repeated piece, as HF's lookup by text gives); runs of <unk> fuse into
+  // one piece of text, which is looked up, else spelled in bytes, else <unk>.
+  std::vector<int64_t> ids;
   std::string unk_run;
+  auto flush_unk = [&] {
+    if (unk_run.empty()) return;
+    const auto id = ids_.find(unk_run);
+    bool bytes = byte_fallback_;
+    for (unsigned char c : unk_run) bytes = bytes && byte_ids_[c] >= 0;
+    if (id != ids_.end()) {
+      ids.push_back(id->second);
+    } else if (bytes) {
+      for (auto c = unk_run.rbegin(); c != unk_run.rend(); ++c)
+        ids.push_back(byte_ids_[static_cast<unsigned char>(*c)]);
+    } else {
+      ids.push_back(unk_);
+    }
+    unk_run.clear();
+  };
   for (size_t end = n; end > 0;) {
     const Best& b = best[end];
-    const std::string text = word.substr(b.start, end - b.start);
     if (b.id == unk_) {
-      unk_run = text + unk_run;
+      unk_run.insert(0, word, b.start, end - b.start);
     } else {
-      if (!unk_run.empty()) pieces.push_back(std::move(unk_run));
-      unk_run.clear();
-      pieces.push_back(text);
+      flush_unk();
+      ids.push_back(b.id);
     }
     end = b.start;
   }
-  if (!unk_run.empty()) pieces.push_back(std::move(unk_run));
-  for (auto it = pieces.rbegin(); it != pieces.rend(); ++it) {
-    const auto id = ids_.find(*it);
-    if (id != ids_.end()) {
-      out->push_back(id->second);
-      continue;
-    }
-    bool all = byte_fallback_;
-    for (unsigned char c : *it) all = all && byte_ids_[c] >= 0;
-    if (all) {
-      for (unsigned char c : *it) out->push_back(byte_ids_[c]);
-    } else {
-      out->push_back(unk_);
-    }
-  }
+  flush_unk();
+  out->insert(out->end(), ids.rbegin(), ids.rend());
 }
 
 }  // namespace cascade::daemon::tok

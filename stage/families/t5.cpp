@@ -101,7 +101,7 @@ ModuleSpec block_spec(const ModelConfig& c, const T5Shape& t, bool decoder, int6
   auto norm = [&] { s.tensors.push_back(b + std::to_string(sub) + ".layer_norm.weight"); };
   norm();
   Attention::declare(&s, attention_spec(c), b + std::to_string(sub) + ".SelfAttention.", kAttention);
-  RelativeBias::declare(&s, t.bias, stack + ".block.0.layer.0.SelfAttention.relative_attention_bias");
+  RelativeBias::declare(&s, stack + ".block.0.layer.0.SelfAttention.relative_attention_bias");
   if (decoder) {
     ++sub;
     norm();

@@ -29,10 +29,7 @@ at::Tensor relative_position_bucket(const at::Tensor& rel, bool bidirectional, i
   return buckets + at::where(dist.lt(max_exact), dist, large);
 }
 
-void RelativeBias::declare(ModuleSpec* s, const RelativeBiasSpec& spec, const std::string& prefix) {
-  (void)spec;
-  s->tensors.push_back(prefix + ".weight");
-}
+void RelativeBias::declare(ModuleSpec* s, const std::string& prefix) { s->tensors.push_back(prefix + ".weight"); }
 
 RelativeBias RelativeBias::load(const RelativeBiasSpec& spec, const WeightSource& W, const std::string& prefix) {
   return {spec, W(prefix + ".weight", {spec.num_buckets, spec.heads})};

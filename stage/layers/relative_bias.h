@@ -33,7 +33,7 @@ struct RelativeBias {
   at::Tensor table;  // [num_buckets, heads]: `prefix`.weight, an nn.Embedding
 
   // Adds the table's tensor and size to `s` (it is tiny; no FLOPs worth counting).
-  static void declare(ModuleSpec* s, const RelativeBiasSpec& spec, const std::string& prefix);
+  static void declare(ModuleSpec* s, const std::string& prefix);
   static RelativeBias load(const RelativeBiasSpec& spec, const WeightSource& W, const std::string& prefix);
 
   // q_pos [q], k_pos [k] int64 (on the table's device) -> bias [heads, q, k] in the
