@@ -91,6 +91,12 @@ SamplingParams get_sampling(Reader& r) {
 
 }  // namespace
 
+std::vector<int64_t> prefill_tokens(const std::vector<int64_t>& prompt, int64_t decoder_start) {
+  std::vector<int64_t> t = prompt;
+  if (decoder_start >= 0) t.push_back(decoder_start);
+  return t;
+}
+
 std::vector<uint8_t> encode(const StepHeader& h) {
   Writer w;
   w.put(kWireMagic);
@@ -108,6 +114,7 @@ std::vector<uint8_t> encode(const StepHeader& h) {
     put_sampling(w, s.sampling);
     w.put(static_cast<uint8_t>((s.sample ? 1 : 0) | (s.recompute ? 2 : 0)));
     w.put(s.seq_len);
+    w.put(s.context);
     w.put(static_cast<uint32_t>(s.forks.size()));
     for (const auto& [slot, seed] : s.forks) {
       w.put(slot);
@@ -151,6 +158,8 @@ StepHeader decode_step(const uint8_t* data, size_t size) {
     s.sample = (bits & 1) != 0;
     s.recompute = (bits & 2) != 0;
     s.seq_len = r.get<int64_t>("seq_len");
+    s.context = r.get<int64_t>("context");
+    if (s.context < 0) throw CommError("step header has a negative encoder context " + std::to_string(s.context));
     const uint32_t forks = count(r, "forks", kMaxSeqs);
     for (uint32_t f = 0; f < forks; ++f) {
       const int64_t slot = r.get<int64_t>("fork slot");

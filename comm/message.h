@@ -19,7 +19,7 @@ class CommError : public std::runtime_error {
 };
 
 constexpr uint32_t kWireMagic = 0x43534344;  // "DCSC"
-constexpr uint16_t kWireVersion = 4;
+constexpr uint16_t kWireVersion = 5;
 
 // Prefill/decode steps carry ids or hidden states down the route; the last stage
 // answers with a kResult: the sampled ids [rows] int64, one row per sequence in order,
@@ -60,12 +60,17 @@ struct SeqEntry {
   // Length the sequence reaches when this prefill (all its chunks) ends, which
   // length-dependent RoPE decides by; 0 = start_pos + n_tokens.
   int64_t seq_len = 0;
+  // Encoder-decoder models: the sequence's positions [0, context) are its encoder input
+  // (the prompt), which its first prefill carries whole, followed by the decoder's
+  // start token; every step of the sequence carries the same context. 0: decoder-only.
+  int64_t context = 0;
   // The LM head's logits at every token of this entry (prompt logprobs), not only its
   // last: a recompute's tokens were scored when they were first run.
   bool all_logits() const { return sampling.prompt_logprobs && !recompute; }
   bool operator==(const SeqEntry& o) const {
     return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && sampling == o.sampling &&
-           sample == o.sample && forks == o.forks && recompute == o.recompute && seq_len == o.seq_len;
+           sample == o.sample && forks == o.forks && recompute == o.recompute && seq_len == o.seq_len &&
+           context == o.context;
   }
 };
 
@@ -91,6 +96,10 @@ struct StepHeader {
            shape == o.shape && dtype == o.dtype && ids == o.ids;
   }
 };
+
+// The tokens a sequence's prefill runs: its prompt, then, for an encoder-decoder model
+// (decoder_start >= 0), the decoder's start token (SeqEntry::context = the prompt's length).
+std::vector<int64_t> prefill_tokens(const std::vector<int64_t>& prompt, int64_t decoder_start);
 
 std::vector<uint8_t> encode(const StepHeader& h);
 // Throws CommError naming what is wrong: magic, version (both numbers), truncation.

@@ -68,7 +68,11 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
   const int64_t redo_at = cfg.rope.recompute_at();
   const size_t n = opts.prompts.size();
   std::vector<GenerateResult> results(n);
-  for (size_t i = 0; i < n; ++i) results[i].prompt_ids = opts.prompts[i];
+  std::vector<std::vector<int64_t>> prefill(n);  // what the stages run for each prompt
+  for (size_t i = 0; i < n; ++i) {
+    results[i].prompt_ids = opts.prompts[i];
+    prefill[i] = comm::prefill_tokens(opts.prompts[i], cfg.decoder_start_token_id);
+  }
   auto is_eos = [&](int64_t t) {
     return opts.stop_at_eos && std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end();
   };
@@ -78,6 +82,7 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     e.start_pos = pos;
     e.n_tokens = len;
     e.sampling = opts.sampling;
+    if (cfg.encoder_decoder()) e.context = static_cast<int64_t>(opts.prompts[i].size());
     return e;
   };
 
@@ -88,8 +93,8 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
   std::vector<int64_t> ids;
   std::vector<size_t> active;
   for (size_t i = 0; i < n; ++i) {
-    h.seqs.push_back(entry(i, 0, static_cast<int64_t>(opts.prompts[i].size())));
-    ids.insert(ids.end(), opts.prompts[i].begin(), opts.prompts[i].end());
+    h.seqs.push_back(entry(i, 0, static_cast<int64_t>(prefill[i].size())));
+    ids.insert(ids.end(), prefill[i].begin(), prefill[i].end());
     active.push_back(i);
   }
   if (opts.sampling.needs_prompt()) h.ids = ids;
@@ -124,12 +129,12 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     ids.clear();
     for (size_t i : active) {
       const GenerateResult& g = results[i];
-      const int64_t pos = static_cast<int64_t>(g.prompt_ids.size() + g.output_ids.size()) - 1;
+      const int64_t pos = static_cast<int64_t>(prefill[i].size() + g.output_ids.size()) - 1;
       if (redo_at > 0 && pos == redo_at) {  // re-run every token, as transformers' Phi-3 does
         h.seqs.push_back(entry(i, 0, pos + 1));
         h.seqs.back().recompute = true;
         h.kind = comm::StepKind::kPrefill;
-        ids.insert(ids.end(), g.prompt_ids.begin(), g.prompt_ids.end());
+        ids.insert(ids.end(), prefill[i].begin(), prefill[i].end());
         ids.insert(ids.end(), g.output_ids.begin(), g.output_ids.end());
         continue;
       }
@@ -206,17 +211,25 @@ std::vector<GenerateResult> run_scheduled(std::shared_ptr<Executor> ex, const Ge
   return results;
 }
 
-void check_prompts(const GenerateOptions& opts, int64_t vocab, int64_t slots, int64_t max_seq_len) {
+// Positions a prompt of `n` tokens fills when it generates max_new_tokens (an
+// encoder-decoder model's decoder start token takes one more).
+int64_t positions_needed(const GenerateOptions& opts, const stage::ModelConfig& cfg, size_t n) {
+  return static_cast<int64_t>(n) + (cfg.encoder_decoder() ? 1 : 0) + opts.max_new_tokens;
+}
+
+void check_prompts(const GenerateOptions& opts, const stage::ModelConfig& cfg, int64_t slots, int64_t max_seq_len) {
+  const int64_t vocab = cfg.vocab_size;
   if (static_cast<int64_t>(opts.prompts.size()) > slots) {
     throw std::invalid_argument(std::to_string(opts.prompts.size()) + " prompts need as many KV slots, but " +
                                 "runtime.max_batch is " + std::to_string(slots));
   }
   for (const auto& p : opts.prompts) {
     if (p.empty()) throw std::invalid_argument("a prompt has no tokens");
-    if (static_cast<int64_t>(p.size()) + opts.max_new_tokens > max_seq_len) {
+    if (positions_needed(opts, cfg, p.size()) > max_seq_len) {
       throw std::invalid_argument("a prompt of " + std::to_string(p.size()) + " tokens plus " +
-                                  std::to_string(opts.max_new_tokens) + " new tokens exceeds max_seq_len " +
-                                  std::to_string(max_seq_len));
+                                  std::to_string(opts.max_new_tokens) + " new tokens" +
+                                  (cfg.encoder_decoder() ? " (and the decoder's start token)" : "") +
+                                  " exceeds max_seq_len " + std::to_string(max_seq_len));
     }
     for (int64_t id : p) {
       if (id >= vocab) {
@@ -258,7 +271,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   stage::ModelConfig cfg;
   if (run) {
     cfg = run->description.config;
-    check_prompts(opts, cfg.vocab_size, run->config.runtime.max_batch, run->config.runtime.max_seq_len);
+    check_prompts(opts, cfg, run->config.runtime.max_batch, run->config.runtime.max_seq_len);
     started = start_stages(std::move(*run), log);
     ex = started->cluster;
   } else {
@@ -271,9 +284,9 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
     lo.runtime.max_batch = static_cast<int>(opts.prompts.size());
     lo.quantization.mode = opts.quantization;
     int64_t longest = 0;
-    for (const auto& p : opts.prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
-    lo.runtime.max_seq_len = static_cast<int>(longest + opts.max_new_tokens);
-    check_prompts(opts, cfg.vocab_size, lo.runtime.max_batch, lo.runtime.max_seq_len);
+    for (const auto& p : opts.prompts) longest = std::max(longest, positions_needed(opts, cfg, p.size()));
+    lo.runtime.max_seq_len = static_cast<int>(longest);
+    check_prompts(opts, cfg, lo.runtime.max_batch, lo.runtime.max_seq_len);
     auto model = stage::Model::load(ck, lo, std::move(d));
     log << std::fixed << std::setprecision(3) << "cascade: loaded " << cfg.model_type << " (" << cfg.num_layers
         << " layers, " << config::format_bytes(model->weight_bytes()) << " as " << storage::dtype_name(lo.dtype)

@@ -13,7 +13,11 @@ namespace cascade::daemon {
 using Clock = std::chrono::steady_clock;
 
 struct Scheduler::Seq {
-  Job job;            // choice i > 0: request.sampling.seed is the request's + i
+  Job job;  // choice i > 0: request.sampling.seed is the request's + i
+  // What its prefill runs (comm::prefill_tokens): the prompt, and an encoder-decoder
+  // model's start token, after `context` encoder tokens (comm::SeqEntry::context).
+  std::vector<int64_t> prompt;
+  int64_t context = 0;
   int64_t index = 0;  // choice
   int64_t slot = 0;
   uint64_t gen = 0;
@@ -24,7 +28,7 @@ struct Scheduler::Seq {
   bool waiting = false;                                 // a step whose sampled token it needs is in flight
   bool awaiting_fork = false;                           // choice > 0 before choice 0's prompt ends
   std::vector<std::pair<int64_t, uint64_t>> followers;  // choice 0: (slot, gen) of choices 1..n-1
-  bool prefilled() const { return prefill_pos >= static_cast<int64_t>(job.request.prompt_ids.size()); }
+  bool prefilled() const { return prefill_pos >= static_cast<int64_t>(prompt.size()); }
   std::vector<int64_t> out;                                  // generated ids
   std::vector<stage::TokenScore> logprobs, prompt_logprobs;  // when the request asks for them
   bool prompt_sent = false;                                  // prompt_logprobs went out with the first delta
@@ -111,6 +115,8 @@ void Scheduler::admit() {
       seq->gen = ++generation_;
       seq->admitted = Clock::now();
       seq->awaiting_fork = i > 0;
+      seq->prompt = comm::prefill_tokens(job.request.prompt_ids, opts_.decoder_start);
+      if (opts_.decoder_start >= 0) seq->context = static_cast<int64_t>(job.request.prompt_ids.size());
       std::vector<int> size(static_cast<size_t>(std::max(1, opts_.microbatches)), 0);
       for (const auto& o : slots_)
         if (o) ++size[static_cast<size_t>(o->group)];
@@ -237,15 +243,18 @@ bool Scheduler::issue() {
       comm::SeqEntry e;
       e.slot = s.slot;
       e.sampling = r.sampling;
+      e.context = s.context;
       if (r.sampling.needs_prompt()) carry_ids = true;
       if (r.sampling.logprobs >= 0) h.flags |= comm::kStepWantLogprobs;
       if (!s.prefilled()) {
-        const int64_t n = static_cast<int64_t>(r.prompt_ids.size());
-        const int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
+        const int64_t n = static_cast<int64_t>(s.prompt.size());
+        int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
+        // The encoder reads its whole input at once: the first chunk holds all of it.
+        if (s.prefill_pos < s.context) chunk = std::max(chunk, std::min(n, s.context + 1) - s.prefill_pos);
         e.start_pos = s.prefill_pos;
         e.n_tokens = chunk;
         e.seq_len = n;
-        ids.insert(ids.end(), r.prompt_ids.begin() + s.prefill_pos, r.prompt_ids.begin() + s.prefill_pos + chunk);
+        ids.insert(ids.end(), s.prompt.begin() + s.prefill_pos, s.prompt.begin() + s.prefill_pos + chunk);
         s.prefill_pos += chunk;
         e.sample = s.prefilled();  // only the prompt's last chunk yields a token
         s.waiting = e.sample;
@@ -281,19 +290,17 @@ bool Scheduler::issue() {
   return false;
 }
 
-int64_t Scheduler::decode_pos(const Seq& s) {
-  return static_cast<int64_t>(s.job.request.prompt_ids.size() + s.out.size()) - 1;
-}
+int64_t Scheduler::decode_pos(const Seq& s) { return static_cast<int64_t>(s.prompt.size() + s.out.size()) - 1; }
 
 // The next chunk of re-running the sequence's tokens (prompt, then generated) from
 // position 0, as transformers' Phi-3 does when a sequence outgrows its original
 // context; its last chunk samples the next token.
 void Scheduler::add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& ids) {
-  const auto& prompt = s.job.request.prompt_ids;
+  const auto& prompt = s.prompt;
   const int64_t total = decode_pos(s) + 1;
   if (s.redo_pos < 0) s.redo_pos = 0;
-  const int64_t chunk =
-      opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, total - s.redo_pos) : total - s.redo_pos;
+  int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, total - s.redo_pos) : total - s.redo_pos;
+  if (s.redo_pos < s.context) chunk = std::max(chunk, std::min(total, s.context + 1) - s.redo_pos);
   for (int64_t p = s.redo_pos; p < s.redo_pos + chunk; ++p) {
     const auto i = static_cast<size_t>(p);
     ids.push_back(i < prompt.size() ? prompt[i] : s.out[i - prompt.size()]);
@@ -315,7 +322,7 @@ void Scheduler::add_forks(Seq& leader, comm::SeqEntry& e, InFlight& f, size_t le
     if (!fs || fs->gen != gen || !fs->awaiting_fork) continue;  // cancelled meanwhile
     e.forks.push_back({slot, fs->job.request.sampling.seed});
     fs->awaiting_fork = false;
-    fs->prefill_pos = static_cast<int64_t>(fs->job.request.prompt_ids.size());
+    fs->prefill_pos = static_cast<int64_t>(fs->prompt.size());
     fs->waiting = true;
     ++fs->in_flight;
     f.seqs.push_back({slot, gen});
@@ -343,7 +350,7 @@ void Scheduler::take_logprobs(const StepOutput& res, const InFlight& f) {
     sc.logprob = d[3];
     for (int64_t i = 0; i < k && d[4 + 2 * i] >= 0; ++i)
       sc.top.emplace_back(static_cast<int64_t>(d[4 + 2 * i]), d[5 + 2 * i]);
-    const bool in_prompt = static_cast<int64_t>(d[1]) < static_cast<int64_t>(sp->job.request.prompt_ids.size());
+    const bool in_prompt = static_cast<int64_t>(d[1]) < static_cast<int64_t>(sp->prompt.size());
     (in_prompt ? prompt : sampled)[row].push_back(std::move(sc));
   }
   for (size_t row = 0; row < f.seqs.size(); ++row) {
@@ -393,7 +400,7 @@ void Scheduler::collect() {
     if (s.decoder) s.text += s.decoder->push(t);
 #endif
     const bool length = static_cast<int64_t>(s.out.size()) >= s.job.request.max_tokens ||
-                        static_cast<int64_t>(s.job.request.prompt_ids.size() + s.out.size()) >= ex_->max_seq_len();
+                        static_cast<int64_t>(s.prompt.size() + s.out.size()) >= ex_->max_seq_len();
     const bool final = eos || length;
 #ifdef CASCADE_WITH_TOKENIZER
     if (final && s.decoder) s.text += s.decoder->flush();

@@ -75,6 +75,9 @@ struct SchedulerOptions {
   // A decoding sequence about to feed this position is re-prefilled from its tokens
   // first (stage::RopeConfig::recompute_at); 0 = never.
   int64_t recompute_at = 0;
+  // >= 0: an encoder-decoder model; a prompt is the encoder's input and the decoder
+  // starts from this token (stage::ModelConfig::decoder_start_token_id).
+  int64_t decoder_start = -1;
   std::function<std::vector<double>()> stage_busy;  // for metrics; may be empty
   std::vector<std::string> stage_labels;
 };

@@ -19,6 +19,7 @@ SchedulerOptions scheduler_options(const Started& s, config::Mode mode) {
   set_mode(&o, mode, rt, s.stages());
   o.eos_ids = s.run.description.config.eos_token_ids;
   o.recompute_at = s.run.description.config.rope.recompute_at();
+  o.decoder_start = s.run.description.config.decoder_start_token_id;
   o.stage_busy = [c = s.cluster] { return c->stage_busy(); };
   o.stage_labels.assign(s.cluster->labels().begin() + 1, s.cluster->labels().end());
   return o;

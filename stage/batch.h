@@ -17,6 +17,9 @@ struct SeqSlice {
   int64_t n_tokens = 0;     // tokens of this sequence in the step
   bool all_logits = false;  // the LM head returns logits at every token, not only the last (echo's logprobs)
   int64_t seq_len = 0;      // length the sequence reaches at the end of this prefill; 0 = start_pos + n_tokens
+  // Encoder-decoder models: positions [0, context) are the sequence's encoder input
+  // (comm::SeqEntry::context), its decoder tokens follow; 0 = decoder-only.
+  int64_t context = 0;
   // What length-dependent RoPE (dynamic, longrope) decides by: a prompt prefilled in
   // chunks counts as long as the whole prompt, as transformers sees it in one piece.
   int64_t length() const { return std::max(seq_len, start_pos + n_tokens); }

@@ -69,9 +69,7 @@ DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t
 at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods) {
   using at::indexing::Slice;
-  const auto it = layers_.find(layer);
-  TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
-  Layer& c = it->second;
+  Layer& c = this->layer(layer);
   const int64_t B = q.size(0), heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
   TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
   TORCH_CHECK(d.slots.size(0) == B, "decode index has ", d.slots.size(0), " sequences, the step ", B);
@@ -107,21 +105,14 @@ uint64_t KvCache::bytes() const {
 
 at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const Batch& batch, double scale, int64_t window, const ScoreMods& mods) {
-  const auto it = layers_.find(layer);
-  TORCH_CHECK(it != layers_.end(), "layer ", layer, " has no KV cache on this stage");
-  Layer& c = it->second;
+  Layer& c = this->layer(layer);
   const int64_t heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
   TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
   at::Tensor out = at::empty({q.size(0), heads, head_dim}, q.options());
   int64_t row = 0;
   for (const SeqSlice& s : batch.seqs) {
     const int64_t n = s.n_tokens, len = s.start_pos + n;
-    TORCH_CHECK(s.slot >= 0 && s.slot < slots_, "KV slot ", s.slot, " out of range [0, ", slots_, ")");
-    TORCH_CHECK(len <= max_seq_len_, "sequence in slot ", s.slot, " would reach ", len, " tokens, past max_seq_len ",
-                max_seq_len_);
-    // [kv_heads, n, head_dim] into positions [start, start + n) of the slot.
-    c.k[s.slot].narrow(1, s.start_pos, n).copy_(k.narrow(0, row, n).transpose(0, 1));
-    c.v[s.slot].narrow(1, s.start_pos, n).copy_(v.narrow(0, row, n).transpose(0, 1));
+    store(layer, s.slot, s.start_pos, k.narrow(0, row, n), v.narrow(0, row, n));
     if (n == 1 && q.device().is_cpu()) {  // one call instead of a dozen ATen ones (cpu_attention.h)
       at::Tensor o = out[row];
       if (cpu_decode_attention(q[row].contiguous(), c.k[s.slot], c.v[s.slot], len,
@@ -150,6 +141,31 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
     row += n;
   }
   return out.view({q.size(0), heads * head_dim});
+}
+
+KvCache::Layer& KvCache::layer(int64_t l) {
+  const auto it = layers_.find(l);
+  TORCH_CHECK(it != layers_.end(), "layer ", l, " has no KV cache on this stage");
+  return it->second;
+}
+
+void KvCache::store(int64_t layer, int64_t slot, int64_t pos, const at::Tensor& k, const at::Tensor& v) {
+  Layer& c = this->layer(layer);
+  const int64_t n = k.size(0);
+  TORCH_CHECK(slot >= 0 && slot < slots_, "KV slot ", slot, " out of range [0, ", slots_, ")");
+  TORCH_CHECK(pos >= 0 && pos + n <= max_seq_len_, "sequence in slot ", slot, " would reach ", pos + n,
+              " tokens, past max_seq_len ", max_seq_len_);
+  // [n, kv_heads, head_dim] -> [kv_heads, n, head_dim] at positions [pos, pos + n).
+  c.k[slot].narrow(1, pos, n).copy_(k.transpose(0, 1));
+  c.v[slot].narrow(1, pos, n).copy_(v.transpose(0, 1));
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::read(int64_t layer, int64_t slot, int64_t from, int64_t to) {
+  Layer& c = this->layer(layer);
+  TORCH_CHECK(slot >= 0 && slot < slots_, "KV slot ", slot, " out of range [0, ", slots_, ")");
+  TORCH_CHECK(from >= 0 && from <= to && to <= max_seq_len_, "KV positions [", from, ", ", to, ") outside [0, ",
+              max_seq_len_, ")");
+  return {c.k[slot].narrow(1, from, to - from), c.v[slot].narrow(1, from, to - from)};
 }
 
 void KvCache::copy_prefix(int64_t layer, int64_t from, int64_t to, int64_t n) {

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "stage/batch.h"
@@ -67,6 +68,13 @@ class KvCache {
   at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
 
+  // For layers that attend by themselves (T5's: a relative bias on the scores, and
+  // cross-attention keys in the slot's first positions, stage/layers/seq2seq.h):
+  // store() writes k/v [n, kv_heads, head_dim] at positions [pos, pos + n) of `slot`;
+  // read() returns views [kv_heads, to - from, head_dim] of positions [from, to).
+  void store(int64_t layer, int64_t slot, int64_t pos, const at::Tensor& k, const at::Tensor& v);
+  std::pair<at::Tensor, at::Tensor> read(int64_t layer, int64_t slot, int64_t from, int64_t to);
+
   // Copies positions [0, n) of `layer`'s keys and values from slot `from` to slot `to`
   // (n > 1 sequences that share a prompt: stage/runner.h).
   void copy_prefix(int64_t layer, int64_t from, int64_t to, int64_t n);
@@ -81,6 +89,7 @@ class KvCache {
     at::Tensor k;  // [slots, kv_heads, max_seq_len, head_dim]
     at::Tensor v;
   };
+  Layer& layer(int64_t l);  // throws naming a layer this stage does not hold
   std::map<int64_t, Layer> layers_;
   at::Tensor counters_;  // [2 * rows * kv_heads] int32 zeros on a GPU: the decode kernel's split counters
   int64_t slots_ = 0;

@@ -63,6 +63,10 @@ struct ModelConfig {
   int64_t sliding_window = 0;  // 0 = full attention
   RopeConfig rope;
   std::vector<int64_t> eos_token_ids;
+  // >= 0: an encoder-decoder model (T5), whose decoder starts from this token after the
+  // encoder has read the prompt (comm::prefill_tokens); -1: decoder-only.
+  int64_t decoder_start_token_id = -1;
+  bool encoder_decoder() const { return decoder_start_token_id >= 0; }
   // config.json as read: keys that only one family uses stay here, read by that family
   // (e.g. gpt2's scale_attn_by_inverse_layer_idx), rather than becoming fields.
   nlohmann::json json;

@@ -8,7 +8,8 @@ namespace cascade::stage {
 
 Batch batch_of(const comm::StepHeader& h) {
   Batch b;
-  for (const auto& s : h.seqs) b.seqs.push_back({s.slot, s.start_pos, s.n_tokens, s.all_logits(), s.seq_len});
+  for (const auto& s : h.seqs)
+    b.seqs.push_back({s.slot, s.start_pos, s.n_tokens, s.all_logits(), s.seq_len, s.context});
   return b;
 }
 
@@ -22,6 +23,11 @@ at::Tensor StepRunner::run(const comm::StepHeader& h, const at::Tensor& input, i
     TORCH_CHECK(s.start_pos >= 0 && s.n_tokens >= 1 && s.start_pos + s.n_tokens <= model_->kv_cache().max_seq_len(),
                 "step ", h.step_id, ": positions [", s.start_pos, ", ", s.start_pos + s.n_tokens,
                 ") do not fit max_seq_len ", model_->kv_cache().max_seq_len());
+    const bool seq2seq = model_->config().encoder_decoder();
+    TORCH_CHECK(seq2seq ? s.context >= 1 : s.context == 0, "step ", h.step_id, ": slot ", s.slot, " has context ",
+                s.context,
+                seq2seq ? ", but an encoder-decoder model needs its encoder input (context >= 1)"
+                        : ", but a decoder-only model has no encoder input");
     for (const auto& f : s.forks)
       TORCH_CHECK(f.first >= 0 && f.first < slots && f.first != s.slot, "step ", h.step_id, ": fork slot ", f.first,
                   " of slot ", s.slot, " is not another slot in [0, ", slots, ")");
@@ -92,7 +98,10 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
     if (!sm.sampled()) {
       TORCH_CHECK(ids || !p.needs_prompt(), "step ", h.step_id, ": slot ", s.slot,
                   " needs its prompt's token ids (repetition_penalty or prompt logprobs), which the step lacks");
-      if (ids) sm.observe(ids, s.n_tokens);
+      // An encoder-decoder model's penalties see the decoder's tokens, as transformers'
+      // do, not the encoder's input.
+      const int64_t enc = std::clamp<int64_t>(s.context - s.start_pos, 0, s.n_tokens);
+      if (ids) sm.observe(ids + enc, s.n_tokens - enc);
       if (p.prompt_logprobs && p.logprobs >= 0) {  // score each prompt token by the logits before it
         for (int64_t j = 0; j < s.n_tokens; ++j) {
           const int64_t pos = s.start_pos + j;

@@ -132,6 +132,18 @@ TEST(Api, Limits) {
   EXPECT_THROW_WITH(check_limits(r, l), ApiError, "logit_bias token 256 is out of range [0, 256)");
   r.sampling.logit_bias = {{255, 1.0f}};
   check_limits(r, l);
+  // An encoder-decoder model: its decoder start token takes a position, and nothing
+  // scores a prompt its encoder reads.
+  const Limits seq2seq{256, 16, 64, 4, true};
+  r.prompt_ids = std::vector<int64_t>(14, 1);
+  check_limits(r, seq2seq);
+  r.prompt_ids.push_back(1);
+  EXPECT_THROW_WITH(check_limits(r, seq2seq), ApiError, "15 tokens; max_seq_len is 16");
+  check_limits(r, l);
+  r.prompt_ids = {1};
+  r.sampling.prompt_logprobs = true;
+  check_limits(r, l);
+  EXPECT_THROW_WITH(check_limits(r, seq2seq), ApiError, "'echo' with 'logprobs'", "encoder-decoder");
 }
 
 std::string text_of(int64_t id) { return id == 6 ? "\xc3\xa9" : "t" + std::to_string(id); }

@@ -28,34 +28,18 @@ class GenerateCli : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GenerateCli, JsonOutputReproducesTheReference) {
   const auto ref = test::read_json(test::fixture(GetParam()) + "/reference.json");
-  std::string args =
-      "generate --model " + test::fixture(GetParam()) + " --max-new-tokens 16 --dtype float32 --greedy --json --logits";
-  for (const auto& p : ref["prompts"]) {
-    std::string ids;
-    for (const auto& t : p["prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int64_t>());
-    args += " --prompt-ids " + ids;
-  }
-  const CliRun r = run_cascade(args);
+  const CliRun r =
+      run_cascade("generate --model " + test::fixture(GetParam()) +
+                  " --max-new-tokens 16 --dtype float32 --greedy --json --logits" + test::reference_prompt_args(ref));
   ASSERT_EQ(r.status, 0);
-  std::istringstream lines(r.out);
-  std::string line;
-  size_t i = 0;
-  for (; std::getline(lines, line); ++i) {
-    ASSERT_LT(i, ref["prompts"].size());
-    const auto got = nlohmann::json::parse(line);
-    const auto& want = ref["prompts"][i];
-    EXPECT_EQ(got["prompt_ids"], want["prompt_ids"]);
-    EXPECT_EQ(got["output_ids"], want["output_ids"]) << "prompt " << i;
-    const auto a = got["last_logits"].get<std::vector<double>>(), b = want["last_logits"].get<std::vector<double>>();
-    ASSERT_EQ(a.size(), b.size());
-    double worst = 0;
-    for (size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(a[k] - b[k]));
-    EXPECT_LE(worst, 1e-4) << "prompt " << i;
-  }
-  EXPECT_EQ(i, ref["prompts"].size());
+  test::expect_matches_reference(ref, r.out, GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GenerateCli, ::testing::ValuesIn(test::all_fixtures()),
+                         [](const auto& info) { return info.param; });
+// Encoder-decoder (T5): the prompt ids are the encoder's input, the output the decoder's
+// tokens after its start token, the logits those that chose the first of them.
+INSTANTIATE_TEST_SUITE_P(Seq2Seq, GenerateCli, ::testing::ValuesIn(test::seq2seq_fixtures()),
                          [](const auto& info) { return info.param; });
 
 TEST(Generate, SameSeedSameTokensAndBatchInvariant) {

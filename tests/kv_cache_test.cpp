@@ -182,6 +182,22 @@ TEST(KvCache, BoundsAreChecked) {
   EXPECT_THROW_WITH(kv.decode_index(Batch{{{0, 1, 1}}}, at::kCPU, 1), c10::Error, "decode span 1 outside [2, 4]");
 }
 
+// store()/read(): what layers that attend by themselves (T5's) use.
+TEST(KvCache, StoreThenReadPositions) {
+  KvCache kv({1}, 2, 2, 8, 4, at::kFloat, at::kCPU);
+  at::manual_seed(4);
+  const at::Tensor k = at::randn({3, 2, 4}), v = at::randn({3, 2, 4});  // [n, kv_heads, head_dim]
+  kv.store(1, 1, 2, k, v);                                              // slot 1, positions 2..4
+  const auto [keys, vals] = kv.read(1, 1, 2, 5);
+  EXPECT_TRUE(at::equal(keys, k.transpose(0, 1)));  // [kv_heads, n, head_dim]
+  EXPECT_TRUE(at::equal(vals, v.transpose(0, 1)));
+  EXPECT_TRUE(at::equal(kv.read(1, 0, 2, 5).first, at::zeros({2, 3, 4})));  // slot 0 untouched
+  EXPECT_THROW_WITH(kv.store(1, 1, 6, k, v), c10::Error, "would reach 9", "past max_seq_len 8");
+  EXPECT_THROW_WITH(kv.store(1, 2, 0, k, v), c10::Error, "KV slot 2 out of range");
+  EXPECT_THROW_WITH(kv.read(1, 0, 4, 9), c10::Error, "KV positions [4, 9)");
+  EXPECT_THROW_WITH(kv.read(0, 0, 0, 1), c10::Error, "layer 0 has no KV cache");
+}
+
 TEST(KvCache, CopyPrefixCopiesOnlyThePrefixOfOneLayer) {
   KvCache kv({2, 5}, 3, 2, 8, 4, at::kFloat, at::kCPU);
   at::manual_seed(3);

@@ -34,7 +34,8 @@ StepHeader sample() {
   b.sampling.seed = 99;
   b.forks = {{6, 100}, {7, 101}};
   b.seq_len = 9;
-  SeqEntry c;  // a recompute chunk
+  b.context = 7;  // an encoder-decoder prompt of 7 tokens and the decoder's start token
+  SeqEntry c;     // a recompute chunk
   c.slot = 2;
   c.n_tokens = 1;
   c.recompute = true;
@@ -66,9 +67,17 @@ TEST(Message, RoundTrip) {
   other = h;
   other.seqs[1].seq_len = 10;
   EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
+  other = h;
+  other.seqs[1].context = 6;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   StepHeader empty;
   const auto e = encode(empty);
   EXPECT_EQ(decode_step(e.data(), e.size()), empty);
+}
+
+TEST(Message, PrefillTokensAddTheDecoderStart) {
+  EXPECT_EQ(prefill_tokens({5, 6}, -1), (std::vector<int64_t>{5, 6}));
+  EXPECT_EQ(prefill_tokens({5, 6}, 0), (std::vector<int64_t>{5, 6, 0}));
 }
 
 TEST(Message, EveryTruncationIsAnError) {
@@ -83,7 +92,7 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto b = encode(sample());
   auto v = b;
   v[4] = 9;  // version field
-  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 4");
+  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 5");
   auto m = b;
   m[0] ^= 0xFF;
   EXPECT_THROW_WITH(decode_step(m.data(), m.size()), CommError, "bad magic");

@@ -67,9 +67,10 @@ TEST(PlanCli, AnEncoderAndItsDecoderCanSitOnDifferentDevices) {
   EXPECT_EQ(map["decoder.block.0"], 1);
   EXPECT_EQ(map["decoder.block.2"], "cpu");
   EXPECT_EQ(map["lm_head"], "cpu");
-  // Two decoder blocks on cuda:1, each caching K and V of 4 heads x 16 for its own
-  // tokens and the encoder's: 2 slots x 64 tokens x 2 x 2 x 64 x 4 bytes = 128 KiB.
-  EXPECT_EQ(j["devices"]["cuda:1"]["kv"], 2 * 128 * 1024) << j["devices"].dump();
+  // Two decoder blocks on cuda:1, each caching K and V of 4 heads x 16 at every position
+  // of a slot (the encoder's tokens, then the decoder's): 2 x 2 slots x 64 positions x
+  // 2 x 64 x 4 bytes = 128 KiB.
+  EXPECT_EQ(j["devices"]["cuda:1"]["kv"], 128 * 1024) << j["devices"].dump();
   EXPECT_EQ(j["devices"]["cuda:0"]["kv"], 0);  // the encoder caches nothing
 }
 

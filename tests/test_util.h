@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -54,6 +56,45 @@ inline nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   EXPECT_TRUE(in.good()) << "cannot open " << path;
   return nlohmann::json::parse(in);
+}
+
+// " --prompt-ids a,b,c" for each prompt of a fixture's reference.json.
+inline std::string reference_prompt_args(const nlohmann::json& ref) {
+  std::string args;
+  for (const auto& p : ref["prompts"]) {
+    std::string ids;
+    for (const auto& t : p["prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int64_t>());
+    args += " --prompt-ids " + ids;
+  }
+  return args;
+}
+
+// `cascade generate --json --logits` output (a line per prompt) against a fixture's
+// reference.json: the same prompt and output ids, last logits within `tol`. Prints and
+// returns the largest logit difference.
+inline double expect_matches_reference(const nlohmann::json& ref, const std::string& out, const std::string& what,
+                                       double tol = 1e-4) {
+  std::istringstream lines(out);
+  std::string line;
+  size_t i = 0;
+  double worst = 0;
+  for (; std::getline(lines, line); ++i) {
+    if (i >= ref["prompts"].size()) {
+      ADD_FAILURE() << what << ": more lines than prompts: " << line;
+      break;
+    }
+    const auto got = nlohmann::json::parse(line);
+    const auto& want = ref["prompts"][i];
+    EXPECT_EQ(got["prompt_ids"], want["prompt_ids"]) << what;
+    EXPECT_EQ(got["output_ids"], want["output_ids"]) << what << ", prompt " << i;
+    const auto a = got["last_logits"].get<std::vector<double>>(), b = want["last_logits"].get<std::vector<double>>();
+    EXPECT_EQ(a.size(), b.size()) << what;
+    for (size_t k = 0; k < a.size() && k < b.size(); ++k) worst = std::max(worst, std::abs(a[k] - b[k]));
+  }
+  EXPECT_EQ(i, ref["prompts"].size()) << what;
+  EXPECT_LE(worst, tol) << what;
+  std::printf("%-40s max |dlogit| vs transformers %.2e\n", what.c_str(), worst);
+  return worst;
 }
 
 inline void write_file(const std::string& path, const std::string& bytes) {

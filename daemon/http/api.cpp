@@ -279,8 +279,13 @@ void check_limits(const CompletionRequest& r, const Limits& l) {
   if (r.max_tokens > l.max_tokens)
     bad("max_tokens", "'max_tokens' is " + std::to_string(r.max_tokens) + ", over this server's cap of " +
                           std::to_string(l.max_tokens));
+  if (l.encoder_decoder && r.sampling.prompt_logprobs)
+    bad("echo",
+        "'echo' with 'logprobs' scores the prompt, but this is an encoder-decoder model: its encoder reads the "
+        "prompt and nothing scores it");
+  // An encoder-decoder model's decoder start token takes a position too.
   const int64_t n = static_cast<int64_t>(r.prompt_ids.size());
-  if (n + 1 > l.max_seq_len)
+  if (n + (l.encoder_decoder ? 1 : 0) + 1 > l.max_seq_len)
     bad("prompt", "the prompt has " + std::to_string(n) + " tokens; max_seq_len is " + std::to_string(l.max_seq_len) +
                       ", which leaves no room to generate");
 }

@@ -78,11 +78,13 @@ ChatRequest parse_chat(const std::string& body);
 struct Limits {
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;
-  int64_t max_tokens = 0;  // the server's cap on max_tokens
-  int64_t max_n = 0;       // sequences the server runs at once (KV slots)
+  int64_t max_tokens = 0;        // the server's cap on max_tokens
+  int64_t max_n = 0;             // sequences the server runs at once (KV slots)
+  bool encoder_decoder = false;  // the prompt is an encoder's input (T5): no prompt logprobs
 };
 // Throws ApiError(400) for token ids out of range (prompt, logit_bias), a prompt that
-// leaves no room in max_seq_len, max_tokens over the cap, or n over the KV slots.
+// leaves no room in max_seq_len, max_tokens over the cap, n over the KV slots, or
+// prompt logprobs (echo with logprobs) from an encoder-decoder model.
 void check_limits(const CompletionRequest& r, const Limits& l);
 
 enum class Finish { kLength, kStop };

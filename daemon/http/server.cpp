@@ -648,7 +648,7 @@ int serve(const ServeOptions& opts, std::ostream& log) {
   sh.model_name = std::filesystem::path(run.config.model.path).filename().string();
   sh.device_map = planner::plan_json(run.request.model, run.plan);
   sh.limits = {run.description.config.vocab_size, run.config.runtime.max_seq_len, sc.max_tokens,
-               run.config.runtime.max_batch};
+               run.config.runtime.max_batch, run.description.config.encoder_decoder()};
 #ifdef CASCADE_WITH_TOKENIZER
   if (std::ifstream(run.config.model.path + "/tokenizer.json").good()) sh.tok = Tokenizer::load(run.config.model.path);
   sh.chat = ChatSetup::load(run.config.model.path, sh.tok.get(), log);

@@ -14,14 +14,21 @@
 //   decoder.final_layer_norm  kFinalNorm
 //   lm_head                   LmHead, or tied to shared
 //
-// So far the family describes the model (config, modules, tensors, costs), so it is
-// planned like any other; building its modules to run is not implemented yet and
-// load() says so.
+// The modules run on the route of stage/layers/seq2seq.h: a request's first prefill
+// is its encoder input then decoder_start_token_id; encoder modules work on the
+// former rows, decoder blocks store the cross-attention K/V of the encoder rows in the
+// slot's first positions and run the decoder rows.
+#include <cmath>
+#include <optional>
+#include <tuple>
+
 #include "stage/family.h"
 #include "stage/layers/attention.h"
 #include "stage/layers/block.h"
+#include "stage/layers/embedding.h"
 #include "stage/layers/mlp.h"
 #include "stage/layers/relative_bias.h"
+#include "stage/layers/seq2seq.h"
 #include "storage/checkpoint.h"
 
 namespace cascade::stage {
@@ -105,9 +112,12 @@ ModuleSpec block_spec(const ModelConfig& c, const T5Shape& t, bool decoder, int6
   if (decoder) {
     ++sub;
     norm();
-    // Cross-attention caches K and V for each encoder token, which a request's input
-    // bounds as max_seq_len bounds its decoder tokens: declare() charges them per token.
+    // Cross-attention's K and V sit at the encoder's positions of the slot, the
+    // decoder's own after them (stage/layers/seq2seq.h): one K/V pair per position,
+    // which self-attention's declare() has charged already.
+    const int64_t kv = s.cost.kv_elems_per_token;
     Attention::declare(&s, attention_spec(c), b + std::to_string(sub) + ".EncDecAttention.", kAttention);
+    s.cost.kv_elems_per_token = kv;
   } else {
     s.cost.kv_elems_per_token = 0;  // the encoder keeps no cache: it runs once per request
   }
@@ -117,6 +127,161 @@ ModuleSpec block_spec(const ModelConfig& c, const T5Shape& t, bool decoder, int6
   s.cost.act_elems_per_token += DecoderBlock::residual_elems(c.hidden_size);
   return s;
 }
+
+Norm norm(const WeightSource& W, const ModelConfig& c, const std::string& prefix) {
+  return Norm::load(W, prefix, c.hidden_size, NormKind::kRms, c.norm_eps);  // T5LayerNorm: no mean, no bias
+}
+
+// float16 T5 overflows in its residual stream; transformers clamps it just inside the
+// range after each sub-layer, and so does this.
+at::Tensor clamp_fp16(const at::Tensor& x) {
+  if (x.scalar_type() != at::kHalf) return x;
+  const double edge = 65504.0 - 1000.0;
+  return at::clamp(x, -edge, edge);
+}
+
+// One T5 attention's projections (self or cross), and its heads.
+struct T5Projections {
+  Linear q, k, v, o;
+  int64_t heads = 0, head_dim = 0;
+
+  T5Projections(const ModelConfig& c, const WeightSource& W, const std::string& prefix)
+      : heads(c.num_heads), head_dim(c.head_dim) {
+    const int64_t inner = heads * head_dim;
+    q = Linear::load(W, prefix + "q", inner, c.hidden_size, false);
+    k = Linear::load(W, prefix + "k", inner, c.hidden_size, false);
+    v = Linear::load(W, prefix + "v", inner, c.hidden_size, false);
+    o = Linear::load(W, prefix + "o", c.hidden_size, inner, false);
+  }
+  // [tokens, hidden] -> [tokens, heads, head_dim]
+  at::Tensor split(const at::Tensor& y) const { return y.view({y.size(0), heads, head_dim}); }
+  // x + o(a), a [tokens, heads * head_dim].
+  at::Tensor out(const at::Tensor& x, const at::Tensor& a) const { return clamp_fp16(o.add_to(x, o.input(a))); }
+};
+
+// Rows [row, row + n) of t [tokens, heads, d] as [heads, n, d].
+at::Tensor heads_first(const at::Tensor& t, int64_t row, int64_t n) { return t.narrow(0, row, n).transpose(0, 1); }
+
+at::Tensor positions(int64_t from, int64_t to, at::Device device) {
+  return at::arange(from, to, at::TensorOptions().dtype(at::kLong).device(device));
+}
+
+// encoder.block.N / decoder.block.N. An encoder block runs its stack's rows
+// (bidirectional self-attention over the sequence's whole input); a decoder block
+// stores the cross-attention K/V of the encoder rows, then runs causal self-attention,
+// cross-attention and the feed-forward over the decoder rows.
+class T5Block : public Module {
+ public:
+  T5Block(const ModelConfig& c, const T5Shape& t, bool decoder, int64_t layer, const WeightSource& W)
+      : decoder_(decoder), layer_(layer) {
+    const std::string stack = decoder ? "decoder" : "encoder";
+    const std::string b = stack + ".block." + std::to_string(layer) + ".layer.";
+    RelativeBiasSpec bs = t.bias;
+    bs.bidirectional = !decoder;
+    int64_t sub = 0;
+    self_norm_ = norm(W, c, b + "0.layer_norm");
+    self_.emplace(c, W, b + "0.SelfAttention.");
+    bias_ = RelativeBias::load(bs, W, stack + ".block.0.layer.0.SelfAttention.relative_attention_bias");
+    if (decoder) {
+      sub = 1;
+      cross_norm_ = norm(W, c, b + "1.layer_norm");
+      cross_.emplace(c, W, b + "1.EncDecAttention.");
+    }
+    ++sub;
+    ff_norm_ = norm(W, c, b + std::to_string(sub) + ".layer_norm");
+    mlp_.emplace(mlp_spec(c, t.gated), W, b + std::to_string(sub) + ".DenseReluDense.", kMlp);
+  }
+
+  at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
+    if (decoder_) {
+      store_cross(x, r, *ctx.kv);
+      if (r.dec_tokens == 0) return x;
+      at::Tensor h = self_attention(x.index_select(0, r.dec), r, ctx.kv);
+      h = cross_attention(h, r, *ctx.kv);
+      return with_rows(x, r.dec, feed_forward(h));
+    }
+    if (r.enc_tokens == 0) return x;
+    const at::Tensor h = self_attention(x.index_select(0, r.enc), r, nullptr);
+    return with_rows(x, r.enc, feed_forward(h));
+  }
+  bool capturable() const override { return false; }  // Seq2SeqRows: host bookkeeping per step
+
+ private:
+  // h: the stack's rows [n, hidden] -> h + attention. The encoder attends within each
+  // sequence's input; the decoder stores its K/V in `kv` and attends causally to the
+  // sequence's decoder positions, [context, position].
+  at::Tensor self_attention(const at::Tensor& h, const Seq2SeqRows& r, KvCache* kv) const {
+    const T5Projections& p = *self_;
+    const Int8Activation in = p.q.input(self_norm_(h));
+    const at::Tensor q = p.split(p.q(in)), k = p.split(p.k(in)), v = p.split(p.v(in));
+    at::Tensor a = at::empty({h.size(0), p.heads * p.head_dim}, h.options());
+    for (const auto& s : r.seqs) {
+      const int64_t row = decoder_ ? s.dec_row : s.enc_row, n = decoder_ ? s.dec_len : s.enc_len;
+      if (n == 0) continue;
+      at::Tensor keys = heads_first(k, row, n), vals = heads_first(v, row, n), qpos, kpos, mask;
+      if (decoder_) {
+        kv->store(layer_, s.slot, s.dec_pos, k.narrow(0, row, n), v.narrow(0, row, n));
+        std::tie(keys, vals) = kv->read(layer_, s.slot, s.context, s.dec_pos + n);
+        qpos = positions(s.dec_pos, s.dec_pos + n, h.device());
+        kpos = positions(s.context, s.dec_pos + n, h.device());
+        if (n > 1) mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
+      } else {
+        qpos = kpos = positions(0, n, h.device());
+      }
+      a.narrow(0, row, n).copy_(biased_attention(heads_first(q, row, n), keys, vals, bias_(qpos, kpos), mask));
+    }
+    return p.out(h, a);
+  }
+
+  // Cross-attention K/V of the step's encoder rows, at the slot's positions [0, context).
+  void store_cross(const at::Tensor& x, const Seq2SeqRows& r, KvCache& kv) const {
+    if (r.enc_tokens == 0) return;
+    const T5Projections& p = *cross_;
+    const Int8Activation in = p.k.input(x.index_select(0, r.enc));
+    const at::Tensor k = p.split(p.k(in)), v = p.split(p.v(in));
+    for (const auto& s : r.seqs)
+      if (s.enc_len > 0)
+        kv.store(layer_, s.slot, 0, k.narrow(0, s.enc_row, s.enc_len), v.narrow(0, s.enc_row, s.enc_len));
+  }
+
+  // h: decoder rows -> h + attention over each sequence's encoder output (no bias, no mask).
+  at::Tensor cross_attention(const at::Tensor& h, const Seq2SeqRows& r, KvCache& kv) const {
+    const T5Projections& p = *cross_;
+    const at::Tensor q = p.split(p.q(cross_norm_(h)));
+    at::Tensor a = at::empty({h.size(0), p.heads * p.head_dim}, h.options());
+    for (const auto& s : r.seqs) {
+      if (s.dec_len == 0) continue;
+      const auto [keys, vals] = kv.read(layer_, s.slot, 0, s.context);
+      a.narrow(0, s.dec_row, s.dec_len)
+          .copy_(biased_attention(heads_first(q, s.dec_row, s.dec_len), keys, vals, {}, {}));
+    }
+    return p.out(h, a);
+  }
+
+  at::Tensor feed_forward(const at::Tensor& h) { return clamp_fp16((*mlp_)(ff_norm_(h), h)); }
+
+  bool decoder_;
+  int64_t layer_;
+  Norm self_norm_, cross_norm_, ff_norm_;
+  std::optional<T5Projections> self_, cross_;
+  RelativeBias bias_;
+  std::optional<Mlp> mlp_;
+};
+
+// encoder.final_layer_norm: the encoder's output, which the decoder blocks read.
+class T5EncoderNorm : public Module {
+ public:
+  explicit T5EncoderNorm(Norm n) : n_(std::move(n)) {}
+  at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
+    return r.enc_tokens == 0 ? x : with_rows(x, r.enc, n_(x.index_select(0, r.enc)));
+  }
+  bool capturable() const override { return false; }
+
+ private:
+  Norm n_;
+};
 
 class T5Family : public Family {
  public:
@@ -146,7 +311,11 @@ class T5Family : public Family {
       throw ModelConfigError(
           "config.json: t5 relative_attention_num_buckets must be >= 4 and "
           "relative_attention_max_distance positive");
-    cfg::get_int(j, "decoder_start_token_id", 0);  // checked here, read by the drivers
+    // T5 checkpoints start the decoder from the pad token; config.json says so.
+    c.decoder_start_token_id = cfg::get_int(j, "decoder_start_token_id", cfg::get_int(j, "pad_token_id", 0));
+    if (c.decoder_start_token_id < 0 || c.decoder_start_token_id >= c.vocab_size)
+      throw ModelConfigError("config.json: t5 decoder_start_token_id " + std::to_string(c.decoder_start_token_id) +
+                             " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
     cfg::get_bool(j, "scale_decoder_outputs", c.tie_word_embeddings);
     c.eos_token_ids = cfg::read_eos(j);
     return c;
@@ -166,10 +335,27 @@ class T5Family : public Family {
   }
 
   std::unique_ptr<Module> load(const ModuleSpec& s, const ModelConfig& c, const WeightSource& W) const override {
-    throw ModelConfigError(
-        "t5: Cascade plans this encoder-decoder model but cannot run it yet (the encoder pass "
-        "and cross-attention caches are not implemented); module '" +
-        s.name + "'");
+    const T5Shape t = shape_of(c);
+    const int64_t H = c.hidden_size;
+    switch (s.kind) {
+      case ModuleKind::kEmbedding:
+        return std::make_unique<Embedding>(W("shared.weight", {c.vocab_size, H}));
+      case ModuleKind::kEncoderLayer:
+      case ModuleKind::kDecoderLayer:
+        return std::make_unique<T5Block>(c, t, s.kind == ModuleKind::kDecoderLayer, s.layer, W);
+      case ModuleKind::kEncoderNorm:
+        return std::make_unique<T5EncoderNorm>(norm(W, c, "encoder.final_layer_norm"));
+      case ModuleKind::kFinalNorm:
+        return std::make_unique<NormModule>(norm(W, c, "decoder.final_layer_norm"));
+      case ModuleKind::kLmHead: {
+        // A head tied to the embedding reads d_model^-0.5 times the decoder's output
+        // (transformers 5 names the switch scale_decoder_outputs).
+        const bool scale = cfg::get_bool(c.json, "scale_decoder_outputs", c.tie_word_embeddings);
+        return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}), 0.0,
+                                        scale ? 1.0 / std::sqrt(static_cast<double>(H)) : 1.0);
+      }
+    }
+    return nullptr;
   }
 };
 

@@ -33,13 +33,15 @@ class Embedding : public Module {
 // all_logits (Batch::logit_rows: a prompt's log-probabilities).
 class LmHead : public Module {
  public:
-  // w [vocab, hidden]; softcap > 0: logits -> softcap * tanh(logits / softcap).
-  explicit LmHead(at::Tensor w, double softcap = 0) : w_(std::move(w)), softcap_(softcap) {}
+  // w [vocab, hidden]; softcap > 0: logits -> softcap * tanh(logits / softcap);
+  // input_scale != 1: the hidden states are multiplied by it first (T5's tied head).
+  explicit LmHead(at::Tensor w, double softcap = 0, double input_scale = 1.0)
+      : w_(std::move(w)), softcap_(softcap), input_scale_(input_scale) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override;
 
  private:
   at::Tensor w_;
-  double softcap_;
+  double softcap_, input_scale_;
 };
 
 }  // namespace cascade::stage
