@@ -767,6 +767,46 @@ TEST(Server, LimitsAuthAndSlowClients) {
   ::close(idle_fd);
 }
 
+// A T5 model served with its encoder on one stage and its decoder on another: the
+// reference prompts at once (continuous batching), streamed and not, give
+// transformers' greedy tokens; a request the model cannot serve gets its 400.
+TEST(Server, AnEncoderDecoderModelServesItsTokens) {
+  TempDir dir;
+  const std::string model = fixture("t5_v1_1");
+  const json ref = read_json(model + "/reference.json");
+  Daemon d(dir, model, "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n",
+           R"("shared" = "cpu:0", "encoder.block.0" = "cpu:0", "encoder.block.1" = "cpu:0",
+              "encoder.final_layer_norm" = "cpu:0", "decoder.block.0" = "cpu:1", "decoder.block.1" = "cpu:1",
+              "decoder.block.2" = "cpu:1", "decoder.final_layer_norm" = "cpu:1", "lm_head" = "cpu:1")");
+  const size_t n = ref["prompts"].size();
+  std::vector<Reply> plain(n), streamed(n);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < n; ++i) {
+    json body = {{"prompt", ref["prompts"][i]["prompt_ids"]},
+                 {"max_tokens", 16},
+                 {"temperature", 0},
+                 {"return_token_ids", true}};
+    clients.emplace_back([&, i, body] { plain[i] = call(d.sock(), "POST", "/v1/completions", body.dump()); });
+    json s = body;
+    s["stream"] = true;
+    clients.emplace_back([&, i, s] { streamed[i] = call(d.sock(), "POST", "/v1/completions", s.dump()); });
+  }
+  for (auto& t : clients) t.join();
+  for (size_t i = 0; i < n; ++i) {
+    const auto& want = ref["prompts"][i]["output_ids"];
+    ASSERT_EQ(plain[i].status, 200) << plain[i].body << d.log();
+    EXPECT_EQ(plain[i].j()["choices"][0]["token_ids"], want) << "prompt " << i;
+    EXPECT_EQ(plain[i].j()["usage"]["prompt_tokens"], ref["prompts"][i]["prompt_ids"].size());
+    const auto [ids, done] = stream_ids(streamed[i].body);
+    EXPECT_TRUE(done);
+    EXPECT_EQ(json(ids), want) << "prompt " << i << " streamed";
+  }
+  const Reply echo = call(d.sock(), "POST", "/v1/completions", R"({"prompt": [5, 6], "echo": true, "logprobs": 1})");
+  EXPECT_EQ(echo.status, 400);
+  EXPECT_NE(echo.body.find("encoder-decoder"), std::string::npos) << echo.body;
+  EXPECT_EQ(call(d.sock(), "POST", "/v1/completions", R"({"prompt": [5, 6], "max_tokens": 2})").status, 200);
+}
+
 // Issue 19, item 3: 300 clients that trickle header bytes and reconnect when dropped,
 // beside well-behaved ones. Connections that have not sent a whole request are capped
 // apart from busy ones (server.max_pending_connections) and the oldest go first, so
