@@ -103,7 +103,7 @@ std::vector<int> stage_pids(const std::string& log) {
 }
 
 TEST(Cluster, EveryPlacementMatchesOneProcessOnEveryFixture) {
-  for (const auto& name : all_fixtures()) {
+  for (const auto& name : every_fixture()) {
     const std::string model = fixture(name);
     const std::string single = single_run(model);
     const size_t n = module_names(model).size();
@@ -249,7 +249,7 @@ TEST(Cluster, OffloadFolderIsReusedAndRebuiltWhenStale) {
 // DESIGN §5 on one GPU: a GPU stage, then the CPU offload stage, over pinned shm.
 TEST(Cluster, GpuStageWithTheOffloadStage) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (const auto& name : all_fixtures()) {
+  for (const auto& name : every_fixture()) {
     const std::string model = fixture(name);
     TempDir dir;
     const size_t n = module_names(model).size();
@@ -267,7 +267,7 @@ TEST(Cluster, GpuStageWithTheOffloadStage) {
 // and disk-tier weights in through the double buffer.
 TEST(Cluster, StreamedOffloadOnTheGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (const auto& name : all_fixtures()) {
+  for (const auto& name : every_fixture()) {
     const std::string model = fixture(name);
     TempDir dir;
     const size_t n = module_names(model).size();

@@ -19,13 +19,6 @@
 namespace cascade::stage {
 namespace {
 
-// Decoder-only and encoder-decoder fixtures alike.
-std::vector<std::string> every_fixture() {
-  std::vector<std::string> v = test::all_fixtures();
-  v.insert(v.end(), test::seq2seq_fixtures().begin(), test::seq2seq_fixtures().end());
-  return v;
-}
-
 // The logits that choose the first token after `prompt`, in slot 0 (an encoder-decoder
 // model reads the prompt with its encoder and starts its decoder: comm::prefill_tokens).
 at::Tensor first_logits(Model& m, const std::vector<int64_t>& prompt) {
@@ -208,7 +201,7 @@ TEST(Int8, FixtureLogitsWithinFivePercentOfFloat32) {
 // model's logits equal those of the float model whose quantizable weights were replaced
 // by their int8 rounding (each row's q * scale), written as a checkpoint of its own.
 TEST(Int8, WeightOnlyEqualsTheFloatModelOfItsRoundedWeights) {
-  for (const std::string& name : every_fixture()) {
+  for (const std::string& name : test::every_fixture()) {
     auto ck = storage::Checkpoint::open(test::fixture(name));
     const ModelDescription d = describe(*ck);
     std::map<std::string, Int8Layout> layouts;

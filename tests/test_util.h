@@ -52,6 +52,13 @@ inline const std::vector<std::string>& seq2seq_fixtures() {
   return names;
 }
 
+// Both kinds: the tests whose prompts and checks do not depend on the kind.
+inline std::vector<std::string> every_fixture() {
+  std::vector<std::string> v = all_fixtures();
+  v.insert(v.end(), seq2seq_fixtures().begin(), seq2seq_fixtures().end());
+  return v;
+}
+
 inline nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   EXPECT_TRUE(in.good()) << "cannot open " << path;
