@@ -197,7 +197,11 @@ class Model::Builder {
 
   at::Tensor get(const std::string& name, const std::vector<int64_t>& expected) {
     auto it = cache_.find(name);
-    if (it != cache_.end()) return it->second;
+    // A tensor read by two modules (a tied head, T5's shared bias tables) is loaded once,
+    // unless the first one streams it: its view lives in that module's GPU slot, so
+    // another module gets its own copy (counted once in source_bytes_).
+    if (it != cache_.end() && (it->second.ordinal < 0 || it->second.ordinal == ordinal)) return it->second.t;
+    const bool again = it != cache_.end();
     if (name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
       throw std::logic_error("no int8 scale for " + name);  // asked before its weight
     }
@@ -207,10 +211,14 @@ class Model::Builder {
                                   storage::shape_str(info.shape) + " but config.json implies " +
                                   storage::shape_str(expected));
     }
-    const at::Tensor t = ordinal >= 0 && p_.streamed_names.count(name) ? streamed(name, info) : resident(name, info);
-    m_.source_bytes_ += info.nbytes();
-    done += info.nbytes();
-    return cache_.emplace(name, t).first->second;
+    const bool stream = ordinal >= 0 && p_.streamed_names.count(name);
+    const at::Tensor t = stream ? streamed(name, info) : resident(name, info);
+    if (!again) {
+      m_.source_bytes_ += info.nbytes();
+      done += info.nbytes();
+    }
+    cache_[name] = {t, stream ? ordinal : -1};
+    return t;
   }
 
   void finish() {
@@ -243,13 +251,13 @@ class Model::Builder {
         return s.add(ordinal, m_.disk_->get(n), r.path, r.offset);
       };
       const at::Tensor t = add_disk(name);
-      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = add_disk(name + ":scale");
+      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = {add_disk(name + ":scale"), ordinal};
       return t;
     }
     if (layout(name) != Int8Layout::kNone) {
       Int8Rows r = quantize(name, info);
       const at::Tensor t = s.add(ordinal, r.q.cpu().pin_memory());
-      cache_[name + ":scale"] = s.add(ordinal, r.scale.cpu().pin_memory());
+      cache_[name + ":scale"] = {s.add(ordinal, r.scale.cpu().pin_memory()), ordinal};
       m_.weight_bytes_ += r.q.numel() + r.scale.numel() * 4;
       return t;
     }
@@ -262,13 +270,13 @@ class Model::Builder {
   at::Tensor resident(const std::string& name, const storage::TensorInfo& info) {
     const LoadOptions& o = m_.opts_;
     if (m_.disk_ && m_.disk_->has(name)) {  // paged in when used
-      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = m_.disk_->get(name + ":scale");  // int8
+      if (m_.disk_->has(name + ":scale")) cache_[name + ":scale"] = {m_.disk_->get(name + ":scale"), -1};  // int8
       return m_.disk_->get(name);
     }
     at::Tensor t;
     if (layout(name) != Int8Layout::kNone) {
       Int8Rows r = quantize(name, info);
-      cache_[name + ":scale"] = r.scale.to(o.device);
+      cache_[name + ":scale"] = {r.scale.to(o.device), -1};
       m_.weight_bytes_ += r.scale.numel() * 4;
       t = r.q.to(o.device);
     } else if (upload_) {  // mapped shard (or converted copy) -> pinned chunks -> device
@@ -285,7 +293,11 @@ class Model::Builder {
   Model& m_;
   const Placement& p_;
   std::unique_ptr<DeviceUploader> upload_;
-  std::map<std::string, at::Tensor> cache_;  // by tensor name ("<name>:scale" for int8 scales)
+  struct Cached {
+    at::Tensor t;
+    int64_t ordinal = -1;  // the streamed module whose GPU slot it is a view of; -1: resident
+  };
+  std::map<std::string, Cached> cache_;  // by tensor name ("<name>:scale" for int8 scales)
 };
 
 // Builds every loaded module from its family, reporting progress after each.
@@ -309,6 +321,7 @@ void Model::build_modules(const Placement& p) {
     if (opts_.progress) opts_.progress(b.done, p.total);
   }
   b.finish();
+  if (stream_) stream_->reserve(streamed);
 }
 
 // Lets memory-resident modules re-lay their weights out, then decides on CUDA graphs

@@ -33,6 +33,24 @@ TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   EXPECT_THROW(ws->add(3, at::zeros({2048}).pin_memory()), c10::Error);  // 8 KiB: more than a slot
 }
 
+// A streamed module that adds no tensor of its own (its weights are all resident) still
+// takes its turn; one never added is refused by name.
+TEST(WeightStream, AModuleWithoutTensorsTakesItsTurn) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 4096);
+  const at::Tensor host = at::full({16}, 3.0f).pin_memory();
+  const at::Tensor view = ws->add(0, host);
+  ws->reserve(2);
+  EXPECT_THROW_WITH(ws->acquire(2), c10::Error, "streamed module 2 of 2 was never added");
+  for (int step = 0; step < 2; ++step) {
+    for (int64_t k = 0; k < 2; ++k) {
+      ws->acquire(k);
+      if (k == 0) EXPECT_TRUE(at::equal(view.cpu(), host));
+      ws->release(k);
+    }
+  }
+}
+
 // Pageable host memory (as the disk tier's mappings are) goes through the readers and the
 // pinned staging buffers: in order, step after step, and in an order the read-ahead did
 // not expect (a staged module is dropped and read again).

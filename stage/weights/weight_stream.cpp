@@ -70,7 +70,13 @@ class CudaWeightStream : public WeightStream {
     return view;
   }
 
+  void reserve(int64_t n) override {
+    while (static_cast<int64_t>(modules_.size()) < n) modules_.emplace_back();
+  }
+
   void acquire(int64_t k) override {
+    TORCH_CHECK(k >= 0 && k < static_cast<int64_t>(modules_.size()), "streamed module ", k, " of ", modules_.size(),
+                " was never added");
     const int s = static_cast<int>(k % 2);
     if (loaded_[s] != k) issue(k, /*block=*/true);
     check(cudaStreamWaitEvent(kCompute, copied_[s], 0), "waiting for a streamed module");

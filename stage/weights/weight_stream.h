@@ -36,6 +36,9 @@ class WeightStream {
   // pageable memory — is read by reader threads into a pinned staging buffer ahead of
   // use, then copied.
   virtual at::Tensor add(int64_t k, const at::Tensor& host, const std::string& file = "", uint64_t offset = 0) = 0;
+  // Streamed modules 0..n-1 exist, also one that added no tensor (every weight it reads
+  // is resident: a head tied to a GPU-resident embedding). Call once all are added.
+  virtual void reserve(int64_t n) = 0;
   // Before module k computes: queues its copy if its slot does not hold it, makes the
   // compute stream wait for it, and starts copying the next streamed module.
   virtual void acquire(int64_t k) = 0;
