@@ -27,7 +27,7 @@ import torch
 import transformers
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, BloomConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig,
                           MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig,
-                          T5Config)
+                          MT5Config, T5Config)
 
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
@@ -288,6 +288,13 @@ def fixtures(common):
                              feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0,
                              layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
                     torch.float32, 27, {"seq2seq": True, "std": 0.3}),
+        # mT5: T5 v1.1's architecture under its own model_type (MT5ForConditionalGeneration),
+        # 16 buckets to distance 32, which the 40-token prompt passes.
+        "mt5": (untied(MT5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                                 num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=32,
+                                 feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)),
+                torch.float32, 28, {"seq2seq": True, "prompt_lengths": (3, 9, 40)}),
     }
 
 

@@ -9,7 +9,7 @@ namespace cascade::stage {
 // The registry: one entry per family, `X(f)` for the `const Family& f_family()` that
 // stage/families/<file>.cpp defines; the family's name() is its model_type.
 #define CASCADE_FAMILIES(X) \
-  X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe) X(phi3) X(bloom) X(t5)
+  X(llama) X(mistral) X(qwen2) X(gpt2) X(gemma) X(gemma2) X(qwen3) X(mixtral) X(qwen3_moe) X(phi3) X(bloom) X(t5) X(mt5)
 
 #define CASCADE_DECLARE_FAMILY(f) const Family& f##_family();
 CASCADE_FAMILIES(CASCADE_DECLARE_FAMILY)

@@ -283,13 +283,15 @@ class T5EncoderNorm : public Module {
   Norm n_;
 };
 
+// "t5", and "mt5": mT5 is T5 v1.1's architecture under a model_type of its own.
 class T5Family : public Family {
  public:
-  const char* name() const override { return "t5"; }
+  explicit T5Family(const char* name) : name_(name) {}
+  const char* name() const override { return name_; }
 
   ModelConfig parse_config(const nlohmann::json& j) const override {
     ModelConfig c;
-    c.model_type = "t5";
+    c.model_type = name_;
     c.json = j;
     c.vocab_size = cfg::get_int(j, "vocab_size");
     c.hidden_size = cfg::get_int(j, "d_model");
@@ -300,7 +302,8 @@ class T5Family : public Family {
     // num_layers is the decoder stack's: the layers that keep a KV cache.
     c.num_layers = cfg::get_int(j, "num_decoder_layers", encoder_layers);
     if (c.num_heads <= 0 || c.head_dim <= 0 || encoder_layers <= 0 || c.num_layers <= 0)
-      throw ModelConfigError("config.json: t5 num_heads, d_kv, num_layers and num_decoder_layers must be positive");
+      throw ModelConfigError("config.json: " + std::string(name_) +
+                             " num_heads, d_kv, num_layers and num_decoder_layers must be positive");
     c.max_position_embeddings = 0;  // relative positions: no table to run past
     c.norm_eps = cfg::get_double(j, "layer_norm_epsilon", 1e-6);
     c.hidden_act = activation_of(cfg::get_string(j, "feed_forward_proj", "relu"));
@@ -308,14 +311,15 @@ class T5Family : public Family {
     c.tie_word_embeddings = cfg::get_bool(j, "tie_word_embeddings", true);
     if (cfg::get_int(j, "relative_attention_num_buckets", 32) < 4 ||
         cfg::get_int(j, "relative_attention_max_distance", 128) <= 0)
-      throw ModelConfigError(
-          "config.json: t5 relative_attention_num_buckets must be >= 4 and "
-          "relative_attention_max_distance positive");
+      throw ModelConfigError("config.json: " + std::string(name_) +
+                             " relative_attention_num_buckets must be >= 4 and "
+                             "relative_attention_max_distance positive");
     // T5 checkpoints start the decoder from the pad token; config.json says so.
     c.decoder_start_token_id = cfg::get_int(j, "decoder_start_token_id", cfg::get_int(j, "pad_token_id", 0));
     if (c.decoder_start_token_id < 0 || c.decoder_start_token_id >= c.vocab_size)
-      throw ModelConfigError("config.json: t5 decoder_start_token_id " + std::to_string(c.decoder_start_token_id) +
-                             " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+      throw ModelConfigError("config.json: " + std::string(name_) + " decoder_start_token_id " +
+                             std::to_string(c.decoder_start_token_id) + " is outside the vocabulary [0, " +
+                             std::to_string(c.vocab_size) + ")");
     cfg::get_bool(j, "scale_decoder_outputs", c.tie_word_embeddings);
     c.eos_token_ids = cfg::read_eos(j);
     return c;
@@ -357,12 +361,20 @@ class T5Family : public Family {
     }
     return nullptr;
   }
+
+ private:
+  const char* name_;
 };
 
 }  // namespace
 
 const Family& t5_family() {
-  static const T5Family f;
+  static const T5Family f("t5");
+  return f;
+}
+
+const Family& mt5_family() {
+  static const T5Family f("mt5");
   return f;
 }
 
