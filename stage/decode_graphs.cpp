@@ -42,10 +42,13 @@ class CudaDecodeGraphs : public DecodeGraphs {
     // Pad rows sit at position 0 of the spare slot.
     Batch padded = batch;
     for (int64_t i = B; i < Bb; ++i) padded.seqs.push_back({kv.spare_slot(), 0, 1});
-    std::vector<int64_t> slots, pos;
+    std::vector<int64_t> slots, pos, context;  // context: encoder-decoder models' (pad rows 0)
+    bool seq2seq = false;
     for (const SeqSlice& s : padded.seqs) {
       slots.push_back(s.slot);
       pos.push_back(s.start_pos);
+      context.push_back(s.context);
+      seq2seq = seq2seq || s.context > 0;
     }
 
     auto it = graphs_.find(key);
@@ -55,6 +58,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
       const auto longs = at::TensorOptions().dtype(at::kLong).device(device_);
       e.slots = at::empty({Bb}, longs);
       e.pos = at::empty({Bb}, longs);
+      if (seq2seq) e.context = at::empty({Bb}, longs);
       e.in = ids ? at::zeros({Bb}, longs) : at::zeros({Bb, input.size(1)}, input.options().device(device_));
       it = graphs_.emplace(key, std::move(e)).first;
     }
@@ -62,6 +66,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
     const auto cpu_long = at::TensorOptions().dtype(at::kLong);
     e.slots.copy_(at::tensor(slots, cpu_long), /*non_blocking=*/true);
     e.pos.copy_(at::tensor(pos, cpu_long), /*non_blocking=*/true);
+    if (e.context.defined()) e.context.copy_(at::tensor(context, cpu_long), /*non_blocking=*/true);
     if (B < Bb) e.in.narrow(0, B, Bb - B).zero_();
     e.in.narrow(0, 0, B).copy_(input, /*non_blocking=*/true);
 
@@ -88,12 +93,12 @@ class CudaDecodeGraphs : public DecodeGraphs {
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool>;  // begin, end, batch, span, ids?
   struct Entry {
     std::unique_ptr<at::cuda::CUDAGraph> graph;
-    at::Tensor in, slots, pos, out;  // static buffers the graph reads and writes
+    at::Tensor in, slots, pos, context, out;  // static buffers the graph reads and writes
   };
 
   void capture(Entry& e, const Batch& padded, KvCache& kv, int64_t span, const Forward& forward) {
     auto once = [&] {
-      StepContext ctx{padded, e.pos, &kv, {}, {}, DecodeIndex{e.slots, e.pos, span}};
+      StepContext ctx{padded, e.pos, &kv, {}, {}, DecodeIndex{e.slots, e.pos, span, e.context}};
       return forward(e.in, ctx);
     };
     // Warm up on a side stream first (cuBLAS workspaces, lazily loaded kernels), as

@@ -48,10 +48,13 @@ KvCache::KvCache(const std::vector<int64_t>& layers, int64_t slots, int64_t kv_h
 }
 
 DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t span) const {
-  std::vector<int64_t> slots, pos;
+  std::vector<int64_t> slots, pos, context;
   int64_t longest = 0;
+  bool seq2seq = false;
   for (const SeqSlice& s : batch.seqs) {
     if (s.n_tokens != 1) return {};
+    context.push_back(s.context);
+    seq2seq = seq2seq || s.context > 0;
     TORCH_CHECK(s.slot >= 0 && s.slot < slots_, "KV slot ", s.slot, " out of range [0, ", slots_, ")");
     TORCH_CHECK(s.start_pos >= 0 && s.start_pos < max_seq_len_, "sequence in slot ", s.slot, " would reach ",
                 s.start_pos + 1, " tokens, past max_seq_len ", max_seq_len_);
@@ -63,12 +66,24 @@ DecodeIndex KvCache::decode_index(const Batch& batch, at::Device device, int64_t
   TORCH_CHECK(span == 0 || (span >= longest && span <= max_seq_len_), "decode span ", span, " outside [", longest, ", ",
               max_seq_len_, "]");
   const auto opts = at::TensorOptions().dtype(at::kLong);
-  return {at::tensor(slots, opts).to(device), at::tensor(pos, opts).to(device), span == 0 ? longest : span};
+  return {at::tensor(slots, opts).to(device), at::tensor(pos, opts).to(device), span == 0 ? longest : span,
+          seq2seq ? at::tensor(context, opts).to(device) : at::Tensor()};
+}
+
+void KvCache::store_decode(int64_t layer, const DecodeIndex& d, const at::Tensor& k, const at::Tensor& v) {
+  using at::indexing::Slice;
+  Layer& c = this->layer(layer);
+  c.k.index_put_({d.slots, Slice(), d.pos}, k);  // [B, kv_heads, head_dim] at (slot, :, pos)
+  c.v.index_put_({d.slots, Slice(), d.pos}, v);
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::read_decode(int64_t layer, const DecodeIndex& d) {
+  Layer& c = this->layer(layer);
+  return {c.k.narrow(2, 0, d.span).index_select(0, d.slots), c.v.narrow(2, 0, d.span).index_select(0, d.slots)};
 }
 
 at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods) {
-  using at::indexing::Slice;
   Layer& c = this->layer(layer);
   const int64_t B = q.size(0), heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
   TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
@@ -80,10 +95,8 @@ at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::
       if (o.defined()) return o.view({B, heads * head_dim});
     }
   }
-  c.k.index_put_({d.slots, Slice(), d.pos}, k);  // [B, kv_heads, head_dim] at (slot, :, pos)
-  c.v.index_put_({d.slots, Slice(), d.pos}, v);
-  at::Tensor keys = c.k.narrow(2, 0, d.span).index_select(0, d.slots);  // [B, kv_heads, span, head_dim]
-  at::Tensor vals = c.v.narrow(2, 0, d.span).index_select(0, d.slots);
+  store_decode(layer, d, k, v);
+  const auto [keys, vals] = read_decode(layer, d);  // [B, kv_heads, span, head_dim]
   // GQA without copying K/V: the query heads sharing a KV head become that head's
   // "query rows" ([B, kv_heads, group, head_dim]); the mask is the same for all of them.
   at::Tensor qg = q.view({B, kv_heads, heads / kv_heads, head_dim});

@@ -25,6 +25,9 @@ struct DecodeIndex {
   at::Tensor slots;  // [seqs] int64 on the cache's device
   at::Tensor pos;    // [seqs] int64: the position of each sequence's new token
   int64_t span = 0;  // cache positions read, [0, span): at least every pos + 1
+  // [seqs] int64: each sequence's encoder positions (SeqSlice::context) when the batch is
+  // an encoder-decoder model's; undefined otherwise.
+  at::Tensor context;
   bool defined() const { return slots.defined(); }
 };
 
@@ -74,6 +77,12 @@ class KvCache {
   // read() returns views [kv_heads, to - from, head_dim] of positions [from, to).
   void store(int64_t layer, int64_t slot, int64_t pos, const at::Tensor& k, const at::Tensor& v);
   std::pair<at::Tensor, at::Tensor> read(int64_t layer, int64_t slot, int64_t from, int64_t to);
+
+  // The batched decode step's halves, for layers that attend by themselves: writes the
+  // new k/v [seqs, kv_heads, head_dim] at (slot, pos) of each sequence, and reads
+  // positions [0, d.span) of each sequence's slot: [seqs, kv_heads, span, head_dim].
+  void store_decode(int64_t layer, const DecodeIndex& d, const at::Tensor& k, const at::Tensor& v);
+  std::pair<at::Tensor, at::Tensor> read_decode(int64_t layer, const DecodeIndex& d);
 
   // Copies positions [0, n) of `layer`'s keys and values from slot `from` to slot `to`
   // (n > 1 sequences that share a prompt: stage/runner.h).

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "comm/message.h"
 #include "stage/model.h"
 #include "storage/checkpoint.h"
 #include "tests/test_util.h"
@@ -25,12 +26,20 @@ TEST(DecodeGraphs, OnlyForCudaDevices) { EXPECT_EQ(DecodeGraphs::create(at::kCPU
 
 // Greedy decode of a ragged batch, each sequence in its own slot; returns the new ids
 // and the logits of every decode step, stacked.
+// An encoder-decoder model reads each prompt with its encoder and decodes from its start
+// token (comm::prefill_tokens), every step carrying the prompt's length as context.
 std::pair<std::vector<int64_t>, at::Tensor> decode(Model& m, int64_t steps) {
-  const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3}, {7}, {4, 5, 6, 7, 8}};
+  const std::vector<std::vector<int64_t>> encoder = {{1, 2, 3}, {7}, {4, 5, 6, 7, 8}};
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<int64_t> context;
+  for (const auto& p : encoder) {
+    prompts.push_back(comm::prefill_tokens(p, m.config().decoder_start_token_id));
+    context.push_back(m.config().encoder_decoder() ? static_cast<int64_t>(p.size()) : 0);
+  }
   Batch b;
   std::vector<int64_t> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    b.seqs.push_back({static_cast<int64_t>(i), 0, static_cast<int64_t>(prompts[i].size())});
+    b.seqs.push_back({static_cast<int64_t>(i), 0, static_cast<int64_t>(prompts[i].size()), false, 0, context[i]});
     ids.insert(ids.end(), prompts[i].begin(), prompts[i].end());
   }
   at::Tensor logits = m.forward(at::tensor(ids, at::kLong), b).cpu();
@@ -43,7 +52,7 @@ std::pair<std::vector<int64_t>, at::Tensor> decode(Model& m, int64_t steps) {
     ids.clear();
     for (size_t i = 0; i < prompts.size(); ++i) {
       ids.push_back(logits[static_cast<int64_t>(i)].argmax().item<int64_t>());
-      b.seqs.push_back({static_cast<int64_t>(i), len[i]++, 1});
+      b.seqs.push_back({static_cast<int64_t>(i), len[i]++, 1, false, 0, context[i]});
     }
     out.insert(out.end(), ids.begin(), ids.end());
     logits = m.forward(at::tensor(ids, at::kLong), b).cpu();
@@ -54,7 +63,7 @@ std::pair<std::vector<int64_t>, at::Tensor> decode(Model& m, int64_t steps) {
 
 TEST(DecodeGraphs, SameTokensAndLogitsAsEagerKernels) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (const auto& name : test::all_fixtures()) {
+  for (const auto& name : test::every_fixture()) {
     auto load = [&](bool graphs) {
       LoadOptions o;
       o.dtype = at::kFloat;

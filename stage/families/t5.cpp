@@ -193,6 +193,8 @@ class T5Block : public Module {
   }
 
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    if (ctx.decode.defined() && ctx.decode.context.defined())  // a GPU decode step: no encoder rows
+      return decoder_ ? decode_step(x, ctx.decode, *ctx.kv) : x;
     const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
     if (decoder_) {
       store_cross(x, r, *ctx.kv);
@@ -205,9 +207,25 @@ class T5Block : public Module {
     const at::Tensor h = self_attention(x.index_select(0, r.enc), r, nullptr);
     return with_rows(x, r.enc, feed_forward(h));
   }
-  bool capturable() const override { return false; }  // Seq2SeqRows: host bookkeeping per step
 
  private:
+  // Every sequence's decode token at once, with no host work (CUDA graphs capture it):
+  // one read of each slot serves self-attention over [context, pos] and cross-attention
+  // over [0, context).
+  at::Tensor decode_step(const at::Tensor& x, const DecodeIndex& d, KvCache& kv) {
+    const T5Projections& p = *self_;
+    const Int8Activation in = p.q.input(self_norm_(x));
+    kv.store_decode(layer_, d, p.split(p.k(in)), p.split(p.v(in)));
+    const auto [keys, vals] = kv.read_decode(layer_, d);                       // [B, heads, span, head_dim]
+    const at::Tensor kpos = at::arange(d.span, d.pos.options()).unsqueeze(0);  // [1, span]
+    const at::Tensor qpos = d.pos.unsqueeze(1), context = d.context.unsqueeze(1);
+    const at::Tensor own = kpos.ge(context).logical_and(kpos.le(qpos));  // [B, span]
+    at::Tensor h = p.out(x, biased_decode_attention(p.split(p.q(in)), keys, vals, bias_.of_relative(kpos - qpos), own));
+    const T5Projections& c = *cross_;
+    h = c.out(h, biased_decode_attention(c.split(c.q(cross_norm_(h))), keys, vals, {}, kpos.lt(context)));
+    return feed_forward(h);
+  }
+
   // h: the stack's rows [n, hidden] -> h + attention. The encoder attends within each
   // sequence's input; the decoder stores its K/V in `kv` and attends causally to the
   // sequence's decoder positions, [context, position].
@@ -274,10 +292,10 @@ class T5EncoderNorm : public Module {
  public:
   explicit T5EncoderNorm(Norm n) : n_(std::move(n)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
+    if (ctx.decode.defined() && ctx.decode.context.defined()) return x;  // a GPU decode step
     const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
     return r.enc_tokens == 0 ? x : with_rows(x, r.enc, n_(x.index_select(0, r.enc)));
   }
-  bool capturable() const override { return false; }
 
  private:
   Norm n_;

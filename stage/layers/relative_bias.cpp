@@ -41,4 +41,9 @@ at::Tensor RelativeBias::operator()(const at::Tensor& q_pos, const at::Tensor& k
   return table.index_select(0, b.reshape(-1)).view({rel.size(0), rel.size(1), spec.heads}).permute({2, 0, 1});
 }
 
+at::Tensor RelativeBias::of_relative(const at::Tensor& rel) const {
+  const at::Tensor b = relative_position_bucket(rel, spec.bidirectional, spec.num_buckets, spec.max_distance);
+  return table.index_select(0, b.reshape(-1)).view({rel.size(0), rel.size(1), spec.heads}).permute({0, 2, 1});
+}
+
 }  // namespace cascade::stage

@@ -39,6 +39,8 @@ struct RelativeBias {
   // q_pos [q], k_pos [k] int64 (on the table's device) -> bias [heads, q, k] in the
   // table's dtype.
   at::Tensor operator()(const at::Tensor& q_pos, const at::Tensor& k_pos) const;
+  // rel: key - query positions, int64 [B, k] -> bias [B, heads, k] (a decode step's rows).
+  at::Tensor of_relative(const at::Tensor& rel) const;
 };
 
 }  // namespace cascade::stage

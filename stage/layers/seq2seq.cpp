@@ -48,6 +48,16 @@ at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return o.transpose(0, 1).reshape({q.size(1), q.size(0) * q.size(2)});
 }
 
+at::Tensor biased_decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& vals,
+                                   const at::Tensor& bias, const at::Tensor& allowed) {
+  const int64_t B = q.size(0), heads = q.size(1), d = q.size(2);
+  at::Tensor scores = at::matmul(q.unsqueeze(2), keys.transpose(-1, -2)).squeeze(2);  // [B, heads, span]
+  if (bias.defined()) scores = scores + bias;
+  scores = scores.to(at::kFloat).masked_fill(allowed.unsqueeze(1).logical_not(), std::numeric_limits<float>::lowest());
+  const at::Tensor o = at::matmul(at::softmax(scores, -1).to(q.scalar_type()).unsqueeze(2), vals);  // [B, heads, 1, d]
+  return o.reshape({B, heads * d});
+}
+
 at::Tensor with_rows(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& values) {
   if (rows.numel() == x.size(0) && values.size(0) == x.size(0)) {
     // Every row, and Seq2SeqRows lists rows in ascending order: the values are x's.

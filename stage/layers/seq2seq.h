@@ -8,8 +8,9 @@
 // rest through; decoder layers store their cross-attention keys and values for the
 // encoder rows at the slot's positions [0, context) of their KV cache (so one slot holds
 // the encoder's keys, then the decoder's own, within max_seq_len), and work on the
-// decoder rows. Host-side bookkeeping per step, so these modules are not captured in
-// CUDA graphs.
+// decoder rows. Prefill steps need host-side bookkeeping (Seq2SeqRows); decode steps
+// on a GPU (DecodeIndex with its context) run batched with none, so CUDA graphs capture
+// them.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -42,6 +43,14 @@ struct Seq2SeqRows {
 // [q, k] (true = may attend) or undefined. Returns [q, heads * d].
 at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                             const at::Tensor& mask);
+
+// A decode step's attention for every sequence at once, with no host work (CUDA graphs
+// capture it): q [B, heads, d], keys/vals [B, heads, span, d], `allowed` [B, span] bool,
+// bias [B, heads, span] or undefined. Returns [B, heads * d]. Masked scores get the
+// lowest float rather than -inf, as transformers masks, so a padding row that may
+// attend nowhere stays finite.
+at::Tensor biased_decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& vals,
+                                   const at::Tensor& bias, const at::Tensor& allowed);
 
 // x with its rows `rows` replaced by `values` ([rows, hidden]); x itself when the rows
 // are all of it, in order.
