@@ -29,6 +29,8 @@ class Checkpoint;
 
 namespace cascade::stage {
 
+struct Seq2SeqRows;  // stage/layers/seq2seq.h
+
 // kEncoderLayer / kEncoderNorm: the encoder stack of an encoder-decoder model (T5),
 // which runs once per request over its input and keeps no KV cache; the decoder
 // layers' cross-attention reads the encoder norm's output.
@@ -75,6 +77,9 @@ struct StepContext {
   at::Tensor rope_cos, rope_sin;
   // Defined when every sequence adds one token: layers then take the batched decode path.
   DecodeIndex decode;
+  // An encoder-decoder step's rows (stage/layers/seq2seq.h): built by the first module
+  // that needs them (Seq2SeqRows::of), reused by the rest.
+  std::shared_ptr<const Seq2SeqRows> seq2seq_rows = nullptr;
 };
 
 class Module {

@@ -116,6 +116,11 @@ TEST(T5, StepRowsSplitEncoderInputFromDecoderTokens) {
   Batch none;
   none.seqs.push_back({1, 0, 2});
   EXPECT_THROW_WITH(Seq2SeqRows::of(none, at::kCPU), c10::Error, "needs the sequence's encoder input");
+  // A step's modules share one set of rows, built by the first that asks.
+  StepContext ctx{b, {}, nullptr, {}, {}, {}};
+  const Seq2SeqRows& first = Seq2SeqRows::of(ctx, at::kCPU);
+  EXPECT_EQ(&Seq2SeqRows::of(ctx, at::kCPU), &first);
+  EXPECT_EQ(first.dec_tokens, 2);
 }
 
 // Decoder-start logits of `prompt` and of `steps` greedy tokens after it, in `slot` of

@@ -195,7 +195,7 @@ class T5Block : public Module {
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     if (ctx.decode.defined() && ctx.decode.context.defined())  // a GPU decode step: no encoder rows
       return decoder_ ? decode_step(x, ctx.decode, *ctx.kv) : x;
-    const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
+    const Seq2SeqRows& r = Seq2SeqRows::of(ctx, x.device());
     if (decoder_) {
       store_cross(x, r, *ctx.kv);
       if (r.dec_tokens == 0) return x;
@@ -293,7 +293,7 @@ class T5EncoderNorm : public Module {
   explicit T5EncoderNorm(Norm n) : n_(std::move(n)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override {
     if (ctx.decode.defined() && ctx.decode.context.defined()) return x;  // a GPU decode step
-    const Seq2SeqRows r = Seq2SeqRows::of(ctx.batch, x.device());
+    const Seq2SeqRows& r = Seq2SeqRows::of(ctx, x.device());
     return r.enc_tokens == 0 ? x : with_rows(x, r.enc, n_(x.index_select(0, r.enc)));
   }
 

@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <memory>
 
 namespace cascade::stage {
 
@@ -38,23 +39,41 @@ Seq2SeqRows Seq2SeqRows::of(const Batch& b, at::Device device) {
   return r;
 }
 
-at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
-                            const at::Tensor& mask) {
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2));  // [heads, q, k] in the compute dtype, as T5 has it
+const Seq2SeqRows& Seq2SeqRows::of(StepContext& ctx, at::Device device) {
+  // Rebuilt where a module computes on another device than the one before it.
+  if (!ctx.seq2seq_rows || ctx.seq2seq_rows->enc.device() != device) ctx.seq2seq_rows = std::make_shared<const Seq2SeqRows>(of(ctx.batch, device));
+  return *ctx.seq2seq_rows;
+}
+
+namespace {
+
+// softmax(q k^T + bias) v over the last two dimensions, as T5 computes it: no 1/sqrt(d)
+// scaling, scores and bias added in the compute dtype, the softmax in float32. mask
+// (true = may attend) and bias broadcast to the scores [..., q, k]. Masked scores take
+// the lowest float rather than -inf, as transformers masks, so a row that may attend
+// nowhere (a CUDA graph's padding) stays finite. Returns [..., q, d].
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                  const at::Tensor& mask) {
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2));
   if (bias.defined()) scores = scores + bias;
   scores = scores.to(at::kFloat);
-  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
-  const at::Tensor o = at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);  // [heads, q, d]
+  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), std::numeric_limits<float>::lowest());
+  return at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);
+}
+
+}  // namespace
+
+at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                            const at::Tensor& mask) {
+  const at::Tensor o = attend(q, k, v, bias, mask);  // [heads, q, d]
   return o.transpose(0, 1).reshape({q.size(1), q.size(0) * q.size(2)});
 }
 
 at::Tensor biased_decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& vals,
                                    const at::Tensor& bias, const at::Tensor& allowed) {
   const int64_t B = q.size(0), heads = q.size(1), d = q.size(2);
-  at::Tensor scores = at::matmul(q.unsqueeze(2), keys.transpose(-1, -2)).squeeze(2);  // [B, heads, span]
-  if (bias.defined()) scores = scores + bias;
-  scores = scores.to(at::kFloat).masked_fill(allowed.unsqueeze(1).logical_not(), std::numeric_limits<float>::lowest());
-  const at::Tensor o = at::matmul(at::softmax(scores, -1).to(q.scalar_type()).unsqueeze(2), vals);  // [B, heads, 1, d]
+  const at::Tensor o = attend(q.unsqueeze(2), keys, vals, bias.defined() ? bias.unsqueeze(2) : bias,
+                              allowed.view({B, 1, 1, allowed.size(1)}));  // [B, heads, 1, d]
   return o.reshape({B, heads * d});
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "stage/batch.h"
+#include "stage/family.h"
 
 namespace cascade::stage {
 
@@ -36,19 +37,21 @@ struct Seq2SeqRows {
   // Throws (naming the slot) when a sequence has no context or its encoder input is not
   // whole in one step.
   static Seq2SeqRows of(const Batch& b, at::Device device);
+  // The step's rows, built once per step (and device) and kept in ctx for the modules after.
+  static const Seq2SeqRows& of(StepContext& ctx, at::Device device);
 };
 
 // T5's attention: softmax(q k^T + bias) v without 1/sqrt(d) scaling, the softmax in
-// float32. q [heads, q, d], k/v [heads, k, d]; bias [heads, q, k] or undefined; mask
-// [q, k] (true = may attend) or undefined. Returns [q, heads * d].
+// float32, masked scores at the lowest float. q [heads, q, d], k/v [heads, k, d]; bias
+// [heads, q, k] or undefined; mask [q, k] (true = may attend) or undefined. Returns
+// [q, heads * d].
 at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                             const at::Tensor& mask);
 
-// A decode step's attention for every sequence at once, with no host work (CUDA graphs
+// The same for a decode step of every sequence at once, with no host work (CUDA graphs
 // capture it): q [B, heads, d], keys/vals [B, heads, span, d], `allowed` [B, span] bool,
-// bias [B, heads, span] or undefined. Returns [B, heads * d]. Masked scores get the
-// lowest float rather than -inf, as transformers masks, so a padding row that may
-// attend nowhere stays finite.
+// bias [B, heads, span] or undefined. Returns [B, heads * d]. The lowest float rather
+// than -inf, as transformers masks, keeps a padding row that may attend nowhere finite.
 at::Tensor biased_decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& vals,
                                    const at::Tensor& bias, const at::Tensor& allowed);
 
