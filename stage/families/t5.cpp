@@ -107,19 +107,17 @@ ModuleSpec block_spec(const ModelConfig& c, const T5Shape& t, bool decoder, int6
   int64_t sub = 0;
   auto norm = [&] { s.tensors.push_back(b + std::to_string(sub) + ".layer_norm.weight"); };
   norm();
-  Attention::declare(&s, attention_spec(c), b + std::to_string(sub) + ".SelfAttention.", kAttention);
+  // One K/V pair per position of a slot: the decoder's self-attention charges it; the
+  // encoder keeps no cache, and cross-attention's K/V sit at the encoder's positions.
+  AttentionSpec self = attention_spec(c), cross = attention_spec(c);
+  self.charges_kv = decoder;
+  cross.charges_kv = false;
+  Attention::declare(&s, self, b + std::to_string(sub) + ".SelfAttention.", kAttention);
   RelativeBias::declare(&s, stack + ".block.0.layer.0.SelfAttention.relative_attention_bias");
   if (decoder) {
     ++sub;
     norm();
-    // Cross-attention's K and V sit at the encoder's positions of the slot, the
-    // decoder's own after them (stage/layers/seq2seq.h): one K/V pair per position,
-    // which self-attention's declare() has charged already.
-    const int64_t kv = s.cost.kv_elems_per_token;
-    Attention::declare(&s, attention_spec(c), b + std::to_string(sub) + ".EncDecAttention.", kAttention);
-    s.cost.kv_elems_per_token = kv;
-  } else {
-    s.cost.kv_elems_per_token = 0;  // the encoder keeps no cache: it runs once per request
+    Attention::declare(&s, cross, b + std::to_string(sub) + ".EncDecAttention.", kAttention);
   }
   ++sub;
   norm();

@@ -37,7 +37,7 @@ void Attention::declare(ModuleSpec* s, const AttentionSpec& a, const std::string
       if (*a.qk_norm == NormKind::kLayer) s->tensors.push_back(prefix + norm + ".bias");
     }
   }
-  s->cost.kv_elems_per_token += 2 * kv_out;
+  if (a.charges_kv) s->cost.kv_elems_per_token += 2 * kv_out;
   s->cost.act_elems_per_token += q_out + 2 * kv_out;
   s->cost.score_heads = std::max(s->cost.score_heads, a.heads);
 }

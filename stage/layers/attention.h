@@ -35,6 +35,10 @@ struct AttentionSpec {
   bool qkv_bias = false, o_bias = false;
   std::optional<NormKind> qk_norm;  // per-head norm of q and k over head_dim (before RoPE)
   double qk_norm_eps = 1e-6;
+  // Whether its K/V take KV-cache positions of their own, which declare() charges per
+  // token. Not T5's encoder (it runs once per request) nor its cross-attention, whose
+  // K/V sit at the encoder's positions of the slot (stage/layers/seq2seq.h).
+  bool charges_kv = true;
 
   static AttentionSpec of(const ModelConfig& c);  // the common case, from a ModelConfig
 };
