@@ -199,7 +199,7 @@ class Model::Builder {
     auto it = cache_.find(name);
     // A tensor read by two modules (a tied head, T5's shared bias tables) is loaded once,
     // unless the first one streams it: its view lives in that module's GPU slot, so
-    // another module gets its own copy (counted once in source_bytes_).
+    // another module gets a view of its own slot (from the same pinned host copy).
     if (it != cache_.end() && (it->second.ordinal < 0 || it->second.ordinal == ordinal)) return it->second.t;
     const bool again = it != cache_.end();
     if (name.size() > 6 && name.compare(name.size() - 6, 6, ":scale") == 0) {
@@ -227,6 +227,7 @@ class Model::Builder {
       m_.upload_stats_ = upload_->stats();
     }
     cache_.clear();  // the modules hold their weights now; finalize() may replace them
+    pinned_.clear();  // the stream holds its sources
   }
 
  private:
@@ -255,15 +256,24 @@ class Model::Builder {
       return t;
     }
     if (layout(name) != Int8Layout::kNone) {
-      Int8Rows r = quantize(name, info);
-      const at::Tensor t = s.add(ordinal, r.q.cpu().pin_memory());
-      cache_[name + ":scale"] = {s.add(ordinal, r.scale.cpu().pin_memory()), ordinal};
-      m_.weight_bytes_ += r.q.numel() + r.scale.numel() * 4;
-      return t;
+      if (!pinned_.count(name)) {
+        Int8Rows r = quantize(name, info);
+        pin(name, r.q.cpu());
+        pin(name + ":scale", r.scale.cpu());
+      }
+      cache_[name + ":scale"] = {s.add(ordinal, pinned_.at(name + ":scale")), ordinal};
+      return s.add(ordinal, pinned_.at(name));
     }
-    const at::Tensor t = s.add(ordinal, m_.ck_->load(name, m_.opts_.dtype).pin_memory());
+    if (!pinned_.count(name)) pin(name, m_.ck_->load(name, m_.opts_.dtype));
+    return s.add(ordinal, pinned_.at(name));
+  }
+
+  // The one pinned host copy of a streamed tensor: every streamed module that reads it
+  // (a tied head and its embedding, T5's shared bias tables) copies from it into its own
+  // GPU slot.
+  void pin(const std::string& key, const at::Tensor& host) {
+    const at::Tensor& t = pinned_[key] = host.pin_memory();
     m_.weight_bytes_ += t.numel() * t.element_size();
-    return t;
   }
 
   // On the compute device for good, or a view of the disk tier's mapping.
@@ -297,7 +307,8 @@ class Model::Builder {
     at::Tensor t;
     int64_t ordinal = -1;  // the streamed module whose GPU slot it is a view of; -1: resident
   };
-  std::map<std::string, Cached> cache_;  // by tensor name ("<name>:scale" for int8 scales)
+  std::map<std::string, Cached> cache_;      // by tensor name ("<name>:scale" for int8 scales)
+  std::map<std::string, at::Tensor> pinned_;  // streamed tensors' host copies, by the same names
 };
 
 // Builds every loaded module from its family, reporting progress after each.
