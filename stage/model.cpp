@@ -226,7 +226,7 @@ class Model::Builder {
       upload_->finish();
       m_.upload_stats_ = upload_->stats();
     }
-    cache_.clear();  // the modules hold their weights now; finalize() may replace them
+    cache_.clear();   // the modules hold their weights now; finalize() may replace them
     pinned_.clear();  // the stream holds its sources
   }
 
@@ -307,7 +307,7 @@ class Model::Builder {
     at::Tensor t;
     int64_t ordinal = -1;  // the streamed module whose GPU slot it is a view of; -1: resident
   };
-  std::map<std::string, Cached> cache_;      // by tensor name ("<name>:scale" for int8 scales)
+  std::map<std::string, Cached> cache_;       // by tensor name ("<name>:scale" for int8 scales)
   std::map<std::string, at::Tensor> pinned_;  // streamed tensors' host copies, by the same names
 };
 

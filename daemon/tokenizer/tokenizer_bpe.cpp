@@ -7,13 +7,20 @@
 
 namespace cascade::daemon::tok {
 
-void byte_token_ids(const std::unordered_map<std::string, int64_t>& vocab, int64_t out[256]) {
+ByteTokens::ByteTokens(const std::unordered_map<std::string, int64_t>& vocab) {
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     const auto it = vocab.find(name);
-    out[b] = it == vocab.end() ? -1 : it->second;
+    ids_[b] = it == vocab.end() ? -1 : it->second;
   }
+}
+
+bool ByteTokens::spell(std::string_view raw, std::vector<int64_t>* out) const {
+  for (unsigned char c : raw)
+    if (ids_[c] < 0) return false;
+  for (unsigned char c : raw) out->push_back(ids_[c]);
+  return true;
 }
 
 std::unique_ptr<Model> make_model(const nlohmann::json& j) {
@@ -50,7 +57,7 @@ Bpe::Bpe(const nlohmann::json& m) {
     if (it == vocab_.end()) throw TokenizerError("tokenizer.json: unk_token '" + unk + "' is not in the vocabulary");
     unk_ = it->second;
   }
-  byte_token_ids(vocab_, byte_ids_);
+  bytes_ = ByteTokens(vocab_);
   int64_t rank = 0;
   for (const auto& mj : m.at("merges")) {
     std::string a, b;
@@ -115,15 +122,11 @@ void Bpe::tokenize(const std::string& word, std::vector<int64_t>* out) const {
       last_unk = false;
       continue;
     }
-    if (byte_fallback_) {
-      const std::string raw = word.substr(i - len, len);
-      bool all = true;
-      for (unsigned char c : raw) all &= byte_ids_[c] >= 0;
-      if (all) {
-        for (unsigned char c : raw) s.push_back({byte_ids_[c], 0, 0, true});
-        last_unk = false;
-        continue;
-      }
+    if (std::vector<int64_t> spelled;
+        byte_fallback_ && bytes_.spell(std::string_view(word).substr(i - len, len), &spelled)) {
+      for (int64_t id : spelled) s.push_back({id, 0, 0, true});
+      last_unk = false;
+      continue;
     }
     if (unk_ >= 0) {
       if (!(fuse_unk_ && last_unk)) s.push_back({unk_, 0, 0, true});

@@ -3,6 +3,7 @@
 // object. Unsupported types throw TokenizerError naming the type.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -89,8 +90,19 @@ class Model {
 // "BPE" (the default when "type" is absent) or "Unigram"; others throw naming the type.
 std::unique_ptr<Model> make_model(const nlohmann::json& j);
 
-// The ids of the byte-fallback tokens <0x00> … <0xFF>; -1 where the vocabulary lacks one.
-void byte_token_ids(const std::unordered_map<std::string, int64_t>& vocab, int64_t out[256]);
+// A vocabulary's byte-fallback tokens <0x00> … <0xFF>, which spell text no other token
+// covers (BPE and Unigram with byte_fallback). Immutable after construction.
+class ByteTokens {
+ public:
+  ByteTokens() { std::fill(ids_, ids_ + 256, -1); }
+  explicit ByteTokens(const std::unordered_map<std::string, int64_t>& vocab);
+  // Appends the ids spelling `raw` byte by byte and returns true, or appends nothing and
+  // returns false when some byte has no token.
+  bool spell(std::string_view raw, std::vector<int64_t>* out) const;
+
+ private:
+  int64_t ids_[256];  // -1 where the vocabulary lacks the byte's token
+};
 
 // Byte-pair encoding with byte fallback, <unk> (fused or not), ignore_merges and
 // continuing-subword / end-of-word affixes.
@@ -113,7 +125,7 @@ class Bpe : public Model {
   int64_t unk_ = -1;
   bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   std::string prefix_, suffix_;
-  int64_t byte_ids_[256];  // <0xXX> ids, -1 when absent
+  ByteTokens bytes_;
 };
 
 // SentencePiece's Unigram model as HF runs it: the segmentation with the highest total
@@ -135,7 +147,7 @@ class Unigram : public Model {
   int64_t unk_ = -1;
   double unk_score_ = 0;
   bool byte_fallback_ = false;
-  int64_t byte_ids_[256];
+  ByteTokens bytes_;
 };
 
 // SentencePiece's normalizer as tokenizer.json carries it ("Precompiled"): a

@@ -39,7 +39,7 @@ Unigram::Unigram(const nlohmann::json& m) {
                          std::to_string(size()) + " pieces)");
   unk_score_ = min_score - kUnkPenalty;
   byte_fallback_ = m.value("byte_fallback", false);
-  byte_token_ids(ids_, byte_ids_);
+  bytes_ = ByteTokens(ids_);
   for (const auto& [piece, id] : ids_)
     if (!piece.empty()) sorted_.push_back(id);
   std::sort(sorted_.begin(), sorted_.end(), [&](int64_t a, int64_t b) { return pieces_[a] < pieces_[b]; });
@@ -89,13 +89,11 @@ void Unigram::tokenize(const std::string& word, std::vector<int64_t>* out) const
   auto flush_unk = [&] {
     if (unk_run.empty()) return;
     const auto id = ids_.find(unk_run);
-    bool bytes = byte_fallback_;
-    for (unsigned char c : unk_run) bytes = bytes && byte_ids_[c] >= 0;
+    std::vector<int64_t> spelled;
     if (id != ids_.end()) {
       ids.push_back(id->second);
-    } else if (bytes) {
-      for (auto c = unk_run.rbegin(); c != unk_run.rend(); ++c)
-        ids.push_back(byte_ids_[static_cast<unsigned char>(*c)]);
+    } else if (byte_fallback_ && bytes_.spell(unk_run, &spelled)) {
+      ids.insert(ids.end(), spelled.rbegin(), spelled.rend());  // `ids` is built back to front
     } else {
       ids.push_back(unk_);
     }

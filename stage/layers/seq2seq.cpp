@@ -41,7 +41,8 @@ Seq2SeqRows Seq2SeqRows::of(const Batch& b, at::Device device) {
 
 const Seq2SeqRows& Seq2SeqRows::of(StepContext& ctx, at::Device device) {
   // Rebuilt where a module computes on another device than the one before it.
-  if (!ctx.seq2seq_rows || ctx.seq2seq_rows->enc.device() != device) ctx.seq2seq_rows = std::make_shared<const Seq2SeqRows>(of(ctx.batch, device));
+  if (!ctx.seq2seq_rows || ctx.seq2seq_rows->enc.device() != device)
+    ctx.seq2seq_rows = std::make_shared<const Seq2SeqRows>(of(ctx.batch, device));
   return *ctx.seq2seq_rows;
 }
 
