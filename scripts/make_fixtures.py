@@ -17,6 +17,11 @@ prompt_ids go to the encoder, output_ids are the decoder's greedy tokens after
 decoder_start_token_id, and last_logits are the logits that chose the first of them.
 reference.json also has "relative_buckets": transformers' own T5 bucket function over
 relative positions -64..64 for the fixture's config, bidirectional and causal.
+
+A fixture given a tokenizer (tokenizer=DIR holding a tokenizer.json) copies it in, and its
+prompts are texts: each also holds "prompt_text" (encoded by HF's tokenizer with its special
+tokens, as a server encodes a text prompt) and "output_text" (the output decoded with
+skip_special_tokens=True).
 """
 import argparse
 import json
@@ -32,6 +37,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, BloomConf
 NEW_TOKENS = 16
 PROMPT_LENGTHS = (1, 5, 11)
 VOCAB = 256
+TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "tokenizers")
 
 
 def init_weights(model, std, seed):
@@ -91,13 +97,22 @@ def relative_buckets(config):
     return out
 
 
-def seq2seq_reference(model, config, seed, prompt_lengths):
-    """Greedy decoder tokens and first-step logits for random encoder inputs."""
+# Texts for fixtures with a tokenizer: words the tokenizer knows, unicode, whitespace runs and
+# characters outside its vocabulary.
+PROMPT_TEXTS = ("translate English to German: The house is wonderful.",
+                "Grüße   aus Zürich — naïve café\tnights",
+                "日本 ☃ summarize:  many   spaces\n\nand lines")
+
+
+def seq2seq_reference(model, config, seed, prompt_lengths, tok=None):
+    """Greedy decoder tokens and first-step logits for random encoder inputs (or the
+    encoded PROMPT_TEXTS when a tokenizer is given)."""
     g = torch.Generator().manual_seed(seed + 1)
     start = config.decoder_start_token_id
     prompts = []
-    for n in prompt_lengths:
-        ids = torch.randint(3, config.vocab_size, (1, n), generator=g)
+    inputs = [tok(t, return_tensors="pt").input_ids for t in PROMPT_TEXTS] if tok else [
+        torch.randint(3, config.vocab_size, (1, n), generator=g) for n in prompt_lengths]
+    for ids in inputs:
         with torch.no_grad():
             logits = model(input_ids=ids, decoder_input_ids=torch.tensor([[start]])).logits[0, -1].float()
             # The whole decoder sequence at every step: transformers 5.17's generate sizes its
@@ -108,13 +123,20 @@ def seq2seq_reference(model, config, seed, prompt_lengths):
                 seq = torch.cat([seq, t.view(1, 1)], 1)
         prompts.append({"prompt_ids": ids[0].tolist(), "output_ids": seq[0, 1:].tolist(),
                         "last_logits": [float(x) for x in logits]})
+        if tok:
+            prompts[-1]["prompt_text"] = PROMPT_TEXTS[len(prompts) - 1]
+            prompts[-1]["output_text"] = tok.decode(prompts[-1]["output_ids"], skip_special_tokens=True)
     return prompts
 
 
 def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy=False, prompt_lengths=PROMPT_LENGTHS,
-         fresh=False, seq2seq=False, min_distinct=6):
+         fresh=False, seq2seq=False, min_distinct=6, tokenizer=None):
     out = os.path.join(out_root, name)
     shutil.rmtree(out, ignore_errors=True)
+    tok = None
+    if tokenizer:
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(tokenizer, "tokenizer.json"))
+        assert len(tok) == config.vocab_size, f"{name}: vocab {config.vocab_size} != tokenizer's {len(tok)}"
     torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     model = auto.from_config(config, attn_implementation="eager")
@@ -133,6 +155,8 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
     model = model.to(store_dtype)
     kw = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(out, **kw)
+    if tok:
+        shutil.copy(os.path.join(tokenizer, "tokenizer.json"), out)
     if legacy:
         legacy_config(os.path.join(out, "config.json"))
     # Reload as a user would. Casting the in-memory model back to float32 is not the
@@ -143,7 +167,7 @@ def make(out_root, name, config, store_dtype, seed, std=0.15, shard=None, legacy
     model.generation_config.pad_token_id = 0
 
     g = torch.Generator().manual_seed(seed + 1)
-    prompts = seq2seq_reference(model, config, seed, prompt_lengths) if seq2seq else []
+    prompts = seq2seq_reference(model, config, seed, prompt_lengths, tok) if seq2seq else []
     for n in () if seq2seq else prompt_lengths:
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
         with torch.no_grad():
@@ -295,6 +319,14 @@ def fixtures(common):
                                  feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
                                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)),
                 torch.float32, 28, {"seq2seq": True, "prompt_lengths": (3, 9, 40)}),
+        # T5 v1.1 over the trained Unigram tokenizer of tests/data/tokenizers/t5_hub (its
+        # whole vocabulary, 1204 ids), for text requests end to end.
+        "t5_text": (untied(T5Config(vocab_size=1204, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                    num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                    relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+                                    dropout_rate=0.0, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
+                                    decoder_start_token_id=0)),
+                    torch.float32, 29, {"seq2seq": True, "tokenizer": os.path.join(TOKENIZERS, "t5_hub")}),
     }
 
 
@@ -320,7 +352,7 @@ def main():
                 if attempt == 3:
                     raise
     print(f"total {total/1e6:.2f} MB")
-    assert total < 10e6
+    assert total < 16e6
 
 
 if __name__ == "__main__":

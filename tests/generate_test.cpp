@@ -126,6 +126,13 @@ namespace cascade::daemon {
 namespace {
 
 #ifdef CASCADE_WITH_TOKENIZER
+// `text` single-quoted for the shell.
+std::string shell_quoted(const std::string& text) {
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
 // The bundled demo model (scripts/train_demo_model.py) with its own tokenizer: our
 // float32 greedy text equals the HF transformers samples recorded at training time.
 TEST(DemoModel, GreedyTextMatchesTheHuggingFaceSamples) {
@@ -133,12 +140,31 @@ TEST(DemoModel, GreedyTextMatchesTheHuggingFaceSamples) {
   const auto ref = test::read_json(dir + "/reference_samples.json");
   for (const auto& s : ref["samples"]) {
     const std::string prompt = s["prompt"];
-    std::string quoted;  // single-quote for the shell
-    for (char c : prompt) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    const CliRun r = run_cascade("generate --model " + dir + " --prompt '" + quoted +
-                                 "' --max-new-tokens 40 --dtype float32 --json");
+    const CliRun r = run_cascade("generate --model " + dir + " --prompt " + shell_quoted(prompt) +
+                                 " --max-new-tokens 40 --dtype float32 --json");
     ASSERT_EQ(r.status, 0);
     EXPECT_EQ(nlohmann::json::parse(r.out)["text"], s["greedy_text_40"]) << "prompt " << nlohmann::json(prompt);
+  }
+}
+
+// Issue 21, item 4: T5 with its Unigram tokenizer (tests/data/t5_text). Text prompts go to
+// the encoder with the tokenizer's </s>; the decoder's tokens and their text are
+// transformers' (scripts/make_fixtures.py decodes them with skip_special_tokens).
+TEST(T5Text, GreedyTextMatchesTransformers) {
+  const std::string dir = test::fixture("t5_text");
+  const auto ref = test::read_json(dir + "/reference.json");
+  std::string prompts;
+  for (const auto& p : ref["prompts"]) prompts += " --prompt " + shell_quoted(p["prompt_text"].get<std::string>());
+  const CliRun r = run_cascade("generate --model " + dir + prompts + " --max-new-tokens 16 --dtype float32 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::istringstream lines(r.out);
+  for (const auto& p : ref["prompts"]) {
+    std::string line;
+    ASSERT_TRUE(std::getline(lines, line)) << r.out;
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["prompt_ids"], p["prompt_ids"]) << p["prompt_text"];
+    EXPECT_EQ(j["output_ids"], p["output_ids"]) << p["prompt_text"];
+    EXPECT_EQ(j["text"], p["output_text"]) << p["prompt_text"];
   }
 }
 #endif

@@ -767,39 +767,43 @@ TEST(Server, LimitsAuthAndSlowClients) {
   ::close(idle_fd);
 }
 
-// A T5 model served with its encoder on one stage and its decoder on another: the
-// reference prompts at once (continuous batching), streamed and not, give
-// transformers' greedy tokens; a request the model cannot serve gets its 400.
+// Issue 21, item 4: a T5 checkpoint with its Unigram tokenizer (tests/data/t5_text),
+// encoder and decoder on two CPU stages, serves text prompts: the tokens and the text
+// transformers gives for the same prompt, plain and streamed, concurrently.
 TEST(Server, AnEncoderDecoderModelServesItsTokens) {
   TempDir dir;
-  const std::string model = fixture("t5_v1_1");
+  const std::string model = fixture("t5_text");
   const json ref = read_json(model + "/reference.json");
   Daemon d(dir, model, "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n",
            R"("shared" = "cpu:0", "encoder.block.0" = "cpu:0", "encoder.block.1" = "cpu:0",
               "encoder.final_layer_norm" = "cpu:0", "decoder.block.0" = "cpu:1", "decoder.block.1" = "cpu:1",
-              "decoder.block.2" = "cpu:1", "decoder.final_layer_norm" = "cpu:1", "lm_head" = "cpu:1")");
+              "decoder.final_layer_norm" = "cpu:1", "lm_head" = "cpu:1")");
   const size_t n = ref["prompts"].size();
-  std::vector<Reply> plain(n), streamed(n);
+  std::vector<Reply> text(n), ids(n);
   std::vector<std::thread> clients;
   for (size_t i = 0; i < n; ++i) {
-    json body = {{"prompt", ref["prompts"][i]["prompt_ids"]},
+    const json& p = ref["prompts"][i];
+    json body = {{"prompt", p["prompt_text"]},
                  {"max_tokens", 16},
                  {"temperature", 0},
+                 {"ignore_eos", true},
                  {"return_token_ids", true}};
-    clients.emplace_back([&, i, body] { plain[i] = call(d.sock(), "POST", "/v1/completions", body.dump()); });
-    json s = body;
-    s["stream"] = true;
-    clients.emplace_back([&, i, s] { streamed[i] = call(d.sock(), "POST", "/v1/completions", s.dump()); });
+    clients.emplace_back([&, i, body] { text[i] = call(d.sock(), "POST", "/v1/completions", body.dump()); });
+    body["prompt"] = p["prompt_ids"];  // the same prompt as ids, streamed
+    body["stream"] = true;
+    clients.emplace_back([&, i, body] { ids[i] = call(d.sock(), "POST", "/v1/completions", body.dump()); });
   }
   for (auto& t : clients) t.join();
   for (size_t i = 0; i < n; ++i) {
-    const auto& want = ref["prompts"][i]["output_ids"];
-    ASSERT_EQ(plain[i].status, 200) << plain[i].body << d.log();
-    EXPECT_EQ(plain[i].j()["choices"][0]["token_ids"], want) << "prompt " << i;
-    EXPECT_EQ(plain[i].j()["usage"]["prompt_tokens"], ref["prompts"][i]["prompt_ids"].size());
-    const auto [ids, done] = stream_ids(streamed[i].body);
+    const json& p = ref["prompts"][i];
+    ASSERT_EQ(text[i].status, 200) << text[i].body << d.log();
+    const json c = text[i].j()["choices"][0];
+    EXPECT_EQ(c["token_ids"], p["output_ids"]) << p["prompt_text"];
+    EXPECT_EQ(c["text"], p["output_text"]) << p["prompt_text"];
+    EXPECT_EQ(text[i].j()["usage"]["prompt_tokens"], p["prompt_ids"].size()) << p["prompt_text"];
+    const auto [streamed, done] = stream_ids(ids[i].body);
     EXPECT_TRUE(done);
-    EXPECT_EQ(json(ids), want) << "prompt " << i << " streamed";
+    EXPECT_EQ(json(streamed), p["output_ids"]) << "prompt " << i << " as ids, streamed";
   }
   const Reply echo = call(d.sock(), "POST", "/v1/completions", R"({"prompt": [5, 6], "echo": true, "logprobs": 1})");
   EXPECT_EQ(echo.status, 400);
