@@ -40,6 +40,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int b = blockIdx.x / a.kv_heads, h = blockIdx.x % a.kv_heads, split = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = a.heads / a.kv_heads;  // query heads h*group .. h*group + group - 1, group <= G
+  wait_for_prior_grid();
+  allow_next_grid();
   const int64_t slot = slots[b];
   const int p = static_cast<int>(pos[b]);
   const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
@@ -61,10 +63,24 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     }
   }
   const int64_t head = (slot * a.kv_heads + h) * a.max_seq;
+  // Each warp's next key and value are loaded before the current ones are used, so a
+  // load's latency overlaps the previous key's arithmetic.
+  float kn[E], vn[E];
+  if (begin + warp < end) {
+    load_row<S, E>(kc + (head + begin + warp) * D + lane * E, kn);
+    load_row<S, E>(vc + (head + begin + warp) * D + lane * E, vn);
+  }
   for (int j = begin + warp; j < end; j += kAttnWarps) {
     float kv[E], vv[E];
-    load_row<S, E>(kc + (head + j) * D + lane * E, kv);
-    load_row<S, E>(vc + (head + j) * D + lane * E, vv);
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      kv[i] = kn[i];
+      vv[i] = vn[i];
+    }
+    if (j + kAttnWarps < end) {
+      load_row<S, E>(kc + (head + j + kAttnWarps) * D + lane * E, kn);
+      load_row<S, E>(vc + (head + j + kAttnWarps) * D + lane * E, vn);
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g >= group) break;
@@ -154,9 +170,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 template <typename S, int D, int G>
 void attention_t(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
                  const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
-  attention_kernel<S, D, G><<<dim3(a.B * a.kv_heads, a.splits), kAttnWarps * 32, 0, stream>>>(
-      a, static_cast<const S*>(q), static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos, static_cast<S*>(o),
-      work, counters);
+  launch_overlapped(attention_kernel<S, D, G>, dim3(a.B * a.kv_heads, a.splits), dim3(kAttnWarps * 32), stream, a,
+                    static_cast<const S*>(q), static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos,
+                    static_cast<S*>(o), work, counters);
 }
 
 template <typename S, int D>
@@ -196,6 +212,8 @@ __global__ void store_kv_kernel(const S* __restrict__ k, int64_t k_row, const S*
                                 S* __restrict__ kc, S* __restrict__ vc, const int64_t* __restrict__ slots,
                                 const int64_t* __restrict__ pos, int kv_heads, int D, int max_seq) {
   const int b = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
+  wait_for_prior_grid();
+  allow_next_grid();
   const int64_t dst = ((slots[b] * kv_heads + h) * max_seq + pos[b]) * D;
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
     kc[dst + i] = k[b * k_row + h * D + i];
@@ -207,9 +225,9 @@ template <typename S>
 void store_kv_as(int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row, const void* v, int64_t v_row,
                  void* kc, void* vc, const int64_t* slots, const int64_t* pos, cudaStream_t stream) {
   const int threads = D < 256 ? D : 256;
-  store_kv_kernel<S><<<B * kv_heads, threads, 0, stream>>>(static_cast<const S*>(k), k_row, static_cast<const S*>(v),
-                                                           v_row, static_cast<S*>(kc), static_cast<S*>(vc), slots, pos,
-                                                           kv_heads, D, max_seq);
+  launch_overlapped(store_kv_kernel<S>, dim3(B * kv_heads), dim3(threads), stream, static_cast<const S*>(k), k_row,
+                    static_cast<const S*>(v), v_row, static_cast<S*>(kc), static_cast<S*>(vc), slots, pos, kv_heads, D,
+                    max_seq);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Device helpers shared by Cascade's kernels (stage/*.cu): warp sums, float views of
-// 16- and 32-bit storage, and the step from a runtime token count to a template one.
+// 16- and 32-bit storage, the step from a runtime token count to a template one, and
+// the launch that lets a kernel start while the one before it finishes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +9,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "stage/kernels/cuda_kernels.h"
 
@@ -40,6 +42,48 @@ cudaError_t for_tokens(int tokens, const Launch& launch) {
     launch(std::integral_constant<int, T>{});
     return cudaGetLastError();
   }
+}
+
+// Programmatic dependent launch (sm_90 and later). A decode step is ~300 short kernels
+// in a row, and each paid its launch and ramp after the previous one drained; with
+// launch_overlapped the next kernel's blocks are scheduled while the current one's last
+// blocks run, and read what does not depend on it (weights) before they wait.
+//
+// The contract for a kernel started by launch_overlapped: it calls wait_for_prior_grid()
+// before it reads anything an earlier kernel on the stream wrote, and before it writes
+// anything (an earlier kernel may still read it). The wait returns once every earlier
+// grid has completed with its writes visible. allow_next_grid() lets the next kernel be
+// scheduled; call it after the wait, so at most one grid waits at a time.
+__device__ inline void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ inline void allow_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launches on the current device overlap: compute capability 9.0 or later and
+// CASCADE_PDL not "0" (the switch for measuring what the overlap gains). Host code.
+bool overlapped_launches();
+
+// kernel<<<grid, block, 0, stream>>>(args...), overlapped where overlapped_launches().
+template <typename... P, typename... A>
+cudaError_t launch_overlapped(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t stream, A&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = overlapped_launches() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
 }  // namespace cascade::stage::cuda

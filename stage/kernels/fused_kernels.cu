@@ -1,6 +1,10 @@
 // The CUDA side of stage/fused_kernels.h: raw pointers only (no LibTorch headers).
 // Each kernel reproduces the rounding of the ATen ops it replaces: products and sums
 // are rounded to the storage type where ATen would round them, with no FMA contraction.
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
 #include "stage/kernels/cuda_common.cuh"
 
 namespace cascade::stage::cuda {
@@ -29,6 +33,8 @@ constexpr int kThreads = 256;
 template <typename S>
 __global__ void rms_norm_kernel(const S* __restrict__ x, const S* __restrict__ w, S* __restrict__ y, int H, float eps) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
+  wait_for_prior_grid();
+  allow_next_grid();
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += kThreads) {
     const float v = load(x, row + i);
@@ -59,6 +65,8 @@ __global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, 
   const int64_t tok = blockIdx.x / heads;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   const int half = dim / 2;
+  wait_for_prior_grid();
+  allow_next_grid();
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     const float xi = load(x, base + i);
     const float rot = i < half ? -load(x, base + i + half) : load(x, base + i - half);
@@ -149,16 +157,23 @@ __global__ void __launch_bounds__(kGemvThreads)
   float acc[T], acc2[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = acc2[t] = 0.f;
-  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
-    int4 wv[kUnroll], wv2[kUnroll];
+  int4 wv[kUnroll], wv2[kUnroll];
+  // The first loads are issued before the wait: the weights are no earlier kernel's output.
+  const auto fetch = [&](int base) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int v = base + u * TPR;
-      if (v < vecs) {
+      if (live && v < vecs) {
         wv[u] = __ldg(row + v);
         if (E == kGated) wv2[u] = __ldg(row2 + v);
       }
     }
+  };
+  fetch(lane);
+  wait_for_prior_grid();
+  allow_next_grid();
+  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
+    if (base != lane) fetch(base);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int v = base + u * TPR;
@@ -191,9 +206,9 @@ template <int T, int TPR, int E, typename S>
 void gemv_t(const void* x, const void* w, const void* b, const void* r, void* y, int K, int N, int act,
             cudaStream_t stream) {
   constexpr int kRows = kGemvThreads / TPR;
-  gemv_kernel<T, TPR, E, S><<<(N + kRows - 1) / kRows, kGemvThreads, 0, stream>>>(
-      static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b), static_cast<const S*>(r),
-      static_cast<S*>(y), K, N, act);
+  launch_overlapped(gemv_kernel<T, TPR, E, S>, dim3((N + kRows - 1) / kRows), dim3(kGemvThreads), stream,
+                    static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b),
+                    static_cast<const S*>(r), static_cast<S*>(y), K, N, act);
 }
 
 template <int E, typename S>
@@ -226,19 +241,37 @@ cudaError_t gemv_dtype(int dtype, int T, const void* x, const void* w, const voi
 
 template <typename S>
 void rms_norm_as(const void* x, const void* w, void* y, int rows, int H, float eps, cudaStream_t stream) {
-  rms_norm_kernel<S>
-      <<<rows, kThreads, 0, stream>>>(static_cast<const S*>(x), static_cast<const S*>(w), static_cast<S*>(y), H, eps);
+  launch_overlapped(rms_norm_kernel<S>, dim3(rows), dim3(kThreads), stream, static_cast<const S*>(x),
+                    static_cast<const S*>(w), static_cast<S*>(y), H, eps);
 }
 
 template <typename S>
 void rope_as(const void* x, const void* cos, const void* sin, void* y, int tokens, int heads, int dim,
              cudaStream_t stream) {
   const int threads = dim < 32 ? 32 : (dim > 256 ? 256 : dim);
-  rope_kernel<S><<<tokens * heads, threads, 0, stream>>>(static_cast<const S*>(x), static_cast<const S*>(cos),
-                                                         static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
+  launch_overlapped(rope_kernel<S>, dim3(tokens * heads), dim3(threads), stream, static_cast<const S*>(x),
+                    static_cast<const S*>(cos), static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
 }
 
 }  // namespace
+
+bool overlapped_launches() {
+  static const bool enabled = [] {
+    const char* e = std::getenv("CASCADE_PDL");
+    return !(e && std::string(e) == "0");
+  }();
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 no, 2 yes
+  int dev = 0;
+  if (!enabled || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return false;
+  int k = known[dev].load(std::memory_order_relaxed);
+  if (k == 0) {
+    int major = 0;
+    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 2 : 1;
+    known[dev].store(k, std::memory_order_relaxed);
+  }
+  return k == 2;
+}
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
 cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,

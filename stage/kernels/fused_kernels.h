@@ -12,8 +12,9 @@
 namespace cascade::stage {
 
 // at::linear for decode: x [tokens <= 8, in], w [out, in], b [out] or undefined, all
-// float16 or bfloat16 -> [tokens, out]. One warp per weight row reads it once for every
-// token; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the profile).
+// float16 or bfloat16 -> [tokens, out]. One to four warps per weight row read it once
+// for every token; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the
+// profile).
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 // r + fused_linear(x, w, b) in one kernel; r [tokens, out] in x's dtype.
 at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r);
