@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 const std::map<std::string, std::set<std::string>>& schema() {
   static const std::map<std::string, std::set<std::string>> s = {
       {"model", {"path", "dtype"}},
-      {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute"}},
+      {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "experts"}},
       {"runtime",
        {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
         "step_timeout", "cuda_graphs"}},
@@ -299,6 +299,10 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
     }
     c.placement.offload_compute = d.str();
   }
+  const std::string experts = r.choice(pl, "placement", "experts", {"auto", "offload", "with-layer"}, "auto");
+  c.placement.experts = experts == "auto"      ? ExpertPlacement::kAuto
+                        : experts == "offload" ? ExpertPlacement::kOffload
+                                               : ExpertPlacement::kWithLayer;
 
   const toml::table& rt = section("runtime");
   c.runtime.mode = r.choice(rt, "runtime", "mode", {"sequential", "pipeline"}, "sequential") == "pipeline"
@@ -453,6 +457,18 @@ const char* to_string(Strategy s) {
       return "balanced_low_0";
     case Strategy::kSequential:
       return "sequential";
+  }
+  return "?";
+}
+
+const char* to_string(ExpertPlacement e) {
+  switch (e) {
+    case ExpertPlacement::kAuto:
+      return "auto";
+    case ExpertPlacement::kOffload:
+      return "offload";
+    case ExpertPlacement::kWithLayer:
+      return "with-layer";
   }
   return "?";
 }

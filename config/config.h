@@ -48,12 +48,17 @@ struct ModelSection {
   std::string dtype = "auto";  // auto | float32 | bfloat16 | float16
 };
 
+// placement.experts: where a mixture of experts' expert blocks go (planner/plan.h).
+enum class ExpertPlacement { kAuto, kOffload, kWithLayer };
+const char* to_string(ExpertPlacement e);
+
 struct PlacementSection {
   Strategy strategy = Strategy::kAuto;
   std::vector<MemoryBudget> max_memory;                        // in file order
   std::vector<std::pair<std::string, DeviceName>> device_map;  // module prefix -> device
   std::string offload_folder = "offload";
   std::string offload_compute = "auto";  // cpu | cuda:N | auto
+  ExpertPlacement experts = ExpertPlacement::kAuto;
 };
 
 struct RuntimeSection {

@@ -23,6 +23,8 @@ planner::ModuleKind kind_of(stage::ModuleKind k) {
     case stage::ModuleKind::kEncoderLayer:
     case stage::ModuleKind::kDecoderLayer:
       return planner::ModuleKind::kLayer;
+    case stage::ModuleKind::kExperts:
+      return planner::ModuleKind::kExperts;
     case stage::ModuleKind::kEncoderNorm:
     case stage::ModuleKind::kFinalNorm:
       return planner::ModuleKind::kNorm;
@@ -53,9 +55,12 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const s
     for (const auto& t : spec.tensors) {
       const storage::TensorInfo& info = ck.info(t);
       const stage::Int8Layout layout = quantized ? spec.int8_layout(t) : stage::Int8Layout::kNone;
-      mi.tensors.push_back({t, layout != stage::Int8Layout::kNone ? stage::int8_bytes(info.shape, layout)
-                               : at::isFloatingType(info.dtype)   ? info.numel() * uint64_t(m.dtype_bytes)
-                                                                  : info.nbytes()});
+      const auto share = spec.cost.read_share.find(t);
+      mi.tensors.push_back({t,
+                            layout != stage::Int8Layout::kNone ? stage::int8_bytes(info.shape, layout)
+                            : at::isFloatingType(info.dtype)   ? info.numel() * uint64_t(m.dtype_bytes)
+                                                               : info.nbytes(),
+                            share == spec.cost.read_share.end() ? 1.0 : share->second});
     }
     mi.flops_per_token = spec.cost.flops_per_token;
     mi.kv_bytes_per_token = static_cast<uint64_t>(spec.cost.kv_elems_per_token) * m.dtype_bytes;
@@ -102,6 +107,7 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   req.max_batch = cfg.runtime.max_batch;
   req.max_seq_len = cfg.runtime.max_seq_len;
   req.offload_compute = cfg.placement.offload_compute;
+  req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
   run.plan = planner::make_plan(req);
   return run;
@@ -117,6 +123,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   set("runtime.mode", o.mode);
   set("model.dtype", o.dtype);
   set("placement.offload_compute", o.offload_compute);
+  set("placement.experts", o.experts);
   set("quantization.mode", o.quantization);
   if (o.max_batch > 0) opts.overrides.push_back("runtime.max_batch=" + std::to_string(o.max_batch));
   if (o.max_seq_len > 0) opts.overrides.push_back("runtime.max_seq_len=" + std::to_string(o.max_seq_len));
@@ -133,8 +140,11 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   out << "model: " << cfg.model.path << " (" << req.model.model_type << ", " << storage::dtype_name(dtype) << ")\n"
       << "strategy " << config::to_string(req.strategy) << ", mode " << config::to_string(req.mode) << ", max_batch "
       << req.max_batch << ", max_seq_len " << req.max_seq_len << ", offload_compute " << req.offload_compute
-      << (req.offload_compute == "auto" ? " (" + plan.offload_choice + ")" : "") << "\n"
-      << "budgets:";
+      << (req.offload_compute == "auto" ? " (" + plan.offload_choice + ")" : "");
+  const bool moe = std::any_of(req.model.modules.begin(), req.model.modules.end(),
+                               [](const planner::ModuleInfo& m) { return m.kind == planner::ModuleKind::kExperts; });
+  if (moe) out << ", experts " << config::to_string(req.experts);
+  out << "\nbudgets:";
   for (size_t i = 0; i < req.budgets.size(); ++i) {
     const auto& b = req.budgets[i];
     out << (i ? "," : "") << " " << b.device.str() << " "

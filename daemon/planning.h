@@ -52,7 +52,7 @@ struct PlanOptions {
   std::vector<std::string> overrides;  // --set
   std::string model_dir;               // --model
   std::string max_memory;              // --max-memory "cuda:0=2GiB,cpu=8GiB,disk"
-  std::string strategy, mode, dtype, offload_compute, quantization;
+  std::string strategy, mode, dtype, offload_compute, experts, quantization;
   int64_t max_batch = 0, max_seq_len = 0;  // 0 = from the config / defaults
   bool json = false;
 };

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <iomanip>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -187,7 +188,8 @@ void balance_caps(const PlanRequest& r, Ledger& l, const std::vector<DeviceName>
   for (size_t i = 0; i < r.model.modules.size(); ++i) {
     const uint64_t s = module_need(r, l, static_cast<int64_t>(i));
     total += s;
-    if (r.model.modules[i].kind == ModuleKind::kLayer) largest = std::max(largest, s);
+    const ModuleKind k = r.model.modules[i].kind;
+    if (k == ModuleKind::kLayer || k == ModuleKind::kExperts) largest = std::max(largest, s);
   }
   const uint64_t mean = total / r.model.modules.size();
   const uint64_t buffer = static_cast<uint64_t>(1.25 * static_cast<double>(std::max(largest, mean)));
@@ -253,7 +255,9 @@ std::vector<int> compute_balanced(const PlanRequest& r, const Ledger& l, const s
   return owner;
 }
 
-// Resolves a manual device_map (module-prefix keys) to one device per module.
+// Resolves a manual device_map (module-prefix keys) to one device per module. As in
+// accelerate, the most specific key covering a module wins ("model.layers" and
+// "model.layers.3.block_sparse_moe" together put that one expert block elsewhere).
 std::vector<DeviceName> resolve_manual(const PlanRequest& r) {
   const auto& mods = r.model.modules;
   std::vector<int> by(mods.size(), -1);
@@ -268,23 +272,20 @@ std::vector<DeviceName> resolve_manual(const PlanRequest& r) {
     bool matched = false;
     for (size_t i = 0; i < mods.size(); ++i) {
       const std::string& name = mods[i].name;
-      if (key.size() > name.size() && key.compare(0, name.size() + 1, name + ".") == 0) {
-        throw PlanError("device_map key '" + key + "' would split module '" + name +
-                        "'; modules (decoder layers included) are placed whole");
-      }
       if (key.empty() || key == name || name.compare(0, key.size() + 1, key + ".") == 0) {
-        if (by[i] >= 0) {
-          throw PlanError("module '" + name + "' is covered twice in device_map: by '" + r.device_map[by[i]].first +
-                          "' and by '" + key + "'");
-        }
-        by[i] = static_cast<int>(k);
+        if (by[i] < 0 || r.device_map[by[i]].first.size() < key.size()) by[i] = static_cast<int>(k);
         matched = true;
       }
     }
-    if (!matched) {
-      throw PlanError("device_map key '" + key + "' matches no module (modules: " + mods.front().name + ", " +
-                      (mods.size() > 2 ? mods[1].name + " ... " : "") + mods.back().name + ")");
+    if (matched) continue;
+    for (const auto& m : mods) {  // a key inside a module (a layer's expert block is a module of its own)
+      if (key.size() > m.name.size() && key.compare(0, m.name.size() + 1, m.name + ".") == 0) {
+        throw PlanError("device_map key '" + key + "' would split module '" + m.name +
+                        "'; modules (decoder layers included) are placed whole");
+      }
     }
+    throw PlanError("device_map key '" + key + "' matches no module (modules: " + mods.front().name + ", " +
+                    (mods.size() > 2 ? mods[1].name + " ... " : "") + mods.back().name + ")");
   }
   std::vector<DeviceName> out;
   for (size_t i = 0; i < mods.size(); ++i) {
@@ -292,6 +293,18 @@ std::vector<DeviceName> resolve_manual(const PlanRequest& r) {
     out.push_back(r.device_map[by[i]].second);
   }
   return out;
+}
+
+// The order the fill places modules in: execution order, but with experts = auto or
+// offload the expert blocks after everything else, so attention, norms, routers and the
+// head take the GPU first.
+std::vector<int64_t> fill_sequence(const PlanRequest& r) {
+  std::vector<int64_t> seq(r.model.modules.size());
+  std::iota(seq.begin(), seq.end(), 0);
+  if (r.experts == config::ExpertPlacement::kWithLayer) return seq;
+  std::stable_partition(seq.begin(), seq.end(),
+                        [&](int64_t i) { return r.model.modules[i].kind != ModuleKind::kExperts; });
+  return seq;
 }
 
 // Strategy placement (no manual map) into `out`, charging `l`.
@@ -310,8 +323,18 @@ void fill(const PlanRequest& r, const std::vector<DeviceName>& order, const std:
   }
   if (balanced) balance_caps(r, l, main, r.strategy == config::Strategy::kBalancedLow0);
   size_t cur = 0;
+  bool experts_begun = false;
   std::string last_over;
-  for (int64_t i = 0; i < n; ++i) {
+  for (const int64_t i : fill_sequence(r)) {
+    if (r.experts == config::ExpertPlacement::kOffload && !experts_begun &&
+        r.model.modules[i].kind == ModuleKind::kExperts) {
+      experts_begun = true;  // the expert blocks start at the offload tier
+      while (cur < order.size() && !l.is_offload_tier(order[cur])) ++cur;
+      if (cur == order.size())
+        throw PlanError(
+            "experts = \"offload\" puts the expert blocks on the CPU or disk, and neither has a budget: "
+            "add \"cpu\" to max_memory");
+    }
     while (true) {
       if (cur == order.size()) impossible(r, l, i, last_over);
       const std::optional<std::string> over = l.overflow(l.charge(i, order[cur]));
@@ -345,6 +368,12 @@ void validate(const PlanRequest& r) {
 uint64_t ModuleInfo::weight_bytes() const {
   uint64_t b = 0;
   for (const auto& t : tensors) b += t.bytes;
+  return b;
+}
+
+double ModuleInfo::read_bytes() const {
+  double b = 0;
+  for (const auto& t : tensors) b += static_cast<double>(t.bytes) * t.read_share;
   return b;
 }
 
@@ -492,10 +521,14 @@ Plan plan_with(const PlanRequest& r) {
 // the CPU that computes them. Decode is weight-bound, so bytes over bandwidth is the
 // step time's floor.
 double offload_seconds(const PlanRequest& r, const Plan& p) {
+  const bool on_cpu = p.offload_compute == "cpu";
   double cpu = 0, disk = 0;
   for (size_t i = 0; i < p.module_device.size(); ++i) {
     const DeviceName& d = p.module_device[i];
-    const double b = static_cast<double>(r.model.modules[i].weight_bytes());
+    // A CPU computing a mixture of experts reads only the experts a token picks; a stream
+    // to the GPU copies the whole module.
+    const ModuleInfo& m = r.model.modules[i];
+    const double b = on_cpu ? m.read_bytes() : static_cast<double>(m.weight_bytes());
     if (d.kind == Kind::kDisk)
       disk += b;
     else if (d.kind == Kind::kCpu &&
@@ -503,7 +536,7 @@ double offload_seconds(const PlanRequest& r, const Plan& p) {
       cpu += b;  // the offload stage's CPU tier (extra CPU stages compute where they live either way)
   }
   // Disk-tier bytes come off the disk (or page cache) at the same rate either way.
-  if (p.offload_compute == "cpu") return cpu / r.cpu_compute + disk / r.disk_stream;
+  if (on_cpu) return cpu / r.cpu_compute + disk / r.disk_stream;
   return cpu / r.pinned_h2d + disk / r.disk_stream;
 }
 

@@ -28,11 +28,14 @@ class PlanError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class ModuleKind { kEmbedding, kLayer, kNorm, kHead };
+// kExperts: a mixture-of-experts layer's feed-forward half (router and experts), listed
+// right after its layer's attention half and placeable apart from it.
+enum class ModuleKind { kEmbedding, kLayer, kExperts, kNorm, kHead };
 
 struct TensorSize {
   std::string name;
-  uint64_t bytes = 0;  // at the compute dtype
+  uint64_t bytes = 0;       // at the compute dtype
+  double read_share = 1.0;  // the share of it one token reads (an expert's: top_k/E)
 };
 
 struct ModuleInfo {
@@ -43,6 +46,7 @@ struct ModuleInfo {
   uint64_t kv_bytes_per_token = 0;  // K+V bytes per cached token (decoder layers)
 
   uint64_t weight_bytes() const;
+  double read_bytes() const;  // what a one-token step reads: sum of bytes x read_share
 };
 
 // What the planner knows of a model: sizes only, as the model's family declares them
@@ -78,6 +82,14 @@ struct PlanRequest {
   // that plan fits, and CPU compute) and keeps the one whose offloaded bytes cost less
   // per step by the cost model below.
   std::string offload_compute = "cpu";
+  // Where mixture-of-experts blocks (kExperts) go when the fill places modules:
+  //   auto        attention, norms, routers, embeddings and head first (GPU first), then
+  //               the experts in what is left, so experts are what gets offloaded
+  //   offload     every expert block on the offload tier (the last CPU device, then
+  //               disk), the rest as usual: llama.cpp's --cpu-moe
+  //   with-layer  each expert block right after its attention, in execution order
+  // A manual device_map and pipeline-mode balancing ignore it.
+  config::ExpertPlacement experts = config::ExpertPlacement::kAuto;
   // The cost model's bandwidths, bytes/s. Defaults: pinned PCIe from DESIGN §10; the
   // other two from the H100 host's runs of 2026-11-24 (docs/performance.md): 1.48 GiB of
   // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage

@@ -47,7 +47,17 @@ std::string format_plan(const ModelDescriptor& m, const Plan& p) {
     std::string tiers;
     for (const auto& t : s.tiers) tiers += (tiers.empty() ? "" : "+") + t.str();
     out << "  rank " << s.rank << "  computes on " << pad(s.device.str(), 8) << " weights on " << pad(tiers, 12);
-    for (size_t k = 0; k < s.segments.size(); ++k) out << (k ? "; " : "") << range(m, s.segments[k]);
+    // A stage that alternates with another (experts apart from attention) runs many
+    // segments: the first two, the last and how many.
+    const size_t n = s.segments.size();
+    for (size_t k = 0; k < n; ++k) {
+      if (n > 4 && k == 2) {
+        out << "; ... (" << n << " segments)";
+        k = n - 2;
+        continue;
+      }
+      out << (k ? "; " : "") << range(m, s.segments[k]);
+    }
     out << "\n";
   }
   out << "route: coordinator";

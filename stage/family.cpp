@@ -35,6 +35,10 @@ void ModuleSpec::add_linear(const std::string& prefix, int64_t out, int64_t in, 
   if (bias) tensors.push_back(prefix + ".bias");
   int8[prefix + ".weight"] = conv1d ? Int8Layout::kTransposed : Int8Layout::kRows;
   cost.flops_per_token += 2.0 * static_cast<double>(out) * static_cast<double>(in) * active;
+  if (active < 1.0) {
+    cost.read_share[prefix + ".weight"] = active;
+    if (bias) cost.read_share[prefix + ".bias"] = active;
+  }
 }
 
 Int8Layout ModuleSpec::int8_layout(const std::string& tensor) const {

@@ -34,7 +34,11 @@ struct Seq2SeqRows;  // stage/layers/seq2seq.h
 // kEncoderLayer / kEncoderNorm: the encoder stack of an encoder-decoder model (T5),
 // which runs once per request over its input and keeps no KV cache; the decoder
 // layers' cross-attention reads the encoder norm's output.
-enum class ModuleKind { kEmbedding, kEncoderLayer, kEncoderNorm, kDecoderLayer, kFinalNorm, kLmHead };
+// kExperts: the feed-forward half of a mixture-of-experts layer (its norm, router and
+// experts), a module of its own right after its layer's attention half (kDecoderLayer),
+// so the planner can place experts apart from attention (e.g. attention on the GPU,
+// experts computed on the CPU).
+enum class ModuleKind { kEmbedding, kEncoderLayer, kEncoderNorm, kDecoderLayer, kExperts, kFinalNorm, kLmHead };
 
 // How LLM.int8 lays a quantizable weight out: nn.Linear weights are stored [out, in]
 // (kRows); GPT-2's Conv1D weights [in, out] and are quantized as their transpose.
@@ -47,6 +51,9 @@ struct ModuleCost {
   int64_t kv_elems_per_token = 0;   // K + V elements cached per token
   int64_t act_elems_per_token = 0;  // transient activations per token of a step, at their peak
   int64_t score_heads = 0;          // heads whose float32 [chunk, max_seq_len] scores a prefill holds at once
+  // Tensors a token reads only a share of: an expert's weights, top_k/E. Absent = 1.
+  // The planner's cost model reads a one-token step's bytes from it.
+  std::map<std::string, double> read_share;
 };
 
 struct ModuleSpec {

@@ -69,12 +69,27 @@ TEST(Family, DeclaredCostsMatchTheWeights) {
         const auto& info = ck->info(t);
         const double share = t.find(".experts.") != std::string::npos ? active : 1.0;
         if (info.shape.size() >= 2 && m.kind != ModuleKind::kEmbedding) flops += 2.0 * info.numel() * share;
+        const auto read = m.cost.read_share.find(t);  // what the planner's cost model reads
+        EXPECT_DOUBLE_EQ(read == m.cost.read_share.end() ? 1.0 : read->second, share) << name << " " << t;
       }
       EXPECT_DOUBLE_EQ(m.cost.flops_per_token, flops) << name << " " << m.name;
-      const bool layer = m.kind == ModuleKind::kDecoderLayer;
+      const bool layer = m.kind == ModuleKind::kDecoderLayer, experts = m.kind == ModuleKind::kExperts;
       EXPECT_EQ(m.cost.kv_elems_per_token, layer ? 2 * d.config.num_kv_heads * d.config.head_dim : 0) << m.name;
-      EXPECT_EQ(m.int8.empty(), !layer) << name << " " << m.name;  // only layers' projections
+      EXPECT_EQ(m.int8.empty(), !layer && !experts) << name << " " << m.name;  // only layers' projections
+      // A mixture of experts' expert block is a module of its own, right after its attention.
+      if (experts) {
+        const auto& prev = d.modules[static_cast<size_t>(&m - d.modules.data()) - 1];
+        EXPECT_EQ(prev.kind, ModuleKind::kDecoderLayer) << name << " " << m.name;
+        EXPECT_EQ(m.name.rfind(prev.name + ".", 0), 0u) << name << " " << m.name;
+        EXPECT_EQ(m.layer, prev.layer) << name << " " << m.name;
+      }
+      if (layer && moe) {  // its attention half holds no expert
+        for (const auto& t : m.tensors) EXPECT_EQ(t.find(".experts."), std::string::npos) << name << " " << t;
+      }
     }
+    size_t expert_blocks = 0;
+    for (const auto& m : d.modules) expert_blocks += m.kind == ModuleKind::kExperts;
+    EXPECT_EQ(expert_blocks, moe ? static_cast<size_t>(d.config.num_layers) : 0u) << name;
     const ModelConfig& c = d.config;
     if (moe) continue;  // its activations: the router's scores and top_k experts' (mlp_test)
     EXPECT_EQ(d.modules[1].cost.act_elems_per_token,

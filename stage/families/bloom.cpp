@@ -116,7 +116,8 @@ class BloomFamily : public Family {
         return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}));
       case ModuleKind::kEncoderLayer:
       case ModuleKind::kEncoderNorm:
-        break;  // a decoder-only model lists none
+      case ModuleKind::kExperts:
+        break;  // a dense decoder-only model lists none
     }
     return nullptr;
   }

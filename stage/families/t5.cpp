@@ -374,6 +374,8 @@ class T5Family : public Family {
         return std::make_unique<LmHead>(W(s.tensors[0], {c.vocab_size, H}), 0.0,
                                         scale ? 1.0 / std::sqrt(static_cast<double>(H)) : 1.0);
       }
+      case ModuleKind::kExperts:
+        break;  // T5 lists none
     }
     return nullptr;
   }

@@ -4,7 +4,10 @@
 //   out = y + post_mlp(mlp(pre_mlp_norm(y)))
 //
 // post_attn / post_mlp are optional norms on the branch outputs (Gemma 2's "sandwich").
-// A Module of its own (one hf_device_map entry per layer). Not thread-safe.
+// A Module of its own (one hf_device_map entry per layer). A mixture-of-experts layer is
+// two of them: the attention half (`model.layers.N`, no MLP) and the experts half
+// (`model.layers.N.<mlp prefix>`, no attention), which the planner may place apart.
+// Not thread-safe.
 #pragma once
 
 #include <optional>
@@ -18,11 +21,11 @@ namespace cascade::stage {
 
 class DecoderBlock : public Module {
  public:
-  struct Parts {
-    Norm input_norm;
-    Attention attention;
-    Norm pre_mlp_norm;
-    Mlp mlp;
+  struct Parts {  // at least one half: attention (with input_norm), mlp (with pre_mlp_norm)
+    std::optional<Norm> input_norm;
+    std::optional<Attention> attention;
+    std::optional<Norm> pre_mlp_norm;
+    std::optional<Mlp> mlp;
     std::optional<Norm> post_attn, post_mlp;
   };
   // Per-token activations the block itself holds (residuals and norm outputs), for
@@ -32,12 +35,15 @@ class DecoderBlock : public Module {
   explicit DecoderBlock(Parts p) : p_(std::move(p)) {}
   at::Tensor forward(const at::Tensor& x, StepContext& ctx) override;  // [tokens, hidden]
   void finalize() override {
-    p_.attention.finalize();
-    p_.mlp.finalize();
+    if (p_.attention) p_.attention->finalize();
+    if (p_.mlp) p_.mlp->finalize();
   }
-  bool capturable() const override { return p_.mlp.capturable(); }
+  bool capturable() const override { return !p_.mlp || p_.mlp->capturable(); }
 
  private:
+  at::Tensor attention_half(const at::Tensor& x, StepContext& ctx);
+  at::Tensor mlp_half(const at::Tensor& y);
+
   Parts p_;
 };
 

@@ -47,11 +47,20 @@ std::vector<ModuleSpec> decoder_modules(const DecoderRecipe& r, const ModelConfi
     const std::string p = layer_prefix(i);
     ModuleSpec s{p.substr(0, p.size() - 1), ModuleKind::kDecoderLayer, i, {}, {}, {}};
     Attention::declare(&s, r.attention_of(i), p + "self_attn.", r.attention_names);
-    Mlp::declare(&s, r.mlp, p + r.mlp_prefix + ".", r.mlp_names);
-    for (const std::string& name : {n.input, n.pre_mlp, n.post_attn, n.post_mlp})
+    for (const std::string& name : {n.input, n.post_attn})
       if (!name.empty()) norm_tensors(&s, p + name);
     s.cost.act_elems_per_token += DecoderBlock::residual_elems(H);
+    // A mixture of experts is a module of its own after its layer's attention.
+    ModuleSpec experts{p + r.mlp_prefix, ModuleKind::kExperts, i, {}, {}, {}};
+    ModuleSpec* mlp = r.mlp.kind == MlpKind::kMoe ? &experts : &s;
+    Mlp::declare(mlp, r.mlp, p + r.mlp_prefix + ".", r.mlp_names);
+    for (const std::string& name : {n.pre_mlp, n.post_mlp})
+      if (!name.empty()) norm_tensors(mlp, p + name);
     m.push_back(std::move(s));
+    if (mlp == &experts) {
+      experts.cost.act_elems_per_token += DecoderBlock::residual_elems(H);
+      m.push_back(std::move(experts));
+    }
   }
   ModuleSpec final_norm{"model.norm", ModuleKind::kFinalNorm, -1, {}, {}, {}};
   norm_tensors(&final_norm, "model.norm");
@@ -67,19 +76,23 @@ std::unique_ptr<Module> decoder_load(const DecoderRecipe& r, const ModuleSpec& s
   switch (s.kind) {
     case ModuleKind::kEmbedding:
       return std::make_unique<Embedding>(W(s.tensors[0], {c.vocab_size, H}), at::Tensor(), r.embed_scale);
-    case ModuleKind::kDecoderLayer: {
+    case ModuleKind::kDecoderLayer:
+    case ModuleKind::kExperts: {
       const std::string p = layer_prefix(s.layer);
       const NormNames n = norm_names(r);
+      const bool moe = r.mlp.kind == MlpKind::kMoe;
+      const bool attention = s.kind == ModuleKind::kDecoderLayer, mlp = !moe || s.kind == ModuleKind::kExperts;
       // Built in the order the parts read their weights: the block's input norm first.
-      DecoderBlock::Parts parts{norm(p + n.input),
-                                Attention(r.attention_of(s.layer), s.layer, W, p + "self_attn.", r.attention_names),
-                                norm(p + n.pre_mlp),
-                                Mlp(r.mlp, W, p + r.mlp_prefix + ".", r.mlp_names),
-                                {},
-                                {}};
-      if (r.sandwich_norms) {
-        parts.post_attn = norm(p + n.post_attn);
-        parts.post_mlp = norm(p + n.post_mlp);
+      DecoderBlock::Parts parts;
+      if (attention) {
+        parts.input_norm = norm(p + n.input);
+        parts.attention.emplace(r.attention_of(s.layer), s.layer, W, p + "self_attn.", r.attention_names);
+        if (r.sandwich_norms) parts.post_attn = norm(p + n.post_attn);
+      }
+      if (mlp) {
+        parts.pre_mlp_norm = norm(p + n.pre_mlp);
+        parts.mlp.emplace(r.mlp, W, p + r.mlp_prefix + ".", r.mlp_names);
+        if (r.sandwich_norms) parts.post_mlp = norm(p + n.post_mlp);
       }
       return std::make_unique<DecoderBlock>(std::move(parts));
     }

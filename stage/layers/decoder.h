@@ -5,6 +5,9 @@
 //   model.layers.N           DecoderBlock: input_layernorm -> self_attn -> residual ->
 //                            post_attention_layernorm -> mlp -> residual (names
 //                            configurable; optional post-branch norms)
+//   model.layers.N.<mlp>     a mixture of experts only: the layer's feed-forward half
+//                            (post_attention_layernorm -> router -> experts -> residual),
+//                            its own module (kExperts) so it can be placed apart
 //   model.norm               final norm
 //   lm_head                  LmHead, or tied to model.embed_tokens
 //
