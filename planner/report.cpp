@@ -1,5 +1,6 @@
 #include "planner/report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -25,8 +26,10 @@ std::string format_plan(const ModelDescriptor& m, const Plan& p) {
   std::ostringstream out;
   out << "device map (" << m.modules.size() << " modules, " << config::format_bytes(m.total_weight_bytes())
       << " of weights):\n";
+  size_t width = 28;
+  for (const auto& mod : m.modules) width = std::max(width, mod.name.size() + 2);
   for (size_t i = 0; i < m.modules.size(); ++i) {
-    out << "  " << pad(m.modules[i].name, 28) << hf_device(p.module_device[i]) << "\n";
+    out << "  " << pad(m.modules[i].name, width) << hf_device(p.module_device[i]) << "\n";
   }
   out << "\n"
       << pad("device", 9) << pad("weights", 12) << pad("KV cache", 12) << pad("activations", 13) << pad("staging", 12)

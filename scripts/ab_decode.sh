@@ -7,7 +7,8 @@
 # THREADS (generate --threads: compute threads of the one-process run; default LibTorch's),
 # MAX_MEMORY (e.g. "cuda:0" = "100GiB": the run plans and starts its stages from a
 # config with these budgets; empty = one process on the CPU, `generate --model`);
-# PLACEMENT_EXTRA: more [placement] lines for that config (e.g. 'offload_compute = "cpu"').
+# PLACEMENT_EXTRA: more [placement] lines for that config (e.g. 'offload_compute = "cpu"');
+# PLACEMENT_EXTRA_B: B's instead, to compare two placements (A and B may then be one binary).
 # A MODEL_DIR without config.json (default /tmp/ab-anchor) first gets a random Llama
 # from RANDOM_MODEL with ANCHOR_FLAGS (default: the DESIGN §10 anchor, 2.70 B
 # parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
@@ -18,19 +19,24 @@ a=$1 b=$2 model=${3:-/tmp/ab-anchor}
   ${ANCHOR_FLAGS:---hidden 2560 --intermediate 6912 --layers 32 --heads 20 --kv-heads 20 --vocab 32000} >/dev/null
 ids=$(python3 -c "import random; r=random.Random(0); print(','.join(str(r.randrange(1000)) for _ in range(${PROMPT_LEN:-32})))")
 where=(--model "$model" --dtype "${DTYPE:-bfloat16}" ${THREADS:+--threads "$THREADS"})
-if [ -n "${MAX_MEMORY:-}" ]; then
+where_b=("${where[@]}")
+config() {  # a config with MAX_MEMORY and the [placement] lines $1
+  local cfg
   cfg=$(mktemp --suffix=.toml)
-  max_batch=$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)
   printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n%s\n[runtime]\nmax_batch = %s\nmax_seq_len = 512\n' \
-    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "${PLACEMENT_EXTRA:-}" "$max_batch" >"$cfg"
-  where=(--config "$cfg")
+    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "$1" "$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)" >"$cfg"
+  echo "$cfg"
+}
+if [ -n "${MAX_MEMORY:-}" ]; then
+  where=(--config "$(config "${PLACEMENT_EXTRA:-}")")
+  where_b=(--config "$(config "${PLACEMENT_EXTRA_B-${PLACEMENT_EXTRA:-}}")")
 fi
-rate() {  # decode tokens/s of one run of binary $1 with the prompt flags that follow
-  local bin=$1
-  shift
-  local log
+rate() {  # decode tokens/s of one run of binary $1 with the config flags in $2 and the prompt flags after
+  local bin=$1 log
+  local -n args=$2
+  shift 2
   log=$(mktemp)
-  if ! "$bin" generate "${where[@]}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup 2>"$log" >/dev/null; then
+  if ! "$bin" generate "${args[@]}" "$@" --max-new-tokens "${NEW_TOKENS:-64}" --warmup 2>"$log" >/dev/null; then
     tail -5 "$log" >&2  # say why, on stderr, and the round reads FAILED
     return 1
   fi
@@ -42,8 +48,8 @@ for batch in ${BATCHES:-1 16}; do
   for _ in $(seq "$batch"); do prompts+=(--prompt-ids "$ids"); done
   ra="" rb=""
   for _ in $(seq "${ROUNDS:-2}"); do  # interleaved, so drift hits both alike
-    ra="$ra $(rate "$a" "${prompts[@]}" || echo FAILED)"
-    rb="$rb $(rate "$b" "${prompts[@]}" || echo FAILED)"
+    ra="$ra $(rate "$a" where "${prompts[@]}" || echo FAILED)"
+    rb="$rb $(rate "$b" where_b "${prompts[@]}" || echo FAILED)"
   done
   printf '%-6s %-28s %-28s\n' "$batch" "$ra" "$rb"
 done

@@ -12,8 +12,9 @@
 // Only pure decode steps are captured (prefill keeps the eager path), and only what can
 // be captured (Model decides): no "dynamic" RoPE (host-side frequencies per sequence),
 // no disk tier, no streamed weights. LLM.int8 layers are captured: their outlier split
-// has fixed shapes and no host sync. A mixture-of-experts MLP reads its routing on the
-// host, so a model with one must not be captured.
+// has fixed shapes and no host sync. A mixture-of-experts block reads its routing on the
+// host, so a stage holding one is not captured (a GPU stage holding only the attention
+// halves of a mixture of experts, its experts on another stage, is).
 //
 // Ownership: a Model owns its DecodeGraphs; the graphs hold static input/output
 // buffers in a private memory pool. Thread-safety: none (the stage's step loop).

@@ -154,34 +154,41 @@ TEST(Cluster, EncoderAndDecoderOnTheirOwnStages) {
   }
 }
 
-// A mixture of experts with its experts apart (placement.experts = "offload"):
-// attention, norms, embedding and head on cpu:0, every expert block on the offload
-// stage (cpu:1), so a step's route goes back and forth between the two stages once per
-// layer. Sequential mode against one process; pipeline mode (microbatches, chunked
+// A config for a mixture of experts with placement.experts = "offload": every expert
+// block on the offload stage's device `experts_on` (hf_device_map spelling), the rest on
+// the first budget of `max_memory`.
+std::string moe_config(const TempDir& dir, const std::string& model, const std::string& max_memory,
+                       const std::string& experts_on) {
+  std::ostringstream t;
+  t << "[model]\npath = \"" << model << "\"\ndtype = \"float32\"\n[placement]\nexperts = \"offload\"\n"
+    << "offload_compute = \"cpu\"\nmax_memory = { " << max_memory << " }\n"
+    << "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n";
+  const std::string cfg = dir.file("cascade.toml");
+  write_file(cfg, t.str());
+  // The route goes back and forth once per layer.
+  const CliRun plan = run_cascade("plan --json --config " + cfg);
+  EXPECT_EQ(plan.status, 0) << plan.out;
+  const json p = json::parse(plan.out);
+  size_t experts = 0;
+  for (const auto& [module, device] : p["device_map"].items()) {
+    const bool expert = module.find("block_sparse_moe") != std::string::npos ||
+                        (module.size() > 4 && module.compare(module.size() - 4, 4, ".mlp") == 0);
+    experts += expert;
+    EXPECT_EQ(device == experts_on, expert) << model << " " << module;
+  }
+  EXPECT_EQ(experts, 2u) << plan.out;            // both layers' expert blocks
+  EXPECT_EQ(p["route"].size(), 5u) << plan.out;  // rest, experts, rest, experts, rest
+  return cfg;
+}
+
+// Attention, norms, embedding and head on cpu:0, the experts on the offload stage
+// (cpu:1). Sequential mode against one process; pipeline mode (microbatches, chunked
 // prefill) gives the same tokens.
 TEST(Cluster, ExpertsOnTheirOwnStage) {
   for (const char* name : {"mixtral", "qwen3_moe"}) {
     const std::string model = fixture(name);
     TempDir dir;
-    std::ostringstream t;
-    t << "[model]\npath = \"" << model << "\"\ndtype = \"float32\"\n[placement]\nexperts = \"offload\"\n"
-      << "offload_compute = \"cpu\"\nmax_memory = { \"cpu:0\" = \"1GiB\", \"cpu:1\" = \"1GiB\" }\n"
-      << "[runtime]\nmax_batch = 4\nmax_seq_len = 64\n";
-    const std::string cfg = dir.file("cascade.toml");
-    write_file(cfg, t.str());
-    const CliRun plan = run_cascade("plan --json --config " + cfg);
-    ASSERT_EQ(plan.status, 0) << plan.out;
-    const json p = json::parse(plan.out);
-    size_t experts = 0;
-    for (const auto& [module, device] : p["device_map"].items()) {
-      const bool expert = module.find("block_sparse_moe") != std::string::npos ||
-                          (module.size() > 4 && module.compare(module.size() - 4, 4, ".mlp") == 0);
-      experts += expert;
-      EXPECT_EQ(device, expert ? "cpu:1" : "cpu") << name << " " << module;
-    }
-    EXPECT_EQ(experts, 2u) << plan.out;            // both layers' expert blocks
-    EXPECT_EQ(p["route"].size(), 5u) << plan.out;  // cpu:0, experts, cpu:0, experts, cpu:0
-
+    const std::string cfg = moe_config(dir, model, R"("cpu:0" = "1GiB", "cpu:1" = "1GiB")", "cpu:1");
     const CliRun multi = run_cascade("generate --config " + cfg + " " + kPrompts);
     ASSERT_EQ(multi.status, 0) << name;
     const std::string single = single_run(model);
@@ -303,6 +310,22 @@ TEST(Cluster, GpuStageWithTheOffloadStage) {
     const CliRun r = run_cascade("generate --config " + cfg + " " + kPrompts, true);  // JSON lines + log
     ASSERT_EQ(r.status, 0) << r.out;
     expect_same(name + " / cuda:0 + offload stage", single_run(model), r.out, 1e-3);  // GPU kernels round differently
+  }
+}
+
+// A mixture of experts as people run one on a GPU too small for it: attention on the
+// GPU (its decode steps in CUDA graphs: no expert there reads routing on the host), the
+// experts computed by the CPU offload stage.
+TEST(Cluster, ExpertsOnTheCpuAttentionOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  for (const char* name : {"mixtral", "qwen3_moe"}) {
+    const std::string model = fixture(name);
+    TempDir dir;
+    const std::string cfg = moe_config(dir, model, R"("cuda:0" = "8GiB", "cpu" = "1GiB")", "cpu");
+    const CliRun r = run_cascade("generate --config " + cfg + " " + kPrompts, true);  // JSON lines + log
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("CUDA graphs captured"), std::string::npos) << r.out;
+    expect_same(std::string(name) + " / attention on cuda:0, experts on cpu", single_run(model), r.out, 1e-3);
   }
 }
 
