@@ -32,6 +32,9 @@ import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 GPT2_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+# Bloom's: a run of anything but whitespace and a few punctuation marks, with the space
+# before it.
+BLOOM_PATTERN = r" ?[^(\s|[.,!?…。，、।۔،])]+"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -121,6 +124,29 @@ def build(lines):
     t.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                      special_tokens=[("<s>", t.token_to_id("<s>"))])
     toks["llama2_bytefallback"] = t
+
+    # Bloom's structure: Split on its regex, ByteLevel without its own regex, the
+    # ByteLevel decoder and post-processor, <unk> <s> </s> <pad> (bloom, bloomz).
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(BLOOM_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.post_processor = processors.ByteLevel(trim_offsets=False)
+    toks["bloom_bytelevel"] = train(t, trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()), lines)
+
+    # Gemma's structure: SentencePiece-style BPE with byte fallback but no dummy prefix
+    # (the normalizer only turns spaces into ▁; the decoder strips nothing), <bos> template.
+    t = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    t.normalizer = normalizers.Replace(" ", "▁")
+    t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    train(t, trainers.BpeTrainer(vocab_size=1500, limit_alphabet=120,
+                                 special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"] + byte_tokens()), lines)
+    t.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                     special_tokens=[("<bos>", t.token_to_id("<bos>"))])
+    toks["gemma_bytefallback"] = t
 
     # Metaspace pre-tokenizer (prepend_scheme first) + Digits, NFKC + Lowercase + Strip,
     # <unk>, and added tokens with every flag: lstrip, rstrip, single_word, normalized.
@@ -216,7 +242,7 @@ def build_unigram(lines, workdir):
 
 
 def fix_llama2_bytes(tok):
-    """Byte tokens live in the vocab but not in added_tokens (as in Llama-2's file)."""
+    """Byte tokens live in the vocab but not in added_tokens (as in Llama-2's and Gemma's files)."""
     j = json.loads(tok.to_str())
     names = set(byte_tokens())
     j["added_tokens"] = [a for a in j["added_tokens"] if a["content"] not in names]
@@ -231,7 +257,8 @@ def main():
     a = ap.parse_args()
     lines = corpus()
     toks = build(lines)
-    toks["llama2_bytefallback"] = fix_llama2_bytes(toks["llama2_bytefallback"])
+    for name in ("llama2_bytefallback", "gemma_bytefallback"):
+        toks[name] = fix_llama2_bytes(toks[name])
     with tempfile.TemporaryDirectory() as workdir:
         toks.update(build_unigram(lines, workdir))
     os.makedirs(a.out, exist_ok=True)

@@ -37,9 +37,11 @@ struct Piece {
   bool at_start = false;
 };
 
-// Unicode regex over UTF-8 (PCRE2 with UTF and UCP). Immutable; thread-safe.
+// Unicode regex over UTF-8 (PCRE2 with UTF and UCP), from tokenizer.json's Oniguruma
+// syntax (tokenizer_regex.cpp). Immutable; thread-safe.
 class Regex {
  public:
+  // Throws TokenizerError naming the pattern when it does not compile.
   explicit Regex(const std::string& pattern);
   ~Regex();
   Regex(const Regex&) = delete;
@@ -50,6 +52,10 @@ class Regex {
  private:
   void* code_ = nullptr;  // pcre2_code_8
 };
+
+// An Oniguruma pattern in PCRE2 syntax: nested character classes flattened into their
+// parent. Throws TokenizerError for what has no flat form (a negated nested class, &&).
+std::string onig_to_pcre2(const std::string& pattern);
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 SplitBehavior parse_behavior(const std::string& name);

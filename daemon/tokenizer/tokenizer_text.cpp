@@ -1,7 +1,5 @@
-// Normalizers and pre-tokenizers: regexes through PCRE2 (UTF + UCP), normalization
-// and lower-casing through ICU.
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
+// Normalizers and pre-tokenizers: regexes through Regex (tokenizer_regex.cpp),
+// normalization and lower-casing through ICU.
 #include <unicode/locid.h>
 #include <unicode/normalizer2.h>
 #include <unicode/unistr.h>
@@ -196,53 +194,6 @@ std::string component_type(const nlohmann::json& j, const char* what) {
     throw TokenizerError(std::string("tokenizer.json: a ") + what + " has no \"type\": " + j.dump().substr(0, 80));
   }
   return j.at("type").get<std::string>();
-}
-
-// ---- regex ----
-
-Regex::Regex(const std::string& pattern) {
-  int err = 0;
-  PCRE2_SIZE off = 0;
-  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err, &off,
-                        nullptr);
-  if (!code_) {
-    PCRE2_UCHAR msg[256];
-    pcre2_get_error_message(err, msg, sizeof msg);
-    throw TokenizerError("tokenizer.json: regex '" + pattern + "' does not compile at offset " + std::to_string(off) +
-                         ": " + reinterpret_cast<const char*>(msg));
-  }
-  pcre2_jit_compile(static_cast<pcre2_code*>(code_), PCRE2_JIT_COMPLETE);  // optional speed-up
-}
-
-Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
-
-std::vector<std::pair<size_t, size_t>> Regex::find_all(const std::string& s) const {
-  std::vector<std::pair<size_t, size_t>> out;
-  auto* code = static_cast<pcre2_code*>(code_);
-  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
-  size_t pos = 0;
-  // PCRE2 validates the whole subject's UTF-8 on every call unless told not to, which
-  // makes a scan over a long text quadratic: validate once, on the first call.
-  uint32_t opts = 0;
-  while (pos <= s.size()) {
-    const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, opts, md, nullptr);
-    opts = PCRE2_NO_UTF_CHECK;
-    if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21) {
-      pcre2_match_data_free(md);
-      throw TokenizerError("the text is not valid UTF-8");
-    }
-    if (rc < 0) break;
-    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-    size_t b = ov[0], e = ov[1];
-    if (e == b) {  // empty match: step over one character
-      pos = b + (b < s.size() ? utf8_len(static_cast<unsigned char>(s[b])) : 1);
-      continue;
-    }
-    out.emplace_back(b, e);
-    pos = e;
-  }
-  pcre2_match_data_free(md);
-  return out;
 }
 
 SplitBehavior parse_behavior(const std::string& n) {
