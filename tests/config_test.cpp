@@ -22,6 +22,7 @@ max_memory = { "cuda:0" = "20GiB", 1 = "10GB", "cpu" = "64GiB", "disk" = "unlimi
 device_map = { "model.embed_tokens" = "cuda:0", "model.layers.0" = 0, "lm_head" = "cpu" }
 offload_folder = "/abs/offload"
 offload_compute = "cuda:0"
+experts = "offload"
 
 [runtime]
 mode = "pipeline"
@@ -59,6 +60,7 @@ max_restarts = 0
   EXPECT_EQ(c.placement.device_map[1].second.str(), "cuda:0");
   EXPECT_EQ(c.placement.offload_folder, "/abs/offload");
   EXPECT_EQ(c.placement.offload_compute, "cuda:0");
+  EXPECT_EQ(c.placement.experts, ExpertPlacement::kOffload);
   EXPECT_EQ(c.runtime.mode, Mode::kPipeline);
   EXPECT_EQ(c.runtime.microbatches, 3);
   EXPECT_EQ(c.runtime.max_batch, 8);
@@ -87,6 +89,7 @@ TEST(Config, DefaultsFillEverythingButTheModel) {
   EXPECT_EQ(c.server.max_pending_connections, 128);
   EXPECT_EQ(c.server.max_restarts, 5);
   EXPECT_EQ(c.placement.offload_compute, "auto");
+  EXPECT_EQ(c.placement.experts, ExpertPlacement::kAuto);
   EXPECT_TRUE(c.runtime.cuda_graphs);
   EXPECT_FALSE(parse("[model]\npath = \"/m\"\n[runtime]\ncuda_graphs = false\n").runtime.cuda_graphs);
 }
@@ -144,6 +147,8 @@ TEST(Config, BadEnumValues) {
                     "placement.strategy", "'greedy'");
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"gpu\"\n"), ConfigError,
                     "cfg.toml:4", "placement.offload_compute", "'gpu'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nexperts = \"cpu\"\n"), ConfigError, "cfg.toml:4",
+                    "placement.experts", "'cpu' is not one of", "auto", "offload", "with-layer");
 }
 
 TEST(Config, BadDevicesAndRanges) {
