@@ -22,7 +22,8 @@ namespace fs = std::filesystem;
 const std::map<std::string, std::set<std::string>>& schema() {
   static const std::map<std::string, std::set<std::string>> s = {
       {"model", {"path", "dtype"}},
-      {"placement", {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "experts"}},
+      {"placement",
+       {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "streamed_share", "experts"}},
       {"runtime",
        {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
         "step_timeout", "cuda_graphs"}},
@@ -287,17 +288,28 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   c.placement.offload_folder = r.path(c.placement.offload_folder, "placement.offload_folder");
   r.str(pl, "placement", "offload_compute", &c.placement.offload_compute);
   if (c.placement.offload_compute != "auto" && c.placement.offload_compute != "cpu") {
+    // cuda:N, or cpu+cuda:N (hybrid: the CPU computes part, the rest streams to cuda:N)
+    const std::string hybrid = "cpu+";
+    const bool split = c.placement.offload_compute.rfind(hybrid, 0) == 0;
     DeviceName d;
     try {
-      d = parse_device(c.placement.offload_compute);
+      d = parse_device(split ? c.placement.offload_compute.substr(hybrid.size()) : c.placement.offload_compute);
     } catch (const std::invalid_argument&) {
       d.kind = DeviceName::Kind::kDisk;
     }
     if (d.kind != DeviceName::Kind::kCuda) {
       r.fail(pl.get("offload_compute"), "placement.offload_compute",
-             "'" + c.placement.offload_compute + "' is not one of: auto, cpu, cuda:N");
+             "'" + c.placement.offload_compute + "' is not one of: auto, cpu, cuda:N, cpu+cuda:N");
     }
-    c.placement.offload_compute = d.str();
+    c.placement.offload_compute = (split ? hybrid : "") + d.str();
+  }
+  if (pl.get("streamed_share")) {
+    double share = 0;
+    r.number(pl, "placement", "streamed_share", &share, 0.0, 1.0);
+    if (c.placement.offload_compute.rfind("cpu+", 0) != 0)
+      r.fail(pl.get("streamed_share"), "placement.streamed_share",
+             "applies to offload_compute = \"cpu+cuda:N\" only, not \"" + c.placement.offload_compute + "\"");
+    c.placement.streamed_share = share;
   }
   const std::string experts = r.choice(pl, "placement", "experts", {"auto", "offload", "with-layer"}, "auto");
   c.placement.experts = experts == "auto"      ? ExpertPlacement::kAuto

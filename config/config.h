@@ -57,7 +57,8 @@ struct PlacementSection {
   std::vector<MemoryBudget> max_memory;                        // in file order
   std::vector<std::pair<std::string, DeviceName>> device_map;  // module prefix -> device
   std::string offload_folder = "offload";
-  std::string offload_compute = "auto";  // cpu | cuda:N | auto
+  std::string offload_compute = "auto";  // cpu | cuda:N | cpu+cuda:N | auto (planner/plan.h)
+  std::optional<double> streamed_share;  // cpu+cuda:N: share of offloaded modules streamed; unset = cost model
   ExpertPlacement experts = ExpertPlacement::kAuto;
 };
 

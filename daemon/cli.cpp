@@ -63,7 +63,7 @@ void add_plan(CLI::App& app, PlanOptions& p) {
   cmd->add_option("--max-batch", p.max_batch, "KV slots");
   cmd->add_option("--max-seq-len", p.max_seq_len, "Tokens per sequence");
   cmd->add_option("--dtype", p.dtype, "auto | float32 | bfloat16 | float16");
-  cmd->add_option("--offload-compute", p.offload_compute, "cpu | cuda:N | auto");
+  cmd->add_option("--offload-compute", p.offload_compute, "cpu | cuda:N | cpu+cuda:N | auto");
   cmd->add_option("--experts", p.experts, "Mixtures of experts: auto | offload | with-layer")
       ->check(CLI::IsMember({"auto", "offload", "with-layer"}));
   cmd->add_option("--quantization", p.quantization, "none | int8")->check(CLI::IsMember({"none", "int8"}));

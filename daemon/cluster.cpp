@@ -50,12 +50,23 @@ comm::Transport transport_of(planner::Transport t) {
   return comm::Transport::kMpi;
 }
 
+// Intra-op threads of stage `s` when threads_per_stage is unset. CPU-computing stages
+// share the cores but one per GPU-computing stage (a GPU stage's host thread launches
+// kernels and waits for its peers; its ATen CPU work is rare), so a hybrid offload's CPU
+// stage is not cut to a third of the machine by its two GPU neighbours.
+int default_threads(const planner::Plan& plan, const planner::Stage& s, unsigned cores) {
+  const auto on_gpu = [](const planner::Stage& x) { return x.device.kind == config::DeviceName::Kind::kCuda; };
+  const unsigned gpu = static_cast<unsigned>(std::count_if(plan.stages.begin(), plan.stages.end(), on_gpu));
+  const unsigned cpu = static_cast<unsigned>(plan.stages.size()) - gpu;
+  if (on_gpu(s) || cpu == 0) return static_cast<int>(std::max(1u, cores / static_cast<unsigned>(plan.stages.size())));
+  return static_cast<int>(std::max(1u, (cores > gpu ? cores - gpu : 1u) / cpu));
+}
+
 // The assignments, one per stage, from the plan's route and edges.
 std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::string& job, const std::string& heartbeats,
                                           const std::vector<std::string>& labels, bool trace) {
   const planner::Plan& plan = run.plan;
   const config::Config& cfg = run.config;
-  const int n_stages = static_cast<int>(plan.stages.size());
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   std::vector<comm::Assignment> out;
   for (const auto& s : plan.stages) {
@@ -78,8 +89,7 @@ std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::stri
       }
     }
     a.offload_folder = cfg.placement.offload_folder;
-    a.threads = cfg.runtime.threads_per_stage > 0 ? cfg.runtime.threads_per_stage
-                                                  : static_cast<int>(std::max(1u, cores / n_stages));
+    a.threads = cfg.runtime.threads_per_stage > 0 ? cfg.runtime.threads_per_stage : default_threads(plan, s, cores);
     a.trace = trace;
     a.runtime = cfg.runtime;
     a.quantization = cfg.quantization;

@@ -107,6 +107,7 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   req.max_batch = cfg.runtime.max_batch;
   req.max_seq_len = cfg.runtime.max_seq_len;
   req.offload_compute = cfg.placement.offload_compute;
+  req.streamed_share = cfg.placement.streamed_share;
   req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
   run.plan = planner::make_plan(req);
@@ -140,7 +141,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   out << "model: " << cfg.model.path << " (" << req.model.model_type << ", " << storage::dtype_name(dtype) << ")\n"
       << "strategy " << config::to_string(req.strategy) << ", mode " << config::to_string(req.mode) << ", max_batch "
       << req.max_batch << ", max_seq_len " << req.max_seq_len << ", offload_compute " << req.offload_compute
-      << (req.offload_compute == "auto" ? " (" + plan.offload_choice + ")" : "");
+      << (plan.offload_choice.empty() ? "" : " (" + plan.offload_choice + ")");
   const bool moe = std::any_of(req.model.modules.begin(), req.model.modules.end(),
                                [](const planner::ModuleInfo& m) { return m.kind == planner::ModuleKind::kExperts; });
   if (moe) out << ", experts " << config::to_string(req.experts);

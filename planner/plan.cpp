@@ -25,6 +25,15 @@ bool is_gpu(const DeviceName& d) { return d.kind == Kind::kCuda; }
 
 std::string gib(uint64_t b) { return config::format_bytes(b); }
 
+// The GPU that offload_compute streams to ("cuda:N" or "cpu+cuda:N"), if any.
+std::optional<DeviceName> stream_gpu(const std::string& offload_compute) {
+  if (offload_compute == "cpu") return std::nullopt;
+  const std::string hybrid = "cpu+";
+  const bool split = offload_compute.compare(0, hybrid.size(), hybrid) == 0;
+  return config::parse_device(split ? offload_compute.substr(hybrid.size()) : offload_compute);
+}
+bool is_hybrid(const std::string& offload_compute) { return offload_compute.rfind("cpu+", 0) == 0; }
+
 // Device fill order: GPUs, then CPUs, then disk, each by index (accelerate's order).
 std::vector<DeviceName> fill_order(const std::vector<DeviceBudget>& budgets) {
   std::vector<DeviceName> out;
@@ -42,7 +51,7 @@ class Ledger {
     for (const auto& d : fill_order(r.budgets)) {
       if (d.kind == Kind::kCpu) last_cpu_ = d;
     }
-    if (r.offload_compute != "cpu") offload_gpu_ = config::parse_device(r.offload_compute);
+    offload_gpu_ = stream_gpu(r.offload_compute);
   }
 
   // Where a module whose weights live on `tier` computes: GPUs and extra CPU stages
@@ -131,8 +140,23 @@ class Ledger {
     for (const auto& m : req_->model.modules) usage_[d.str()].kv += kv_of(m);
     kv_precharged_ = d;
   }
+  // Hybrid offload: offloaded module i, charged to the GPU it would stream to, computes
+  // on the CPU instead; its KV cache and the CPU stage's activations move there.
+  void compute_on_cpu(int64_t i) {
+    const ModuleInfo& m = req_->model.modules[i];
+    usage_[offload_gpu_->str()].kv -= kv_of(m);
+    DeviceUsage& c = usage_[last_cpu_.str()];
+    c.kv += kv_of(m);
+    const bool head = m.kind == ModuleKind::kHead;
+    if (c.activations == 0)
+      c.activations = activations(head);
+    else if (head && holds_head_.insert(last_cpu_.str()).second)
+      c.activations += activations(true) - activations(false);
+    if (head) holds_head_.insert(last_cpu_.str());
+  }
   std::map<std::string, DeviceUsage>& usage() { return usage_; }
   const std::optional<DeviceName>& offload_gpu() const { return offload_gpu_; }
+  const DeviceName& last_cpu() const { return last_cpu_; }
 
  private:
   const PlanRequest* req_;
@@ -355,8 +379,8 @@ void validate(const PlanRequest& r) {
   for (const auto& b : r.budgets) {
     if (!seen.insert(b.device.str()).second) throw PlanError("device " + b.device.str() + " is listed twice");
   }
-  if (r.offload_compute != "cpu") {
-    const DeviceName g = config::parse_device(r.offload_compute);
+  if (const std::optional<DeviceName> gpu = stream_gpu(r.offload_compute)) {
+    const DeviceName g = *gpu;
     if (!seen.count(g.str())) {
       throw PlanError("offload_compute " + g.str() + " has no budget: add it to placement.max_memory");
     }
@@ -406,59 +430,85 @@ std::string hf_device(const DeviceName& d) {
 
 namespace {
 
-// One plan for a resolved offload_compute.
-Plan plan_with(const PlanRequest& r) {
+// The device map for a resolved offload_compute, charged to `l` (budgets not yet
+// checked, no stages yet).
+Plan fill_plan(const PlanRequest& r, Ledger& l) {
   validate(r);
-  Ledger l(r);
   const auto& mods = r.model.modules;
   const int64_t n = static_cast<int64_t>(mods.size());
   const std::vector<DeviceName> order = fill_order(r.budgets);
   Plan plan;
   plan.module_device.resize(n);
-
   if (!r.device_map.empty()) {
     plan.module_device = resolve_manual(r);
     for (int64_t i = 0; i < n; ++i) l.place(i, plan.module_device[i]);
-  } else {
-    std::vector<DeviceName> main;
+    return plan;
+  }
+  std::vector<DeviceName> main;
+  for (const auto& d : order)
+    if (is_gpu(d)) main.push_back(d);
+  if (main.empty()) {
     for (const auto& d : order)
-      if (is_gpu(d)) main.push_back(d);
-    if (main.empty()) {
-      for (const auto& d : order)
-        if (d.kind == Kind::kCpu) main.push_back(d);
-    }
-    uint64_t largest_module = 0;
-    for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
-    // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
-    // fill failed with that GPU full), fill again with two copies of the largest module
-    // reserved there (its double buffer) and the KV cache of every layer on it.
-    for (int pass = 0; pass < 2; ++pass) {
-      l = Ledger(r);
-      if (pass == 1) {
-        l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
-        l.precharge_kv(*l.offload_gpu());
-      }
-      try {
-        fill(r, order, main, l, plan.module_device);
-      } catch (const PlanError&) {
-        if (pass == 1 || !l.offload_gpu()) throw;
-        continue;
-      }
-      bool offloaded = false;
-      for (const auto& d : plan.module_device) offloaded |= l.is_offload_tier(d);
-      if (!offloaded || !l.offload_gpu()) break;
-    }
+      if (d.kind == Kind::kCpu) main.push_back(d);
   }
+  uint64_t largest_module = 0;
+  for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
+  // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
+  // fill failed with that GPU full), fill again with two copies of the largest module
+  // reserved there (its double buffer) and the KV cache of every layer on it.
+  for (int pass = 0; pass < 2; ++pass) {
+    l = Ledger(r);
+    if (pass == 1) {
+      l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
+      l.precharge_kv(*l.offload_gpu());
+    }
+    try {
+      fill(r, order, main, l, plan.module_device);
+    } catch (const PlanError&) {
+      if (pass == 1 || !l.offload_gpu()) throw;
+      continue;
+    }
+    bool offloaded = false;
+    for (const auto& d : plan.module_device) offloaded |= l.is_offload_tier(d);
+    if (!offloaded || !l.offload_gpu()) break;
+  }
+  return plan;
+}
 
-  // Staging actually needed: two copies of the largest module streamed to the GPU
-  // (never more than was reserved above).
-  if (l.offload_gpu()) {
-    uint64_t streamed = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (l.is_offload_tier(plan.module_device[i])) streamed = std::max(streamed, mods[i].weight_bytes());
-    }
-    l.usage()[l.offload_gpu()->str()].staging = 2 * streamed;
+// The offloaded modules (the last CPU device's and the disk tier's), in execution order.
+std::vector<int64_t> offloaded_modules(const Ledger& l, const Plan& plan) {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < plan.module_device.size(); ++i)
+    if (l.is_offload_tier(plan.module_device[i])) out.push_back(static_cast<int64_t>(i));
+  return out;
+}
+
+// Which of the offloaded modules stream to the GPU: `count` of them, spread evenly so
+// that each streamed module follows a run of CPU-computed ones whose compute hides its copy.
+std::vector<char> spread_streamed(const std::vector<int64_t>& offloaded, size_t n_modules, int64_t count) {
+  std::vector<char> out(n_modules, 0);
+  const int64_t total = static_cast<int64_t>(offloaded.size());
+  for (int64_t k = 0; k < total; ++k)
+    if ((k + 1) * count / total > k * count / total) out[static_cast<size_t>(offloaded[k])] = 1;
+  return out;
+}
+
+// Stages, route and edges of a filled plan; streamed[i]: offloaded module i computes
+// on the offload GPU (its weights streamed), else on the last CPU device. Checks budgets.
+void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<char>& streamed) {
+  const auto& mods = r.model.modules;
+  const int64_t n = static_cast<int64_t>(mods.size());
+  uint64_t largest_streamed = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!l.is_offload_tier(plan.module_device[i])) continue;
+    if (streamed[i])
+      largest_streamed = std::max(largest_streamed, mods[i].weight_bytes());
+    else if (l.offload_gpu())
+      l.compute_on_cpu(i);
   }
+  // Staging actually needed: two copies of the largest streamed module (never more than
+  // the fill reserved).
+  if (l.offload_gpu()) l.usage()[l.offload_gpu()->str()].staging = 2 * largest_streamed;
 
   // Budgets hold (a manual map is checked here; the fill never breaks them).
   for (const auto& b : r.budgets) {
@@ -472,19 +522,20 @@ Plan plan_with(const PlanRequest& r) {
   }
   plan.devices = l.usage();
 
-  // Stages: one per GPU and per extra CPU device; the offload stage holds the last CPU
-  // device's weights and the disk tier. Ranks follow first use along the route.
+  // Stages: one per GPU and per extra CPU device, and one per offload group: the
+  // streaming one computes on the offload GPU, the other on the last CPU device (both
+  // keep their weights there and on disk). Ranks follow first use along the route.
   std::map<std::string, int> rank_of;
-  int offload_rank = -1;
+  std::set<int> offload_ranks;
   for (int64_t i = 0; i < n; ++i) {
     const DeviceName tier = plan.module_device[i];
-    const DeviceName compute = l.compute_of(tier);
     const bool offload = l.is_offload_tier(tier);
-    const std::string key = offload ? "offload" : tier.str();
+    const DeviceName compute = !offload ? tier : streamed[i] ? *l.offload_gpu() : l.last_cpu();
+    const std::string key = !offload ? tier.str() : streamed[i] ? "stream" : "offload";
     auto it = rank_of.find(key);
     if (it == rank_of.end()) {
       it = rank_of.emplace(key, static_cast<int>(plan.stages.size()) + 1).first;
-      if (offload) offload_rank = it->second;
+      if (offload) offload_ranks.insert(it->second);
       Stage s;
       s.rank = it->second;
       s.device = compute;
@@ -507,37 +558,24 @@ Plan plan_with(const PlanRequest& r) {
   for (size_t h = 0; h + 1 < hops.size(); ++h) {
     Edge e{hops[h], hops[h + 1], Transport::kShm};
     if (e.from == 0 || e.to == 0) e.transport = Transport::kMpi;  // token ids to and from the coordinator
-    // NCCL joins distinct GPUs; the offload stage may share its GPU with a GPU stage.
-    else if (is_gpu(plan.stages[e.from - 1].device) && is_gpu(plan.stages[e.to - 1].device) && e.from != offload_rank &&
-             e.to != offload_rank && plan.stages[e.from - 1].device != plan.stages[e.to - 1].device)
+    // NCCL joins distinct GPUs; an offload stage may share its GPU with a GPU stage.
+    else if (is_gpu(plan.stages[e.from - 1].device) && is_gpu(plan.stages[e.to - 1].device) &&
+             !offload_ranks.count(e.from) && !offload_ranks.count(e.to) &&
+             plan.stages[e.from - 1].device != plan.stages[e.to - 1].device)
       e.transport = Transport::kNccl;
     plan.edges.push_back(e);
   }
-  return plan;
+  plan.predicted_step_s = predicted_step_seconds(r, plan);
 }
 
-// Seconds per step the offloaded weights of `p` cost: streamed to a GPU over PCIe
-// (pinned for the CPU tier, through the readers' staging for the disk tier) or read by
-// the CPU that computes them. Decode is weight-bound, so bytes over bandwidth is the
-// step time's floor.
-double offload_seconds(const PlanRequest& r, const Plan& p) {
-  const bool on_cpu = p.offload_compute == "cpu";
-  double cpu = 0, disk = 0;
-  for (size_t i = 0; i < p.module_device.size(); ++i) {
-    const DeviceName& d = p.module_device[i];
-    // A CPU computing a mixture of experts reads only the experts a token picks; a stream
-    // to the GPU copies the whole module.
-    const ModuleInfo& m = r.model.modules[i];
-    const double b = on_cpu ? m.read_bytes() : static_cast<double>(m.weight_bytes());
-    if (d.kind == Kind::kDisk)
-      disk += b;
-    else if (d.kind == Kind::kCpu &&
-             p.stages.back().tiers.end() != std::find(p.stages.back().tiers.begin(), p.stages.back().tiers.end(), d))
-      cpu += b;  // the offload stage's CPU tier (extra CPU stages compute where they live either way)
-  }
-  // Disk-tier bytes come off the disk (or page cache) at the same rate either way.
-  if (on_cpu) return cpu / r.cpu_compute + disk / r.disk_stream;
-  return cpu / r.pinned_h2d + disk / r.disk_stream;
+// One plan for offload_compute cpu or cuda:N.
+Plan plan_with(const PlanRequest& r) {
+  Ledger l(r);
+  Plan plan = fill_plan(r, l);
+  std::vector<char> streamed(plan.module_device.size(), l.offload_gpu() ? 1 : 0);
+  finish_plan(r, l, plan, streamed);
+  plan.offload_compute = l.offload_gpu() ? l.offload_gpu()->str() : "cpu";
+  return plan;
 }
 
 std::string ms(double s) {
@@ -546,38 +584,114 @@ std::string ms(double s) {
   return o.str();
 }
 
+constexpr const char* kNothingOffloaded = "nothing is offloaded";
+
+// offload_compute = cpu+cuda:N: streamed_share of the offloaded modules streamed, or
+// the count the cost model predicts fastest (all of them resolves to cuda:N).
+Plan hybrid_plan(const PlanRequest& r) {
+  Ledger filled(r);
+  const Plan base = fill_plan(r, filled);
+  const std::vector<int64_t> off = offloaded_modules(filled, base);
+  const int64_t total = static_cast<int64_t>(off.size());
+  auto with = [&](int64_t count) {
+    Ledger l = filled;
+    Plan p = base;
+    finish_plan(r, l, p, spread_streamed(off, p.module_device.size(), count));
+    return p;
+  };
+  Plan best;
+  int64_t best_count = -1;
+  std::string tried;
+  if (r.streamed_share) {
+    best_count = std::llround(*r.streamed_share * static_cast<double>(total));
+    best = with(best_count);
+  } else {
+    for (int64_t count = 0; count <= total; ++count) {
+      Plan p;
+      try {
+        p = with(count);
+      } catch (const PlanError&) {
+        continue;  // the CPU cannot hold what it would compute
+      }
+      if (best_count < 0 || p.predicted_step_s < best.predicted_step_s) {
+        best = p;
+        best_count = count;
+      }
+      if (count == 0 || count == total)
+        tried +=
+            std::string(tried.empty() ? "" : ", ") + (count ? "all streamed ~" : "none ~") + ms(p.predicted_step_s);
+    }
+    if (best_count < 0) return with(0);  // throws the budget error
+  }
+  const std::string gpu = filled.offload_gpu()->str();
+  best.offload_compute = best_count == total ? gpu : best_count == 0 ? "cpu" : "cpu+" + gpu;
+  const std::string of = " of " + std::to_string(total) + " offloaded modules";
+  best.offload_choice = best_count == total ? "all" + of + " streamed to " + gpu
+                        : best_count == 0   ? "none" + of + " streamed, all computed on the CPU"
+                                            : std::to_string(best_count) + of + " streamed to " + gpu +
+                                                ", the rest computed on the CPU between them";
+  best.offload_choice += ": ~" + ms(best.predicted_step_s) + " a step" + (tried.empty() ? "" : " (" + tried + ")");
+  if (total == 0) best.offload_choice = kNothingOffloaded;
+  return best;
+}
+
 }  // namespace
 
-Plan make_plan(const PlanRequest& req) {
-  if (req.offload_compute != "auto") {
-    Plan p = plan_with(req);
-    p.offload_compute = req.offload_compute;
-    return p;
+double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
+  const auto& mods = r.model.modules;
+  double t = 0, first_end = 0;
+  double copy_end = 0;    // the copy engine's last copy
+  double copy_issue = 0;  // when the streamed module before started computing
+  for (int step = 0; step < 2; ++step) {
+    for (size_t k = 0; k < p.route_segments.size(); ++k) {
+      const DeviceName& on = p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device;
+      t += kHopSeconds;
+      for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i) {
+        const DeviceName& tier = p.module_device[static_cast<size_t>(i)];
+        const double w = static_cast<double>(mods[static_cast<size_t>(i)].weight_bytes());
+        if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way
+          t += tier.kind == Kind::kDisk ? w / r.disk_stream : mods[static_cast<size_t>(i)].read_bytes() / r.cpu_compute;
+        } else if (is_gpu(tier)) {
+          t += w / r.gpu_compute;
+        } else {  // streamed
+          copy_end = std::max(copy_issue, copy_end) + w / (tier.kind == Kind::kDisk ? r.disk_stream : r.pinned_h2d);
+          copy_issue = std::max(t, copy_end);
+          t = copy_issue + w / r.gpu_compute;
+        }
+      }
+    }
+    t += kHopSeconds;  // the logits back to the coordinator
+    if (step == 0) first_end = t;
   }
-  // auto: plan both ways and keep the cheaper offload per step.
+  return t - first_end;
+}
+
+Plan make_plan(const PlanRequest& req) {
+  if (req.streamed_share && !is_hybrid(req.offload_compute))
+    throw PlanError("streamed_share applies to offload_compute = \"cpu+cuda:N\" only, not \"" + req.offload_compute +
+                    "\"");
+  if (req.streamed_share && (*req.streamed_share < 0 || *req.streamed_share > 1))
+    throw PlanError("streamed_share must be between 0 and 1");
+  if (is_hybrid(req.offload_compute)) return hybrid_plan(req);
+  if (req.offload_compute != "auto") return plan_with(req);
+  // auto: plan CPU compute and the best split with the first GPU; keep the faster step.
   PlanRequest r = req;
   r.offload_compute = "cpu";
   Plan cpu = plan_with(r);
-  cpu.offload_compute = "cpu";
   for (const auto& b : req.budgets) {
     if (b.device.kind != Kind::kCuda) continue;
-    r.offload_compute = b.device.str();
-    Plan gpu;
+    r.offload_compute = "cpu+" + b.device.str();
+    Plan split;
     try {
-      gpu = plan_with(r);
+      split = hybrid_plan(r);
     } catch (const PlanError&) {
-      cpu.offload_choice = "streaming to " + r.offload_compute + " does not fit its budget; CPU compute";
+      cpu.offload_choice = "streaming to " + b.device.str() + " does not fit its budget; CPU compute";
       return cpu;
     }
-    gpu.offload_compute = r.offload_compute;
-    const double tg = offload_seconds(req, gpu), tc = offload_seconds(req, cpu);
-    if (tg == 0 && tc == 0) {
-      gpu.offload_choice = "nothing is offloaded";
-      return gpu;
-    }
-    Plan& best = tg <= tc ? gpu : cpu;
-    best.offload_choice = "offloaded weights per step: streamed to " + gpu.offload_compute + " ~" + ms(tg) +
-                          ", computed on the CPU ~" + ms(tc) + "; chose " + best.offload_compute;
+    if (split.offload_choice == kNothingOffloaded) return split;
+    Plan& best = split.predicted_step_s <= cpu.predicted_step_s ? split : cpu;
+    best.offload_choice = "a batch-1 decode step by the cost model: all offloaded modules computed on the CPU ~" +
+                          ms(cpu.predicted_step_s) + "; " + split.offload_choice + "; chose " + best.offload_compute;
     return best;
   }
   cpu.offload_choice = "no GPU budget; CPU compute";

@@ -78,10 +78,18 @@ struct PlanRequest {
   config::Mode mode = config::Mode::kSequential;
   int64_t max_batch = 16;
   int64_t max_seq_len = 2048;
-  // cpu | cuda:N | auto. auto plans both ways (streaming to the first budgeted GPU, if
-  // that plan fits, and CPU compute) and keeps the one whose offloaded bytes cost less
-  // per step by the cost model below.
+  // Who computes the offloaded modules (the last CPU device's and the disk tier's):
+  //   cpu          an offload stage on the CPU
+  //   cuda:N       an offload stage on GPU N, their weights streamed over PCIe each step
+  //   cpu+cuda:N   both (hybrid): a share of the offloaded modules, spread evenly along
+  //                the route, is streamed to GPU N while the CPU computes the rest, so
+  //                that PCIe copies overlap CPU compute; the share is streamed_share, or
+  //                the one the cost model predicts fastest
+  //   auto         plans cpu and cpu+cuda:N for the first budgeted GPU and keeps the one
+  //                the cost model predicts fastest (cpu+cuda:N resolves to cuda:N when
+  //                it streams every offloaded module)
   std::string offload_compute = "cpu";
+  std::optional<double> streamed_share;  // cpu+cuda:N only: share of offloaded modules streamed
   // Where mixture-of-experts blocks (kExperts) go when the fill places modules:
   //   auto        attention, norms, routers, embeddings and head first (GPU first), then
   //               the experts in what is left, so experts are what gets offloaded
@@ -91,12 +99,14 @@ struct PlanRequest {
   // A manual device_map and pipeline-mode balancing ignore it.
   config::ExpertPlacement experts = config::ExpertPlacement::kAuto;
   // The cost model's bandwidths, bytes/s. Defaults: pinned PCIe from DESIGN §10; the
-  // other two from the H100 host's runs of 2026-11-24 (docs/performance.md): 1.48 GiB of
+  // next two from the H100 host's runs of 2026-11-24 (docs/performance.md): 1.48 GiB of
   // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage
-  // computing 3.11 GiB of layers at 12.0 tok/s.
-  double pinned_h2d = 53.7e9;  // CPU-tier weights streamed from pinned memory
-  double disk_stream = 13e9;   // disk-tier weights read into pinned staging and streamed
-  double cpu_compute = 40e9;   // weights a CPU offload stage gets through per second
+  // computing 3.11 GiB of layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode
+  // (5.40 GB at ~360 tok/s).
+  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
+  double disk_stream = 13e9;    // disk-tier weights read into pinned staging and streamed
+  double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
+  double gpu_compute = 1.9e12;  // weights a GPU stage gets through per second at batch 1
   std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
 };
 
@@ -133,8 +143,9 @@ struct Edge {
 };
 
 struct Plan {
-  std::string offload_compute;                    // as resolved: cpu | cuda:N
-  std::string offload_choice;                     // auto only: the estimates behind the choice
+  std::string offload_compute;                    // as resolved: cpu | cuda:N | cpu+cuda:N
+  std::string offload_choice;                     // auto and cpu+cuda:N: the estimates behind the choice
+  double predicted_step_s = 0;                    // a batch-1 decode step, by the cost model
   std::vector<config::DeviceName> module_device;  // per module, parallel to model.modules
   std::vector<Stage> stages;                      // by rank (stages[i].rank == i + 1)
   std::vector<Segment> route_segments;            // the segments in execution order...
@@ -144,6 +155,16 @@ struct Plan {
 };
 
 Plan make_plan(const PlanRequest& req);
+
+// The cost model: seconds of a batch-1 decode step of `p`, simulated along its route.
+// Each module costs its bytes over its stage's rate (a CPU reads only what a token
+// reads: an expert block's chosen experts); a streamed module waits for its copy, which
+// starts once the streamed module before it starts computing (the double buffer's other
+// slot is then free) and after that module's copy (one copy engine), so copies overlap
+// the CPU stage's compute between them. Each hop between stages costs kHopSeconds.
+// The second of two simulated steps is returned (the first has no copy in flight).
+double predicted_step_seconds(const PlanRequest& req, const Plan& p);
+constexpr double kHopSeconds = 50e-6;  // one activation hop at batch 1 (an estimate)
 
 // The hf_device_map spelling of a device: 0 for cuda:0, "cpu" for cpu:0, "cpu:1", "disk".
 std::string hf_device(const config::DeviceName& d);

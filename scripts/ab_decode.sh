@@ -8,7 +8,8 @@
 # MAX_MEMORY (e.g. "cuda:0" = "100GiB": the run plans and starts its stages from a
 # config with these budgets; empty = one process on the CPU, `generate --model`);
 # PLACEMENT_EXTRA: more [placement] lines for that config (e.g. 'offload_compute = "cpu"');
-# PLACEMENT_EXTRA_B: B's instead, to compare two placements (A and B may then be one binary).
+# PLACEMENT_EXTRA_B: B's instead, to compare two placements (A and B may then be one binary);
+# MAX_SEQ_LEN=512 (that config's runtime.max_seq_len: what the planner charges for KV).
 # A MODEL_DIR without config.json (default /tmp/ab-anchor) first gets a random Llama
 # from RANDOM_MODEL with ANCHOR_FLAGS (default: the DESIGN §10 anchor, 2.70 B
 # parameters: --hidden 2560 --intermediate 6912 --layers 32 --heads 20).
@@ -23,8 +24,9 @@ where_b=("${where[@]}")
 config() {  # a config with MAX_MEMORY and the [placement] lines $1
   local cfg
   cfg=$(mktemp --suffix=.toml)
-  printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n%s\n[runtime]\nmax_batch = %s\nmax_seq_len = 512\n' \
-    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "$1" "$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)" >"$cfg"
+  printf '[model]\npath = "%s"\ndtype = "%s"\n[placement]\nmax_memory = { %s }\n%s\n[runtime]\nmax_batch = %s\nmax_seq_len = %s\n' \
+    "$model" "${DTYPE:-bfloat16}" "$MAX_MEMORY" "$1" "$(echo ${BATCHES:-1 16} | tr ' ' '\n' | sort -n | tail -1)" \
+    "${MAX_SEQ_LEN:-512}" >"$cfg"
   echo "$cfg"
 }
 if [ -n "${MAX_MEMORY:-}" ]; then

@@ -2,9 +2,10 @@
 # Nsight Compute breakdown of one GPU stage's decode step (issue 16): per kernel, its GPU
 # time, the DRAM bytes it moved and the bandwidth that makes. Runs on the GPU machine
 # after scripts/gpu_check.sh has built build-gpu/. The stage (rank 1 of `mpirun -np 2`)
-# runs under ncu; the coordinator runs plainly. One decode step's kernels are the
-# difference between a run of SHORT+STEPS new tokens and one of SHORT, divided by STEPS,
-# so the prefill and start-up drop out without guessing where a step begins.
+# runs under ncu with the profiler off until the stage's step BATCH+2 (the prompts'
+# prefill is behind it), then on for STEPS decode steps (CASCADE_PROFILE_STEPS), so
+# loading, quantizing and the prefill run at full speed and are not profiled; the
+# tables divide by STEPS.
 #   scripts/profile_decode.sh MODEL_DIR [OUT_DIR]
 # Environment: CASES="bf16:1 bf16:16 int8_0:1 int8_6:1" (weights:batch; int8_T = LLM.int8
 # with threshold T), GRAPHS=false (true: one row per graph replay), BOUND_GBS=4270 (the
@@ -18,7 +19,7 @@ out=${2:-${OUT:-/tmp}}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ids=$(seq -s, 11 42)
-short=2 steps=${STEPS:-3}
+steps=${STEPS:-3}
 metrics=${METRICS:-gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum}
 for case in ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1}; do
   weights=${case%%:*} batch=${case##*:}
@@ -28,18 +29,18 @@ for case in ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1}; do
     "$model" "$batch" "${GRAPHS:-false}" "$quant" "$threshold" >/tmp/profile.toml
   prompts=()
   for _ in $(seq "$batch"); do prompts+=(--prompt-ids "$ids"); done
-  for n in $short $((short + steps)); do
-    log=$out/ncu_${weights}_b${batch}_n$n.csv
-    timeout "${RUN_TIMEOUT:-300}" mpirun --oversubscribe -np 1 build-gpu/cascade generate --config /tmp/profile.toml \
-      "${prompts[@]}" --max-new-tokens $n : -np 1 ncu --csv --clock-control none --metrics $metrics \
-      --log-file "$log" build-gpu/cascade generate --config /tmp/profile.toml "${prompts[@]}" --max-new-tokens $n \
-      >"$out/profile_${weights}_b${batch}_n$n.log" 2>&1
-    echo "== $weights batch $batch, $n new tokens: exit $?"
-  done
+  first=$((batch + 2)) n=$((batch + 2 + steps + 1))
+  log=$out/ncu_${weights}_b${batch}.csv
+  timeout "${RUN_TIMEOUT:-300}" mpirun --oversubscribe -np 1 build-gpu/cascade generate --config /tmp/profile.toml \
+    "${prompts[@]}" --max-new-tokens $n : -np 1 env CASCADE_PROFILE_STEPS=$first:$steps ncu --csv \
+    --profile-from-start off --clock-control none --metrics $metrics --log-file "$log" \
+    build-gpu/cascade generate --config /tmp/profile.toml "${prompts[@]}" --max-new-tokens $n \
+    >"$out/profile_${weights}_b${batch}.log" 2>&1
+  echo "== $weights batch $batch, steps $first..$((first + steps - 1)) profiled: exit $?"
 done
-python3 - "$out" "$short" "$steps" "${BOUND_GBS:-4270}" ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1} <<'PY'
+python3 - "$out" "$steps" "${BOUND_GBS:-4270}" ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1} <<'PY'
 import collections, csv, io, re, sys
-out, short, steps, bound = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out, steps, bound = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6,
          "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 def kernels(path):  # name -> [launches, us, bytes]
@@ -62,11 +63,10 @@ def kernels(path):  # name -> [launches, us, bytes]
         else:
             by[name][2] += v
     return by
-for case in sys.argv[5:]:
+for case in sys.argv[4:]:
     weights, batch = case.split(":")
-    a = kernels(f"{out}/ncu_{weights}_b{batch}_n{short}.csv")
-    b = kernels(f"{out}/ncu_{weights}_b{batch}_n{short + steps}.csv")
-    step = {k: [(b[k][i] - a.get(k, [0, 0, 0])[i]) / steps for i in range(3)] for k in b}
+    b = kernels(f"{out}/ncu_{weights}_b{batch}.csv")
+    step = {k: [v[i] / steps for i in range(3)] for k, v in b.items()}
     step = {k: v for k, v in step.items() if v[0] > 0.5}
     us = sum(v[1] for v in step.values())
     gb = sum(v[2] for v in step.values()) / 1e9

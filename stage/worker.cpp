@@ -23,6 +23,10 @@
 #include "storage/checkpoint.h"
 #include "storage/offload.h"
 
+#ifdef CASCADE_WITH_CUDA
+#include <cuda_profiler_api.h>
+#endif
+
 namespace cascade::stage {
 namespace {
 
@@ -79,6 +83,33 @@ struct Fault {
     if (what == "exit") ::raise(SIGKILL);
     if (what == "stall") ::raise(SIGSTOP);
     if (what == "error") throw std::runtime_error("injected fault (CASCADE_FAULT)");
+  }
+};
+
+// CASCADE_PROFILE_STEPS="FIRST:COUNT": the CUDA profiler runs from this stage's step
+// FIRST for COUNT steps (cudaProfilerStart/Stop), so `ncu --profile-from-start off`
+// measures decode steps only, not the load and the prefill (scripts/profile_decode.sh).
+struct ProfileRange {
+  int64_t first = -1, count = 0;
+  static ProfileRange from_env() {
+    ProfileRange r;
+    const char* v = std::getenv("CASCADE_PROFILE_STEPS");
+    if (!v) return r;
+    const std::string s = v;
+    const size_t colon = s.find(':');
+    if (colon == std::string::npos) return r;
+    r.first = std::stoll(s.substr(0, colon));
+    r.count = std::stoll(s.substr(colon + 1));
+    return r;
+  }
+  void maybe(int64_t at) const {
+#ifdef CASCADE_WITH_CUDA
+    if (first < 0) return;
+    if (at == first) cudaProfilerStart();
+    if (at == first + count) cudaProfilerStop();
+#else
+    (void)at;
+#endif
   }
 };
 
@@ -192,8 +223,10 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
     w.send(0, comm::kTagStats, comm::encode(comm::StageStats{busy, steps}), after(a.runtime.step_timeout), alive);
     reported = Clock::now();
   };
+  const ProfileRange profile = ProfileRange::from_env();
   for (int64_t step = 0;; ++step) {
     fault.maybe(step);
+    profile.maybe(step);
     if (Clock::now() - reported > std::chrono::milliseconds(250)) report(step);
     bool shutdown = false;
     for (size_t i = 0; i < a.hops.size(); ++i) {

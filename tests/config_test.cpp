@@ -138,6 +138,15 @@ TEST(Config, BadSize) {
                     "cfg.toml:4", "server.max_request_bytes", "invalid size 'lots'");
 }
 
+TEST(Config, AHybridOffloadAndItsShare) {
+  const Config c =
+      parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"cpu+cuda:0\"\nstreamed_share = 0.25\n");
+  EXPECT_EQ(c.placement.offload_compute, "cpu+cuda:0");
+  ASSERT_TRUE(c.placement.streamed_share.has_value());
+  EXPECT_DOUBLE_EQ(*c.placement.streamed_share, 0.25);
+  EXPECT_FALSE(parse("[model]\npath = \"/m\"\n").placement.streamed_share.has_value());  // the cost model's
+}
+
 TEST(Config, BadEnumValues) {
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmode = \"pipelined\"\n"), ConfigError, "cfg.toml:4",
                     "runtime.mode", "'pipelined' is not one of", "pipeline", "sequential");
@@ -147,6 +156,13 @@ TEST(Config, BadEnumValues) {
                     "placement.strategy", "'greedy'");
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"gpu\"\n"), ConfigError,
                     "cfg.toml:4", "placement.offload_compute", "'gpu'");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"cpu+cpu:1\"\n"), ConfigError,
+                    "placement.offload_compute", "'cpu+cpu:1'", "cpu+cuda:N");
+  EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nstreamed_share = 0.5\n"), ConfigError, "cfg.toml:4",
+                    "placement.streamed_share", "cpu+cuda:N", "\"auto\"");
+  EXPECT_THROW_WITH(
+      parse("[model]\npath = \"/m\"\n[placement]\noffload_compute = \"cpu+cuda:0\"\nstreamed_share = 1.5\n"),
+      ConfigError, "cfg.toml:5", "placement.streamed_share", "must be in [0");
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[placement]\nexperts = \"cpu\"\n"), ConfigError, "cfg.toml:4",
                     "placement.experts", "'cpu' is not one of", "auto", "offload", "with-layer");
 }

@@ -187,7 +187,8 @@ TEST(Plan, AutoOffloadComputeWeighsStreamingAgainstCpuCompute) {
   r.cpu_compute = 6e9;  // a CPU that reads weights far slower than PCIe carries them
   const Plan stream = make_plan(r);
   EXPECT_EQ(stream.offload_compute, "cuda:0");
-  EXPECT_NE(stream.offload_choice.find("streamed to cuda:0 ~"), std::string::npos) << stream.offload_choice;
+  EXPECT_NE(stream.offload_choice.find("all of 6 offloaded modules streamed to cuda:0: ~"), std::string::npos)
+      << stream.offload_choice;
   EXPECT_NE(stream.offload_choice.find("chose cuda:0"), std::string::npos) << stream.offload_choice;
   r.cpu_compute = 1e15;  // a CPU that reads weights faster than PCIe carries them
   const Plan cpu = make_plan(r);
@@ -197,6 +198,82 @@ TEST(Plan, AutoOffloadComputeWeighsStreamingAgainstCpuCompute) {
   const Plan tight = make_plan(r);
   EXPECT_EQ(tight.offload_compute, "cpu");
   EXPECT_NE(tight.offload_choice.find("does not fit"), std::string::npos) << tight.offload_choice;
+}
+
+TEST(Plan, AHybridOffloadStreamsEveryOtherLayerWhileTheCpuComputesTheRest) {
+  // 12 layers of 100 MiB, KV 1 MiB a layer; the GPU keeps 3 beside its double buffer.
+  // With PCIe and the CPU equally fast, the cost model streams about half of the 11
+  // offloaded modules (9 layers, norm, head), each after a CPU-computed one whose
+  // compute hides its copy.
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB, false, /*kv_per_token=*/1024),
+                          {{"cuda:0", 560 * MiB}, {"cpu", 8000 * MiB}});
+  r.max_seq_len = 1024;
+  r.cpu_compute = r.pinned_h2d;
+  r.offload_compute = "cpu+cuda:0";
+  const Plan p = make_plan(r);
+  EXPECT_EQ(p.offload_compute, "cpu+cuda:0") << p.offload_choice;
+  ASSERT_EQ(p.stages.size(), 3u);
+  EXPECT_EQ(p.stages[0].device.str(), "cuda:0");  // resident layers
+  int streamed = 0, on_cpu = 0;
+  for (const Stage& s : p.stages) {
+    int layers = 0;
+    for (const Segment& g : s.segments)
+      for (int64_t i = g.begin; i < g.end; ++i) layers += r.model.modules[i].kind == ModuleKind::kLayer;
+    if (s.rank == 1) continue;
+    EXPECT_EQ(s.tiers.front().str(), "cpu:0");  // both offload stages keep their weights in RAM
+    (s.device.str() == "cuda:0" ? streamed : on_cpu) += layers;
+  }
+  EXPECT_GE(streamed, 3);
+  EXPECT_GE(on_cpu, 3);
+  // The route alternates between the two offload stages (no two streamed in a row).
+  for (size_t k = 1; k < p.route_ranks.size(); ++k) EXPECT_NE(p.route_ranks[k], p.route_ranks[k - 1]);
+  for (size_t k = 0; k < p.route_ranks.size(); ++k) {
+    if (p.stages[p.route_ranks[k] - 1].device.str() == "cuda:0" && p.route_ranks[k] != 1) {
+      EXPECT_EQ(p.route_segments[k].end - p.route_segments[k].begin, 1) << "streamed run at " << k;
+    }
+  }
+  // The CPU-computed layers keep their KV cache on the CPU; the GPU one buffer pair.
+  EXPECT_EQ(p.devices.at("cpu:0").kv, static_cast<uint64_t>(on_cpu) * MiB);
+  EXPECT_EQ(p.devices.at("cuda:0").kv, static_cast<uint64_t>(12 - on_cpu) * MiB);
+  EXPECT_EQ(p.devices.at("cuda:0").staging, 200 * MiB);
+  EXPECT_EQ(p.edges[1].transport, Transport::kShm);
+
+  // The split beats both single ways by the cost model, and auto finds it.
+  PlanRequest all = r;
+  all.offload_compute = "cuda:0";
+  PlanRequest cpu = r;
+  cpu.offload_compute = "cpu";
+  EXPECT_LT(p.predicted_step_s, make_plan(all).predicted_step_s);
+  EXPECT_LT(p.predicted_step_s, make_plan(cpu).predicted_step_s);
+  r.offload_compute = "auto";
+  EXPECT_EQ(make_plan(r).offload_compute, "cpu+cuda:0");
+
+  // An explicit share: a third of 11, rounded.
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 1.0 / 3;
+  const Plan third = make_plan(r);
+  EXPECT_NE(third.offload_choice.find("4 of 11 offloaded modules streamed"), std::string::npos) << third.offload_choice;
+  r.offload_compute = "cpu";
+  EXPECT_THROW_WITH(make_plan(r), PlanError, "streamed_share", "cpu+cuda:N");
+}
+
+TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
+  // Everything on the CPU: the step is its bytes over the CPU's rate plus two hops.
+  PlanRequest r = request(model(4, 100 * MiB, 10 * MiB), {{"cpu", 8000 * MiB}});
+  r.cpu_compute = 1e9;
+  const Plan p = make_plan(r);
+  const double bytes = 4 * 100 * MiB + 2 * 10 * MiB + 128;
+  EXPECT_NEAR(p.predicted_step_s, bytes / 1e9 + 2 * kHopSeconds, 1e-9);
+  // Streamed modules whose copies take longer than everything else: the copies set the pace.
+  PlanRequest s = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
+  s.offload_compute = "cuda:0";
+  s.pinned_h2d = 1e9;
+  const Plan q = make_plan(s);
+  uint64_t streamed = 0;
+  for (size_t i = 0; i < q.module_device.size(); ++i)
+    if (q.module_device[i].str() == "cpu:0") streamed += s.model.modules[i].weight_bytes();
+  EXPECT_GT(q.predicted_step_s, static_cast<double>(streamed) / 1e9);
+  EXPECT_LT(q.predicted_step_s, static_cast<double>(streamed) / 1e9 * 1.05);
 }
 
 // A Mixtral-like model: per layer an attention half of `attn_bytes` and an expert block
@@ -248,10 +325,13 @@ TEST(Plan, TheCostModelChargesACpuOnlyTheExpertsATokenReads) {
   PlanRequest r = request(moe_model(8, 10 * MiB, 20 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
   EXPECT_DOUBLE_EQ(r.model.modules[2].read_bytes(), 1.0 * MiB + 8 * 20 * MiB * 0.25);
   r.offload_compute = "auto";
-  r.cpu_compute = r.pinned_h2d / 4;  // a CPU 4x slower than PCIe still wins...
+  r.cpu_compute = r.pinned_h2d / 2;  // a CPU 2x slower than PCIe computes every block...
   const Plan p = make_plan(r);
   EXPECT_EQ(p.offload_compute, "cpu") << p.offload_choice;
-  r.cpu_compute = r.pinned_h2d / 8;  // ...one 8x slower does not
+  r.cpu_compute = r.pinned_h2d / 4;  // ...one 4x slower computes some while others stream...
+  const Plan h = make_plan(r);
+  EXPECT_EQ(h.offload_compute, "cpu+cuda:0") << h.offload_choice;
+  r.cpu_compute = r.pinned_h2d / 16;  // ...one 16x slower none
   const Plan q = make_plan(r);
   EXPECT_EQ(q.offload_compute, "cuda:0") << q.offload_choice;
 }
