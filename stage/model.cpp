@@ -399,6 +399,9 @@ at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int
     if (!disk_ || i >= loaded_.size() || !on_disk_[i]) return;
     for (const auto& t : desc_.modules[loaded_[i]].tensors) need ? disk_->will_need(t) : disk_->dont_need(t);
   };
+  size_t last = 0;  // the hop's last module here: the next streamed copy waits for its output to leave
+  for (size_t i = 0; i < loaded_.size(); ++i)
+    if (loaded_[i] >= begin && loaded_[i] < end) last = i;
   for (size_t i = 0; i < loaded_.size(); ++i) {
     if (loaded_[i] < begin || loaded_[i] >= end) continue;
     if (!ran) advise(i, true);
@@ -408,9 +411,9 @@ at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int
       TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1, "the embedding takes token ids [tokens] int64");
     }
     const int64_t k = stream_ordinal_[i];
-    if (k >= 0) stream_->acquire(k);  // its weights are in its GPU slot for these kernels
+    if (k >= 0) stream_->acquire(k, i != last);  // its weights are in its GPU slot for these kernels
     x = modules_[i]->forward(x, ctx);
-    if (k >= 0) stream_->release(k);
+    if (k >= 0) stream_->release(k, i != last);
     advise(i, false);
     ran = true;
   }

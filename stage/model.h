@@ -105,6 +105,11 @@ class Model {
   at::Device device() const { return opts_.device; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // held in memory (disk tier excluded)
   uint64_t streamed_bytes() const { return stream_ ? stream_->host_bytes() : 0; }  // copied in per step
+  // The hop's output has left this stage: a streamed module's copy held back until
+  // then starts (WeightStream::prefetch).
+  void hop_sent() {
+    if (stream_) stream_->prefetch();
+  }
   // How loading to a GPU spent its time (all zero on a CPU stage).
   const DeviceUploader::Stats& upload_stats() const { return upload_stats_; }
   // Stored bytes of the checkpoint tensors this model uses, however they are served

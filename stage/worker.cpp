@@ -253,6 +253,7 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         span("compute", h, c0);
         const int64_t s0 = now_us();
         ch.out[i]->send(h, out, after(a.runtime.step_timeout));
+        runner.model().hop_sent();
         span("send", h, s0);
         continue;
       }
@@ -262,6 +263,7 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
       span("compute", h, c0);
       const int64_t s0 = now_us();
       ch.out[i]->send(h, sampled.ids, after(a.runtime.step_timeout));
+      runner.model().hop_sent();
       span("send", h, s0);
       if (m.header.flags & comm::kStepWantLogits) {
         h.kind = comm::StepKind::kLogits;

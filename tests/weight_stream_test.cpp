@@ -22,11 +22,16 @@ TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   }
   EXPECT_EQ(ws->host_bytes(), 3u * 16 * 8 * 4);
   EXPECT_EQ(views[0].data_ptr(), views[2].data_ptr());  // one slot, two modules
-  for (int step = 0; step < 3; ++step) {
+  // Steps 0-2 prefetch the next module while one computes; steps 3-5 hold it back until
+  // prefetch() (a hybrid offload: every streamed module ends its stage's hop); 6-7 never
+  // call prefetch(), so acquire copies each module itself.
+  for (int step = 0; step < 8; ++step) {
+    const bool ahead = step < 3;
     for (int64_t k = 0; k < 3; ++k) {
-      ws->acquire(k);
+      ws->acquire(k, ahead);
       const at::Tensor seen = (views[static_cast<size_t>(k)] * 1).cpu();  // a kernel on the compute stream
-      ws->release(k);
+      ws->release(k, ahead);
+      if (step >= 3 && step < 6) ws->prefetch();
       EXPECT_TRUE(at::equal(seen, host[static_cast<size_t>(k)])) << "step " << step << " module " << k;
     }
   }
@@ -41,12 +46,14 @@ TEST(WeightStream, AModuleWithoutTensorsTakesItsTurn) {
   const at::Tensor host = at::full({16}, 3.0f).pin_memory();
   const at::Tensor view = ws->add(0, host);
   ws->reserve(2);
-  EXPECT_THROW_WITH(ws->acquire(2), c10::Error, "streamed module 2 of 2 was never added");
+  EXPECT_THROW_WITH(ws->acquire(2, true), c10::Error, "streamed module 2 of 2 was never added");
   for (int step = 0; step < 2; ++step) {
     for (int64_t k = 0; k < 2; ++k) {
-      ws->acquire(k);
-      if (k == 0) EXPECT_TRUE(at::equal(view.cpu(), host));
-      ws->release(k);
+      ws->acquire(k, true);
+      if (k == 0) {
+        EXPECT_TRUE(at::equal(view.cpu(), host));
+      }
+      ws->release(k, true);
     }
   }
 }
@@ -78,13 +85,13 @@ TEST(WeightStream, PageableWeightsAreStagedAheadInAnyOrder) {
     }
   }
   auto check_module = [&](int64_t k) {
-    ws->acquire(k);
+    ws->acquire(k, true);
     std::vector<at::Tensor> seen;
     for (size_t i = 0; i < views.size(); ++i) {
       const int64_t owner = i <= 1 ? static_cast<int64_t>(i) : static_cast<int64_t>(i) - 1;  // piece i's module
       if (owner == k) seen.push_back((views[i] * 1).cpu());
     }
-    ws->release(k);
+    ws->release(k, true);
     size_t j = 0;
     for (size_t i = 0; i < views.size(); ++i) {
       const int64_t owner = i <= 1 ? static_cast<int64_t>(i) : static_cast<int64_t>(i) - 1;

@@ -74,25 +74,31 @@ class CudaWeightStream : public WeightStream {
     while (static_cast<int64_t>(modules_.size()) < n) modules_.emplace_back();
   }
 
-  void acquire(int64_t k) override {
+  void acquire(int64_t k, bool prefetch_next) override {
     TORCH_CHECK(k >= 0 && k < static_cast<int64_t>(modules_.size()), "streamed module ", k, " of ", modules_.size(),
                 " was never added");
     const int s = static_cast<int>(k % 2);
     if (loaded_[s] != k) issue(k, /*block=*/true);
     check(cudaStreamWaitEvent(kCompute, copied_[s], 0), "waiting for a streamed module");
+    last_ = k;
     const int64_t n = static_cast<int64_t>(modules_.size()), next = (k + 1) % n;
     // The next module's copy may start now (its slot's last reader was module k - 1)
     // unless its disk-tier part is still being read; then release(k) or acquire(next)
     // issues it, and the GPU computes module k meanwhile.
-    if (next % 2 != s && loaded_[next % 2] != next) issue(next, /*block=*/false);
+    if (prefetch_next) prefetch();
     stage(next);
     stage((k + 2) % n);  // read ahead into the other staging buffer
   }
 
-  void release(int64_t k) override {
+  void release(int64_t k, bool prefetch_next) override {
     check(cudaEventRecord(freed_[k % 2], kCompute), "cudaEventRecord");
-    const int64_t next = (k + 1) % static_cast<int64_t>(modules_.size());
-    if (next % 2 != k % 2 && loaded_[next % 2] != next) issue(next, /*block=*/false);
+    if (prefetch_next) prefetch();
+  }
+
+  void prefetch() override {
+    if (last_ < 0) return;
+    const int64_t next = (last_ + 1) % static_cast<int64_t>(modules_.size());
+    if (next % 2 != last_ % 2 && loaded_[next % 2] != next) issue(next, /*block=*/false);
   }
 
   uint64_t host_bytes() const override { return host_bytes_; }
@@ -198,6 +204,7 @@ class CudaWeightStream : public WeightStream {
   uint64_t slot_bytes_, host_bytes_ = 0;
   at::Tensor slot_[2];
   cudaStream_t copy_ = nullptr;
+  int64_t last_ = -1;  // the module acquired last
   cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;

@@ -40,10 +40,17 @@ class WeightStream {
   // is resident: a head tied to a GPU-resident embedding). Call once all are added.
   virtual void reserve(int64_t n) = 0;
   // Before module k computes: queues its copy if its slot does not hold it, makes the
-  // compute stream wait for it, and starts copying the next streamed module.
-  virtual void acquire(int64_t k) = 0;
+  // compute stream wait for it, and starts copying the next streamed module unless
+  // `prefetch_next` is false (then prefetch() does).
+  virtual void acquire(int64_t k, bool prefetch_next) = 0;
   // After module k's kernels are queued: its slot may be refilled once they ran.
-  virtual void release(int64_t k) = 0;
+  virtual void release(int64_t k, bool prefetch_next) = 0;
+  // Starts copying the module after the last one acquired, if acquire/release held it
+  // back. A stage whose hop ends with a streamed module calls it once the hop's output
+  // has left: a device-to-host copy of that output would otherwise queue behind the next
+  // module's weights on the copy engine and hold up the stage that computes next (a
+  // hybrid offload's CPU stage), so PCIe and that stage's compute would not overlap.
+  virtual void prefetch() = 0;
   virtual uint64_t host_bytes() const = 0;  // bytes streamed per step (all modules)
 };
 
