@@ -637,6 +637,17 @@ Plan hybrid_plan(const PlanRequest& r) {
 
 }  // namespace
 
+namespace {
+
+// A CPU stage's time for module `m` in a step of max_batch tokens.
+double cpu_seconds(const PlanRequest& r, const ModuleInfo& m) {
+  const double tokens = static_cast<double>(r.max_batch);
+  const double read = std::min(static_cast<double>(m.weight_bytes()), m.read_bytes() * tokens);
+  return std::max(read / r.cpu_compute, tokens * m.flops_per_token / r.cpu_flops);
+}
+
+}  // namespace
+
 double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   const auto& mods = r.model.modules;
   double t = 0, first_end = 0;
@@ -650,7 +661,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
         const DeviceName& tier = p.module_device[static_cast<size_t>(i)];
         const double w = static_cast<double>(mods[static_cast<size_t>(i)].weight_bytes());
         if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way
-          t += tier.kind == Kind::kDisk ? w / r.disk_stream : mods[static_cast<size_t>(i)].read_bytes() / r.cpu_compute;
+          t += tier.kind == Kind::kDisk ? w / r.disk_stream : cpu_seconds(r, mods[static_cast<size_t>(i)]);
         } else if (is_gpu(tier)) {
           t += w / r.gpu_compute;
         } else {  // streamed
@@ -690,8 +701,9 @@ Plan make_plan(const PlanRequest& req) {
     }
     if (split.offload_choice == kNothingOffloaded) return split;
     Plan& best = split.predicted_step_s <= cpu.predicted_step_s ? split : cpu;
-    best.offload_choice = "a batch-1 decode step by the cost model: all offloaded modules computed on the CPU ~" +
-                          ms(cpu.predicted_step_s) + "; " + split.offload_choice + "; chose " + best.offload_compute;
+    best.offload_choice = "a step of " + std::to_string(req.max_batch) + (req.max_batch == 1 ? " token" : " tokens") +
+                          " by the cost model: all offloaded modules computed on the CPU ~" + ms(cpu.predicted_step_s) +
+                          "; " + split.offload_choice + "; chose " + best.offload_compute;
     return best;
   }
   cpu.offload_choice = "no GPU budget; CPU compute";

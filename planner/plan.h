@@ -103,9 +103,13 @@ struct PlanRequest {
   // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage
   // computing 3.11 GiB of layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode
   // (5.40 GB at ~360 tok/s).
-  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
-  double disk_stream = 13e9;    // disk-tier weights read into pinned staging and streamed
-  double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
+  double pinned_h2d = 53.7e9;  // CPU-tier weights streamed from pinned memory
+  double disk_stream = 13e9;   // disk-tier weights read into pinned staging and streamed
+  double cpu_compute = 40e9;   // weights a CPU stage gets through per second at batch 1
+  // FLOP/s of a CPU stage at batch 16, from the H200 host's CPU-computed offload at
+  // batch 16 (2026-12-03: 24 anchor layers, 60 GFLOP a step, in ~150 ms): beyond a few
+  // tokens a CPU step is bound by arithmetic, not by reading weights.
+  double cpu_flops = 400e9;
   double gpu_compute = 1.9e12;  // weights a GPU stage gets through per second at batch 1
   std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
 };
@@ -156,9 +160,10 @@ struct Plan {
 
 Plan make_plan(const PlanRequest& req);
 
-// The cost model: seconds of a batch-1 decode step of `p`, simulated along its route.
-// Each module costs its bytes over its stage's rate (a CPU reads only what a token
-// reads: an expert block's chosen experts); a streamed module waits for its copy, which
+// The cost model: seconds of a decode step of max_batch tokens of `p` (a full batch),
+// simulated along its route. Each module costs its bytes over its stage's rate; on a CPU
+// the bytes its tokens read (an expert block's chosen experts, at most all of them) or
+// its FLOPs over cpu_flops, whichever is longer; a streamed module waits for its copy, which
 // starts once the streamed module before it starts computing (the double buffer's other
 // slot is then free) and after that module's copy (one copy engine), so copies overlap
 // the CPU stage's compute between them. Each hop between stages costs kHopSeconds.

@@ -248,6 +248,12 @@ TEST(Plan, AHybridOffloadStreamsEveryOtherLayerWhileTheCpuComputesTheRest) {
   r.offload_compute = "auto";
   EXPECT_EQ(make_plan(r).offload_compute, "cpu+cuda:0");
 
+  // At max_batch 16 a CPU layer costs its FLOPs (16 x 100 Mi / 400 GFLOP/s, 4.2 ms), twice
+  // a copy: auto streams every offloaded layer.
+  r.max_batch = 16;
+  EXPECT_EQ(make_plan(r).offload_compute, "cuda:0") << make_plan(r).offload_choice;
+  r.max_batch = 1;
+
   // An explicit share: a third of 11, rounded.
   r.offload_compute = "cpu+cuda:0";
   r.streamed_share = 1.0 / 3;
