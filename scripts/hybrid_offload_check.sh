@@ -16,7 +16,7 @@ model=${MODEL:-/tmp/anchor}
   --layers 32 --heads 20 --kv-heads 20 --vocab 32000 >/dev/null
 threads=$(($(nproc) - 2))
 echo "== host: read bound and GEMV rates at $threads threads (the hybrid's CPU stage)"
-"$build/bench/cpu_gemv_bench" --threads "$threads" --tokens 1,16 2>&1 | tail -8
+"$build/bench/cpu_gemv_bench" --threads "$threads" --tokens 1,16 2>&1
 export MAX_MEMORY='"cuda:0" = "2GiB", "cpu" = "100GiB"' MAX_SEQ_LEN=${MAX_SEQ_LEN:-128} NEW_TOKENS=${NEW_TOKENS:-64}
 for batch in 1 16; do
   for oc in cpu cuda:0 cpu+cuda:0; do
