@@ -7,6 +7,7 @@
 
 #include "comm/world.h"
 #include "daemon/bench.h"
+#include "daemon/calibrate.h"
 #include "daemon/generate.h"
 #include "daemon/http/client.h"
 #include "daemon/http/server.h"
@@ -127,6 +128,11 @@ int run_cli(int argc, char** argv) {
   add_generate(app, gen, prompt_ids, json, greedy);
   PlanOptions plan;
   add_plan(app, plan);
+  CalibrateOptions calibrate;
+  auto* cal = app.add_subcommand("calibrate", "Measure the CPU and PCIe rates the planner's cost model uses");
+  cal->add_option("--threads", calibrate.threads, "CPU threads (default: the cores less one)");
+  cal->add_option("--pool-mib", calibrate.pool_mib, "MiB of weights read per pass (more than the caches)");
+  cal->add_option("--out", calibrate.out, "Rates file (default: $CASCADE_RATES or ~/.cache/cascade/rates.json)");
   app.add_subcommand("stage", "(internal) A stage process: started by the coordinator or mpirun");
   ServeOptions serve_opts;
   auto* sv = app.add_subcommand("serve", "Serve the model of a config on a Unix socket (OpenAI-compatible HTTP)");
@@ -210,6 +216,10 @@ int run_cli(int argc, char** argv) {
 #endif
     if (name == "plan") {
       run_plan(plan, std::cout);
+      return 0;
+    }
+    if (name == "calibrate") {
+      run_calibrate(calibrate, std::cout);
       return 0;
     }
   } catch (const c10::Error& e) {  // LibTorch's checks: drop the C++ backtrace

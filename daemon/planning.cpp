@@ -4,6 +4,7 @@
 #include <ostream>
 
 #include "config/size.h"
+#include "daemon/calibrate.h"
 #include "planner/report.h"
 #include "stage/kernels/quant.h"
 #include "stage/model.h"
@@ -110,6 +111,14 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   req.streamed_share = cfg.placement.streamed_share;
   req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
+  const std::string rates = rates_path();
+  if (const std::optional<Rates> measured = load_rates(rates)) {
+    apply_rates(*measured, req);
+    run.rates =
+        "measured " + measured->measured + " with " + std::to_string(measured->threads) + " threads (" + rates + ")";
+  } else {
+    run.rates = "defaults (`cascade calibrate` measures this machine's)";
+  }
   run.plan = planner::make_plan(req);
   return run;
 }
@@ -145,6 +154,7 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   const bool moe = std::any_of(req.model.modules.begin(), req.model.modules.end(),
                                [](const planner::ModuleInfo& m) { return m.kind == planner::ModuleKind::kExperts; });
   if (moe) out << ", experts " << config::to_string(req.experts);
+  out << "\ncost model rates: " << run.rates;
   out << "\nbudgets:";
   for (size_t i = 0; i < req.budgets.size(); ++i) {
     const auto& b = req.budgets[i];

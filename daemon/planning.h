@@ -40,6 +40,7 @@ struct PlannedRun {
   at::ScalarType dtype = at::kFloat;
   planner::PlanRequest request;
   planner::Plan plan;
+  std::string rates;  // where the cost model's rates came from (daemon/calibrate.h)
 };
 // `max_memory` ("cuda:0=2GiB,cpu") replaces the config's budgets when not empty.
 PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory = "");

@@ -1,0 +1,147 @@
+#include "daemon/calibrate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "stage/kernels/cpu_gemv.h"
+
+namespace cascade::daemon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Best seconds of `runs` calls of f.
+template <typename F>
+double best_seconds(int runs, F&& f) {
+  double best = 1e30;
+  for (int i = 0; i < runs; ++i) {
+    const auto t0 = Clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return best;
+}
+
+std::string now_utc() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// Seconds of one pass of x [tokens, in] over every weight of the pool, best of 3.
+double pool_pass(const std::vector<at::Tensor>& pool, int64_t tokens) {
+  const at::Tensor x = at::randn({tokens, pool.front().size(1)}).to(at::kBFloat16);
+  (void)stage::cpu_linear(x, pool.front(), {});
+  return best_seconds(3, [&] {
+    for (const auto& w : pool) (void)stage::cpu_linear(x, w, {});
+  });
+}
+
+double pinned_h2d() {
+  if (!at::hasCUDA()) return 0;
+  const at::Tensor host = at::empty({int64_t{256} << 20}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  const at::Device gpu(at::kCUDA, 0);
+  (void)host.to(gpu);
+  const double s = best_seconds(5, [&] { (void)host.to(gpu); });  // a blocking copy: returns when done
+  return static_cast<double>(host.numel()) / s;
+}
+
+}  // namespace
+
+std::string rates_path() {
+  if (const char* p = std::getenv("CASCADE_RATES")) return p;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/cascade/rates.json";
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : ".") + "/.cache/cascade/rates.json";
+}
+
+Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  Rates r;
+  r.threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, cores - 1));
+  at::set_num_threads(r.threads);
+  stage::enable_cpu_matrix_units();
+  // An anchor-sized projection [6912, 2560] in bf16 (35 MB), copies enough to fill the pool.
+  const int64_t out = 6912, in = 2560, bytes = out * in * 2;
+  const int64_t copies = std::max<int64_t>(2, (o.pool_mib << 20) / bytes);
+  std::vector<at::Tensor> pool;
+  for (int64_t i = 0; i < copies; ++i) pool.push_back(at::randn({out, in}).to(at::kBFloat16));
+  progress << "calibrate: " << r.threads << (r.threads == 1 ? " thread, " : " threads, ") << copies << " bf16 weights ["
+           << out << ", " << in << "]\n";
+  r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
+  r.cpu_flops = 2.0 * 16 * static_cast<double>(out * in * copies) / pool_pass(pool, 16);
+  r.pinned_h2d = pinned_h2d();
+  r.measured = now_utc();
+  return r;
+}
+
+void save_rates(const Rates& r, const std::string& path) {
+  const std::filesystem::path p(path);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+  nlohmann::json j = {{"cpu_compute", r.cpu_compute},
+                      {"cpu_flops", r.cpu_flops},
+                      {"pinned_h2d", r.pinned_h2d},
+                      {"threads", r.threads},
+                      {"measured", r.measured}};
+  std::ofstream f(path);
+  f << j.dump(2) << "\n";
+  if (!f) throw std::runtime_error("cannot write the rates file " + path);
+}
+
+std::optional<Rates> load_rates(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return std::nullopt;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(f);
+    Rates r;
+    r.cpu_compute = j.at("cpu_compute").get<double>();
+    r.cpu_flops = j.at("cpu_flops").get<double>();
+    r.pinned_h2d = j.at("pinned_h2d").get<double>();
+    r.threads = j.at("threads").get<int>();
+    r.measured = j.at("measured").get<std::string>();
+    if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0))
+      throw std::runtime_error("a rate is not positive");
+    return r;
+  } catch (const std::exception& e) {
+    throw std::runtime_error("the rates file " + path + " is not one `cascade calibrate` wrote (" + e.what() +
+                             "): run `cascade calibrate` again or delete it");
+  }
+}
+
+void apply_rates(const Rates& r, planner::PlanRequest& req) {
+  req.cpu_compute = r.cpu_compute;
+  req.cpu_flops = r.cpu_flops;
+  if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
+}
+
+void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
+  const Rates r = measure_rates(o, out);
+  const std::string path = o.out.empty() ? rates_path() : o.out;
+  save_rates(r, path);
+  std::ostringstream line;
+  line << std::fixed << std::setprecision(1) << "CPU (" << r.threads << (r.threads == 1 ? " thread" : " threads")
+       << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, " << r.cpu_flops / 1e9
+       << " GFLOP/s at 16 tokens\npinned host-to-GPU: ";
+  if (r.pinned_h2d > 0)
+    line << r.pinned_h2d / 1e9 << " GB/s";
+  else
+    line << "no GPU (the default stays)";
+  out << line.str() << "\nsaved to " << path << " (plans made on this machine use it)\n";
+}
+
+}  // namespace cascade::daemon

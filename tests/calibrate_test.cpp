@@ -1,0 +1,65 @@
+// cascade calibrate: rates measured here, saved, read back into a plan request; a file
+// that is not a rates file is an error naming it.
+#include "daemon/calibrate.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <sstream>
+
+#include "tests/test_util.h"
+
+namespace cascade::daemon {
+namespace {
+
+TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
+  test::TempDir dir;
+  CalibrateOptions o;
+  o.threads = 1;
+  o.pool_mib = 64;
+  o.out = dir.file("sub/rates.json");
+  std::ostringstream log;
+  run_calibrate(o, log);
+  EXPECT_NE(log.str().find("saved to " + o.out), std::string::npos) << log.str();
+  const std::optional<Rates> r = load_rates(o.out);
+  ASSERT_TRUE(r.has_value());
+  std::printf("[ calibrate ] 1 thread: %.1f GB/s bf16 at 1 token, %.1f GFLOP/s at 16 tokens\n", r->cpu_compute / 1e9,
+              r->cpu_flops / 1e9);
+  EXPECT_GT(r->cpu_compute, 1e8);  // any CPU of this century reads 100 MB/s
+  EXPECT_GT(r->cpu_flops, 1e8);
+  EXPECT_EQ(r->threads, 1);
+  EXPECT_FALSE(r->measured.empty());
+
+  planner::PlanRequest req;
+  const double pcie = req.pinned_h2d;
+  apply_rates(*r, req);
+  EXPECT_EQ(req.cpu_compute, r->cpu_compute);
+  EXPECT_EQ(req.cpu_flops, r->cpu_flops);
+  if (r->pinned_h2d == 0) {
+    EXPECT_EQ(req.pinned_h2d, pcie);  // no GPU: the default stays
+  } else {
+    EXPECT_EQ(req.pinned_h2d, r->pinned_h2d);
+  }
+}
+
+TEST(Calibrate, AMissingFileIsNoneAndABadOneIsNamed) {
+  test::TempDir dir;
+  EXPECT_FALSE(load_rates(dir.file("absent.json")).has_value());
+  test::write_file(dir.file("bad.json"), "{\"cpu_compute\": 1}");
+  EXPECT_THROW_WITH(load_rates(dir.file("bad.json")), std::runtime_error, dir.file("bad.json"), "cascade calibrate");
+  test::write_file(dir.file("neg.json"),
+                   R"({"cpu_compute": -1, "cpu_flops": 1, "pinned_h2d": 0, "threads": 1, "measured": "x"})");
+  EXPECT_THROW_WITH(load_rates(dir.file("neg.json")), std::runtime_error, "not positive");
+}
+
+TEST(Calibrate, ThePathFollowsTheEnvironment) {
+  ::setenv("CASCADE_RATES", "/tmp/x/rates.json", 1);
+  EXPECT_EQ(rates_path(), "/tmp/x/rates.json");
+  ::unsetenv("CASCADE_RATES");
+  ::setenv("XDG_CACHE_HOME", "/tmp/cache", 1);
+  EXPECT_EQ(rates_path(), "/tmp/cache/cascade/rates.json");
+  ::unsetenv("XDG_CACHE_HOME");
+}
+
+}  // namespace
+}  // namespace cascade::daemon
