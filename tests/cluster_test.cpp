@@ -329,48 +329,42 @@ TEST(Cluster, ExpertsOnTheCpuAttentionOnTheGpu) {
   }
 }
 
+// Every fixture with its first third on cuda:0, the second on the CPU tier, the rest on
+// disk, and the offloaded two thirds computed as `settings` (--set flags) say: the same
+// tokens as one process, and a log holding each of `expect`.
+void expect_offload_matches(const std::string& settings, const std::string& label,
+                            const std::vector<std::string>& expect) {
+  for (const auto& name : every_fixture()) {
+    const std::string model = fixture(name);
+    TempDir dir;
+    const size_t n = module_names(model).size();
+    std::vector<std::string> devices(n, "disk");
+    for (size_t i = 0; i < 2 * n / 3; ++i) devices[i] = i < n / 3 ? "cuda:0" : "cpu";
+    const std::string cfg =
+        write_config(dir, model, devices, "float32", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB", "disk" = "unlimited")");
+    const CliRun r = run_cascade("generate --config " + cfg + " " + settings + " " + kPrompts, true);  // JSON + log
+    ASSERT_EQ(r.status, 0) << r.out;
+    for (const auto& e : expect) EXPECT_NE(r.out.find(e), std::string::npos) << "lacks '" << e << "':\n" << r.out;
+    expect_same(name + " / " + label, single_run(model), r.out, 1e-3);
+  }
+}
+
 // offload_compute = cuda:0: the offload stage computes on the GPU and streams its CPU-
 // and disk-tier weights in through the double buffer.
 TEST(Cluster, StreamedOffloadOnTheGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (const auto& name : every_fixture()) {
-    const std::string model = fixture(name);
-    TempDir dir;
-    const size_t n = module_names(model).size();
-    std::vector<std::string> devices(n, "disk");
-    for (size_t i = 0; i < 2 * n / 3; ++i) devices[i] = i < n / 3 ? "cuda:0" : "cpu";
-    const std::string cfg =
-        write_config(dir, model, devices, "float32", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB", "disk" = "unlimited")");
-    const std::string args = "generate --config " + cfg + " --set placement.offload_compute=cuda:0 " + kPrompts;
-    const CliRun r = run_cascade(args, true);  // JSON lines + log
-    ASSERT_EQ(r.status, 0) << r.out;
-    EXPECT_NE(r.out.find("to the GPU per step"), std::string::npos) << r.out;
-    expect_same(name + " / cuda:0 + streamed cpu/disk tiers", single_run(model), r.out, 1e-3);
-  }
+  expect_offload_matches("--set placement.offload_compute=cuda:0", "cuda:0 + streamed cpu/disk tiers",
+                         {"to the GPU per step"});
 }
 
 // offload_compute = cpu+cuda:0 (hybrid): half the offloaded modules stream to the GPU,
-// the other half computes on the CPU between them; the route alternates.
+// the other half computes on the CPU between them; the route alternates. The log shows a
+// stage computing on the CPU and one streaming its weights to the GPU.
 TEST(Cluster, HybridOffloadCpuAndStreamedAtOnce) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (const auto& name : every_fixture()) {
-    const std::string model = fixture(name);
-    TempDir dir;
-    const size_t n = module_names(model).size();
-    std::vector<std::string> devices(n, "disk");
-    for (size_t i = 0; i < 2 * n / 3; ++i) devices[i] = i < n / 3 ? "cuda:0" : "cpu";
-    const std::string cfg =
-        write_config(dir, model, devices, "float32", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB", "disk" = "unlimited")");
-    const std::string args = "generate --config " + cfg +
-                             " --set placement.offload_compute=cpu+cuda:0 --set placement.streamed_share=0.5 " +
-                             kPrompts;
-    const CliRun r = run_cascade(args, true);  // JSON lines + log
-    ASSERT_EQ(r.status, 0) << r.out;
-    EXPECT_NE(r.out.find("to the GPU per step"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find(", cpu:0"), std::string::npos) << r.out;         // a stage computing on the CPU...
-    EXPECT_NE(r.out.find(", cuda:0+cpu:0"), std::string::npos) << r.out;  // ...and one streaming its weights
-    expect_same(name + " / cuda:0 + half streamed, half on the CPU", single_run(model), r.out, 1e-3);
-  }
+  expect_offload_matches("--set placement.offload_compute=cpu+cuda:0 --set placement.streamed_share=0.5",
+                         "cuda:0 + half streamed, half on the CPU",
+                         {"to the GPU per step", ", cpu:0", ", cuda:0+cpu:0"});
 }
 #endif
 
