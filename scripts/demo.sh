@@ -12,6 +12,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # Open MPI ref
 command -v curl >/dev/null || { echo "demo: curl is missing (apt-get install curl)"; exit 1; }
 sock=$PWD/cascade.sock
 log=$(mktemp)
+rm -f "$sock"  # one left by a killed daemon would end the wait below before this one listens
 ./build/cascade serve --config examples/demo.toml 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
