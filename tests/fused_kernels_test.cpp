@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "stage/kernels/ops.h"
+#include "stage/kernels/quant.h"
 #include "stage/layers/rope.h"
 
 namespace cascade::stage {
@@ -80,11 +81,57 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   EXPECT_FALSE(fused_gated_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), 0).defined());  // f32
 }
 
+// Weight-only int8 rows through the same GEMV: every epilogue, token counts of one and
+// of several launches (up to 8 tokens each), against float64 products of the int8 values
+// and their scales.
+TEST(FusedKernels, Int8RowsInEveryEpilogue) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(9);
+  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
+    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+  };
+  auto exact = [](const Int8Rows& r) { return r.q.to(at::kDouble) * r.scale.to(at::kDouble).unsqueeze(1); };
+  for (int64_t out : {37, 2560, 9000}) {
+    const Int8Rows q = quantize_rows(at::randn({out, 1024}) * 0.03), q2 = quantize_rows(at::randn({2 * out, 1024}));
+    const at::Tensor qc = q.q.cuda(), sc = q.scale.cuda(), q2c = q2.q.cuda(), s2c = q2.scale.cuda();
+    const at::Tensor wd = exact(q), w2d = exact(q2);
+    for (int64_t tokens : {1, 5, 8, 13, 32}) {
+      for (at::ScalarType t : {at::kBFloat16, at::kFloat}) {
+        const at::Tensor x = at::randn({tokens, 1024}).to(t), b = at::randn({out}).to(t);
+        const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
+        const at::Tensor got = fused_linear(x.cuda(), qc, b.cuda(), sc);
+        ASSERT_TRUE(got.defined()) << t << " out " << out << " tokens " << tokens;
+        ASSERT_EQ(got.scalar_type(), t);
+        EXPECT_LE(rel(got, want), t == at::kFloat ? 1e-5 : 4e-3) << t << " out " << out << " tokens " << tokens;
+        const at::Tensor r = at::randn({tokens, out}).to(t);
+        const at::Tensor sum = fused_linear_add(x.cuda(), qc, b.cuda(), r.cuda(), sc);
+        if (t == at::kFloat) {  // float32 inputs take the plain epilogue only
+          EXPECT_FALSE(sum.defined());
+          EXPECT_FALSE(fused_gated_linear(x.cuda(), q2c, 0, s2c).defined());
+          continue;
+        }
+        ASSERT_TRUE(sum.defined());
+        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, out " << out << " tokens " << tokens;
+        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
+        const at::Tensor silu = fused_gated_linear(x.cuda(), q2c, static_cast<int>(Activation::kSilu), s2c);
+        ASSERT_TRUE(silu.defined());
+        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "silu, out " << out << " tokens " << tokens;
+      }
+    }
+  }
+  const at::Tensor q = at::zeros({16, 64}, at::kChar).cuda(), s = at::ones({16}, at::kCUDA);
+  EXPECT_FALSE(fused_linear(at::ones({33, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s).defined());  // > 32 tokens
+  EXPECT_FALSE(fused_linear(at::ones({1, 40}, at::kCUDA).to(at::kBFloat16), at::zeros({16, 40}, at::kChar).cuda(),
+                            {}, s)
+                   .defined());                                                                          // in % 16 != 0
+  EXPECT_FALSE(fused_linear(at::ones({1, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s.narrow(0, 0, 8)).defined());
+}
+
 TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(0);
   for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
-    for (int64_t hidden : {64, 2560, 4100}) {
+    for (int64_t hidden : {64, 2560, 4100, 8192, 20000}) {
       const at::Tensor x = (at::randn({5, hidden}) * 3).to(t), w = (at::rand({hidden}) + 0.5).to(t);
       const at::Tensor want = rms_norm(x.to(at::kFloat), w.to(at::kFloat), 1e-5).to(t);  // float32 reference
       const at::Tensor got = fused_rms_norm(x.cuda(), w.cuda(), 1e-5).cpu();

@@ -1,4 +1,5 @@
-// The int8 decode kernels against the exact CPU path of stage/quant.h. Without a GPU, or
+// The int8 decode kernels (LLM.int8 with outliers, and weight-only int8 through the
+// decode GEMV) against the exact CPU path of stage/quant.h. Without a GPU, or
 // in a build without Cascade's CUDA kernels, only the fallback contract is checked.
 #include "stage/kernels/int8_kernels.h"
 
@@ -15,12 +16,16 @@ double rel_l2(const at::Tensor& a, const at::Tensor& b) {
 
 TEST(Int8Kernels, OnlyForDecodeShapesOnTheGpu) {
   const at::Tensor q = at::zeros({32, 64}, at::kChar), s = at::ones({32});
-  EXPECT_FALSE(int8_gemv_weight_only(at::ones({1, 64}), q, s).defined());  // CPU
+  const Int8Activation cpu = int8_split(at::ones({1, 64}), 6.0);
+  EXPECT_FALSE(int8_gemv_mixed(cpu.xq, cpu.sx, cpu.xo, cpu.cols, q, s).defined());  // CPU
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   const at::Tensor qc = q.cuda(), sc = s.cuda();
-  if (!int8_gemv_weight_only(at::ones({1, 64}, at::kCUDA), qc, sc).defined()) GTEST_SKIP() << "no CUDA kernels";
-  EXPECT_FALSE(int8_gemv_weight_only(at::ones({kInt8KernelMaxTokens + 1, 64}, at::kCUDA), qc, sc).defined());
-  EXPECT_FALSE(int8_gemv_weight_only(at::ones({1, 40}, at::kCUDA), at::zeros({32, 40}, at::kChar).cuda(), sc)
+  const Int8Activation one = int8_split(at::ones({1, 64}, at::kCUDA), 6.0);
+  if (!int8_gemv_mixed(one.xq, one.sx, one.xo, one.cols, qc, sc).defined()) GTEST_SKIP() << "no CUDA kernels";
+  const Int8Activation many = int8_split(at::ones({kInt8KernelMaxTokens + 1, 64}, at::kCUDA), 6.0);
+  EXPECT_FALSE(int8_gemv_mixed(many.xq, many.sx, many.xo, many.cols, qc, sc).defined());
+  const Int8Activation odd = int8_split(at::ones({1, 40}, at::kCUDA), 6.0);
+  EXPECT_FALSE(int8_gemv_mixed(odd.xq, odd.sx, odd.xo, odd.cols, at::zeros({32, 40}, at::kChar).cuda(), sc)
                    .defined());  // in % 16 != 0
 }
 
@@ -37,8 +42,9 @@ TEST(Int8Kernels, MatchTheExactCpuPath) {
       x.select(1, 100).mul_(25);  // an outlier column
       for (double threshold : {6.0, 0.0}) {
         const Int8Activation a = int8_split(x.cuda(), threshold);
-        const at::Tensor got =
-            threshold > 0 ? int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, qc, sc) : int8_gemv_weight_only(a.x, qc, sc);
+        // Mixed: this kernel; weight-only: the decode GEMV (fused_kernels.h), through int8_linear.
+        const at::Tensor got = threshold > 0 ? int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, qc, sc)
+                                             : int8_linear(a, qc, sc, at::Tensor());
         if (!got.defined()) GTEST_SKIP() << "no CUDA kernels";
         const at::Tensor want = int8_linear(x, r.q, r.scale, at::Tensor(), threshold);  // CPU, exact sums
         EXPECT_LT(rel_l2(got.cpu(), want), 1e-6) << out << " outputs, " << tokens << " tokens, threshold " << threshold;

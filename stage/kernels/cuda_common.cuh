@@ -29,6 +29,22 @@ __device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
 __device__ inline void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 __device__ inline void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+// A value rounded to the storage type, as an ATen op's result would be.
+template <typename S>
+__device__ inline float round_to(float v);
+template <>
+__device__ inline float round_to<float>(float v) {
+  return v;
+}
+template <>
+__device__ inline float round_to<__half>(float v) {
+  return __half2float(__float2half_rn(v));
+}
+template <>
+__device__ inline float round_to<__nv_bfloat16>(float v) {
+  return __bfloat162float(__float2bfloat16_rn(v));
+}
+
 // Runs launch(std::integral_constant<int, T>{}) for T == tokens in [1, kMaxTokens] and
 // returns the launch error; cudaErrorInvalidValue for any other count.
 template <int T = 1, class Launch>

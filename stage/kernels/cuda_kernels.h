@@ -12,27 +12,37 @@ namespace cascade::stage::cuda {
 
 constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 
-// LLM.int8 for T in [1, kMaxTokens] tokens; K % 16 == 0, 16-byte aligned rows, k_out <= 32.
+// LLM.int8 with outliers for T in [1, kMaxTokens] tokens; K % 16 == 0, 16-byte aligned rows,
+// k_out <= 32. (Weight-only int8 is fused_gemv with int8 weights.)
 cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
                        const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream);
-cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
-                             cudaStream_t stream);
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
 cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,
                            cudaStream_t stream);
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
                        int dim, cudaStream_t stream);
-// dtype 1 or 2; T in [1, kMaxTokens]; K % 8 == 0; rows 16-byte aligned; b may be null.
-cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
-                       cudaStream_t stream);
-// fused_gemv, then y = r + y (r [T, N], rounded as the two ATen ops round).
-cudaError_t fused_gemv_add(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
-                           int N, cudaStream_t stream);
+// The decode GEMV (stage/kernels/gemv.cuh): y [T, N] = x [T, K] times w's rows, each
+// row read once per kMaxTokens tokens (T >= 1). dtype is x's, b's, r's and y's: 1 float16
+// or 2 bfloat16, where w is the same; with int8 weights (int8 rows, `scale` float32 [N],
+// [2N] gated) also 0 float32, which takes the plain epilogue only. K % 8 == 0 (16-bit) or
+// K % 16 == 0 (int8); w 16-byte aligned; b, r may be null.
+struct GemvArgs {
+  int dtype = 2;
+  bool int8 = false;
+  int T = 0, K = 0, N = 0;
+  const void* x = nullptr;
+  const void* w = nullptr;
+  const float* scale = nullptr;
+  const void* b = nullptr;
+  const void* r = nullptr;  // [T, N]: y = r + linear (the residual add, rounded as the two ATen ops round)
+  void* y = nullptr;
+  int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
+};
+cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream);
 // A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =
-// act(x w_gate) * (x w_up). act: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh).
-cudaError_t fused_gemv_gated(int dtype, int T, const void* x, const void* w, int act, void* y, int K, int N,
-                             cudaStream_t stream);
+// act(x w_gate) * (x w_up); g.b and g.r unused.
+cudaError_t fused_gemv_gated(const GemvArgs& g, cudaStream_t stream);
 
 // Decode attention over the KV cache in place (stage/kernels/attention_kernels.cu).
 // Caches [rows, kv_heads, max_seq, D]; q [B, heads, D]; o [B, heads, D]; slots/pos [B]

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "comm/cuda_check.h"
 #include "stage/kernels/cuda_kernels.h"
@@ -33,48 +34,80 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 namespace {
 
-// Whether the decode GEMV kernels take x [tokens, in] against w [rows, in] (and b).
-bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return x.is_cuda() && dtype_code(x.scalar_type()) >= 1 && x.dim() == 2 && x.size(0) >= 1 &&
-         x.size(0) <= cuda::kMaxTokens && w.dim() == 2 && w.scalar_type() == x.scalar_type() &&
-         w.size(1) == x.size(1) && x.size(1) % 8 == 0 && aligned(w) && w.size(0) < (int64_t{1} << 30) &&
-         (!b.defined() || (b.scalar_type() == x.scalar_type() && b.is_contiguous()));
+// The most tokens a GEMV call takes (in launches of kMaxTokens, each reading the weight
+// once). int8 rows: 32, since ATen's path makes a float copy of the whole weight per
+// call. Float weights: kMaxTokens, beyond which cuBLAS reads the weight once on the
+// tensor cores; CASCADE_GEMV_TOKENS=N (1-64) moves that limit, to measure where it lies.
+int64_t gemv_max_tokens(bool int8) {
+  static const int64_t float_max = [] {
+    const char* e = std::getenv("CASCADE_GEMV_TOKENS");
+    const long v = e ? std::strtol(e, nullptr, 10) : 0;
+    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : int64_t{cuda::kMaxTokens};
+  }();
+  return int8 ? 32 : float_max;
+}
+
+// Whether the decode GEMV kernels take x [tokens, in] against w [rows, in] (and b): w in
+// x's 16-bit dtype, or int8 rows with `scale` [rows] (x also float32).
+bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
+  const bool int8 = scale.defined();
+  const int code = dtype_code(x.scalar_type());
+  if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > gemv_max_tokens(int8) ||
+      w.dim() != 2 || w.size(1) != x.size(1) || !aligned(w) || w.size(0) >= (int64_t{1} << 30) ||
+      x.size(1) >= (int64_t{1} << 30))
+    return false;
+  if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0)))
+    return false;
+  if (!int8) return code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
+  return w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
+         scale.is_cuda() && scale.is_contiguous() && scale.numel() == w.size(0);
+}
+
+cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N) {
+  cuda::GemvArgs g;
+  g.dtype = dtype_code(x.scalar_type());
+  g.int8 = scale.defined();
+  g.T = static_cast<int>(x.size(0));
+  g.K = static_cast<int>(x.size(1));
+  g.N = static_cast<int>(N);
+  g.x = x.data_ptr();
+  g.w = w.data_ptr();
+  g.scale = g.int8 ? scale.data_ptr<float>() : nullptr;
+  return g;
 }
 
 }  // namespace
 
-at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return fused_linear_add(x, w, b, {});
+at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
+  return fused_linear_add(x, w, b, {}, scale);
 }
 
-at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
-  if (!gemv_applies(x, w, b)) return {};
-  if (r.defined() && (r.scalar_type() != x.scalar_type() || r.sizes() != at::IntArrayRef({x.size(0), w.size(0)})))
+at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
+                            const at::Tensor& scale) {
+  if (!gemv_applies(x, w, b, scale)) return {};
+  if (r.defined() && (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() ||
+                      r.sizes() != at::IntArrayRef({x.size(0), w.size(0)})))
     return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const at::Tensor rc = r.defined() ? r.contiguous() : r;
   at::Tensor y = at::empty({a.size(0), w.size(0)}, a.options());
-  const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1)), N = static_cast<int>(w.size(0));
-  const void* bias = b.defined() ? b.data_ptr() : nullptr;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  const int code = dtype_code(x.scalar_type());
-  comm::cuda_check(
-      rc.defined()
-          ? cuda::fused_gemv_add(code, T, a.data_ptr(), w.data_ptr(), bias, rc.data_ptr(), y.data_ptr(), K, N, stream)
-          : cuda::fused_gemv(code, T, a.data_ptr(), w.data_ptr(), bias, y.data_ptr(), K, N, stream),
-      "the decode GEMV kernel");
+  cuda::GemvArgs g = gemv_args(a, w, scale, w.size(0));
+  g.b = b.defined() ? b.data_ptr() : nullptr;
+  g.r = rc.defined() ? rc.data_ptr() : nullptr;
+  g.y = y.data_ptr();
+  comm::cuda_check(cuda::fused_gemv(g, at::cuda::getCurrentCUDAStream().stream()), "the decode GEMV kernel");
   return y;
 }
 
-at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
-  if (!gemv_applies(x, w, {}) || w.size(0) % 2 != 0) return {};
+at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale) {
+  if (!gemv_applies(x, w, {}, scale) || w.size(0) % 2 != 0 || x.scalar_type() == at::kFloat) return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const int64_t I = w.size(0) / 2;
   at::Tensor y = at::empty({a.size(0), I}, a.options());
-  comm::cuda_check(cuda::fused_gemv_gated(dtype_code(x.scalar_type()), static_cast<int>(a.size(0)), a.data_ptr(),
-                                          w.data_ptr(), act, y.data_ptr(), static_cast<int>(a.size(1)),
-                                          static_cast<int>(I), at::cuda::getCurrentCUDAStream().stream()),
-                   "the gated GEMV kernel");
+  cuda::GemvArgs g = gemv_args(a, w, scale, I);
+  g.y = y.data_ptr();
+  g.act = act;
+  comm::cuda_check(cuda::fused_gemv_gated(g, at::cuda::getCurrentCUDAStream().stream()), "the gated GEMV kernel");
   return y;
 }
 
@@ -107,9 +140,12 @@ at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
-at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
-at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
-at::Tensor fused_gated_linear(const at::Tensor&, const at::Tensor&, int) { return {}; }
+at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
+at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&) {
+  return {};
+}
+at::Tensor fused_gated_linear(const at::Tensor&, const at::Tensor&, int, const at::Tensor&) { return {}; }
 at::Tensor fused_rms_norm(const at::Tensor&, const at::Tensor&, double) { return {}; }
 at::Tensor fused_rope(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 #endif

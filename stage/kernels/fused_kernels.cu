@@ -2,29 +2,14 @@
 // Each kernel reproduces the rounding of the ATen ops it replaces: products and sums
 // are rounded to the storage type where ATen would round them, with no FMA contraction.
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
-#include "stage/kernels/cuda_common.cuh"
+#include "stage/kernels/gemv.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
-
-// A value rounded to the storage type, as an ATen op's result would be.
-template <typename S>
-__device__ inline float round_to(float v);
-template <>
-__device__ inline float round_to<float>(float v) {
-  return v;
-}
-template <>
-__device__ inline float round_to<__half>(float v) {
-  return __half2float(__float2half_rn(v));
-}
-template <>
-__device__ inline float round_to<__nv_bfloat16>(float v) {
-  return __bfloat162float(__float2bfloat16_rn(v));
-}
 
 constexpr int kThreads = 256;
 
@@ -57,6 +42,59 @@ __global__ void rms_norm_kernel(const S* __restrict__ x, const S* __restrict__ w
   }
 }
 
+// The same for rows whose 16-byte vectors fit the block's registers (H % V == 0, V =
+// 16 / sizeof(S), at most kVecs vectors a thread): each thread loads its part of the row
+// and of w once, before a single block reduction, instead of walking the row twice in
+// 2-byte steps. At batch 1 the norm is one block, so its cost is that chain's latency.
+template <typename S, int kVecs>
+__global__ void __launch_bounds__(1024) rms_norm_vec_kernel(const S* __restrict__ x, const S* __restrict__ w, S* __restrict__ y, int H,
+                                    float eps) {
+  constexpr int V = 16 / static_cast<int>(sizeof(S));
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
+  const int nv = H / V;
+  int4 xv[kVecs], wv[kVecs];
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {  // w is no earlier kernel's output: read before the wait
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i < nv) wv[j] = __ldg(reinterpret_cast<const int4*>(w) + i);
+  }
+  wait_for_prior_grid();
+  allow_next_grid();
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i >= nv) continue;
+    xv[j] = __ldg(reinterpret_cast<const int4*>(x + row) + i);
+    const S* e = reinterpret_cast<const S*>(&xv[j]);
+#pragma unroll
+    for (int k = 0; k < V; ++k) ss = __fmaf_rn(load(e, k), load(e, k), ss);
+  }
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float r = rsqrtf(__fadd_rn(__fdiv_rn(part[0], static_cast<float>(H)), eps));
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i >= nv) continue;
+    const S* e = reinterpret_cast<const S*>(&xv[j]);
+    const S* g = reinterpret_cast<const S*>(&wv[j]);
+    int4 out;
+    S* o = reinterpret_cast<S*>(&out);
+#pragma unroll
+    for (int k = 0; k < V; ++k) store(o, k, __fmul_rn(load(g, k), round_to<S>(__fmul_rn(load(e, k), r))));
+    reinterpret_cast<int4*>(y + row)[i] = out;
+  }
+}
+
 // HF's apply_rotary_pos_emb for one tensor: y = x * cos + rotate_half(x) * sin, each
 // product and the sum rounded to S. x, y [tokens, heads, dim]; cos, sin [tokens, dim].
 template <typename S>
@@ -76,173 +114,39 @@ __global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, 
   }
 }
 
-// The decode GEMV: y[t, n] = sum_k x[t, k] w[n, k] for a few tokens, each weight row
-// read once for all T tokens, 16 bytes (8 values) per thread per load and kUnroll loads
-// in flight before the first use. TPR threads share a row (one to four warps): a step's
-// small projections (o_proj, down_proj: 2,560 rows) need several warps per row to keep
-// enough bytes in flight; at one warp per row they reached 52% of HBM (the profile in
-// docs/performance.md). The epilogue is one of:
-//   kPlain    y = s + b                      (rounded once, as at::linear)
-//   kResidual y = r + round(s + b)           (at::linear, then the residual add)
-//   kGated    y = round(act(round(g))) * round(u), g and u the rows n and n + N of a
-//             fused gate/up weight [2N, K] (the gated MLP's activation and product)
-enum Epilogue { kPlain, kResidual, kGated };
-constexpr int kGemvThreads = 256, kUnroll = 4;
-
-__device__ inline float activation(int act, float v) {
-  switch (act) {
-    case 0:  // silu
-      return v / (1.f + expf(-v));
-    case 1:  // relu
-      return v > 0.f ? v : 0.f;
-    case 2:  // gelu (erf)
-      return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
-    default:  // gelu, tanh approximation
-      return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-  }
-}
-
-// Sums `acc` over the TPR threads of each row; the result is valid in the row's first thread.
-template <int T, int TPR>
-__device__ inline void row_sum(float (&acc)[T]) {
-#pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);
-  if constexpr (TPR > 32) {
-    __shared__ float part[kGemvThreads / 32][T];
-    const int warp = threadIdx.x / 32;
-    __syncthreads();  // a previous call's readers are done with `part`
-    if (threadIdx.x % 32 == 0) {
-#pragma unroll
-      for (int t = 0; t < T; ++t) part[warp][t] = acc[t];
-    }
-    __syncthreads();
-    if (threadIdx.x % TPR == 0) {
-#pragma unroll
-      for (int t = 0; t < T; ++t) {
-        float s = 0.f;
-#pragma unroll
-        for (int i = 0; i < TPR / 32; ++i) s += part[warp + i][t];
-        acc[t] = s;
-      }
-    }
-  }
-}
-
-// acc[t] += x[t, 8v .. 8v + 8) . w8
-template <int T, typename S>
-__device__ inline void dot8(const S* __restrict__ x, int K, int v, const int4& wv, float (&acc)[T]) {
-  const S* we = reinterpret_cast<const S*>(&wv);
-  float wf[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) wf[i] = load(we, i);
-#pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const int4 xv = __ldg(reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + v);
-    const S* xe = reinterpret_cast<const S*>(&xv);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[t] = __fmaf_rn(load(xe, i), wf[i], acc[t]);
-  }
-}
-
-template <int T, int TPR, int E, typename S>
-__global__ void __launch_bounds__(kGemvThreads)
-    gemv_kernel(const S* __restrict__ x, const S* __restrict__ w, const S* __restrict__ b, const S* __restrict__ r,
-                S* __restrict__ y, int K, int N, int act) {
-  constexpr int kRows = kGemvThreads / TPR;
-  const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
-  const bool live = n < N;  // no early return: row_sum may synchronise the block
-  const int vecs = K / 8;
-  const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(live ? n : 0) * K);
-  const int4* row2 = E == kGated ? row + static_cast<int64_t>(N) * vecs : row;  // the up row
-  float acc[T], acc2[T];
-#pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = acc2[t] = 0.f;
-  int4 wv[kUnroll], wv2[kUnroll];
-  // The first loads are issued before the wait: the weights are no earlier kernel's output.
-  const auto fetch = [&](int base) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int v = base + u * TPR;
-      if (live && v < vecs) {
-        wv[u] = __ldg(row + v);
-        if (E == kGated) wv2[u] = __ldg(row2 + v);
-      }
-    }
-  };
-  fetch(lane);
-  wait_for_prior_grid();
-  allow_next_grid();
-  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
-    if (base != lane) fetch(base);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int v = base + u * TPR;
-      if (v < vecs) {
-        dot8<T, S>(x, K, v, wv[u], acc);
-        if (E == kGated) dot8<T, S>(x, K, v, wv2[u], acc2);
-      }
-    }
-  }
-  row_sum<T, TPR>(acc);
-  if (E == kGated) row_sum<T, TPR>(acc2);
-  if (!live || lane != 0) return;
-#pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const int64_t at = static_cast<int64_t>(t) * N + n;
-    if (E == kGated) {
-      const float g = round_to<S>(acc[t]), u = round_to<S>(acc2[t]);
-      store(y, at, __fmul_rn(round_to<S>(activation(act, g)), u));
-    } else {
-      const float s = b ? acc[t] + load(b, n) : acc[t];
-      store(y, at, E == kResidual ? __fadd_rn(load(r, at), round_to<S>(s)) : s);
-    }
-  }
-}
-
-// Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
-int threads_per_row(int N) { return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128); }
-
-template <int T, int TPR, int E, typename S>
-void gemv_t(const void* x, const void* w, const void* b, const void* r, void* y, int K, int N, int act,
-            cudaStream_t stream) {
-  constexpr int kRows = kGemvThreads / TPR;
-  launch_overlapped(gemv_kernel<T, TPR, E, S>, dim3((N + kRows - 1) / kRows), dim3(kGemvThreads), stream,
-                    static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b),
-                    static_cast<const S*>(r), static_cast<S*>(y), K, N, act);
-}
-
-template <int E, typename S>
-cudaError_t gemv_as(int T, const void* x, const void* w, const void* b, const void* r, void* y, int K, int N, int act,
-                    cudaStream_t stream) {
-  const int tpr = threads_per_row(E == kGated ? 2 * N : N);
-  return for_tokens(T, [&](auto t) {
-    constexpr int kT = decltype(t)::value;
-    if (tpr == 32)
-      gemv_t<kT, 32, E, S>(x, w, b, r, y, K, N, act, stream);
-    else if (tpr == 64)
-      gemv_t<kT, 64, E, S>(x, w, b, r, y, K, N, act, stream);
-    else
-      gemv_t<kT, 128, E, S>(x, w, b, r, y, K, N, act, stream);
-  });
-}
-
+// The 16-bit weights' GEMVs (the int8 ones are in int8_kernels.cu).
 template <int E>
-cudaError_t gemv_dtype(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
-                       int N, int act, cudaStream_t stream) {
-  switch (dtype) {
+cudaError_t gemv_dtype(const GemvArgs& g, cudaStream_t stream) {
+  if (g.int8) return gemv::launch_int8(E, g, stream);
+  switch (g.dtype) {
     case 1:
-      return gemv_as<E, __half>(T, x, w, b, r, y, K, N, act, stream);
+      return gemv::launch<E, __half, __half>(g, stream);
     case 2:
-      return gemv_as<E, __nv_bfloat16>(T, x, w, b, r, y, K, N, act, stream);
+      return gemv::launch<E, __nv_bfloat16, __nv_bfloat16>(g, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 template <typename S>
 void rms_norm_as(const void* x, const void* w, void* y, int rows, int H, float eps, cudaStream_t stream) {
-  launch_overlapped(rms_norm_kernel<S>, dim3(rows), dim3(kThreads), stream, static_cast<const S*>(x),
-                    static_cast<const S*>(w), static_cast<S*>(y), H, eps);
+  constexpr int V = 16 / static_cast<int>(sizeof(S));
+  const auto xs = static_cast<const S*>(x), ws = static_cast<const S*>(w);
+  const auto ys = static_cast<S*>(y);
+  const int nv = H / V, threads = nv < 1024 ? (nv + 31) / 32 * 32 : 1024, vecs = (nv + threads - 1) / threads;
+  if (H % V == 0 && aligned16(x) && aligned16(w) && aligned16(y) && vecs <= 4) {
+    const dim3 grid(rows), block(threads);
+    if (vecs == 1)
+      launch_overlapped(rms_norm_vec_kernel<S, 1>, grid, block, stream, xs, ws, ys, H, eps);
+    else if (vecs == 2)
+      launch_overlapped(rms_norm_vec_kernel<S, 2>, grid, block, stream, xs, ws, ys, H, eps);
+    else
+      launch_overlapped(rms_norm_vec_kernel<S, 4>, grid, block, stream, xs, ws, ys, H, eps);
+    return;
+  }
+  launch_overlapped(rms_norm_kernel<S>, dim3(rows), dim3(kThreads), stream, xs, ws, ys, H, eps);
 }
 
 template <typename S>
@@ -293,20 +197,11 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
   return cudaGetLastError();
 }
 
-cudaError_t fused_gemv(int dtype, int T, const void* x, const void* w, const void* b, void* y, int K, int N,
-                       cudaStream_t stream) {
-  return gemv_dtype<kPlain>(dtype, T, x, w, b, nullptr, y, K, N, 0, stream);
+cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream) {
+  return g.r ? gemv_dtype<gemv::kResidual>(g, stream) : gemv_dtype<gemv::kPlain>(g, stream);
 }
 
-cudaError_t fused_gemv_add(int dtype, int T, const void* x, const void* w, const void* b, const void* r, void* y, int K,
-                           int N, cudaStream_t stream) {
-  return gemv_dtype<kResidual>(dtype, T, x, w, b, r, y, K, N, 0, stream);
-}
-
-cudaError_t fused_gemv_gated(int dtype, int T, const void* x, const void* w, int act, void* y, int K, int N,
-                             cudaStream_t stream) {
-  return gemv_dtype<kGated>(dtype, T, x, w, nullptr, nullptr, y, K, N, act, stream);
-}
+cudaError_t fused_gemv_gated(const GemvArgs& g, cudaStream_t stream) { return gemv_dtype<gemv::kGated>(g, stream); }
 
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
                        int dim, cudaStream_t stream) {

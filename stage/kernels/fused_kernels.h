@@ -11,16 +11,20 @@
 
 namespace cascade::stage {
 
-// at::linear for decode: x [tokens <= 8, in], w [out, in], b [out] or undefined, all
-// float16 or bfloat16 -> [tokens, out]. One to four warps per weight row read it once
-// for every token; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the
-// profile).
-at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
-// r + fused_linear(x, w, b) in one kernel; r [tokens, out] in x's dtype.
-at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r);
+// at::linear for decode: x [tokens, in], w [out, in], b [out] or undefined -> [tokens,
+// out] in x's dtype. w is in x's dtype (float16 or bfloat16), or int8 rows with `scale`
+// [out] float32 (weight-only LLM.int8, stage/kernels/quant.h: y = scale * (x w^T) + b;
+// x may then be float32 too). One to four warps per weight row read it once for every
+// eight tokens; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the
+// profile). Up to 8 tokens (float weights) or 32 (int8 rows).
+at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale = {});
+// r + fused_linear(x, w, b, scale) in one kernel; r [tokens, out] in x's 16-bit dtype.
+at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
+                            const at::Tensor& scale = {});
 // A gated MLP's first half in one kernel: w [2 * I, in] holds the gate rows, then the up
-// rows; -> act(x w_gate^T) * (x w_up^T) [tokens, I]. act: the Activation enum's value.
-at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act);
+// rows (scale [2 * I] for int8 rows); -> act(x w_gate^T) * (x w_up^T) [tokens, I], x
+// 16-bit. act: the Activation enum's value.
+at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale = {});
 // x [tokens, hidden], w [hidden] (x's dtype) -> [tokens, hidden]; see stage/ops.h rms_norm.
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 // x [tokens, heads, head_dim], cos/sin [tokens, head_dim] (x's dtype); see stage/rope.h.

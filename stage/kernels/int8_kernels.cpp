@@ -41,23 +41,12 @@ at::Tensor int8_gemv_mixed(const at::Tensor& xq, const at::Tensor& sx, const at:
   return y;
 }
 
-at::Tensor int8_gemv_weight_only(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
-  if (!fits(x, q)) return {};
-  const at::Tensor a = x.to(at::kFloat).contiguous(), sc = scale.to(at::kFloat).contiguous();
-  const int T = static_cast<int>(a.size(0)), K = static_cast<int>(q.size(1)), N = static_cast<int>(q.size(0));
-  at::Tensor y = at::empty({T, N}, q.options().dtype(at::kFloat));
-  comm::cuda_check(cuda::int8_weight_only(T, a.data_ptr<float>(), q.data_ptr<int8_t>(), sc.data_ptr<float>(),
-                                          y.data_ptr<float>(), K, N, at::cuda::getCurrentCUDAStream().stream()),
-                   "the int8 weight-only kernel");
-  return y;
-}
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
 at::Tensor int8_gemv_mixed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&) {
   return {};
 }
-at::Tensor int8_gemv_weight_only(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 #endif
 
 }  // namespace cascade::stage

@@ -1,6 +1,7 @@
-// The CUDA side of stage/int8_kernels.h: raw pointers only (no LibTorch headers, so
-// nvcc compiles it against the toolkit alone).
-#include "stage/kernels/cuda_common.cuh"
+// The CUDA side of stage/int8_kernels.h (LLM.int8 with outliers) and the int8
+// instantiations of the decode GEMV (gemv.cuh, weight-only int8): raw pointers only (no
+// LibTorch headers, so nvcc compiles it against the toolkit alone).
+#include "stage/kernels/gemv.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
@@ -47,49 +48,10 @@ __global__ void mixed_kernel(const int8_t* __restrict__ xq, const float* __restr
 }
 
 template <int T>
-__global__ void weight_only_kernel(const float* __restrict__ x, const int8_t* __restrict__ q,
-                                   const float* __restrict__ scale, float* __restrict__ y, int K, int N) {
-  const int lane = threadIdx.x % kWarp;
-  const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (n >= N) return;
-  const int4* row = reinterpret_cast<const int4*>(q + static_cast<int64_t>(n) * K);
-  const int vecs = K / 16;
-  float acc[T];
-#pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
-#pragma unroll 2
-  for (int v = lane; v < vecs; v += kWarp) {
-    const int4 w4 = __ldg(row + v);
-    const int8_t* w = reinterpret_cast<const int8_t*>(&w4);
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const float4* xv = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t) * K) + v * 4;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float4 a = __ldg(xv + i);
-        acc[t] += a.x * w[4 * i] + a.y * w[4 * i + 1] + a.z * w[4 * i + 2] + a.w * w[4 * i + 3];
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) y[static_cast<int64_t>(t) * N + n] = scale[n] * s;
-  }
-}
-
-template <int T>
 void launch_mixed(const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out, const int8_t* q,
                   const float* scale, float* y, int K, int N, cudaStream_t stream) {
   const dim3 grid((N + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarp * kWarpsPerBlock);
   mixed_kernel<T><<<grid, block, 0, stream>>>(xq, sx, xo, cols, k_out, q, scale, y, K, N);
-}
-
-template <int T>
-void launch_weight_only(const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
-                        cudaStream_t stream) {
-  const dim3 grid((N + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarp * kWarpsPerBlock);
-  weight_only_kernel<T><<<grid, block, 0, stream>>>(x, q, scale, y, K, N);
 }
 
 }  // namespace
@@ -100,9 +62,31 @@ cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo
       T, [&](auto t) { launch_mixed<decltype(t)::value>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); });
 }
 
-cudaError_t int8_weight_only(int T, const float* x, const int8_t* q, const float* scale, float* y, int K, int N,
-                             cudaStream_t stream) {
-  return for_tokens(T, [&](auto t) { launch_weight_only<decltype(t)::value>(x, q, scale, y, K, N, stream); });
+namespace gemv {
+
+cudaError_t launch_int8(int epilogue, const GemvArgs& g, cudaStream_t stream) {
+  if (g.dtype == 0) return epilogue == kPlain ? launch<kPlain, float, int8_t>(g, stream) : cudaErrorInvalidValue;
+  const auto with = [&](auto s) {
+    using S = decltype(s);
+    switch (epilogue) {
+      case kPlain:
+        return launch<kPlain, S, int8_t>(g, stream);
+      case kResidual:
+        return launch<kResidual, S, int8_t>(g, stream);
+      default:
+        return launch<kGated, S, int8_t>(g, stream);
+    }
+  };
+  switch (g.dtype) {
+    case 1:
+      return with(__half());
+    case 2:
+      return with(__nv_bfloat16());
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
+
+}  // namespace gemv
 
 }  // namespace cascade::stage::cuda

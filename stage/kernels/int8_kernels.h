@@ -1,16 +1,16 @@
-// Decode-sized LLM.int8 matmuls as CUDA kernels (stage/int8_kernels.cu): one warp per
-// weight row reads it once, 16 bytes per lane, and serves every token of the batch.
-// ATen has no such kernel: cuBLASLt's int8 GEMM wants more than 16 rows, so decode's
-// one to eight rows cost a padded GEMM plus a dozen elementwise kernels per projection.
+// The decode-sized LLM.int8 matmul with outliers as a CUDA kernel
+// (stage/int8_kernels.cu): one warp per weight row reads it once, 16 bytes per lane, and
+// serves every token of the batch. ATen has no such kernel: cuBLASLt's int8 GEMM wants
+// more than 16 rows, so decode's one to eight rows cost a padded GEMM plus a dozen
+// elementwise kernels per projection.
 //
-// Mixed (threshold > 0): y[t, n] = scale[n] * (sx[t] * sum_k xq[t, k] q[n, k]
-//                                              + sum_j xo[t, j] q[n, cols[j]])
+// y[t, n] = scale[n] * (sx[t] * sum_k xq[t, k] q[n, k] + sum_j xo[t, j] q[n, cols[j]])
 // with the int8 part summed exactly in int32 (dp4a) and the few outlier columns in float.
-// Weight-only (threshold = 0): y[t, n] = scale[n] * sum_k x[t, k] q[n, k] in float.
+// (Weight-only int8, threshold 0, is the decode GEMV of stage/kernels/fused_kernels.h.)
 //
-// Both return [tokens, out] float32, or an undefined tensor where they do not apply
-// (no CUDA kernels in this build, more than kMaxTokens tokens, in % 16 != 0): the
-// caller then takes the ATen path. Plain functions; they queue on the current stream.
+// Returns [tokens, out] float32, or an undefined tensor where it does not apply (no CUDA
+// kernels in this build, more than kMaxTokens tokens, in % 16 != 0): the caller then
+// takes the ATen path. A plain function; it queues on the current stream.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +22,5 @@ constexpr int64_t kInt8KernelMaxTokens = 8;
 // xq [T, K] int8, sx [T, 1] float32, xo [T, k] float32, cols [k] int64, q [N, K] int8, scale [N] float32.
 at::Tensor int8_gemv_mixed(const at::Tensor& xq, const at::Tensor& sx, const at::Tensor& xo, const at::Tensor& cols,
                            const at::Tensor& q, const at::Tensor& scale);
-// x [T, K] any float type.
-at::Tensor int8_gemv_weight_only(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale);
 
 }  // namespace cascade::stage

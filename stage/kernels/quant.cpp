@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "stage/kernels/cpu_gemv.h"
+#include "stage/kernels/fused_kernels.h"
 #include "stage/kernels/int8_kernels.h"
 #include "storage/compat.h"
 
@@ -83,10 +84,14 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   const at::ScalarType ct = compute_type(x);
   // Decode: one kernel reads the weight once (stage/kernels/int8_kernels.h on CUDA,
   // stage/kernels/cpu_gemv.h on the CPU, weight-only there).
+  if (x.is_cuda() && a.threshold <= 0) {
+    const at::Tensor d = fused_linear(x, q, bias, scale);  // the decode GEMV, bias and rounding as below
+    if (d.defined()) return d;
+  }
   at::Tensor y;  // [T, out] float32
-  if (x.is_cuda())
-    y = a.threshold <= 0 ? int8_gemv_weight_only(x, q, scale) : int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);
-  else if (a.threshold <= 0)
+  if (x.is_cuda() && a.threshold > 0)
+    y = int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);
+  else if (!x.is_cuda() && a.threshold <= 0)
     y = cpu_int8_linear(x, q, scale);
   if (!y.defined()) {
     if (a.threshold <= 0) {

@@ -71,8 +71,8 @@ Attention::Attention(const AttentionSpec& a, int64_t layer, const WeightSource& 
 }
 
 // On a GPU, q/k/v become one matmul: at decode each is a GEMV that reads its weight
-// once, and three small ones use HBM worse than one large one, besides the launches.
-// (int8 weights stay apart: the kernel reads rows anyway.)
+// once, and three small ones use HBM worse than one large one, besides the launches
+// (int8 rows too: they fuse with their scales).
 void Attention::finalize() {
   if (qkv_.defined() || !q_.w.is_cuda()) return;
   Linear f = Linear::fuse({&q_, &k_, &v_});

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "stage/kernels/fused_kernels.h"
 #include "stage/kernels/ops.h"
 
 namespace cascade::stage {
@@ -20,18 +21,22 @@ Linear Linear::load(const WeightSource& W, const std::string& prefix, int64_t ou
 }
 
 Linear Linear::fuse(std::initializer_list<Linear*> parts) {
-  const bool biased = (*parts.begin())->b.defined();
+  const Linear& first = **parts.begin();
+  const bool biased = first.b.defined(), int8 = first.int8();
   for (const Linear* p : parts)
-    if (p->int8() || p->conv1d || p->b.defined() != biased) return {};
+    if (p->conv1d || p->b.defined() != biased || p->int8() != int8 || p->threshold != first.threshold) return {};
   Linear f;
-  std::vector<at::Tensor> w, b;
+  f.threshold = first.threshold;
+  std::vector<at::Tensor> w, b, s;
   for (Linear* p : parts) {
     w.push_back(p->w);
     if (biased) b.push_back(p->b);
+    if (int8) s.push_back(p->scale);
     *p = Linear();  // release the separate copy
   }
   f.w = at::cat(w);
   if (biased) f.b = at::cat(b);
+  if (int8) f.scale = at::cat(s);
   return f;
 }
 
@@ -40,8 +45,23 @@ Int8Activation Linear::input(const at::Tensor& x) const {
 }
 
 at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a) const {
+  if (int8() && a.threshold <= 0 && a.x.is_cuda()) {
+    const at::Tensor y = fused_linear_add(a.x, w, b, r, scale);  // weight-only int8: the add in the GEMV
+    if (y.defined()) return y;
+  }
   if (int8() || conv1d) return r + (*this)(a);
   return apply_linear_add(a.x, w, b, r);
+}
+
+at::Tensor Linear::gated(const Int8Activation& a, Activation act) const {
+  if (!int8() && !conv1d && !b.defined()) return apply_gated(a.x, w, act);
+  if (int8() && !b.defined() && a.threshold <= 0 && a.x.is_cuda()) {
+    const at::Tensor y = fused_gated_linear(a.x, w, static_cast<int>(act), scale);
+    if (y.defined()) return y;
+  }
+  const at::Tensor gu = (*this)(a);  // [tokens, 2 * I]
+  const int64_t I = gu.size(1) / 2;
+  return activate(gu.narrow(1, 0, I), act) * gu.narrow(1, I, I);
 }
 
 at::Tensor Linear::operator()(const Int8Activation& a) const {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "stage/family.h"
+#include "stage/kernels/ops.h"
 #include "stage/kernels/quant.h"
 
 namespace cascade::stage {
@@ -28,8 +29,9 @@ struct Linear {
   static Linear load(const WeightSource& W, const std::string& prefix, int64_t out, int64_t in, bool bias,
                      bool conv1d = false);
   // One projection from several that read the same input (q/k/v, gate/up), their
-  // outputs side by side; empties the parts. Only for float nn.Linear parts whose
-  // biases are all present or all absent: returns an undefined Linear otherwise.
+  // outputs side by side; empties the parts. Only for nn.Linear parts alike: all float
+  // or all int8 with one threshold, biases all present or all absent. Returns an
+  // undefined Linear otherwise.
   static Linear fuse(std::initializer_list<Linear*> parts);
 
   bool defined() const { return w.defined(); }
@@ -41,6 +43,9 @@ struct Linear {
   at::Tensor operator()(const at::Tensor& x) const { return (*this)(input(x)); }
   // r + (*this)(a), r [tokens, out]: the add rides in the decode GEMV where it applies.
   at::Tensor add_to(const at::Tensor& r, const Int8Activation& a) const;
+  // A fused gate/up projection ([gate; up] rows, out = 2 * I) through `act`:
+  // act(gate(a)) * up(a) [tokens, I], in one decode GEMV where it applies.
+  at::Tensor gated(const Int8Activation& a, Activation act) const;
 };
 
 }  // namespace cascade::stage

@@ -80,15 +80,11 @@ void Mlp::finalize() {
   g.gate_up = Linear::fuse({&g.gate, &g.up});
 }
 
-at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, int64_t intermediate,
-                                  const at::Tensor& r) const {
+at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, const at::Tensor& r) const {
   const Int8Activation h = (gate_up.defined() ? gate_up : gate).input(x);
   at::Tensor a;  // [tokens, intermediate]
-  if (gate_up.defined() && !gate_up.int8() && !gate_up.b.defined()) {
-    a = apply_gated(h.x, gate_up.w, act);  // one kernel at decode on the GPU
-  } else if (gate_up.defined()) {
-    const at::Tensor gu = gate_up(h);  // [tokens, 2 * intermediate]
-    a = activate(gu.narrow(1, 0, intermediate), act) * gu.narrow(1, intermediate, intermediate);
+  if (gate_up.defined()) {
+    a = gate_up.gated(h, act);  // one kernel at decode on the GPU
   } else {
     a = activate(gate(h), act) * up(h);
   }
@@ -98,7 +94,7 @@ at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, int64_t i
 at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& r) {
   switch (m_.kind) {
     case MlpKind::kGated:
-      return gated_(x, m_.act, m_.intermediate, r);
+      return gated_(x, m_.act, r);
     case MlpKind::kPlain:
       return proj_.add_to(r, proj_.input(activate(fc_(x), m_.act)));
     case MlpKind::kMoe:
@@ -110,7 +106,7 @@ at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& r) {
 at::Tensor Mlp::operator()(const at::Tensor& x) {
   switch (m_.kind) {
     case MlpKind::kGated:
-      return gated_(x, m_.act, m_.intermediate);
+      return gated_(x, m_.act);
     case MlpKind::kPlain:
       return proj_(activate(fc_(x), m_.act));
     case MlpKind::kMoe:
@@ -139,7 +135,7 @@ at::Tensor Mlp::moe(const at::Tensor& x) {
     if (r.empty()) continue;
     const at::Tensor pick = at::tensor(r, at::TensorOptions().dtype(at::kLong)).to(x.device());
     const at::Tensor tokens = at::floor_divide(pick, m_.top_k);
-    const at::Tensor y = experts_[static_cast<size_t>(e)](x.index_select(0, tokens), m_.act, m_.intermediate);
+    const at::Tensor y = experts_[static_cast<size_t>(e)](x.index_select(0, tokens), m_.act);
     out.index_add_(0, tokens, y * wflat.index_select(0, pick).unsqueeze(1));
   }
   return out;

@@ -59,7 +59,7 @@ class Mlp {
   struct Gated {
     Linear gate, up, down, gate_up;  // gate_up: set by finalize(), which empties gate and up
     // r (when defined) + down(act(gate(x)) * up(x)).
-    at::Tensor operator()(const at::Tensor& x, Activation act, int64_t intermediate, const at::Tensor& r = {}) const;
+    at::Tensor operator()(const at::Tensor& x, Activation act, const at::Tensor& r = {}) const;
   };
   at::Tensor moe(const at::Tensor& x);
 

@@ -1,0 +1,201 @@
+// The decode GEMV kernel (cuda_kernels.h, fused_gemv), shared by fused_kernels.cu (16-bit
+// weights) and int8_kernels.cu (int8 rows with a float32 scale per row): one template,
+// instantiated in two files so that nvcc builds the two sets in parallel.
+//
+// y[t, n] = sum_k x[t, k] w[n, k] for a few tokens, each weight row read once for all T
+// tokens, 16 bytes per thread per load (8 16-bit or 16 int8 weights) and kUnroll loads in
+// flight before the first use. TPR threads share a row (one to four warps): a step's small
+// projections (o_proj, down_proj: 2,560 rows) need several warps per row to keep enough
+// bytes in flight; at one warp per row they reached 52% of HBM (docs/performance.md).
+// int8 weights are widened in registers (a byte permute and a subtraction each) and the
+// row's scale multiplies its sum. The epilogue is one of:
+//   kPlain    y = s + b                      (rounded once, as at::linear)
+//   kResidual y = r + round(s + b)           (at::linear, then the residual add)
+//   kGated    y = round(act(round(g))) * round(u), g and u the rows n and n + N of a
+//             fused gate/up weight [2N, K] (the gated MLP's activation and product)
+// where s = sum (16-bit weights) or scale[n] * sum (int8), rounded as ATen rounds.
+#pragma once
+
+#include <type_traits>
+
+#include "stage/kernels/cuda_common.cuh"
+
+namespace cascade::stage::cuda::gemv {
+
+enum Epilogue { kPlain, kResidual, kGated };
+constexpr int kThreads = 256, kUnroll = 4;
+
+__device__ inline float activation(int act, float v) {
+  switch (act) {
+    case 0:  // silu
+      return v / (1.f + expf(-v));
+    case 1:  // relu
+      return v > 0.f ? v : 0.f;
+    case 2:  // gelu (erf)
+      return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    default:  // gelu, tanh approximation
+      return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+  }
+}
+
+// Sums `acc` over the TPR threads of each row; the result is valid in the row's first thread.
+template <int T, int TPR>
+__device__ inline void row_sum(float (&acc)[T]) {
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);
+  if constexpr (TPR > 32) {
+    __shared__ float part[kThreads / 32][T];
+    const int warp = threadIdx.x / 32;
+    __syncthreads();  // a previous call's readers are done with `part`
+    if (threadIdx.x % 32 == 0) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) part[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (threadIdx.x % TPR == 0) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < TPR / 32; ++i) s += part[warp + i][t];
+        acc[t] = s;
+      }
+    }
+  }
+}
+
+template <typename W>
+constexpr int kPerLoad = 16 / static_cast<int>(sizeof(W));  // weights in one 16-byte load
+
+// One 16-byte load of weights as floats. An int8 byte b becomes the float with bits
+// 0x4B0000xx, xx = b + 128 (2^23 + b + 128, exact), minus 2^23 + 128.
+template <typename W>
+__device__ inline void unpack(const int4& v, float (&f)[kPerLoad<W>]) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+    const int words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const unsigned u = static_cast<unsigned>(words[j]) ^ 0x80808080u;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        f[4 * j + i] = __fsub_rn(__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)), 8388736.f);
+    }
+  } else {
+    const W* e = reinterpret_cast<const W*>(&v);
+#pragma unroll
+    for (int i = 0; i < kPerLoad<W>; ++i) f[i] = load(e, i);
+  }
+}
+
+// acc[t] += x[t, n v .. n v + n) . w, n = kPerLoad<W>, for the v-th load of a row.
+template <int T, typename S, typename W>
+__device__ inline void dot(const S* __restrict__ x, int K, int v, const int4& wv, float (&acc)[T]) {
+  constexpr int kW = kPerLoad<W>, kX = kPerLoad<S>;
+  static_assert(kW % kX == 0, "a weight load must span whole input loads");
+  float wf[kW];
+  unpack<W>(wv, wf);
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const int4* xr = reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + static_cast<int64_t>(v) * (kW / kX);
+#pragma unroll
+    for (int j = 0; j < kW / kX; ++j) {
+      const int4 xv = __ldg(xr + j);
+      const S* xe = reinterpret_cast<const S*>(&xv);
+#pragma unroll
+      for (int i = 0; i < kX; ++i) acc[t] = __fmaf_rn(load(xe, i), wf[j * kX + i], acc[t]);
+    }
+  }
+}
+
+template <int T, int TPR, int E, typename S, typename W>
+__global__ void __launch_bounds__(kThreads)
+    gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
+                const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act) {
+  constexpr int kRows = kThreads / TPR;
+  constexpr bool kInt8 = std::is_same_v<W, int8_t>;
+  const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
+  const bool live = n < N;  // no early return: row_sum may synchronise the block
+  const int vecs = K / kPerLoad<W>;
+  const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(live ? n : 0) * K);
+  const int4* row2 = E == kGated ? row + static_cast<int64_t>(N) * vecs : row;  // the up row
+  float acc[T], acc2[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = acc2[t] = 0.f;
+  int4 wv[kUnroll], wv2[kUnroll];
+  // The first loads are issued before the wait: the weights are no earlier kernel's output.
+  const auto fetch = [&](int base) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = base + u * TPR;
+      if (live && v < vecs) {
+        wv[u] = __ldg(row + v);
+        if (E == kGated) wv2[u] = __ldg(row2 + v);
+      }
+    }
+  };
+  fetch(lane);
+  wait_for_prior_grid();
+  allow_next_grid();
+  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
+    if (base != lane) fetch(base);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = base + u * TPR;
+      if (v < vecs) {
+        dot<T, S, W>(x, K, v, wv[u], acc);
+        if (E == kGated) dot<T, S, W>(x, K, v, wv2[u], acc2);
+      }
+    }
+  }
+  row_sum<T, TPR>(acc);
+  if (E == kGated) row_sum<T, TPR>(acc2);
+  if (!live || lane != 0) return;
+  const float sc = kInt8 ? scale[n] : 1.f, sc2 = kInt8 && E == kGated ? scale[N + n] : 1.f;
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const int64_t at = static_cast<int64_t>(t) * N + n;
+    const float s = kInt8 ? __fmul_rn(acc[t], sc) : acc[t];
+    if (E == kGated) {
+      const float g = round_to<S>(s), u = round_to<S>(kInt8 ? __fmul_rn(acc2[t], sc2) : acc2[t]);
+      store(y, at, __fmul_rn(round_to<S>(activation(act, g)), u));
+    } else {
+      const float sb = b ? __fadd_rn(s, load(b, n)) : s;
+      store(y, at, E == kResidual ? __fadd_rn(load(r, at), round_to<S>(sb)) : sb);
+    }
+  }
+}
+
+// Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
+inline int threads_per_row(int N) { return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128); }
+
+template <int T, int TPR, int E, typename S, typename W>
+cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
+  constexpr int kRows = kThreads / TPR;
+  const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(t0) * g.N;
+  const S* r = static_cast<const S*>(g.r);
+  return launch_overlapped(gemv_kernel<T, TPR, E, S, W>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
+                           static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
+                           static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, g.K, g.N, g.act);
+}
+
+// Every token of g in launches of at most kMaxTokens tokens (each reads the weight once).
+template <int E, typename S, typename W>
+cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
+  const int tpr = threads_per_row(E == kGated ? 2 * g.N : g.N);
+  for (int t0 = 0; t0 < g.T; t0 += kMaxTokens) {
+    const int rest = g.T - t0 < kMaxTokens ? g.T - t0 : kMaxTokens;
+    const cudaError_t e = for_tokens(rest, [&](auto t) {
+      constexpr int kT = decltype(t)::value;
+      if (tpr == 32) return launch_t<kT, 32, E, S, W>(g, t0, stream);
+      if (tpr == 64) return launch_t<kT, 64, E, S, W>(g, t0, stream);
+      return launch_t<kT, 128, E, S, W>(g, t0, stream);
+    });
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// The int8 instantiations (int8_kernels.cu): float32 inputs take kPlain only.
+cudaError_t launch_int8(int epilogue, const GemvArgs& g, cudaStream_t stream);
+
+}  // namespace cascade::stage::cuda::gemv
