@@ -121,9 +121,9 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
   }
   const at::Tensor q = at::zeros({16, 64}, at::kChar).cuda(), s = at::ones({16}, at::kCUDA);
   EXPECT_FALSE(fused_linear(at::ones({33, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s).defined());  // > 32 tokens
-  EXPECT_FALSE(fused_linear(at::ones({1, 40}, at::kCUDA).to(at::kBFloat16), at::zeros({16, 40}, at::kChar).cuda(),
-                            {}, s)
-                   .defined());                                                                          // in % 16 != 0
+  EXPECT_FALSE(
+      fused_linear(at::ones({1, 40}, at::kCUDA).to(at::kBFloat16), at::zeros({16, 40}, at::kChar).cuda(), {}, s)
+          .defined());  // in % 16 != 0
   EXPECT_FALSE(fused_linear(at::ones({1, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s.narrow(0, 0, 8)).defined());
 }
 

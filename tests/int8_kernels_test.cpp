@@ -43,8 +43,8 @@ TEST(Int8Kernels, MatchTheExactCpuPath) {
       for (double threshold : {6.0, 0.0}) {
         const Int8Activation a = int8_split(x.cuda(), threshold);
         // Mixed: this kernel; weight-only: the decode GEMV (fused_kernels.h), through int8_linear.
-        const at::Tensor got = threshold > 0 ? int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, qc, sc)
-                                             : int8_linear(a, qc, sc, at::Tensor());
+        const at::Tensor got =
+            threshold > 0 ? int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, qc, sc) : int8_linear(a, qc, sc, at::Tensor());
         if (!got.defined()) GTEST_SKIP() << "no CUDA kernels";
         const at::Tensor want = int8_linear(x, r.q, r.scale, at::Tensor(), threshold);  // CPU, exact sums
         EXPECT_LT(rel_l2(got.cpu(), want), 1e-6) << out << " outputs, " << tokens << " tokens, threshold " << threshold;

@@ -38,6 +38,7 @@ struct GemvArgs {
   const void* r = nullptr;  // [T, N]: y = r + linear (the residual add, rounded as the two ATen ops round)
   void* y = nullptr;
   int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
+  int tpr = 0;  // threads per weight row: 32, 64 or 128; 0 picks by shape (bench/gpu_gemv_bench)
 };
 cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream);
 // A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =

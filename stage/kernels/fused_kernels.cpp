@@ -52,15 +52,13 @@ int64_t gemv_max_tokens(bool int8) {
 bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
   const bool int8 = scale.defined();
   const int code = dtype_code(x.scalar_type());
-  if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > gemv_max_tokens(int8) ||
-      w.dim() != 2 || w.size(1) != x.size(1) || !aligned(w) || w.size(0) >= (int64_t{1} << 30) ||
-      x.size(1) >= (int64_t{1} << 30))
+  if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > gemv_max_tokens(int8) || w.dim() != 2 ||
+      w.size(1) != x.size(1) || !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
     return false;
-  if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0)))
-    return false;
+  if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
   if (!int8) return code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
-  return w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
-         scale.is_cuda() && scale.is_contiguous() && scale.numel() == w.size(0);
+  return w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat && scale.is_cuda() &&
+         scale.is_contiguous() && scale.numel() == w.size(0);
 }
 
 cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N) {

@@ -47,8 +47,8 @@ __global__ void rms_norm_kernel(const S* __restrict__ x, const S* __restrict__ w
 // and of w once, before a single block reduction, instead of walking the row twice in
 // 2-byte steps. At batch 1 the norm is one block, so its cost is that chain's latency.
 template <typename S, int kVecs>
-__global__ void __launch_bounds__(1024) rms_norm_vec_kernel(const S* __restrict__ x, const S* __restrict__ w, S* __restrict__ y, int H,
-                                    float eps) {
+__global__ void __launch_bounds__(1024)
+    rms_norm_vec_kernel(const S* __restrict__ x, const S* __restrict__ w, S* __restrict__ y, int H, float eps) {
   constexpr int V = 16 / static_cast<int>(sizeof(S));
   const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
   const int nv = H / V;

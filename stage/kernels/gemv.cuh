@@ -96,7 +96,8 @@ __device__ inline void dot(const S* __restrict__ x, int K, int v, const int4& wv
   unpack<W>(wv, wf);
 #pragma unroll
   for (int t = 0; t < T; ++t) {
-    const int4* xr = reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + static_cast<int64_t>(v) * (kW / kX);
+    const int4* xr =
+        reinterpret_cast<const int4*>(x + static_cast<int64_t>(t) * K) + static_cast<int64_t>(v) * (kW / kX);
 #pragma unroll
     for (int j = 0; j < kW / kX; ++j) {
       const int4 xv = __ldg(xr + j);
@@ -166,7 +167,13 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
-inline int threads_per_row(int N) { return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128); }
+// From bench/gpu_gemv_bench on the H200 (docs/performance.md): one token of 16-bit
+// weights reads fastest at 128 on every shape (gate_up 90% of HBM against 79% at 32);
+// more tokens or int8 rows want fewer threads per row on the large shapes.
+inline int threads_per_row(int N, int T, bool int8) {
+  if (T == 1 && !int8) return 128;
+  return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128);
+}
 
 template <int T, int TPR, int E, typename S, typename W>
 cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
@@ -181,7 +188,7 @@ cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
 // Every token of g in launches of at most kMaxTokens tokens (each reads the weight once).
 template <int E, typename S, typename W>
 cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
-  const int tpr = threads_per_row(E == kGated ? 2 * g.N : g.N);
+  const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, g.T, g.int8);
   for (int t0 = 0; t0 < g.T; t0 += kMaxTokens) {
     const int rest = g.T - t0 < kMaxTokens ? g.T - t0 : kMaxTokens;
     const cudaError_t e = for_tokens(rest, [&](auto t) {
