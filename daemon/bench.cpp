@@ -35,6 +35,7 @@ struct ModeResult {
   std::string mode;
   int microbatches = 1;
   double wall = 0, tokens_per_s = 0, total_tokens_per_s = 0, ttft_p50 = 0, ttft_p99 = 0;
+  double token_interval_p50 = 0;  // a request's (last token - first token) / (tokens - 1), median
   int64_t generated = 0, prompt_tokens = 0, failed = 0;
   std::vector<double> busy_pct;
   Clock::time_point begin, end;
@@ -86,7 +87,7 @@ class Driver {
     t.join();
   }
 
-  std::vector<double> ttft;
+  std::vector<double> ttft, interval;  // interval: per request, seconds between its decode tokens
   int64_t generated = 0, failed = 0;
   std::string first_error;  // why the first failed request failed
 
@@ -115,6 +116,7 @@ class Driver {
     if (error.empty()) {
       generated += tokens;
       ttft.push_back(seconds(r.first - r.sent));
+      if (tokens > 1) interval.push_back(seconds(Clock::now() - r.first) / static_cast<double>(tokens - 1));
     } else if (failed++ == 0) {
       first_error = error;
     }
@@ -181,6 +183,7 @@ json mode_json(const ModeResult& m, const std::vector<std::string>& labels) {
           {"total_tokens_per_s", m.total_tokens_per_s},
           {"ttft_p50_s", m.ttft_p50},
           {"ttft_p99_s", m.ttft_p99},
+          {"token_interval_p50_s", m.token_interval_p50},
           {"wall_s", m.wall},
           {"generated_tokens", m.generated},
           {"prompt_tokens", m.prompt_tokens},
@@ -227,13 +230,14 @@ ModeResult run_mode(const BenchOptions& o, const Started& started, const std::st
   m.total_tokens_per_s = static_cast<double>(m.generated + m.prompt_tokens) / m.wall;
   m.ttft_p50 = percentile(d.ttft, 0.50);
   m.ttft_p99 = percentile(d.ttft, 0.99);
+  m.token_interval_p50 = percentile(d.interval, 0.50);
   for (size_t i = 0; i < busy1.size(); ++i) m.busy_pct.push_back(100.0 * (busy1[i] - busy0[i]) / m.wall);
   return m;
 }
 
 // The human-readable report: one row per mode, then the ratio.
 void print_table(const BenchOptions& o, const std::vector<ModeResult>& results, const std::vector<std::string>& labels,
-                 int stages, double ratio, std::ostream& out) {
+                 int stages, double ratio, double predicted, std::ostream& out) {
   out << std::fixed << std::setprecision(1) << "workload: " << o.requests << " requests, " << o.prompt_len
       << " prompt + " << o.new_tokens << " new tokens each, concurrency " << o.concurrency << ", " << stages
       << " stages\n\n"
@@ -248,6 +252,13 @@ void print_table(const BenchOptions& o, const std::vector<ModeResult>& results, 
     for (double b : m.busy_pct) out << std::setw(13) << b << "%";
     out << "\n";
   }
+  // The planner's cost model against the run: a step of `concurrency` tokens, and each
+  // request's time between its tokens (which also holds the other requests' prefills).
+  out << std::setprecision(2) << "\ncost model: a decode step of " << o.concurrency << " token"
+      << (o.concurrency > 1 ? "s" : "") << " ~" << predicted * 1000
+      << " ms predicted; measured per-token interval p50:";
+  for (const auto& m : results) out << " " << m.mode << " " << m.token_interval_p50 * 1000 << " ms";
+  out << "\n";
   if (results.size() == 2) {
     out << std::setprecision(2) << "\npipeline / sequential: " << ratio << "x output tokens/s\n";
     if (o.concurrency == 1) {
@@ -294,6 +305,9 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
   }
 
   const double ratio = results.size() == 2 ? results[1].tokens_per_s / results[0].tokens_per_s : 0.0;
+  planner::PlanRequest step = started.run.request;
+  step.max_batch = o.concurrency;
+  const double predicted = planner::predicted_step_seconds(step, started.run.plan);
   if (o.json) {
     json j = {{"config", o.config_file},
               {"stages", stages},
@@ -304,10 +318,11 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
                 {"concurrency", o.concurrency}}}};
     for (const auto& m : results) j[m.mode] = mode_json(m, cluster->labels());
     j["ratio"] = results.size() == 2 ? json(ratio) : json(nullptr);
+    j["predicted_step_s"] = predicted;
     out << j.dump() << "\n";
     return 0;
   }
-  print_table(o, results, cluster->labels(), stages, ratio, out);
+  print_table(o, results, cluster->labels(), stages, ratio, predicted, out);
   return 0;
 }
 

@@ -5,8 +5,10 @@
 // when the previous one finishes, until `requests` are done. Prompts are `prompt_len`
 // random token ids (a fixed seed, so both modes see the same), each generating
 // `new_tokens` greedy tokens past EOS. Per mode it reports output and total tokens/s,
-// time to first token p50/p99, and each stage's busy share of the wall time; then the
-// pipeline/sequential ratio. `trace` writes Chrome Trace Event JSON (one track per
+// time to first token p50/p99, each stage's busy share of the wall time and the median
+// time between a request's tokens; then the pipeline/sequential ratio, and the planner's
+// predicted decode step of `concurrency` tokens (planner::predicted_step_seconds) beside
+// the measured intervals. `trace` writes Chrome Trace Event JSON (one track per
 // stage: compute, send and recv spans labelled with step and microbatch).
 #pragma once
 

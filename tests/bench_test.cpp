@@ -92,14 +92,19 @@ TEST(Bench, JsonHasEveryFieldAndTheTraceShowsEveryStage) {
   const json j = json::parse(r.out);
   for (const char* mode : {"sequential", "pipeline"}) {
     ASSERT_TRUE(j.contains(mode)) << r.out;
-    for (const char* k : {"tokens_per_s", "total_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "wall_s",
-                          "generated_tokens", "prompt_tokens", "failed_requests", "stage_busy_pct", "microbatches"})
+    for (const char* k :
+         {"tokens_per_s", "total_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "wall_s", "generated_tokens",
+          "prompt_tokens", "failed_requests", "stage_busy_pct", "microbatches", "token_interval_p50_s"})
       EXPECT_TRUE(j[mode].contains(k)) << mode << " lacks " << k;
+    // 5 tokens a request: the median interval between them lies inside the mode's wall time.
+    EXPECT_GT(j[mode]["token_interval_p50_s"].get<double>(), 0);
+    EXPECT_LT(j[mode]["token_interval_p50_s"].get<double>(), j[mode]["wall_s"].get<double>());
     EXPECT_EQ(j[mode]["generated_tokens"], 30);
     EXPECT_EQ(j[mode]["failed_requests"], 0);
     EXPECT_EQ(j[mode]["stage_busy_pct"].size(), 3u);
     EXPECT_GT(j[mode]["tokens_per_s"].get<double>(), 0);
   }
+  EXPECT_GT(j["predicted_step_s"].get<double>(), 0);  // the cost model's step of 3 tokens
   EXPECT_EQ(j["sequential"]["microbatches"], 1);
   EXPECT_EQ(j["pipeline"]["microbatches"], 3);
   EXPECT_NEAR(j["ratio"].get<double>(),
