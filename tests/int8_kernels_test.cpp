@@ -29,6 +29,43 @@ TEST(Int8Kernels, OnlyForDecodeShapesOnTheGpu) {
                    .defined());  // in % 16 != 0
 }
 
+// The one-kernel split gives the ATen path's int8 rows and scales exactly, and the same
+// outlier values in the same columns: no outlier, a few, and more columns over the
+// threshold than there are slots (the largest ones win).
+TEST(Int8Kernels, TheSplitKernelMatchesTheAtenSplit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  at::manual_seed(11);
+  // Each outlier column's values, scattered back to [T, K]: comparable whatever the slot order.
+  auto dense = [](const Int8Activation& a, int64_t K) {
+    const at::Tensor xo = a.xo.cpu(), cols = a.cols.cpu();
+    return at::zeros({xo.size(0), K}).index_add_(1, cols, xo);
+  };
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    for (int64_t tokens : {1, 4, 8}) {
+      for (int64_t many : {0, 3, 20}) {
+        at::Tensor x = at::randn({tokens, 2560});
+        for (int64_t c = 0; c < many; ++c) x.select(1, 7 + 97 * c).mul_(10 + c);
+        x = x.to(t);
+        const Int8Activation want = int8_split(x, 6.0);  // CPU: the ATen path
+        at::Tensor xq, sx, cols, xo;
+        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &xq, &sx, &cols, &xo)) << "no CUDA kernels?";
+        Int8Activation got;
+        got.xq = xq, got.sx = sx, got.cols = cols, got.xo = xo;
+        const std::string what = std::string(c10::toString(t)) + ", " + std::to_string(tokens) + " tokens, " +
+                                 std::to_string(many) + " scaled columns";
+        EXPECT_TRUE(at::equal(sx.cpu(), want.sx)) << what;
+        EXPECT_TRUE(at::equal(xq.cpu(), want.xq)) << what;
+        EXPECT_TRUE(at::equal(dense(got, 2560), dense(want, 2560))) << what;
+        EXPECT_EQ(cols.numel(), kMaxOutlierColumns);
+      }
+    }
+  }
+  at::Tensor xq, sx, cols, xo;
+  EXPECT_FALSE(int8_split_kernel(at::ones({9, 64}, at::kCUDA), 6.0, 16, &xq, &sx, &cols, &xo));  // > 8 tokens
+  EXPECT_FALSE(int8_split_kernel(at::ones({1, 8}, at::kCUDA), 6.0, 16, &xq, &sx, &cols, &xo));   // K < slots
+  EXPECT_FALSE(xq.defined());
+}
+
 // Every token count the kernels take, both paths, odd output sizes, outliers present.
 TEST(Int8Kernels, MatchTheExactCpuPath) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";

@@ -17,6 +17,13 @@ constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
                        const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream);
 
+// LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16) in one
+// block: colmax [K] scratch; xq [T, K]; sx [T]; cols [slots] and xo [T, slots] hold the
+// outlier columns (|x| >= threshold, the `slots` largest by column maximum, largest
+// first), then column 0 with xo 0. T in [1, kMaxTokens], slots in [1, 32], K >= slots.
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, float* colmax, int8_t* xq,
+                       float* sx, int64_t* cols, float* xo, cudaStream_t stream);
+
 // dtype: 0 float32, 1 float16, 2 bfloat16.
 cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,
                            cudaStream_t stream);

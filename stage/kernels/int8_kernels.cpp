@@ -41,8 +41,35 @@ at::Tensor int8_gemv_mixed(const at::Tensor& xq, const at::Tensor& sx, const at:
   return y;
 }
 
+bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at::Tensor* xq, at::Tensor* sx,
+                       at::Tensor* cols, at::Tensor* xo) {
+  const at::ScalarType t = x.scalar_type();
+  if (!x.is_cuda() || x.dim() != 2 || x.size(0) < 1 || x.size(0) > kInt8KernelMaxTokens || slots < 1 || slots > 32 ||
+      x.size(1) < slots || x.size(1) >= (int64_t{1} << 30) || (t != at::kFloat && t != at::kHalf && t != at::kBFloat16))
+    return false;
+  const at::Tensor a = x.contiguous();
+  const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1));
+  const at::TensorOptions f = a.options().dtype(at::kFloat);
+  const at::Tensor colmax = at::empty({K}, f);
+  at::Tensor q = at::empty({T, K}, a.options().dtype(at::kChar)), s = at::empty({T, 1}, f);
+  at::Tensor c = at::empty({slots}, a.options().dtype(at::kLong)), o = at::empty({T, slots}, f);
+  const int code = t == at::kFloat ? 0 : (t == at::kHalf ? 1 : 2);
+  comm::cuda_check(
+      cuda::int8_split(code, a.data_ptr(), T, K, static_cast<float>(threshold), static_cast<int>(slots),
+                       colmax.data_ptr<float>(), q.data_ptr<int8_t>(), s.data_ptr<float>(), c.data_ptr<int64_t>(),
+                       o.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+      "the int8 split kernel");
+  *xq = q;
+  *sx = s;
+  *cols = c;
+  *xo = o;
+  return true;
+}
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
+bool int8_split_kernel(const at::Tensor&, double, int64_t, at::Tensor*, at::Tensor*, at::Tensor*, at::Tensor*) {
+  return false;
+}
 at::Tensor int8_gemv_mixed(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&) {
   return {};

@@ -47,6 +47,97 @@ __global__ void mixed_kernel(const int8_t* __restrict__ xq, const float* __restr
   }
 }
 
+// LLM.int8's activation split (int8_kernels.h, int8_split_kernel) in one block. Column
+// maxima go to `colmax`; the outliers are found by rounds of block argmax, each round's
+// winner marked -1 there so its owner thread rescans only its own columns; the rounds stop
+// at `slots` or at the first maximum below the threshold, so their order is topk's.
+constexpr int kSplitThreads = 1024;
+
+template <typename S>
+__global__ void __launch_bounds__(kSplitThreads)
+    split_kernel(const S* __restrict__ x, int T, int K, float threshold, int slots, float* __restrict__ colmax,
+                 int8_t* __restrict__ xq, float* __restrict__ sx, int64_t* __restrict__ cols, float* __restrict__ xo) {
+  __shared__ float red_v[32], row_part[32][kMaxTokens], s_sx[kMaxTokens];
+  __shared__ int red_i[32], chosen[32], n_out;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
+  wait_for_prior_grid();
+  allow_next_grid();
+  float best = -1.f;
+  int best_k = -1;
+  for (int k = tid; k < K; k += blockDim.x) {
+    float m = 0.f;
+    for (int t = 0; t < T; ++t) m = fmaxf(m, fabsf(load(x, static_cast<int64_t>(t) * K + k)));
+    colmax[k] = m;
+    if (m > best) best = m, best_k = k;
+  }
+  if (tid == 0) n_out = 0;
+  for (int r = 0; r < slots; ++r) {
+    float v = best;
+    int i = best_k;
+    const auto argmax = [&] {  // the larger value; of equal ones, the lower column
+      for (int o = 16; o > 0; o /= 2) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi >= 0 && (i < 0 || oi < i))) v = ov, i = oi;
+      }
+    };
+    argmax();
+    __syncthreads();  // the previous round's readers are done with red_v/red_i
+    if (lane == 0) red_v[warp] = v, red_i[warp] = i;
+    __syncthreads();
+    v = lane < warps ? red_v[lane] : -1.f;
+    i = lane < warps ? red_i[lane] : -1;
+    argmax();                               // every warp reduces the same 32 values: each thread gets the winner
+    if (i < 0 || !(v >= threshold)) break;  // the same decision in every thread
+    if (tid == 0) chosen[r] = i, n_out = r + 1;
+    if (i % static_cast<int>(blockDim.x) == tid) {  // the winner's owner: mark it, rescan
+      colmax[i] = -1.f;
+      best = -1.f;
+      best_k = -1;
+      for (int k = tid; k < K; k += blockDim.x)
+        if (colmax[k] > best) best = colmax[k], best_k = k;
+    }
+  }
+  __syncthreads();
+  // Row scales over the regular columns (colmax >= 0), then the int8 rows.
+  float rm[kMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kMaxTokens; ++t) rm[t] = 0.f;
+  for (int k = tid; k < K; k += blockDim.x) {
+    if (colmax[k] < 0.f) continue;
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t)
+      if (t < T) rm[t] = fmaxf(rm[t], fabsf(load(x, static_cast<int64_t>(t) * K + k)));
+  }
+#pragma unroll
+  for (int t = 0; t < kMaxTokens; ++t) {
+    for (int o = 16; o > 0; o /= 2) rm[t] = fmaxf(rm[t], __shfl_xor_sync(0xffffffffu, rm[t], o));
+    if (lane == 0) row_part[warp][t] = rm[t];
+  }
+  __syncthreads();
+  if (tid < T) {
+    float m = 0.f;
+    for (int w = 0; w < warps; ++w) m = fmaxf(m, row_part[w][tid]);
+    s_sx[tid] = fmaxf(__fdiv_rn(m, 127.f), 1e-12f);
+    sx[tid] = s_sx[tid];
+  }
+  __syncthreads();
+  for (int k = tid; k < K; k += blockDim.x) {
+    const bool outlier = colmax[k] < 0.f;
+    for (int t = 0; t < T; ++t) {
+      const int64_t at = static_cast<int64_t>(t) * K + k;
+      const float q = outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(load(x, at), s_sx[t])), -127.f), 127.f);
+      xq[at] = static_cast<int8_t>(q);
+    }
+  }
+  const int n = n_out;
+  if (tid < slots) cols[tid] = tid < n ? chosen[tid] : 0;
+  if (tid < slots * T) {
+    const int j = tid % slots, t = tid / slots;
+    xo[t * slots + j] = j < n ? load(x, static_cast<int64_t>(t) * K + chosen[j]) : 0.f;
+  }
+}
+
 template <int T>
 void launch_mixed(const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out, const int8_t* q,
                   const float* scale, float* y, int K, int N, cudaStream_t stream) {
@@ -60,6 +151,29 @@ cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo
                        const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream) {
   return for_tokens(
       T, [&](auto t) { launch_mixed<decltype(t)::value>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); });
+}
+
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, float* colmax, int8_t* xq,
+                       float* sx, int64_t* cols, float* xo, cudaStream_t stream) {
+  if (T < 1 || T > kMaxTokens || slots < 1 || slots > 32 || K < slots) return cudaErrorInvalidValue;
+  const dim3 grid(1), block(kSplitThreads);
+  switch (dtype) {
+    case 0:
+      split_kernel<<<grid, block, 0, stream>>>(static_cast<const float*>(x), T, K, threshold, slots, colmax, xq, sx,
+                                               cols, xo);
+      break;
+    case 1:
+      split_kernel<<<grid, block, 0, stream>>>(static_cast<const __half*>(x), T, K, threshold, slots, colmax, xq, sx,
+                                               cols, xo);
+      break;
+    case 2:
+      split_kernel<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), T, K, threshold, slots, colmax, xq,
+                                               sx, cols, xo);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 namespace gemv {

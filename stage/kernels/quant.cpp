@@ -64,6 +64,9 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   a.x = x;
   a.threshold = threshold;
   if (threshold <= 0) return a;
+  // Decode on a GPU: one kernel (the same values; outlier slots beyond the outliers hold
+  // column 0 with xo 0 where the path below keeps the next-largest columns, also at 0).
+  if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.xq, &a.sx, &a.cols, &a.xo)) return a;
   const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
   const at::Tensor xf = x.to(at::kFloat);
   auto [top, cols] = std::get<0>(xf.abs().max(0)).topk(k);  // [k] largest column maxima, their columns
