@@ -8,11 +8,14 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <set>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "comm/channel.h"
@@ -96,10 +99,13 @@ struct ProfileRange {
     const char* v = std::getenv("CASCADE_PROFILE_STEPS");
     if (!v) return r;
     const std::string s = v;
-    const size_t colon = s.find(':');
-    if (colon == std::string::npos) return r;
-    r.first = std::stoll(s.substr(0, colon));
-    r.count = std::stoll(s.substr(colon + 1));
+    long long first = -1, count = 0;
+    char end = 0;  // catches trailing junk: "3:2x" reads three fields
+    if (std::sscanf(s.c_str(), "%lld:%lld%c", &first, &count, &end) != 2 || first < 0 || count < 1)
+      throw std::invalid_argument("CASCADE_PROFILE_STEPS must be FIRST:COUNT (step numbers, FIRST >= 0, COUNT >= 1), "
+                                  "got '" + s + "'");
+    r.first = first;
+    r.count = count;
     return r;
   }
   void maybe(int64_t at) const {
