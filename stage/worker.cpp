@@ -102,8 +102,10 @@ struct ProfileRange {
     long long first = -1, count = 0;
     char end = 0;  // catches trailing junk: "3:2x" reads three fields
     if (std::sscanf(s.c_str(), "%lld:%lld%c", &first, &count, &end) != 2 || first < 0 || count < 1)
-      throw std::invalid_argument("CASCADE_PROFILE_STEPS must be FIRST:COUNT (step numbers, FIRST >= 0, COUNT >= 1), "
-                                  "got '" + s + "'");
+      throw std::invalid_argument(
+          "CASCADE_PROFILE_STEPS must be FIRST:COUNT (step numbers, FIRST >= 0, COUNT >= 1), "
+          "got '" +
+          s + "'");
     r.first = first;
     r.count = count;
     return r;
