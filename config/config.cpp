@@ -287,26 +287,18 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   r.str(pl, "placement", "offload_folder", &c.placement.offload_folder);
   c.placement.offload_folder = r.path(c.placement.offload_folder, "placement.offload_folder");
   r.str(pl, "placement", "offload_compute", &c.placement.offload_compute);
-  if (c.placement.offload_compute != "auto" && c.placement.offload_compute != "cpu") {
-    // cuda:N, or cpu+cuda:N (hybrid: the CPU computes part, the rest streams to cuda:N)
-    const std::string hybrid = "cpu+";
-    const bool split = c.placement.offload_compute.rfind(hybrid, 0) == 0;
-    DeviceName d;
-    try {
-      d = parse_device(split ? c.placement.offload_compute.substr(hybrid.size()) : c.placement.offload_compute);
-    } catch (const std::invalid_argument&) {
-      d.kind = DeviceName::Kind::kDisk;
-    }
-    if (d.kind != DeviceName::Kind::kCuda) {
-      r.fail(pl.get("offload_compute"), "placement.offload_compute",
-             "'" + c.placement.offload_compute + "' is not one of: auto, cpu, cuda:N, cpu+cuda:N");
-    }
-    c.placement.offload_compute = (split ? hybrid : "") + d.str();
+  OffloadCompute oc;
+  try {
+    oc = parse_offload_compute(c.placement.offload_compute);
+  } catch (const std::invalid_argument&) {
+    r.fail(pl.get("offload_compute"), "placement.offload_compute",
+           "'" + c.placement.offload_compute + "' is not one of: auto, cpu, cuda:N, cpu+cuda:N");
   }
+  if (oc.gpu) c.placement.offload_compute = (oc.hybrid ? "cpu+" : "") + oc.gpu->str();  // canonical spelling
   if (pl.get("streamed_share")) {
     double share = 0;
     r.number(pl, "placement", "streamed_share", &share, 0.0, 1.0);
-    if (c.placement.offload_compute.rfind("cpu+", 0) != 0)
+    if (!oc.hybrid)
       r.fail(pl.get("streamed_share"), "placement.streamed_share",
              "applies to offload_compute = \"cpu+cuda:N\" only, not \"" + c.placement.offload_compute + "\"");
     c.placement.streamed_share = share;
@@ -386,6 +378,18 @@ std::string DeviceName::str() const {
       return "disk";
   }
   return "?";
+}
+
+OffloadCompute parse_offload_compute(const std::string& text) {
+  OffloadCompute oc;
+  if (text == "auto" || text == "cpu") return oc;
+  const std::string hybrid = "cpu+";
+  oc.hybrid = text.rfind(hybrid, 0) == 0;
+  const DeviceName d = parse_device(oc.hybrid ? text.substr(hybrid.size()) : text);
+  if (d.kind != DeviceName::Kind::kCuda)
+    throw std::invalid_argument("offload_compute '" + text + "' is not one of: auto, cpu, cuda:N, cpu+cuda:N");
+  oc.gpu = d;
+  return oc;
 }
 
 DeviceName parse_device(const std::string& text) {

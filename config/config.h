@@ -35,6 +35,15 @@ struct DeviceName {
 // Throws std::invalid_argument naming the text and the accepted forms.
 DeviceName parse_device(const std::string& text);
 
+// placement.offload_compute taken apart: "auto" and "cpu" stream to no GPU; "cuda:N"
+// streams every offloaded module to GPU N; "cpu+cuda:N" (hybrid) streams part of them.
+struct OffloadCompute {
+  bool hybrid = false;
+  std::optional<DeviceName> gpu;  // a CUDA device where set
+};
+// Throws std::invalid_argument for any other text, or a device that is not a GPU.
+OffloadCompute parse_offload_compute(const std::string& text);
+
 enum class Strategy { kAuto, kBalanced, kBalancedLow0, kSequential };
 enum class Mode { kSequential, kPipeline };
 

@@ -27,12 +27,9 @@ std::string gib(uint64_t b) { return config::format_bytes(b); }
 
 // The GPU that offload_compute streams to ("cuda:N" or "cpu+cuda:N"), if any.
 std::optional<DeviceName> stream_gpu(const std::string& offload_compute) {
-  if (offload_compute == "cpu") return std::nullopt;
-  const std::string hybrid = "cpu+";
-  const bool split = offload_compute.compare(0, hybrid.size(), hybrid) == 0;
-  return config::parse_device(split ? offload_compute.substr(hybrid.size()) : offload_compute);
+  return config::parse_offload_compute(offload_compute).gpu;
 }
-bool is_hybrid(const std::string& offload_compute) { return offload_compute.rfind("cpu+", 0) == 0; }
+bool is_hybrid(const std::string& offload_compute) { return config::parse_offload_compute(offload_compute).hybrid; }
 
 // Device fill order: GPUs, then CPUs, then disk, each by index (accelerate's order).
 std::vector<DeviceName> fill_order(const std::vector<DeviceBudget>& budgets) {

@@ -245,6 +245,22 @@ namespace {
 
 // CASCADE_<SECTION>_<KEY> variables override the file, and the command line overrides
 // them; other CASCADE_* variables are not config; a misspelt key is named.
+// One parser for offload_compute, shared by the config's check and the planner.
+TEST(OffloadCompute, TakesEachFormApart) {
+  EXPECT_FALSE(parse_offload_compute("auto").gpu);
+  EXPECT_FALSE(parse_offload_compute("cpu").gpu);
+  const OffloadCompute stream = parse_offload_compute("cuda:1");
+  EXPECT_FALSE(stream.hybrid);
+  ASSERT_TRUE(stream.gpu);
+  EXPECT_EQ(stream.gpu->str(), "cuda:1");
+  const OffloadCompute hybrid = parse_offload_compute("cpu+0");
+  EXPECT_TRUE(hybrid.hybrid);
+  ASSERT_TRUE(hybrid.gpu);
+  EXPECT_EQ(hybrid.gpu->str(), "cuda:0");
+  for (const char* bad : {"disk", "cpu+cpu", "cpu+", "gpu", "cpu:1", ""})
+    EXPECT_THROW(parse_offload_compute(bad), std::invalid_argument) << bad;
+}
+
 TEST(Config, EnvironmentVariablesOverrideTheFileAndFlagsThem) {
   test::TempDir dir;
   const std::string file = dir.file("c.toml");
