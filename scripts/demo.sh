@@ -16,8 +16,13 @@ rm -f "$sock"  # one left by a killed daemon would end the wait below before thi
 ./build/cascade serve --config examples/demo.toml 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 200); do [ -S "$sock" ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
-[ -S "$sock" ] || { cat "$log"; echo "demo: the daemon did not start"; exit 1; }
+# The socket listens while the stages start; the log's "ready" line says they are up.
+for _ in $(seq 300); do
+  [ -S "$sock" ] && grep -q '^cascade: ready' "$log" && break
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.1
+done
+[ -S "$sock" ] && grep -q '^cascade: ready' "$log" || { cat "$log"; echo "demo: the daemon did not start within 30 s"; exit 1; }
 echo
 echo "== the daemon's start-up (device map, stages, time to ready)"
 grep -v '^$' "$log"
