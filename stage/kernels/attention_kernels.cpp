@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "comm/cuda_check.h"
+#include "stage/kernels/cuda_dtype.h"
 #include "stage/kernels/cuda_kernels.h"
 #endif
 
@@ -13,8 +14,6 @@ namespace cascade::stage {
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
 namespace {
-
-int dtype_code(at::ScalarType t) { return t == at::kFloat ? 0 : (t == at::kHalf ? 1 : (t == at::kBFloat16 ? 2 : -1)); }
 
 bool cache_ok(const at::Tensor& c, const at::Tensor& like) {
   return c.is_cuda() && c.dim() == 4 && c.is_contiguous() && c.scalar_type() == like.scalar_type() &&
@@ -25,7 +24,7 @@ bool cache_ok(const at::Tensor& c, const at::Tensor& like) {
 
 bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
                      const at::Tensor& slots, const at::Tensor& pos) {
-  const int code = dtype_code(k.scalar_type());
+  const int code = cuda_dtype_code(k.scalar_type());
   if (code < 0 || !cache_ok(k_cache, k) || !cache_ok(v_cache, k) || v.scalar_type() != k.scalar_type() ||
       k.dim() != 3 || v.sizes() != k.sizes() || k.size(1) != k_cache.size(1) || k.size(2) != k_cache.size(3) ||
       k.stride(2) != 1 || v.stride(2) != 1 || k.stride(1) != k.size(2) || v.stride(1) != v.size(2))
@@ -42,7 +41,7 @@ bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cac
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
                             at::Tensor& counters) {
-  const int code = dtype_code(q.scalar_type());
+  const int code = cuda_dtype_code(q.scalar_type());
   if (code < 0 || !q.is_cuda() || q.dim() != 3 || !cache_ok(k_cache, q) || !cache_ok(v_cache, q)) return {};
   const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
   if ((D != 64 && D != 128 && D != 256) || D != k_cache.size(3) || heads % kv_heads != 0 || heads / kv_heads > 8 ||

@@ -7,29 +7,13 @@
 #include <cstdlib>
 
 #include "comm/cuda_check.h"
+#include "stage/kernels/cuda_dtype.h"
 #include "stage/kernels/cuda_kernels.h"
 #endif
 
 namespace cascade::stage {
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
-namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return 0;
-    case at::kHalf:
-      return 1;
-    case at::kBFloat16:
-      return 2;
-    default:
-      return -1;
-  }
-}
-
-}  // namespace
-
 bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 namespace {
@@ -51,7 +35,7 @@ int64_t gemv_max_tokens(bool int8) {
 // x's 16-bit dtype, or int8 rows with `scale` [rows] (x also float32).
 bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
   const bool int8 = scale.defined();
-  const int code = dtype_code(x.scalar_type());
+  const int code = cuda_dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > gemv_max_tokens(int8) || w.dim() != 2 ||
       w.size(1) != x.size(1) || !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
     return false;
@@ -63,7 +47,7 @@ bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 
 cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N) {
   cuda::GemvArgs g;
-  g.dtype = dtype_code(x.scalar_type());
+  g.dtype = cuda_dtype_code(x.scalar_type());
   g.int8 = scale.defined();
   g.T = static_cast<int>(x.size(0));
   g.K = static_cast<int>(x.size(1));
@@ -110,7 +94,7 @@ at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act,
 }
 
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  const int code = dtype_code(x.scalar_type());
+  const int code = cuda_dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 0 || x.dim() != 2 || w.scalar_type() != x.scalar_type() || w.numel() != x.size(1))
     return {};
   const at::Tensor a = x.contiguous(), b = w.contiguous();
@@ -123,7 +107,7 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) 
 }
 
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int code = dtype_code(x.scalar_type());
+  const int code = cuda_dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 0 || x.dim() != 3 || x.size(2) % 2 != 0 || cos.scalar_type() != x.scalar_type() ||
       sin.scalar_type() != x.scalar_type() || cos.sizes() != at::IntArrayRef({x.size(0), x.size(2)}) ||
       sin.sizes() != cos.sizes())

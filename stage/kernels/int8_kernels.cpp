@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "comm/cuda_check.h"
+#include "stage/kernels/cuda_dtype.h"
 #include "stage/kernels/cuda_kernels.h"
 #endif
 
@@ -45,7 +46,7 @@ bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at:
                        at::Tensor* cols, at::Tensor* xo) {
   const at::ScalarType t = x.scalar_type();
   if (!x.is_cuda() || x.dim() != 2 || x.size(0) < 1 || x.size(0) > kInt8KernelMaxTokens || slots < 1 || slots > 32 ||
-      x.size(1) < slots || x.size(1) >= (int64_t{1} << 30) || (t != at::kFloat && t != at::kHalf && t != at::kBFloat16))
+      x.size(1) < slots || x.size(1) >= (int64_t{1} << 30) || cuda_dtype_code(t) < 0)
     return false;
   const at::Tensor a = x.contiguous();
   const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1));
@@ -53,7 +54,7 @@ bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at:
   const at::Tensor colmax = at::empty({K}, f);
   at::Tensor q = at::empty({T, K}, a.options().dtype(at::kChar)), s = at::empty({T, 1}, f);
   at::Tensor c = at::empty({slots}, a.options().dtype(at::kLong)), o = at::empty({T, slots}, f);
-  const int code = t == at::kFloat ? 0 : (t == at::kHalf ? 1 : 2);
+  const int code = cuda_dtype_code(t);
   comm::cuda_check(
       cuda::int8_split(code, a.data_ptr(), T, K, static_cast<float>(threshold), static_cast<int>(slots),
                        colmax.data_ptr<float>(), q.data_ptr<int8_t>(), s.data_ptr<float>(), c.data_ptr<int64_t>(),
