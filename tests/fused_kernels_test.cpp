@@ -28,7 +28,7 @@ TEST(FusedKernels, LinearForDecodeShapes) {
   for (at::ScalarType t : {at::kBFloat16, at::kHalf}) {
     for (int64_t out : {37, 512}) {
       const at::Tensor w = (at::randn({out, 2560}) * 0.02).to(t), b = at::randn({out}).to(t);
-      for (int64_t tokens = 1; tokens <= 8; ++tokens) {
+      for (int64_t tokens = 1; tokens <= 8; ++tokens) {  // from 5: the tensor-core kernel
         const at::Tensor x = at::randn({tokens, 2560}).to(t);
         for (bool bias : {false, true}) {
           const at::Tensor want = at::linear(x.to(at::kDouble), w.to(at::kDouble),
@@ -43,7 +43,9 @@ TEST(FusedKernels, LinearForDecodeShapes) {
     }
   }
   const at::Tensor w = at::ones({16, 64}, at::kCUDA).to(at::kBFloat16);
-  EXPECT_FALSE(fused_linear(at::ones({9, 64}, at::kCUDA).to(at::kBFloat16), w, {}).defined());            // > 8 tokens
+  EXPECT_FALSE(fused_linear(at::ones({9, 64}, at::kCUDA).to(at::kBFloat16), w, {}).defined());  // > 8 tokens: cuBLAS
+  const at::Tensor w40 = at::ones({16, 40}, at::kCUDA).to(at::kBFloat16);
+  EXPECT_TRUE(fused_linear(at::ones({6, 40}, at::kCUDA).to(at::kBFloat16), w40, {}).defined());  // in % 32: the GEMV
   EXPECT_FALSE(fused_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), {}).defined());  // float32
   EXPECT_FALSE(
       fused_linear(at::ones({1, 60}, at::kCUDA).to(at::kBFloat16), at::ones({16, 60}, at::kCUDA).to(at::kBFloat16), {})
@@ -51,7 +53,8 @@ TEST(FusedKernels, LinearForDecodeShapes) {
 }
 
 // The residual and gated epilogues, on row counts that pick each threads-per-row
-// variant (128, 64 and 32 threads a row), against float64 references.
+// variant (128, 64 and 32 threads a row) and token counts of both kernels (1 and 3: the
+// GEMV; 5 and 8: the tensor cores), against float64 references.
 TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(5);
@@ -62,7 +65,7 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   for (int64_t out : {37, 2560, 5000, 9000}) {
     const at::Tensor w = (at::randn({out, 1024}) * 0.03).to(t), b = at::randn({out}).to(t);
     const at::Tensor w2 = (at::randn({2 * out, 1024}) * 0.03).to(t);
-    for (int64_t tokens : {1, 3, 8}) {
+    for (int64_t tokens : {1, 3, 5, 8}) {
       const at::Tensor x = at::randn({tokens, 1024}).to(t), r = at::randn({tokens, out}).to(t);
       const at::Tensor xd = x.to(at::kDouble);
       const at::Tensor sum = fused_linear_add(x.cuda(), w.cuda(), b.cuda(), r.cuda());
@@ -81,9 +84,10 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   EXPECT_FALSE(fused_gated_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), 0).defined());  // f32
 }
 
-// Weight-only int8 rows through the same GEMV: every epilogue, token counts of one and
-// of several launches (up to 8 tokens each), against float64 products of the int8 values
-// and their scales.
+// Weight-only int8 rows through the same kernels: every epilogue, token counts of one
+// and of several GEMV launches (up to 8 tokens each; float32 x up to 32) and of the
+// tensor-core kernel (9-64, 16-bit x), against float64 products of the int8 values and
+// their scales.
 TEST(FusedKernels, Int8RowsInEveryEpilogue) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(9);
@@ -95,8 +99,9 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
     const Int8Rows q = quantize_rows(at::randn({out, 1024}) * 0.03), q2 = quantize_rows(at::randn({2 * out, 1024}));
     const at::Tensor qc = q.q.cuda(), sc = q.scale.cuda(), q2c = q2.q.cuda(), s2c = q2.scale.cuda();
     const at::Tensor wd = exact(q), w2d = exact(q2);
-    for (int64_t tokens : {1, 5, 8, 13, 32}) {
+    for (int64_t tokens : {1, 5, 8, 13, 32, 50}) {
       for (at::ScalarType t : {at::kBFloat16, at::kFloat}) {
+        if (t == at::kFloat && tokens > 32) continue;
         const at::Tensor x = at::randn({tokens, 1024}).to(t), b = at::randn({out}).to(t);
         const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
         const at::Tensor got = fused_linear(x.cuda(), qc, b.cuda(), sc);
@@ -120,7 +125,11 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
     }
   }
   const at::Tensor q = at::zeros({16, 64}, at::kChar).cuda(), s = at::ones({16}, at::kCUDA);
-  EXPECT_FALSE(fused_linear(at::ones({33, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s).defined());  // > 32 tokens
+  EXPECT_FALSE(fused_linear(at::ones({65, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s).defined());  // > 64 tokens
+  EXPECT_FALSE(fused_linear(at::ones({33, 64}, at::kCUDA), q, {}, s).defined());  // float32 x, > 32 tokens
+  EXPECT_FALSE(fused_linear(at::ones({33, 48}, at::kCUDA).to(at::kBFloat16), at::zeros({16, 48}, at::kChar).cuda(), {},
+                            s)
+                   .defined());  // > 32 tokens, in % 64 != 0
   EXPECT_FALSE(
       fused_linear(at::ones({1, 40}, at::kCUDA).to(at::kBFloat16), at::zeros({16, 40}, at::kChar).cuda(), {}, s)
           .defined());  // in % 16 != 0

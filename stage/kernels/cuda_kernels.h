@@ -29,11 +29,12 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
                            cudaStream_t stream);
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
                        int dim, cudaStream_t stream);
-// The decode GEMV (stage/kernels/gemv.cuh): y [T, N] = x [T, K] times w's rows, each
-// row read once per kMaxTokens tokens (T >= 1). dtype is x's, b's, r's and y's: 1 float16
-// or 2 bfloat16, where w is the same; with int8 weights (int8 rows, `scale` float32 [N],
-// [2N] gated) also 0 float32, which takes the plain epilogue only. K % 8 == 0 (16-bit) or
-// K % 16 == 0 (int8); w 16-byte aligned; b, r may be null.
+// The decode GEMV (stage/kernels/gemv.cuh, small_gemm.cuh): y [T, N] = x [T, K] times w's
+// rows, each row read once per kMaxTokens tokens (GEMV) or per 64 (tensor cores), T in
+// [1, gemv_max_tokens(g)]. K % 32 == 0 (16-bit) or K % 64 (int8) for the tensor cores. dtype is x's, b's, r's and y's:
+// 1 float16 or 2 bfloat16, where w is the same; with int8 weights (int8 rows, `scale` float32 [N], [2N] gated) also 0
+// float32, which takes the plain epilogue only. K % 8 == 0 (16-bit) or K % 16 == 0 (int8); w 16-byte aligned; b, r may
+// be null.
 struct GemvArgs {
   int dtype = 2;
   bool int8 = false;
@@ -46,7 +47,18 @@ struct GemvArgs {
   void* y = nullptr;
   int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
   int tpr = 0;  // threads per weight row: 32, 64 or 128; 0 picks by shape (bench/gpu_gemv_bench)
+  // 0: by token count (the tensor-core kernel from a few tokens on where it applies); 1
+  // the GEMV; 2 the tensor-core kernel (stage/kernels/small_gemm.cuh), an error where it
+  // does not apply. 1 and 2 are for bench/gpu_gemv_bench.
+  int kernel = 0;
 };
+// The most tokens one fused_gemv call takes for g's types and K (g.T ignored). 16-bit
+// weights: kMaxTokens, beyond which cuBLAS reads them faster than the tensor-core kernel
+// does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97).
+// int8 rows: 64 where the tensor-core kernel applies (16-bit x on sm_80 or later, K %
+// 64 == 0), else 32 in launches of kMaxTokens (ATen's path would copy the whole weight
+// to floats). The tensor-core kernel itself takes 1-64 tokens of either (g.kernel = 2).
+int gemv_max_tokens(const GemvArgs& g);
 cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream);
 // A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =
 // act(x w_gate) * (x w_up); g.b and g.r unused.

@@ -18,33 +18,6 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 namespace {
 
-// The most tokens a GEMV call takes (in launches of kMaxTokens, each reading the weight
-// once). int8 rows: 32, since ATen's path makes a float copy of the whole weight per
-// call. Float weights: kMaxTokens, beyond which cuBLAS reads the weight once on the
-// tensor cores; CASCADE_GEMV_TOKENS=N (1-64) moves that limit, to measure where it lies.
-int64_t gemv_max_tokens(bool int8) {
-  static const int64_t float_max = [] {
-    const char* e = std::getenv("CASCADE_GEMV_TOKENS");
-    const long v = e ? std::strtol(e, nullptr, 10) : 0;
-    return v >= 1 && v <= 64 ? static_cast<int64_t>(v) : int64_t{cuda::kMaxTokens};
-  }();
-  return int8 ? 32 : float_max;
-}
-
-// Whether the decode GEMV kernels take x [tokens, in] against w [rows, in] (and b): w in
-// x's 16-bit dtype, or int8 rows with `scale` [rows] (x also float32).
-bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
-  const bool int8 = scale.defined();
-  const int code = cuda_dtype_code(x.scalar_type());
-  if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || x.size(0) > gemv_max_tokens(int8) || w.dim() != 2 ||
-      w.size(1) != x.size(1) || !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
-    return false;
-  if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
-  if (!int8) return code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
-  return w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat && scale.is_cuda() &&
-         scale.is_contiguous() && scale.numel() == w.size(0);
-}
-
 cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N) {
   cuda::GemvArgs g;
   g.dtype = cuda_dtype_code(x.scalar_type());
@@ -56,6 +29,21 @@ cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Ten
   g.w = w.data_ptr();
   g.scale = g.int8 ? scale.data_ptr<float>() : nullptr;
   return g;
+}
+
+// Whether the decode kernels take x [tokens, in] against w [rows, in] (and b): w in x's
+// 16-bit dtype, or int8 rows with `scale` [rows] (x also float32).
+bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
+  const bool int8 = scale.defined();
+  const int code = cuda_dtype_code(x.scalar_type());
+  if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || w.dim() != 2 || w.size(1) != x.size(1) ||
+      !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
+    return false;
+  if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
+  const bool types = int8 ? w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
+                                scale.is_cuda() && scale.is_contiguous() && scale.numel() == w.size(0)
+                          : code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
+  return types && x.size(0) <= cuda::gemv_max_tokens(gemv_args(x, w, scale, w.size(0)));
 }
 
 }  // namespace

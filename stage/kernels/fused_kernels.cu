@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "stage/kernels/gemv.cuh"
+#include "stage/kernels/small_gemm.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
@@ -159,22 +159,50 @@ void rope_as(const void* x, const void* cos, const void* sin, void* y, int token
 
 }  // namespace
 
+namespace {
+
+// The current device's compute capability major, asked once per device; -1 if unknown.
+int compute_major() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices];  // 0 not asked yet, else major + 1 (0 on error)
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return -1;
+  int k = known[dev].load(std::memory_order_relaxed);
+  if (k == 0) {
+    int major = -1;
+    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? major + 1 : 0;
+    known[dev].store(k, std::memory_order_relaxed);
+  }
+  return k - 1;
+}
+
+}  // namespace
+
 bool overlapped_launches() {
   static const bool enabled = [] {
     const char* e = std::getenv("CASCADE_PDL");
     return !(e && std::string(e) == "0");
   }();
-  constexpr int kDevices = 64;
-  static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 no, 2 yes
-  int dev = 0;
-  if (!enabled || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return false;
-  int k = known[dev].load(std::memory_order_relaxed);
-  if (k == 0) {
-    int major = 0;
-    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 2 : 1;
-    known[dev].store(k, std::memory_order_relaxed);
-  }
-  return k == 2;
+  return enabled && compute_major() >= 9;
+}
+
+int tensor_core_from(bool int8) {
+  static const int from = [] {  // 0: the default below; -1: never
+    const char* e = std::getenv("CASCADE_TENSOR_CORE_GEMV");
+    if (!e) return 0;
+    const long v = std::strtol(e, nullptr, 10);
+    return v >= 1 && v <= 65 ? static_cast<int>(v) : -1;
+  }();
+  if (from < 0 || compute_major() < 8) return 0;
+  // bench/gpu_gemv_bench on the H200, summed over a layer's four projections: int8 rows
+  // read faster on the tensor cores from 2 tokens on; 16-bit rows between 4 tokens (GEMV
+  // 68 us, tensor cores 72) and 8 (111 against 75).
+  return from > 0 ? from : (int8 ? 2 : 5);
+}
+
+int gemv_max_tokens(const GemvArgs& g) {
+  if (!g.int8) return kMaxTokens;
+  return g.dtype != 0 && tensor_core_from(true) > 0 && g.K % 64 == 0 ? gemv::kMmaMaxTokens : 32;
 }
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.

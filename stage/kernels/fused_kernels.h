@@ -14,9 +14,12 @@ namespace cascade::stage {
 // at::linear for decode: x [tokens, in], w [out, in], b [out] or undefined -> [tokens,
 // out] in x's dtype. w is in x's dtype (float16 or bfloat16), or int8 rows with `scale`
 // [out] float32 (weight-only LLM.int8, stage/kernels/quant.h: y = scale * (x w^T) + b;
-// x may then be float32 too). One to four warps per weight row read it once for every
-// eight tokens; cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth (the
-// profile). Up to 8 tokens (float weights) or 32 (int8 rows).
+// x may then be float32 too). For a token or a few, one to four warps per weight row
+// read it once (cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth: the
+// profile); from 5 tokens (16-bit weights, up to 8) or 2 (int8 rows, up to 64) a
+// tensor-core kernel with the same epilogues does, on sm_80 and later for 16-bit x and
+// in % 32 == 0 (16-bit weights) or % 64 (int8). Where neither takes
+// the call (cuda::gemv_max_tokens): undefined, and the caller takes ATen's path.
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale = {});
 // r + fused_linear(x, w, b, scale) in one kernel; r [tokens, out] in x's 16-bit dtype.
 at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,

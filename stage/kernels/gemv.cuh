@@ -1,6 +1,8 @@
-// The decode GEMV kernel (cuda_kernels.h, fused_gemv), shared by fused_kernels.cu (16-bit
-// weights) and int8_kernels.cu (int8 rows with a float32 scale per row): one template,
-// instantiated in two files so that nvcc builds the two sets in parallel.
+// The decode GEMV kernel (cuda_kernels.h, fused_gemv) for 1 to 8 tokens, and the helpers
+// and epilogue it shares with the tensor-core kernel for more (small_gemm.cuh, which
+// holds the launch that picks one). One template over the weight type, instantiated in
+// fused_kernels.cu (16-bit weights) and int8_kernels.cu (int8 rows with a float32 scale
+// per row), so that nvcc builds the two sets in parallel.
 //
 // y[t, n] = sum_k x[t, k] w[n, k] for a few tokens, each weight row read once for all T
 // tokens, 16 bytes per thread per load (8 16-bit or 16 int8 weights) and kUnroll loads in
@@ -108,6 +110,21 @@ __device__ inline void dot(const S* __restrict__ x, int K, int v, const int4& wv
   }
 }
 
+// Writes y[at] (at = t N + n) from row n's sum s (and, for kGated, row N + n's sum u), as
+// the header's epilogue table says; int8 sums are scaled here.
+template <int E, bool kInt8, typename S>
+__device__ inline void finish(float s, float u, int n, int64_t at, int N, const float* __restrict__ scale,
+                              const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int act) {
+  if (kInt8) s = __fmul_rn(s, scale[n]);
+  if (E == kGated) {
+    const float g = round_to<S>(s), up = round_to<S>(kInt8 ? __fmul_rn(u, scale[N + n]) : u);
+    store(y, at, __fmul_rn(round_to<S>(activation(act, g)), up));
+  } else {
+    const float sb = b ? __fadd_rn(s, load(b, n)) : s;
+    store(y, at, E == kResidual ? __fadd_rn(load(r, at), round_to<S>(sb)) : sb);
+  }
+}
+
 template <int T, int TPR, int E, typename S, typename W>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
@@ -151,19 +168,9 @@ __global__ void __launch_bounds__(kThreads)
   row_sum<T, TPR>(acc);
   if (E == kGated) row_sum<T, TPR>(acc2);
   if (!live || lane != 0) return;
-  const float sc = kInt8 ? scale[n] : 1.f, sc2 = kInt8 && E == kGated ? scale[N + n] : 1.f;
 #pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const int64_t at = static_cast<int64_t>(t) * N + n;
-    const float s = kInt8 ? __fmul_rn(acc[t], sc) : acc[t];
-    if (E == kGated) {
-      const float g = round_to<S>(s), u = round_to<S>(kInt8 ? __fmul_rn(acc2[t], sc2) : acc2[t]);
-      store(y, at, __fmul_rn(round_to<S>(activation(act, g)), u));
-    } else {
-      const float sb = b ? __fadd_rn(s, load(b, n)) : s;
-      store(y, at, E == kResidual ? __fadd_rn(load(r, at), round_to<S>(sb)) : sb);
-    }
-  }
+  for (int t = 0; t < T; ++t)
+    finish<E, kInt8>(acc[t], acc2[t], n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
 }
 
 // Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
@@ -187,7 +194,7 @@ cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
 
 // Every token of g in launches of at most kMaxTokens tokens (each reads the weight once).
 template <int E, typename S, typename W>
-cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
+cudaError_t launch_gemv(const GemvArgs& g, cudaStream_t stream) {
   const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, g.T, g.int8);
   for (int t0 = 0; t0 < g.T; t0 += kMaxTokens) {
     const int rest = g.T - t0 < kMaxTokens ? g.T - t0 : kMaxTokens;
@@ -201,8 +208,5 @@ cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
   }
   return cudaSuccess;
 }
-
-// The int8 instantiations (int8_kernels.cu): float32 inputs take kPlain only.
-cudaError_t launch_int8(int epilogue, const GemvArgs& g, cudaStream_t stream);
 
 }  // namespace cascade::stage::cuda::gemv

@@ -1,7 +1,7 @@
 // The CUDA side of stage/int8_kernels.h (LLM.int8 with outliers) and the int8
-// instantiations of the decode GEMV (gemv.cuh, weight-only int8): raw pointers only (no
+// instantiations of the decode projections (gemv.cuh, small_gemm.cuh: weight-only int8): raw pointers only (no
 // LibTorch headers, so nvcc compiles it against the toolkit alone).
-#include "stage/kernels/gemv.cuh"
+#include "stage/kernels/small_gemm.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
