@@ -88,7 +88,8 @@ bool overlapped_launches();
 // The fewest tokens for which the decode projections run on the tensor cores
 // (small_gemm.cuh) rather than the GEMV; 0 for never (compute capability below 8.0, or
 // CASCADE_TENSOR_CORE_GEMV=0: beyond 8 tokens, cuBLAS then). The default is from
-// bench/gpu_gemv_bench; CASCADE_TENSOR_CORE_GEMV=N (1-65) sets it, to measure. Host code.
+// bench/gpu_gemv_bench; CASCADE_TENSOR_CORE_GEMV=N (1-65) sets it, and then 16-bit
+// weights take the tensor cores up to 64 tokens too instead of cuBLAS: to measure. Host code.
 int tensor_core_from(bool int8);
 
 // kernel<<<grid, block, 0, stream>>>(args...), overlapped where overlapped_launches().

@@ -57,7 +57,8 @@ struct GemvArgs {
 // does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97).
 // int8 rows: 64 where the tensor-core kernel applies (16-bit x on sm_80 or later, K %
 // 64 == 0), else 32 in launches of kMaxTokens (ATen's path would copy the whole weight
-// to floats). The tensor-core kernel itself takes 1-64 tokens of either (g.kernel = 2).
+// to floats). The tensor-core kernel itself takes 1-64 tokens of either (g.kernel = 2),
+// and CASCADE_TENSOR_CORE_GEMV=N (cuda_common.cuh) lets 16-bit weights use it up to 64.
 int gemv_max_tokens(const GemvArgs& g);
 cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream);
 // A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =

@@ -186,13 +186,23 @@ bool overlapped_launches() {
   return enabled && compute_major() >= 9;
 }
 
-int tensor_core_from(bool int8) {
-  static const int from = [] {  // 0: the default below; -1: never
+namespace {
+
+// CASCADE_TENSOR_CORE_GEMV: 0 unset, -1 off ("0" or not a count), else N in [1, 65].
+int tensor_core_setting() {
+  static const int from = [] {
     const char* e = std::getenv("CASCADE_TENSOR_CORE_GEMV");
     if (!e) return 0;
     const long v = std::strtol(e, nullptr, 10);
     return v >= 1 && v <= 65 ? static_cast<int>(v) : -1;
   }();
+  return from;
+}
+
+}  // namespace
+
+int tensor_core_from(bool int8) {
+  const int from = tensor_core_setting();
   if (from < 0 || compute_major() < 8) return 0;
   // bench/gpu_gemv_bench on the H200, summed over a layer's four projections: int8 rows
   // read faster on the tensor cores from 2 tokens on; 16-bit rows between 4 tokens (GEMV
@@ -201,8 +211,9 @@ int tensor_core_from(bool int8) {
 }
 
 int gemv_max_tokens(const GemvArgs& g) {
-  if (!g.int8) return kMaxTokens;
-  return g.dtype != 0 && tensor_core_from(true) > 0 && g.K % 64 == 0 ? gemv::kMmaMaxTokens : 32;
+  const bool tc = g.dtype != 0 && tensor_core_from(g.int8) > 0 && g.K % (g.int8 ? 64 : 32) == 0;
+  if (g.int8) return tc ? gemv::kMmaMaxTokens : 32;
+  return tc && tensor_core_setting() > 0 ? gemv::kMmaMaxTokens : kMaxTokens;  // a set threshold: up to 64
 }
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
