@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
           }
         }
         g.tpr = 0;
-        if (want("mma") && T <= 64 && sh.K % (int8 ? 64 : 32) == 0) {  // also where the default is cuBLAS
+        if (want("mma") && T <= 64 && cuda::tensor_core_applies(g)) {  // also where the default is cuBLAS
           g.kernel = 2;
           report("mma", 0, ours());
         }

@@ -29,12 +29,12 @@ cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int
                            cudaStream_t stream);
 cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
                        int dim, cudaStream_t stream);
-// The decode GEMV (stage/kernels/gemv.cuh, small_gemm.cuh): y [T, N] = x [T, K] times w's
-// rows, each row read once per kMaxTokens tokens (GEMV) or per 64 (tensor cores), T in
-// [1, gemv_max_tokens(g)]. K % 32 == 0 (16-bit) or K % 64 (int8) for the tensor cores. dtype is x's, b's, r's and y's:
-// 1 float16 or 2 bfloat16, where w is the same; with int8 weights (int8 rows, `scale` float32 [N], [2N] gated) also 0
-// float32, which takes the plain epilogue only. K % 8 == 0 (16-bit) or K % 16 == 0 (int8); w 16-byte aligned; b, r may
-// be null.
+// The decode GEMV (stage/kernels/gemv.cuh, small_gemm.cuh): y [T, N] = x [T, K] times
+// w's rows, each row read once per kMaxTokens tokens (GEMV) or per 64 (tensor cores), T
+// in [1, gemv_max_tokens(g)]. dtype is x's, b's, r's and y's: 1 float16 or 2 bfloat16,
+// where w is the same; with int8 weights (int8 rows, `scale` float32 [N], [2N] gated)
+// also 0 float32, which takes the plain epilogue only. K % 8 == 0 (16-bit) or K % 16 ==
+// 0 (int8); w 16-byte aligned; b, r may be null.
 struct GemvArgs {
   int dtype = 2;
   bool int8 = false;
@@ -60,6 +60,10 @@ struct GemvArgs {
 // to floats). The tensor-core kernel itself takes 1-64 tokens of either (g.kernel = 2),
 // and CASCADE_TENSOR_CORE_GEMV=N (cuda_common.cuh) lets 16-bit weights use it up to 64.
 int gemv_max_tokens(const GemvArgs& g);
+// Whether the tensor-core kernel takes g (its T ignored): 16-bit x, compute capability
+// 8.0 or later and not switched off (cuda_common.cuh, tensor_core_from), K % 32 == 0
+// (16-bit weights) or K % 64 == 0 (int8 rows).
+bool tensor_core_applies(const GemvArgs& g);
 cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream);
 // A gated MLP's first half: w [2N, K] holds gate rows then up rows; y [T, N] =
 // act(x w_gate) * (x w_up); g.b and g.r unused.

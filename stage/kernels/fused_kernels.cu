@@ -157,36 +157,20 @@ void rope_as(const void* x, const void* cos, const void* sin, void* y, int token
                     static_cast<const S*>(cos), static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
 }
 
-}  // namespace
-
-namespace {
-
 // The current device's compute capability major, asked once per device; -1 if unknown.
 int compute_major() {
   constexpr int kDevices = 64;
-  static std::atomic<int> known[kDevices];  // 0 not asked yet, else major + 1 (0 on error)
+  static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 unknown, else major + 2
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return -1;
   int k = known[dev].load(std::memory_order_relaxed);
   if (k == 0) {
     int major = -1;
-    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? major + 1 : 0;
+    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? major + 2 : 1;
     known[dev].store(k, std::memory_order_relaxed);
   }
-  return k - 1;
+  return k - 2;
 }
-
-}  // namespace
-
-bool overlapped_launches() {
-  static const bool enabled = [] {
-    const char* e = std::getenv("CASCADE_PDL");
-    return !(e && std::string(e) == "0");
-  }();
-  return enabled && compute_major() >= 9;
-}
-
-namespace {
 
 // CASCADE_TENSOR_CORE_GEMV: 0 unset, -1 off ("0" or not a count), else N in [1, 65].
 int tensor_core_setting() {
@@ -201,6 +185,14 @@ int tensor_core_setting() {
 
 }  // namespace
 
+bool overlapped_launches() {
+  static const bool enabled = [] {
+    const char* e = std::getenv("CASCADE_PDL");
+    return !(e && std::string(e) == "0");
+  }();
+  return enabled && compute_major() >= 9;
+}
+
 int tensor_core_from(bool int8) {
   const int from = tensor_core_setting();
   if (from < 0 || compute_major() < 8) return 0;
@@ -210,8 +202,12 @@ int tensor_core_from(bool int8) {
   return from > 0 ? from : (int8 ? 2 : 5);
 }
 
+bool tensor_core_applies(const GemvArgs& g) {
+  return g.dtype != 0 && tensor_core_from(g.int8) > 0 && g.K % (g.int8 ? 64 : 32) == 0;
+}
+
 int gemv_max_tokens(const GemvArgs& g) {
-  const bool tc = g.dtype != 0 && tensor_core_from(g.int8) > 0 && g.K % (g.int8 ? 64 : 32) == 0;
+  const bool tc = tensor_core_applies(g);
   if (g.int8) return tc ? gemv::kMmaMaxTokens : 32;
   return tc && tensor_core_setting() > 0 ? gemv::kMmaMaxTokens : kMaxTokens;  // a set threshold: up to 64
 }

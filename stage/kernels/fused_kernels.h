@@ -18,8 +18,8 @@ namespace cascade::stage {
 // read it once (cuBLAS's kernels for these shapes reach ~60% of HBM bandwidth: the
 // profile); from 5 tokens (16-bit weights, up to 8) or 2 (int8 rows, up to 64) a
 // tensor-core kernel with the same epilogues does, on sm_80 and later for 16-bit x and
-// in % 32 == 0 (16-bit weights) or % 64 (int8). Where neither takes
-// the call (cuda::gemv_max_tokens): undefined, and the caller takes ATen's path.
+// in % 32 == 0 (16-bit weights) or % 64 (int8). Where neither takes the call
+// (cuda::gemv_max_tokens): undefined, and the caller takes ATen's path.
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale = {});
 // r + fused_linear(x, w, b, scale) in one kernel; r [tokens, out] in x's 16-bit dtype.
 at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,

@@ -180,12 +180,6 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
   }
 }
 
-// Whether g can go to mma_kernel: 16-bit inputs on sm_80 or later, K in whole chunks.
-template <typename S, typename W>
-bool mma_applies(const GemvArgs& g) {
-  return sizeof(S) == 2 && tensor_core_from(std::is_same_v<W, int8_t>) > 0 && g.K % (4 * kPerLoad<W>) == 0;
-}
-
 template <int E, typename S, typename W>
 cudaError_t launch_mma(const GemvArgs& g, cudaStream_t stream) {
   for (int t0 = 0; t0 < g.T; t0 += kMmaMaxTokens) {
@@ -212,9 +206,9 @@ cudaError_t launch_mma(const GemvArgs& g, cudaStream_t stream) {
 template <int E, typename S, typename W>
 cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
   if constexpr (sizeof(S) == 2) {
-    const int from = tensor_core_from(std::is_same_v<W, int8_t>);
-    if (g.kernel == 2 || (g.kernel == 0 && from > 0 && g.T >= from && mma_applies<S, W>(g)))
-      return mma_applies<S, W>(g) ? launch_mma<E, S, W>(g, stream) : cudaErrorInvalidValue;
+    const bool applies = tensor_core_applies(g);  // its K is whole chunks: 4 kPerLoad<W>
+    if (g.kernel == 2) return applies ? launch_mma<E, S, W>(g, stream) : cudaErrorInvalidValue;
+    if (g.kernel == 0 && applies && g.T >= tensor_core_from(g.int8)) return launch_mma<E, S, W>(g, stream);
   } else if (g.kernel == 2) {
     return cudaErrorInvalidValue;
   }
