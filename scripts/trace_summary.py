@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Per-stage span statistics of a `cascade bench --trace` file: count, mean, median and
-total time of each span kind (recv / compute / send) on each stage thread.
+total time of each span kind (recv / compute / sample / send) on each stage thread.
+"sample" is the last stage's host-side sampling; with --trace its "compute" ends when
+the forward's device work has.
 
     python3 scripts/trace_summary.py trace.json
 """
@@ -17,7 +19,7 @@ def main(path):
     names = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
     spans = collections.defaultdict(list)
     for e in events:
-        if e.get("ph") == "X" and e["name"] in ("recv", "compute", "send"):
+        if e.get("ph") == "X" and e["name"] in ("recv", "compute", "sample", "send"):
             spans[(e.get("tid"), e["name"])].append(e["dur"] / 1000.0)
     print(f"{'thread':34} {'span':8} {'count':>6} {'mean ms':>9} {'median ms':>10} {'total s':>8}")
     for (tid, name), d in sorted(spans.items()):

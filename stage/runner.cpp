@@ -1,8 +1,10 @@
 #include "stage/runner.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <optional>
+#include <string>
 
 namespace cascade::stage {
 
@@ -67,6 +69,39 @@ class Records {
   std::vector<double> v_;
 };
 
+// Whether one argmax over the batch's logits on their device picks every token of
+// the step: each sampling sequence is plain greedy, without logprobs or forks, and
+// none scores its prompt. Then [seqs] ids cross to the host instead of [rows, vocab]
+// logits, and no per-row host work is left. CASCADE_SAMPLE_ON_HOST=1 turns it off
+// (a measurement switch: the host path gives the same tokens).
+bool batch_argmax_applies(const comm::StepHeader& h) {
+  static const bool host = [] {
+    const char* e = std::getenv("CASCADE_SAMPLE_ON_HOST");
+    return e && std::string(e) == "1";
+  }();
+  if (host) return false;
+  for (const auto& s : h.seqs) {
+    const SamplingParams& p = s.sampling;
+    if (p.prompt_logprobs && p.logprobs >= 0) return false;
+    if (s.sample && (!Sampler::plain_greedy(p) || p.logprobs >= 0 || !s.forks.empty())) return false;
+  }
+  return true;
+}
+
+// Each sequence's argmax of its last logit row, [seqs] int64 on the host.
+at::Tensor batch_argmax(const comm::StepHeader& h, const at::Tensor& logits) {
+  std::vector<int64_t> last;
+  int64_t row = 0;
+  for (const auto& s : h.seqs) {
+    row += s.all_logits() ? s.n_tokens : 1;
+    last.push_back(row - 1);
+  }
+  const bool one_row_each = row == static_cast<int64_t>(last.size());
+  const at::Tensor rows =
+      one_row_each ? logits : logits.index_select(0, at::tensor(last, at::kLong).to(logits.device()));
+  return rows.argmax(1).to(at::kCPU).contiguous();
+}
+
 }  // namespace
 
 StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tensor& logits) {
@@ -76,13 +111,16 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
               " do not match the ", rows, " rows of ", h.seqs.size(), " sequences");
   TORCH_CHECK(h.ids.empty() || static_cast<int64_t>(h.ids.size()) == b.total_tokens(), "step ", h.step_id, ": ",
               h.ids.size(), " token ids for ", b.total_tokens(), " tokens");
-  const at::Tensor cpu = logits.to(at::kCPU, at::kFloat).contiguous();
-  const int64_t vocab = cpu.size(1);
+  const bool on_device = batch_argmax_applies(h);
+  const at::Tensor picked = on_device ? batch_argmax(h, logits) : at::Tensor();  // [seqs]
+  const at::Tensor cpu = on_device ? at::Tensor() : logits.to(at::kCPU, at::kFloat).contiguous();
+  const int64_t vocab = logits.size(1);
   auto row_ptr = [&](int64_t r) { return cpu.data_ptr<float>() + r * vocab; };
   int64_t k = 0;
   for (const auto& s : h.seqs) k = std::max<int64_t>(k, s.sampling.logprobs);
   Records rec(k);
   at::Tensor out = at::full({static_cast<int64_t>(h.result_rows())}, -1, at::kLong);
+  int64_t* out_ids = out.data_ptr<int64_t>();
   int64_t row = 0, tok = 0, fork_row = static_cast<int64_t>(h.seqs.size());
   for (size_t i = 0; i < h.seqs.size(); ++i) {
     const comm::SeqEntry& s = h.seqs[i];
@@ -127,18 +165,21 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
         }
       }
     }
-    if (s.sample) {
+    if (s.sample && on_device) {
+      out_ids[i] = picked.data_ptr<int64_t>()[i];
+      sm.accept(out_ids[i]);
+    } else if (s.sample) {
       const at::Tensor last = cpu[row + n_rows - 1];
       const int64_t pos = s.start_pos + s.n_tokens;
       // Forks start from the prompt, before this sequence's own token.
       const std::optional<Sampler> base = s.forks.empty() ? std::nullopt : std::optional<Sampler>(sm);
       TokenScore ts;
-      out[static_cast<int64_t>(i)] = sm.next(last, p.logprobs >= 0 ? &ts : nullptr);
+      out_ids[i] = sm.next(last, p.logprobs >= 0 ? &ts : nullptr);
       if (p.logprobs >= 0) rec.add(static_cast<int64_t>(i), pos, ts);
       for (const auto& [slot, seed] : s.forks) {
         prompt_tail_.erase(slot);
         Sampler& f = samplers_.insert_or_assign(slot, base->fork(seed)).first->second;
-        out[fork_row] = f.next(last, p.logprobs >= 0 ? &ts : nullptr);
+        out_ids[fork_row] = f.next(last, p.logprobs >= 0 ? &ts : nullptr);
         if (p.logprobs >= 0) rec.add(fork_row, pos, ts);
         ++fork_row;
       }

@@ -49,9 +49,9 @@ Sampler Sampler::fork(uint64_t seed) const {
   return s;
 }
 
-bool Sampler::plain_greedy() const {
-  return p_.greedy() && p_.logit_bias.empty() && p_.repetition_penalty == 1.0 && p_.presence_penalty == 0.0 &&
-         p_.frequency_penalty == 0.0;
+bool Sampler::plain_greedy(const SamplingParams& p) {
+  return p.greedy() && p.logit_bias.empty() && p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 &&
+         p.frequency_penalty == 0.0;
 }
 
 void Sampler::adjust(std::vector<float>& l) const {
@@ -130,7 +130,7 @@ int64_t Sampler::next(const at::Tensor& logits, TokenScore* score) {
   const float* raw = t.data_ptr<float>();
   const int64_t n = t.numel();
   int64_t token = 0;
-  if (plain_greedy()) {
+  if (plain_greedy(p_)) {
     token = t.argmax().item<int64_t>();
     if (score) *score = score_token(raw, n, token, p_.logprobs);
   } else {
@@ -139,9 +139,13 @@ int64_t Sampler::next(const at::Tensor& logits, TokenScore* score) {
     token = p_.greedy() ? std::max_element(l.begin(), l.end()) - l.begin() : draw(l);
     if (score) *score = score_token(l.data(), n, token, p_.logprobs);
   }
+  accept(token);
+  return token;
+}
+
+void Sampler::accept(int64_t token) {
   ++counts_[token];
   if (p_.repetition_penalty != 1.0) seen_.insert(token);
-  return token;
 }
 
 }  // namespace cascade::stage

@@ -49,6 +49,12 @@ class Sampler {
   // The next token. logits [vocab], any float dtype and device. `score`, when given,
   // receives the token's log-probability and top alternatives (params.logprobs >= 0).
   int64_t next(const at::Tensor& logits, TokenScore* score = nullptr);
+  // Records `token` as this sequence's next one when it was chosen elsewhere (the
+  // argmax of a whole batch's logits on their device, for plain greedy sequences).
+  void accept(int64_t token);
+  // Whether the argmax of the raw logits is the token, whatever the history: greedy,
+  // no logit_bias, no penalties (logprobs do not change the token).
+  static bool plain_greedy(const SamplingParams& p);
   // A sequence with this one's options and history but its own seed (n > 1).
   Sampler fork(uint64_t seed) const;
 
@@ -56,7 +62,6 @@ class Sampler {
   bool sampled() const { return !counts_.empty(); }
 
  private:
-  bool plain_greedy() const;  // argmax of the raw logits is the answer
   void adjust(std::vector<float>& l) const;
   int64_t draw(const std::vector<float>& l);
 

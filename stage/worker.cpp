@@ -266,9 +266,14 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         continue;
       }
       h.kind = comm::StepKind::kResult;
+      if (a.trace) {  // the forward's device work ends here, so "sample" is the host's part alone
+        (void)out.reshape(-1).narrow(0, 0, 1).to(at::kCPU);
+        span("compute", h, c0);
+      }
+      const int64_t p0 = now_us();
       const StepRunner::Sampled sampled = runner.sample(m.header, out);
       busy += std::chrono::duration<double>(Clock::now() - t0).count();
-      span("compute", h, c0);
+      span("sample", h, p0);
       const int64_t s0 = now_us();
       ch.out[i]->send(h, sampled.ids, after(a.runtime.step_timeout));
       runner.model().hop_sent();

@@ -57,6 +57,33 @@ TEST(StepRunner, SamplesOnlyWhereAsked) {
   EXPECT_EQ(ids[1].item<int64_t>(), logits[1].argmax().item<int64_t>());
 }
 
+// Plain greedy batches take one argmax on the logits' device; any sequence with
+// logprobs sends the whole batch through the host path. Both pick the first largest
+// logit of each sequence's last row (ties included), also when a sequence returns a
+// row per prompt token.
+TEST(StepRunner, BatchArgmaxEqualsTheHostPath) {
+  auto h = prefill({1, 3, 1});
+  h.seqs[1].sampling.prompt_logprobs = true;  // all its rows, logprobs still off
+  h.ids = {7, 1, 2, 3, 9};
+  at::manual_seed(5);
+  // Few distinct values, so rows hold ties.
+  const at::Tensor logits = (at::randint(0, 4, {5, 40}, at::kFloat) / 2).to(at::kBFloat16);
+  StepRunner device_path(load("llama_gqa", {}, 3)), host_path(load("llama_gqa", {}, 3));
+  auto scored = h;
+  for (auto& s : scored.seqs) s.sampling.logprobs = 0;
+  const at::Tensor got = device_path.sample(h, logits).ids;
+  const at::Tensor want = host_path.sample(scored, logits).ids;
+  EXPECT_TRUE(at::equal(got, want)) << got << want;
+  const int64_t last_rows[] = {0, 3, 4};
+  for (int64_t i = 0; i < 3; ++i) {
+    const at::Tensor row = logits[last_rows[i]].to(at::kFloat);
+    const float best = row.max().item<float>();
+    int64_t first = 0;
+    while (row[first].item<float>() != best) ++first;
+    EXPECT_EQ(got[i].item<int64_t>(), first) << "sequence " << i;
+  }
+}
+
 TEST(StepRunner, SeededSamplingRestartsWithTheSequence) {
   StepRunner r(load("llama_gqa"));
   auto h = prefill({3});
