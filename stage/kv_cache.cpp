@@ -110,6 +110,22 @@ at::Tensor KvCache::attend_decode(int64_t layer, const at::Tensor& q, const at::
   return o.reshape({B, heads * head_dim});
 }
 
+at::Tensor KvCache::attend_decode_rotary(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& cos, const at::Tensor& sin, const DecodeIndex& d,
+                                         double scale, int64_t window, const ScoreMods& mods) {
+  if (!counters_.defined()) return {};
+  Layer& c = this->layer(layer);
+  const int64_t B = q.size(0), heads = q.size(1), head_dim = q.size(2);
+  TORCH_CHECK(d.slots.size(0) == B, "decode index has ", d.slots.size(0), " sequences, the step ", B);
+  const DecodeAttentionArgs args{d.span, scale, window, mods.softcap, mods.alibi};
+  if (!decode_attention_applies(q, c.k, c.v, args, counters_)) return {};
+  const at::Tensor qr = decode_rope_store_kv(q, k, v, cos, sin, c.k, c.v, d.slots, d.pos);
+  if (!qr.defined()) return {};
+  const at::Tensor o = decode_attention(qr, c.k, c.v, d.slots, d.pos, args, counters_);
+  TORCH_CHECK(o.defined(), "decode attention refused a step it said it takes");
+  return o.view({B, heads * head_dim});
+}
+
 uint64_t KvCache::bytes() const {
   uint64_t b = 0;
   for (const auto& [l, t] : layers_) b += 2 * t.k.numel() * t.k.element_size();

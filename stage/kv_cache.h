@@ -71,6 +71,15 @@ class KvCache {
   at::Tensor attend_decode(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
 
+  // attend_decode with RoPE folded into the store: q and k arrive unrotated, cos/sin
+  // [seqs, head_dim] in q's dtype; one kernel rotates q and k and writes K/V, one
+  // attends. Undefined where those kernels do not take the step (not a GPU cache, a
+  // partial rotary, a head size they lack), before anything is written: the caller then
+  // rotates q and k itself and calls attend_decode.
+  at::Tensor attend_decode_rotary(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cos, const at::Tensor& sin, const DecodeIndex& d, double scale,
+                                  int64_t window, const ScoreMods& mods = {});
+
   // For layers that attend by themselves (T5's: a relative bias on the scores, and
   // cross-attention keys in the slot's first positions, stage/layers/seq2seq.h):
   // store() writes k/v [n, kv_heads, head_dim] at positions [pos, pos + n) of `slot`;

@@ -156,6 +156,27 @@ TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
   }
 }
 
+// Beyond the fused GEMVs' tokens the gated MLP's activation and product are one kernel
+// after cuBLAS's projection; it rounds as ATen's activation and multiply do.
+TEST(FusedKernels, GatedActivationMatchesTheAtenOps) {
+  EXPECT_FALSE(fused_gated_act(at::ones({2, 8}), 0).defined());  // a CPU tensor
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(2);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    for (Activation a : {Activation::kSilu, Activation::kRelu, Activation::kGelu, Activation::kGeluTanh}) {
+      const at::Tensor gu = (at::randn({13, 2 * 200}) * 3).to(t).cuda();
+      const at::Tensor got = fused_gated_act(gu, static_cast<int>(a));
+      ASSERT_TRUE(got.defined());
+      const at::Tensor want = activate(gu.narrow(1, 0, 200), a) * gu.narrow(1, 200, 200);
+      const double worst =
+          ((got.to(at::kFloat) - want.to(at::kFloat)).abs() / want.to(at::kFloat).abs().clamp_min(1e-3))
+              .max()
+              .item<double>();
+      EXPECT_LE(worst, t == at::kFloat ? 1e-5 : 1.6e-2) << t << " activation " << static_cast<int>(a);
+    }
+  }
+}
+
 TEST(FusedKernels, RopeIsBitForBitTheAtenOps) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(1);
@@ -166,6 +187,12 @@ TEST(FusedKernels, RopeIsBitForBitTheAtenOps) {
       const at::Tensor got = fused_rope(x.cuda(), cos.cuda(), sin.cuda()).cpu();
       EXPECT_TRUE(at::equal(got, want)) << t << " dim " << dim << ": max |d| "
                                         << (got.to(at::kFloat) - want.to(at::kFloat)).abs().max().item<double>();
+      // Rows read in place from a wider tensor (q or k of a fused q/k/v output).
+      const at::Tensor wide = at::randn({7, 5 * dim}).to(t).cuda();
+      const at::Tensor strided = wide.narrow(1, dim, 3 * dim).view({7, 3, dim});
+      EXPECT_TRUE(at::equal(fused_rope(strided, cos.cuda(), sin.cuda()).cpu(),
+                            apply_rope(strided.cpu().contiguous(), cos, sin)))
+          << t << " dim " << dim << ", strided rows";
     }
   }
 }

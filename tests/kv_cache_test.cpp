@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "stage/layers/rope.h"
 #include "tests/test_util.h"
 
 namespace cascade::stage {
@@ -166,6 +167,50 @@ TEST(KvCache, DecodeKernelsMatchTheAtenPathOnTheGpu) {
           }
         }
       }
+    }
+  }
+}
+
+// RoPE folded into the KV store's kernel gives what rotating q and k first gives, bit
+// for bit (same rounding), with q/k/v read in place from one fused projection's output
+// (strided rows); a CPU cache declines it and writes nothing.
+TEST(KvCache, RotaryDecodeEqualsRotatingFirst) {
+  at::manual_seed(6);
+  const int64_t heads = 8, kvh = 2, d = 128, B = 3;
+  const double scale = 1.0 / std::sqrt(double(d));
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {{2, 40}, {0, 1}, {3, 17}};  // (slot, prompt)
+  Batch b;
+  for (const auto& [slot, len] : seqs) b.seqs.push_back({slot, len, 1});
+  {
+    KvCache cpu({0}, 4, kvh, 64, d, at::kFloat, at::kCPU, true);
+    const at::Tensor q = at::randn({B, heads, d}), k = at::randn({B, kvh, d}), cs = at::randn({B, d});
+    EXPECT_FALSE(cpu.attend_decode_rotary(0, q, k, k, cs, cs, cpu.decode_index(b, at::kCPU, 64), scale, 0).defined());
+    EXPECT_EQ(cpu.read(0, 2, 40, 41).first.abs().sum().item<double>(), 0.0);
+  }
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    KvCache fused({0}, 4, kvh, 64, d, t, at::kCUDA, true), apart({0}, 4, kvh, 64, d, t, at::kCUDA, true);
+    for (const auto& [slot, len] : seqs) {
+      const at::Tensor k = at::randn({len, kvh, d}).to(t).cuda(), v = at::randn({len, kvh, d}).to(t).cuda();
+      const at::Tensor q = at::randn({len, heads, d}).to(t).cuda();
+      fused.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
+      apart.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
+    }
+    const at::Tensor qkv = at::randn({B, (heads + 2 * kvh) * d}).to(t).cuda();  // [B, q | k | v]
+    const at::Tensor q = qkv.narrow(1, 0, heads * d).view({B, heads, d});
+    const at::Tensor k = qkv.narrow(1, heads * d, kvh * d).view({B, kvh, d});
+    const at::Tensor v = qkv.narrow(1, (heads + kvh) * d, kvh * d).view({B, kvh, d});
+    const at::Tensor angle = at::rand({B, d}) * 6;
+    const at::Tensor cos = angle.cos().to(t).cuda(), sin = angle.sin().to(t).cuda();
+    const at::Tensor got =
+        fused.attend_decode_rotary(0, q, k, v, cos, sin, fused.decode_index(b, at::kCUDA, 64), scale, 0);
+    ASSERT_TRUE(got.defined()) << t;
+    const at::Tensor want = apart.attend_decode(0, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+                                                apart.decode_index(b, at::kCUDA, 64), scale, 0);
+    EXPECT_TRUE(at::equal(got, want)) << t << " max |diff| " << (got - want).abs().max().item<double>();
+    for (const auto& [slot, len] : seqs) {
+      EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).first, apart.read(0, slot, 0, len + 1).first)) << t;
+      EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).second, apart.read(0, slot, 0, len + 1).second)) << t;
     }
   }
 }

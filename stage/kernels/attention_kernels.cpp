@@ -20,34 +20,82 @@ bool cache_ok(const at::Tensor& c, const at::Tensor& like) {
          reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0;
 }
 
+// k/v [B, kv_heads, D], heads packed, rows possibly strided, fit the caches.
+bool store_ok(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  return cuda_dtype_code(k.scalar_type()) >= 0 && cache_ok(k_cache, k) && cache_ok(v_cache, k) &&
+         v.scalar_type() == k.scalar_type() && k.dim() == 3 && v.sizes() == k.sizes() && k.size(1) == k_cache.size(1) &&
+         k.size(2) == k_cache.size(3) && k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == k.size(2) &&
+         v.stride(1) == v.size(2);
+}
+
+cuda::DecodeStoreKv store_args(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
+                               const at::Tensor& slots, const at::Tensor& pos) {
+  cuda::DecodeStoreKv a;
+  a.dtype = cuda_dtype_code(k.scalar_type());
+  a.B = static_cast<int>(k.size(0));
+  a.kv_heads = static_cast<int>(k.size(1));
+  a.D = static_cast<int>(k.size(2));
+  a.max_seq = static_cast<int>(k_cache.size(2));
+  a.k = k.data_ptr();
+  a.k_row = k.stride(0);
+  a.v = v.data_ptr();
+  a.v_row = v.stride(0);
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.slots = slots.data_ptr<int64_t>();
+  a.pos = pos.data_ptr<int64_t>();
+  return a;
+}
+
 }  // namespace
 
 bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
                      const at::Tensor& slots, const at::Tensor& pos) {
-  const int code = cuda_dtype_code(k.scalar_type());
-  if (code < 0 || !cache_ok(k_cache, k) || !cache_ok(v_cache, k) || v.scalar_type() != k.scalar_type() ||
-      k.dim() != 3 || v.sizes() != k.sizes() || k.size(1) != k_cache.size(1) || k.size(2) != k_cache.size(3) ||
-      k.stride(2) != 1 || v.stride(2) != 1 || k.stride(1) != k.size(2) || v.stride(1) != v.size(2))
-    return false;
+  if (!store_ok(k, v, k_cache, v_cache)) return false;
   comm::cuda_check(
-      cuda::decode_store_kv(code, static_cast<int>(k.size(0)), static_cast<int>(k.size(1)), static_cast<int>(k.size(2)),
-                            static_cast<int>(k_cache.size(2)), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-                            k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
-                            at::cuda::getCurrentCUDAStream().stream()),
+      cuda::decode_store_kv(store_args(k, v, k_cache, v_cache, slots, pos), at::cuda::getCurrentCUDAStream().stream()),
       "the KV store kernel");
   return true;
+}
+
+at::Tensor decode_rope_store_kv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                                const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                                const at::Tensor& slots, const at::Tensor& pos) {
+  if (!store_ok(k, v, k_cache, v_cache) || q.dim() != 3 || q.scalar_type() != k.scalar_type() ||
+      q.size(0) != k.size(0) || q.size(2) != k.size(2) || q.stride(2) != 1 || q.stride(1) != q.size(2) ||
+      cos.scalar_type() != k.scalar_type() || sin.scalar_type() != k.scalar_type() ||
+      cos.sizes() != at::IntArrayRef({k.size(0), k.size(2)}) || sin.sizes() != cos.sizes() || k.size(2) % 2 != 0)
+    return {};
+  const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+  at::Tensor q_out = at::empty(q.sizes(), q.options());
+  cuda::DecodeStoreKv a = store_args(k, v, k_cache, v_cache, slots, pos);
+  a.cos = c.data_ptr();
+  a.sin = s.data_ptr();
+  a.q = q.data_ptr();
+  a.q_row = q.stride(0);
+  a.q_out = q_out.data_ptr();
+  a.heads = static_cast<int>(q.size(1));
+  comm::cuda_check(cuda::decode_store_kv(a, at::cuda::getCurrentCUDAStream().stream()), "the RoPE + KV store kernel");
+  return q_out;
+}
+
+bool decode_attention_applies(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const DecodeAttentionArgs& args, const at::Tensor& counters) {
+  if (cuda_dtype_code(q.scalar_type()) < 0 || !q.is_cuda() || q.dim() != 3 || !cache_ok(k_cache, q) ||
+      !cache_ok(v_cache, q))
+    return false;
+  const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
+  return (D == 64 || D == 128 || D == 256) && D == k_cache.size(3) && heads % kv_heads == 0 && heads / kv_heads <= 8 &&
+         counters.defined() && counters.numel() >= B * kv_heads &&
+         (!args.slopes.defined() || (args.slopes.scalar_type() == at::kFloat && args.slopes.numel() == heads));
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
                             at::Tensor& counters) {
+  if (!decode_attention_applies(q, k_cache, v_cache, args, counters)) return {};
   const int code = cuda_dtype_code(q.scalar_type());
-  if (code < 0 || !q.is_cuda() || q.dim() != 3 || !cache_ok(k_cache, q) || !cache_ok(v_cache, q)) return {};
   const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
-  if ((D != 64 && D != 128 && D != 256) || D != k_cache.size(3) || heads % kv_heads != 0 || heads / kv_heads > 8 ||
-      !counters.defined() || counters.numel() < B * kv_heads ||
-      (args.slopes.defined() && (args.slopes.scalar_type() != at::kFloat || args.slopes.numel() != heads)))
-    return {};
   // Enough blocks for four per multiprocessor, and at least 16 keys per block: a block's
   // time is its warps' chains of dependent keys (4 keys a warp here), not bandwidth, at
   // the spans of a chat (20 blocks of up to 64 keys took 8.8 us at batch 1 on the H200).
@@ -80,6 +128,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
 // No CUDA kernels in this build: the ATen path everywhere.
 bool decode_store_kv(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
                      const at::Tensor&) {
+  return false;
+}
+at::Tensor decode_rope_store_kv(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  return {};
+}
+bool decode_attention_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const DecodeAttentionArgs&,
+                              const at::Tensor&) {
   return false;
 }
 at::Tensor decode_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,

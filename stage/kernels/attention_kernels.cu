@@ -207,27 +207,40 @@ cudaError_t attention_d(const DecodeAttention& a, const void* q, const void* kc,
   }
 }
 
+// Blocks [0, q_blocks) rotate one (sequence, query head) row of q into q_out; each
+// later block writes one (sequence, KV head)'s key (rotated when cos) and value into
+// the cache at (slots[b], head, pos[b]).
 template <typename S>
-__global__ void store_kv_kernel(const S* __restrict__ k, int64_t k_row, const S* __restrict__ v, int64_t v_row,
-                                S* __restrict__ kc, S* __restrict__ vc, const int64_t* __restrict__ slots,
-                                const int64_t* __restrict__ pos, int kv_heads, int D, int max_seq) {
-  const int b = blockIdx.x / kv_heads, h = blockIdx.x % kv_heads;
+__global__ void store_kv_kernel(const cuda::DecodeStoreKv a, int q_blocks) {
+  const S* cos = static_cast<const S*>(a.cos);
+  const S* sin = static_cast<const S*>(a.sin);
   wait_for_prior_grid();
   allow_next_grid();
-  const int64_t dst = ((slots[b] * kv_heads + h) * max_seq + pos[b]) * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    kc[dst + i] = k[b * k_row + h * D + i];
-    vc[dst + i] = v[b * v_row + h * D + i];
+  if (static_cast<int>(blockIdx.x) < q_blocks) {
+    const int64_t b = blockIdx.x / a.heads, h = blockIdx.x % a.heads;
+    rope_row(static_cast<const S*>(a.q) + b * a.q_row + h * a.D, cos + b * a.D, sin + b * a.D,
+             static_cast<S*>(a.q_out) + static_cast<int64_t>(blockIdx.x) * a.D, a.D);
+    return;
   }
+  const int64_t blk = blockIdx.x - q_blocks, b = blk / a.kv_heads, h = blk % a.kv_heads;
+  const int64_t dst = ((a.slots[b] * a.kv_heads + h) * a.max_seq + a.pos[b]) * a.D;
+  const S* k = static_cast<const S*>(a.k) + b * a.k_row + h * a.D;
+  const S* v = static_cast<const S*>(a.v) + b * a.v_row + h * a.D;
+  S* kc = static_cast<S*>(a.k_cache) + dst;
+  S* vc = static_cast<S*>(a.v_cache) + dst;
+  if (cos) {
+    rope_row(k, cos + b * a.D, sin + b * a.D, kc, a.D);
+  } else {
+    for (int i = threadIdx.x; i < a.D; i += blockDim.x) kc[i] = k[i];
+  }
+  for (int i = threadIdx.x; i < a.D; i += blockDim.x) vc[i] = v[i];
 }
 
 template <typename S>
-void store_kv_as(int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row, const void* v, int64_t v_row,
-                 void* kc, void* vc, const int64_t* slots, const int64_t* pos, cudaStream_t stream) {
-  const int threads = D < 256 ? D : 256;
-  launch_overlapped(store_kv_kernel<S>, dim3(B * kv_heads), dim3(threads), stream, static_cast<const S*>(k), k_row,
-                    static_cast<const S*>(v), v_row, static_cast<S*>(kc), static_cast<S*>(vc), slots, pos, kv_heads, D,
-                    max_seq);
+cudaError_t store_kv_as(const cuda::DecodeStoreKv& a, cudaStream_t stream) {
+  const int threads = a.D < 256 ? a.D : 256;
+  const int q_blocks = a.q ? a.B * a.heads : 0;
+  return launch_overlapped(store_kv_kernel<S>, dim3(q_blocks + a.B * a.kv_heads), dim3(threads), stream, a, q_blocks);
 }
 
 }  // namespace
@@ -248,24 +261,19 @@ cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void
   }
 }
 
-cudaError_t decode_store_kv(int dtype, int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row,
-                            const void* v, int64_t v_row, void* k_cache, void* v_cache, const int64_t* slots,
-                            const int64_t* pos, cudaStream_t stream) {
-  if (B <= 0) return cudaSuccess;
-  switch (dtype) {
+cudaError_t decode_store_kv(const DecodeStoreKv& a, cudaStream_t stream) {
+  if (a.B <= 0) return cudaSuccess;
+  if ((a.q && !a.cos) || (a.q && (!a.q_out || a.heads <= 0))) return cudaErrorInvalidValue;
+  switch (a.dtype) {
     case 0:
-      store_kv_as<float>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
-      break;
+      return store_kv_as<float>(a, stream);
     case 1:
-      store_kv_as<__half>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
-      break;
+      return store_kv_as<__half>(a, stream);
     case 2:
-      store_kv_as<__nv_bfloat16>(B, kv_heads, D, max_seq, k, k_row, v, v_row, k_cache, v_cache, slots, pos, stream);
-      break;
+      return store_kv_as<__nv_bfloat16>(a, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace cascade::stage::cuda

@@ -27,6 +27,18 @@ struct DecodeAttentionArgs {
 bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
                      const at::Tensor& slots, const at::Tensor& pos);
 
+// decode_store_kv with RoPE (rotate-half) in the same launch: q [B, heads, D] and k
+// (heads packed, rows possibly strided) rotated by cos/sin [B, D] in their dtype, k on
+// its way into the cache. Returns q rotated, [B, heads, D] contiguous; undefined where it
+// does not apply, and then nothing was written.
+at::Tensor decode_rope_store_kv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                                const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                                const at::Tensor& slots, const at::Tensor& pos);
+
+// Whether decode_attention takes these (checked before anything is written).
+bool decode_attention_applies(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                              const DecodeAttentionArgs& args, const at::Tensor& counters);
+
 // q [B, heads, D] -> [B, heads, D]: softmax(q k^T * scale (+ mods), masked to keys
 // [pos - window + 1, pos]) v per sequence. `counters` [>= B * kv_heads] int32 zeros,
 // owned by the cache and left zeroed.

@@ -60,6 +60,22 @@ cudaError_t for_tokens(int tokens, const Launch& launch) {
   }
 }
 
+// RoPE (rotate-half) of one head's row: y[i] = x[i] cos[i] + rot(x)[i] sin[i] with
+// rot(x) = [-x[half:], x[:half]], each product rounded to S before the sum, as HF's
+// `q * cos + rotate_half(q) * sin` rounds in S. The block's threads stride over [0, D);
+// y must not alias x.
+template <typename S>
+__device__ inline void rope_row(const S* __restrict__ x, const S* __restrict__ cos, const S* __restrict__ sin,
+                                S* __restrict__ y, int D) {
+  const int half = D / 2;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    const float rot = i < half ? -load(x, i + half) : load(x, i - half);
+    const float a = round_to<S>(__fmul_rn(load(x, i), load(cos, i)));
+    const float b = round_to<S>(__fmul_rn(rot, load(sin, i)));
+    store(y, i, __fadd_rn(a, b));
+  }
+}
+
 // Programmatic dependent launch (sm_90 and later). A decode step is ~300 short kernels
 // in a row, and each paid its launch and ramp after the previous one drained; with
 // launch_overlapped the next kernel's blocks are scheduled while the current one's last

@@ -27,8 +27,11 @@ cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
 cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,
                            cudaStream_t stream);
-cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
-                       int dim, cudaStream_t stream);
+// y [T, N] = act(gu[:, :N]) * gu[:, N:] for gu [T, 2N] (act: Activation's value).
+cudaError_t fused_gated_act(int dtype, const void* gu, void* y, int64_t T, int N, int act, cudaStream_t stream);
+// x [tokens, heads, dim] with token stride x_row elements (heads packed) -> y contiguous.
+cudaError_t fused_rope(int dtype, const void* x, int64_t x_row, const void* cos, const void* sin, void* y, int tokens,
+                       int heads, int dim, cudaStream_t stream);
 // The decode GEMV (stage/kernels/gemv.cuh, small_gemm.cuh): y [T, N] = x [T, K] times
 // w's rows, each row read once per kMaxTokens tokens (GEMV) or per 64 (tensor cores), T
 // in [1, gemv_max_tokens(g)]. dtype is x's, b's, r's and y's: 1 float16 or 2 bfloat16,
@@ -84,9 +87,27 @@ cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void
                              const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
                              cudaStream_t stream);
 // Writes each sequence's new key and value into its slot at pos[b]: k/v [B, kv_heads, D]
-// with row strides k_row/v_row (elements) and head stride D.
-cudaError_t decode_store_kv(int dtype, int B, int kv_heads, int D, int max_seq, const void* k, int64_t k_row,
-                            const void* v, int64_t v_row, void* k_cache, void* v_cache, const int64_t* slots,
-                            const int64_t* pos, cudaStream_t stream);
+// with row strides k_row/v_row (elements) and head stride D. With cos/sin ([B, D]) the
+// key is rotated (RoPE, rotate-half) on its way in, and when q is given its rows [B,
+// heads, D] (row stride q_row, heads packed) are rotated into q_out [B, heads, D]: a
+// decode step's RoPE and KV store in one launch.
+struct DecodeStoreKv {
+  int dtype = 2, B = 0, kv_heads = 0, D = 0, max_seq = 0;
+  const void* k = nullptr;
+  int64_t k_row = 0;
+  const void* v = nullptr;
+  int64_t v_row = 0;
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  const int64_t* slots = nullptr;
+  const int64_t* pos = nullptr;
+  const void* cos = nullptr;  // null: no rotation (then q must be null)
+  const void* sin = nullptr;
+  const void* q = nullptr;
+  int64_t q_row = 0;
+  void* q_out = nullptr;
+  int heads = 0;
+};
+cudaError_t decode_store_kv(const DecodeStoreKv& a, cudaStream_t stream);
 
 }  // namespace cascade::stage::cuda

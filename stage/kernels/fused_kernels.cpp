@@ -94,15 +94,28 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) 
   return y;
 }
 
+at::Tensor fused_gated_act(const at::Tensor& gu, int act) {
+  const int code = cuda_dtype_code(gu.scalar_type());
+  if (!gu.is_cuda() || code < 0 || gu.dim() != 2 || gu.size(1) % 2 != 0 || !gu.is_contiguous()) return {};
+  const int64_t I = gu.size(1) / 2;
+  at::Tensor y = at::empty({gu.size(0), I}, gu.options());
+  comm::cuda_check(cuda::fused_gated_act(code, gu.data_ptr(), y.data_ptr(), gu.size(0), static_cast<int>(I), act,
+                                         at::cuda::getCurrentCUDAStream().stream()),
+                   "the gated activation kernel");
+  return y;
+}
+
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int code = cuda_dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 0 || x.dim() != 3 || x.size(2) % 2 != 0 || cos.scalar_type() != x.scalar_type() ||
       sin.scalar_type() != x.scalar_type() || cos.sizes() != at::IntArrayRef({x.size(0), x.size(2)}) ||
       sin.sizes() != cos.sizes())
     return {};
-  const at::Tensor a = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
-  at::Tensor y = at::empty_like(a);
-  comm::cuda_check(cuda::fused_rope(code, a.data_ptr(), c.data_ptr(), s.data_ptr(), y.data_ptr(),
+  // Rows may be strided (q or k read in place from a fused q/k/v output); heads packed.
+  const bool rows_ok = x.stride(2) == 1 && x.stride(1) == x.size(2);
+  const at::Tensor a = rows_ok ? x : x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  comm::cuda_check(cuda::fused_rope(code, a.data_ptr(), a.stride(0), c.data_ptr(), s.data_ptr(), y.data_ptr(),
                                     static_cast<int>(a.size(0)), static_cast<int>(a.size(1)),
                                     static_cast<int>(a.size(2)), at::cuda::getCurrentCUDAStream().stream()),
                    "the RoPE kernel");
@@ -117,6 +130,7 @@ at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tens
 }
 at::Tensor fused_gated_linear(const at::Tensor&, const at::Tensor&, int, const at::Tensor&) { return {}; }
 at::Tensor fused_rms_norm(const at::Tensor&, const at::Tensor&, double) { return {}; }
+at::Tensor fused_gated_act(const at::Tensor&, int) { return {}; }
 at::Tensor fused_rope(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 #endif
 

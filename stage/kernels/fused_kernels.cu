@@ -1,6 +1,7 @@
 // The CUDA side of stage/fused_kernels.h: raw pointers only (no LibTorch headers).
 // Each kernel reproduces the rounding of the ATen ops it replaces: products and sums
 // are rounded to the storage type where ATen would round them, with no FMA contraction.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -95,23 +96,40 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// HF's apply_rotary_pos_emb for one tensor: y = x * cos + rotate_half(x) * sin, each
-// product and the sum rounded to S. x, y [tokens, heads, dim]; cos, sin [tokens, dim].
+// RoPE over x [tokens, heads, dim] (token stride x_row elements, heads packed) into y
+// [tokens, heads, dim] contiguous; cos, sin [tokens, dim]. One block per (token, head).
 template <typename S>
-__global__ void rope_kernel(const S* __restrict__ x, const S* __restrict__ cos, const S* __restrict__ sin,
-                            S* __restrict__ y, int heads, int dim) {
-  const int64_t tok = blockIdx.x / heads;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
-  const int half = dim / 2;
+__global__ void rope_kernel(const S* __restrict__ x, int64_t x_row, const S* __restrict__ cos,
+                            const S* __restrict__ sin, S* __restrict__ y, int heads, int dim) {
+  const int64_t tok = blockIdx.x / heads, h = blockIdx.x % heads;
   wait_for_prior_grid();
   allow_next_grid();
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float xi = load(x, base + i);
-    const float rot = i < half ? -load(x, base + i + half) : load(x, base + i - half);
-    const float a = round_to<S>(__fmul_rn(xi, load(cos, tok * dim + i)));
-    const float b = round_to<S>(__fmul_rn(rot, load(sin, tok * dim + i)));
-    store(y, base + i, __fadd_rn(a, b));
+  rope_row(x + tok * x_row + h * dim, cos + tok * dim, sin + tok * dim, y + static_cast<int64_t>(blockIdx.x) * dim,
+           dim);
+}
+
+// y[t, n] = round(act(g)) * u with g = gu[t, n], u = gu[t, N + n]: ATen's activation
+// (rounded to S) then its product. Grid-stride over T * N.
+template <typename S>
+__global__ void gated_act_kernel(const S* __restrict__ gu, S* __restrict__ y, int64_t T, int N, int act) {
+  wait_for_prior_grid();
+  allow_next_grid();
+  const int64_t total = T * N;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / N, n = i % N;
+    const float g = load(gu, t * 2 * N + n), u = load(gu, t * 2 * N + N + n);
+    store(y, i, __fmul_rn(round_to<S>(gemv::activation(act, g)), u));
   }
+}
+
+template <typename S>
+cudaError_t gated_act_as(const void* gu, void* y, int64_t T, int N, int act, cudaStream_t stream) {
+  const int64_t total = T * N;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 1024));
+  return launch_overlapped(gated_act_kernel<S>, dim3(blocks), dim3(threads), stream, static_cast<const S*>(gu),
+                           static_cast<S*>(y), T, N, act);
 }
 
 // The 16-bit weights' GEMVs (the int8 ones are in int8_kernels.cu).
@@ -150,10 +168,10 @@ void rms_norm_as(const void* x, const void* w, void* y, int rows, int H, float e
 }
 
 template <typename S>
-void rope_as(const void* x, const void* cos, const void* sin, void* y, int tokens, int heads, int dim,
+void rope_as(const void* x, int64_t x_row, const void* cos, const void* sin, void* y, int tokens, int heads, int dim,
              cudaStream_t stream) {
   const int threads = dim < 32 ? 32 : (dim > 256 ? 256 : dim);
-  launch_overlapped(rope_kernel<S>, dim3(tokens * heads), dim3(threads), stream, static_cast<const S*>(x),
+  launch_overlapped(rope_kernel<S>, dim3(tokens * heads), dim3(threads), stream, static_cast<const S*>(x), x_row,
                     static_cast<const S*>(cos), static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
 }
 
@@ -238,18 +256,32 @@ cudaError_t fused_gemv(const GemvArgs& g, cudaStream_t stream) {
 
 cudaError_t fused_gemv_gated(const GemvArgs& g, cudaStream_t stream) { return gemv_dtype<gemv::kGated>(g, stream); }
 
-cudaError_t fused_rope(int dtype, const void* x, const void* cos, const void* sin, void* y, int tokens, int heads,
-                       int dim, cudaStream_t stream) {
+cudaError_t fused_gated_act(int dtype, const void* gu, void* y, int64_t T, int N, int act, cudaStream_t stream) {
+  if (T <= 0 || N <= 0) return cudaSuccess;
+  switch (dtype) {
+    case 0:
+      return gated_act_as<float>(gu, y, T, N, act, stream);
+    case 1:
+      return gated_act_as<__half>(gu, y, T, N, act, stream);
+    case 2:
+      return gated_act_as<__nv_bfloat16>(gu, y, T, N, act, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t fused_rope(int dtype, const void* x, int64_t x_row, const void* cos, const void* sin, void* y, int tokens,
+                       int heads, int dim, cudaStream_t stream) {
   if (tokens <= 0) return cudaSuccess;
   switch (dtype) {
     case 0:
-      rope_as<float>(x, cos, sin, y, tokens, heads, dim, stream);
+      rope_as<float>(x, x_row, cos, sin, y, tokens, heads, dim, stream);
       break;
     case 1:
-      rope_as<__half>(x, cos, sin, y, tokens, heads, dim, stream);
+      rope_as<__half>(x, x_row, cos, sin, y, tokens, heads, dim, stream);
       break;
     case 2:
-      rope_as<__nv_bfloat16>(x, cos, sin, y, tokens, heads, dim, stream);
+      rope_as<__nv_bfloat16>(x, x_row, cos, sin, y, tokens, heads, dim, stream);
       break;
     default:
       return cudaErrorInvalidValue;

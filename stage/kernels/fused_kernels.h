@@ -28,9 +28,15 @@ at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::
 // rows (scale [2 * I] for int8 rows); -> act(x w_gate^T) * (x w_up^T) [tokens, I], x
 // 16-bit. act: the Activation enum's value.
 at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale = {});
+// The gated activation alone, for projections no fused kernel takes (cuBLAS's, beyond
+// the tensor-core kernel's tokens): gu [tokens, 2 * I] (gate, then up; 16-bit or float32)
+// -> act(gate) * up [tokens, I], rounded as the ATen ops round, in one kernel instead of
+// two strided ones.
+at::Tensor fused_gated_act(const at::Tensor& gu, int act);
 // x [tokens, hidden], w [hidden] (x's dtype) -> [tokens, hidden]; see stage/ops.h rms_norm.
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
-// x [tokens, heads, head_dim], cos/sin [tokens, head_dim] (x's dtype); see stage/rope.h.
+// x [tokens, heads, head_dim] (heads packed; tokens may be strided), cos/sin [tokens,
+// head_dim] (x's dtype) -> contiguous; see stage/rope.h.
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace cascade::stage

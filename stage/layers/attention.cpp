@@ -106,19 +106,24 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at
     q = (*q_norm_)(q);
     k = (*k_norm_)(k);
   }
-  if (rope_) {
-    if (!ctx.rope_cos.defined()) {
-      std::tie(ctx.rope_cos, ctx.rope_sin) = rope_->cos_sin(ctx.batch, ctx.positions, ctx.decode.defined());
-      ctx.rope_cos = ctx.rope_cos.to(x.scalar_type());  // cast once per step, as HF casts per layer
-      ctx.rope_sin = ctx.rope_sin.to(x.scalar_type());
-    }
-    q = apply_rope(q, ctx.rope_cos, ctx.rope_sin);
-    k = apply_rope(k, ctx.rope_cos, ctx.rope_sin);
+  if (rope_ && !ctx.rope_cos.defined()) {
+    std::tie(ctx.rope_cos, ctx.rope_sin) = rope_->cos_sin(ctx.batch, ctx.positions, ctx.decode.defined());
+    ctx.rope_cos = ctx.rope_cos.to(x.scalar_type());  // cast once per step, as HF casts per layer
+    ctx.rope_sin = ctx.rope_sin.to(x.scalar_type());
   }
   const ScoreMods mods{a_.softcap, alibi_};
-  const at::Tensor a = ctx.decode.defined()  // [T, heads * head_dim]
-                           ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, a_.scale, a_.window, mods)
-                           : ctx.kv->attend(layer_, q, k, v, ctx.batch, a_.scale, a_.window, mods);
+  at::Tensor a;                       // [T, heads * head_dim]
+  if (rope_ && ctx.decode.defined())  // RoPE inside the KV store's kernel, where it applies
+    a = ctx.kv->attend_decode_rotary(layer_, q, k, v, ctx.rope_cos, ctx.rope_sin, ctx.decode, a_.scale, a_.window,
+                                     mods);
+  if (!a.defined()) {
+    if (rope_) {
+      q = apply_rope(q, ctx.rope_cos, ctx.rope_sin);
+      k = apply_rope(k, ctx.rope_cos, ctx.rope_sin);
+    }
+    a = ctx.decode.defined() ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, a_.scale, a_.window, mods)
+                             : ctx.kv->attend(layer_, q, k, v, ctx.batch, a_.scale, a_.window, mods);
+  }
   return residual.defined() ? o_.add_to(residual, o_.input(a)) : o_(a);
 }
 

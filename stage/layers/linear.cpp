@@ -59,9 +59,7 @@ at::Tensor Linear::gated(const Int8Activation& a, Activation act) const {
     const at::Tensor y = fused_gated_linear(a.x, w, static_cast<int>(act), scale);
     if (y.defined()) return y;
   }
-  const at::Tensor gu = (*this)(a);  // [tokens, 2 * I]
-  const int64_t I = gu.size(1) / 2;
-  return activate(gu.narrow(1, 0, I), act) * gu.narrow(1, I, I);
+  return gated_activation((*this)(a), act);
 }
 
 at::Tensor Linear::operator()(const Int8Activation& a) const {
