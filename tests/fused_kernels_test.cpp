@@ -157,22 +157,26 @@ TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
 }
 
 // Beyond the fused GEMVs' tokens the gated MLP's activation and product are one kernel
-// after cuBLAS's projection; it rounds as ATen's activation and multiply do.
-TEST(FusedKernels, GatedActivationMatchesTheAtenOps) {
+// after cuBLAS's projection: round(act(gate)) * up with the activation in float32 (as
+// the GEMV's epilogue, and as ATen's fused activations compute it). The reference takes
+// the activation in float64; ATen's written-out tanh GELU rounds every step in bf16 and
+// is not the reference.
+TEST(FusedKernels, GatedActivationMatchesAFloat64Reference) {
   EXPECT_FALSE(fused_gated_act(at::ones({2, 8}), 0).defined());  // a CPU tensor
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(2);
   for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
     for (Activation a : {Activation::kSilu, Activation::kRelu, Activation::kGelu, Activation::kGeluTanh}) {
-      const at::Tensor gu = (at::randn({13, 2 * 200}) * 3).to(t).cuda();
-      const at::Tensor got = fused_gated_act(gu, static_cast<int>(a));
+      const at::Tensor gu = (at::randn({13, 2 * 200}) * 3).to(t);
+      const at::Tensor got = fused_gated_act(gu.cuda(), static_cast<int>(a));
       ASSERT_TRUE(got.defined());
-      const at::Tensor want = activate(gu.narrow(1, 0, 200), a) * gu.narrow(1, 200, 200);
+      const at::Tensor g = gu.narrow(1, 0, 200).to(at::kDouble), u = gu.narrow(1, 200, 200).to(at::kDouble);
+      const at::Tensor want = (activate(g, a).to(t).to(at::kDouble) * u).to(t);
       const double worst =
-          ((got.to(at::kFloat) - want.to(at::kFloat)).abs() / want.to(at::kFloat).abs().clamp_min(1e-3))
+          ((got.cpu().to(at::kDouble) - want.to(at::kDouble)).abs() / want.to(at::kDouble).abs().clamp_min(1e-2))
               .max()
               .item<double>();
-      EXPECT_LE(worst, t == at::kFloat ? 1e-5 : 1.6e-2) << t << " activation " << static_cast<int>(a);
+      EXPECT_LE(worst, t == at::kFloat ? 1e-4 : 1.6e-2) << t << " activation " << static_cast<int>(a);
     }
   }
 }
