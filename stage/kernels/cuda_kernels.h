@@ -11,10 +11,6 @@
 namespace cascade::stage::cuda {
 
 constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
-// 16-bit weights of at most kSmallWeight elements take the tensor-core kernel up to
-// kSmallWeightTokens tokens (gemv_max_tokens).
-constexpr int64_t kSmallWeight = int64_t{8} << 20;
-constexpr int kSmallWeightTokens = 16;
 
 // LLM.int8 with outliers for T in [1, kMaxTokens] tokens; K % 16 == 0, 16-byte aligned rows,
 // k_out <= 32. (Weight-only int8 is fused_gemv with int8 weights.)
@@ -59,11 +55,9 @@ struct GemvArgs {
   // does not apply. 1 and 2 are for bench/gpu_gemv_bench.
   int kernel = 0;
 };
-// The most tokens one fused_gemv call takes for g's types, N and K (g.T ignored). 16-bit
+// The most tokens one fused_gemv call takes for g's types and K (g.T ignored). 16-bit
 // weights: kMaxTokens, beyond which cuBLAS reads them faster than the tensor-core kernel
-// does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97), but
-// kSmallWeightTokens for weights of at most kSmallWeight elements (tensor cores), where
-// cuBLAS's kernel costs the same at any token count.
+// does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97).
 // int8 rows: 64 where the tensor-core kernel applies (16-bit x on sm_80 or later, K %
 // 64 == 0), else 32 in launches of kMaxTokens (ATen's path would copy the whole weight
 // to floats). The tensor-core kernel itself takes 1-64 tokens of either (g.kernel = 2),

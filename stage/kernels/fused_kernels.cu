@@ -227,12 +227,7 @@ bool tensor_core_applies(const GemvArgs& g) {
 int gemv_max_tokens(const GemvArgs& g) {
   const bool tc = tensor_core_applies(g);
   if (g.int8) return tc ? gemv::kMmaMaxTokens : 32;
-  if (tc && tensor_core_setting() > 0) return gemv::kMmaMaxTokens;  // a set threshold: up to 64
-  // cuBLAS's GEMM for a small weight costs ~18 us at any token count up to 64 (the H200
-  // bench: o_proj 2560 x 2560 reads at 16% of HBM), where the tensor-core kernel takes
-  // 12 us at 16 tokens and the residual add rides in it.
-  const bool small = static_cast<int64_t>(g.N) * g.K <= kSmallWeight;
-  return tc && small ? kSmallWeightTokens : kMaxTokens;
+  return tc && tensor_core_setting() > 0 ? gemv::kMmaMaxTokens : kMaxTokens;  // a set threshold: up to 64
 }
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
