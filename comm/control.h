@@ -79,8 +79,10 @@ struct StageReady {
   std::string error;  // when !ok
   std::string host;
   int pid = 0;
-  int cores = 0;       // cores the process may run on
-  double seconds = 0;  // assignment to ready
+  int cores = 0;              // cores the process may run on
+  double seconds = 0;         // assignment to ready, of which:
+  double device_start_s = 0;  // starting the device's runtime (CUDA context); 0 on a CPU stage
+  double connect_s = 0;       // opening the channels to the neighbours (the rest is the load)
   uint64_t source_bytes = 0, weight_bytes = 0, zero_copy_bytes = 0, folder_bytes = 0, kv_bytes = 0, streamed_bytes = 0;
   bool folder_rebuilt = false;
   UploadTimes upload;

@@ -191,16 +191,30 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
   return c;
 }
 
+// The device this stage computes on. Across hosts the plan's cuda:N cannot name another
+// node's GPUs: the stage's place among the stages on its host does instead.
+at::Device stage_device(const comm::World& w, const Assignment& a) {
+  at::Device d(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
+  if (d.is_cuda() && w.multi_node()) d = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_stage_index()));
+  return d;
+}
+
+// Starts the device's runtime (a CUDA context, one kernel and a read-back) before the
+// load, so the ready report can tell this cost apart from reading weights. Seconds; 0
+// on a CPU stage.
+double start_device(at::Device device) {
+  if (!device.is_cuda()) return 0;
+  const auto t0 = Clock::now();
+  (void)at::zeros({1}, at::TensorOptions().device(device)).item<float>();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 // Loads this stage's modules, sending a progress message at most every half second.
-std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, std::ostream& log) {
+std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, at::Device device, std::ostream& log) {
   auto ck = storage::Checkpoint::open(a.model_dir);
   LoadOptions lo;
   lo.dtype = storage::parse_dtype(a.dtype);
-  lo.device = at::Device(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
-  // Across hosts the plan's cuda:N cannot name another node's GPUs: use the stage's
-  // place among the stages on this host instead.
-  if (lo.device.is_cuda() && w.multi_node())
-    lo.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_stage_index()));
+  lo.device = device;
   lo.modules = a.modules;
   lo.disk_modules = a.disk_modules;
   lo.offload_folder = a.offload_folder;
@@ -379,10 +393,14 @@ int run_stage(comm::World& w, std::ostream& log) {
   const auto t0 = Clock::now();
   try {
     fault.maybe(-1);
-    runner = std::make_unique<StepRunner>(load(w, a, log));
-    ch = open_channels(w, a, runner->model().device(), alive);
-    const comm::StageReady ready =
-        ready_report(w, runner->model(), std::chrono::duration<double>(Clock::now() - t0).count());
+    const at::Device device = stage_device(w, a);
+    const double device_s = start_device(device);
+    runner = std::make_unique<StepRunner>(load(w, a, device, log));
+    const auto loaded = Clock::now();
+    ch = open_channels(w, a, device, alive);
+    comm::StageReady ready = ready_report(w, runner->model(), std::chrono::duration<double>(Clock::now() - t0).count());
+    ready.device_start_s = device_s;
+    ready.connect_s = std::chrono::duration<double>(Clock::now() - loaded).count();
     w.send(0, comm::kTagLoad, comm::encode(ready), after(a.runtime.step_timeout), alive);
   } catch (const std::exception& e) {
     report_failed_load(w, error_text(e), alive);

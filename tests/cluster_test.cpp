@@ -276,6 +276,21 @@ TEST(Cluster, StagesLoadOnlyTheirTensors) {
   EXPECT_NE(r.out.find("paged from disk"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir.file("offload/manifest.json")));
   EXPECT_EQ(stage_pids(r.out).size(), 2u);
+  // Time to ready, in parts: from the process's start, the time before the stages
+  // started, spawning them, and the last stage's load and connection.
+  ASSERT_TRUE(std::regex_search(r.out, m,
+                                std::regex("stages ready ([0-9.]+) s after start: spawning ([0-9.]+) s, then the last "
+                                           "one ready, stage [0-9] .*, took ([0-9.]+) s: loading ([0-9.]+) s, "
+                                           "connecting ([0-9.]+) s\n")))
+      << r.out;
+  const double stages = std::stod(m[1]), spawn = std::stod(m[2]), last = std::stod(m[3]), load = std::stod(m[4]);
+  EXPECT_LE(spawn + last, stages + 0.02) << r.out;  // 0.01 s of rounding each
+  EXPECT_LE(load, last + 0.02) << r.out;
+  ASSERT_TRUE(
+      std::regex_search(r.out, m, std::regex("ready ([0-9.]+) s after launch \\(([0-9.]+) s before the stages")))
+      << r.out;
+  EXPECT_GT(std::stod(m[2]), 0.0) << "libraries and MPI take time before any stage starts";
+  EXPECT_GE(std::stod(m[1]), std::stod(m[2]) + stages - 0.02) << r.out;
 }
 
 TEST(Cluster, OffloadFolderIsReusedAndRebuiltWhenStale) {

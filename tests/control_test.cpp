@@ -77,9 +77,13 @@ TEST(LoadReports, ProgressAndReadyShareOneTagAndAreToldApart) {
   r.pid = 42;
   r.kv_bytes = 7;
   r.upload.read_s = 0.25;
+  r.device_start_s = 0.125;
+  r.connect_s = 0.5;
   const auto q = decode_load(bytes(encode(r)));
   ASSERT_TRUE(std::holds_alternative<StageReady>(q));
   EXPECT_EQ(encode(std::get<StageReady>(q)), encode(r));
+  EXPECT_EQ(std::get<StageReady>(q).device_start_s, 0.125);
+  EXPECT_EQ(std::get<StageReady>(q).connect_s, 0.5);
 
   StageReady bad;
   bad.error = "cannot open model.safetensors";
