@@ -84,6 +84,9 @@ struct StepContext {
   at::Tensor rope_cos, rope_sin;
   // Defined when every sequence adds one token: layers then take the batched decode path.
   DecodeIndex decode;
+  // Otherwise, on a GPU: each row's slot and position, built by the first layer that
+  // needs them (rotary attention's fused store), reused by the rest.
+  RowIndex rows = {};
   // An encoder-decoder step's rows (stage/layers/seq2seq.h): built by the first module
   // that needs them (Seq2SeqRows::of), reused by the rest.
   std::shared_ptr<const Seq2SeqRows> seq2seq_rows = nullptr;

@@ -134,14 +134,33 @@ uint64_t KvCache::bytes() const {
 
 at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const Batch& batch, double scale, int64_t window, const ScoreMods& mods) {
+  TORCH_CHECK(q.size(1) % k.size(1) == 0, "query heads (", q.size(1), ") must be a multiple of KV heads (", k.size(1),
+              ")");
+  int64_t row = 0;
+  for (const SeqSlice& s : batch.seqs) {
+    store(layer, s.slot, s.start_pos, k.narrow(0, row, s.n_tokens), v.narrow(0, row, s.n_tokens));
+    row += s.n_tokens;
+  }
+  return attend_stored(layer, q, batch, scale, window, mods);
+}
+
+at::Tensor KvCache::attend_rotary(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& cos, const at::Tensor& sin, const RowIndex& rows,
+                                  const Batch& batch, double scale, int64_t window, const ScoreMods& mods) {
+  if (!counters_.defined() || !rows.defined() || q.size(1) % k.size(1) != 0) return {};
   Layer& c = this->layer(layer);
-  const int64_t heads = q.size(1), kv_heads = k.size(1), head_dim = q.size(2);
-  TORCH_CHECK(heads % kv_heads == 0, "query heads (", heads, ") must be a multiple of KV heads (", kv_heads, ")");
+  const at::Tensor qr = decode_rope_store_kv(q, k, v, cos, sin, c.k, c.v, rows.slots, rows.pos);
+  return qr.defined() ? attend_stored(layer, qr, batch, scale, window, mods) : at::Tensor();
+}
+
+at::Tensor KvCache::attend_stored(int64_t layer, const at::Tensor& q, const Batch& batch, double scale,
+                                  int64_t window, const ScoreMods& mods) {
+  Layer& c = this->layer(layer);
+  const int64_t heads = q.size(1), kv_heads = c.k.size(1), head_dim = q.size(2);
   at::Tensor out = at::empty({q.size(0), heads, head_dim}, q.options());
   int64_t row = 0;
   for (const SeqSlice& s : batch.seqs) {
     const int64_t n = s.n_tokens, len = s.start_pos + n;
-    store(layer, s.slot, s.start_pos, k.narrow(0, row, n), v.narrow(0, row, n));
     if (n == 1 && q.device().is_cpu()) {  // one call instead of a dozen ATen ones (cpu_attention.h)
       at::Tensor o = out[row];
       if (cpu_decode_attention(q[row].contiguous(), c.k[s.slot], c.v[s.slot], len,
@@ -156,8 +175,17 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
       keys = keys.repeat_interleave(heads / kv_heads, 0);
       vals = vals.repeat_interleave(heads / kv_heads, 0);
     }
-    at::Tensor mask;  // [n, len], true = may attend
     const bool window_bites = window > 0 && len > window;
+    const at::Tensor qs = q.narrow(0, row, n).transpose(0, 1);        // [heads, n, head_dim]
+    if (n > 1 && s.start_pos == 0 && !window_bites && !mods.any()) {  // a prompt: the fused causal kernel
+      const at::Tensor o = compat::causal_attention(qs, keys, vals, scale);
+      if (o.defined()) {
+        out.narrow(0, row, n).copy_(o.transpose(0, 1));
+        row += n;
+        continue;
+      }
+    }
+    at::Tensor mask;  // [n, len], true = may attend
     const at::Tensor kpos = at::arange(len, at::TensorOptions().dtype(at::kLong).device(q.device()));
     if (n > 1 || window_bites) {
       at::Tensor qpos = at::arange(s.start_pos, len, kpos.options()).unsqueeze(1);
@@ -165,7 +193,7 @@ at::Tensor KvCache::attend(int64_t layer, const at::Tensor& q, const at::Tensor&
       if (window > 0) mask = mask.logical_and((qpos - kpos.unsqueeze(0)) < window);
     }
     const at::Tensor slopes = mods.alibi.defined() ? mods.alibi.view({heads, 1, 1}) : at::Tensor();
-    at::Tensor o = attention_with(q.narrow(0, row, n).transpose(0, 1), keys, vals, mask, scale, mods, slopes, kpos);
+    at::Tensor o = attention_with(qs, keys, vals, mask, scale, mods, slopes, kpos);
     out.narrow(0, row, n).copy_(o.transpose(0, 1));
     row += n;
   }
@@ -178,12 +206,28 @@ KvCache::Layer& KvCache::layer(int64_t l) {
   return it->second;
 }
 
-void KvCache::store(int64_t layer, int64_t slot, int64_t pos, const at::Tensor& k, const at::Tensor& v) {
-  Layer& c = this->layer(layer);
-  const int64_t n = k.size(0);
+void KvCache::check_span(int64_t slot, int64_t pos, int64_t n) const {
   TORCH_CHECK(slot >= 0 && slot < slots_, "KV slot ", slot, " out of range [0, ", slots_, ")");
   TORCH_CHECK(pos >= 0 && pos + n <= max_seq_len_, "sequence in slot ", slot, " would reach ", pos + n,
               " tokens, past max_seq_len ", max_seq_len_);
+}
+
+RowIndex KvCache::row_index(const Batch& batch, at::Device device) const {
+  std::vector<int64_t> idx;  // [2, tokens]: slots, then positions
+  for (const SeqSlice& s : batch.seqs) {
+    check_span(s.slot, s.start_pos, s.n_tokens);
+    idx.insert(idx.end(), static_cast<size_t>(s.n_tokens), s.slot);
+  }
+  for (const SeqSlice& s : batch.seqs)
+    for (int64_t i = 0; i < s.n_tokens; ++i) idx.push_back(s.start_pos + i);
+  const at::Tensor t = at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(device).view({2, -1});
+  return {t[0], t[1]};
+}
+
+void KvCache::store(int64_t layer, int64_t slot, int64_t pos, const at::Tensor& k, const at::Tensor& v) {
+  Layer& c = this->layer(layer);
+  const int64_t n = k.size(0);
+  check_span(slot, pos, n);
   // [n, kv_heads, head_dim] -> [kv_heads, n, head_dim] at positions [pos, pos + n).
   c.k[slot].narrow(1, pos, n).copy_(k.transpose(0, 1));
   c.v[slot].narrow(1, pos, n).copy_(v.transpose(0, 1));

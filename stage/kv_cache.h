@@ -31,6 +31,15 @@ struct DecodeIndex {
   bool defined() const { return slots.defined(); }
 };
 
+// Where each row of a step lands in the cache, for steps that are not pure decode steps
+// (a prompt, or prompts mixed with decode tokens): built once per step on the cache's
+// device and shared by all its layers.
+struct RowIndex {
+  at::Tensor slots;  // [tokens] int64: each row's slot
+  at::Tensor pos;    // [tokens] int64: each row's position
+  bool defined() const { return slots.defined(); }
+};
+
 // What some families do to attention scores before the softmax (both off by default).
 struct ScoreMods {
   double softcap = 0;  // scores -> softcap * tanh(scores / softcap) (gemma2)
@@ -80,6 +89,14 @@ class KvCache {
                                   const at::Tensor& cos, const at::Tensor& sin, const DecodeIndex& d, double scale,
                                   int64_t window, const ScoreMods& mods = {});
 
+  // attend() with RoPE folded into the store, as attend_decode_rotary: one kernel rotates
+  // q and k of every row and writes K/V at `rows`; then each sequence attends as in
+  // attend(). cos/sin [tokens, head_dim] in q's dtype. Undefined, before anything is
+  // written, where that kernel does not take the step.
+  at::Tensor attend_rotary(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& cos, const at::Tensor& sin, const RowIndex& rows, const Batch& batch,
+                           double scale, int64_t window, const ScoreMods& mods = {});
+
   // For layers that attend by themselves (T5's: a relative bias on the scores, and
   // cross-attention keys in the slot's first positions, stage/layers/seq2seq.h):
   // store() writes k/v [n, kv_heads, head_dim] at positions [pos, pos + n) of `slot`;
@@ -101,6 +118,9 @@ class KvCache {
   // The DecodeIndex of `batch` on `device`, or an undefined one when some sequence adds
   // more than one token. Checks slots and positions; span 0 = the longest sequence.
   DecodeIndex decode_index(const Batch& batch, at::Device device, int64_t span = 0) const;
+  // The RowIndex of `batch` on `device` (one host-to-device copy). Checks slots and
+  // positions as store() does.
+  RowIndex row_index(const Batch& batch, at::Device device) const;
 
  private:
   struct Layer {
@@ -108,6 +128,10 @@ class KvCache {
     at::Tensor v;
   };
   Layer& layer(int64_t l);  // throws naming a layer this stage does not hold
+  // attend()'s second half: each sequence's queries against its slot, K/V already stored.
+  at::Tensor attend_stored(int64_t layer, const at::Tensor& q, const Batch& batch, double scale, int64_t window,
+                           const ScoreMods& mods);
+  void check_span(int64_t slot, int64_t pos, int64_t n) const;  // throws unless [pos, pos + n) fits the slot
   std::map<int64_t, Layer> layers_;
   at::Tensor counters_;  // [2 * rows * kv_heads] int32 zeros on a GPU: the decode kernel's split counters
   int64_t slots_ = 0;

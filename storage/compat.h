@@ -26,14 +26,42 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
                             double scale) {
 #if CASCADE_TORCH_AT_LEAST(2, 1)
   if (q.is_cuda()) {
-    return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
-                                            0.0, false, scale);
+    // LibTorch's fused kernels take [batch, heads, len, head_dim] only: one sequence's
+    // [heads, ...] would fall back to the float32 math path, a dozen launches.
+    const bool one = q.dim() == 3;
+    const at::Tensor m = !mask.defined()          ? mask
+                         : one && mask.dim() == 2 ? mask.view({1, 1, mask.size(0), mask.size(1)})
+                                                  : mask;
+    const at::Tensor o =
+        at::scaled_dot_product_attention(one ? q.unsqueeze(0) : q, one ? k.unsqueeze(0) : k, one ? v.unsqueeze(0) : v,
+                                         m.defined() ? c10::optional<at::Tensor>(m) : c10::nullopt, 0.0, false, scale);
+    return one ? o.squeeze(0) : o;
   }
 #endif
   at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [heads, q_len, kv_len]
   if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   return at::matmul(probs, v);  // [heads, q_len, head_dim]
+}
+
+// Causal attention of one sequence from its first position: query i sees keys 0..i
+// (q_len == kv_len). q/k/v [heads, len, head_dim], last dim contiguous. Through
+// LibTorch's fused causal kernels (flash attention: no mask tensor, one launch) where
+// this build and device have them; an undefined tensor otherwise, and the caller builds
+// the mask for attention().
+inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+#if CASCADE_TORCH_AT_LEAST(2, 1)
+  if (q.is_cuda() && q.size(1) == k.size(1)) {
+    return at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), c10::nullopt, 0.0, true,
+                                            scale)
+        .squeeze(0);
+  }
+#endif
+  (void)q;
+  (void)k;
+  (void)v;
+  (void)scale;
+  return {};
 }
 
 // int8 x int8 -> int32 through cuBLASLt (at::_int_mm, LibTorch >= 2.1, CUDA only).

@@ -215,6 +215,52 @@ TEST(KvCache, RotaryDecodeEqualsRotatingFirst) {
   }
 }
 
+// The same for a step that is not a pure decode step: a prompt from position 0 (the
+// fused causal kernel), a chunk continuing a prompt and one decode token, in one batch.
+// The row index names each row's slot and position; a CPU cache declines the fused
+// store and writes nothing.
+TEST(KvCache, RotaryPrefillEqualsRotatingFirst) {
+  at::manual_seed(7);
+  const int64_t heads = 8, kvh = 2, d = 128;
+  const double scale = 1.0 / std::sqrt(double(d));
+  const Batch b{{{1, 0, 9}, {3, 5, 4}, {0, 20, 1}}};  // (slot, start, tokens)
+  const int64_t T = 14;
+  {
+    KvCache cpu({0}, 4, kvh, 64, d, at::kFloat, at::kCPU);
+    const RowIndex rows = cpu.row_index(b, at::kCPU);
+    EXPECT_TRUE(at::equal(rows.slots, at::tensor({1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 0}, at::kLong)));
+    EXPECT_TRUE(at::equal(rows.pos, at::tensor({0, 1, 2, 3, 4, 5, 6, 7, 8, 5, 6, 7, 8, 20}, at::kLong)));
+    const at::Tensor q = at::randn({T, heads, d}), k = at::randn({T, kvh, d}), cs = at::randn({T, d});
+    EXPECT_FALSE(cpu.attend_rotary(0, q, k, k, cs, cs, rows, b, scale, 0).defined());
+    EXPECT_EQ(cpu.read(0, 1, 0, 9).first.abs().sum().item<double>(), 0.0);
+    EXPECT_THROW_WITH(cpu.row_index(Batch{{{0, 60, 5}}}, at::kCPU), c10::Error, "past max_seq_len 64");
+  }
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    KvCache fused({0}, 4, kvh, 64, d, t, at::kCUDA), apart({0}, 4, kvh, 64, d, t, at::kCUDA);
+    for (const auto& [slot, len] : std::vector<std::pair<int64_t, int64_t>>{{3, 5}, {0, 20}}) {  // earlier steps
+      const at::Tensor k = at::randn({len, kvh, d}).to(t).cuda(), q = at::randn({len, heads, d}).to(t).cuda();
+      fused.attend(0, q, k, k, Batch{{{slot, 0, len}}}, scale, 0);
+      apart.attend(0, q, k, k, Batch{{{slot, 0, len}}}, scale, 0);
+    }
+    const at::Tensor qkv = at::randn({T, (heads + 2 * kvh) * d}).to(t).cuda();  // [T, q | k | v]
+    const at::Tensor q = qkv.narrow(1, 0, heads * d).view({T, heads, d});
+    const at::Tensor k = qkv.narrow(1, heads * d, kvh * d).view({T, kvh, d});
+    const at::Tensor v = qkv.narrow(1, (heads + kvh) * d, kvh * d).view({T, kvh, d});
+    const at::Tensor angle = at::rand({T, d}) * 6;
+    const at::Tensor cos = angle.cos().to(t).cuda(), sin = angle.sin().to(t).cuda();
+    const at::Tensor got = fused.attend_rotary(0, q, k, v, cos, sin, fused.row_index(b, at::kCUDA), b, scale, 0);
+    ASSERT_TRUE(got.defined()) << t;
+    const at::Tensor want = apart.attend(0, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, b, scale, 0);
+    EXPECT_TRUE(at::equal(got, want)) << t << " max |diff| " << (got - want).abs().max().item<double>();
+    for (const auto& s : b.seqs) {
+      const int64_t end = s.start_pos + s.n_tokens;
+      EXPECT_TRUE(at::equal(fused.read(0, s.slot, 0, end).first, apart.read(0, s.slot, 0, end).first)) << t;
+      EXPECT_TRUE(at::equal(fused.read(0, s.slot, 0, end).second, apart.read(0, s.slot, 0, end).second)) << t;
+    }
+  }
+}
+
 TEST(KvCache, BoundsAreChecked) {
   KvCache kv({0}, 2, 1, 4, 2, at::kFloat, at::kCPU);
   EXPECT_EQ(kv.bytes(), 2u * 2 * 1 * 4 * 2 * sizeof(float));

@@ -112,10 +112,15 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at
     ctx.rope_sin = ctx.rope_sin.to(x.scalar_type());
   }
   const ScoreMods mods{a_.softcap, alibi_};
-  at::Tensor a;                       // [T, heads * head_dim]
-  if (rope_ && ctx.decode.defined())  // RoPE inside the KV store's kernel, where it applies
+  at::Tensor a;                         // [T, heads * head_dim]
+  if (rope_ && ctx.decode.defined()) {  // RoPE inside the KV store's kernel, where it applies
     a = ctx.kv->attend_decode_rotary(layer_, q, k, v, ctx.rope_cos, ctx.rope_sin, ctx.decode, a_.scale, a_.window,
                                      mods);
+  } else if (rope_ && q.is_cuda()) {
+    if (!ctx.rows.defined()) ctx.rows = ctx.kv->row_index(ctx.batch, q.device());
+    a = ctx.kv->attend_rotary(layer_, q, k, v, ctx.rope_cos, ctx.rope_sin, ctx.rows, ctx.batch, a_.scale, a_.window,
+                              mods);
+  }
   if (!a.defined()) {
     if (rope_) {
       q = apply_rope(q, ctx.rope_cos, ctx.rope_sin);
