@@ -10,7 +10,9 @@ one GPU machine, same checkpoint, prompts and memory limits (issue 8).
 3. Rows, each run by both: (a) GPU-resident, batch 1 and 16; (b) 2 GiB of GPU + CPU,
    batch 1 and 16; (c) 2 GiB GPU + 2 GiB CPU + disk, batch 1; (d) time to ready;
    (e, on a machine with several GPUs, issue 10) every GPU limited to --gpu-budget, so
-   the model is too large for one of them, batch 1 and 16.
+   the model is too large for one of them, batch 1 and 16; (g, issue 16) Cascade alone,
+   GPU-resident: bf16, weight-only int8 and LLM.int8 at batch 1 and 16, time to first
+   token, prefill rate of 512-token prompts and time to ready, each against its target.
    Decode tokens/s excludes the prefill: accelerate's is B*(N-1)/(t(N) - t(1)) from two
    generate() calls; Cascade's is the rate it reports after the first tokens. Both sides
    run once untimed first (accelerate: a short generate(); Cascade: --warmup, which keeps
@@ -137,15 +139,15 @@ def hf_free(model):
 
 # ---------------------------------------------------------------- Cascade side
 
-def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_compute="cuda:0"):
+def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_compute="cuda:0", prompt_len=32):
     cfg = os.path.join(work, name + ".toml")
     mem = ", ".join(f'"{k}" = "{v}"' for k, v in max_memory.items())
     with open(cfg, "w") as f:
         f.write(f'[model]\npath = "{model}"\ndtype = "bfloat16"\n[placement]\nmax_memory = {{ {mem} }}\n'
                 f'offload_folder = "{work}/offload-{name}"\noffload_compute = "{offload_compute}"\n'
-                f'[runtime]\nmax_batch = {max(batch, 1)}\nmax_seq_len = {32 + n + 8}\n{extra}')
+                f'[runtime]\nmax_batch = {max(batch, 1)}\nmax_seq_len = {prompt_len + n + 8}\n{extra}')
     args = [exe, "generate", "--config", cfg, "--max-new-tokens", str(n), "--json", "--warmup"]
-    for p in prompts(batch):
+    for p in prompts(batch, prompt_len):
         args += ["--prompt-ids", ",".join(map(str, p))]
     t0 = time.perf_counter()
     r = subprocess.run(args, capture_output=True, text=True, timeout=900)
@@ -153,7 +155,8 @@ def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_
     if r.returncode != 0:
         raise RuntimeError(f"cascade {name} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     err = r.stderr
-    rate = float(re.search(r"\(([0-9.]+) tokens/s decode\)", err).group(1))
+    rate = float(re.search(r"\(([0-9.]+) tokens/s decode\)", err).group(1)) if n > 1 else float("nan")
+    first = float(re.search(r"first tokens after ([0-9.]+) s", err).group(1))
     ready = float(re.search(r"ready ([0-9.]+) s after launch", err).group(1))
     loads = [float(x) for x in re.findall(r"\) ready in ([0-9.]+) s", err)]
     toks = [json.loads(line)["output_ids"] for line in r.stdout.splitlines() if line.startswith("{")]
@@ -162,7 +165,7 @@ def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_
     for line in err.splitlines():  # what each stage did, for the record
         if re.search(r"ready|steps, |tokens/s", line):
             log(f"  [{name}] {line}")
-    return {"rate": rate, "ready": ready, "load": max(loads) if loads else float("nan"), "tokens": toks,
+    return {"rate": rate, "first": first, "ready": ready, "load": max(loads) if loads else float("nan"), "tokens": toks,
             "wall": wall, "log": err}
 
 
@@ -201,8 +204,9 @@ def correctness(exe, work, fixture):
     return hf[0], ours
 
 
-def report(rows, notes, path):
-    """The Markdown table so far; rewritten after every row, so a cut-off run keeps what it measured."""
+def report(rows, notes, path, targets=()):
+    """The Markdown tables so far; rewritten after every row, so a cut-off run keeps what it measured.
+    `targets`: (label, value, unit, bound text, target text, met) rows of Cascade alone (row set g)."""
     lines = ["| row | accelerate | Cascade | Cascade / accelerate | % of bound |", "|---|---|---|---|---|"]
     for label, hf, ours, bound in rows:
         if bound is None:  # time: lower is better
@@ -210,6 +214,10 @@ def report(rows, notes, path):
         else:
             lines.append(f"| {label} (tok/s) | {hf:.2f} | {ours:.2f} | {ours / hf:.2f}× | "
                          f"{100 * ours / bound:.0f}% of {bound:.0f} |")
+    if targets:
+        lines += ["", "| Cascade (issue 16) | measured | % of bound | target | |", "|---|---|---|---|---|"]
+        for label, value, unit, bound, target, met in targets:
+            lines.append(f"| {label} | {value:,.1f} {unit} | {bound} | {target} | {'met' if met else '**missed**'} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     with open(path, "w") as f:
         f.write(text)
@@ -230,13 +238,13 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--offload-tokens", type=int, default=16, help="new tokens in the offload rows (slow for HF)")
     ap.add_argument("--fixture", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "llama_gqa"))
-    ap.add_argument("--rows", default="a,b,c", help="which rows to run (e: several GPUs, issue 10)")
+    ap.add_argument("--rows", default="a,b,c", help="which rows to run (e: several GPUs, issue 10; g: the decode engine's targets, issue 16)")
     ap.add_argument("--gpu-budget", default="3.4GiB", help="row (e): max_memory per GPU, both sides")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     exe = os.path.abspath(args.cascade)
     anchor = os.path.join(args.work, "anchor")
-    rows, notes = [], []
+    rows, notes, targets = [], [], []
     global HBM, PCIE
     HBM, PCIE = measure_bounds()
     notes.append(f"bounds measured in this run: device-to-device copy {HBM / 1e9:.0f} GB/s (read + write), "
@@ -256,7 +264,12 @@ def main():
     def row(label, hf_rate, ours, bound):
         rows.append((label, hf_rate, ours, bound))
         log(f"{label}: accelerate {hf_rate:.2f}, cascade {ours:.2f}, bound {bound}")
-        report(rows, notes, args.out)
+        report(rows, notes, args.out, targets)
+
+    def target(label, value, unit, bound, goal, met):
+        targets.append((label, value, unit, bound, goal, met))
+        log(f"{label}: {value:.2f} {unit} ({bound}; target {goal})")
+        report(rows, notes, args.out, targets)
 
     if "a" in want:
         model, hf_ready = hf_load(anchor, {0: "70GiB", "cpu": "100GiB"})
@@ -347,7 +360,37 @@ def main():
                          f"({'; '.join(stages)}), activations over NCCL between GPUs")
             log(notes[-1])
 
-    print(report(rows, notes, args.out))
+    if "g" in want:  # issue 16: the decode engine's own rows, GPU-resident, against their targets
+        mem = {"cuda:0": "100GiB", "cpu": "16GiB"}
+        quant = [("bf16", "bf16", ""),
+                 ("int8 weight-only (threshold 0)", "int8", '[quantization]\nmode = "int8"\nthreshold = 0\n'),
+                 ("LLM.int8 (threshold 6)", "llmint8", '[quantization]\nmode = "int8"\n')]
+        goal = {("bf16", 1): 560, ("bf16", 16): 5800, ("int8 weight-only (threshold 0)", 1): 700,
+                ("int8 weight-only (threshold 0)", 16): 4500}
+        bf16 = {}
+        for q, slug, extra in quant:
+            for b in (1, 16):
+                r = cascade_run(exe, args.work, f"g_{slug}_b{b}", anchor, mem, b, N, extra)
+                bound = b * HBM / memory_bytes(r["log"])
+                if q == "bf16":
+                    bf16[b] = r["rate"]
+                want_rate = goal.get((q, b), bf16.get(b, 0))
+                target(f"{q}, batch {b}", r["rate"], "tok/s", f"{100 * r['rate'] / bound:.0f}% of {bound:,.0f}",
+                       f">= {want_rate:,.0f}" + ("" if (q, b) in goal else " (bf16's rate)"), r["rate"] >= want_rate)
+        ttft = [cascade_run(exe, args.work, f"g_ttft{i}", anchor, mem, 1, 2)["first"] * 1e3 for i in range(3)]
+        target("time to first token, 32-token prompt, batch 1 (median of 3)", sorted(ttft)[1], "ms", "–", "<= 6",
+               sorted(ttft)[1] <= 6)
+        notes.append("time to first token runs (ms): " + ", ".join(f"{t:.1f}" for t in ttft))
+        for b in (1, 16):
+            r = cascade_run(exe, args.work, f"g_prefill_b{b}", anchor, mem, b, 2, prompt_len=512)
+            target(f"prefill, {b} x 512-token prompt{'s' if b > 1 else ''}", b * 512 / r["first"], "prompt tok/s",
+                   "–", "reported", True)
+        r = cascade_run(exe, args.work, "g_ready", anchor, mem, 1, 2)
+        target("time to ready from launch", r["ready"], "s", "–", "<= 0.8", r["ready"] <= 0.8)
+        notes.append("time to ready, where it went: " + " / ".join(
+            l.replace("cascade: ", "") for l in r["log"].splitlines() if re.search(r"ready .* after |\) ready in", l)))
+
+    print(report(rows, notes, args.out, targets))
 
 
 if __name__ == "__main__":

@@ -11,25 +11,27 @@
 # with threshold T), GRAPHS=false (true: one row per graph replay), BOUND_GBS=4270 (the
 # device copy bandwidth the % column divides by), METRICS (default: time and DRAM bytes;
 # `gpu__time_duration.sum` alone runs several times faster under ncu, bytes then read 0),
-# STEPS=3, RUN_TIMEOUT=300 (seconds per profiled run).
+# STEPS=3, RUN_TIMEOUT=300 (seconds per profiled run), PROMPT_LEN=32, FIRST (the first
+# profiled step; default BATCH+2; FIRST=0 STEPS=1 profiles the prompts' prefill instead).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 model=$1
 out=${2:-${OUT:-/tmp}}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export LD_LIBRARY_PATH=$PWD/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-ids=$(seq -s, 11 42)
+ids=$(seq -s, 11 $((10 + ${PROMPT_LEN:-32})))
 steps=${STEPS:-3}
 metrics=${METRICS:-gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum}
 for case in ${CASES:-bf16:1 bf16:16 int8_0:1 int8_6:1}; do
   weights=${case%%:*} batch=${case##*:}
   quant=none threshold=0
   case $weights in int8_*) quant=int8 threshold=${weights#int8_} ;; esac
-  printf '[model]\npath = "%s"\ndtype = "bfloat16"\n[placement]\nmax_memory = { "cuda:0" = "100GiB", "cpu" = "100GiB" }\n[runtime]\nmax_batch = %s\nmax_seq_len = 64\ncuda_graphs = %s\n[quantization]\nmode = "%s"\nthreshold = %s\n' \
-    "$model" "$batch" "${GRAPHS:-false}" "$quant" "$threshold" >/tmp/profile.toml
+  first=${FIRST:-$((batch + 2))}
+  n=$((first + steps + 1))
+  printf '[model]\npath = "%s"\ndtype = "bfloat16"\n[placement]\nmax_memory = { "cuda:0" = "100GiB", "cpu" = "100GiB" }\n[runtime]\nmax_batch = %s\nmax_seq_len = %s\ncuda_graphs = %s\n[quantization]\nmode = "%s"\nthreshold = %s\n' \
+    "$model" "$batch" "$((${PROMPT_LEN:-32} + first + steps + 8))" "${GRAPHS:-false}" "$quant" "$threshold" >/tmp/profile.toml
   prompts=()
   for _ in $(seq "$batch"); do prompts+=(--prompt-ids "$ids"); done
-  first=$((batch + 2)) n=$((batch + 2 + steps + 1))
   log=$out/ncu_${weights}_b${batch}.csv
   timeout "${RUN_TIMEOUT:-300}" mpirun --oversubscribe -np 1 build-gpu/cascade generate --config /tmp/profile.toml \
     "${prompts[@]}" --max-new-tokens $n : -np 1 env CASCADE_PROFILE_STEPS=$first:$steps ncu --csv \
