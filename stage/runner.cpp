@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "config/env.h"
+
 namespace cascade::stage {
 
 Batch batch_of(const comm::StepHeader& h) {
@@ -75,10 +77,7 @@ class Records {
 // logits, and no per-row host work is left. CASCADE_SAMPLE_ON_HOST=1 turns it off
 // (a measurement switch: the host path gives the same tokens).
 bool batch_argmax_applies(const comm::StepHeader& h) {
-  static const bool host = [] {
-    const char* e = std::getenv("CASCADE_SAMPLE_ON_HOST");
-    return e && std::string(e) == "1";
-  }();
+  static const bool host = config::env_flag("CASCADE_SAMPLE_ON_HOST", false);
   if (host) return false;
   for (const auto& s : h.seqs) {
     const SamplingParams& p = s.sampling;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "config/env.h"
 #include "stage/kernels/small_gemm.cuh"
 
 namespace cascade::stage::cuda {
@@ -193,10 +194,9 @@ int compute_major() {
 // CASCADE_TENSOR_CORE_GEMV: 0 unset, -1 off ("0" or not a count), else N in [1, 65].
 int tensor_core_setting() {
   static const int from = [] {
-    const char* e = std::getenv("CASCADE_TENSOR_CORE_GEMV");
-    if (!e) return 0;
-    const long v = std::strtol(e, nullptr, 10);
-    return v >= 1 && v <= 65 ? static_cast<int>(v) : -1;
+    const std::optional<long> v = config::env_int("CASCADE_TENSOR_CORE_GEMV");
+    if (!v) return 0;
+    return *v >= 1 && *v <= 65 ? static_cast<int>(*v) : -1;
   }();
   return from;
 }
@@ -204,10 +204,7 @@ int tensor_core_setting() {
 }  // namespace
 
 bool overlapped_launches() {
-  static const bool enabled = [] {
-    const char* e = std::getenv("CASCADE_PDL");
-    return !(e && std::string(e) == "0");
-  }();
+  static const bool enabled = config::env_flag("CASCADE_PDL", true);
   return enabled && compute_major() >= 9;
 }
 
