@@ -48,6 +48,17 @@ struct Batch {
   }
   // [rows] int64 rows of the flattened batch whose logits the LM head returns: each
   // sequence's last token, or all its tokens when it asks for all_logits.
+  // Each sequence's last row in the logits the LM head returns for these rows (one row
+  // a sequence, every token's for those that ask for all_logits): [seqs] indices.
+  std::vector<int64_t> last_logit_rows() const {
+    std::vector<int64_t> last;
+    int64_t row = 0;
+    for (const auto& s : seqs) {
+      row += s.all_logits ? s.n_tokens : 1;
+      last.push_back(row - 1);
+    }
+    return last;
+  }
   at::Tensor logit_rows(at::Device device) const {
     std::vector<int64_t> r;
     int64_t row = 0;

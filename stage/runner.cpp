@@ -87,15 +87,10 @@ bool batch_argmax_applies(const comm::StepHeader& h) {
   return true;
 }
 
-// Each sequence's argmax of its last logit row, [seqs] int64 on the host.
-at::Tensor batch_argmax(const comm::StepHeader& h, const at::Tensor& logits) {
-  std::vector<int64_t> last;
-  int64_t row = 0;
-  for (const auto& s : h.seqs) {
-    row += s.all_logits() ? s.n_tokens : 1;
-    last.push_back(row - 1);
-  }
-  const bool one_row_each = row == static_cast<int64_t>(last.size());
+// The argmax of each sequence's last logits row ([seqs] int64 on the host); `last`:
+// those rows (Batch::last_logit_rows).
+at::Tensor batch_argmax(const at::Tensor& logits, const std::vector<int64_t>& last) {
+  const bool one_row_each = logits.size(0) == static_cast<int64_t>(last.size());
   const at::Tensor rows =
       one_row_each ? logits : logits.index_select(0, at::tensor(last, at::kLong).to(logits.device()));
   return rows.argmax(1).to(at::kCPU).contiguous();
@@ -105,13 +100,14 @@ at::Tensor batch_argmax(const comm::StepHeader& h, const at::Tensor& logits) {
 
 StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tensor& logits) {
   const Batch b = batch_of(h);
-  const int64_t rows = b.logit_rows(at::kCPU).numel();
+  const std::vector<int64_t> last_rows = b.last_logit_rows();  // [seqs]
+  const int64_t rows = last_rows.empty() ? 0 : last_rows.back() + 1;
   TORCH_CHECK(logits.dim() == 2 && logits.size(0) == rows, "step ", h.step_id, ": logits ", logits.sizes(),
               " do not match the ", rows, " rows of ", h.seqs.size(), " sequences");
   TORCH_CHECK(h.ids.empty() || static_cast<int64_t>(h.ids.size()) == b.total_tokens(), "step ", h.step_id, ": ",
               h.ids.size(), " token ids for ", b.total_tokens(), " tokens");
   const bool on_device = batch_argmax_applies(h);
-  const at::Tensor picked = on_device ? batch_argmax(h, logits) : at::Tensor();  // [seqs]
+  const at::Tensor picked = on_device ? batch_argmax(logits, last_rows) : at::Tensor();  // [seqs]
   const at::Tensor cpu = on_device ? at::Tensor() : logits.to(at::kCPU, at::kFloat).contiguous();
   const int64_t vocab = logits.size(1);
   auto row_ptr = [&](int64_t r) { return cpu.data_ptr<float>() + r * vocab; };
@@ -120,11 +116,11 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
   Records rec(k);
   at::Tensor out = at::full({static_cast<int64_t>(h.result_rows())}, -1, at::kLong);
   int64_t* out_ids = out.data_ptr<int64_t>();
-  int64_t row = 0, tok = 0, fork_row = static_cast<int64_t>(h.seqs.size());
+  int64_t tok = 0, fork_row = static_cast<int64_t>(h.seqs.size());
   for (size_t i = 0; i < h.seqs.size(); ++i) {
     const comm::SeqEntry& s = h.seqs[i];
     const SamplingParams& p = s.sampling;
-    const int64_t n_rows = s.all_logits() ? s.n_tokens : 1;
+    const int64_t n_rows = s.all_logits() ? s.n_tokens : 1, row = last_rows[i] - n_rows + 1;
     const int64_t* ids = h.ids.empty() ? nullptr : h.ids.data() + tok;
     if (s.start_pos == 0 && !s.recompute) {  // a new sequence in this slot
       samplers_.erase(s.slot);
@@ -156,7 +152,7 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
           }
           rec.add(static_cast<int64_t>(i), pos, ts);
         }
-        const float* last = row_ptr(row + n_rows - 1);
+        const float* last = row_ptr(last_rows[i]);
         if (s.sample) {
           prompt_tail_.erase(s.slot);
         } else {
@@ -168,7 +164,7 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
       out_ids[i] = picked.data_ptr<int64_t>()[i];
       sm.accept(out_ids[i]);
     } else if (s.sample) {
-      const at::Tensor last = cpu[row + n_rows - 1];
+      const at::Tensor last = cpu[last_rows[i]];
       const int64_t pos = s.start_pos + s.n_tokens;
       // Forks start from the prompt, before this sequence's own token.
       const std::optional<Sampler> base = s.forks.empty() ? std::nullopt : std::optional<Sampler>(sm);
@@ -185,7 +181,6 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
     } else {
       fork_row += static_cast<int64_t>(s.forks.size());
     }
-    row += n_rows;
     tok += s.n_tokens;
   }
   return {out, rec.tensor()};

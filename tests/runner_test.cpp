@@ -61,6 +61,16 @@ TEST(StepRunner, SamplesOnlyWhereAsked) {
 // logprobs sends the whole batch through the host path. Both pick the first largest
 // logit of each sequence's last row (ties included), also when a sequence returns a
 // row per prompt token.
+// The rows sampling reads: one logits row a sequence, every token's for all_logits.
+TEST(StepRunner, LastLogitRowsFollowAllLogits) {
+  Batch b;
+  b.seqs = {{0, 0, 5}, {1, 0, 3}, {2, 7, 1}};
+  EXPECT_EQ(b.last_logit_rows(), (std::vector<int64_t>{0, 1, 2}));
+  b.seqs[1].all_logits = true;
+  EXPECT_EQ(b.last_logit_rows(), (std::vector<int64_t>{0, 3, 4}));
+  EXPECT_TRUE(at::equal(b.logit_rows(at::kCPU), at::tensor({4, 5, 6, 7, 8}, at::kLong)));
+}
+
 TEST(StepRunner, BatchArgmaxEqualsTheHostPath) {
   auto h = prefill({1, 3, 1});
   h.seqs[1].sampling.prompt_logprobs = true;  // all its rows, logprobs still off
