@@ -1,5 +1,5 @@
 // Switches read from the process environment: measurement and fallback knobs that are
-// not part of a run's configuration (README, "Environment"). Each caller reads its
+// not part of a run's configuration (README, "Tests and fixtures"). Each caller reads its
 // variable once (a function-local static), so these are cheap to call anywhere,
 // CUDA sources included (no dependencies beyond the standard library).
 #pragma once
