@@ -1,5 +1,6 @@
 #include "comm/control.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -56,9 +57,25 @@ std::string encode_as(const T& m) {
   return j.dump();
 }
 
+// Every fractional number in a message is seconds or a small factor. One past an int's
+// range would make nlohmann's float-to-int conversion (into an int field) undefined
+// behaviour, so such numbers are rejected here, whatever field holds them.
+bool numbers_in_range(const json& j) {
+  if (j.is_number_float()) return std::abs(j.get<double>()) < 2147483647.0;
+  if (j.is_structured()) {
+    for (const auto& v : j)
+      if (!numbers_in_range(v)) return false;
+  }
+  return true;
+}
+
 json parse(const std::vector<uint8_t>& bytes, const char* what) {
   json j = json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) throw std::invalid_argument(std::string("malformed ") + what + ": not a JSON object");
+  if (!numbers_in_range(j)) {
+    throw std::invalid_argument(std::string("malformed ") + what + ": a number with a fraction or exponent is " +
+                                "out of range (at most 2^31 in magnitude)");
+  }
   return j;
 }
 

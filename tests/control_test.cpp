@@ -91,6 +91,11 @@ TEST(LoadReports, ProgressAndReadyShareOneTagAndAreToldApart) {
   EXPECT_FALSE(f.ok);
   EXPECT_EQ(f.error, bad.error);
   EXPECT_THROW_WITH(decode_load(bytes("{\"type\": \"ready\"}")), std::invalid_argument, "malformed ready report");
+  // A fractional number past an int's range (found by control_message_fuzz: "pid" as
+  // 4.2e24 made nlohmann's float-to-int conversion undefined) is rejected, not cast.
+  std::string huge = encode(r);
+  huge.replace(huge.find("\"pid\":42"), 8, "\"pid\":4.2e24");
+  EXPECT_THROW_WITH(decode_load(bytes(huge)), std::invalid_argument, "out of range");
 }
 
 TEST(StatsAndFailures, RoundTrip) {
