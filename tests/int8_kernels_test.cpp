@@ -1,11 +1,15 @@
-// The int8 decode kernels (LLM.int8 with outliers, and weight-only int8 through the
-// decode GEMV) against the exact CPU path of stage/quant.h. Without a GPU, or
-// in a build without Cascade's CUDA kernels, only the fallback contract is checked.
+// LLM.int8's split kernel and the decode projections that read its pairs, against the
+// exact CPU path of stage/kernels/quant.h. Without a GPU, or in a build without
+// Cascade's CUDA kernels, only the fallback contract is checked.
 #include "stage/kernels/int8_kernels.h"
 
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "stage/kernels/ops.h"
 #include "stage/kernels/quant.h"
+#include "stage/layers/linear.h"
 
 namespace cascade::stage {
 namespace {
@@ -14,77 +18,111 @@ double rel_l2(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / b.to(at::kDouble).norm().item<double>();
 }
 
-TEST(Int8Kernels, OnlyForDecodeShapesOnTheGpu) {
-  const at::Tensor q = at::zeros({32, 64}, at::kChar), s = at::ones({32});
-  const Int8Activation cpu = int8_split(at::ones({1, 64}), 6.0);
-  EXPECT_FALSE(int8_gemv_mixed(cpu.xq, cpu.sx, cpu.xo, cpu.cols, q, s).defined());  // CPU
-  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  const at::Tensor qc = q.cuda(), sc = s.cuda();
-  const Int8Activation one = int8_split(at::ones({1, 64}, at::kCUDA), 6.0);
-  if (!int8_gemv_mixed(one.xq, one.sx, one.xo, one.cols, qc, sc).defined()) GTEST_SKIP() << "no CUDA kernels";
-  const Int8Activation many = int8_split(at::ones({kInt8KernelMaxTokens + 1, 64}, at::kCUDA), 6.0);
-  EXPECT_FALSE(int8_gemv_mixed(many.xq, many.sx, many.xo, many.cols, qc, sc).defined());
-  const Int8Activation odd = int8_split(at::ones({1, 40}, at::kCUDA), 6.0);
-  EXPECT_FALSE(int8_gemv_mixed(odd.xq, odd.sx, odd.xo, odd.cols, at::zeros({32, 40}, at::kChar).cuda(), sc)
-                   .defined());  // in % 16 != 0
+bool kernels() {
+  at::Tensor p, s;
+  return at::hasCUDA() && int8_split_kernel(at::ones({1, 64}, at::kCUDA), 6.0, 16, &p, &s);
 }
 
-// The one-kernel split gives the ATen path's int8 rows and scales exactly, and the same
-// outlier values in the same columns: no outlier, a few, and more columns over the
-// threshold than there are slots (the largest ones win).
+// The ATen split's values in the pairs form: row 2t its int8 row, row 2t + 1 its
+// outliers' values scattered back to their columns.
+at::Tensor pairs_of(const Int8Activation& a) {
+  const int64_t T = a.xq.size(0), K = a.xq.size(1);
+  const at::Tensor outliers = at::zeros({T, K}).scatter_(1, a.cols.cpu(), a.xo.cpu());
+  return at::stack({a.xq.cpu().to(at::kFloat), outliers}, 1).view({2 * T, K});
+}
+
+TEST(Int8Kernels, CpuTensorsTakeTheAtenSplit) {
+  at::Tensor p, s;
+  EXPECT_FALSE(int8_split_kernel(at::ones({1, 64}), 6.0, 16, &p, &s));
+  EXPECT_FALSE(p.defined());
+  const Int8Activation a = int8_split(at::ones({2, 64}), 6.0);
+  EXPECT_FALSE(a.pairs.defined());
+  EXPECT_TRUE(a.xq.defined() && a.cols.defined() && a.xo.defined());
+}
+
+// The split kernel gives the ATen path's int8 rows and scales exactly, and the same
+// outlier values in the same places: no outlier, a few, more in a token than there are
+// slots (its largest win), and one token's own.
 TEST(Int8Kernels, TheSplitKernelMatchesTheAtenSplit) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(11);
-  // Each outlier column's values, scattered back to [T, K]: comparable whatever the slot order.
-  auto dense = [](const Int8Activation& a, int64_t K) {
-    const at::Tensor xo = a.xo.cpu(), cols = a.cols.cpu();
-    return at::zeros({xo.size(0), K}).index_add_(1, cols, xo);
-  };
   for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
-    for (int64_t tokens : {1, 4, 8}) {
+    for (int64_t tokens : {1, 4, 8, 17, 32}) {
       for (int64_t many : {0, 3, 20}) {
         at::Tensor x = at::randn({tokens, 2560});
-        for (int64_t c = 0; c < many; ++c) x.select(1, 7 + 97 * c).mul_(10 + c);
+        // Distinct magnitudes, exact in bf16: which are the largest is never a tie.
+        for (int64_t c = 0; c < many; ++c) x.select(1, 7 + 97 * c).fill_(c % 2 ? 10 + c : -10 - c);
+        x.index_put_({tokens - 1, 5}, 50.0);
         x = x.to(t);
         const Int8Activation want = int8_split(x, 6.0);  // CPU: the ATen path
-        at::Tensor xq, sx, cols, xo;
-        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &xq, &sx, &cols, &xo)) << "no CUDA kernels?";
-        Int8Activation got;
-        got.xq = xq, got.sx = sx, got.cols = cols, got.xo = xo;
+        at::Tensor pairs, sx;
+        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &pairs, &sx));
         const std::string what = std::string(c10::toString(t)) + ", " + std::to_string(tokens) + " tokens, " +
                                  std::to_string(many) + " scaled columns";
+        ASSERT_EQ(pairs.scalar_type(), t) << what;
         EXPECT_TRUE(at::equal(sx.cpu(), want.sx)) << what;
-        EXPECT_TRUE(at::equal(xq.cpu(), want.xq)) << what;
-        EXPECT_TRUE(at::equal(dense(got, 2560), dense(want, 2560))) << what;
-        EXPECT_EQ(cols.numel(), kMaxOutlierColumns);
+        EXPECT_TRUE(at::equal(pairs.cpu().to(at::kFloat), pairs_of(want))) << what;
       }
     }
   }
-  at::Tensor xq, sx, cols, xo;
-  EXPECT_FALSE(int8_split_kernel(at::ones({9, 64}, at::kCUDA), 6.0, 16, &xq, &sx, &cols, &xo));  // > 8 tokens
-  EXPECT_FALSE(int8_split_kernel(at::ones({1, 8}, at::kCUDA), 6.0, 16, &xq, &sx, &cols, &xo));   // K < slots
-  EXPECT_FALSE(xq.defined());
+  at::Tensor pairs, sx;
+  EXPECT_FALSE(int8_split_kernel(at::ones({33, 64}, at::kCUDA), 6.0, 16, &pairs, &sx));  // > 32 tokens
+  EXPECT_FALSE(pairs.defined());
 }
 
-// Every token count the kernels take, both paths, odd output sizes, outliers present.
-TEST(Int8Kernels, MatchTheExactCpuPath) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+// A token's outliers are its own (stage/kernels/quant.h): in a batch with another token's
+// outlier, each token's projection is bit for bit what it gets alone.
+TEST(Int8Kernels, EachTokenGetsWhatItGetsAlone) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(12);
+  const Int8Rows r = quantize_rows(at::randn({512, 1024}).mul_(0.05));
+  Linear l;
+  l.w = r.q.cuda(), l.scale = r.scale.cuda(), l.threshold = 6.0;
+  for (at::ScalarType t : {at::kBFloat16, at::kFloat}) {
+    at::Tensor x = at::randn({5, 1024});
+    x.index_put_({3, 40}, 30.0);
+    x = x.to(t).cuda();
+    const at::Tensor batch = l(l.input(x));
+    for (int64_t i = 0; i < 5; ++i)
+      EXPECT_TRUE(at::equal(batch[i], l(l.input(x.narrow(0, i, 1)))[0])) << c10::toString(t) << ", token " << i;
+  }
+}
+
+// A projection of int8 rows with outliers through the layer's own calls (Linear: plain,
+// residual add, gated), for inputs the tensor-core kernel takes (in % 64 == 0), the GEMV
+// takes (in % 16 == 0, up to 16 tokens), neither takes (ATen's product of the pairs) and
+// the split kernel does not take (in % 8 != 0: ATen's split and int8 GEMM), against the
+// exact CPU path; float32 x takes the plain GEMV.
+TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(7);
-  for (int64_t out : {37, 256}) {
-    const at::Tensor w = at::randn({out, 1024}).mul_(0.05);
-    const Int8Rows r = quantize_rows(w);
-    const at::Tensor qc = r.q.cuda(), sc = r.scale.cuda();
-    for (int64_t tokens = 1; tokens <= kInt8KernelMaxTokens; ++tokens) {
-      at::Tensor x = at::randn({tokens, 1024});
-      x.select(1, 100).mul_(25);  // an outlier column
-      for (double threshold : {6.0, 0.0}) {
-        const Int8Activation a = int8_split(x.cuda(), threshold);
-        // Mixed: this kernel; weight-only: the decode GEMV (fused_kernels.h), through int8_linear.
-        const at::Tensor got =
-            threshold > 0 ? int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, qc, sc) : int8_linear(a, qc, sc, at::Tensor());
-        if (!got.defined()) GTEST_SKIP() << "no CUDA kernels";
-        const at::Tensor want = int8_linear(x, r.q, r.scale, at::Tensor(), threshold);  // CPU, exact sums
-        EXPECT_LT(rel_l2(got.cpu(), want), 1e-6) << out << " outputs, " << tokens << " tokens, threshold " << threshold;
+  for (int64_t in : {1024, 1040, 1000, 1001}) {
+    for (int64_t out : {37, 2560}) {
+      const Int8Rows r = quantize_rows(at::randn({out, in}).mul_(0.05)), r2 = quantize_rows(at::randn({2 * out, in}));
+      Linear l, gu;
+      l.w = r.q.cuda(), l.scale = r.scale.cuda(), l.threshold = 6.0;
+      gu.w = r2.q.cuda(), gu.scale = r2.scale.cuda(), gu.threshold = 6.0;
+      for (int64_t tokens : {1, 3, 8, 13, 32}) {
+        at::Tensor xf = at::randn({tokens, in});
+        xf.select(1, 100).mul_(25);  // an outlier column
+        for (at::ScalarType t : {at::kBFloat16, at::kFloat}) {
+          const at::Tensor x = xf.to(t);
+          const std::string what = std::string(c10::toString(t)) + ", in " + std::to_string(in) + ", out " +
+                                   std::to_string(out) + ", " + std::to_string(tokens) + " tokens";
+          const Int8Activation a = l.input(x.cuda());
+          ASSERT_EQ(a.pairs.defined(), in != 1001) << what;
+          const at::Tensor want = int8_linear(x.to(at::kFloat), r.q, r.scale, {}, 6.0);  // CPU, exact sums
+          const at::Tensor got = l(a);
+          ASSERT_EQ(got.scalar_type(), t) << what;
+          EXPECT_LT(rel_l2(got.cpu(), want), t == at::kFloat ? 1e-6 : 4e-3) << what;
+          if (t == at::kFloat) continue;
+          const at::Tensor res = at::randn({tokens, out}).to(t);
+          EXPECT_LT(rel_l2(l.add_to(res.cuda(), a).cpu(), res.to(at::kFloat) + want), 8e-3) << "residual, " << what;
+          const at::Tensor both = int8_linear(x.to(at::kFloat), r2.q, r2.scale, {}, 6.0);
+          const at::Tensor g = both.narrow(1, 0, out), u = both.narrow(1, out, out);
+          const at::Tensor silu = gu.gated(gu.input(x.cuda()), Activation::kSilu);
+          EXPECT_LT(rel_l2(silu.cpu(), g * at::sigmoid(g) * u), 1.5e-2) << "gated, " << what;
+        }
       }
     }
   }

@@ -114,7 +114,7 @@ TEST(Int8, SumsAreExactPastOneFloatBlock) {
   EXPECT_TRUE(at::equal(y, exact.to(at::kFloat)));
 }
 
-// More outlier columns than kMaxOutlierColumns: the largest take the float path, the
+// More outliers in a token than kMaxOutlierColumns: the largest take the float path, the
 // rest stay in the int8 part, and the result stays close.
 TEST(Int8, OutliersPastTheCapStayInTheInt8Part) {
   at::manual_seed(4);
@@ -122,16 +122,30 @@ TEST(Int8, OutliersPastTheCapStayInTheInt8Part) {
   at::Tensor x = at::randn({6, 128});
   for (int64_t j = 0; j < n; ++j) x.select(1, 3 * j).fill_(10.0 + j);  // column 3j: all 10 + j
   const Int8Activation a = int8_split(x, 6.0);
-  const at::Tensor cols = std::get<0>(a.cols.sort());  // the kMaxOutlierColumns largest: j = extra .. n-1
-  ASSERT_EQ(cols.numel(), kMaxOutlierColumns);
-  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_EQ(cols[i].item<int64_t>(), 3 * (extra + i));
-  EXPECT_TRUE(a.xo.ne(0).all().item<bool>());                          // all of them over 6
-  EXPECT_TRUE(a.xq.index_select(1, a.cols).eq(0).all().item<bool>());  // taken out of the int8 part
-  EXPECT_TRUE(a.xq.select(1, 0).ne(0).any().item<bool>());             // column 0 (j = 0) stays int8
+  const at::Tensor cols = std::get<0>(a.cols.sort(1));  // each token's kMaxOutlierColumns largest: j = extra .. n-1
+  ASSERT_EQ(cols.sizes(), at::IntArrayRef({6, kMaxOutlierColumns}));
+  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_TRUE(cols.select(1, i).eq(3 * (extra + i)).all().item<bool>());
+  EXPECT_TRUE(a.xo.ne(0).all().item<bool>());                    // all of them over 6
+  EXPECT_TRUE(a.xq.gather(1, a.cols).eq(0).all().item<bool>());  // taken out of the int8 part
+  EXPECT_TRUE(a.xq.select(1, 0).ne(0).any().item<bool>());       // column 0 (j = 0) stays int8
   const at::Tensor w = at::randn({24, 128}).mul_(0.05);
   const Int8Rows r = quantize_rows(w);
   const at::Tensor exact = at::linear(x, dequantize(r.q, r.scale, at::kFloat));
   EXPECT_LT(rel_l2(int8_linear(a, r.q, r.scale, at::Tensor()), exact), 0.02);
+}
+
+// A token's outliers are its own: a batch with another token's outlier column gives each
+// token what it gets alone, bit for bit (bitsandbytes would take the column out of every
+// token's int8 part).
+TEST(Int8, ATokensResultDoesNotDependOnItsBatch) {
+  at::manual_seed(6);
+  at::Tensor x = at::randn({3, 256});
+  x.index_put_({2, 17}, 40.0);  // token 2 only
+  const Int8Rows r = quantize_rows(at::randn({48, 256}).mul_(0.05));
+  const at::Tensor batch = int8_linear(x, r.q, r.scale, at::Tensor(), 6.0);
+  for (int64_t t = 0; t < 3; ++t)
+    EXPECT_TRUE(at::equal(batch[t], int8_linear(x.narrow(0, t, 1), r.q, r.scale, at::Tensor(), 6.0)[0])) << t;
+  EXPECT_EQ(int8_split(x, 6.0).xo.ne(0).sum().item<int64_t>(), 1);  // the one outlier
 }
 
 // Same math on the GPU: cuBLASLt's int8 GEMM against the CPU's exact float blocks.

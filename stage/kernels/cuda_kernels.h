@@ -12,17 +12,16 @@ namespace cascade::stage::cuda {
 
 constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 
-// LLM.int8 with outliers for T in [1, kMaxTokens] tokens; K % 16 == 0, 16-byte aligned rows,
-// k_out <= 32. (Weight-only int8 is fused_gemv with int8 weights.)
-cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
-                       const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream);
-
-// LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16) in one
-// block: colmax [K] scratch; xq [T, K]; sx [T]; cols [slots] and xo [T, slots] hold the
-// outlier columns (|x| >= threshold, the `slots` largest by column maximum, largest
-// first), then column 0 with xo 0. T in [1, kMaxTokens], slots in [1, 32], K >= slots.
-cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, float* colmax, int8_t* xq,
-                       float* sx, int64_t* cols, float* xo, cudaStream_t stream);
+// LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16), one
+// block a token, into the form the decode projections read (GemvArgs::sx): pairs [2T, K]
+// in x's dtype, row 2t token t's int8 values (exact in any float type; its outliers 0),
+// row 2t + 1 its outliers' values (0 elsewhere), and sx [T] the int8 rows' scales. A
+// token's outliers are its values with |x| >= threshold, the `slots` largest where there
+// are more (ties at the last one's value included). T in [1, kSplitMaxTokens]; x and
+// pairs 16-byte aligned, K whole 16-byte vectors of x's type, at most 8,192 of them.
+constexpr int kSplitMaxTokens = 32;
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+                       cudaStream_t stream);
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
 cudaError_t fused_rms_norm(int dtype, const void* x, const void* w, void* y, int rows, int H, float eps,
@@ -49,13 +48,17 @@ struct GemvArgs {
   const void* r = nullptr;  // [T, N]: y = r + linear (the residual add, rounded as the two ATen ops round)
   void* y = nullptr;
   int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
+  // LLM.int8 with outliers (int8 rows only): x is int8_split's pairs [2T, K] with these
+  // row scales [T], and y[t, n] = scale[n] (sx[t] x[2t] . w[n] + x[2t + 1] . w[n]), then
+  // the epilogue. Null: x is [T, K].
+  const float* sx = nullptr;
   int tpr = 0;  // threads per weight row: 32, 64 or 128; 0 picks by shape (bench/gpu_gemv_bench)
   // 0: by token count (the tensor-core kernel from a few tokens on where it applies); 1
   // the GEMV; 2 the tensor-core kernel (stage/kernels/small_gemm.cuh), an error where it
   // does not apply. 1 and 2 are for bench/gpu_gemv_bench.
   int kernel = 0;
 };
-// The most tokens one fused_gemv call takes for g's types and K (g.T ignored). 16-bit
+// The most x rows one fused_gemv call takes for g's types and K (g.T ignored; pairs: two a token). 16-bit
 // weights: kMaxTokens, beyond which cuBLAS reads them faster than the tensor-core kernel
 // does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97).
 // int8 rows: 64 where the tensor-core kernel applies (16-bit x on sm_80 or later, K %

@@ -18,11 +18,14 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 namespace {
 
-cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N) {
+// sx: LLM.int8's pairs (x [2T, K]) or undefined.
+cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N,
+                         const at::Tensor& sx = {}) {
   cuda::GemvArgs g;
   g.dtype = cuda_dtype_code(x.scalar_type());
   g.int8 = scale.defined();
-  g.T = static_cast<int>(x.size(0));
+  g.T = static_cast<int>(sx.defined() ? x.size(0) / 2 : x.size(0));
+  g.sx = sx.defined() ? sx.data_ptr<float>() : nullptr;
   g.K = static_cast<int>(x.size(1));
   g.N = static_cast<int>(N);
   g.x = x.data_ptr();
@@ -32,36 +35,42 @@ cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Ten
 }
 
 // Whether the decode kernels take x [tokens, in] against w [rows, in] (and b): w in x's
-// 16-bit dtype, or int8 rows with `scale` [rows] (x also float32).
-bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
+// 16-bit dtype, or int8 rows with `scale` [rows] (x also float32); with sx, x is pairs.
+bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale,
+                  const at::Tensor& sx = {}) {
   const bool int8 = scale.defined();
   const int code = cuda_dtype_code(x.scalar_type());
   if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || w.dim() != 2 || w.size(1) != x.size(1) ||
       !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
     return false;
+  if (sx.defined() && (!int8 || x.size(0) % 2 != 0 || sx.scalar_type() != at::kFloat || !sx.is_cuda() ||
+                       !sx.is_contiguous() || sx.numel() != x.size(0) / 2))
+    return false;
   if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
   const bool types = int8 ? w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
                                 scale.is_cuda() && scale.is_contiguous() && scale.numel() == w.size(0)
                           : code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
-  return types && x.size(0) <= cuda::gemv_max_tokens(gemv_args(x, w, scale, w.size(0)));
+  return types && x.size(0) <= cuda::gemv_max_tokens(gemv_args(x, w, scale, w.size(0), sx));
 }
 
 }  // namespace
 
-at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale) {
-  return fused_linear_add(x, w, b, {}, scale);
+at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale,
+                        const at::Tensor& sx) {
+  return fused_linear_add(x, w, b, {}, scale, sx);
 }
 
 at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
-                            const at::Tensor& scale) {
-  if (!gemv_applies(x, w, b, scale)) return {};
-  if (r.defined() && (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() ||
-                      r.sizes() != at::IntArrayRef({x.size(0), w.size(0)})))
+                            const at::Tensor& scale, const at::Tensor& sx) {
+  if (!gemv_applies(x, w, b, scale, sx)) return {};
+  const int64_t T = sx.defined() ? x.size(0) / 2 : x.size(0);
+  if (r.defined() &&
+      (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() || r.sizes() != at::IntArrayRef({T, w.size(0)})))
     return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const at::Tensor rc = r.defined() ? r.contiguous() : r;
-  at::Tensor y = at::empty({a.size(0), w.size(0)}, a.options());
-  cuda::GemvArgs g = gemv_args(a, w, scale, w.size(0));
+  at::Tensor y = at::empty({T, w.size(0)}, a.options());
+  cuda::GemvArgs g = gemv_args(a, w, scale, w.size(0), sx);
   g.b = b.defined() ? b.data_ptr() : nullptr;
   g.r = rc.defined() ? rc.data_ptr() : nullptr;
   g.y = y.data_ptr();
@@ -69,12 +78,13 @@ at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::
   return y;
 }
 
-at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale) {
-  if (!gemv_applies(x, w, {}, scale) || w.size(0) % 2 != 0 || x.scalar_type() == at::kFloat) return {};
+at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale,
+                              const at::Tensor& sx) {
+  if (!gemv_applies(x, w, {}, scale, sx) || w.size(0) % 2 != 0 || x.scalar_type() == at::kFloat) return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const int64_t I = w.size(0) / 2;
-  at::Tensor y = at::empty({a.size(0), I}, a.options());
-  cuda::GemvArgs g = gemv_args(a, w, scale, I);
+  at::Tensor y = at::empty({sx.defined() ? a.size(0) / 2 : a.size(0), I}, a.options());
+  cuda::GemvArgs g = gemv_args(a, w, scale, I, sx);
   g.y = y.data_ptr();
   g.act = act;
   comm::cuda_check(cuda::fused_gemv_gated(g, at::cuda::getCurrentCUDAStream().stream()), "the gated GEMV kernel");
@@ -123,12 +133,17 @@ at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
-at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
-at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&) {
+at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const at::Tensor&) {
   return {};
 }
-at::Tensor fused_gated_linear(const at::Tensor&, const at::Tensor&, int, const at::Tensor&) { return {}; }
+at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&) {
+  return {};
+}
+at::Tensor fused_gated_linear(const at::Tensor&, const at::Tensor&, int, const at::Tensor&, const at::Tensor&) {
+  return {};
+}
 at::Tensor fused_rms_norm(const at::Tensor&, const at::Tensor&, double) { return {}; }
 at::Tensor fused_gated_act(const at::Tensor&, int) { return {}; }
 at::Tensor fused_rope(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }

@@ -16,6 +16,9 @@
 //   kGated    y = round(act(round(g))) * round(u), g and u the rows n and n + N of a
 //             fused gate/up weight [2N, K] (the gated MLP's activation and product)
 // where s = sum (16-bit weights) or scale[n] * sum (int8), rounded as ATen rounds.
+// LLM.int8 with outliers (GemvArgs::sx set) reads x as int8_split's pairs, two rows a
+// token, and s = scale[n] (sx[t] sum(row 2t) + sum(row 2t + 1)): the int8 part's sum is
+// of integers (exact in float while below 2^24), the outlier columns' of x's own values.
 #pragma once
 
 #include <type_traits>
@@ -125,10 +128,20 @@ __device__ inline void finish(float s, float u, int n, int64_t at, int N, const 
   }
 }
 
+// The sum of output t of a row: acc[t], or for pairs (sx set) sx[t] acc[2t] + acc[2t + 1].
+template <int T>
+__device__ inline float pair_sum(const float (&acc)[T], const float* __restrict__ sx, int t) {
+  if constexpr (T % 2 == 0) {
+    if (sx) return __fadd_rn(__fmul_rn(sx[t], acc[2 * t]), acc[2 * t + 1]);
+  }
+  return acc[t];
+}
+
 template <int T, int TPR, int E, typename S, typename W>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
-                const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act) {
+                const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act,
+                const float* __restrict__ sx) {
   constexpr int kRows = kThreads / TPR;
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
   const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
@@ -168,9 +181,13 @@ __global__ void __launch_bounds__(kThreads)
   row_sum<T, TPR>(acc);
   if (E == kGated) row_sum<T, TPR>(acc2);
   if (!live || lane != 0) return;
+  const int outs = sx ? T / 2 : T;
 #pragma unroll
-  for (int t = 0; t < T; ++t)
-    finish<E, kInt8>(acc[t], acc2[t], n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
+  for (int t = 0; t < T; ++t) {
+    if (t < outs)
+      finish<E, kInt8>(pair_sum<T>(acc, sx, t), pair_sum<T>(acc2, sx, t), n, static_cast<int64_t>(t) * N + n, N,
+                       scale, b, r, y, act);
+  }
 }
 
 // Threads per row: enough rows' loads in flight to cover HBM latency on every shape.
@@ -182,22 +199,31 @@ inline int threads_per_row(int N, int T, bool int8) {
   return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128);
 }
 
+// x's rows: two a token for pairs (g.sx set), else one.
+inline int x_rows(const GemvArgs& g) { return g.sx ? 2 * g.T : g.T; }
+
+// The launch of x rows [t0, t0 + T): its outputs start at output t0 (pairs: t0 / 2).
 template <int T, int TPR, int E, typename S, typename W>
 cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
   constexpr int kRows = kThreads / TPR;
-  const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(t0) * g.N;
+  const int o0 = g.sx ? t0 / 2 : t0;
+  const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(o0) * g.N;
   const S* r = static_cast<const S*>(g.r);
   return launch_overlapped(gemv_kernel<T, TPR, E, S, W>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
                            static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
-                           static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, g.K, g.N, g.act);
+                           static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, g.K, g.N, g.act,
+                           g.sx ? g.sx + o0 : g.sx);
 }
 
-// Every token of g in launches of at most kMaxTokens tokens (each reads the weight once).
+// Every row of x in launches of at most kMaxTokens rows (each reads the weight once; an
+// even count, so that a token's pair stays in one launch).
 template <int E, typename S, typename W>
 cudaError_t launch_gemv(const GemvArgs& g, cudaStream_t stream) {
-  const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, g.T, g.int8);
-  for (int t0 = 0; t0 < g.T; t0 += kMaxTokens) {
-    const int rest = g.T - t0 < kMaxTokens ? g.T - t0 : kMaxTokens;
+  static_assert(kMaxTokens % 2 == 0, "pairs must not straddle two launches");
+  const int rows = x_rows(g);
+  const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, rows, g.int8);
+  for (int t0 = 0; t0 < rows; t0 += kMaxTokens) {
+    const int rest = rows - t0 < kMaxTokens ? rows - t0 : kMaxTokens;
     const cudaError_t e = for_tokens(rest, [&](auto t) {
       constexpr int kT = decltype(t)::value;
       if (tpr == 32) return launch_t<kT, 32, E, S, W>(g, t0, stream);

@@ -1,179 +1,143 @@
-// The CUDA side of stage/int8_kernels.h (LLM.int8 with outliers) and the int8
-// instantiations of the decode projections (gemv.cuh, small_gemm.cuh: weight-only int8): raw pointers only (no
-// LibTorch headers, so nvcc compiles it against the toolkit alone).
+// The CUDA side of stage/int8_kernels.h (LLM.int8's activation split) and the int8
+// instantiations of the decode projections (gemv.cuh, small_gemm.cuh: weight-only int8,
+// and the pairs of LLM.int8 with outliers): raw pointers only (no LibTorch headers, so
+// nvcc compiles it against the toolkit alone).
+#include <cstdint>
+
 #include "stage/kernels/small_gemm.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 4;
+// LLM.int8's activation split (cuda_kernels.h, int8_split): one block a token, as the
+// tokens are split apart. A row's outliers are its values with |x| >= threshold; where
+// there are more than `slots`, rounds of block max find the slots-th largest and the
+// outliers are those at least as large (ties at that value may add a few).
+//
+// Each thread loads its kVecs 16-byte vectors of the row once, all in flight together,
+// and every pass runs on registers: a pass that walked the row from memory in 2-byte
+// steps waited a memory latency per element (9.6 us a split at batch 1, the profile).
 
-__device__ inline int dot4(int a, int b, int acc) { return __dp4a(a, b, acc); }
-
-// One warp per weight row n; each lane reads 16 int8 weights (one int4) per step.
-template <int T>
-__global__ void mixed_kernel(const int8_t* __restrict__ xq, const float* __restrict__ sx, const float* __restrict__ xo,
-                             const int64_t* __restrict__ cols, int k_out, const int8_t* __restrict__ q,
-                             const float* __restrict__ scale, float* __restrict__ y, int K, int N) {
-  const int lane = threadIdx.x % kWarp;
-  const int n = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (n >= N) return;
-  const int4* row = reinterpret_cast<const int4*>(q + static_cast<int64_t>(n) * K);
-  const int vecs = K / 16;
-  int acc[T];
-#pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0;
-#pragma unroll 4
-  for (int v = lane; v < vecs; v += kWarp) {
-    const int4 w = __ldg(row + v);
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int4 a = __ldg(reinterpret_cast<const int4*>(xq + static_cast<int64_t>(t) * K) + v);
-      acc[t] = dot4(a.x, w.x, acc[t]);
-      acc[t] = dot4(a.y, w.y, acc[t]);
-      acc[t] = dot4(a.z, w.z, acc[t]);
-      acc[t] = dot4(a.w, w.w, acc[t]);
-    }
-  }
-  // The outlier columns: lane j takes column j (there are at most 32).
-  const int8_t* qn = q + static_cast<int64_t>(n) * K;
-  const int8_t wj = lane < k_out ? qn[cols[lane]] : 0;
-#pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const int s = warp_sum(acc[t]);
-    const float o = warp_sum(lane < k_out ? xo[t * k_out + lane] * static_cast<float>(wj) : 0.f);
-    if (lane == 0) y[static_cast<int64_t>(t) * N + n] = scale[n] * (sx[t] * static_cast<float>(s) + o);
-  }
+// The block's maximum of v (every thread gets it); `red` holds a value per warp.
+__device__ inline float block_max(float v, float* red) {
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();  // the previous call's readers are done with red
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = threadIdx.x % 32 < blockDim.x / 32 ? red[threadIdx.x % 32] : 0.f;
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 
-// LLM.int8's activation split (int8_kernels.h, int8_split_kernel) in one block. Column
-// maxima go to `colmax`; the outliers are found by rounds of block argmax, each round's
-// winner marked -1 there so its owner thread rescans only its own columns; the rounds stop
-// at `slots` or at the first maximum below the threshold, so their order is topk's.
-constexpr int kSplitThreads = 1024;
-
-template <typename S>
-__global__ void __launch_bounds__(kSplitThreads)
-    split_kernel(const S* __restrict__ x, int T, int K, float threshold, int slots, float* __restrict__ colmax,
-                 int8_t* __restrict__ xq, float* __restrict__ sx, int64_t* __restrict__ cols, float* __restrict__ xo) {
-  __shared__ float red_v[32], row_part[32][kMaxTokens], s_sx[kMaxTokens];
-  __shared__ int red_i[32], chosen[32], n_out;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
+template <typename S, int kVecs>
+__global__ void __launch_bounds__(1024)
+    split_kernel(const S* __restrict__ x, int K, float threshold, int slots, S* __restrict__ pairs,
+                 float* __restrict__ sx) {
+  constexpr int V = 16 / static_cast<int>(sizeof(S));  // values a vector
+  __shared__ float red[32];
+  __shared__ int count;
+  const int64_t t = blockIdx.x;
+  const int nv = K / V;
+  if (threadIdx.x == 0) count = 0;
   wait_for_prior_grid();
   allow_next_grid();
-  float best = -1.f;
-  int best_k = -1;
-  for (int k = tid; k < K; k += blockDim.x) {
-    float m = 0.f;
-    for (int t = 0; t < T; ++t) m = fmaxf(m, fabsf(load(x, static_cast<int64_t>(t) * K + k)));
-    colmax[k] = m;
-    if (m > best) best = m, best_k = k;
+  float v[kVecs][V];
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    const int4 w = i < nv ? __ldg(reinterpret_cast<const int4*>(x + t * K) + i) : make_int4(0, 0, 0, 0);
+    const S* e = reinterpret_cast<const S*>(&w);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[j][k] = load(e, k);  // past the row: 0, never an outlier
   }
-  if (tid == 0) n_out = 0;
-  for (int r = 0; r < slots; ++r) {
-    float v = best;
-    int i = best_k;
-    const auto argmax = [&] {  // the larger value; of equal ones, the lower column
-      for (int o = 16; o > 0; o /= 2) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (ov > v || (ov == v && oi >= 0 && (i < 0 || oi < i))) v = ov, i = oi;
-      }
-    };
-    argmax();
-    __syncthreads();  // the previous round's readers are done with red_v/red_i
-    if (lane == 0) red_v[warp] = v, red_i[warp] = i;
-    __syncthreads();
-    v = lane < warps ? red_v[lane] : -1.f;
-    i = lane < warps ? red_i[lane] : -1;
-    argmax();                               // every warp reduces the same 32 values: each thread gets the winner
-    if (i < 0 || !(v >= threshold)) break;  // the same decision in every thread
-    if (tid == 0) chosen[r] = i, n_out = r + 1;
-    if (i % static_cast<int>(blockDim.x) == tid) {  // the winner's owner: mark it, rescan
-      colmax[i] = -1.f;
-      best = -1.f;
-      best_k = -1;
-      for (int k = tid; k < K; k += blockDim.x)
-        if (colmax[k] > best) best = colmax[k], best_k = k;
+  const auto each = [&](const auto& f) {
+#pragma unroll
+    for (int j = 0; j < kVecs; ++j) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) f(v[j][k]);
     }
-  }
+  };
+  int mine = 0;
+  each([&](float a) { mine += fabsf(a) >= threshold; });
+  __syncthreads();  // count is zeroed
+  if (mine) atomicAdd(&count, mine);
   __syncthreads();
-  // Row scales over the regular columns (colmax >= 0), then the int8 rows.
-  float rm[kMaxTokens];
-#pragma unroll
-  for (int t = 0; t < kMaxTokens; ++t) rm[t] = 0.f;
-  for (int k = tid; k < K; k += blockDim.x) {
-    if (colmax[k] < 0.f) continue;
-#pragma unroll
-    for (int t = 0; t < kMaxTokens; ++t)
-      if (t < T) rm[t] = fmaxf(rm[t], fabsf(load(x, static_cast<int64_t>(t) * K + k)));
-  }
-#pragma unroll
-  for (int t = 0; t < kMaxTokens; ++t) {
-    for (int o = 16; o > 0; o /= 2) rm[t] = fmaxf(rm[t], __shfl_xor_sync(0xffffffffu, rm[t], o));
-    if (lane == 0) row_part[warp][t] = rm[t];
-  }
-  __syncthreads();
-  if (tid < T) {
-    float m = 0.f;
-    for (int w = 0; w < warps; ++w) m = fmaxf(m, row_part[w][tid]);
-    s_sx[tid] = fmaxf(__fdiv_rn(m, 127.f), 1e-12f);
-    sx[tid] = s_sx[tid];
-  }
-  __syncthreads();
-  for (int k = tid; k < K; k += blockDim.x) {
-    const bool outlier = colmax[k] < 0.f;
-    for (int t = 0; t < T; ++t) {
-      const int64_t at = static_cast<int64_t>(t) * K + k;
-      const float q = outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(load(x, at), s_sx[t])), -127.f), 127.f);
-      xq[at] = static_cast<int8_t>(q);
+  // The smallest outlier value: the threshold, or past `slots` outliers the slots-th
+  // largest value (rounds of "the largest below the last round's").
+  float least = threshold;
+  if (count > slots) {
+    float last = INFINITY;
+    for (int r = 0; r < slots; ++r) {
+      float best = 0.f;
+      each([&](float a) {
+        if (fabsf(a) < last) best = fmaxf(best, fabsf(a));
+      });
+      last = block_max(best, red);
     }
+    least = fmaxf(last, threshold);
   }
-  const int n = n_out;
-  if (tid < slots) cols[tid] = tid < n ? chosen[tid] : 0;
-  if (tid < slots * T) {
-    const int j = tid % slots, t = tid / slots;
-    xo[t * slots + j] = j < n ? load(x, static_cast<int64_t>(t) * K + chosen[j]) : 0.f;
+  float m = 0.f;  // the regular values' absmax
+  each([&](float a) {
+    if (!(fabsf(a) >= least)) m = fmaxf(m, fabsf(a));
+  });
+  const float s = fmaxf(__fdiv_rn(block_max(m, red), 127.f), 1e-12f);
+  if (threadIdx.x == 0) sx[t] = s;
+  int4* ints = reinterpret_cast<int4*>(pairs + 2 * t * K);
+  int4* outliers = reinterpret_cast<int4*>(pairs + (2 * t + 1) * K);
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i >= nv) continue;
+    int4 qv, ov;
+    S* q = reinterpret_cast<S*>(&qv);
+    S* o = reinterpret_cast<S*>(&ov);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const bool outlier = fabsf(v[j][k]) >= least;
+      store(q, k, outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(v[j][k], s)), -127.f), 127.f));
+      store(o, k, outlier ? v[j][k] : 0.f);
+    }
+    ints[i] = qv;
+    outliers[i] = ov;
   }
 }
 
-template <int T>
-void launch_mixed(const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out, const int8_t* q,
-                  const float* scale, float* y, int K, int N, cudaStream_t stream) {
-  const dim3 grid((N + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarp * kWarpsPerBlock);
-  mixed_kernel<T><<<grid, block, 0, stream>>>(xq, sx, xo, cols, k_out, q, scale, y, K, N);
+// Threads, and vectors a thread, for rows of K values of S: whole 16-byte vectors, at
+// most 8 a thread (K up to 65,536 16-bit values); cudaErrorInvalidValue otherwise.
+template <typename S>
+cudaError_t split_as(const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+                     cudaStream_t stream) {
+  constexpr int V = 16 / static_cast<int>(sizeof(S));
+  const int nv = K / V;
+  if (K % V != 0 || nv > 8 * 1024 || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(pairs) % 16 != 0)
+    return cudaErrorInvalidValue;
+  const int threads = nv < 1024 ? (nv + 31) / 32 * 32 : 1024, vecs = (nv + threads - 1) / threads;
+  const auto go = [&](auto kernel) {
+    return launch_overlapped(kernel, dim3(T), dim3(threads), stream, static_cast<const S*>(x), K, threshold, slots,
+                             static_cast<S*>(pairs), sx);
+  };
+  if (vecs == 1) return go(split_kernel<S, 1>);
+  if (vecs == 2) return go(split_kernel<S, 2>);
+  if (vecs <= 4) return go(split_kernel<S, 4>);
+  return go(split_kernel<S, 8>);
 }
 
 }  // namespace
 
-cudaError_t int8_mixed(int T, const int8_t* xq, const float* sx, const float* xo, const int64_t* cols, int k_out,
-                       const int8_t* q, const float* scale, float* y, int K, int N, cudaStream_t stream) {
-  return for_tokens(
-      T, [&](auto t) { launch_mixed<decltype(t)::value>(xq, sx, xo, cols, k_out, q, scale, y, K, N, stream); });
-}
-
-cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, float* colmax, int8_t* xq,
-                       float* sx, int64_t* cols, float* xo, cudaStream_t stream) {
-  if (T < 1 || T > kMaxTokens || slots < 1 || slots > 32 || K < slots) return cudaErrorInvalidValue;
-  const dim3 grid(1), block(kSplitThreads);
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+                       cudaStream_t stream) {
+  if (T < 1 || T > kSplitMaxTokens || slots < 1 || K < 1) return cudaErrorInvalidValue;
   switch (dtype) {
     case 0:
-      split_kernel<<<grid, block, 0, stream>>>(static_cast<const float*>(x), T, K, threshold, slots, colmax, xq, sx,
-                                               cols, xo);
-      break;
+      return split_as<float>(x, T, K, threshold, slots, pairs, sx, stream);
     case 1:
-      split_kernel<<<grid, block, 0, stream>>>(static_cast<const __half*>(x), T, K, threshold, slots, colmax, xq, sx,
-                                               cols, xo);
-      break;
+      return split_as<__half>(x, T, K, threshold, slots, pairs, sx, stream);
     case 2:
-      split_kernel<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), T, K, threshold, slots, colmax, xq,
-                                               sx, cols, xo);
-      break;
+      return split_as<__nv_bfloat16>(x, T, K, threshold, slots, pairs, sx, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 namespace gemv {

@@ -1,6 +1,7 @@
 #include "stage/kernels/quant.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/fused_kernels.h"
@@ -29,6 +30,20 @@ at::Tensor int_dots(const at::Tensor& xq, const at::Tensor& q) {
     acc.add_(at::mm(xq.narrow(1, k0, n).to(at::kFloat), q.narrow(1, k0, n).to(at::kFloat).t()).to(at::kDouble));
   }
   return acc.to(at::kFloat);
+}
+
+// Each token's outliers times their weight columns: xo [T, k], cols [T, k], q [N, K] ->
+// [T, N] float32, through a gathered float copy of the columns, kChunk tokens at a time.
+at::Tensor outlier_dots(const at::Tensor& xo, const at::Tensor& cols, const at::Tensor& q) {
+  constexpr int64_t kChunk = 32;
+  const int64_t T = xo.size(0), k = xo.size(1), N = q.size(0);
+  std::vector<at::Tensor> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += kChunk) {
+    const int64_t n = std::min(kChunk, T - t0);
+    const at::Tensor w = q.index_select(1, cols.narrow(0, t0, n).reshape({-1})).to(at::kFloat).view({N, n, k});
+    parts.push_back(w.mul(xo.narrow(0, t0, n).unsqueeze(0)).sum(2).t());  // [n, N]
+  }
+  return at::cat(parts);
 }
 
 }  // namespace
@@ -64,17 +79,15 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   a.x = x;
   a.threshold = threshold;
   if (threshold <= 0) return a;
-  // Decode on a GPU: one kernel (the same values; outlier slots beyond the outliers hold
-  // column 0 with xo 0 where the path below keeps the next-largest columns, also at 0).
-  if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.xq, &a.sx, &a.cols, &a.xo)) return a;
+  if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.pairs, &a.sx)) return a;  // decode on a GPU
   const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
   const at::Tensor xf = x.to(at::kFloat);
-  auto [top, cols] = std::get<0>(xf.abs().max(0)).topk(k);  // [k] largest column maxima, their columns
-  const at::Tensor outlier = top.ge(threshold);             // [k]
+  auto [top, cols] = xf.abs().topk(k, 1);  // [T, k] each token's largest |x|, their columns
+  const at::Tensor outlier = top.ge(threshold);  // [T, k]
   a.cols = cols;
-  a.xo = xf.index_select(1, cols).mul_(outlier.unsqueeze(0));  // [T, k]
-  const at::Tensor mask = at::zeros({K}, outlier.options()).scatter_(0, cols, outlier);
-  const at::Tensor regular = xf.masked_fill(mask.unsqueeze(0), 0.0);                         // [T, K]
+  a.xo = xf.gather(1, cols).mul_(outlier);  // [T, k]
+  const at::Tensor mask = at::zeros(xf.sizes(), outlier.options()).scatter_(1, cols, outlier);
+  const at::Tensor regular = xf.masked_fill(mask, 0.0);                                      // [T, K]
   a.sx = std::get<0>(regular.abs().max(1, /*keepdim=*/true)).div_(127.0).clamp_min_(1e-12);  // [T, 1]
   a.xq = regular.div_(a.sx).round_().clamp_(-127, 127).to(at::kChar);
   return a;
@@ -85,25 +98,29 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   TORCH_CHECK(x.dim() == 2 && x.size(1) == q.size(1), "int8_linear: input ", x.sizes(), " does not fit weight ",
               q.sizes());
   const at::ScalarType ct = compute_type(x);
-  // Decode: one kernel reads the weight once (stage/kernels/int8_kernels.h on CUDA,
-  // stage/kernels/cpu_gemv.h on the CPU, weight-only there).
-  if (x.is_cuda() && a.threshold <= 0) {
-    const at::Tensor d = fused_linear(x, q, bias, scale);  // the decode GEMV, bias and rounding as below
+  // Decode: one kernel reads the weight once (stage/kernels/fused_kernels.h on CUDA,
+  // weight-only or the split kernel's pairs; stage/kernels/cpu_gemv.h on the CPU,
+  // weight-only there), bias and rounding as below.
+  if (x.is_cuda() && (a.threshold <= 0 || a.pairs.defined())) {
+    const at::Tensor d = a.pairs.defined() ? fused_linear(a.pairs, q, bias, scale, a.sx) : fused_linear(x, q, bias, scale);
     if (d.defined()) return d;
   }
   at::Tensor y;  // [T, out] float32
-  if (x.is_cuda() && a.threshold > 0)
-    y = int8_gemv_mixed(a.xq, a.sx, a.xo, a.cols, q, scale);
-  else if (!x.is_cuda() && a.threshold <= 0)
+  if (a.pairs.defined()) {
+    // The pairs through float32 products: integers and x's own values, summed as the
+    // kernel sums them.
+    const at::Tensor p = at::linear(a.pairs.to(at::kFloat), q.to(at::kFloat)).view({x.size(0), 2, q.size(0)});
+    y = p.select(1, 0).mul(a.sx).add_(p.select(1, 1)).mul_(scale.unsqueeze(0));
+  } else if (!x.is_cuda() && a.threshold <= 0) {
     y = cpu_int8_linear(x, q, scale);
+  }
   if (!y.defined()) {
     if (a.threshold <= 0) {
       // The int8 values are exact in every float type, so no dequantized copy is made:
       // the scales apply to the product's columns.
       y = at::linear(x.to(ct), q.to(ct)).to(at::kFloat);
     } else {
-      y = int_dots(a.xq, q).mul_(a.sx);
-      y.add_(at::mm(a.xo.to(ct), q.index_select(1, a.cols).to(ct).t()).to(at::kFloat));  // outlier columns
+      y = int_dots(a.xq, q).mul_(a.sx).add_(outlier_dots(a.xo, a.cols, q));
     }
     y.mul_(scale.unsqueeze(0));
   }

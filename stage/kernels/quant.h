@@ -1,17 +1,23 @@
 // LLM.int8 (Dettmers et al., 2022), as bitsandbytes integrates it: linear weights
-// stored as int8 with one absmax scale per output row; at run time the activation
-// columns holding an outlier (|x| >= threshold, 6.0 by default) are multiplied in
-// floating point against those weight columns dequantized, and the rest as
-// int8 x int8 -> int32 with a scale per activation row and per weight row.
-// threshold = 0 is the weight-only path: the int8 weight times x, then the row scales.
+// stored as int8 with one absmax scale per output row; at run time the activations'
+// outliers (|x| >= threshold, 6.0 by default) are multiplied in floating point against
+// their weight columns dequantized, and the rest as int8 x int8 -> int32 with a scale per
+// activation row and per weight row. threshold = 0 is the weight-only path: the int8
+// weight times x, then the row scales.
 //
-// Two departures from bitsandbytes, both so that a step needs no device-to-host sync
-// (and so can be captured in a CUDA graph): the outlier columns are the
-// kMaxOutlierColumns largest by |x| among those over the threshold (bitsandbytes takes
-// all of them, which needs their count on the host); any beyond that stay in the int8
-// part, quantized with their row. And the int8 sums are exact everywhere: cuBLASLt's
-// int8 GEMM on CUDA (LibTorch >= 2.1), float32 products in blocks of 1024 (exact below
-// 2^24) elsewhere. Plain functions; no state.
+// Departures from bitsandbytes:
+// - Outliers are a token's own: its values over the threshold. bitsandbytes takes a
+//   whole column out of the int8 part for every token of the batch when one token has an
+//   outlier there, so a token's result depends on its batch: on who else a continuous
+//   batch holds, and on the pad rows of a CUDA graph's batch bucket.
+// - At most kMaxOutlierColumns a token, its largest (bitsandbytes takes all, which needs
+//   their count on the host); any beyond stay in the int8 part, quantized with their
+//   row. So a step needs no device-to-host sync and can be captured in a CUDA graph.
+// - The int8 sums are exact: cuBLASLt's int8 GEMM on CUDA (LibTorch >= 2.1), float32
+//   products in blocks of 1024 (exact below 2^24) on the CPU; the decode kernels' float32
+//   sums of integers (stage/kernels/int8_kernels.h) are exact while a sum stays below
+//   2^24 (127 * 127 * 1040).
+// Plain functions; no state.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,12 +49,15 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarTy
 
 // An activation split once for every projection that reads it (q/k/v share one,
 // gate/up another), so the split costs its kernels once.
+// On a GPU, up to kInt8SplitMaxTokens tokens, the split is one kernel and its result
+// `pairs` (the decode kernels' form); elsewhere ATen's, in xq, cols and xo.
 struct Int8Activation {
   at::Tensor x;          // [tokens, in] as given
   double threshold = 0;  // <= 0: weight-only, nothing below is set
-  at::Tensor xq;         // [tokens, in] int8, outlier columns zeroed
-  at::Tensor sx;         // [tokens, 1] float32 row scales of xq
-  at::Tensor cols;       // [k] int64: the k largest columns by |x|
+  at::Tensor sx;         // [tokens, 1] float32 row scales of the int8 part
+  at::Tensor pairs;      // [2 tokens, in] in x's dtype (int8_kernels.h), or undefined
+  at::Tensor xq;         // [tokens, in] int8, each token's outliers zeroed (ATen's split)
+  at::Tensor cols;       // [tokens, k] int64: each token's k largest |x|, their columns
   at::Tensor xo;         // [tokens, k] float32: their values where over the threshold, else 0
 };
 Int8Activation int8_split(const at::Tensor& x, double threshold);

@@ -44,9 +44,23 @@ Int8Activation Linear::input(const at::Tensor& x) const {
   return int8_split(x, int8() ? threshold : 0.0);  // weight-only or float: x as is
 }
 
+namespace {
+
+// What the decode kernels read for int8 rows on the GPU: x (weight-only), or the split
+// kernel's pairs and their scales (LLM.int8 with outliers). False where neither.
+bool kernel_input(const Int8Activation& a, at::Tensor* x, at::Tensor* sx) {
+  if (!a.x.is_cuda()) return false;
+  if (a.threshold <= 0) *x = a.x;
+  else if (a.pairs.defined()) *x = a.pairs, *sx = a.sx;
+  return x->defined();
+}
+
+}  // namespace
+
 at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a) const {
-  if (int8() && a.threshold <= 0 && a.x.is_cuda()) {
-    const at::Tensor y = fused_linear_add(a.x, w, b, r, scale);  // weight-only int8: the add in the GEMV
+  at::Tensor x, sx;
+  if (int8() && kernel_input(a, &x, &sx)) {
+    const at::Tensor y = fused_linear_add(x, w, b, r, scale, sx);  // the add in the decode kernel
     if (y.defined()) return y;
   }
   if (int8() || conv1d) return r + (*this)(a);
@@ -55,8 +69,9 @@ at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a) const {
 
 at::Tensor Linear::gated(const Int8Activation& a, Activation act) const {
   if (!int8() && !conv1d && !b.defined()) return apply_gated(a.x, w, act);
-  if (int8() && !b.defined() && a.threshold <= 0 && a.x.is_cuda()) {
-    const at::Tensor y = fused_gated_linear(a.x, w, static_cast<int>(act), scale);
+  at::Tensor x, sx;
+  if (int8() && !b.defined() && kernel_input(a, &x, &sx)) {
+    const at::Tensor y = fused_gated_linear(x, w, static_cast<int>(act), scale, sx);
     if (y.defined()) return y;
   }
   return gated_activation((*this)(a), act);
