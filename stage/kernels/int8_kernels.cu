@@ -57,14 +57,19 @@ __global__ void __launch_bounds__(1024)
       for (int k = 0; k < V; ++k) f(v[j][k]);
     }
   };
+  // One pass counts the outliers and takes the regular values' absmax: right unless
+  // there are more outliers than slots (then rounds of "the largest below the last
+  // round's" find the slots-th largest, and the absmax is taken again below it).
   int mine = 0;
-  each([&](float a) { mine += fabsf(a) >= threshold; });
+  float m = 0.f;
+  each([&](float a) {
+    if (fabsf(a) >= threshold) ++mine;
+    else m = fmaxf(m, fabsf(a));  // NaN: neither an outlier nor the max (fmaxf drops it)
+  });
   __syncthreads();  // count is zeroed
   if (mine) atomicAdd(&count, mine);
-  __syncthreads();
-  // The smallest outlier value: the threshold, or past `slots` outliers the slots-th
-  // largest value (rounds of "the largest below the last round's").
-  float least = threshold;
+  m = block_max(m, red);  // its barriers also publish count
+  float least = threshold;  // the smallest outlier value
   if (count > slots) {
     float last = INFINITY;
     for (int r = 0; r < slots; ++r) {
@@ -75,12 +80,13 @@ __global__ void __launch_bounds__(1024)
       last = block_max(best, red);
     }
     least = fmaxf(last, threshold);
+    m = 0.f;
+    each([&](float a) {
+      if (!(fabsf(a) >= least)) m = fmaxf(m, fabsf(a));
+    });
+    m = block_max(m, red);
   }
-  float m = 0.f;  // the regular values' absmax
-  each([&](float a) {
-    if (!(fabsf(a) >= least)) m = fmaxf(m, fabsf(a));
-  });
-  const float s = fmaxf(__fdiv_rn(block_max(m, red), 127.f), 1e-12f);
+  const float s = fmaxf(__fdiv_rn(m, 127.f), 1e-12f);
   if (threadIdx.x == 0) sx[t] = s;
   int4* ints = reinterpret_cast<int4*>(pairs + 2 * t * K);
   int4* outliers = reinterpret_cast<int4*>(pairs + (2 * t + 1) * K);
