@@ -135,14 +135,14 @@ void rows(const DotArgs& a, int t0) {
 
 // Tokens in groups of up to four, the tile shapes chosen to fit the vector registers
 // (R * G sums + G inputs + a weight): 16 for AVX2, 32 for AVX-512 (V::kRegs).
-// One or two tokens of float32 or bfloat16 rows take 8 rows at a time where there are 32
-// registers: 8 row streams in flight read 12-35% faster than 4 on the development VM
-// (AMD Zen 5, one thread, cpu_gemv_bench, 2026-12-04). int8 rows stay at 4: at 8 their
-// rate fell to ~1 GB/s in two runs of three there (not understood yet); float16 was
-// not measured. A row's sum is the same whatever R (its own register, the same k order).
+// One or two tokens take 8 rows at a time where there are 32 registers: 8 row streams in
+// flight read faster than 4 on the development VM (AMD Zen 5, one thread,
+// cpu_gemv_bench, 2026-12-04: float32 and bfloat16 12-35%, int8 ~15%, float16 within the
+// noise; docs/performance.md). A row's sum is the same whatever R (its own register, the
+// same k order).
 template <class V, WeightType WT>
 void dot_block(const DotArgs& a) {
-  constexpr bool kWide = V::kRegs >= 32 && (WT == WeightType::kF32 || WT == WeightType::kBF16);
+  constexpr bool kWide = V::kRegs >= 32;
   for (int t = 0; t < a.tokens;) {
     const int left = a.tokens - t;
     switch (left >= 4 ? 4 : left) {
