@@ -124,7 +124,8 @@ TEST(Int8, OutliersPastTheCapStayInTheInt8Part) {
   const Int8Activation a = int8_split(x, 6.0);
   const at::Tensor cols = std::get<0>(a.cols.sort(1));  // each token's kMaxOutlierColumns largest: j = extra .. n-1
   ASSERT_EQ(cols.sizes(), at::IntArrayRef({6, kMaxOutlierColumns}));
-  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_TRUE(cols.select(1, i).eq(3 * (extra + i)).all().item<bool>());
+  for (int64_t i = 0; i < kMaxOutlierColumns; ++i)
+    EXPECT_TRUE(cols.select(1, i).eq(3 * (extra + i)).all().item<bool>());
   EXPECT_TRUE(a.xo.ne(0).all().item<bool>());                    // all of them over 6
   EXPECT_TRUE(a.xq.gather(1, a.cols).eq(0).all().item<bool>());  // taken out of the int8 part
   EXPECT_TRUE(a.xq.select(1, 0).ne(0).any().item<bool>());       // column 0 (j = 0) stays int8

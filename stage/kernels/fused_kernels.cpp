@@ -64,8 +64,8 @@ at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::
                             const at::Tensor& scale, const at::Tensor& sx) {
   if (!gemv_applies(x, w, b, scale, sx)) return {};
   const int64_t T = sx.defined() ? x.size(0) / 2 : x.size(0);
-  if (r.defined() &&
-      (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() || r.sizes() != at::IntArrayRef({T, w.size(0)})))
+  if (r.defined() && (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() ||
+                      r.sizes() != at::IntArrayRef({T, w.size(0)})))
     return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const at::Tensor rc = r.defined() ? r.contiguous() : r;
@@ -133,8 +133,7 @@ at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
-at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&) {
+at::Tensor fused_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   return {};
 }
 at::Tensor fused_linear_add(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,

@@ -185,8 +185,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     if (t < outs)
-      finish<E, kInt8>(pair_sum<T>(acc, sx, t), pair_sum<T>(acc2, sx, t), n, static_cast<int64_t>(t) * N + n, N,
-                       scale, b, r, y, act);
+      finish<E, kInt8>(pair_sum<T>(acc, sx, t), pair_sum<T>(acc2, sx, t), n, static_cast<int64_t>(t) * N + n, N, scale,
+                       b, r, y, act);
   }
 }
 

@@ -27,10 +27,10 @@ bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at:
     return false;
   const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1));
   at::Tensor p = at::empty({2 * T, K}, a.options()), s = at::empty({T, 1}, a.options().dtype(at::kFloat));
-  comm::cuda_check(cuda::int8_split(cuda_dtype_code(t), a.data_ptr(), T, K, static_cast<float>(threshold),
-                                    static_cast<int>(slots), p.data_ptr(), s.data_ptr<float>(),
-                                    at::cuda::getCurrentCUDAStream().stream()),
-                   "the int8 split kernel");
+  comm::cuda_check(
+      cuda::int8_split(cuda_dtype_code(t), a.data_ptr(), T, K, static_cast<float>(threshold), static_cast<int>(slots),
+                       p.data_ptr(), s.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+      "the int8 split kernel");
   *pairs = p;
   *sx = s;
   return true;

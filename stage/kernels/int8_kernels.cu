@@ -30,9 +30,8 @@ __device__ inline float block_max(float v, float* red) {
 }
 
 template <typename S, int kVecs>
-__global__ void __launch_bounds__(1024)
-    split_kernel(const S* __restrict__ x, int K, float threshold, int slots, S* __restrict__ pairs,
-                 float* __restrict__ sx) {
+__global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, int K, float threshold, int slots,
+                                                     S* __restrict__ pairs, float* __restrict__ sx) {
   constexpr int V = 16 / static_cast<int>(sizeof(S));  // values a vector
   __shared__ float red[32];
   __shared__ int count;
@@ -63,12 +62,14 @@ __global__ void __launch_bounds__(1024)
   int mine = 0;
   float m = 0.f;
   each([&](float a) {
-    if (fabsf(a) >= threshold) ++mine;
-    else m = fmaxf(m, fabsf(a));  // NaN: neither an outlier nor the max (fmaxf drops it)
+    if (fabsf(a) >= threshold)
+      ++mine;
+    else
+      m = fmaxf(m, fabsf(a));  // NaN: neither an outlier nor the max (fmaxf drops it)
   });
   __syncthreads();  // count is zeroed
   if (mine) atomicAdd(&count, mine);
-  m = block_max(m, red);  // its barriers also publish count
+  m = block_max(m, red);    // its barriers also publish count
   float least = threshold;  // the smallest outlier value
   if (count > slots) {
     float last = INFINITY;

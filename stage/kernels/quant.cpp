@@ -82,7 +82,7 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.pairs, &a.sx)) return a;  // decode on a GPU
   const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
   const at::Tensor xf = x.to(at::kFloat);
-  auto [top, cols] = xf.abs().topk(k, 1);  // [T, k] each token's largest |x|, their columns
+  auto [top, cols] = xf.abs().topk(k, 1);        // [T, k] each token's largest |x|, their columns
   const at::Tensor outlier = top.ge(threshold);  // [T, k]
   a.cols = cols;
   a.xo = xf.gather(1, cols).mul_(outlier);  // [T, k]
@@ -102,7 +102,8 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   // weight-only or the split kernel's pairs; stage/kernels/cpu_gemv.h on the CPU,
   // weight-only there), bias and rounding as below.
   if (x.is_cuda() && (a.threshold <= 0 || a.pairs.defined())) {
-    const at::Tensor d = a.pairs.defined() ? fused_linear(a.pairs, q, bias, scale, a.sx) : fused_linear(x, q, bias, scale);
+    const at::Tensor d =
+        a.pairs.defined() ? fused_linear(a.pairs, q, bias, scale, a.sx) : fused_linear(x, q, bias, scale);
     if (d.defined()) return d;
   }
   at::Tensor y;  // [T, out] float32

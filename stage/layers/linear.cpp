@@ -50,8 +50,10 @@ namespace {
 // kernel's pairs and their scales (LLM.int8 with outliers). False where neither.
 bool kernel_input(const Int8Activation& a, at::Tensor* x, at::Tensor* sx) {
   if (!a.x.is_cuda()) return false;
-  if (a.threshold <= 0) *x = a.x;
-  else if (a.pairs.defined()) *x = a.pairs, *sx = a.sx;
+  if (a.threshold <= 0)
+    *x = a.x;
+  else if (a.pairs.defined())
+    *x = a.pairs, *sx = a.sx;
   return x->defined();
 }
 
