@@ -49,8 +49,9 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarTy
 
 // An activation split once for every projection that reads it (q/k/v share one,
 // gate/up another), so the split costs its kernels once.
-// On a GPU, up to kInt8SplitMaxTokens tokens, the split is one kernel and its result
-// `pairs` (the decode kernels' form); elsewhere ATen's, in xq, cols and xo.
+// On a GPU, where the split kernel takes x (stage/kernels/int8_kernels.h: up to
+// kInt8SplitMaxTokens tokens), the result is `pairs` (the decode kernels' form) and sx;
+// elsewhere ATen's split, in sx, xq, cols and xo.
 struct Int8Activation {
   at::Tensor x;          // [tokens, in] as given
   double threshold = 0;  // <= 0: weight-only, nothing below is set
