@@ -43,28 +43,31 @@ __device__ inline float activation(int act, float v) {
   }
 }
 
-// Sums `acc` over the TPR threads of each row; the result is valid in the row's first thread.
-template <int T, int TPR>
-__device__ inline void row_sum(float (&acc)[T]) {
+// Sums the first kArrays of (a, b) over the TPR threads of each row in one round through
+// shared memory (a round is a block barrier, and a block's life is short: a few loads a
+// thread); the results are valid in the row's first thread.
+template <int T, int TPR, int kArrays>
+__device__ inline void row_sums(float (&a)[T], float (&b)[T]) {
+  const auto each = [&](const auto& f) {
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = warp_sum(acc[t]);
-  if constexpr (TPR > 32) {
-    __shared__ float part[kThreads / 32][T];
-    const int warp = threadIdx.x / 32;
-    __syncthreads();  // a previous call's readers are done with `part`
-    if (threadIdx.x % 32 == 0) {
-#pragma unroll
-      for (int t = 0; t < T; ++t) part[warp][t] = acc[t];
+    for (int t = 0; t < T; ++t) {
+      f(a[t], 0, t);
+      if (kArrays > 1) f(b[t], 1, t);
     }
+  };
+  each([](float& v, int, int) { v = warp_sum(v); });
+  if constexpr (TPR > 32) {
+    __shared__ float part[kThreads / 32][kArrays][T];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) each([&](float& v, int i, int t) { part[warp][i][t] = v; });
     __syncthreads();
     if (threadIdx.x % TPR == 0) {
-#pragma unroll
-      for (int t = 0; t < T; ++t) {
+      each([&](float& v, int i, int t) {
         float s = 0.f;
 #pragma unroll
-        for (int i = 0; i < TPR / 32; ++i) s += part[warp + i][t];
-        acc[t] = s;
-      }
+        for (int w = 0; w < TPR / 32; ++w) s += part[warp + w][i][t];
+        v = s;
+      });
     }
   }
 }
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kRows = kThreads / TPR;
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
   const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
-  const bool live = n < N;  // no early return: row_sum may synchronise the block
+  const bool live = n < N;  // no early return: row_sums may synchronise the block
   const int vecs = K / kPerLoad<W>;
   const int4* row = reinterpret_cast<const int4*>(w + static_cast<int64_t>(live ? n : 0) * K);
   const int4* row2 = E == kGated ? row + static_cast<int64_t>(N) * vecs : row;  // the up row
@@ -178,8 +181,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  row_sum<T, TPR>(acc);
-  if (E == kGated) row_sum<T, TPR>(acc2);
+  row_sums<T, TPR, E == kGated ? 2 : 1>(acc, acc2);
   if (!live || lane != 0) return;
   const int outs = sx ? T / 2 : T;
 #pragma unroll
