@@ -96,12 +96,15 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   if (!decode_attention_applies(q, k_cache, v_cache, args, counters)) return {};
   const int code = cuda_dtype_code(q.scalar_type());
   const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
-  // Enough blocks for four per multiprocessor, and at least 16 keys per block: a block's
-  // time is its warps' chains of dependent keys (4 keys a warp here), not bandwidth, at
-  // the spans of a chat (20 blocks of up to 64 keys took 8.8 us at batch 1 on the H200).
+  // Enough warps for 16 per multiprocessor, and at least 4 keys a warp: a block's time is
+  // its warps' chains of dependent keys, not bandwidth, at the spans of a chat (20 blocks
+  // of up to 64 keys took 8.8 us at batch 1 on the H200), and each split beyond one adds
+  // a merge through global memory.
+  const int warps = cuda::attention_warps(static_cast<int>(heads / kv_heads), static_cast<int>(D));
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t pairs = B * kv_heads;
-  const int64_t splits = std::clamp<int64_t>((4 * sms + pairs - 1) / pairs, 1, std::max<int64_t>(1, args.span / 16));
+  const int64_t splits = std::clamp<int64_t>((16 * sms + pairs * warps - 1) / (pairs * warps), 1,
+                                             std::max<int64_t>(1, args.span / (4 * warps)));
   const at::Tensor qc = q.contiguous();
   at::Tensor o = at::empty_like(qc);
   at::Tensor work = at::empty({splits > 1 ? splits * B * heads * (D + 2) : 1}, q.options().dtype(at::kFloat));
@@ -116,7 +119,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
                                 static_cast<int>(args.window),
                                 static_cast<float>(args.scale),
                                 static_cast<float>(args.softcap),
-                                args.slopes.defined() ? args.slopes.data_ptr<float>() : nullptr};
+                                args.slopes.defined() ? args.slopes.data_ptr<float>() : nullptr,
+                                warps};
   comm::cuda_check(
       cuda::decode_attention(a, qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr<int64_t>(),
                              pos.data_ptr<int64_t>(), o.data_ptr(), work.data_ptr<float>(), counters.data_ptr<int>(),

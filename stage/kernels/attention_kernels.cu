@@ -5,14 +5,19 @@
 // of the GQA group. Splits write partial (max, sum, acc) and the last block of a
 // (sequence, KV head) to finish merges them (a counter per pair, reset by that block),
 // so a step is one launch whatever the split count. Raw pointers only (cuda_kernels.h).
+//
+// A warp's keys are a chain: each waits for its key's load from HBM (the cache lines of
+// earlier positions are long evicted by a step's weights), so a block's time is about
+// its keys per warp times that latency. Blocks of 16 warps (where their shared memory
+// fits: cuda::attention_warps) give a chat's spans few keys a warp in one split, with no
+// merge through global memory.
 #include <cfloat>
 
+#include "config/env.h"
 #include "stage/kernels/cuda_common.cuh"
 
 namespace cascade::stage::cuda {
 namespace {
-
-constexpr int kAttnWarps = 4;
 
 // n contiguous values of a row as float.
 template <typename S, int N>
@@ -31,7 +36,7 @@ __device__ inline void load_row(const S* __restrict__ p, float (&out)[N]) {
   }
 }
 
-template <typename S, int D, int G>
+template <typename S, int D, int G, int kAttnWarps>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     attention_kernel(DecodeAttention a, const S* __restrict__ q, const S* __restrict__ kc, const S* __restrict__ vc,
                      const int64_t* __restrict__ slots, const int64_t* __restrict__ pos, S* __restrict__ o,
@@ -170,15 +175,22 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 template <typename S, int D, int G>
 void attention_t(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
                  const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
-  launch_overlapped(attention_kernel<S, D, G>, dim3(a.B * a.kv_heads, a.splits), dim3(kAttnWarps * 32), stream, a,
-                    static_cast<const S*>(q), static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos,
-                    static_cast<S*>(o), work, counters);
+  const auto go = [&](auto kernel, int warps) {
+    launch_overlapped(kernel, dim3(a.B * a.kv_heads, a.splits), dim3(warps * 32), stream, a, static_cast<const S*>(q),
+                      static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos, static_cast<S*>(o), work,
+                      counters);
+  };
+  if constexpr (G * D <= kWideAttentionElems) {
+    if (a.warps == 16) return go(attention_kernel<S, D, G, 16>, 16);
+  }
+  go(attention_kernel<S, D, G, 4>, 4);
 }
 
 template <typename S, int D>
 cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
                         const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
   const int group = a.heads / a.kv_heads;
+  if (a.warps != attention_warps(group, D) && a.warps != 4) return cudaErrorInvalidValue;
   if (group == 1)
     attention_t<S, D, 1>(a, q, kc, vc, slots, pos, o, work, counters, stream);
   else if (group == 2)
@@ -244,6 +256,12 @@ cudaError_t store_kv_as(const cuda::DecodeStoreKv& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+int attention_warps(int group, int D) {
+  static const bool wide = config::env_flag("CASCADE_WIDE_ATTENTION", true);
+  const int g = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;  // the kernel's G
+  return wide && g * D <= kWideAttentionElems ? 16 : 4;
+}
 
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
                              const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,

@@ -85,7 +85,15 @@ struct DecodeAttention {
   int dtype, B, heads, kv_heads, D, max_seq, span, splits, window;
   float scale, softcap;
   const float* slopes;
+  int warps;  // per block: 4, or attention_warps(heads / kv_heads, D)
 };
+// Blocks of 16 warps keep a float per warp, query head of the group (rounded up to 1, 2,
+// 4 or 8) and element: within this many elements a warp (8 KiB a warp at most), else 4.
+constexpr int kWideAttentionElems = 512;
+// The warps per block decode_attention uses for this GQA group and head size: 16 where
+// they fit (kWideAttentionElems) and CASCADE_WIDE_ATTENTION is not "0" (the switch for
+// measuring them), else 4. The caller sizes its splits by it. Host code.
+int attention_warps(int group, int D);
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
                              const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
                              cudaStream_t stream);
