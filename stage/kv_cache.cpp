@@ -119,6 +119,8 @@ at::Tensor KvCache::attend_decode_rotary(int64_t layer, const at::Tensor& q, con
   TORCH_CHECK(d.slots.size(0) == B, "decode index has ", d.slots.size(0), " sequences, the step ", B);
   const DecodeAttentionArgs args{d.span, scale, window, mods.softcap, mods.alibi};
   if (!decode_attention_applies(q, c.k, c.v, args, counters_)) return {};
+  const at::Tensor fused = decode_rope_attention(q, k, v, cos, sin, c.k, c.v, d.slots, d.pos, args, counters_);
+  if (fused.defined()) return fused.view({B, heads * head_dim});
   const at::Tensor qr = decode_rope_store_kv(q, k, v, cos, sin, c.k, c.v, d.slots, d.pos);
   if (!qr.defined()) return {};
   const at::Tensor o = decode_attention(qr, c.k, c.v, d.slots, d.pos, args, counters_);
@@ -153,8 +155,8 @@ at::Tensor KvCache::attend_rotary(int64_t layer, const at::Tensor& q, const at::
   return qr.defined() ? attend_stored(layer, qr, batch, scale, window, mods) : at::Tensor();
 }
 
-at::Tensor KvCache::attend_stored(int64_t layer, const at::Tensor& q, const Batch& batch, double scale,
-                                  int64_t window, const ScoreMods& mods) {
+at::Tensor KvCache::attend_stored(int64_t layer, const at::Tensor& q, const Batch& batch, double scale, int64_t window,
+                                  const ScoreMods& mods) {
   Layer& c = this->layer(layer);
   const int64_t heads = q.size(1), kv_heads = c.k.size(1), head_dim = q.size(2);
   at::Tensor out = at::empty({q.size(0), heads, head_dim}, q.options());

@@ -81,8 +81,9 @@ class KvCache {
                            const DecodeIndex& d, double scale, int64_t window, const ScoreMods& mods = {});
 
   // attend_decode with RoPE folded into the store: q and k arrive unrotated, cos/sin
-  // [seqs, head_dim] in q's dtype; one kernel rotates q and k and writes K/V, one
-  // attends. Undefined where those kernels do not take the step (not a GPU cache, a
+  // [seqs, head_dim] in q's dtype; one kernel rotates q and k, writes K/V and attends
+  // (decode_rope_attention; where it declines, one kernel rotates and stores and one
+  // attends). Undefined where those kernels do not take the step (not a GPU cache, a
   // partial rotary, a head size they lack), before anything is written: the caller then
   // rotates q and k itself and calls attend_decode.
   at::Tensor attend_decode_rotary(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -188,29 +188,44 @@ TEST(KvCache, RotaryDecodeEqualsRotatingFirst) {
     EXPECT_EQ(cpu.read(0, 2, 40, 41).first.abs().sum().item<double>(), 0.0);
   }
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
-  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
-    KvCache fused({0}, 4, kvh, 64, d, t, at::kCUDA, true), apart({0}, 4, kvh, 64, d, t, at::kCUDA, true);
-    for (const auto& [slot, len] : seqs) {
-      const at::Tensor k = at::randn({len, kvh, d}).to(t).cuda(), v = at::randn({len, kvh, d}).to(t).cuda();
-      const at::Tensor q = at::randn({len, heads, d}).to(t).cuda();
-      fused.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
-      apart.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
-    }
-    const at::Tensor qkv = at::randn({B, (heads + 2 * kvh) * d}).to(t).cuda();  // [B, q | k | v]
-    const at::Tensor q = qkv.narrow(1, 0, heads * d).view({B, heads, d});
-    const at::Tensor k = qkv.narrow(1, heads * d, kvh * d).view({B, kvh, d});
-    const at::Tensor v = qkv.narrow(1, (heads + kvh) * d, kvh * d).view({B, kvh, d});
-    const at::Tensor angle = at::rand({B, d}) * 6;
-    const at::Tensor cos = angle.cos().to(t).cuda(), sin = angle.sin().to(t).cuda();
-    const at::Tensor got =
-        fused.attend_decode_rotary(0, q, k, v, cos, sin, fused.decode_index(b, at::kCUDA, 64), scale, 0);
-    ASSERT_TRUE(got.defined()) << t;
-    const at::Tensor want = apart.attend_decode(0, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
-                                                apart.decode_index(b, at::kCUDA, 64), scale, 0);
-    EXPECT_TRUE(at::equal(got, want)) << t << " max |diff| " << (got - want).abs().max().item<double>();
-    for (const auto& [slot, len] : seqs) {
-      EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).first, apart.read(0, slot, 0, len + 1).first)) << t;
-      EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).second, apart.read(0, slot, 0, len + 1).second)) << t;
+  // A short span (one block a KV head, 16 warps) and a long one split over blocks (the
+  // keys of position pos written by a later split), with 16-warp blocks and with a GQA
+  // group too large for them (4 warps).
+  struct Case {
+    int64_t heads, kvh, max_seq;
+    std::vector<std::pair<int64_t, int64_t>> seqs;
+  };
+  const std::vector<std::pair<int64_t, int64_t>> longer = {{2, 300}, {0, 1}, {3, 45}};
+  for (const Case& c : {Case{heads, kvh, 64, seqs}, Case{heads, kvh, 512, longer}, Case{14, 2, 512, longer}}) {
+    Batch cb;
+    for (const auto& [slot, len] : c.seqs) cb.seqs.push_back({slot, len, 1});
+    for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+      KvCache fused({0}, 4, c.kvh, c.max_seq, d, t, at::kCUDA, true),
+          apart({0}, 4, c.kvh, c.max_seq, d, t, at::kCUDA, true);
+      for (const auto& [slot, len] : c.seqs) {
+        const at::Tensor k = at::randn({len, c.kvh, d}).to(t).cuda(), v = at::randn({len, c.kvh, d}).to(t).cuda();
+        const at::Tensor q = at::randn({len, c.heads, d}).to(t).cuda();
+        fused.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
+        apart.attend(0, q, k, v, Batch{{{slot, 0, len}}}, scale, 0);
+      }
+      const at::Tensor qkv = at::randn({B, (c.heads + 2 * c.kvh) * d}).to(t).cuda();  // [B, q | k | v]
+      const at::Tensor q = qkv.narrow(1, 0, c.heads * d).view({B, c.heads, d});
+      const at::Tensor k = qkv.narrow(1, c.heads * d, c.kvh * d).view({B, c.kvh, d});
+      const at::Tensor v = qkv.narrow(1, (c.heads + c.kvh) * d, c.kvh * d).view({B, c.kvh, d});
+      const at::Tensor angle = at::rand({B, d}) * 6;
+      const at::Tensor cos = angle.cos().to(t).cuda(), sin = angle.sin().to(t).cuda();
+      const int64_t span = c.max_seq == 64 ? 64 : 320;
+      const at::Tensor got =
+          fused.attend_decode_rotary(0, q, k, v, cos, sin, fused.decode_index(cb, at::kCUDA, span), scale, 0);
+      ASSERT_TRUE(got.defined()) << t;
+      const at::Tensor want = apart.attend_decode(0, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+                                                  apart.decode_index(cb, at::kCUDA, span), scale, 0);
+      EXPECT_TRUE(at::equal(got, want)) << t << " heads " << c.heads << " span " << span << " max |diff| "
+                                        << (got - want).abs().max().item<double>();
+      for (const auto& [slot, len] : c.seqs) {
+        EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).first, apart.read(0, slot, 0, len + 1).first)) << t;
+        EXPECT_TRUE(at::equal(fused.read(0, slot, 0, len + 1).second, apart.read(0, slot, 0, len + 1).second)) << t;
+      }
     }
   }
 }

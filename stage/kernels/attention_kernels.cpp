@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "comm/cuda_check.h"
+#include "config/env.h"
 #include "stage/kernels/cuda_dtype.h"
 #include "stage/kernels/cuda_kernels.h"
 #endif
@@ -58,23 +59,41 @@ bool decode_store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cac
   return true;
 }
 
+namespace {
+
+// The RoPE + store's inputs fit: q [B, heads, D] (heads packed, rows possibly strided),
+// k/v as store_ok, cos/sin [B, D] in k's dtype.
+bool rope_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+             const at::Tensor& sin, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  return store_ok(k, v, k_cache, v_cache) && q.dim() == 3 && q.scalar_type() == k.scalar_type() &&
+         q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.stride(2) == 1 && q.stride(1) == q.size(2) &&
+         cos.scalar_type() == k.scalar_type() && sin.scalar_type() == k.scalar_type() &&
+         cos.sizes() == at::IntArrayRef({k.size(0), k.size(2)}) && sin.sizes() == cos.sizes() && k.size(2) % 2 == 0;
+}
+
+// store_args with RoPE by cos/sin (contiguous, kept alive by the caller) on k and q.
+cuda::DecodeStoreKv rope_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                              const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
+                              const at::Tensor& pos) {
+  cuda::DecodeStoreKv a = store_args(k, v, k_cache, v_cache, slots, pos);
+  a.cos = cos.data_ptr();
+  a.sin = sin.data_ptr();
+  a.q = q.data_ptr();
+  a.q_row = q.stride(0);
+  a.heads = static_cast<int>(q.size(1));
+  return a;
+}
+
+}  // namespace
+
 at::Tensor decode_rope_store_kv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
                                 const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
                                 const at::Tensor& slots, const at::Tensor& pos) {
-  if (!store_ok(k, v, k_cache, v_cache) || q.dim() != 3 || q.scalar_type() != k.scalar_type() ||
-      q.size(0) != k.size(0) || q.size(2) != k.size(2) || q.stride(2) != 1 || q.stride(1) != q.size(2) ||
-      cos.scalar_type() != k.scalar_type() || sin.scalar_type() != k.scalar_type() ||
-      cos.sizes() != at::IntArrayRef({k.size(0), k.size(2)}) || sin.sizes() != cos.sizes() || k.size(2) % 2 != 0)
-    return {};
+  if (!rope_ok(q, k, v, cos, sin, k_cache, v_cache)) return {};
   const at::Tensor c = cos.contiguous(), s = sin.contiguous();
   at::Tensor q_out = at::empty(q.sizes(), q.options());
-  cuda::DecodeStoreKv a = store_args(k, v, k_cache, v_cache, slots, pos);
-  a.cos = c.data_ptr();
-  a.sin = s.data_ptr();
-  a.q = q.data_ptr();
-  a.q_row = q.stride(0);
+  cuda::DecodeStoreKv a = rope_args(q, k, v, c, s, k_cache, v_cache, slots, pos);
   a.q_out = q_out.data_ptr();
-  a.heads = static_cast<int>(q.size(1));
   comm::cuda_check(cuda::decode_store_kv(a, at::cuda::getCurrentCUDAStream().stream()), "the RoPE + KV store kernel");
   return q_out;
 }
@@ -90,10 +109,13 @@ bool decode_attention_applies(const at::Tensor& q, const at::Tensor& k_cache, co
          (!args.slopes.defined() || (args.slopes.scalar_type() == at::kFloat && args.slopes.numel() == heads));
 }
 
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                            const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
-                            at::Tensor& counters) {
-  if (!decode_attention_applies(q, k_cache, v_cache, args, counters)) return {};
+namespace {
+
+// decode_attention, with `st`'s RoPE and KV store in the same launch when given (then q
+// is the raw, possibly strided q that st reads).
+at::Tensor attention_call(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
+                          at::Tensor& counters, const cuda::DecodeStoreKv* st) {
   const int code = cuda_dtype_code(q.scalar_type());
   const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
   // Enough warps for 16 per multiprocessor, and at least 4 keys a warp: a block's time is
@@ -105,8 +127,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   const int64_t pairs = B * kv_heads;
   const int64_t splits = std::clamp<int64_t>((16 * sms + pairs * warps - 1) / (pairs * warps), 1,
                                              std::max<int64_t>(1, args.span / (4 * warps)));
-  const at::Tensor qc = q.contiguous();
-  at::Tensor o = at::empty_like(qc);
+  const at::Tensor qc = st ? q : q.contiguous();
+  at::Tensor o = at::empty({B, heads, D}, q.options());
   at::Tensor work = at::empty({splits > 1 ? splits * B * heads * (D + 2) : 1}, q.options().dtype(at::kFloat));
   const cuda::DecodeAttention a{code,
                                 static_cast<int>(B),
@@ -124,9 +146,31 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   comm::cuda_check(
       cuda::decode_attention(a, qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr<int64_t>(),
                              pos.data_ptr<int64_t>(), o.data_ptr(), work.data_ptr<float>(), counters.data_ptr<int>(),
-                             at::cuda::getCurrentCUDAStream().stream()),
-      "the decode attention kernel");
+                             at::cuda::getCurrentCUDAStream().stream(), st),
+      st ? "the RoPE + KV store + decode attention kernel" : "the decode attention kernel");
   return o;
+}
+
+}  // namespace
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
+                            at::Tensor& counters) {
+  if (!decode_attention_applies(q, k_cache, v_cache, args, counters)) return {};
+  return attention_call(q, k_cache, v_cache, slots, pos, args, counters, nullptr);
+}
+
+at::Tensor decode_rope_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                                 const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                                 const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
+                                 at::Tensor& counters) {
+  static const bool enabled = config::env_flag("CASCADE_FUSED_ATTENTION", true);
+  if (!enabled || !rope_ok(q, k, v, cos, sin, k_cache, v_cache) ||
+      !decode_attention_applies(q, k_cache, v_cache, args, counters))
+    return {};
+  const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+  const cuda::DecodeStoreKv st = rope_args(q, k, v, c, s, k_cache, v_cache, slots, pos);
+  return attention_call(q, k_cache, v_cache, slots, pos, args, counters, &st);
 }
 #else
 // No CUDA kernels in this build: the ATen path everywhere.
@@ -141,6 +185,11 @@ at::Tensor decode_rope_store_kv(const at::Tensor&, const at::Tensor&, const at::
 bool decode_attention_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const DecodeAttentionArgs&,
                               const at::Tensor&) {
   return false;
+}
+at::Tensor decode_rope_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const DecodeAttentionArgs&, at::Tensor&) {
+  return {};
 }
 at::Tensor decode_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const DecodeAttentionArgs&, at::Tensor&) {

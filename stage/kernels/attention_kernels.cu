@@ -36,11 +36,35 @@ __device__ inline void load_row(const S* __restrict__ p, float (&out)[N]) {
   }
 }
 
+// E contiguous elements [i0, i0 + E) of a head's row x rotated by RoPE (rotate-half) with
+// the cos/sin rows, rounded as rope_row rounds them (so equal to its stored output).
+template <typename S, int E>
+__device__ inline void rope_part(const S* __restrict__ x, const S* __restrict__ cos, const S* __restrict__ sin, int i0,
+                                 int D, float (&out)[E]) {
+  const int half = D / 2;
+  float xv[E], pv[E], cv[E], sv[E];
+  load_row<S, E>(x + i0, xv);
+  load_row<S, E>(x + (i0 < half ? i0 + half : i0 - half), pv);
+  load_row<S, E>(cos + i0, cv);
+  load_row<S, E>(sin + i0, sv);
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    const float a = round_to<S>(__fmul_rn(xv[i], cv[i]));
+    const float b = round_to<S>(__fmul_rn(i0 < half ? -pv[i] : pv[i], sv[i]));
+    out[i] = round_to<S>(__fadd_rn(a, b));
+  }
+}
+
+// With st.k set, the step's RoPE and KV store ride in this launch (decode_attention's
+// `store`): q is read raw and rotated in registers, the block whose keys hold pos[b]
+// writes the rotated key and the value into the cache, and the warp that attends
+// position pos[b] takes them from the step's rows, not the cache (whose loads here go
+// through the read-only path, which need not see this launch's writes).
 template <typename S, int D, int G, int kAttnWarps>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     attention_kernel(DecodeAttention a, const S* __restrict__ q, const S* __restrict__ kc, const S* __restrict__ vc,
                      const int64_t* __restrict__ slots, const int64_t* __restrict__ pos, S* __restrict__ o,
-                     float* __restrict__ work, int* __restrict__ counters) {
+                     float* __restrict__ work, int* __restrict__ counters, const DecodeStoreKv st) {
   constexpr int E = D / 32;  // elements per lane
   const int b = blockIdx.x / a.kv_heads, h = blockIdx.x % a.kv_heads, split = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -52,6 +76,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
   const int chunk = (a.span + a.splits - 1) / a.splits;
   const int begin = max(lo, split * chunk), end = min(p + 1, (split + 1) * chunk);
+  const S* cs = st.cos ? static_cast<const S*>(st.cos) + b * D : nullptr;  // RoPE's rows for this sequence
+  const S* sn = st.cos ? static_cast<const S*>(st.sin) + b * D : nullptr;
 
   float qv[G][E], acc[G][E], m[G], l[G], slope[G];
 #pragma unroll
@@ -63,18 +89,41 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int i = 0; i < E; ++i) acc[g][i] = 0.f;
     if (g < group) {
       const int hq = h * group + g;
-      load_row<S, E>(q + (static_cast<int64_t>(b) * a.heads + hq) * D + lane * E, qv[g]);
+      if (st.q)
+        rope_part<S, E>(static_cast<const S*>(st.q) + b * st.q_row + hq * D, cs, sn, lane * E, D, qv[g]);
+      else
+        load_row<S, E>(q + (static_cast<int64_t>(b) * a.heads + hq) * D + lane * E, qv[g]);
       if (a.slopes) slope[g] = a.slopes[hq];
     }
   }
   const int64_t head = (slot * a.kv_heads + h) * a.max_seq;
+  const S* knew = st.k ? static_cast<const S*>(st.k) + b * st.k_row + h * D : nullptr;  // this step's key and value
+  const S* vnew = st.k ? static_cast<const S*>(st.v) + b * st.v_row + h * D : nullptr;
+  if (st.k && split == p / chunk) {  // the block whose keys hold p stores them
+    S* kd = static_cast<S*>(st.k_cache) + (head + p) * D;
+    S* vd = static_cast<S*>(st.v_cache) + (head + p) * D;
+    if (cs)
+      rope_row(knew, cs, sn, kd, D);
+    else
+      for (int i = threadIdx.x; i < D; i += blockDim.x) kd[i] = knew[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) vd[i] = vnew[i];
+  }
+  const auto fetch = [&](int j, float (&kr)[E], float (&vr)[E]) {
+    if (knew && j == p) {
+      if (cs)
+        rope_part<S, E>(knew, cs, sn, lane * E, D, kr);
+      else
+        load_row<S, E>(knew + lane * E, kr);
+      load_row<S, E>(vnew + lane * E, vr);
+    } else {
+      load_row<S, E>(kc + (head + j) * D + lane * E, kr);
+      load_row<S, E>(vc + (head + j) * D + lane * E, vr);
+    }
+  };
   // Each warp's next key and value are loaded before the current ones are used, so a
   // load's latency overlaps the previous key's arithmetic.
   float kn[E], vn[E];
-  if (begin + warp < end) {
-    load_row<S, E>(kc + (head + begin + warp) * D + lane * E, kn);
-    load_row<S, E>(vc + (head + begin + warp) * D + lane * E, vn);
-  }
+  if (begin + warp < end) fetch(begin + warp, kn, vn);
   for (int j = begin + warp; j < end; j += kAttnWarps) {
     float kv[E], vv[E];
 #pragma unroll
@@ -82,10 +131,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       kv[i] = kn[i];
       vv[i] = vn[i];
     }
-    if (j + kAttnWarps < end) {
-      load_row<S, E>(kc + (head + j + kAttnWarps) * D + lane * E, kn);
-      load_row<S, E>(vc + (head + j + kAttnWarps) * D + lane * E, vn);
-    }
+    if (j + kAttnWarps < end) fetch(j + kAttnWarps, kn, vn);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g >= group) break;
@@ -174,11 +220,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 
 template <typename S, int D, int G>
 void attention_t(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
-                 const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+                 const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st,
+                 cudaStream_t stream) {
   const auto go = [&](auto kernel, int warps) {
     launch_overlapped(kernel, dim3(a.B * a.kv_heads, a.splits), dim3(warps * 32), stream, a, static_cast<const S*>(q),
                       static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos, static_cast<S*>(o), work,
-                      counters);
+                      counters, st);
   };
   if constexpr (G * D <= kWideAttentionElems) {
     if (a.warps == 16) return go(attention_kernel<S, D, G, 16>, 16);
@@ -188,17 +235,17 @@ void attention_t(const DecodeAttention& a, const void* q, const void* kc, const 
 
 template <typename S, int D>
 cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
-                        const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+                        const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st, cudaStream_t stream) {
   const int group = a.heads / a.kv_heads;
   if (a.warps != attention_warps(group, D) && a.warps != 4) return cudaErrorInvalidValue;
   if (group == 1)
-    attention_t<S, D, 1>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    attention_t<S, D, 1>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
   else if (group == 2)
-    attention_t<S, D, 2>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    attention_t<S, D, 2>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
   else if (group <= 4)
-    attention_t<S, D, 4>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    attention_t<S, D, 4>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
   else if (group <= 8)
-    attention_t<S, D, 8>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+    attention_t<S, D, 8>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
   else
     return cudaErrorInvalidValue;
   return cudaGetLastError();
@@ -206,14 +253,15 @@ cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc,
 
 template <typename S>
 cudaError_t attention_d(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
-                        const int64_t* pos, void* o, float* work, int* counters, cudaStream_t stream) {
+                        const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st,
+                        cudaStream_t stream) {
   switch (a.D) {
     case 64:
-      return attention_g<S, 64>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+      return attention_g<S, 64>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
     case 128:
-      return attention_g<S, 128>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+      return attention_g<S, 128>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
     case 256:
-      return attention_g<S, 256>(a, q, kc, vc, slots, pos, o, work, counters, stream);
+      return attention_g<S, 256>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -265,15 +313,19 @@ int attention_warps(int group, int D) {
 
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
                              const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, const DecodeStoreKv* store) {
   if (a.B <= 0) return cudaSuccess;
+  const DecodeStoreKv st = store ? *store : DecodeStoreKv{};
+  if (store && (!st.k || !st.v || st.B != a.B || st.kv_heads != a.kv_heads || st.D != a.D || (st.q && !st.cos) ||
+                st.k_cache != k_cache || st.v_cache != v_cache))
+    return cudaErrorInvalidValue;
   switch (a.dtype) {
     case 0:
-      return attention_d<float>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+      return attention_d<float>(a, q, k_cache, v_cache, slots, pos, o, work, counters, st, stream);
     case 1:
-      return attention_d<__half>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+      return attention_d<__half>(a, q, k_cache, v_cache, slots, pos, o, work, counters, st, stream);
     case 2:
-      return attention_d<__nv_bfloat16>(a, q, k_cache, v_cache, slots, pos, o, work, counters, stream);
+      return attention_d<__nv_bfloat16>(a, q, k_cache, v_cache, slots, pos, o, work, counters, st, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -1,6 +1,7 @@
 // Decode attention over the KV cache in place (stage/kernels/attention_kernels.cu): the
-// step's new keys and values are written into their slots by one kernel, and one more
-// attends every sequence's query to its cached prefix, reading K and V where they lie.
+// step's new keys and values are written into their slots, and every sequence's query
+// attends to its cached prefix, reading K and V where they lie; one launch for both
+// (with RoPE: decode_rope_attention), or one each.
 // The ATen path this replaces gathered each sequence's cache (index_select), built a
 // mask and ran SDPA: about ten kernels per layer and a copy of the cache per step.
 //
@@ -45,5 +46,16 @@ bool decode_attention_applies(const at::Tensor& q, const at::Tensor& k_cache, co
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
                             at::Tensor& counters);
+
+// decode_rope_store_kv and decode_attention in one launch: the block that attends
+// position pos[b] writes the rotated key and the value, and q is rotated in registers, so
+// the step's keys are in the cache when it returns and no rotated q is written. Undefined
+// where either does not apply (then nothing was written), or where
+// CASCADE_FUSED_ATTENTION is "0" (the switch for measuring the fusion); the caller then
+// takes the two launches.
+at::Tensor decode_rope_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                                 const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                                 const at::Tensor& slots, const at::Tensor& pos, const DecodeAttentionArgs& args,
+                                 at::Tensor& counters);
 
 }  // namespace cascade::stage

@@ -94,9 +94,7 @@ constexpr int kWideAttentionElems = 512;
 // they fit (kWideAttentionElems) and CASCADE_WIDE_ATTENTION is not "0" (the switch for
 // measuring them), else 4. The caller sizes its splits by it. Host code.
 int attention_warps(int group, int D);
-cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
-                             const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
-                             cudaStream_t stream);
+
 // Writes each sequence's new key and value into its slot at pos[b]: k/v [B, kv_heads, D]
 // with row strides k_row/v_row (elements) and head stride D. With cos/sin ([B, D]) the
 // key is rotated (RoPE, rotate-half) on its way in, and when q is given its rows [B,
@@ -120,5 +118,14 @@ struct DecodeStoreKv {
   int heads = 0;
 };
 cudaError_t decode_store_kv(const DecodeStoreKv& a, cudaStream_t stream);
+// With `store` (B, kv_heads, D and the caches decode_attention's own), its work rides in
+// the same launch: the block whose key range holds pos[b] writes the key (rotated where
+// store->cos) and the value, and the query is store->q rotated in registers where
+// store->q is set (then `q` is unused), so a step's RoPE, KV store and attention are one
+// kernel. Without it, q [B, heads, D] is already rotated and the cache already holds
+// the step's keys.
+cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
+                             const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
+                             cudaStream_t stream, const DecodeStoreKv* store = nullptr);
 
 }  // namespace cascade::stage::cuda
