@@ -55,11 +55,12 @@ __device__ inline void rope_part(const S* __restrict__ x, const S* __restrict__ 
   }
 }
 
-// With st.k set, the step's RoPE and KV store ride in this launch (decode_attention's
-// `store`): q is read raw and rotated in registers, the block whose keys hold pos[b]
-// writes the rotated key and the value into the cache, and the warp that attends
-// position pos[b] takes them from the step's rows, not the cache (whose loads here go
-// through the read-only path, which need not see this launch's writes).
+// With st.k set (and then st.q, st.cos, st.sin), the step's RoPE and KV store ride in
+// this launch (decode_attention's `store`): q is read raw and rotated in registers, the
+// block whose keys hold pos[b] writes the rotated key and the value into the cache, and
+// the warp that attends position pos[b] takes them from the step's rows, not the cache
+// (whose loads here go through the read-only path, which need not see this launch's
+// writes).
 template <typename S, int D, int G, int kAttnWarps>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     attention_kernel(DecodeAttention a, const S* __restrict__ q, const S* __restrict__ kc, const S* __restrict__ vc,
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int i = 0; i < E; ++i) acc[g][i] = 0.f;
     if (g < group) {
       const int hq = h * group + g;
-      if (st.q)
+      if (st.k)
         rope_part<S, E>(static_cast<const S*>(st.q) + b * st.q_row + hq * D, cs, sn, lane * E, D, qv[g]);
       else
         load_row<S, E>(q + (static_cast<int64_t>(b) * a.heads + hq) * D + lane * E, qv[g]);
@@ -102,18 +103,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   if (st.k && split == p / chunk) {  // the block whose keys hold p stores them
     S* kd = static_cast<S*>(st.k_cache) + (head + p) * D;
     S* vd = static_cast<S*>(st.v_cache) + (head + p) * D;
-    if (cs)
-      rope_row(knew, cs, sn, kd, D);
-    else
-      for (int i = threadIdx.x; i < D; i += blockDim.x) kd[i] = knew[i];
+    rope_row(knew, cs, sn, kd, D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) vd[i] = vnew[i];
   }
-  const auto fetch = [&](int j, float (&kr)[E], float (&vr)[E]) {
+  const auto fetch = [&](int j, float(&kr)[E], float(&vr)[E]) {
     if (knew && j == p) {
-      if (cs)
-        rope_part<S, E>(knew, cs, sn, lane * E, D, kr);
-      else
-        load_row<S, E>(knew + lane * E, kr);
+      rope_part<S, E>(knew, cs, sn, lane * E, D, kr);
       load_row<S, E>(vnew + lane * E, vr);
     } else {
       load_row<S, E>(kc + (head + j) * D + lane * E, kr);
@@ -235,7 +230,8 @@ void attention_t(const DecodeAttention& a, const void* q, const void* kc, const 
 
 template <typename S, int D>
 cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc, const void* vc, const int64_t* slots,
-                        const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st, cudaStream_t stream) {
+                        const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st,
+                        cudaStream_t stream) {
   const int group = a.heads / a.kv_heads;
   if (a.warps != attention_warps(group, D) && a.warps != 4) return cudaErrorInvalidValue;
   if (group == 1)
@@ -316,8 +312,8 @@ cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void
                              cudaStream_t stream, const DecodeStoreKv* store) {
   if (a.B <= 0) return cudaSuccess;
   const DecodeStoreKv st = store ? *store : DecodeStoreKv{};
-  if (store && (!st.k || !st.v || st.B != a.B || st.kv_heads != a.kv_heads || st.D != a.D || (st.q && !st.cos) ||
-                st.k_cache != k_cache || st.v_cache != v_cache))
+  if (store && (!st.k || !st.v || !st.q || !st.cos || !st.sin || st.B != a.B || st.kv_heads != a.kv_heads ||
+                st.D != a.D || st.k_cache != k_cache || st.v_cache != v_cache))
     return cudaErrorInvalidValue;
   switch (a.dtype) {
     case 0:

@@ -118,12 +118,11 @@ struct DecodeStoreKv {
   int heads = 0;
 };
 cudaError_t decode_store_kv(const DecodeStoreKv& a, cudaStream_t stream);
-// With `store` (B, kv_heads, D and the caches decode_attention's own), its work rides in
-// the same launch: the block whose key range holds pos[b] writes the key (rotated where
-// store->cos) and the value, and the query is store->q rotated in registers where
-// store->q is set (then `q` is unused), so a step's RoPE, KV store and attention are one
-// kernel. Without it, q [B, heads, D] is already rotated and the cache already holds
-// the step's keys.
+// With `store` (B, kv_heads, D and the caches decode_attention's own; q, cos and sin
+// set), its work rides in the same launch: the block whose key range holds pos[b] writes
+// the rotated key and the value, and the query is store->q rotated in registers (`q` is
+// unused), so a step's RoPE, KV store and attention are one kernel. Without it, q [B,
+// heads, D] is already rotated and the cache already holds the step's keys.
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
                              const int64_t* slots, const int64_t* pos, void* o, float* work, int* counters,
                              cudaStream_t stream, const DecodeStoreKv* store = nullptr);
