@@ -47,6 +47,7 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const s
   m.model_type = d.config.model_type;
   m.vocab_size = d.config.vocab_size;
   m.dtype_bytes = static_cast<int>(at::elementSize(dtype));
+  m.embedding_movable = !d.config.encoder_decoder();
   const bool int8 = quant.mode == "int8";
   for (const auto& spec : d.modules) {
     planner::ModuleInfo mi;
@@ -64,6 +65,7 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const s
                             share == spec.cost.read_share.end() ? 1.0 : share->second});
     }
     mi.flops_per_token = spec.cost.flops_per_token;
+    mi.int8 = quantized;
     mi.kv_bytes_per_token = static_cast<uint64_t>(spec.cost.kv_elems_per_token) * m.dtype_bytes;
     m.act_bytes_per_token =
         std::max(m.act_bytes_per_token, static_cast<uint64_t>(spec.cost.act_elems_per_token) * m.dtype_bytes);

@@ -318,19 +318,22 @@ std::vector<DeviceName> resolve_manual(const PlanRequest& r) {
 
 // The order the fill places modules in: execution order, but with experts = auto or
 // offload the expert blocks after everything else, so attention, norms, routers and the
-// head take the GPU first.
-std::vector<int64_t> fill_sequence(const PlanRequest& r) {
+// head take the GPU first; with `embedding_last` the embedding after those.
+std::vector<int64_t> fill_sequence(const PlanRequest& r, bool embedding_last) {
   std::vector<int64_t> seq(r.model.modules.size());
   std::iota(seq.begin(), seq.end(), 0);
-  if (r.experts == config::ExpertPlacement::kWithLayer) return seq;
-  std::stable_partition(seq.begin(), seq.end(),
-                        [&](int64_t i) { return r.model.modules[i].kind != ModuleKind::kExperts; });
+  const auto kind = [&](int64_t i) { return r.model.modules[static_cast<size_t>(i)].kind; };
+  if (r.experts != config::ExpertPlacement::kWithLayer)
+    std::stable_partition(seq.begin(), seq.end(), [&](int64_t i) { return kind(i) != ModuleKind::kExperts; });
+  if (embedding_last)
+    std::stable_partition(seq.begin(), seq.end(), [&](int64_t i) { return kind(i) != ModuleKind::kEmbedding; });
   return seq;
 }
 
-// Strategy placement (no manual map) into `out`, charging `l`.
+// Strategy placement (no manual map) into `out`, charging `l`; `embedding_last` as in
+// fill_sequence.
 void fill(const PlanRequest& r, const std::vector<DeviceName>& order, const std::vector<DeviceName>& main, Ledger& l,
-          std::vector<DeviceName>& out) {
+          std::vector<DeviceName>& out, bool embedding_last) {
   const int64_t n = static_cast<int64_t>(r.model.modules.size());
   const bool balanced = r.strategy != config::Strategy::kSequential;
   std::vector<int> owner;
@@ -346,7 +349,7 @@ void fill(const PlanRequest& r, const std::vector<DeviceName>& order, const std:
   size_t cur = 0;
   bool experts_begun = false;
   std::string last_over;
-  for (const int64_t i : fill_sequence(r)) {
+  for (const int64_t i : fill_sequence(r, embedding_last)) {
     if (r.experts == config::ExpertPlacement::kOffload && !experts_begun &&
         r.model.modules[i].kind == ModuleKind::kExperts) {
       experts_begun = true;  // the expert blocks start at the offload tier
@@ -453,30 +456,65 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
   // fill failed with that GPU full), fill again with two copies of the largest module
   // reserved there (its double buffer) and the KV cache of every layer on it.
-  for (int pass = 0; pass < 2; ++pass) {
+  const auto offloaded = [&] {
+    return std::any_of(plan.module_device.begin(), plan.module_device.end(),
+                       [&](const DeviceName& d) { return l.is_offload_tier(d); });
+  };
+  int pass = 0;
+  for (; pass < 2; ++pass) {
     l = Ledger(r);
     if (pass == 1) {
       l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
       l.precharge_kv(*l.offload_gpu());
     }
     try {
-      fill(r, order, main, l, plan.module_device);
+      fill(r, order, main, l, plan.module_device, false);
     } catch (const PlanError&) {
       if (pass == 1 || !l.offload_gpu()) throw;
       continue;
     }
-    bool offloaded = false;
-    for (const auto& d : plan.module_device) offloaded |= l.is_offload_tier(d);
-    if (!offloaded || !l.offload_gpu()) break;
+    if (!offloaded() || !l.offload_gpu()) break;
+  }
+  // Something is offloaded and the CPU computes: fill again with the embedding last
+  // (PlanRequest::offload_compute says why), and keep that fill where the GPUs then hold
+  // more of the other modules' bytes (else the embedding's room took no module).
+  const auto on_gpus = [&] {
+    uint64_t b = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (is_gpu(plan.module_device[i]) && mods[i].kind != ModuleKind::kEmbedding) b += mods[i].weight_bytes();
+    return b;
+  };
+  const bool cpu_computes = !l.offload_gpu() || is_hybrid(r.offload_compute);
+  if (offloaded() && cpu_computes && !main.empty() && is_gpu(main.front()) && r.model.embedding_movable) {
+    const Ledger before = l;
+    const std::vector<DeviceName> devices = plan.module_device;
+    const uint64_t resident = on_gpus();
+    l = Ledger(r);
+    if (pass > 0) {  // the fill that stands reserved the double buffer
+      l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
+      l.precharge_kv(*l.offload_gpu());
+    }
+    bool better = false;
+    try {
+      fill(r, order, main, l, plan.module_device, true);
+      better = on_gpus() > resident;
+    } catch (const PlanError&) {
+    }
+    if (!better) {
+      l = before;
+      plan.module_device = devices;
+    }
   }
   return plan;
 }
 
-// The offloaded modules (the last CPU device's and the disk tier's), in execution order.
-std::vector<int64_t> offloaded_modules(const Ledger& l, const Plan& plan) {
+// The offloaded modules (the last CPU device's and the disk tier's) that could stream,
+// in execution order: all but an embedding, which the CPU looks up.
+std::vector<int64_t> streamable_modules(const PlanRequest& r, const Ledger& l, const Plan& plan) {
   std::vector<int64_t> out;
   for (size_t i = 0; i < plan.module_device.size(); ++i)
-    if (l.is_offload_tier(plan.module_device[i])) out.push_back(static_cast<int64_t>(i));
+    if (l.is_offload_tier(plan.module_device[i]) && r.model.modules[i].kind != ModuleKind::kEmbedding)
+      out.push_back(static_cast<int64_t>(i));
   return out;
 }
 
@@ -588,8 +626,11 @@ constexpr const char* kNothingOffloaded = "nothing is offloaded";
 Plan hybrid_plan(const PlanRequest& r) {
   Ledger filled(r);
   const Plan base = fill_plan(r, filled);
-  const std::vector<int64_t> off = offloaded_modules(filled, base);
+  const std::vector<int64_t> off = streamable_modules(r, filled, base);
   const int64_t total = static_cast<int64_t>(off.size());
+  bool cpu_embeds = false;  // an offloaded embedding: the CPU computes it whatever the split
+  for (size_t i = 0; i < base.module_device.size(); ++i)
+    cpu_embeds |= filled.is_offload_tier(base.module_device[i]) && r.model.modules[i].kind == ModuleKind::kEmbedding;
   auto with = [&](int64_t count) {
     Ledger l = filled;
     Plan p = base;
@@ -621,14 +662,15 @@ Plan hybrid_plan(const PlanRequest& r) {
     if (best_count < 0) return with(0);  // throws the budget error
   }
   const std::string gpu = filled.offload_gpu()->str();
-  best.offload_compute = best_count == total ? gpu : best_count == 0 ? "cpu" : "cpu+" + gpu;
+  best.offload_compute = best_count == total && !cpu_embeds ? gpu : best_count == 0 ? "cpu" : "cpu+" + gpu;
   const std::string of = " of " + std::to_string(total) + " offloaded modules";
   best.offload_choice = best_count == total ? "all" + of + " streamed to " + gpu
                         : best_count == 0   ? "none" + of + " streamed, all computed on the CPU"
                                             : std::to_string(best_count) + of + " streamed to " + gpu +
                                                 ", the rest computed on the CPU between them";
+  if (cpu_embeds) best.offload_choice += ", the embedding looked up on the CPU";
   best.offload_choice += ": ~" + ms(best.predicted_step_s) + " a step" + (tried.empty() ? "" : " (" + tried + ")");
-  if (total == 0) best.offload_choice = kNothingOffloaded;
+  if (total == 0 && !cpu_embeds) best.offload_choice = kNothingOffloaded;
   return best;
 }
 
@@ -640,7 +682,8 @@ namespace {
 double cpu_seconds(const PlanRequest& r, const ModuleInfo& m) {
   const double tokens = static_cast<double>(r.max_batch);
   const double read = std::min(static_cast<double>(m.weight_bytes()), m.read_bytes() * tokens);
-  return std::max(read / r.cpu_compute, tokens * m.flops_per_token / r.cpu_flops);
+  const double rate = m.int8 && r.cpu_compute_int8 > 0 ? r.cpu_compute_int8 : r.cpu_compute;
+  return std::max(read / rate, tokens * m.flops_per_token / r.cpu_flops);
 }
 
 }  // namespace
@@ -655,6 +698,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
       const DeviceName& on = p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device;
       t += kHopSeconds;
       for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i) {
+        if (mods[static_cast<size_t>(i)].kind == ModuleKind::kEmbedding) continue;  // a few rows: no time
         const DeviceName& tier = p.module_device[static_cast<size_t>(i)];
         const double w = static_cast<double>(mods[static_cast<size_t>(i)].weight_bytes());
         if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way

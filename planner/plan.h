@@ -44,6 +44,7 @@ struct ModuleInfo {
   std::vector<TensorSize> tensors;  // tied tensors appear in every module that uses them
   double flops_per_token = 0;       // forward FLOPs per token (compute balancing)
   uint64_t kv_bytes_per_token = 0;  // K+V bytes per cached token (decoder layers)
+  bool int8 = false;                // its weights are LLM.int8 rows (a CPU reads them at cpu_compute_int8)
 
   uint64_t weight_bytes() const;
   double read_bytes() const;  // what a one-token step reads: sum of bytes x read_share
@@ -61,6 +62,9 @@ struct ModelDescriptor {
   int64_t score_heads = 0;
   int64_t vocab_size = 0;  // the LM head's float32 logits per sequence
   int dtype_bytes = 2;
+  // Whether the embedding may run on another stage than the layers after it: not in an
+  // encoder-decoder model, whose decoder embeds its own tokens again.
+  bool embedding_movable = true;
 
   uint64_t total_weight_bytes() const;  // distinct tensors
 };
@@ -88,6 +92,10 @@ struct PlanRequest {
   //   auto         plans cpu and cpu+cuda:N for the first budgeted GPU and keeps the one
   //                the cost model predicts fastest (cpu+cuda:N resolves to cuda:N when
   //                it streams every offloaded module)
+  // Where the GPUs cannot hold the whole model and the CPU computes (cpu, cpu+cuda:N,
+  // auto), the embedding is placed after everything else, so it lands on the CPU and a
+  // layer takes its room on the GPU: a token reads one row of the embedding, all of a
+  // layer, and the CPU stage looks the rows up (never streamed).
   std::string offload_compute = "cpu";
   std::optional<double> streamed_share;  // cpu+cuda:N only: share of offloaded modules streamed
   // Where mixture-of-experts blocks (kExperts) go when the fill places modules:
@@ -103,9 +111,10 @@ struct PlanRequest {
   // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage
   // computing 3.11 GiB of layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode
   // (5.40 GB at ~360 tok/s).
-  double pinned_h2d = 53.7e9;  // CPU-tier weights streamed from pinned memory
-  double disk_stream = 13e9;   // disk-tier weights read into pinned staging and streamed
-  double cpu_compute = 40e9;   // weights a CPU stage gets through per second at batch 1
+  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
+  double disk_stream = 13e9;    // disk-tier weights read into pinned staging and streamed
+  double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
+  double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
   // FLOP/s of a CPU stage at batch 16, from the H200 host's CPU-computed offload at
   // batch 16 (2026-12-03: 24 anchor layers, 60 GFLOP a step, in ~150 ms): beyond a few
   // tokens a CPU step is bound by arithmetic, not by reading weights.
@@ -149,7 +158,7 @@ struct Edge {
 struct Plan {
   std::string offload_compute;                    // as resolved: cpu | cuda:N | cpu+cuda:N
   std::string offload_choice;                     // auto and cpu+cuda:N: the estimates behind the choice
-  double predicted_step_s = 0;                    // a batch-1 decode step, by the cost model
+  double predicted_step_s = 0;                    // a decode step of max_batch tokens, by the cost model
   std::vector<config::DeviceName> module_device;  // per module, parallel to model.modules
   std::vector<Stage> stages;                      // by rank (stages[i].rank == i + 1)
   std::vector<Segment> route_segments;            // the segments in execution order...
@@ -161,7 +170,8 @@ struct Plan {
 Plan make_plan(const PlanRequest& req);
 
 // The cost model: seconds of a decode step of max_batch tokens of `p` (a full batch),
-// simulated along its route. Each module costs its bytes over its stage's rate; on a CPU
+// simulated along its route. Each module costs its bytes over its stage's rate (an
+// embedding nothing: a step reads max_batch of its rows); on a CPU
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
 // its FLOPs over cpu_flops, whichever is longer; a streamed module waits for its copy, which
 // starts once the streamed module before it starts computing (the double buffer's other

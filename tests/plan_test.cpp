@@ -71,13 +71,17 @@ TEST(Plan, SequentialSpillsGpuGpuCpuLikeTheAccelerateDocs) {
   r.strategy = config::Strategy::kSequential;
   const Plan p = make_plan(r);
   const auto d = devices_of(p);
-  // GPU 0 takes the embedding and three 100 MiB layers (the fourth would pass 420 MiB),
-  // GPU 1 four layers, and the CPU the last layer, the norm and the head, in order.
-  EXPECT_EQ(d, (std::vector<std::string>{"0", "0", "0", "0", "1", "1", "1", "1", "cpu", "cpu", "cpu"}));
+  // accelerate: GPU 0 takes the embedding and three 100 MiB layers (the fourth would
+  // pass 420 MiB), GPU 1 four layers, and the CPU the last layer, the norm and the head,
+  // in order. Cascade leaves the embedding to the CPU (a token reads one of its rows), so
+  // the GPUs hold one more layer and the norm, and the CPU computes the head.
+  EXPECT_EQ(d, (std::vector<std::string>{"cpu", "0", "0", "0", "0", "1", "1", "1", "1", "1", "cpu"}));
   ASSERT_EQ(p.stages.size(), 3u);
-  EXPECT_EQ(p.edges[1].transport, Transport::kNccl);  // GPU -> GPU
-  EXPECT_EQ(p.edges[2].transport, Transport::kShm);   // GPU -> CPU offload stage
-  EXPECT_EQ(p.edges[0].transport, Transport::kMpi);   // coordinator -> first stage
+  EXPECT_EQ(p.route_ranks, (std::vector<int>{1, 2, 3, 1}));
+  EXPECT_EQ(p.edges[0].transport, Transport::kMpi);   // coordinator -> the embedding's stage
+  EXPECT_EQ(p.edges[1].transport, Transport::kShm);   // CPU -> GPU
+  EXPECT_EQ(p.edges[2].transport, Transport::kNccl);  // GPU -> GPU
+  EXPECT_EQ(p.edges[3].transport, Transport::kShm);   // GPU -> CPU offload stage
   for (const auto& [name, u] : p.devices) {
     if (u.budget) {
       EXPECT_LE(u.total(), *u.budget) << name;
@@ -263,12 +267,50 @@ TEST(Plan, AHybridOffloadStreamsEveryOtherLayerWhileTheCpuComputesTheRest) {
   EXPECT_THROW_WITH(make_plan(r), PlanError, "streamed_share", "cpu+cuda:N");
 }
 
+TEST(Plan, TheEmbeddingLeavesTheGpuToALayerWhenLayersAreOffloaded) {
+  // Embedding, layers and head of 100 MiB each; the GPU holds four of them.
+  PlanRequest r = request(model(8, 100 * MiB, 100 * MiB), {{"cuda:0", 450 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu";
+  const Plan p = make_plan(r);
+  EXPECT_EQ(devices_of(p),
+            (std::vector<std::string>{"cpu", "0", "0", "0", "0", "cpu", "cpu", "cpu", "cpu", "cpu", "cpu"}));
+  EXPECT_EQ(p.route_ranks, (std::vector<int>{1, 2, 1}));  // the CPU stage looks up the rows, then computes the tail
+
+  // The cost model charges the lookup nothing: the CPU's share is its layers and head.
+  r.cpu_compute = 1e9;
+  const double cpu_bytes = 4 * 100 * MiB + 128 + 100 * MiB;
+  EXPECT_NEAR(make_plan(r).predicted_step_s, cpu_bytes / 1e9 + 4 * 100 * MiB / r.gpu_compute + 4 * kHopSeconds,
+              1e-6);  // 3 segments and the way back
+
+  // Hybrid: the embedding computes on the CPU whatever the split, even all layers streamed.
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 1.0;
+  const Plan h = make_plan(r);
+  EXPECT_EQ(h.module_device[0].str(), "cpu:0");
+  EXPECT_EQ(h.stages[static_cast<size_t>(h.route_ranks[0] - 1)].device.str(), "cpu:0");
+  EXPECT_EQ(h.offload_compute, "cpu+cuda:0");
+  EXPECT_NE(h.offload_choice.find("the embedding looked up on the CPU"), std::string::npos) << h.offload_choice;
+
+  // Streaming everything (cuda:0) keeps accelerate's order: a streamed embedding would
+  // cross PCIe whole.
+  r.offload_compute = "cuda:0";
+  r.streamed_share.reset();
+  EXPECT_EQ(hf_device(make_plan(r).module_device[0]), "0");
+  // So does an encoder-decoder model (its decoder embeds again) and a model that fits.
+  r.offload_compute = "cpu";
+  r.model.embedding_movable = false;
+  EXPECT_EQ(hf_device(make_plan(r).module_device[0]), "0");
+  r.model.embedding_movable = true;
+  r.budgets[0].bytes = 2000 * MiB;
+  for (const auto& d : devices_of(make_plan(r))) EXPECT_EQ(d, "0");
+}
+
 TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
   // Everything on the CPU: the step is its bytes over the CPU's rate plus two hops.
   PlanRequest r = request(model(4, 100 * MiB, 10 * MiB), {{"cpu", 8000 * MiB}});
   r.cpu_compute = 1e9;
   const Plan p = make_plan(r);
-  const double bytes = 4 * 100 * MiB + 2 * 10 * MiB + 128;
+  const double bytes = 4 * 100 * MiB + 10 * MiB + 128;  // the embedding's lookup costs nothing
   EXPECT_NEAR(p.predicted_step_s, bytes / 1e9 + 2 * kHopSeconds, 1e-9);
   // Streamed modules whose copies take longer than everything else: the copies set the pace.
   PlanRequest s = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
@@ -421,11 +463,14 @@ TEST(PlanProperties, RandomModelsAndBudgets) {
       next = seg.end;
     }
     EXPECT_EQ(next, static_cast<int64_t>(r.model.modules.size()));
-    // Fill strategies never return to an earlier device.
+    // Fill strategies never return to an earlier device, but to the one that looked up
+    // the embedding (placed last where that let more onto the GPUs: PlanRequest::offload_compute).
     std::set<int> left;
-    for (size_t k = 1; k < p.route_ranks.size(); ++k) {
+    const bool embedding_apart = p.route_segments.front().end == 1 && p.route_ranks.size() > 1;
+    for (size_t k = embedding_apart ? 2 : 1; k < p.route_ranks.size(); ++k) {
       left.insert(p.route_ranks[k - 1]);
-      EXPECT_FALSE(left.count(p.route_ranks[k])) << "trial " << trial;
+      EXPECT_FALSE(left.count(p.route_ranks[k]))
+          << "trial " << trial << ": " << ::testing::PrintToString(devices_of(p));
     }
     const Plan again = make_plan(r);
     EXPECT_EQ(devices_of(again), devices_of(p)) << "trial " << trial;
