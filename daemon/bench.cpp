@@ -275,7 +275,7 @@ int bench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
     throw std::invalid_argument("--mode must be sequential, pipeline or both");
   if (o.requests < 1 || o.prompt_len < 1 || o.new_tokens < 1 || o.concurrency < 1)
     throw std::invalid_argument("--requests, --prompt-len, --new-tokens and --concurrency must be at least 1");
-  PlannedRun run = plan_run(config::load_config(o.config_file, o.overrides));
+  PlannedRun run = plan_run(config::load_config(o.config_file, o.overrides), "", &log);
   const auto& rt = run.config.runtime;
   if (o.concurrency > rt.max_batch)
     throw std::invalid_argument("--concurrency " + std::to_string(o.concurrency) + " exceeds runtime.max_batch " +

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "stage/kernels/cpu_gemv.h"
+#include "stage/kernels/quant.h"
 
 namespace cascade::daemon {
 namespace {
@@ -85,6 +86,16 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
            << out << ", " << in << "]\n";
   r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
   r.cpu_flops = 2.0 * 16 * static_cast<double>(out * in * copies) / pool_pass(pool, 16);
+  // int8 rows of the same projections, twice as many copies: the same bytes.
+  std::vector<stage::Int8Rows> rows;
+  for (int64_t i = 0; i < 2 * copies; ++i) rows.push_back(stage::quantize_rows(pool[static_cast<size_t>(i % copies)]));
+  pool.clear();
+  const at::Tensor x = at::randn({1, in}).to(at::kBFloat16);
+  (void)stage::cpu_int8_linear(x, rows.front().q, rows.front().scale);
+  const double s8 = best_seconds(3, [&] {
+    for (const auto& w : rows) (void)stage::cpu_int8_linear(x, w.q, w.scale);
+  });
+  r.cpu_compute_int8 = static_cast<double>(2 * copies * stage::int8_bytes({out, in}, stage::Int8Layout::kRows)) / s8;
   r.pinned_h2d = pinned_h2d();
   r.measured = now_utc();
   return r;
@@ -93,11 +104,9 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
 void save_rates(const Rates& r, const std::string& path) {
   const std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
-  nlohmann::json j = {{"cpu_compute", r.cpu_compute},
-                      {"cpu_flops", r.cpu_flops},
-                      {"pinned_h2d", r.pinned_h2d},
-                      {"threads", r.threads},
-                      {"measured", r.measured}};
+  nlohmann::json j = {{"cpu_compute", r.cpu_compute}, {"cpu_compute_int8", r.cpu_compute_int8},
+                      {"cpu_flops", r.cpu_flops},     {"pinned_h2d", r.pinned_h2d},
+                      {"threads", r.threads},         {"measured", r.measured}};
   std::ofstream f(path);
   f << j.dump(2) << "\n";
   if (!f) throw std::runtime_error("cannot write the rates file " + path);
@@ -110,11 +119,12 @@ std::optional<Rates> load_rates(const std::string& path) {
     const nlohmann::json j = nlohmann::json::parse(f);
     Rates r;
     r.cpu_compute = j.at("cpu_compute").get<double>();
+    r.cpu_compute_int8 = j.value("cpu_compute_int8", 0.0);  // files from before it was measured lack it
     r.cpu_flops = j.at("cpu_flops").get<double>();
     r.pinned_h2d = j.at("pinned_h2d").get<double>();
     r.threads = j.at("threads").get<int>();
     r.measured = j.at("measured").get<std::string>();
-    if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0))
+    if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0))
       throw std::runtime_error("a rate is not positive");
     return r;
   } catch (const std::exception& e) {
@@ -126,7 +136,37 @@ std::optional<Rates> load_rates(const std::string& path) {
 void apply_rates(const Rates& r, planner::PlanRequest& req) {
   req.cpu_compute = r.cpu_compute;
   req.cpu_flops = r.cpu_flops;
+  if (r.cpu_compute_int8 > 0) req.cpu_compute_int8 = r.cpu_compute_int8;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
+}
+
+namespace {
+
+std::string described(const Rates& r, const std::string& how, const std::string& path) {
+  return how + " " + r.measured + " with " + std::to_string(r.threads) + " threads (" + path + ")";
+}
+
+}  // namespace
+
+std::string plan_run_rates(planner::PlanRequest& req, bool has_gpu, std::ostream& progress,
+                           const CalibrateOptions& how) {
+  const std::string path = how.out.empty() ? rates_path() : how.out;
+  if (const std::optional<Rates> saved = load_rates(path)) {
+    apply_rates(*saved, req);
+    return described(*saved, "measured", path);
+  }
+  const config::OffloadCompute oc = config::parse_offload_compute(req.offload_compute);
+  const bool may_split = req.offload_compute == "auto" || oc.hybrid;
+  const bool gpu_budgeted = std::any_of(req.budgets.begin(), req.budgets.end(), [](const planner::DeviceBudget& b) {
+    return b.device.kind == config::DeviceName::Kind::kCuda;
+  });
+  if (!may_split || !gpu_budgeted || !has_gpu) return "defaults (`cascade calibrate` measures this machine's)";
+  progress << "cascade: measuring this machine's CPU and PCIe rates for the offload split (once; saved to " << path
+           << ")\n";
+  const Rates r = measure_rates(how, progress);
+  save_rates(r, path);
+  apply_rates(r, req);
+  return described(r, "measured now,", path);
 }
 
 void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
@@ -135,7 +175,8 @@ void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
   save_rates(r, path);
   std::ostringstream line;
   line << std::fixed << std::setprecision(1) << "CPU (" << r.threads << (r.threads == 1 ? " thread" : " threads")
-       << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, " << r.cpu_flops / 1e9
+       << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, int8 rows "
+       << r.cpu_compute_int8 / 1e9 << " GB/s, " << r.cpu_flops / 1e9
        << " GFLOP/s at 16 tokens\npinned host-to-GPU: ";
   if (r.pinned_h2d > 0)
     line << r.pinned_h2d / 1e9 << " GB/s";

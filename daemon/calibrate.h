@@ -3,9 +3,11 @@
 // defaults in planner/plan.h (measured on the H100 and H200 machines), so plans stay
 // the same on every machine until someone calibrates.
 //
-// What is measured: the CPU kernels' (stage/kernels/cpu_gemv.h) bfloat16 weight rate at
-// one token and FLOP rate at 16 tokens, with `threads` threads, over a pool of weight
-// copies larger than the caches; pinned host-to-GPU copy bandwidth where a GPU exists.
+// What is measured: the CPU kernels' (stage/kernels/cpu_gemv.h) bfloat16 and int8 weight
+// rates at one token and bfloat16 FLOP rate at 16 tokens, with `threads` threads, over a
+// pool of weight copies larger than the caches; pinned host-to-GPU copy bandwidth where
+// a GPU exists. Planning measures them itself, once, where a hybrid split needs them
+// (plan_run_rates below).
 // Thread-safety: none needed (one call at start-up).
 #pragma once
 
@@ -19,9 +21,10 @@
 namespace cascade::daemon {
 
 struct Rates {
-  double cpu_compute = 0;  // bytes of bf16 weights per second, one token
-  double cpu_flops = 0;    // FLOP/s at 16 tokens
-  double pinned_h2d = 0;   // bytes/s; 0 = no GPU measured
+  double cpu_compute = 0;       // bytes of bf16 weights per second, one token
+  double cpu_compute_int8 = 0;  // bytes of int8 rows (scales included) per second, one token; 0: not measured
+  double cpu_flops = 0;         // FLOP/s at 16 tokens
+  double pinned_h2d = 0;        // bytes/s; 0 = no GPU measured
   int threads = 0;
   std::string measured;  // when, ISO 8601 UTC
 };
@@ -39,10 +42,18 @@ void save_rates(const Rates& r, const std::string& path);
 // nullopt when `path` does not exist; throws std::runtime_error naming the path when it
 // is not a rates file.
 std::optional<Rates> load_rates(const std::string& path);
-// Overrides the request's defaults with the measured rates (a GPU rate of 0 keeps its default).
+// Overrides the request's defaults with the measured rates (a rate of 0 keeps its default).
 void apply_rates(const Rates& r, planner::PlanRequest& req);
 
-// `cascade calibrate`: measures, saves and prints the rates.
+// The rates a plan for `req` uses, applied to it; returns where they came from. The file
+// at rates_path() where it exists; else, where `req` may split offloaded modules between
+// the CPU and a GPU (offload_compute auto or cpu+cuda:N, and a GPU budgeted) and this
+// machine has a GPU, they are measured now (a few seconds, progress on `progress`) and
+// saved there (with `how`), so it happens once per machine; else the defaults.
+std::string plan_run_rates(planner::PlanRequest& req, bool has_gpu, std::ostream& progress,
+                           const CalibrateOptions& how = {});
+
+// `cascade calibrate`: measures, saves and prints the rates (at o.out, else rates_path()).
 void run_calibrate(const CalibrateOptions& o, std::ostream& out);
 
 }  // namespace cascade::daemon

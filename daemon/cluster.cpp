@@ -194,6 +194,14 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
   c->busy_.assign(c->labels_.size(), 0.0);
 
   log << "cascade: device map\n" << planner::format_plan(run.request.model, run.plan);
+  std::ostringstream predicted;  // a stream of its own: the log's format flags stay as they are
+  predicted << std::fixed << std::setprecision(1) << "cascade: predicted decode step "
+            << run.plan.predicted_step_s * 1e3 << " ms at max_batch " << rt.max_batch
+            << " by the cost model (rates: " << run.rates << ")"
+            << (run.plan.offload_choice.empty()
+                    ? ""
+                    : "; offload_compute " + run.plan.offload_compute + ": " + run.plan.offload_choice);
+  log << predicted.str() << "\n";
   const std::string job = job_name();
   c->hb_ = comm::Heartbeats::create("/" + job + "-hb", static_cast<int>(c->labels_.size()));
   c->hb_->start(0);

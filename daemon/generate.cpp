@@ -248,7 +248,7 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   if (!opts.config_file.empty()) {
     std::vector<std::string> ov = opts.overrides;
     if (opts.quantization != "none") ov.push_back("quantization.mode=\"" + opts.quantization + "\"");
-    run = plan_run(config::load_config(opts.config_file, ov));
+    run = plan_run(config::load_config(opts.config_file, ov), "", &log);
     opts.model_dir = run->config.model.path;
   }
 #ifdef CASCADE_WITH_TOKENIZER

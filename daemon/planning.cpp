@@ -1,6 +1,7 @@
 #include "daemon/planning.h"
 
 #include <algorithm>
+#include <iostream>
 #include <ostream>
 
 #include "config/size.h"
@@ -94,7 +95,7 @@ planner::HostMemory probe_host() {
   return h;
 }
 
-PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
+PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory, std::ostream* progress) {
   PlannedRun run;
   run.config = cfg;
   run.checkpoint = storage::Checkpoint::open(cfg.model.path);
@@ -104,7 +105,8 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   req.model = build_descriptor(*run.checkpoint, run.description, run.dtype, cfg.quantization);
   const auto specs =
       max_memory.empty() ? planner::from_config(cfg.placement.max_memory) : planner::parse_max_memory(max_memory);
-  req.budgets = planner::resolve_budgets(specs, probe_host());
+  const planner::HostMemory host = probe_host();
+  req.budgets = planner::resolve_budgets(specs, host);
   req.strategy = cfg.placement.strategy;
   req.mode = cfg.runtime.mode;
   req.max_batch = cfg.runtime.max_batch;
@@ -113,14 +115,7 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory) {
   req.streamed_share = cfg.placement.streamed_share;
   req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
-  const std::string rates = rates_path();
-  if (const std::optional<Rates> measured = load_rates(rates)) {
-    apply_rates(*measured, req);
-    run.rates =
-        "measured " + measured->measured + " with " + std::to_string(measured->threads) + " threads (" + rates + ")";
-  } else {
-    run.rates = "defaults (`cascade calibrate` measures this machine's)";
-  }
+  run.rates = plan_run_rates(req, !host.gpu_free.empty(), progress ? *progress : std::cerr);
   run.plan = planner::make_plan(req);
   return run;
 }

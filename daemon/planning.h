@@ -42,8 +42,10 @@ struct PlannedRun {
   planner::Plan plan;
   std::string rates;  // where the cost model's rates came from (daemon/calibrate.h)
 };
-// `max_memory` ("cuda:0=2GiB,cpu") replaces the config's budgets when not empty.
-PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory = "");
+// `max_memory` ("cuda:0=2GiB,cpu") replaces the config's budgets when not empty. The
+// cost model's rates come from plan_run_rates (daemon/calibrate.h), which may measure
+// them first: its progress goes to `progress` (null: standard error).
+PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory = "", std::ostream* progress = nullptr);
 
 // Free memory of each visible GPU (empty in a CPU-only build) and MemAvailable.
 planner::HostMemory probe_host();

@@ -23,9 +23,10 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_NE(log.str().find("saved to " + o.out), std::string::npos) << log.str();
   const std::optional<Rates> r = load_rates(o.out);
   ASSERT_TRUE(r.has_value());
-  std::printf("[ calibrate ] 1 thread: %.1f GB/s bf16 at 1 token, %.1f GFLOP/s at 16 tokens\n", r->cpu_compute / 1e9,
-              r->cpu_flops / 1e9);
+  std::printf("[ calibrate ] 1 thread: %.1f GB/s bf16 and %.1f GB/s int8 at 1 token, %.1f GFLOP/s at 16 tokens\n",
+              r->cpu_compute / 1e9, r->cpu_compute_int8 / 1e9, r->cpu_flops / 1e9);
   EXPECT_GT(r->cpu_compute, 1e8);  // any CPU of this century reads 100 MB/s
+  EXPECT_GT(r->cpu_compute_int8, 1e8);
   EXPECT_GT(r->cpu_flops, 1e8);
   EXPECT_EQ(r->threads, 1);
   EXPECT_FALSE(r->measured.empty());
@@ -35,11 +36,47 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   apply_rates(*r, req);
   EXPECT_EQ(req.cpu_compute, r->cpu_compute);
   EXPECT_EQ(req.cpu_flops, r->cpu_flops);
+  EXPECT_EQ(req.cpu_compute_int8, r->cpu_compute_int8);
   if (r->pinned_h2d == 0) {
     EXPECT_EQ(req.pinned_h2d, pcie);  // no GPU: the default stays
   } else {
     EXPECT_EQ(req.pinned_h2d, r->pinned_h2d);
   }
+}
+
+// Planning measures the rates itself, once, where a hybrid split needs them and a GPU
+// exists; otherwise it keeps the defaults and says so.
+TEST(Calibrate, PlanningMeasuresOnceWhereASplitNeedsTheRates) {
+  test::TempDir dir;
+  CalibrateOptions how;
+  how.threads = 1;
+  how.pool_mib = 32;
+  how.out = dir.file("rates.json");
+  planner::PlanRequest req;
+  req.budgets = {{config::parse_device("cuda:0"), uint64_t{1} << 30}, {config::parse_device("cpu"), std::nullopt}};
+  std::ostringstream log;
+  req.offload_compute = "cpu";  // no split to make
+  EXPECT_NE(plan_run_rates(req, true, log, how).find("defaults"), std::string::npos);
+  req.offload_compute = "auto";  // a split, but no GPU on this machine
+  EXPECT_NE(plan_run_rates(req, false, log, how).find("defaults"), std::string::npos);
+  EXPECT_FALSE(load_rates(how.out).has_value());
+  EXPECT_TRUE(log.str().empty()) << log.str();
+
+  const double default_cpu = req.cpu_compute;
+  const std::string now = plan_run_rates(req, true, log, how);  // measures and saves
+  EXPECT_NE(now.find("measured now"), std::string::npos) << now;
+  EXPECT_NE(log.str().find("measuring this machine's CPU and PCIe rates"), std::string::npos) << log.str();
+  const std::optional<Rates> saved = load_rates(how.out);
+  ASSERT_TRUE(saved.has_value());
+  EXPECT_EQ(req.cpu_compute, saved->cpu_compute);
+  EXPECT_NE(req.cpu_compute, default_cpu);
+
+  planner::PlanRequest again;  // the next plan reads the file, whatever it plans
+  std::ostringstream quiet;
+  const std::string read = plan_run_rates(again, false, quiet, how);
+  EXPECT_NE(read.find("measured " + saved->measured), std::string::npos) << read;
+  EXPECT_TRUE(quiet.str().empty()) << quiet.str();
+  EXPECT_EQ(again.cpu_compute, saved->cpu_compute);
 }
 
 TEST(Calibrate, AMissingFileIsNoneAndABadOneIsNamed) {

@@ -635,7 +635,7 @@ struct Drain {
 
 int serve(const ServeOptions& opts, std::ostream& log) {
   ::signal(SIGPIPE, SIG_IGN);
-  PlannedRun run = plan_run(config::resolve_config(opts.config_file, opts.model_dir, opts.overrides));
+  PlannedRun run = plan_run(config::resolve_config(opts.config_file, opts.model_dir, opts.overrides), "", &log);
   const config::ServerSection sc = run.config.server;
   const std::string claim = claim_socket_path(sc.socket);  // before loading anything
   if (claim == "stale") log << "cascade: removed a stale socket file " << sc.socket << "\n";
