@@ -7,12 +7,16 @@
 // does; figures are the best of 20 calls after a warm-up.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/mman.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <new>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -38,6 +42,19 @@ std::vector<int64_t> parse_list(const std::string& s) {
   return out;
 }
 
+// A copy of t in memory the kernel is asked to back with 2 MiB pages (MADV_HUGEPAGE
+// before the first write), for measuring what TLB misses cost the kernels.
+at::Tensor in_huge_pages(const at::Tensor& t) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t bytes = (static_cast<size_t>(t.nbytes()) + kHuge - 1) / kHuge * kHuge;
+  void* p = nullptr;
+  if (posix_memalign(&p, kHuge, bytes) != 0) throw std::bad_alloc();
+  ::madvise(p, bytes, MADV_HUGEPAGE);
+  std::memcpy(p, t.data_ptr(), t.nbytes());
+  return at::from_blob(
+      p, t.sizes(), [](void* q) { std::free(q); }, t.options());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -47,6 +64,8 @@ int main(int argc, char** argv) {
   std::string tokens = "1,16";
   int64_t pool_mib = 1024;
   std::string only;
+  bool huge = false;
+  app.add_flag("--huge-pages", huge, "Weights in memory advised MADV_HUGEPAGE (2 MiB pages where the kernel allows)");
   app.add_option("--threads", threads, "Compute threads");
   app.add_option("--in", in, "Input features (K)");
   app.add_option("--out", out, "Output features (N)");
@@ -89,6 +108,7 @@ int main(int argc, char** argv) {
     for (int64_t c = 0; c < copies; ++c) {
       const at::Tensor r = at::randn({out, in}).mul_(20);
       ws.push_back(ty.w == at::kChar ? r.clamp_(-127, 127).to(at::kChar) : r.to(ty.w));
+      if (huge) ws.back() = in_huge_pages(ws.back());
     }
     const at::Tensor scale = at::rand({out}).add_(0.01);
     size_t turn = 0;
@@ -111,8 +131,8 @@ int main(int argc, char** argv) {
       for (const auto& isa : cascade::stage::cpu_gemv_isas()) {
         cascade::stage::set_cpu_gemv_isa(isa);
         if (!ours().defined()) {
-          std::printf("%-9s %-8s %-7lld %10s %8s %9s %10.1f  (the kernels do not take this shape)\n",
-                      ty.name, isa.c_str(), static_cast<long long>(T), "-", "-", "-", ta * 1e6);
+          std::printf("%-9s %-8s %-7lld %10s %8s %9s %10.1f  (the kernels do not take this shape)\n", ty.name,
+                      isa.c_str(), static_cast<long long>(T), "-", "-", "-", ta * 1e6);
           continue;
         }
         const double t = best_seconds(20, [&] { (void)ours(); });

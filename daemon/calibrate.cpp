@@ -96,6 +96,7 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
     for (const auto& w : rows) (void)stage::cpu_int8_linear(x, w.q, w.scale);
   });
   r.cpu_compute_int8 = static_cast<double>(2 * copies * stage::int8_bytes({out, in}, stage::Int8Layout::kRows)) / s8;
+  r.host_read = stage::cpu_read_bandwidth(std::max<int64_t>(o.pool_mib << 20, int64_t{512} << 20)) * 1e9;
   r.pinned_h2d = pinned_h2d();
   r.measured = now_utc();
   return r;
@@ -105,8 +106,9 @@ void save_rates(const Rates& r, const std::string& path) {
   const std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   nlohmann::json j = {{"cpu_compute", r.cpu_compute}, {"cpu_compute_int8", r.cpu_compute_int8},
-                      {"cpu_flops", r.cpu_flops},     {"pinned_h2d", r.pinned_h2d},
-                      {"threads", r.threads},         {"measured", r.measured}};
+                      {"cpu_flops", r.cpu_flops},     {"host_read", r.host_read},
+                      {"pinned_h2d", r.pinned_h2d},   {"threads", r.threads},
+                      {"measured", r.measured}};
   std::ofstream f(path);
   f << j.dump(2) << "\n";
   if (!f) throw std::runtime_error("cannot write the rates file " + path);
@@ -121,10 +123,12 @@ std::optional<Rates> load_rates(const std::string& path) {
     r.cpu_compute = j.at("cpu_compute").get<double>();
     r.cpu_compute_int8 = j.value("cpu_compute_int8", 0.0);  // files from before it was measured lack it
     r.cpu_flops = j.at("cpu_flops").get<double>();
+    r.host_read = j.value("host_read", 0.0);  // files from before it was measured lack it
     r.pinned_h2d = j.at("pinned_h2d").get<double>();
     r.threads = j.at("threads").get<int>();
     r.measured = j.at("measured").get<std::string>();
-    if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0))
+    if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0) ||
+        !(r.host_read >= 0))
       throw std::runtime_error("a rate is not positive");
     return r;
   } catch (const std::exception& e) {
@@ -137,6 +141,7 @@ void apply_rates(const Rates& r, planner::PlanRequest& req) {
   req.cpu_compute = r.cpu_compute;
   req.cpu_flops = r.cpu_flops;
   if (r.cpu_compute_int8 > 0) req.cpu_compute_int8 = r.cpu_compute_int8;
+  if (r.host_read > 0) req.host_read = r.host_read;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
 }
 
@@ -175,9 +180,9 @@ void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
   save_rates(r, path);
   std::ostringstream line;
   line << std::fixed << std::setprecision(1) << "CPU (" << r.threads << (r.threads == 1 ? " thread" : " threads")
-       << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, int8 rows "
-       << r.cpu_compute_int8 / 1e9 << " GB/s, " << r.cpu_flops / 1e9
-       << " GFLOP/s at 16 tokens\npinned host-to-GPU: ";
+       << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, int8 rows " << r.cpu_compute_int8 / 1e9
+       << " GB/s, " << r.cpu_flops / 1e9 << " GFLOP/s at 16 tokens, memory read " << r.host_read / 1e9
+       << " GB/s\npinned host-to-GPU: ";
   if (r.pinned_h2d > 0)
     line << r.pinned_h2d / 1e9 << " GB/s";
   else

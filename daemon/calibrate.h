@@ -5,10 +5,9 @@
 //
 // What is measured: the CPU kernels' (stage/kernels/cpu_gemv.h) bfloat16 and int8 weight
 // rates at one token and bfloat16 FLOP rate at 16 tokens, with `threads` threads, over a
-// pool of weight copies larger than the caches; pinned host-to-GPU copy bandwidth where
-// a GPU exists. Planning measures them itself, once, where a hybrid split needs them
-// (plan_run_rates below).
-// Thread-safety: none needed (one call at start-up).
+// pool of weight copies larger than the caches; the host's memory read rate with those
+// threads; pinned host-to-GPU copy bandwidth where a GPU exists. Planning measures them itself, once, where a hybrid
+// split needs them (plan_run_rates below). Thread-safety: none needed (one call at start-up).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +23,7 @@ struct Rates {
   double cpu_compute = 0;       // bytes of bf16 weights per second, one token
   double cpu_compute_int8 = 0;  // bytes of int8 rows (scales included) per second, one token; 0: not measured
   double cpu_flops = 0;         // FLOP/s at 16 tokens
+  double host_read = 0;         // bytes/s the host's memory reads with `threads` threads; 0: not measured
   double pinned_h2d = 0;        // bytes/s; 0 = no GPU measured
   int threads = 0;
   std::string measured;  // when, ISO 8601 UTC

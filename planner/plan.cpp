@@ -678,10 +678,17 @@ Plan hybrid_plan(const PlanRequest& r) {
 
 namespace {
 
+// The bytes a CPU stage reads for module `m` in a step of max_batch tokens (an expert
+// block's chosen experts, at most all of them; an embedding's few rows count as none).
+double cpu_read_bytes(const PlanRequest& r, const ModuleInfo& m) {
+  if (m.kind == ModuleKind::kEmbedding) return 0;
+  return std::min(static_cast<double>(m.weight_bytes()), m.read_bytes() * static_cast<double>(r.max_batch));
+}
+
 // A CPU stage's time for module `m` in a step of max_batch tokens.
 double cpu_seconds(const PlanRequest& r, const ModuleInfo& m) {
   const double tokens = static_cast<double>(r.max_batch);
-  const double read = std::min(static_cast<double>(m.weight_bytes()), m.read_bytes() * tokens);
+  const double read = cpu_read_bytes(r, m);
   const double rate = m.int8 && r.cpu_compute_int8 > 0 ? r.cpu_compute_int8 : r.cpu_compute;
   return std::max(read / rate, tokens * m.flops_per_token / r.cpu_flops);
 }
@@ -690,6 +697,7 @@ double cpu_seconds(const PlanRequest& r, const ModuleInfo& m) {
 
 double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   const auto& mods = r.model.modules;
+  double host_bytes = 0;  // one step's reads of host memory, by CPU stages and by streaming copies
   double t = 0, first_end = 0;
   double copy_end = 0;    // the copy engine's last copy
   double copy_issue = 0;  // when the streamed module before started computing
@@ -703,9 +711,11 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
         const double w = static_cast<double>(mods[static_cast<size_t>(i)].weight_bytes());
         if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way
           t += tier.kind == Kind::kDisk ? w / r.disk_stream : cpu_seconds(r, mods[static_cast<size_t>(i)]);
+          if (step == 0) host_bytes += cpu_read_bytes(r, mods[static_cast<size_t>(i)]);
         } else if (is_gpu(tier)) {
           t += w / r.gpu_compute;
         } else {  // streamed
+          if (step == 0) host_bytes += w;
           copy_end = std::max(copy_issue, copy_end) + w / (tier.kind == Kind::kDisk ? r.disk_stream : r.pinned_h2d);
           copy_issue = std::max(t, copy_end);
           t = copy_issue + w / r.gpu_compute;
@@ -715,7 +725,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
     t += kHopSeconds;  // the logits back to the coordinator
     if (step == 0) first_end = t;
   }
-  return t - first_end;
+  return std::max(t - first_end, r.host_read > 0 ? host_bytes / r.host_read : 0.0);
 }
 
 Plan make_plan(const PlanRequest& req) {

@@ -120,6 +120,10 @@ struct PlanRequest {
   // tokens a CPU step is bound by arithmetic, not by reading weights.
   double cpu_flops = 400e9;
   double gpu_compute = 1.9e12;  // weights a GPU stage gets through per second at batch 1
+  // Bytes/s the host's memory gives all readers together (the CPU stage's threads and the
+  // copy engine's DMA): a step reads its CPU-computed and streamed host bytes through it,
+  // whichever side reads them. 0: no such floor (not measured).
+  double host_read = 0;
   std::vector<std::pair<std::string, config::DeviceName>> device_map;  // manual; empty = strategy
 };
 
@@ -177,7 +181,9 @@ Plan make_plan(const PlanRequest& req);
 // starts once the streamed module before it starts computing (the double buffer's other
 // slot is then free) and after that module's copy (one copy engine), so copies overlap
 // the CPU stage's compute between them. Each hop between stages costs kHopSeconds.
-// The second of two simulated steps is returned (the first has no copy in flight).
+// The second of two simulated steps is returned (the first has no copy in flight), or,
+// where host_read is set and longer, the step's host bytes (read by the CPU stages or
+// streamed from RAM) over host_read: the two sides share one memory bus.
 double predicted_step_seconds(const PlanRequest& req, const Plan& p);
 constexpr double kHopSeconds = 50e-6;  // one activation hop at batch 1 (an estimate)
 

@@ -28,6 +28,7 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_GT(r->cpu_compute, 1e8);  // any CPU of this century reads 100 MB/s
   EXPECT_GT(r->cpu_compute_int8, 1e8);
   EXPECT_GT(r->cpu_flops, 1e8);
+  EXPECT_GT(r->host_read, 1e8);
   EXPECT_EQ(r->threads, 1);
   EXPECT_FALSE(r->measured.empty());
 
@@ -37,6 +38,7 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_EQ(req.cpu_compute, r->cpu_compute);
   EXPECT_EQ(req.cpu_flops, r->cpu_flops);
   EXPECT_EQ(req.cpu_compute_int8, r->cpu_compute_int8);
+  EXPECT_EQ(req.host_read, r->host_read);
   if (r->pinned_h2d == 0) {
     EXPECT_EQ(req.pinned_h2d, pcie);  // no GPU: the default stays
   } else {

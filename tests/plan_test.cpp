@@ -312,6 +312,10 @@ TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
   const Plan p = make_plan(r);
   const double bytes = 4 * 100 * MiB + 10 * MiB + 128;  // the embedding's lookup costs nothing
   EXPECT_NEAR(p.predicted_step_s, bytes / 1e9 + 2 * kHopSeconds, 1e-9);
+  // A memory bus slower than the CPU's rate (host_read) sets the step instead.
+  PlanRequest bus = r;
+  bus.host_read = 0.5e9;
+  EXPECT_NEAR(make_plan(bus).predicted_step_s, bytes / 0.5e9, 1e-9);
   // Streamed modules whose copies take longer than everything else: the copies set the pace.
   PlanRequest s = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
   s.offload_compute = "cuda:0";
@@ -322,6 +326,20 @@ TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
     if (q.module_device[i].str() == "cpu:0") streamed += s.model.modules[i].weight_bytes();
   EXPECT_GT(q.predicted_step_s, static_cast<double>(streamed) / 1e9);
   EXPECT_LT(q.predicted_step_s, static_cast<double>(streamed) / 1e9 * 1.05);
+  // A hybrid's CPU stage and copies share the bus: with it slower than both, the step is
+  // every offloaded byte over it, whichever side reads them.
+  PlanRequest h = s;
+  h.offload_compute = "cpu+cuda:0";
+  h.streamed_share = 0.5;
+  h.cpu_compute = 1e9;
+  h.host_read = 0.25e9;
+  const Plan hp = make_plan(h);
+  double off = 0;
+  for (size_t i = 0; i < hp.module_device.size(); ++i)
+    if (hp.module_device[i].str() == "cpu:0" && h.model.modules[i].kind != ModuleKind::kEmbedding)
+      off += static_cast<double>(h.model.modules[i].weight_bytes());
+  EXPECT_GT(off, 0);
+  EXPECT_NEAR(hp.predicted_step_s, off / 0.25e9, 1e-9);
 }
 
 // A Mixtral-like model: per layer an attention half of `attn_bytes` and an expert block
