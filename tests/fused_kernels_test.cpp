@@ -136,6 +136,53 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
   EXPECT_FALSE(fused_linear(at::ones({1, 64}, at::kCUDA).to(at::kBFloat16), q, {}, s.narrow(0, 0, 8)).defined());
 }
 
+// Few rows and a long K: the tensor-core kernel splits each 16-row tile's K over several
+// blocks (small_gemm.cuh), and the last block of a tile adds the splits' sums. Checked
+// against float64 in every epilogue, 16-bit and int8 rows, and for repeatability: the
+// same call three times gives the same bits (the splits are added in a fixed order, and
+// a tile's ticket is back at 0 for the next launch).
+TEST(FusedKernels, TheTensorCoreKernelSplitsKWhereRowsAreFew) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(11);
+  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
+    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+  };
+  const at::ScalarType t = at::kBFloat16;
+  for (bool int8 : {false, true}) {
+    for (int64_t out : {37, 2560}) {
+      const int64_t in = 6912;  // down_proj's: 216 chunks of 16-bit rows, 108 of int8 rows
+      const at::Tensor wf = at::randn({out, in}) * 0.02, w2f = at::randn({2 * out, in}) * 0.02;
+      const Int8Rows q = quantize_rows(wf), q2 = quantize_rows(w2f);
+      const at::Tensor w = int8 ? q.q.cuda() : wf.to(t).cuda(), w2 = int8 ? q2.q.cuda() : w2f.to(t).cuda();
+      const at::Tensor sc = int8 ? q.scale.cuda() : at::Tensor(), s2c = int8 ? q2.scale.cuda() : at::Tensor();
+      const at::Tensor wd =
+          int8 ? q.q.to(at::kDouble) * q.scale.to(at::kDouble).unsqueeze(1) : wf.to(t).to(at::kDouble);
+      const at::Tensor w2d =
+          int8 ? q2.q.to(at::kDouble) * q2.scale.to(at::kDouble).unsqueeze(1) : w2f.to(t).to(at::kDouble);
+      for (int64_t tokens : {2, 5, 8, 16}) {  // 16: int8 rows only, unsplit (16-bit rows: cuBLAS)
+        if (!int8 && tokens > 8) continue;
+        const std::string what =
+            std::string(int8 ? "int8" : "bf16") + ", out " + std::to_string(out) + ", " + std::to_string(tokens);
+        const at::Tensor x = at::randn({tokens, in}).to(t), b = at::randn({out}).to(t),
+                         r = at::randn({tokens, out}).to(t);
+        const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
+        const at::Tensor got = fused_linear(x.cuda(), w, b.cuda(), sc);
+        ASSERT_TRUE(got.defined()) << what;
+        EXPECT_LE(rel(got, want), 4e-3) << what;
+        for (int again = 0; again < 2; ++again)
+          EXPECT_TRUE(at::equal(fused_linear(x.cuda(), w, b.cuda(), sc), got)) << "again, " << what;
+        const at::Tensor sum = fused_linear_add(x.cuda(), w, b.cuda(), r.cuda(), sc);
+        ASSERT_TRUE(sum.defined()) << what;
+        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, " << what;
+        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
+        const at::Tensor silu = fused_gated_linear(x.cuda(), w2, static_cast<int>(Activation::kSilu), s2c);
+        ASSERT_TRUE(silu.defined()) << what;
+        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "silu, " << what;
+      }
+    }
+  }
+}
+
 TEST(FusedKernels, RmsNormMatchesTheAtenOps) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(0);

@@ -96,7 +96,7 @@ TEST(Int8Kernels, EachTokenGetsWhatItGetsAlone) {
 TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(7);
-  for (int64_t in : {1024, 1040, 1000, 1001}) {
+  for (int64_t in : {1024, 1040, 1000, 1001, 4096}) {  // 4096: the tensor-core kernel splits K
     for (int64_t out : {37, 2560}) {
       const Int8Rows r = quantize_rows(at::randn({out, in}).mul_(0.05)), r2 = quantize_rows(at::randn({2 * out, in}));
       Linear l, gu;

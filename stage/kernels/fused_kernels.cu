@@ -176,20 +176,25 @@ void rope_as(const void* x, int64_t x_row, const void* cos, const void* sin, voi
                     static_cast<const S*>(cos), static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
 }
 
-// The current device's compute capability major, asked once per device; -1 if unknown.
-int compute_major() {
+// An attribute of the current device (compute capability major or multiprocessor
+// count), asked once per device; `fallback` where it cannot be asked.
+int device_attribute(cudaDeviceAttr what, int fallback) {
   constexpr int kDevices = 64;
-  static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 unknown, else major + 2
+  static std::atomic<int64_t> known[kDevices][2];  // 0 not asked yet, else 2^32 + the value
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return -1;
-  int k = known[dev].load(std::memory_order_relaxed);
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return fallback;
+  std::atomic<int64_t>& slot = known[dev][what == cudaDevAttrComputeCapabilityMajor ? 0 : 1];
+  int64_t k = slot.load(std::memory_order_relaxed);
   if (k == 0) {
-    int major = -1;
-    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? major + 2 : 1;
-    known[dev].store(k, std::memory_order_relaxed);
+    int v = fallback;
+    if (cudaDeviceGetAttribute(&v, what, dev) != cudaSuccess) v = fallback;
+    k = (int64_t{1} << 32) + v;
+    slot.store(k, std::memory_order_relaxed);
   }
-  return k - 2;
+  return static_cast<int>(k - (int64_t{1} << 32));
 }
+
+int compute_major() { return device_attribute(cudaDevAttrComputeCapabilityMajor, -1); }
 
 // CASCADE_TENSOR_CORE_GEMV: 0 unset, -1 off ("0" or not a count), else N in [1, 65].
 int tensor_core_setting() {
@@ -202,6 +207,16 @@ int tensor_core_setting() {
 }
 
 }  // namespace
+
+int multiprocessors() { return device_attribute(cudaDevAttrMultiProcessorCount, 1); }
+
+int mma_split_setting() {
+  static const int set = [] {
+    const std::optional<long> v = config::env_int("CASCADE_MMA_SPLIT");
+    return v && *v >= 1 && *v <= gemv::kMaxSplits ? static_cast<int>(*v) : 0;
+  }();
+  return set;
+}
 
 bool overlapped_launches() {
   static const bool enabled = config::env_flag("CASCADE_PDL", true);

@@ -19,8 +19,17 @@
 // are widened to S in registers (exact: |q| <= 128) and scaled per row in the epilogue.
 // The warps' partial sums meet in shared memory, summed in warp order (the result does
 // not depend on timing), and go through the GEMV's epilogue (gemv::finish).
+//
+// Split K. A projection with few rows has too few 16-row tiles to keep every
+// multiprocessor's loads in flight: o_proj and down_proj of the anchor (2,560 rows) are
+// 160 tiles on the H200's 132 multiprocessors, and read at 25-37% of HBM
+// (docs/performance.md). There, a tile's chunks are split over gridDim.y blocks. Each
+// writes its sums to a workspace; the last of a tile's blocks to finish (a ticket per
+// tile) adds the splits' sums in split order (so the result does not depend on timing),
+// runs the epilogue and returns the ticket to 0 for the next launch.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -31,6 +40,20 @@ namespace cascade::stage::cuda::gemv {
 // Warps a block: enough in flight on every shape (bench/gpu_gemv_bench: with 4, one token
 // of q/k/v read at 54% of HBM against the GEMV's 79%).
 constexpr int kMmaWarps = 8, kMmaMaxTokens = 64;
+
+// Chunks in flight a warp: 32 (int8) or 64 (16-bit) bytes a row.
+template <typename W>
+constexpr int kMmaUnroll = std::is_same_v<W, int8_t> ? 2 : 4;
+
+// The split-K workspace: sums [tile][split][kTiles][x rows][16 rows] and a ticket a tile,
+// zero between launches. Each translation unit that includes this header has its own,
+// one per device (a module's globals), so launches that split must not run on two
+// streams of one device at once: a stage computes on one stream.
+constexpr int kSplitMaxTiles = 4096, kSplitSums = 1 << 20, kMaxSplits = 8;
+namespace {
+__device__ float split_sums[kSplitSums];
+__device__ unsigned split_tickets[kSplitMaxTiles];
+}  // namespace
 
 // d += a b for one m16n8k16 tile: a = 16 rows x 16 k (registers: rows g, g+8 of k pair c,
 // then of k pair c + 4), b = 16 k x 8 tokens (k pairs c and c + 4 of token g).
@@ -86,9 +109,12 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
                const float* __restrict__ sx) {
   constexpr int kTiles = E == kGated ? 2 : 1, kP = kPerLoad<W> / 2, kSteps = kP / 2;
   constexpr int kChunk = 4 * kPerLoad<W>, kXLoads = kPerLoad<W> / kPerLoad<S>;
-  constexpr int kU = std::is_same_v<W, int8_t> ? 2 : 4;  // chunks in flight a warp: 32 or 64 bytes a row
+  constexpr int kU = kMmaUnroll<W>;
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, c = threadIdx.x % 4;
-  const int n0 = blockIdx.x * 16, chunks = K / kChunk;
+  const int n0 = blockIdx.x * 16, chunks = K / kChunk, split = blockIdx.y, splits = gridDim.y;
+  // This block's chunks: [lo, hi) of the tile's.
+  const int lo = static_cast<int>(static_cast<int64_t>(chunks) * split / splits);
+  const int hi = static_cast<int>(static_cast<int64_t>(chunks) * (split + 1) / splits);
   const int4* rows[kTiles][2];
 #pragma unroll
   for (int i = 0; i < kTiles; ++i) {
@@ -104,7 +130,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int k = first + u * kMmaWarps;
-      if (k < chunks) {
+      if (k < hi) {
 #pragma unroll
         for (int i = 0; i < kTiles; ++i) {
 #pragma unroll
@@ -113,15 +139,15 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
       }
     }
   };
-  fetch(warp);  // weights are no earlier kernel's output: read before the wait
+  fetch(lo + warp);  // weights are no earlier kernel's output: read before the wait
   wait_for_prior_grid();
   allow_next_grid();
-  for (int first = warp; first < chunks; first += kMmaWarps * kU) {
-    if (first != warp) fetch(first);
+  for (int first = lo + warp; first < hi; first += kMmaWarps * kU) {
+    if (first != lo + warp) fetch(first);
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int k = first + u * kMmaWarps;
-      if (k >= chunks) break;
+      if (k >= hi) break;
       uint32_t a[kTiles][2][kP];
 #pragma unroll
       for (int i = 0; i < kTiles; ++i) {
@@ -175,20 +201,63 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
     for (int v = 0; v < kHalf; ++v) s += part[v][tile][row][t];
     return s;
   };
+  const int64_t per_split = static_cast<int64_t>(kTiles) * T * 16;
+  float* const sums = split_sums + static_cast<int64_t>(blockIdx.x) * splits * per_split;
+  if (splits > 1) {
+    for (int e = threadIdx.x; e < per_split; e += 32 * kMmaWarps)
+      sums[split * per_split + e] = sum(e / (16 * T), e % 16, e / 16 % T);
+    __threadfence();  // the sums are visible before the ticket is
+    __syncthreads();
+    __shared__ bool last;
+    if (threadIdx.x == 0) last = atomicAdd(&split_tickets[blockIdx.x], 1u) == static_cast<unsigned>(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  }
+  // Row `row`'s sum for x row t: this block's, or the splits' added in split order
+  // (through L2: other multiprocessors wrote them).
+  const auto total = [&](int tile, int row, int t) {
+    if (splits == 1) return sum(tile, row, t);
+    float s = 0.f;
+    for (int v = 0; v < splits; ++v) s += __ldcg(sums + v * per_split + (tile * T + t) * 16 + row);
+    return s;
+  };
+  if (splits > 1 && threadIdx.x == 0) split_tickets[blockIdx.x] = 0;  // the next launch waits for this one
   const int outs = sx ? T / 2 : T;
   for (int e = threadIdx.x; e < 16 * outs; e += 32 * kMmaWarps) {
     const int row = e % 16, t = e / 16, n = n0 + row;
     if (n >= N) continue;
     float s, up = 0.f;
     if (sx) {
-      s = __fadd_rn(__fmul_rn(sx[t], sum(0, row, 2 * t)), sum(0, row, 2 * t + 1));
-      if (E == kGated) up = __fadd_rn(__fmul_rn(sx[t], sum(kTiles - 1, row, 2 * t)), sum(kTiles - 1, row, 2 * t + 1));
+      s = __fadd_rn(__fmul_rn(sx[t], total(0, row, 2 * t)), total(0, row, 2 * t + 1));
+      if (E == kGated)
+        up = __fadd_rn(__fmul_rn(sx[t], total(kTiles - 1, row, 2 * t)), total(kTiles - 1, row, 2 * t + 1));
     } else {
-      s = sum(0, row, t);
-      if (E == kGated) up = sum(kTiles - 1, row, t);
+      s = total(0, row, t);
+      if (E == kGated) up = total(kTiles - 1, row, t);
     }
     finish<E, std::is_same_v<W, int8_t>>(s, up, n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
   }
+}
+
+// The blocks a tile's K is split over. Only for at most kMaxTokens x rows, where tiles
+// are few (fewer than two a multiprocessor: o_proj and down_proj of the anchor, 160 tiles
+// on the H200's 132), and only so far as each split keeps two rounds of kMmaUnroll loads
+// a warp: shorter blocks pay the sums' trip through the workspace and their start for
+// too little. From bench/gpu_gemv_bench on the H200: split 3 ways, down_proj's 16-bit
+// rows read 1.6x faster at 1-8 tokens (8 tokens: 24.4 -> 15.6 us) and its int8 rows
+// 1.04-1.1x, but its int8 rows at 16 and 32 tokens 1.15x slower; split 2-4 ways, q/k/v,
+// o_proj and gate/up (2 iterations a warp or fewer) read 3-25% slower.
+// CASCADE_MMA_SPLIT=S asks for S wherever each split keeps one round a warp (1: never
+// split), to measure. Within the workspace either way.
+template <typename W>
+int mma_splits(int N, int chunks, int rows, int tiles_a_row) {
+  const int tiles = (N + 15) / 16, set = mma_split_setting();
+  if (tiles > kSplitMaxTiles || (set == 0 && (rows > kMaxTokens || tiles >= 2 * multiprocessors()))) return 1;
+  const int least = (set > 0 ? 1 : 2) * kMmaWarps * kMmaUnroll<W>;
+  int splits = std::min(set > 0 ? set : kMaxSplits, std::max(1, chunks / least));
+  while (splits > 1 && static_cast<int64_t>(tiles) * splits * tiles_a_row * rows * 16 > kSplitSums) --splits;
+  return splits;
 }
 
 template <int E, typename S, typename W>
@@ -200,8 +269,9 @@ cudaError_t launch_mma(const GemvArgs& g, cudaStream_t stream) {
     const int o0 = g.sx ? t0 / 2 : t0;
     const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(o0) * g.N;
     const S* r = static_cast<const S*>(g.r);
+    const int splits = mma_splits<W>(g.N, g.K / (4 * kPerLoad<W>), rest, E == kGated ? 2 : 1);
     const auto go = [&](auto kernel) {
-      return launch_overlapped(kernel, dim3((g.N + 15) / 16), dim3(32 * kMmaWarps), stream,
+      return launch_overlapped(kernel, dim3((g.N + 15) / 16, splits), dim3(32 * kMmaWarps), stream,
                                static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
                                static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, rest, g.K, g.N,
                                g.act, g.sx ? g.sx + o0 : g.sx);
