@@ -6,14 +6,11 @@
 
 #include "config/size.h"
 #include "daemon/calibrate.h"
+#include "daemon/gpu_memory.h"
 #include "planner/report.h"
 #include "stage/kernels/quant.h"
 #include "stage/model.h"
 #include "storage/checkpoint.h"
-
-#ifdef CASCADE_WITH_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 namespace cascade::daemon {
 namespace {
@@ -83,15 +80,7 @@ planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, at::Sca
 
 planner::HostMemory probe_host() {
   planner::HostMemory h = planner::probe_host_memory();
-#ifdef CASCADE_WITH_CUDA
-  int n = 0;
-  if (cudaGetDeviceCount(&n) == cudaSuccess) {
-    for (int g = 0; g < n; ++g) {
-      size_t free = 0, total = 0;
-      if (cudaSetDevice(g) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess) h.gpu_free.push_back(free);
-    }
-  }
-#endif
+  h.gpu_free = gpu_free_memory();
   return h;
 }
 

@@ -55,7 +55,7 @@ if [ "${CTEST:-all}" = all ]; then
 elif [ "${CTEST}" = gpu ]; then  # only the tests that exercise the GPU paths
   failed=""
   for t in decode_graphs_test weight_stream_test device_upload_test quant_test host_stager_test kv_cache_test \
-    fused_kernels_test attention_kernels_test int8_kernels_test model_test "cluster_test --gtest_filter=*Gpu*:*Streamed*:*Hybrid*"; do
+    fused_kernels_test attention_kernels_test int8_kernels_test model_test gpu_memory_test "cluster_test --gtest_filter=*Gpu*:*Streamed*:*Hybrid*"; do
     build-gpu/tests/$t >>"$OUT/ctest.log" 2>&1 || failed="$failed ${t%% *}"
   done
   step gpu_tests "$(grep -cE '^\[  PASSED' "$OUT/ctest.log") binaries passed; failed:${failed:- none}"
