@@ -176,14 +176,18 @@ void rope_as(const void* x, int64_t x_row, const void* cos, const void* sin, voi
                     static_cast<const S*>(cos), static_cast<const S*>(sin), static_cast<S*>(y), heads, dim);
 }
 
-// An attribute of the current device (compute capability major or multiprocessor
-// count), asked once per device; `fallback` where it cannot be asked.
+// The device attributes asked, each with its slot in device_attribute's cache.
+constexpr cudaDeviceAttr kAsked[] = {cudaDevAttrComputeCapabilityMajor, cudaDevAttrMultiProcessorCount};
+
+// An attribute of the current device (one of kAsked), asked once per device; `fallback`
+// where it cannot be asked.
 int device_attribute(cudaDeviceAttr what, int fallback) {
-  constexpr int kDevices = 64;
-  static std::atomic<int64_t> known[kDevices][2];  // 0 not asked yet, else 2^32 + the value
+  constexpr int kDevices = 64, kAttributes = sizeof kAsked / sizeof kAsked[0];
+  static std::atomic<int64_t> known[kDevices][kAttributes];  // 0 not asked yet, else 2^32 + the value
+  const int which = static_cast<int>(std::find(kAsked, kAsked + kAttributes, what) - kAsked);
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return fallback;
-  std::atomic<int64_t>& slot = known[dev][what == cudaDevAttrComputeCapabilityMajor ? 0 : 1];
+  if (which == kAttributes || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return fallback;
+  std::atomic<int64_t>& slot = known[dev][which];
   int64_t k = slot.load(std::memory_order_relaxed);
   if (k == 0) {
     int v = fallback;
