@@ -76,8 +76,12 @@ class World {
   // ranks 1..n. Oversubscribes the host (stages mostly wait on each other). May be
   // called again once the earlier stages are stopped (a restart): the new ones replace
   // them as ranks 1..n. A coordinator started alone confines Open MPI's TCP traffic to
-  // loopback (OMPI_MCA_{oob,btl}_tcp_if_include=lo) unless the environment says otherwise.
-  void spawn(int n, const std::string& exe, const std::vector<std::string>& args);
+  // loopback (OMPI_MCA_{oob,btl}_tcp_if_include=lo) unless the environment says otherwise,
+  // and keeps Open MPI from aborting its runtime when a stage exits non-zero
+  // (OMPI_MCA_orte_abort_on_non_zero_status=0): the daemon restarts stages itself.
+  // Throws CommError when MPI_Comm_spawn has not returned by `deadline`: the call is
+  // left running, and this process neither spawns again nor finalizes MPI.
+  void spawn(int n, const std::string& exe, const std::vector<std::string>& args, Clock::time_point deadline);
 
   void send(int dest, int tag, const std::vector<uint8_t>& bytes, Clock::time_point deadline,
             const Liveness& alive) const;
@@ -102,7 +106,7 @@ class World {
   void find_locals();
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_stage_index_ = 0;
   bool multi_node_ = false;
-  bool spawned_ = false, abandoned_ = false;
+  bool spawned_ = false, abandoned_ = false, spawn_stuck_ = false;
   bool spawned_peers_ = false;  // this coordinator spawned ranks 1..n
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string host_;

@@ -23,6 +23,9 @@ namespace cascade::daemon {
 namespace {
 
 constexpr double kStartupGrace = 30;  // seconds a stage may take to register its heartbeat
+// Seconds MPI_Comm_spawn may take to start the stage processes (exec, LibTorch, MPI
+// start: 0.3-2 s on the 2-core development VM); past it Open MPI's runtime is taken as broken.
+constexpr double kSpawnTimeout = 60;
 
 using comm::Clock;
 using nlohmann::json;
@@ -231,7 +234,7 @@ void Cluster::launch(const std::string& exe, std::ostream& log) {
   const int n = static_cast<int>(labels_.size()) - 1;
   if (w.size() == 1 || w.spawned_peers()) {  // alone, or restarting stages it spawned before
     log << "cascade: starting " << n << " stage process" << (n > 1 ? "es" : "") << "\n";
-    w.spawn(n, exe, {"stage"});
+    w.spawn(n, exe, {"stage"}, after(kSpawnTimeout));
     spawned_ = true;
     return;
   }

@@ -914,6 +914,8 @@ TEST_F(DemoServer, SpawnedStagesTalkOverLoopbackOnly) {
   const std::string environ((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
   EXPECT_NE(environ.find("OMPI_MCA_btl_tcp_if_include=lo"), std::string::npos);
   EXPECT_NE(environ.find("OMPI_MCA_oob_tcp_if_include=lo"), std::string::npos);
+  // The daemon restarts failed stages itself: Open MPI must not abort its runtime when one exits non-zero.
+  EXPECT_NE(environ.find("OMPI_MCA_orte_abort_on_non_zero_status=0"), std::string::npos);
 }
 
 // When every connection is busy (a request read, its answer under way) there is nobody
@@ -1023,6 +1025,31 @@ TEST(Server, AKilledOrStalledStageIsRestartedAndTheDaemonServesAgain) {
       << log;
   std::printf("restart after a kill: serving again %.2f s after the 503; after a stall: %.2f s after SIGSTOP\n", first,
               second);
+  ::kill(d.pid(), SIGTERM);
+  EXPECT_EQ(d.wait_exit(30), 0) << d.log();
+}
+
+// A stage whose step throws reports the error and exits non-zero, and so does the
+// stage after it once its peer is gone. Open MPI would take such an exit as a reason to
+// tear down the runtime the daemon spawns from (comm/world.cpp), and the restart would
+// never come back: the daemon must replace them and serve again.
+TEST(Server, AStageThatFailsAStepIsRestartedAndTheDaemonServesAgain) {
+  TempDir dir;
+  ::setenv("CASCADE_FAULT", "2:step=3:error", 1);  // the new stages inherit it: step 3 fails again
+  Daemon d(dir, fixture("llama_gqa"), small_server_toml(), kTwoStages);
+  ::unsetenv("CASCADE_FAULT");
+  const Reply failed =
+      call(d.sock(), "POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": 8, "ignore_eos": true})", kAuth);
+  EXPECT_EQ(failed.status, 503) << failed.body;
+  EXPECT_NE(failed.body.find("injected fault"), std::string::npos) << failed.body;
+  const double back = await_restarts(d, 1, 30);
+  ASSERT_GE(back, 0) << d.log();
+  const Reply after =
+      call(d.sock(), "POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": 2, "ignore_eos": true})", kAuth);
+  EXPECT_EQ(after.status, 200) << after.body << d.log();
+  std::printf("restart after a failed step: serving again %.2f s after the 503\n", back);
+  // Open MPI says so when it aborts a job it was told to (its default): then the runtime is going down.
+  EXPECT_EQ(d.log().find("the job has been aborted"), std::string::npos) << d.log();
   ::kill(d.pid(), SIGTERM);
   EXPECT_EQ(d.wait_exit(30), 0) << d.log();
 }
