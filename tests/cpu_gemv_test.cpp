@@ -163,6 +163,11 @@ TEST(CpuGemvDispatch, AnIsaThisCpuCannotRunIsRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("generic"), std::string::npos) << e.what();
   }
   EXPECT_EQ(cpu_gemv_isas().back(), "generic");
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512bf16")) {
+    EXPECT_EQ(cpu_gemv_isas().front(), "avx512bf16");
+  }
+#endif
   if (std::getenv("CASCADE_CPU_ISA") == nullptr) {
     EXPECT_EQ(cpu_gemv_isa(), cpu_gemv_isas().front());  // the best this CPU runs
   }

@@ -25,7 +25,10 @@ std::vector<const Backend*> runnable() {
   std::vector<const Backend*> out;
 #if defined(__x86_64__) && defined(CASCADE_CPU_X86_KERNELS)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) out.push_back(&cpu::avx512_backend());
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+    if (__builtin_cpu_supports("avx512bf16")) out.push_back(&cpu::avx512bf16_backend());
+    out.push_back(&cpu::avx512_backend());
+  }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     out.push_back(&cpu::avx2_backend());
 #endif
@@ -93,28 +96,47 @@ at::Tensor evens_first(const at::Tensor& x, int p) {
 }
 
 // One weight, read block by block: the float sums of rows [n0, n0 + rows) for every
-// token into acc [T, kBlockRows].
+// token into acc [T, kBlockRows]. bfloat16 tokens against bfloat16 weights go to the
+// back end's bfloat16 dot product where it has one, as they are; otherwise the tokens
+// are widened to float32 once here.
 struct Sums {
   cpu::DotBlock dot;
-  at::Tensor xf;  // [T, K] float32, contiguous
+  at::Tensor xf;  // [T, K] float32, contiguous (dot[]), or
+  at::Tensor xb;  // [T, K] bfloat16, contiguous (dot_bf16)
+  int T;
   const char* w;
   int64_t K;
   size_t elem;
 
-  Sums(const at::Tensor& x, const at::Tensor& weight) : xf(x.to(at::kFloat).contiguous()) {
+  Sums(const at::Tensor& x, const at::Tensor& weight) : T(static_cast<int>(x.size(0))) {
     WeightType wt = WeightType::kF32;
     weight_type(weight.scalar_type(), &wt);
     const Backend* be = current().load();
-    dot = be->dot[static_cast<int>(wt)];
-    if (wt == WeightType::kBF16 && be->pair_width > 0) xf = evens_first(xf, be->pair_width);
+    if (wt == WeightType::kBF16 && x.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr) {
+      dot = be->dot_bf16;
+      xb = x.contiguous();
+    } else {
+      dot = be->dot[static_cast<int>(wt)];
+      xf = x.to(at::kFloat).contiguous();
+      if (wt == WeightType::kBF16 && be->pair_width > 0) xf = evens_first(xf, be->pair_width);
+    }
     w = static_cast<const char*>(weight.data_ptr());
     K = weight.size(1);
     elem = weight.element_size();
   }
-  int tokens() const { return static_cast<int>(xf.size(0)); }
+  int tokens() const { return T; }
   void operator()(int64_t n0, int rows, float* acc) const {
-    dot(cpu::DotArgs{xf.data_ptr<float>(), K, tokens(), w + static_cast<size_t>(n0 * K) * elem, K, rows, K, acc,
-                     kBlockRows});
+    cpu::DotArgs a{xf.defined() ? xf.data_ptr<float>() : nullptr,
+                   K,
+                   T,
+                   w + static_cast<size_t>(n0 * K) * elem,
+                   K,
+                   rows,
+                   K,
+                   acc,
+                   kBlockRows};
+    if (xb.defined()) a.xb = static_cast<const uint16_t*>(xb.data_ptr());
+    dot(a);
   }
 };
 

@@ -8,9 +8,9 @@
 // shapes do not change the order of its sums), so a sequence gets the same tokens in
 // any batch: sending prefill to a faster GEMM (oneDNN, OpenBLAS) would break that.
 //
-// The kernels are chosen at run time by the CPU's features (AVX-512, AVX2 + FMA + F16C,
-// else portable loops), capped by the CASCADE_CPU_ISA variable (generic | avx2 |
-// avx512), and split over rows with at::parallel_for in tasks of at least 512 KiB of
+// The kernels are chosen at run time by the CPU's features (AVX-512 with BF16, AVX-512,
+// AVX2 + FMA + F16C, else portable loops), capped by the CASCADE_CPU_ISA variable
+// (generic | avx2 | avx512 | avx512bf16), and split over rows with at::parallel_for in tasks of at least 512 KiB of
 // weight, so they use the threads the process was given (--threads,
 // at::set_num_threads) where the weight is large enough to pay for them. Each function
 // returns an undefined tensor where it does not apply (a CUDA tensor, another layout),
@@ -39,7 +39,9 @@ at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
 // at::parallel_for uses, best of `runs`.
 double cpu_read_bandwidth(int64_t bytes = int64_t{2} << 30, int runs = 5);
 
-// The instruction set the kernels use now ("avx512", "avx2" or "generic"), and those
+// The instruction set the kernels use now ("avx512bf16", "avx512", "avx2" or "generic"):
+// with avx512bf16, bfloat16 tokens against bfloat16 weights are multiplied and summed in
+// pairs by VDPBF16PS, unwidened (the other types as with avx512). And those
 // this CPU can run, best first.
 std::string cpu_gemv_isa();
 std::vector<std::string> cpu_gemv_isas();

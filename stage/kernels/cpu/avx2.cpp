@@ -27,6 +27,7 @@ struct Avx2 {
       return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + k))));
   }
   static constexpr bool kPairs = true;
+  static constexpr bool kBf16Dot = false;
   static void load_bf16_pairs(const uint16_t* w, reg* even, reg* odd) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));

@@ -2,7 +2,9 @@
 // that each back end's file supplies:
 //   V::reg; V::kWidth floats per reg; V::zero(); V::fma(a, b, c) = a * b + c;
 //   V::load(const float*); V::template load_w<WeightType>(const void*, int64_t k) (kWidth
-//   weights from element k, widened to float); V::sum(reg).
+//   weights from element k, widened to float); V::sum(reg); V::kPairs and
+//   V::load_bf16_pairs (bfloat16 weights split into even and odd elements); V::kBf16Dot,
+//   and where it is true V::breg, V::load_bh(const uint16_t*) and V::dot_bf16(acc, w, x).
 // Everything here has internal linkage: each back end compiles it with its own -m
 // flags, and no copy may stand in for another's at link time.
 #pragma once
@@ -93,9 +95,45 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
     }
 }
 
+// bfloat16 rows against bfloat16 tokens (a.xb) where V has a bfloat16 dot product
+// (V::kBf16Dot): a register of 2 * kWidth weights against as many inputs, each lane
+// summing its pair's two products into its float sum, as dot_tile_pairs' lanes do.
+template <class V, int R, int G>
+void dot_tile_bf16(const DotArgs& a, int r0, int t0) {
+  const uint16_t* w = static_cast<const uint16_t*>(a.w) + r0 * a.ldw;
+  const uint16_t* x = a.xb + t0 * a.ldx;
+  constexpr int kStep = 2 * V::kWidth;
+  typename V::reg acc[R][G];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  const int64_t K = a.K, full = K - K % kStep;
+  for (int64_t k = 0; k < full; k += kStep) {
+    typename V::breg xv[G];
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) xv[g] = V::load_bh(x + g * a.ldx + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const typename V::breg wv = V::load_bh(w + r * a.ldw + k);
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) acc[r][g] = V::dot_bf16(acc[r][g], wv, xv[g]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) {
+      float s = V::sum(acc[r][g]);
+      for (int64_t k = full; k < K; ++k)
+        s += widen<WeightType::kBF16>(w + r * a.ldw, k) * widen<WeightType::kBF16>(x + g * a.ldx, k);
+      a.out[(t0 + g) * a.ldo + r0 + r] = s;
+    }
+}
+
 // R weight rows from row r0 against G tokens from token t0, the sums in registers.
-template <class V, WeightType WT, int R, int G>
+// X16: the tokens are bfloat16 (a.xb) and so are the weights (Backend::dot_bf16).
+template <class V, WeightType WT, int R, int G, bool X16>
 void dot_tile(const DotArgs& a, int r0, int t0) {
+  if constexpr (X16) return dot_tile_bf16<V, R, G>(a, r0, t0);
   if constexpr (WT == WeightType::kBF16 && V::kPairs) return dot_tile_pairs<V, R, G>(a, r0, t0);
   using E = typename ElemOf<WT>::type;
   const E* w = static_cast<const E*>(a.w) + r0 * a.ldw;
@@ -126,11 +164,11 @@ void dot_tile(const DotArgs& a, int r0, int t0) {
 }
 
 // Every row of the block against G tokens: R rows at a time, then one at a time.
-template <class V, WeightType WT, int R, int G>
+template <class V, WeightType WT, int R, int G, bool X16>
 void rows(const DotArgs& a, int t0) {
   int r = 0;
-  for (; r + R <= a.rows; r += R) dot_tile<V, WT, R, G>(a, r, t0);
-  for (; r < a.rows; ++r) dot_tile<V, WT, 1, G>(a, r, t0);
+  for (; r + R <= a.rows; r += R) dot_tile<V, WT, R, G, X16>(a, r, t0);
+  for (; r < a.rows; ++r) dot_tile<V, WT, 1, G, X16>(a, r, t0);
 }
 
 // Tokens in groups of up to four, the tile shapes chosen to fit the vector registers
@@ -140,26 +178,26 @@ void rows(const DotArgs& a, int t0) {
 // cpu_gemv_bench, 2026-12-04: float32 and bfloat16 12-35%, int8 ~15%, float16 within the
 // noise; docs/performance.md). A row's sum is the same whatever R (its own register, the
 // same k order).
-template <class V, WeightType WT>
+template <class V, WeightType WT, bool X16 = false>
 void dot_block(const DotArgs& a) {
   constexpr bool kWide = V::kRegs >= 32;
   for (int t = 0; t < a.tokens;) {
     const int left = a.tokens - t;
     switch (left >= 4 ? 4 : left) {
       case 1:
-        rows<V, WT, kWide ? 8 : 4, 1>(a, t);
+        rows<V, WT, kWide ? 8 : 4, 1, X16>(a, t);
         t += 1;
         break;
       case 2:
-        rows<V, WT, kWide ? 8 : 4, 2>(a, t);
+        rows<V, WT, kWide ? 8 : 4, 2, X16>(a, t);
         t += 2;
         break;
       case 3:
-        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 3>(a, t);
+        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 3, X16>(a, t);
         t += 3;
         break;
       default:
-        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 4>(a, t);
+        rows<V, WT, V::kRegs >= 32 ? 4 : 2, 4, X16>(a, t);
         t += 4;
         break;
     }
@@ -189,11 +227,13 @@ float read_sum(const float* p, int64_t n) {
 
 template <class V>
 Backend make_backend(const char* name) {
-  return Backend{name,
-                 V::kPairs ? V::kWidth : 0,
-                 &read_sum<V>,
-                 {&dot_block<V, WeightType::kF32>, &dot_block<V, WeightType::kBF16>, &dot_block<V, WeightType::kF16>,
-                  &dot_block<V, WeightType::kI8>}};
+  Backend b{name,
+            V::kPairs ? V::kWidth : 0,
+            &read_sum<V>,
+            {&dot_block<V, WeightType::kF32>, &dot_block<V, WeightType::kBF16>, &dot_block<V, WeightType::kF16>,
+             &dot_block<V, WeightType::kI8>}};
+  if constexpr (V::kBf16Dot) b.dot_bf16 = &dot_block<V, WeightType::kBF16, true>;
+  return b;
 }
 
 }  // namespace

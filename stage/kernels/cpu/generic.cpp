@@ -28,6 +28,7 @@ struct Generic {
     return r;
   }
   static constexpr bool kPairs = false;
+  static constexpr bool kBf16Dot = false;
   static void load_bf16_pairs(const uint16_t*, reg*, reg*) {}
   static float sum(const reg& v) {
     float s = 0;

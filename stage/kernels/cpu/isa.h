@@ -26,6 +26,7 @@ struct DotArgs {
   int64_t K;
   float* out;  // [tokens, ldo]
   int ldo;
+  const uint16_t* xb = nullptr;  // for Backend::dot_bf16 instead of x: [tokens, K] bfloat16, row stride ldx
 };
 using DotBlock = void (*)(const DotArgs&);
 
@@ -39,10 +40,16 @@ struct Backend {
   // The sum of n floats at the rate the loads allow (the memory read bound).
   float (*read_sum)(const float* p, int64_t n);
   DotBlock dot[kWeightTypes];
+  // bfloat16 weights against bfloat16 tokens (DotArgs::xb), pairs multiplied and summed
+  // by the CPU's bfloat16 dot product; null where the back end has none. Each lane sums
+  // the same elements as dot[kBF16]'s on the tokens widened to float32; the results
+  // differ in the rounding of a pair's two additions and in subnormals (taken as zero).
+  DotBlock dot_bf16 = nullptr;
 };
 
 const Backend& generic_backend();
-const Backend& avx2_backend();    // AVX2 + FMA + F16C
-const Backend& avx512_backend();  // AVX-512 F + BW
+const Backend& avx2_backend();        // AVX2 + FMA + F16C
+const Backend& avx512_backend();      // AVX-512 F + BW
+const Backend& avx512bf16_backend();  // AVX-512 F + BW + BF16
 
 }  // namespace cascade::stage::cpu
