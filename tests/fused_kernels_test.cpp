@@ -16,6 +16,11 @@ bool kernels() {
   return at::hasCUDA() && fused_rms_norm(at::ones({1, 8}, at::kCUDA), at::ones({8}, at::kCUDA), 1e-6).defined();
 }
 
+// ||got - want|| / ||want||: got from the GPU, want in float64 on the CPU.
+double rel(const at::Tensor& got, const at::Tensor& want) {
+  return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+}
+
 TEST(FusedKernels, CpuTensorsTakeTheAtenPath) {
   EXPECT_FALSE(fused_linear(at::ones({1, 8}, at::kBFloat16), at::ones({4, 8}, at::kBFloat16), {}).defined());
   EXPECT_FALSE(fused_rms_norm(at::ones({2, 8}), at::ones({8}), 1e-6).defined());
@@ -58,9 +63,6 @@ TEST(FusedKernels, LinearForDecodeShapes) {
 TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(5);
-  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
-    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
-  };
   const at::ScalarType t = at::kBFloat16;
   for (int64_t out : {37, 2560, 5000, 9000}) {
     const at::Tensor w = (at::randn({out, 1024}) * 0.03).to(t), b = at::randn({out}).to(t);
@@ -91,9 +93,6 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
 TEST(FusedKernels, Int8RowsInEveryEpilogue) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(9);
-  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
-    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
-  };
   auto exact = [](const Int8Rows& r) { return r.q.to(at::kDouble) * r.scale.to(at::kDouble).unsqueeze(1); };
   for (int64_t out : {37, 2560, 9000}) {
     const Int8Rows q = quantize_rows(at::randn({out, 1024}) * 0.03), q2 = quantize_rows(at::randn({2 * out, 1024}));
@@ -144,9 +143,6 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
 TEST(FusedKernels, TheTensorCoreKernelSplitsKWhereRowsAreFew) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(11);
-  auto rel = [](const at::Tensor& got, const at::Tensor& want) {
-    return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
-  };
   const at::ScalarType t = at::kBFloat16;
   for (bool int8 : {false, true}) {
     for (int64_t out : {37, 2560}) {
