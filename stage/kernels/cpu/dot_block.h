@@ -58,6 +58,28 @@ float widen(const typename ElemOf<WT>::type* w, int64_t k) {
   return static_cast<float>(w[k]);
 }
 
+// A tile's R x G float sums, in registers, set to zero.
+template <class V, int R, int G>
+void zero_sums(typename V::reg (&acc)[R][G]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+}
+
+// Each sum's lanes added, then the elements past the last whole register
+// (term(r, g, k) for k in [full, K)) one by one, into a.out: the same order whatever
+// the tile's shape.
+template <class V, int R, int G, class Term>
+void finish_sums(const DotArgs& a, int r0, int t0, typename V::reg (&acc)[R][G], int64_t full, const Term& term) {
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) {
+      float s = V::sum(acc[r][g]);
+      for (int64_t k = full; k < a.K; ++k) s += term(r, g, k);
+      a.out[(t0 + g) * a.ldo + r0 + r] = s;
+    }
+}
+
 // bfloat16 rows where V reads them in pairs (isa.h, Backend::pair_width): a register of
 // 2 * kWidth weights splits into the even elements and the odd ones with a shift and a
 // mask, no widening shuffle; x comes with each 2 * kWidth block's even elements first.
@@ -67,10 +89,7 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
   const float* x = a.x + t0 * a.ldx;
   constexpr int kStep = 2 * V::kWidth;
   typename V::reg acc[R][G];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  zero_sums<V>(acc);
   const int64_t K = a.K, full = K - K % kStep;
   for (int64_t k = 0; k < full; k += kStep) {
     typename V::reg xe[G], xo[G];
@@ -87,12 +106,9 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
       for (int g = 0; g < G; ++g) acc[r][g] = V::fma(wo, xo[g], V::fma(we, xe[g], acc[r][g]));
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) {
-      float s = V::sum(acc[r][g]);
-      for (int64_t k = full; k < K; ++k) s += widen<WeightType::kBF16>(w + r * a.ldw, k) * x[g * a.ldx + k];
-      a.out[(t0 + g) * a.ldo + r0 + r] = s;
-    }
+  finish_sums<V>(a, r0, t0, acc, full, [&](int r, int g, int64_t k) {
+    return widen<WeightType::kBF16>(w + r * a.ldw, k) * x[g * a.ldx + k];
+  });
 }
 
 // bfloat16 rows against bfloat16 tokens (a.xb) where V has a bfloat16 dot product
@@ -104,10 +120,7 @@ void dot_tile_bf16(const DotArgs& a, int r0, int t0) {
   const uint16_t* x = a.xb + t0 * a.ldx;
   constexpr int kStep = 2 * V::kWidth;
   typename V::reg acc[R][G];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  zero_sums<V>(acc);
   const int64_t K = a.K, full = K - K % kStep;
   for (int64_t k = 0; k < full; k += kStep) {
     typename V::breg xv[G];
@@ -120,13 +133,9 @@ void dot_tile_bf16(const DotArgs& a, int r0, int t0) {
       for (int g = 0; g < G; ++g) acc[r][g] = V::dot_bf16(acc[r][g], wv, xv[g]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) {
-      float s = V::sum(acc[r][g]);
-      for (int64_t k = full; k < K; ++k)
-        s += widen<WeightType::kBF16>(w + r * a.ldw, k) * widen<WeightType::kBF16>(x + g * a.ldx, k);
-      a.out[(t0 + g) * a.ldo + r0 + r] = s;
-    }
+  finish_sums<V>(a, r0, t0, acc, full, [&](int r, int g, int64_t k) {
+    return widen<WeightType::kBF16>(w + r * a.ldw, k) * widen<WeightType::kBF16>(x + g * a.ldx, k);
+  });
 }
 
 // R weight rows from row r0 against G tokens from token t0, the sums in registers.
@@ -139,10 +148,7 @@ void dot_tile(const DotArgs& a, int r0, int t0) {
   const E* w = static_cast<const E*>(a.w) + r0 * a.ldw;
   const float* x = a.x + t0 * a.ldx;
   typename V::reg acc[R][G];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int g = 0; g < G; ++g) acc[r][g] = V::zero();
+  zero_sums<V>(acc);
   const int64_t K = a.K, full = K - K % V::kWidth;
   for (int64_t k = 0; k < full; k += V::kWidth) {
     typename V::reg xv[G];
@@ -155,12 +161,8 @@ void dot_tile(const DotArgs& a, int r0, int t0) {
       for (int g = 0; g < G; ++g) acc[r][g] = V::fma(wv, xv[g], acc[r][g]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) {
-      float s = V::sum(acc[r][g]);
-      for (int64_t k = full; k < K; ++k) s += widen<WT>(w + r * a.ldw, k) * x[g * a.ldx + k];
-      a.out[(t0 + g) * a.ldo + r0 + r] = s;
-    }
+  finish_sums<V>(a, r0, t0, acc, full,
+                 [&](int r, int g, int64_t k) { return widen<WT>(w + r * a.ldw, k) * x[g * a.ldx + k]; });
 }
 
 // Every row of the block against G tokens: R rows at a time, then one at a time.
