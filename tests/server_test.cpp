@@ -1030,7 +1030,7 @@ TEST(Server, AKilledOrStalledStageIsRestartedAndTheDaemonServesAgain) {
 }
 
 // A stage whose step throws reports the error and exits non-zero, and so does the
-// stage after it once its peer is gone. Open MPI would take such an exit as a reason to
+// other stage once its peer is gone. Open MPI would take such an exit as a reason to
 // tear down the runtime the daemon spawns from (comm/world.cpp), and the restart would
 // never come back: the daemon must replace them and serve again.
 TEST(Server, AStageThatFailsAStepIsRestartedAndTheDaemonServesAgain) {

@@ -101,41 +101,40 @@ at::Tensor evens_first(const at::Tensor& x, int p) {
 // are widened to float32 once here.
 struct Sums {
   cpu::DotBlock dot;
-  at::Tensor xf;  // [T, K] float32, contiguous (dot[]), or
-  at::Tensor xb;  // [T, K] bfloat16, contiguous (dot_bf16)
-  int T;
+  at::Tensor x;  // [T, K] contiguous: bfloat16 for dot_bf16, else float32 (pairs reordered where the kernel wants)
   const char* w;
   int64_t K;
   size_t elem;
 
-  Sums(const at::Tensor& x, const at::Tensor& weight) : T(static_cast<int>(x.size(0))) {
+  Sums(const at::Tensor& in, const at::Tensor& weight) {
     WeightType wt = WeightType::kF32;
     weight_type(weight.scalar_type(), &wt);
     const Backend* be = current().load();
-    if (wt == WeightType::kBF16 && x.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr) {
+    if (wt == WeightType::kBF16 && in.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr) {
       dot = be->dot_bf16;
-      xb = x.contiguous();
+      x = in.contiguous();
     } else {
       dot = be->dot[static_cast<int>(wt)];
-      xf = x.to(at::kFloat).contiguous();
-      if (wt == WeightType::kBF16 && be->pair_width > 0) xf = evens_first(xf, be->pair_width);
+      x = in.to(at::kFloat).contiguous();
+      if (wt == WeightType::kBF16 && be->pair_width > 0) x = evens_first(x, be->pair_width);
     }
     w = static_cast<const char*>(weight.data_ptr());
     K = weight.size(1);
     elem = weight.element_size();
   }
-  int tokens() const { return T; }
+  int tokens() const { return static_cast<int>(x.size(0)); }
   void operator()(int64_t n0, int rows, float* acc) const {
-    cpu::DotArgs a{xf.defined() ? xf.data_ptr<float>() : nullptr,
+    const bool bf16 = x.scalar_type() == at::kBFloat16;
+    cpu::DotArgs a{bf16 ? nullptr : x.data_ptr<float>(),
                    K,
-                   T,
+                   tokens(),
                    w + static_cast<size_t>(n0 * K) * elem,
                    K,
                    rows,
                    K,
                    acc,
                    kBlockRows};
-    if (xb.defined()) a.xb = static_cast<const uint16_t*>(xb.data_ptr());
+    if (bf16) a.xb = static_cast<const uint16_t*>(x.data_ptr());
     dot(a);
   }
 };
