@@ -122,19 +122,27 @@ struct Sums {
     K = weight.size(1);
     elem = weight.element_size();
   }
+  // Another weight of the same type and in-features against the same prepared tokens.
+  Sums(const Sums& tokens, const at::Tensor& weight)
+      : dot(tokens.dot),
+        x(tokens.x),
+        w(static_cast<const char*>(weight.data_ptr())),
+        K(weight.size(1)),
+        elem(weight.element_size()) {}
   int tokens() const { return static_cast<int>(x.size(0)); }
-  void operator()(int64_t n0, int rows, float* acc) const {
+  // acc [t * kBlockRows + i] = the sum of row n0 + i against token t0 + t, t < T <= kMaxTokens.
+  void operator()(int64_t n0, int rows, int t0, int T, float* acc) const {
     const bool bf16 = x.scalar_type() == at::kBFloat16;
-    cpu::DotArgs a{bf16 ? nullptr : x.data_ptr<float>(),
+    cpu::DotArgs a{bf16 ? nullptr : x.data_ptr<float>() + t0 * K,
                    K,
-                   tokens(),
+                   T,
                    w + static_cast<size_t>(n0 * K) * elem,
                    K,
                    rows,
                    K,
                    acc,
                    kBlockRows};
-    if (bf16) a.xb = static_cast<const uint16_t*>(x.data_ptr());
+    if (bf16) a.xb = static_cast<const uint16_t*>(x.data_ptr()) + t0 * K;
     dot(a);
   }
 };
@@ -189,65 +197,73 @@ float activate(float g, int act) {
   }
 }
 
+// f(t0, T) for the tokens [0, tokens) in chunks of at most cpu::kMaxTokens, from the
+// first: a token's sums are the same whatever else shares its call. Called inside a
+// block of rows, so that its rows are read from memory once for all the chunks and
+// stay in cache for the next.
+template <class F>
+void by_chunks(int tokens, const F& f) {
+  for (int t0 = 0; t0 < tokens; t0 += cpu::kMaxTokens) f(t0, std::min(cpu::kMaxTokens, tokens - t0));
+}
+
 // sums * scale (when given) + b (when given) + r (when given) -> y of `dtype`.
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b,
                        const at::Tensor& r, at::ScalarType dtype) {
   const int64_t N = w.size(0);
   const Sums sums(x, w);
-  const int T = sums.tokens();
   const at::Tensor sf = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
   const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : b;
   const at::Tensor rf = r.defined() ? r.to(at::kFloat).contiguous() : r;
   const float* s = sf.defined() ? sf.data_ptr<float>() : nullptr;
   const float* bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
   const float* res = rf.defined() ? rf.data_ptr<float>() : nullptr;
-  at::Tensor y = at::empty({T, N}, x.options().dtype(dtype));
+  at::Tensor y = at::empty({sums.tokens(), N}, x.options().dtype(dtype));
   const Out out(y);
   for_blocks(N, w.size(1) * w.element_size(), [&](int64_t n0, int rows, float* acc) {
-    sums(n0, rows, acc);
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < rows; ++i) {
-        const int64_t n = n0 + i;
-        float v = acc[t * kBlockRows + i];
-        if (s != nullptr) v *= s[n];
-        if (bias != nullptr) v += bias[n];
-        if (res != nullptr) v += res[t * N + n];
-        out.put(t, n, v);
-      }
+    by_chunks(sums.tokens(), [&](int t0, int T) {
+      sums(n0, rows, t0, T, acc);
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < rows; ++i) {
+          const int64_t n = n0 + i;
+          float v = acc[t * kBlockRows + i];
+          if (s != nullptr) v *= s[n];
+          if (bias != nullptr) v += bias[n];
+          if (res != nullptr) v += res[(t0 + t) * N + n];
+          out.put(t0 + t, n, v);
+        }
+    });
   });
   return y;
 }
 
-// act(x w_gate^T) * (x w_up^T) for at most cpu::kMaxTokens tokens.
-at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& w, int act) {
-  const int64_t I = w.size(0) / 2;
-  const Sums sums(x, w);
-  const int T = sums.tokens();
-  at::Tensor y = at::empty({T, I}, x.options());
+// v rounded to `type` (float32, bfloat16 or float16), as an ATen op's result would be.
+float round_to(float v, at::ScalarType type) {
+  if (type == at::kBFloat16) return static_cast<float>(at::BFloat16(v));
+  if (type == at::kHalf) return static_cast<float>(at::Half(v));
+  return v;
+}
+
+// act(x gate^T) * (x up^T), rounded as ATen's linear, activation and product would
+// round each result to x's dtype.
+at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act) {
+  const int64_t I = gate.size(0);
+  const Sums g(x, gate), u(g, up);
+  const at::ScalarType type = x.scalar_type();
+  at::Tensor y = at::empty({g.tokens(), I}, x.options());
   const Out out(y);
-  for_blocks(I, 2 * w.size(1) * w.element_size(), [&](int64_t n0, int rows, float* gate) {
-    float up[cpu::kMaxTokens * kBlockRows];
-    sums(n0, rows, gate);
-    sums(I + n0, rows, up);
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < rows; ++i)
-        out.put(t, n0 + i, activate(gate[t * kBlockRows + i], act) * up[t * kBlockRows + i]);
+  for_blocks(I, 2 * gate.size(1) * gate.element_size(), [&](int64_t n0, int rows, float* gs) {
+    float us[cpu::kMaxTokens * kBlockRows];
+    by_chunks(g.tokens(), [&](int t0, int T) {
+      g(n0, rows, t0, T, gs);
+      u(n0, rows, t0, T, us);
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < rows; ++i) {
+          const float a = round_to(activate(round_to(gs[t * kBlockRows + i], type), act), type);
+          out.put(t0 + t, n0 + i, a * round_to(us[t * kBlockRows + i], type));
+        }
+    });
   });
   return y;
-}
-
-// f(x, r) for tokens in chunks of cpu::kMaxTokens, the results stacked: each token's
-// sums are the same whatever else shares its call.
-template <class F>
-at::Tensor by_chunks(const at::Tensor& x, const at::Tensor& r, const F& f) {
-  const int64_t T = x.size(0);
-  if (T <= cpu::kMaxTokens) return f(x, r);
-  std::vector<at::Tensor> parts;
-  for (int64_t t0 = 0; t0 < T; t0 += cpu::kMaxTokens) {
-    const int64_t n = std::min<int64_t>(cpu::kMaxTokens, T - t0);
-    parts.push_back(f(x.narrow(0, t0, n), r.defined() ? r.narrow(0, t0, n) : r));
-  }
-  return at::cat(parts);
 }
 
 }  // namespace
@@ -257,19 +273,25 @@ at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t T = x.size(0), N = w.size(0);
   if (b.defined() && (b.numel() != N || !b.device().is_cpu())) return {};
   if (r.defined() && (r.sizes() != at::IntArrayRef({T, N}) || !r.device().is_cpu())) return {};
-  return by_chunks(
-      x, r, [&](const at::Tensor& xc, const at::Tensor& rc) { return linear_impl(xc, w, {}, b, rc, x.scalar_type()); });
+  return linear_impl(x, w, {}, b, r, x.scalar_type());
 }
 
 at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
-  if (!applies(x, w) || !float_type(w.scalar_type()) || w.size(0) % 2 != 0) return {};
-  return by_chunks(x, {}, [&](const at::Tensor& xc, const at::Tensor&) { return gated_impl(xc, w, act); });
+  if (w.dim() != 2 || w.size(0) % 2 != 0) return {};
+  const int64_t I = w.size(0) / 2;
+  return cpu_gated_linear(x, w.narrow(0, 0, I), w.narrow(0, I, I), act);
+}
+
+at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act) {
+  if (!applies(x, gate) || !applies(x, up) || !float_type(gate.scalar_type()) ||
+      up.scalar_type() != gate.scalar_type() || up.size(0) != gate.size(0))
+    return {};
+  return gated_impl(x, gate, up, act);
 }
 
 at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
   if (!applies(x, q) || q.scalar_type() != at::kChar || scale.numel() != q.size(0)) return {};
-  return by_chunks(
-      x, {}, [&](const at::Tensor& xc, const at::Tensor&) { return linear_impl(xc, q, scale, {}, {}, at::kFloat); });
+  return linear_impl(x, q, scale, {}, {}, at::kFloat);
 }
 
 double cpu_read_bandwidth(int64_t bytes, int runs) {

@@ -1,6 +1,7 @@
 // Matrix products on the CPU for every token count: x [tokens, in] against a weight
-// [out, in] in float32, bfloat16, float16 or int8 rows. Tokens go in chunks of 16, each
-// chunk reading the weight once at memory bandwidth, so a decode step reads it once;
+// [out, in] in float32, bfloat16, float16 or int8 rows. Each block of 16 rows is read
+// from memory once for all the tokens, which go through it in chunks of 16 while its rows
+// are in cache: a decode step and a prompt read the weight once at memory bandwidth;
 // ATen's CPU paths for these shapes read the weight at a fraction of that
 // (docs/performance.md, "CPU decode"), and LibTorch 1.13 widens a whole int8 weight to
 // float32 per call. Sums are float32 whatever the weight type, rounded once to x's dtype.
@@ -27,9 +28,12 @@ namespace cascade::stage {
 // at::linear(x, w, b) (+ r): x [T, in] float32/bfloat16/float16, w [out, in] contiguous
 // in one of those, b [out] or undefined, r [T, out] or undefined -> [T, out] in x's dtype.
 at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r = {});
-// act(x w_gate^T) * (x w_up^T) with w [2 * I, in] = [w_gate; w_up] -> [T, I] in x's
-// dtype; act is the Activation enum's value (stage/kernels/ops.h).
+// act(x gate^T) * (x up^T) with gate, up [I, in] contiguous, of one type -> [T, I] in x's
+// dtype, each result rounded to it as ATen's linear, activation and product round; act
+// is the Activation enum's value (stage/kernels/ops.h). The first form takes w [2 * I,
+// in] = [gate; up].
 at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act);
+at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act);
 // LLM.int8's weight-only product: (x q^T) * scale, q [out, in] int8 contiguous, scale
 // [out] -> [T, out] float32.
 at::Tensor cpu_int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale);

@@ -27,6 +27,14 @@ at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a) {
   return gated_activation(apply_linear(x, w), a);
 }
 
+at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, Activation a) {
+  if (!x.is_cuda()) {
+    at::Tensor y = cpu_gated_linear(x, gate, up, static_cast<int>(a));
+    if (y.defined()) return y;
+  }
+  return activate(apply_linear(x, gate), a) * apply_linear(x, up);
+}
+
 at::Tensor gated_activation(const at::Tensor& gu, Activation a) {
   if (gu.is_cuda()) {  // one kernel instead of two strided ones
     at::Tensor y = fused_gated_act(gu, static_cast<int>(a));

@@ -26,6 +26,10 @@ at::Tensor activate(const at::Tensor& x, Activation a);
 // A gated MLP's first half: w [2 * I, in] = [w_gate; w_up] -> act(x w_gate^T) * (x w_up^T)
 // [tokens, I]; one kernel at decode on the GPU, else linear, activate and multiply.
 at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a);
+// The same with gate and up apart ([I, in] each, no bias): one CPU kernel where it
+// applies (the CPU keeps a checkpoint's weights as they lie), else two linears,
+// activate and multiply.
+at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, Activation a);
 // act(gu[:, :I]) * gu[:, I:] for gu [tokens, 2 * I] (gate, then up): one kernel on the
 // GPU, else activate and multiply.
 at::Tensor gated_activation(const at::Tensor& gu, Activation a);

@@ -83,8 +83,11 @@ void Mlp::finalize() {
 at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, const at::Tensor& r) const {
   const Int8Activation h = (gate_up.defined() ? gate_up : gate).input(x);
   at::Tensor a;  // [tokens, intermediate]
+  const auto plain = [](const Linear& l) { return !l.int8() && !l.conv1d && !l.b.defined(); };
   if (gate_up.defined()) {
     a = gate_up.gated(h, act);  // one kernel at decode on the GPU
+  } else if (plain(gate) && plain(up)) {
+    a = apply_gated(h.x, gate.w, up.w, act);  // one kernel on the CPU
   } else {
     a = activate(gate(h), act) * up(h);
   }
