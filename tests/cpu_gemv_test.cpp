@@ -88,6 +88,26 @@ TEST_P(CpuGemv, GatedProductMatchesFloat64ForEveryActivation) {
   }
 }
 
+// Gate and up apart (a checkpoint's own tensors, as the CPU keeps them) give the fused
+// form's bits, and each result is rounded as ATen's linear, activation and product round
+// it: against that path, at most one bf16 rounding step apart.
+TEST_P(CpuGemv, GatedProductOfSeparateGateAndUpRoundsAsAten) {
+  at::manual_seed(6);
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    const int64_t I = 40, K = 264, T = 20;  // two chunks of tokens
+    const at::Tensor gate = at::randn({I, K}).div_(8).to(t), up = at::randn({I, K}).div_(8).to(t);
+    const at::Tensor x = at::randn({T, K}).to(t);
+    const at::Tensor got = cpu_gated_linear(x, gate, up, 0);
+    ASSERT_TRUE(got.defined());
+    EXPECT_TRUE(at::equal(got, cpu_gated_linear(x, at::cat({gate, up}), 0))) << t;
+    const at::Tensor aten = at::silu(cpu_linear(x, gate, {})) * cpu_linear(x, up, {});
+    const double err = (got.to(at::kDouble) - aten.to(at::kDouble)).abs().max().item<double>();
+    const double ulp = t == at::kFloat ? 1e-6 : std::ldexp(1.0, -7);  // a bf16 step near 1
+    EXPECT_LE(err, 2 * ulp * std::max(1.0, aten.abs().max().item<double>())) << t;
+    EXPECT_FALSE(cpu_gated_linear(x, gate, up.to(at::kHalf), 0).defined());  // two types
+  }
+}
+
 TEST_P(CpuGemv, Int8WeightOnlyMatchesFloat64) {
   at::manual_seed(3);
   for (int64_t K : {128, 776}) {
