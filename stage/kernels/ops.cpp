@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "stage/kernels/cpu_gemv.h"
+#include "stage/kernels/cpu_rows.h"
 #include "stage/kernels/fused_kernels.h"
 #include "stage/model_config.h"
 
@@ -47,6 +48,9 @@ at::Tensor gated_activation(const at::Tensor& gu, Activation a) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (x.is_cuda()) {
     at::Tensor y = fused_rms_norm(x, weight, eps);  // one kernel instead of eight
+    if (y.defined()) return y;
+  } else {
+    at::Tensor y = cpu_rms_norm(x, weight, eps);  // one pass instead of eight calls
     if (y.defined()) return y;
   }
   at::Tensor xf = x.to(at::kFloat);

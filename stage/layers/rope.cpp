@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "stage/kernels/cpu_rows.h"
 #include "stage/kernels/fused_kernels.h"
 
 namespace cascade::stage {
@@ -92,6 +93,9 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
     return at::cat({apply_rope(x.narrow(-1, 0, rot), cos, sin), x.narrow(-1, rot, x.size(-1) - rot)}, -1);
   if (x.is_cuda()) {
     at::Tensor y = fused_rope(x, cos, sin);  // one kernel instead of ten
+    if (y.defined()) return y;
+  } else {
+    at::Tensor y = cpu_rope(x, cos, sin);  // one pass instead of ten calls
     if (y.defined()) return y;
   }
   const int64_t half = x.size(-1) / 2;
