@@ -22,6 +22,17 @@ bool float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16
 // Rows per task: enough elements that waking a thread pays.
 int64_t grain(int64_t row_elems) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, row_elems)); }
 
+// f(S{}) for S the storage type of `type` (bfloat16, float16, else float32).
+template <class F>
+void for_type(at::ScalarType type, const F& f) {
+  if (type == at::kBFloat16)
+    f(at::BFloat16{});
+  else if (type == at::kHalf)
+    f(at::Half{});
+  else
+    f(float{});
+}
+
 template <typename S>
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& y) {
   const int64_t rows = x.size(0), H = x.size(1);
@@ -70,16 +81,7 @@ at::Tensor cpu_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
       !float_type(x.scalar_type()) || w.scalar_type() != x.scalar_type() || !x.is_contiguous() || !w.is_contiguous())
     return {};
   at::Tensor y = at::empty_like(x);
-  switch (x.scalar_type()) {
-    case at::kBFloat16:
-      rms_norm_rows<at::BFloat16>(x, w, eps, y);
-      break;
-    case at::kHalf:
-      rms_norm_rows<at::Half>(x, w, eps, y);
-      break;
-    default:
-      rms_norm_rows<float>(x, w, eps, y);
-  }
+  for_type(x.scalar_type(), [&](auto s) { rms_norm_rows<decltype(s)>(x, w, eps, y); });
   return y;
 }
 
@@ -88,18 +90,9 @@ at::Tensor cpu_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor
       cos.dim() != 2 || cos.sizes() != sin.sizes() || cos.size(0) != x.size(0) || cos.size(1) != x.size(2) ||
       !cos.device().is_cpu() || !sin.device().is_cpu())
     return {};
-  const at::Tensor c = cos.to(x.scalar_type()).contiguous(), s = sin.to(x.scalar_type()).contiguous();
+  const at::Tensor c = cos.to(x.scalar_type()).contiguous(), sn = sin.to(x.scalar_type()).contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
-  switch (x.scalar_type()) {
-    case at::kBFloat16:
-      rope_rows<at::BFloat16>(x, c, s, y);
-      break;
-    case at::kHalf:
-      rope_rows<at::Half>(x, c, s, y);
-      break;
-    default:
-      rope_rows<float>(x, c, s, y);
-  }
+  for_type(x.scalar_type(), [&](auto s) { rope_rows<decltype(s)>(x, c, sn, y); });
   return y;
 }
 
