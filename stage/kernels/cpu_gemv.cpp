@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "stage/kernels/cpu/isa.h"
+#include "stage/kernels/cpu/storage.h"
 
 namespace cascade::stage {
 namespace {
@@ -73,7 +74,7 @@ bool weight_type(at::ScalarType t, WeightType* out) {
   }
 }
 
-bool float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+using cpu::float_type;
 
 // Whether x [T, K] and w [rows, K] suit the kernels.
 bool applies(const at::Tensor& x, const at::Tensor& w) {
@@ -236,13 +237,6 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
-// v rounded to `type` (float32, bfloat16 or float16), as an ATen op's result would be.
-float round_to(float v, at::ScalarType type) {
-  if (type == at::kBFloat16) return static_cast<float>(at::BFloat16(v));
-  if (type == at::kHalf) return static_cast<float>(at::Half(v));
-  return v;
-}
-
 // act(x gate^T) * (x up^T), rounded as ATen's linear, activation and product would
 // round each result to x's dtype.
 at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act) {
@@ -258,8 +252,8 @@ at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& gate, const at::Ten
       u(n0, rows, t0, T, us);
       for (int t = 0; t < T; ++t)
         for (int i = 0; i < rows; ++i) {
-          const float a = round_to(activate(round_to(gs[t * kBlockRows + i], type), act), type);
-          out.put(t0 + t, n0 + i, a * round_to(us[t * kBlockRows + i], type));
+          const float a = cpu::round_to(activate(cpu::round_to(gs[t * kBlockRows + i], type), act), type);
+          out.put(t0 + t, n0 + i, a * cpu::round_to(us[t * kBlockRows + i], type));
         }
     });
   });

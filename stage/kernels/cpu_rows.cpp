@@ -2,36 +2,26 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+
+#include "stage/kernels/cpu/storage.h"
 
 namespace cascade::stage {
 namespace {
 
-// A value of S as float, and a float rounded to S (to nearest even, as ATen rounds).
+using cpu::float_type;
+using cpu::for_type;
+using cpu::round_to;
+
+// A value of S as float.
 template <typename S>
 float f(S v) {
   return static_cast<float>(v);
 }
-template <typename S>
-float round_to(float v) {
-  return static_cast<float>(S(v));
-}
-
-bool float_type(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
 // Rows per task: enough elements that waking a thread pays.
 int64_t grain(int64_t row_elems) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, row_elems)); }
-
-// f(S{}) for S the storage type of `type` (bfloat16, float16, else float32).
-template <class F>
-void for_type(at::ScalarType type, const F& f) {
-  if (type == at::kBFloat16)
-    f(at::BFloat16{});
-  else if (type == at::kHalf)
-    f(at::Half{});
-  else
-    f(float{});
-}
 
 template <typename S>
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& y) {
