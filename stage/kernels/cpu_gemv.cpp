@@ -165,36 +165,35 @@ void for_blocks(int64_t N, int64_t row_bytes, const F& f) {
   });
 }
 
-// Where the kernels' results go: y [T, N] contiguous, float32, bfloat16 or float16.
-struct Out {
-  void* p;
-  at::ScalarType type;
-  int64_t ld;
-
-  explicit Out(at::Tensor& y) : p(y.data_ptr()), type(y.scalar_type()), ld(y.size(1)) {}
-  void put(int64_t t, int64_t n, float v) const {
-    const int64_t i = t * ld + n;
-    if (type == at::kBFloat16)
-      static_cast<at::BFloat16*>(p)[i] = at::BFloat16(v);  // rounds to nearest even
-    else if (type == at::kHalf)
-      static_cast<at::Half*>(p)[i] = at::Half(v);
-    else
-      static_cast<float*>(p)[i] = v;
+// The activations cpu_gated_linear takes (cpu_gemv.h), one type each so that a row's
+// loop holds no switch.
+struct Silu {
+  static float apply(float g) { return g / (1.0f + std::exp(-g)); }
+};
+struct Relu {
+  static float apply(float g) { return g > 0 ? g : 0.0f; }
+};
+struct GeluErf {
+  static float apply(float g) { return 0.5f * g * (1.0f + std::erf(g * static_cast<float>(M_SQRT1_2))); }
+};
+struct GeluTanh {
+  static float apply(float g) {
+    const float c = std::sqrt(2.0f / static_cast<float>(M_PI));
+    return 0.5f * g * (1.0f + std::tanh(c * (g + 0.044715f * g * g * g)));
   }
 };
 
-float activate(float g, int act) {
+template <class F>
+void for_activation(int act, const F& f) {
   switch (act) {
     case 0:
-      return g / (1.0f + std::exp(-g));
+      return f(Silu{});
     case 1:
-      return g > 0 ? g : 0.0f;
+      return f(Relu{});
     case 2:
-      return 0.5f * g * (1.0f + std::erf(g * static_cast<float>(M_SQRT1_2)));
-    default: {
-      const float c = std::sqrt(2.0f / static_cast<float>(M_PI));
-      return 0.5f * g * (1.0f + std::tanh(c * (g + 0.044715f * g * g * g)));
-    }
+      return f(GeluErf{});
+    default:
+      return f(GeluTanh{});
   }
 }
 
@@ -207,55 +206,81 @@ void by_chunks(int tokens, const F& f) {
   for (int t0 = 0; t0 < tokens; t0 += cpu::kMaxTokens) f(t0, std::min(cpu::kMaxTokens, tokens - t0));
 }
 
+// What linear_impl adds to the sums, each optional (null): per output feature a scale
+// and a bias, then a residual [T, N].
+struct Epilogue {
+  const float* scale;
+  const float* bias;
+  const float* res;
+};
+
+// sums * scale + bias + res -> y [T, N] of storage type S. Each step is a loop over a
+// block's rows with no branch inside, so that the compiler vectorizes it.
+template <typename S>
+void linear_rows(const Sums& sums, int64_t N, const Epilogue& e, S* y) {
+  for_blocks(N, sums.K * sums.elem, [&](int64_t n0, int rows, float* acc) {
+    by_chunks(sums.tokens(), [&](int t0, int T) {
+      sums(n0, rows, t0, T, acc);
+      for (int t = 0; t < T; ++t) {
+        float* v = acc + t * kBlockRows;
+        if (e.scale != nullptr)
+          for (int i = 0; i < rows; ++i) v[i] *= e.scale[n0 + i];
+        if (e.bias != nullptr)
+          for (int i = 0; i < rows; ++i) v[i] += e.bias[n0 + i];
+        if (e.res != nullptr)
+          for (int i = 0; i < rows; ++i) v[i] += e.res[(t0 + t) * N + n0 + i];
+        S* out = y + (t0 + t) * N + n0;
+        for (int i = 0; i < rows; ++i) out[i] = S(v[i]);  // rounds to nearest even
+      }
+    });
+  });
+}
+
 // sums * scale (when given) + b (when given) + r (when given) -> y of `dtype`.
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b,
                        const at::Tensor& r, at::ScalarType dtype) {
-  const int64_t N = w.size(0);
   const Sums sums(x, w);
   const at::Tensor sf = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
   const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : b;
   const at::Tensor rf = r.defined() ? r.to(at::kFloat).contiguous() : r;
-  const float* s = sf.defined() ? sf.data_ptr<float>() : nullptr;
-  const float* bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  const float* res = rf.defined() ? rf.data_ptr<float>() : nullptr;
-  at::Tensor y = at::empty({sums.tokens(), N}, x.options().dtype(dtype));
-  const Out out(y);
-  for_blocks(N, w.size(1) * w.element_size(), [&](int64_t n0, int rows, float* acc) {
-    by_chunks(sums.tokens(), [&](int t0, int T) {
-      sums(n0, rows, t0, T, acc);
-      for (int t = 0; t < T; ++t)
-        for (int i = 0; i < rows; ++i) {
-          const int64_t n = n0 + i;
-          float v = acc[t * kBlockRows + i];
-          if (s != nullptr) v *= s[n];
-          if (bias != nullptr) v += bias[n];
-          if (res != nullptr) v += res[(t0 + t) * N + n];
-          out.put(t0 + t, n, v);
-        }
-    });
+  const Epilogue e{sf.defined() ? sf.data_ptr<float>() : nullptr, bf.defined() ? bf.data_ptr<float>() : nullptr,
+                   rf.defined() ? rf.data_ptr<float>() : nullptr};
+  at::Tensor y = at::empty({sums.tokens(), w.size(0)}, x.options().dtype(dtype));
+  cpu::for_type(dtype, [&](auto s) {
+    using S = decltype(s);
+    linear_rows<S>(sums, w.size(0), e, static_cast<S*>(y.data_ptr()));
   });
   return y;
 }
 
-// act(x gate^T) * (x up^T), rounded as ATen's linear, activation and product would
-// round each result to x's dtype.
-at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act) {
-  const int64_t I = gate.size(0);
-  const Sums g(x, gate), u(g, up);
-  const at::ScalarType type = x.scalar_type();
-  at::Tensor y = at::empty({g.tokens(), I}, x.options());
-  const Out out(y);
-  for_blocks(I, 2 * gate.size(1) * gate.element_size(), [&](int64_t n0, int rows, float* gs) {
+// A(round(x gate^T)) rounded, times round(x up^T), rounded: as ATen's linear, activation
+// and product would round each result to S. The activation is a loop of its own, as it
+// calls libm; the roundings around it vectorize.
+template <typename S, class A>
+void gated_rows(const Sums& g, const Sums& u, int64_t I, S* y) {
+  for_blocks(I, 2 * g.K * g.elem, [&](int64_t n0, int rows, float* gs) {
     float us[cpu::kMaxTokens * kBlockRows];
     by_chunks(g.tokens(), [&](int t0, int T) {
       g(n0, rows, t0, T, gs);
       u(n0, rows, t0, T, us);
-      for (int t = 0; t < T; ++t)
-        for (int i = 0; i < rows; ++i) {
-          const float a = cpu::round_to(activate(cpu::round_to(gs[t * kBlockRows + i], type), act), type);
-          out.put(t0 + t, n0 + i, a * cpu::round_to(us[t * kBlockRows + i], type));
-        }
+      for (int t = 0; t < T; ++t) {
+        float* gv = gs + t * kBlockRows;
+        const float* uv = us + t * kBlockRows;
+        for (int i = 0; i < rows; ++i) gv[i] = cpu::round_to<S>(gv[i]);
+        for (int i = 0; i < rows; ++i) gv[i] = A::apply(gv[i]);
+        S* out = y + (t0 + t) * I + n0;
+        for (int i = 0; i < rows; ++i) out[i] = S(cpu::round_to<S>(gv[i]) * cpu::round_to<S>(uv[i]));
+      }
     });
+  });
+}
+
+at::Tensor gated_impl(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, int act) {
+  const Sums g(x, gate), u(g, up);
+  at::Tensor y = at::empty({g.tokens(), gate.size(0)}, x.options());
+  cpu::for_type(x.scalar_type(), [&](auto s) {
+    using S = decltype(s);
+    for_activation(act, [&](auto a) { gated_rows<S, decltype(a)>(g, u, gate.size(0), static_cast<S*>(y.data_ptr())); });
   });
   return y;
 }

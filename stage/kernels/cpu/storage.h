@@ -26,11 +26,4 @@ void for_type(at::ScalarType type, const F& f) {
     f(float{});
 }
 
-// v rounded to `type`, one of float_type's.
-inline float round_to(float v, at::ScalarType type) {
-  float out = v;
-  for_type(type, [&](auto s) { out = round_to<decltype(s)>(v); });
-  return out;
-}
-
 }  // namespace cascade::stage::cpu
