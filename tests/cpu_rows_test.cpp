@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
+#include <vector>
 
+#include "stage/kernels/cpu/storage.h"
 #include "stage/kernels/ops.h"
 #include "stage/layers/rope.h"
 
@@ -31,6 +36,48 @@ int64_t apart(const at::Tensor& a, const at::Tensor& b, double step) {
   return ((ad - bd).abs() > (ad.abs().clamp_min(1e-3) * 2 * step)).sum().item<int64_t>();
 }
 
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// The passes' branch-free bfloat16 rounding gives c10's bits: ties to even both ways,
+// the largest values rounding up to infinity, subnormals, infinities and NaNs (c10
+// gives 0x7fc0 for every NaN).
+TEST(CpuStorage, BFloat16RoundingEqualsC10) {
+  std::vector<float> v = {0.f,
+                          -0.f,
+                          1.f,
+                          -1.5f,
+                          3.14159f,
+                          65504.f,
+                          1e-40f,
+                          -1e-45f,
+                          std::numeric_limits<float>::max(),
+                          -std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN(),
+                          from_bits(0xffc00001u),
+                          from_bits(0x7f800001u),
+                          from_bits(0x3f808000u),
+                          from_bits(0x3f818000u),
+                          from_bits(0x3f808001u),
+                          from_bits(0x3f80ffffu)};
+  for (uint32_t u = 0; u < 200000; ++u) v.push_back(from_bits(u * 21475u + 7u));  // spread over all exponents
+  int64_t differ = 0;
+  for (float x : v) {
+    const uint16_t got = cpu::to_storage<at::BFloat16>(x).x, want = at::BFloat16(x).x;
+    if (got != want && ++differ <= 5) {
+      ADD_FAILURE() << std::hex << "bits of " << x << ": " << got << ", c10 " << want;
+    }
+  }
+  EXPECT_EQ(differ, 0);
+  EXPECT_EQ(cpu::round_to<at::BFloat16>(1.00390625f), 1.0f);       // a tie rounds to the even value
+  EXPECT_EQ(cpu::round_to<at::BFloat16>(1.01171875f), 1.015625f);  // and from the odd one up
+}
+
 TEST(CpuRows, RmsNormRoundsAsAten) {
   at::manual_seed(1);
   for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
@@ -42,7 +89,9 @@ TEST(CpuRows, RmsNormRoundsAsAten) {
     std::printf("[ rows ] rms_norm %s: %lld of %lld elements equal to ATen's\n", c10::toString(t),
                 static_cast<long long>(equal), static_cast<long long>(x.numel()));
     EXPECT_EQ(apart(got, want, step), 0) << t;
-    if (t != at::kFloat) EXPECT_GE(equal, x.numel() * 99 / 100) << t;  // float32: the sums' last bits differ
+    if (t != at::kFloat) {  // float32: the sums' last bits differ
+      EXPECT_GE(equal, x.numel() * 99 / 100) << t;
+    }
     EXPECT_TRUE(at::equal(rms_norm(x, w, 1e-5), got)) << "ops.cpp takes this pass on the CPU";
   }
   EXPECT_FALSE(cpu_rms_norm(at::randn({4, 8}), at::randn({8}).to(at::kBFloat16), 1e-5).defined());  // two dtypes
