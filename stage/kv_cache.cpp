@@ -163,11 +163,12 @@ at::Tensor KvCache::attend_stored(int64_t layer, const at::Tensor& q, const Batc
   int64_t row = 0;
   for (const SeqSlice& s : batch.seqs) {
     const int64_t n = s.n_tokens, len = s.start_pos + n;
-    if (n == 1 && q.device().is_cpu()) {  // one call instead of a dozen ATen ones (cpu_attention.h)
-      at::Tensor o = out[row];
-      if (cpu_decode_attention(q[row].contiguous(), c.k[s.slot], c.v[s.slot], len,
-                               {scale, window, mods.softcap, mods.alibi}, o)) {
-        row += 1;
+    if (q.device().is_cpu()) {  // one call instead of a dozen ATen ones (cpu_attention.h)
+      const CpuAttention args{scale, window, mods.softcap, mods.alibi};
+      at::Tensor o = n == 1 ? out[row] : out.narrow(0, row, n);
+      if (n == 1 ? cpu_decode_attention(q[row].contiguous(), c.k[s.slot], c.v[s.slot], len, args, o)
+                 : cpu_prompt_attention(q.narrow(0, row, n), c.k[s.slot], c.v[s.slot], s.start_pos, args, o)) {
+        row += n;
         continue;
       }
     }

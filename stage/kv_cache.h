@@ -66,9 +66,9 @@ class KvCache {
   // Writes this step's keys/values for every sequence of the batch into its slot, then
   // attends each sequence's queries to its cached prefix (causal, optional sliding
   // window). q [tokens, heads, head_dim], k/v [tokens, kv_heads, head_dim];
-  // returns [tokens, heads * head_dim]. window 0 = full attention. On the CPU a
-  // sequence's single decode token goes through cpu_decode_attention (one call, float32
-  // throughout); prompts and other devices through ATen.
+  // returns [tokens, heads * head_dim]. window 0 = full attention. On the CPU each
+  // sequence is one call, float32 throughout: cpu_decode_attention for a single decode
+  // token, cpu_prompt_attention for more; other devices go through ATen.
   at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Batch& batch,
                     double scale, int64_t window, const ScoreMods& mods = {});
 

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -12,7 +13,7 @@ namespace {
 // float64 reference: softmax over positions [lo, len) of scale * q.k (soft-capped, plus
 // ALiBi), times v; GQA by head / group.
 at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t len,
-                     const CpuDecodeAttention& a) {
+                     const CpuAttention& a) {
   const int64_t heads = q.size(0), kv_heads = k.size(0), group = heads / kv_heads;
   const int64_t lo = a.window > 0 ? std::max<int64_t>(0, len - a.window) : 0;
   at::Tensor out = at::empty({heads, q.size(1)}, at::kDouble);
@@ -34,7 +35,7 @@ struct Case {
   bool alibi;
 };
 
-TEST(CpuDecodeAttention, MatchesFloat64ForEveryOption) {
+TEST(CpuAttention, MatchesFloat64ForEveryOption) {
   const Case cases[] = {
       {at::kFloat, 8, 8, 64, 1, 0, 0, false},         {at::kFloat, 8, 2, 64, 37, 0, 0, false},
       {at::kFloat, 4, 4, 80, 300, 16, 0, false},      {at::kFloat, 6, 3, 128, 90, 0, 30.0, false},
@@ -48,7 +49,7 @@ TEST(CpuDecodeAttention, MatchesFloat64ForEveryOption) {
     const at::Tensor k = at::randn({c.kv_heads, max_len, c.head_dim}).mul_(2).to(c.dtype);
     const at::Tensor v = at::randn({c.kv_heads, max_len, c.head_dim}).to(c.dtype);
     k.narrow(1, c.len, max_len - c.len).fill_(1e4);
-    CpuDecodeAttention a;
+    CpuAttention a;
     a.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     a.window = c.window;
     a.softcap = c.softcap;
@@ -63,7 +64,7 @@ TEST(CpuDecodeAttention, MatchesFloat64ForEveryOption) {
   }
 }
 
-TEST(CpuDecodeAttention, ThreadsDoNotChangeTheBits) {
+TEST(CpuAttention, ThreadsDoNotChangeTheBits) {
   at::manual_seed(1);
   const at::Tensor q = at::randn({32, 128}).to(at::kBFloat16);
   const at::Tensor k = at::randn({8, 2048, 128}).to(at::kBFloat16), v = at::randn({8, 2048, 128}).to(at::kBFloat16);
@@ -78,7 +79,66 @@ TEST(CpuDecodeAttention, ThreadsDoNotChangeTheBits) {
   at::set_num_threads(1);
 }
 
-TEST(CpuDecodeAttention, ShapesItDoesNotTakeAreLeftToTheCaller) {
+// A prompt chunk of n tokens from position `start`: each query against the float64
+// reference of a decode at its position (keys [0, start + t], or its window).
+TEST(CpuAttention, PromptMatchesFloat64PerQueryForEveryOption) {
+  struct PromptCase {
+    Case c;  // c.len: the chunk's tokens
+    int64_t start;
+  };
+  const PromptCase cases[] = {
+      {{at::kFloat, 8, 2, 64, 37, 0, 0, false}, 0},      {{at::kFloat, 4, 4, 80, 50, 16, 0, false}, 9},
+      {{at::kFloat, 6, 3, 128, 20, 0, 30.0, false}, 5},  {{at::kFloat, 5, 5, 32, 33, 0, 0, true}, 0},
+      {{at::kBFloat16, 16, 4, 128, 70, 0, 0, false}, 0}, {{at::kBFloat16, 8, 8, 64, 40, 20, 50.0, true}, 30},
+      {{at::kHalf, 4, 1, 64, 17, 0, 0, false}, 100},
+  };
+  at::manual_seed(11);
+  for (const PromptCase& pc : cases) {
+    const Case& c = pc.c;
+    const int64_t n = c.len, len = pc.start + n, max_len = len + 5;
+    // q as the model hands it over: one head's row strided within the fused projection.
+    const at::Tensor q = at::randn({n, c.heads, c.head_dim + 3}).to(c.dtype).narrow(2, 0, c.head_dim);
+    const at::Tensor k = at::randn({c.kv_heads, max_len, c.head_dim}).mul_(2).to(c.dtype);
+    const at::Tensor v = at::randn({c.kv_heads, max_len, c.head_dim}).to(c.dtype);
+    k.narrow(1, len, max_len - len).fill_(1e4);  // past the prompt: must not count
+    CpuAttention a;
+    a.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    a.window = c.window;
+    a.softcap = c.softcap;
+    if (c.alibi) a.alibi = at::rand({c.heads}).neg_();
+    at::Tensor out = at::empty({n, c.heads, c.head_dim}, c.dtype);
+    ASSERT_TRUE(cpu_prompt_attention(q, k, v, pc.start, a, out));
+    double err = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const at::Tensor want = reference(q[t], k, v, pc.start + t + 1, a);
+      err = std::max(err, (out[t].to(at::kDouble) - want).abs().max().item<double>());
+    }
+    const double tol = c.dtype == at::kFloat ? 1e-5 : 1e-2;
+    EXPECT_LT(err, tol) << c.heads << "/" << c.kv_heads << " heads, d " << c.head_dim << ", " << n << " tokens from "
+                        << pc.start << ", window " << c.window << ", dtype " << c.dtype;
+  }
+}
+
+// A query's result is the same bits whatever else is in its chunk, and whatever the
+// threads: a prompt of 50 and its first 21 tokens (then the other 29 from position 21).
+TEST(CpuAttention, PromptQueriesDoNotDependOnTheirChunk) {
+  at::manual_seed(3);
+  const int64_t heads = 8, d = 64, n = 50;
+  const at::Tensor q = at::randn({n, heads, d}).to(at::kBFloat16);
+  const at::Tensor k = at::randn({2, 64, d}).to(at::kBFloat16), v = at::randn({2, 64, d}).to(at::kBFloat16);
+  auto run = [&](int64_t start, int64_t count, int threads) {
+    at::set_num_threads(threads);
+    at::Tensor out = at::empty({count, heads, d}, at::kBFloat16);
+    EXPECT_TRUE(cpu_prompt_attention(q.narrow(0, start, count), k, v, start, {0.125, 0, 0, {}}, out));
+    return out;
+  };
+  const at::Tensor whole = run(0, n, 1);
+  EXPECT_TRUE(at::equal(whole, at::cat({run(0, 21, 1), run(21, n - 21, 1)})));
+  EXPECT_TRUE(at::equal(whole, run(0, n, 2)));
+  at::set_num_threads(1);
+}
+
+TEST(CpuAttention, ShapesItDoesNotTakeAreLeftToTheCaller) {
   const at::Tensor q = at::randn({4, 16}), k = at::randn({2, 8, 16});
   at::Tensor out = at::full({4, 16}, 3.0f);
   EXPECT_FALSE(cpu_decode_attention(q, k, k, 9, {}, out));                   // past max_seq_len
@@ -86,6 +146,14 @@ TEST(CpuDecodeAttention, ShapesItDoesNotTakeAreLeftToTheCaller) {
   EXPECT_FALSE(cpu_decode_attention(at::randn({3, 16}), k, k, 4, {}, out));  // 3 heads over 2 KV heads
   EXPECT_FALSE(cpu_decode_attention(q, k.transpose(1, 2), k, 4, {}, out));   // not [kv, len, d]
   EXPECT_TRUE(at::equal(out, at::full({4, 16}, 3.0f)));                      // untouched
+  at::Tensor pout = at::full({3, 4, 16}, 3.0f);
+  const at::Tensor pq = at::randn({3, 4, 16});
+  EXPECT_FALSE(cpu_prompt_attention(pq, k, k, 6, {}, pout));                  // reaches position 9 of 8
+  EXPECT_FALSE(cpu_prompt_attention(pq, k, k, -1, {}, pout));                 // before the first
+  EXPECT_FALSE(cpu_prompt_attention(pq.transpose(0, 1), k, k, 0, {}, pout));  // [heads, n, d]
+  EXPECT_FALSE(cpu_prompt_attention(pq.transpose(1, 2), k, k, 0, {}, pout));  // head_dim strided
+  EXPECT_FALSE(cpu_prompt_attention(pq.to(at::kHalf), k, k, 0, {}, pout));    // mixed dtypes
+  EXPECT_TRUE(at::equal(pout, at::full({3, 4, 16}, 3.0f)));                   // untouched
 }
 
 }  // namespace

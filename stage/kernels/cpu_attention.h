@@ -1,9 +1,11 @@
-// Decode attention on the CPU: one sequence's one new token against its KV-cache slot,
-// read in place. The ATen path (stage/kv_cache.cpp) spends a dozen operator calls per
-// sequence and layer (narrow, repeat for GQA, mask, matmul, softmax, matmul, copy);
-// a CPU decode step of a small model is mostly those calls, so this does the whole
-// attention of one token in one call: scores, soft-capping, ALiBi, window, softmax and
-// the weighted sum, all in float32, rounded once to the output's dtype.
+// Attention on the CPU against a sequence's KV-cache slot, read in place: one new token
+// (decode) or a prompt's tokens. The ATen path (stage/kv_cache.cpp) spends a dozen
+// operator calls per sequence and layer (narrow, repeat for GQA, mask, matmul, softmax,
+// matmul, copy), and for a prompt materializes and masks every [query, key] score in
+// several passes; a CPU decode step of a small model is mostly those calls, and at 128
+// tokens they were a quarter of a prompt's layers. These do a sequence's whole attention
+// in one call: scores, soft-capping, ALiBi, window, softmax and the weighted sum, all in
+// float32, rounded once to the output's dtype.
 // A query head's result does not depend on the thread count (heads are split, sums are
 // not). Thread-safety: reentrant.
 #pragma once
@@ -14,7 +16,7 @@
 
 namespace cascade::stage {
 
-struct CpuDecodeAttention {
+struct CpuAttention {
   double scale = 1.0;
   int64_t window = 0;  // > 0: attend the last `window` positions only
   double softcap = 0;  // > 0: scores -> softcap * tanh(scores / softcap)
@@ -27,6 +29,17 @@ struct CpuDecodeAttention {
 // query head h reads KV head h / (heads / kv_heads)). Returns false, touching nothing,
 // when these do not hold (the caller then takes the ATen path).
 bool cpu_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t len,
-                          const CpuDecodeAttention& args, at::Tensor& out);
+                          const CpuAttention& args, at::Tensor& out);
+
+// A prompt's (or a prompt chunk's) n tokens at positions [start, start + n): q [n,
+// heads, head_dim] (head_dim contiguous); k, v as above with positions [0, start + n)
+// written, the n new ones included; out [n, heads, head_dim], contiguous. Query t
+// attends keys [0, start + t], or the last `window` of them. The arithmetic is
+// cpu_decode_attention's but for the scores' dot products, which are cpu_gemv's kernels
+// (a block of keys against all the queries, cpu_gemv.h): so query t's result does not
+// depend on n or on the other queries. Returns false, touching nothing, where the shapes
+// do not hold (as cpu_decode_attention).
+bool cpu_prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
+                          const CpuAttention& args, at::Tensor& out);
 
 }  // namespace cascade::stage

@@ -304,6 +304,11 @@ at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   return linear_impl(x, w, {}, b, r, x.scalar_type());
 }
 
+at::Tensor cpu_linear_sums(const at::Tensor& x, const at::Tensor& w) {
+  if (!applies(x, w) || !float_type(w.scalar_type())) return {};
+  return linear_impl(x, w, {}, {}, {}, at::kFloat);
+}
+
 at::Tensor cpu_gated_linear(const at::Tensor& x, const at::Tensor& w, int act) {
   if (w.dim() != 2 || w.size(0) % 2 != 0) return {};
   const int64_t I = w.size(0) / 2;

@@ -28,6 +28,9 @@ namespace cascade::stage {
 // at::linear(x, w, b) (+ r): x [T, in] float32/bfloat16/float16, w [out, in] contiguous
 // in one of those, b [out] or undefined, r [T, out] or undefined -> [T, out] in x's dtype.
 at::Tensor cpu_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r = {});
+// x w^T as its float32 sums, unrounded, for x and w as cpu_linear's -> [T, out] float32:
+// attention's scores (cpu_attention.h).
+at::Tensor cpu_linear_sums(const at::Tensor& x, const at::Tensor& w);
 // act(x gate^T) * (x up^T) with gate, up [I, in] contiguous, of one type -> [T, I] in x's
 // dtype, each result rounded to it as ATen's linear, activation and product round; act
 // is the Activation enum's value (stage/kernels/ops.h). The first form takes w [2 * I,
