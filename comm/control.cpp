@@ -8,7 +8,7 @@
 namespace cascade::config {
 NLOHMANN_JSON_SERIALIZE_ENUM(Mode, {{Mode::kSequential, "sequential"}, {Mode::kPipeline, "pipeline"}})
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RuntimeSection, mode, microbatches, prefill_chunk, max_batch, max_seq_len,
-                                   threads_per_stage, heartbeat_timeout, step_timeout, cuda_graphs)
+                                   threads_per_stage, heartbeat_timeout, step_timeout, cuda_graphs, pin_cores)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(QuantizationSection, mode, threshold, skip_modules)
 }  // namespace cascade::config
 
@@ -19,13 +19,13 @@ NLOHMANN_JSON_SERIALIZE_ENUM(Transport,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Link, peer, transport, name, tag)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Hop, begin, end, in, out)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Assignment, rank, label, job, heartbeats, exit_reason, model_dir, dtype, device,
-                                   modules, disk_modules, streamed_modules, offload_folder, threads, ring_bytes, trace,
-                                   runtime, quantization, hops, rank_labels)
+                                   modules, disk_modules, streamed_modules, offload_folder, threads, cores, ring_bytes,
+                                   trace, runtime, quantization, hops, rank_labels)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LoadProgress, bytes, total, seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(UploadTimes, bytes, read_s, dma_wait_s, alloc_s, finish_s)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageReady, ok, error, host, pid, cores, seconds, device_start_s, connect_s,
-                                   source_bytes, weight_bytes, zero_copy_bytes, folder_bytes, kv_bytes, streamed_bytes,
-                                   folder_rebuilt, upload)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageReady, ok, error, host, pid, cores, core_list, seconds, device_start_s,
+                                   connect_s, source_bytes, weight_bytes, zero_copy_bytes, folder_bytes, kv_bytes,
+                                   streamed_bytes, folder_rebuilt, upload)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageStats, busy, steps)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageFailure, error)
 

@@ -52,7 +52,8 @@ struct Assignment {
   std::vector<int64_t> disk_modules;      // of those, on the disk tier
   std::vector<int64_t> streamed_modules;  // of those, cpu/disk-tier modules this CUDA stage streams in
   std::string offload_folder;
-  int threads = 0;  // intra-op threads; 0 = LibTorch's default
+  int threads = 0;         // intra-op threads; 0 = LibTorch's default
+  std::vector<int> cores;  // non-empty: run on these cores (runtime.pin_cores); else as launched
   size_t ring_bytes = 16 << 20;
   bool trace = false;  // record compute/send/recv spans and send them after the shutdown step
   // The run's options, whole, as the config gives them (KV slots = runtime.max_batch).
@@ -80,6 +81,7 @@ struct StageReady {
   std::string host;
   int pid = 0;
   int cores = 0;              // cores the process may run on
+  std::string core_list;      // which, "0-7,12"; what pinning to Assignment::cores left
   double seconds = 0;         // assignment to ready, of which:
   double device_start_s = 0;  // starting the device's runtime (CUDA context); 0 on a CPU stage
   double connect_s = 0;       // opening the channels to the neighbours (the rest is the load)

@@ -26,7 +26,7 @@ const std::map<std::string, std::set<std::string>>& schema() {
        {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "streamed_share", "experts"}},
       {"runtime",
        {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
-        "step_timeout", "cuda_graphs"}},
+        "step_timeout", "cuda_graphs", "pin_cores"}},
       {"quantization", {"mode", "threshold", "skip_modules"}},
       {"server",
        {"socket", "tcp", "api_key", "max_request_bytes", "max_connections", "max_pending_connections", "max_restarts",
@@ -320,6 +320,7 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
   r.number(rt, "runtime", "heartbeat_timeout", &c.runtime.heartbeat_timeout, 0.1);
   r.number(rt, "runtime", "step_timeout", &c.runtime.step_timeout, 0.1);
   r.boolean(rt, "runtime", "cuda_graphs", &c.runtime.cuda_graphs);
+  r.boolean(rt, "runtime", "pin_cores", &c.runtime.pin_cores);
 
   const toml::table& q = section("quantization");
   c.quantization.mode = r.choice(q, "quantization", "mode", {"none", "int8"}, "none");

@@ -84,6 +84,10 @@ struct RuntimeSection {
   double step_timeout = 300.0;
   // Decode steps of GPU stages replay CUDA graphs, one per batch/length bucket.
   bool cuda_graphs = true;
+  // Stages run on cores of their own, from the coordinator's affinity mask: each
+  // CPU-computing stage on as many as its threads, GPU stages on the rest. A stage
+  // whose host lacks the cores it was given runs on those it started with.
+  bool pin_cores = true;
 };
 
 struct QuantizationSection {

@@ -1,5 +1,6 @@
 #include "daemon/cluster.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -53,16 +54,58 @@ comm::Transport transport_of(planner::Transport t) {
   return comm::Transport::kMpi;
 }
 
+bool on_gpu(const planner::Stage& s) { return s.device.kind == config::DeviceName::Kind::kCuda; }
+
 // Intra-op threads of stage `s` when threads_per_stage is unset. CPU-computing stages
 // share the cores but one per GPU-computing stage (a GPU stage's host thread launches
 // kernels and waits for its peers; its ATen CPU work is rare), so a hybrid offload's CPU
 // stage is not cut to a third of the machine by its two GPU neighbours.
 int default_threads(const planner::Plan& plan, const planner::Stage& s, unsigned cores) {
-  const auto on_gpu = [](const planner::Stage& x) { return x.device.kind == config::DeviceName::Kind::kCuda; };
   const unsigned gpu = static_cast<unsigned>(std::count_if(plan.stages.begin(), plan.stages.end(), on_gpu));
   const unsigned cpu = static_cast<unsigned>(plan.stages.size()) - gpu;
   if (on_gpu(s) || cpu == 0) return static_cast<int>(std::max(1u, cores / static_cast<unsigned>(plan.stages.size())));
   return static_cast<int>(std::max(1u, (cores > gpu ? cores - gpu : 1u) / cpu));
+}
+
+// The cores this process may run on (its affinity mask), ascending.
+std::vector<int> allowed_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> out;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) out.push_back(c);
+  return out;
+}
+
+// runtime.pin_cores: each CPU-computing stage gets as many of `allowed` as its threads,
+// in rank order, so that no two of them share a core; GPU stages share the cores left
+// (their host threads launch kernels and wait), their threads capped to them. Nothing is
+// pinned where the CPU stages' threads would leave no core, or too few, for that.
+// Assignments in plan.stages' order.
+void pin_cores(const planner::Plan& plan, const std::vector<int>& allowed, std::vector<comm::Assignment>& out) {
+  size_t need = 0, gpu = 0;
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    if (on_gpu(plan.stages[i]))
+      ++gpu;
+    else
+      need += static_cast<size_t>(std::max(1, out[i].threads));
+  }
+  if (need > allowed.size() || (gpu > 0 && need >= allowed.size())) return;
+  size_t next = 0;
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    if (on_gpu(plan.stages[i])) continue;
+    const size_t n = static_cast<size_t>(std::max(1, out[i].threads));
+    out[i].cores.assign(allowed.begin() + static_cast<std::ptrdiff_t>(next),
+                        allowed.begin() + static_cast<std::ptrdiff_t>(next + n));
+    next += n;
+  }
+  const std::vector<int> rest(allowed.begin() + static_cast<std::ptrdiff_t>(next), allowed.end());
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    if (!on_gpu(plan.stages[i])) continue;
+    out[i].cores = rest;
+    out[i].threads = std::min(out[i].threads, static_cast<int>(rest.size()));
+  }
 }
 
 // The assignments, one per stage, from the plan's route and edges.
@@ -99,6 +142,7 @@ std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::stri
     a.rank_labels = labels;
     out.push_back(a);
   }
+  if (cfg.runtime.pin_cores) pin_cores(plan, allowed_cores(), out);
   // Route position k runs segment k; edge k brings its input, edge k+1 takes its output.
   auto link = [&](size_t e, int peer) {
     const planner::Edge& edge = plan.edges[e];
@@ -137,13 +181,13 @@ std::vector<uint64_t> stage_source_bytes(const PlannedRun& run) {
   return out;
 }
 
-// "stage 1 (rank 1, cpu:0) on host (pid 7, 2 cores) ready in 0.31 s: ..."
+// "stage 1 (rank 1, cpu:0) on host (pid 7, 2 cores: 0-1) ready in 0.31 s: ..."
 std::string ready_line(const std::string& label, const comm::StageReady& r) {
   std::ostringstream o;
   o << label << " on " << r.host << " (pid " << r.pid << ", " << r.cores << (r.cores == 1 ? " core" : " cores")
-    << ") ready in " << std::fixed << std::setprecision(2) << r.seconds
-    << " s: " << config::format_bytes(r.source_bytes) << " of the checkpoint (" << mb_per_s(r.source_bytes, r.seconds)
-    << "), " << config::format_bytes(r.weight_bytes) << " in memory, "
+    << (r.core_list.empty() ? "" : ": " + r.core_list) << ") ready in " << std::fixed << std::setprecision(2)
+    << r.seconds << " s: " << config::format_bytes(r.source_bytes) << " of the checkpoint ("
+    << mb_per_s(r.source_bytes, r.seconds) << "), " << config::format_bytes(r.weight_bytes) << " in memory, "
     << config::format_bytes(r.zero_copy_bytes + r.folder_bytes) << " paged from disk"
     << (r.folder_rebuilt ? " (offload folder rebuilt)" : "") << ", KV " << config::format_bytes(r.kv_bytes);
   if (r.streamed_bytes > 0) o << ", streams " << config::format_bytes(r.streamed_bytes) << " to the GPU per step";

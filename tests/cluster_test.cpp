@@ -3,9 +3,11 @@
 // faults (a killed, a stalled and a failing stage; a corrupt shard).
 #include "daemon/cluster.h"
 
+#include <sched.h>
 #include <signal.h>
 
 #include <chrono>
+#include <fstream>
 #include <regex>
 #include <sstream>
 
@@ -97,7 +99,7 @@ std::string single_run(const std::string& model, const std::string& extra = "") 
 
 std::vector<int> stage_pids(const std::string& log) {
   std::vector<int> pids;
-  const std::regex re("\\(pid ([0-9]+), [0-9]+ cores?\\) ready");
+  const std::regex re("\\(pid ([0-9]+), [0-9]+ cores?[^)]*\\) ready");
   for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
     pids.push_back(std::stoi((*it)[1]));
   return pids;
@@ -123,6 +125,44 @@ TEST(Cluster, EveryPlacementMatchesOneProcessOnEveryFixture) {
       expect_same(name + " / " + kind, single, r.out);
     }
   }
+}
+
+// The cores each stage's ready line says it runs on ("0", "1-3,6"), in the log's order.
+std::vector<std::string> stage_core_lists(const std::string& log) {
+  std::vector<std::string> lists;
+  const std::regex re("\\(pid [0-9]+, [0-9]+ cores?: ([0-9,-]+)\\) ready");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
+    lists.push_back((*it)[1]);
+  return lists;
+}
+
+// runtime.pin_cores (the default): two CPU stages on a machine of two or more cores get
+// one thread each (the cores shared evenly) on cores of their own, which each reports
+// from its own affinity mask; with pin_cores = false each may run on any.
+TEST(Cluster, CpuStagesRunOnCoresOfTheirOwn) {
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
+  if (CPU_COUNT(&mine) < 2) GTEST_SKIP() << "this test runs on one core";
+  TempDir dir;
+  const std::string model = fixture("llama_gqa");
+  const std::string cfg = write_config(dir, model, placement("two_cpu", module_names(model).size()));
+  auto lists = [&](const std::string& extra) {
+    const CliRun r = run_shell(std::string(CASCADE_BINARY) + " generate --config " + cfg + extra +
+                               " --prompt-ids 1,2,3 --max-new-tokens 2 2>" + dir.file("log"));
+    std::ifstream f(dir.file("log"));
+    const std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(r.status, 0) << log;
+    const std::vector<std::string> l = stage_core_lists(log);
+    EXPECT_EQ(l.size(), 2u) << log;
+    return l.size() == 2 ? l : std::vector<std::string>{"?", "?"};
+  };
+  const std::vector<std::string> pinned = lists("");
+  EXPECT_NE(pinned[0], pinned[1]);
+  for (const std::string& l : pinned) EXPECT_EQ(l.find_first_of(",-"), std::string::npos) << l << ": one core";
+  const std::vector<std::string> free = lists(" --set runtime.pin_cores=false");
+  EXPECT_EQ(free[0], free[1]);
+  EXPECT_NE(free[0].find_first_of(",-"), std::string::npos) << free[0] << ": all of this machine's cores";
 }
 
 // T5 as the seed's hf_device_map splits an encoder-decoder model: the embedding and the
@@ -380,8 +420,7 @@ TEST(Cluster, StreamedOffloadOnTheGpu) {
 TEST(Cluster, HybridOffloadCpuAndStreamedAtOnce) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   expect_offload_matches("--set placement.offload_compute=cpu+cuda:0 --set placement.streamed_share=0.5",
-                         "cuda:0 + half streamed, half on the CPU",
-                         {"to the GPU per step", ", cpu:0", ", cuda:0+"});
+                         "cuda:0 + half streamed, half on the CPU", {"to the GPU per step", ", cpu:0", ", cuda:0+"});
 }
 #endif
 
