@@ -1,6 +1,5 @@
 #include "daemon/cluster.h"
 
-#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <thread>
 
 #include "comm/control.h"
+#include "comm/cores.h"
 #include "config/size.h"
 #include "planner/report.h"
 #include "stage/model.h"
@@ -67,17 +67,6 @@ int default_threads(const planner::Plan& plan, const planner::Stage& s, unsigned
   return static_cast<int>(std::max(1u, (cores > gpu ? cores - gpu : 1u) / cpu));
 }
 
-// The cores this process may run on (its affinity mask), ascending.
-std::vector<int> allowed_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> out;
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &set)) out.push_back(c);
-  return out;
-}
-
 // runtime.pin_cores: each CPU-computing stage gets as many of `allowed` as its threads,
 // in rank order, so that no two of them share a core; GPU stages share the cores left
 // (their host threads launch kernels and wait), their threads capped to them. Nothing is
@@ -110,7 +99,7 @@ void pin_cores(const planner::Plan& plan, const std::vector<int>& allowed, std::
 
 // The assignments, one per stage, from the plan's route and edges.
 std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::string& job, const std::string& heartbeats,
-                                          const std::vector<std::string>& labels, bool trace) {
+                                          const std::vector<std::string>& labels, bool trace, bool one_host) {
   const planner::Plan& plan = run.plan;
   const config::Config& cfg = run.config;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -142,7 +131,8 @@ std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::stri
     a.rank_labels = labels;
     out.push_back(a);
   }
-  if (cfg.runtime.pin_cores) pin_cores(plan, allowed_cores(), out);
+  // The coordinator knows its own host's cores only.
+  if (cfg.runtime.pin_cores && one_host) pin_cores(plan, comm::allowed_cores(), out);
   // Route position k runs segment k; edge k brings its input, edge k+1 takes its output.
   auto link = [&](size_t e, int peer) {
     const planner::Edge& edge = plan.edges[e];
@@ -255,7 +245,7 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
   c->launch(exe, log);
   const auto spawned = Clock::now();
   try {
-    for (const auto& a : assignments(run, job, c->hb_->name(), c->labels_, trace))
+    for (const auto& a : assignments(run, job, c->hb_->name(), c->labels_, trace, !c->world_->multi_node()))
       c->world_->send(a.rank, comm::kTagAssign, comm::encode(a), after(10), nullptr);
     c->await_ready(log);
     c->check_sources(run, log);

@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 
 #include "comm/channel.h"
 #include "comm/control.h"
+#include "comm/cores.h"
 #include "comm/heartbeat.h"
 #include "comm/world.h"
 #include "stage/runner.h"
@@ -34,43 +34,6 @@
 
 namespace cascade::stage {
 namespace {
-
-// The cores this process may run on (its affinity mask), as a count and as a list
-// ("0-7,12"): a stage bound to cores by the coordinator (Assignment::cores) or by its
-// launcher runs its threads and readers on those alone, so the ready line says.
-void allowed_cores(int* count, std::string* list) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) {
-    *count = static_cast<int>(std::thread::hardware_concurrency());
-    return;
-  }
-  *count = CPU_COUNT(&set);
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (!CPU_ISSET(c, &set)) continue;
-    int last = c;
-    while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set)) ++last;
-    *list += (list->empty() ? "" : ",") + std::to_string(c) + (last > c ? "-" + std::to_string(last) : "");
-    c = last;
-  }
-}
-
-// Binds this process to `cores` before LibTorch starts its thread pool, whose threads
-// inherit the mask (threads started before, the heartbeat's, keep theirs). Returns why
-// it could not ("" when it did, or when `cores` is empty: nothing asked).
-std::string pin_to(const std::vector<int>& cores) {
-  if (cores.empty()) return "";
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (int c : cores) {
-    if (c < 0 || c >= CPU_SETSIZE) return "core " + std::to_string(c) + " is outside this host's CPU set";
-    CPU_SET(c, &set);
-  }
-  if (::sched_setaffinity(0, sizeof set, &set) != 0)
-    return std::string("sched_setaffinity: ") + std::strerror(errno) +
-           " (cores the coordinator chose are not all allowed here)";
-  return "";
-}
 
 using comm::Assignment;
 using comm::Clock;
@@ -363,7 +326,9 @@ comm::StageReady ready_report(const comm::World& w, const Model& m, double secon
   r.ok = true;
   r.host = w.host();
   r.pid = ::getpid();
-  allowed_cores(&r.cores, &r.core_list);
+  const std::vector<int> cores = comm::allowed_cores();
+  r.cores = cores.empty() ? static_cast<int>(std::thread::hardware_concurrency()) : static_cast<int>(cores.size());
+  r.core_list = comm::core_list(cores);
   r.seconds = seconds;
   r.source_bytes = m.source_bytes();
   r.weight_bytes = m.weight_bytes();
@@ -415,7 +380,7 @@ int run_stage(comm::World& w, std::ostream& log) {
     w.abandon();
     return 1;
   }
-  if (const std::string why = pin_to(a.cores); !why.empty())
+  if (const std::string why = comm::pin_to(a.cores); !why.empty())
     log << "cascade " << a.label << ": runs on the cores it was started with: " << why << "\n";
   if (a.threads > 0) at::set_num_threads(a.threads);
 
