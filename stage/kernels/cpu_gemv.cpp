@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 
@@ -53,6 +54,34 @@ const Backend* initial() {
 std::atomic<const Backend*>& current() {
   static std::atomic<const Backend*> b{initial()};
   return b;
+}
+
+// CPUID.(7,0):EDX, where the AMX bits are.
+unsigned cpuid7_edx() {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  return d;
+#else
+  return 0;
+#endif
+}
+
+// The most tokens a call may have for Backend::dot_bf16 to take it (more: the pairs
+// kernel on tokens widened to float32). Measured on two CPUs with AVX-512-BF16 (docs/
+// performance.md, session 26): on AMD's Zen 5 the bfloat16 dot product is the faster at
+// every token count; on the H200 host's Intel Xeon (AMX-BF16, like every Intel core with
+// AVX-512-BF16 since Sapphire Rapids) it is as fast at one token and 1.15-1.5x slower
+// from 16. So one token where the CPU has AMX-BF16 (CPUID.(7,0):EDX bit 22), else any.
+// A rule of the CPU, not a timing, so that every process on a host computes the same
+// bits. CASCADE_CPU_BF16_DOT_TOKENS overrides it (a count; 0 = never).
+int64_t bf16_dot_max_tokens() {
+  static const int64_t n = [] {
+    if (const char* env = std::getenv("CASCADE_CPU_BF16_DOT_TOKENS"); env != nullptr && *env != '\0')
+      return static_cast<int64_t>(std::strtoll(env, nullptr, 10));
+    return (cpuid7_edx() >> 22 & 1u) != 0 ? int64_t{1} : std::numeric_limits<int64_t>::max();
+  }();
+  return n;
 }
 
 bool weight_type(at::ScalarType t, WeightType* out) {
@@ -111,7 +140,8 @@ struct Sums {
     WeightType wt = WeightType::kF32;
     weight_type(weight.scalar_type(), &wt);
     const Backend* be = current().load();
-    if (wt == WeightType::kBF16 && in.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr) {
+    if (wt == WeightType::kBF16 && in.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr &&
+        in.size(0) <= bf16_dot_max_tokens()) {
       dot = be->dot_bf16;
       x = in.contiguous();
     } else {
@@ -370,9 +400,7 @@ std::string enable_cpu_matrix_units() {
   std::call_once(once, [] {
 #if defined(__x86_64__) && defined(__linux__)
     if (!__builtin_cpu_supports("avx512f")) return;  // no AMX without AVX-512
-    unsigned a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    if (!(d & (1u << 24))) return;  // CPUID.(7,0):EDX bit 24 = AMX-TILE
+    if (!(cpuid7_edx() & (1u << 24))) return;        // CPUID.(7,0):EDX bit 24 = AMX-TILE
     // A hypervisor may show AMX in CPUID yet not enable its state (XCR0): then the
     // request "succeeds" and the permission still lacks the tile data. Check it.
     constexpr long kGetXcompPerm = 0x1024, kReqXcompPerm = 0x1023, kXtileData = 18;
