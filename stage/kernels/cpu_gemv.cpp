@@ -1,6 +1,9 @@
 #include "stage/kernels/cpu_gemv.h"
 
 #include <ATen/Parallel.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -9,7 +12,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <mutex>
 #include <stdexcept>
 
@@ -56,32 +58,32 @@ std::atomic<const Backend*>& current() {
   return b;
 }
 
-// CPUID.(7,0):EDX, where the AMX bits are.
+// CPUID.(7,0):EDX, where the AMX bits are; 0 where the CPU lacks that leaf.
 unsigned cpuid7_edx() {
 #if defined(__x86_64__)
-  unsigned a, b, c, d;
-  __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-  return d;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 ? d : 0u;
 #else
   return 0;
 #endif
 }
 
-// The most tokens a call may have for Backend::dot_bf16 to take it (more: the pairs
-// kernel on tokens widened to float32). Measured on two CPUs with AVX-512-BF16 (docs/
-// performance.md, session 26): on AMD's Zen 5 the bfloat16 dot product is the faster at
-// every token count; on the H200 host's Intel Xeon (AMX-BF16, like every Intel core with
-// AVX-512-BF16 since Sapphire Rapids) it is as fast at one token and 1.15-1.5x slower
-// from 16. So one token where the CPU has AMX-BF16 (CPUID.(7,0):EDX bit 22), else any.
-// A rule of the CPU, not a timing, so that every process on a host computes the same
-// bits. CASCADE_CPU_BF16_DOT_TOKENS overrides it (a count; 0 = never).
-int64_t bf16_dot_max_tokens() {
-  static const int64_t n = [] {
-    if (const char* env = std::getenv("CASCADE_CPU_BF16_DOT_TOKENS"); env != nullptr && *env != '\0')
-      return static_cast<int64_t>(std::strtoll(env, nullptr, 10));
-    return (cpuid7_edx() >> 22 & 1u) != 0 ? int64_t{1} : std::numeric_limits<int64_t>::max();
+// Whether Backend::dot_bf16 takes bfloat16 tokens against bfloat16 weights (else the
+// pairs kernel on tokens widened to float32). Measured on two CPUs with AVX-512-BF16
+// (docs/performance.md, session 26): on AMD's Zen 5 the bfloat16 dot product is the
+// faster at every token count; on the H200 host's Intel Xeon (AMX-BF16, like every
+// Intel core with AVX-512-BF16 since Sapphire Rapids) it is 3-7% faster at one token and
+// 1.15-1.5x slower from 16. So not where the CPU has AMX-BF16 (CPUID.(7,0):EDX bit 22).
+// One kernel for every call, whatever its token count, so that a token's bits do not
+// depend on its batch or its prompt's chunks; a rule of the CPU, not a timing, so that
+// every process on a host computes the same bits. CASCADE_CPU_BF16_DOT=0 or 1 overrides.
+bool use_bf16_dot() {
+  static const bool use = [] {
+    if (const char* env = std::getenv("CASCADE_CPU_BF16_DOT"); env != nullptr && *env != '\0')
+      return std::string(env) != "0";
+    return (cpuid7_edx() >> 22 & 1u) == 0;
   }();
-  return n;
+  return use;
 }
 
 bool weight_type(at::ScalarType t, WeightType* out) {
@@ -140,8 +142,7 @@ struct Sums {
     WeightType wt = WeightType::kF32;
     weight_type(weight.scalar_type(), &wt);
     const Backend* be = current().load();
-    if (wt == WeightType::kBF16 && in.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr &&
-        in.size(0) <= bf16_dot_max_tokens()) {
+    if (wt == WeightType::kBF16 && in.scalar_type() == at::kBFloat16 && be->dot_bf16 != nullptr && use_bf16_dot()) {
       dot = be->dot_bf16;
       x = in.contiguous();
     } else {

@@ -48,10 +48,9 @@ double cpu_read_bandwidth(int64_t bytes = int64_t{2} << 30, int runs = 5);
 
 // The instruction set the kernels use now ("avx512bf16", "avx512", "avx2" or "generic"):
 // with avx512bf16, bfloat16 tokens against bfloat16 weights are multiplied and summed in
-// pairs by VDPBF16PS, unwidened (the other types as with avx512), in calls of as many
-// tokens as the CPU runs that faster (on CPUs with AMX-BF16 one, elsewhere any; longer
-// calls as with avx512; CASCADE_CPU_BF16_DOT_TOKENS overrides). And those this CPU can
-// run, best first.
+// pairs by VDPBF16PS, unwidened (the other types as with avx512), except on CPUs with
+// AMX-BF16, where that was measured slower (there bfloat16 as with avx512;
+// CASCADE_CPU_BF16_DOT=1 or 0 overrides). And those this CPU can run, best first.
 std::string cpu_gemv_isa();
 std::vector<std::string> cpu_gemv_isas();
 // Uses `isa` from now on (tests and benchmarks compare them); throws std::invalid_argument
