@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "stage/layers/rope.h"
 #include "tests/test_util.h"
@@ -168,6 +169,41 @@ TEST(KvCache, DecodeKernelsMatchTheAtenPathOnTheGpu) {
         }
       }
     }
+  }
+}
+
+// Many sequences leave one split a KV head, so each warp takes more keys than it keeps in
+// flight (attention_kernels.cu, kPrefetch: 8 for bf16 rows of 128, 4 for float32) and
+// refills its ring as it goes: still the ATen path's result.
+TEST(KvCache, DecodeKernelsRefillTheirKeysInFlight) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  at::manual_seed(5);
+  const int64_t heads = 8, kvh = 8, d = 128, seqs = 24, span = 384;
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    KvCache cpu({0}, seqs, kvh, span, d, at::kFloat, at::kCPU, true);
+    KvCache gpu({0}, seqs, kvh, span, d, t, at::kCUDA, true);
+    Batch b;
+    for (int64_t s = 0; s < seqs; ++s) {
+      const int64_t len = 200 + 7 * s;  // 200..361 keys: 12 to 23 a warp of 16
+      const at::Tensor k = at::randn({len, kvh, d}).to(t), v = at::randn({len, kvh, d}).to(t);
+      const at::Tensor q = at::randn({len, heads, d}).to(t);
+      cpu.attend(0, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), Batch{{{s, 0, len}}}, scale, 0);
+      gpu.attend(0, q.cuda(), k.cuda(), v.cuda(), Batch{{{s, 0, len}}}, scale, 0);
+      b.seqs.push_back({s, len, 1});
+    }
+    const at::Tensor q = (at::randn({seqs, heads, d}) * 2).to(t);
+    const at::Tensor k = at::randn({seqs, kvh, d}).to(t), v = at::randn({seqs, kvh, d}).to(t);
+    const at::Tensor want = cpu.attend_decode(0, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat),
+                                              cpu.decode_index(b, at::kCPU, span), scale, 0, {});
+    const at::Tensor got =
+        gpu.attend_decode(0, q.cuda(), k.cuda(), v.cuda(), gpu.decode_index(b, at::kCUDA, span), scale, 0, {})
+            .cpu()
+            .to(at::kFloat);
+    const double err = (got - want).abs().max().item<double>();
+    std::printf("[ attention ] %d sequences, 200-361 keys, %s: max |diff| %.3g\n", static_cast<int>(seqs),
+                t == at::kFloat ? "float32" : "bf16", err);
+    EXPECT_LE(err, t == at::kFloat ? 1e-5 : 2e-2) << t;
   }
 }
 

@@ -6,11 +6,14 @@
 // (sequence, KV head) to finish merges them (a counter per pair, reset by that block),
 // so a step is one launch whatever the split count. Raw pointers only (cuda_kernels.h).
 //
-// A warp's keys are a chain: each waits for its key's load from HBM (the cache lines of
-// earlier positions are long evicted by a step's weights), so a block's time is about
-// its keys per warp times that latency. Blocks of 16 warps (where their shared memory
-// fits: cuda::attention_warps) give a chat's spans few keys a warp in one split, with no
-// merge through global memory.
+// A warp's keys would be a chain: each waits for its load from HBM (the cache lines of
+// earlier positions are long evicted by a step's weights). So each warp keeps up to
+// kPrefetch keys in flight, and issues the first of them before it waits for the kernel
+// before it (the projection that makes q): the cached keys are older than that kernel,
+// and their latency then overlaps its tail (cuda_common.cuh, launch_overlapped). Blocks
+// of 16 warps (where their shared memory fits: cuda::attention_warps) give a chat's
+// spans few keys a warp in one split, with no merge through global memory.
+// CASCADE_ATTENTION_PREFETCH=0 keeps one key in flight, issued after the wait: to measure.
 #include <cfloat>
 
 #include "config/env.h"
@@ -35,6 +38,47 @@ __device__ inline void load_row(const S* __restrict__ p, float (&out)[N]) {
     for (int i = 0; i < N; ++i) out[i] = load(p, i);
   }
 }
+
+// E contiguous elements of a row as they lie in memory, loaded in the widest pieces their
+// size allows (4, 8 or 16 bytes), so that a warp can hold several keys' rows in flight
+// in few registers and widen them when it uses them.
+template <typename S, int E>
+struct RawRow {
+  static constexpr int kBytes = E * static_cast<int>(sizeof(S));
+  static constexpr int kWords = kBytes / 4;
+  static_assert(kBytes % 4 == 0, "a lane's part of a row is whole 32-bit words");
+  unsigned w[kWords];
+
+  __device__ inline void fetch(const S* __restrict__ p) {
+    if constexpr (kWords % 4 == 0) {
+#pragma unroll
+      for (int c = 0; c < kWords / 4; ++c) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + c);
+        w[4 * c] = v.x, w[4 * c + 1] = v.y, w[4 * c + 2] = v.z, w[4 * c + 3] = v.w;
+      }
+    } else if constexpr (kWords % 2 == 0) {
+#pragma unroll
+      for (int c = 0; c < kWords / 2; ++c) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + c);
+        w[2 * c] = v.x, w[2 * c + 1] = v.y;
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < kWords; ++c) w[c] = __ldg(reinterpret_cast<const unsigned*>(p) + c);
+    }
+  }
+  __device__ inline void widen(float (&out)[E]) const {
+    const S* e = reinterpret_cast<const S*>(w);
+#pragma unroll
+    for (int i = 0; i < E; ++i) out[i] = load(e, i);
+  }
+};
+
+// Keys a warp keeps in flight: as many as 32 registers of a lane hold (key and value
+// rows), 2 to 8.
+constexpr int clamped(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+template <typename S, int E>
+constexpr int kPrefetch = clamped(128 / (2 * RawRow<S, E>::kBytes), 2, 8);
 
 // E contiguous elements [i0, i0 + E) of a head's row x rotated by RoPE (rotate-half) with
 // the cos/sin rows, rounded as rope_row rounds them (so equal to its stored output).
@@ -65,18 +109,39 @@ template <typename S, int D, int G, int kAttnWarps>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     attention_kernel(DecodeAttention a, const S* __restrict__ q, const S* __restrict__ kc, const S* __restrict__ vc,
                      const int64_t* __restrict__ slots, const int64_t* __restrict__ pos, S* __restrict__ o,
-                     float* __restrict__ work, int* __restrict__ counters, const DecodeStoreKv st) {
+                     float* __restrict__ work, int* __restrict__ counters, const DecodeStoreKv st, bool early) {
   constexpr int E = D / 32;  // elements per lane
+  constexpr int P = kPrefetch<S, E>;
   const int b = blockIdx.x / a.kv_heads, h = blockIdx.x % a.kv_heads, split = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = a.heads / a.kv_heads;  // query heads h*group .. h*group + group - 1, group <= G
-  wait_for_prior_grid();
-  allow_next_grid();
+  // Slots, positions and the cache's earlier keys are older than the kernel before this
+  // one, so they may be read before the wait (cuda_common.cuh); the key at p may not be:
+  // that kernel may be the one that stored it.
   const int64_t slot = slots[b];
   const int p = static_cast<int>(pos[b]);
   const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
   const int chunk = (a.span + a.splits - 1) / a.splits;
   const int begin = max(lo, split * chunk), end = min(p + 1, (split + 1) * chunk);
+  const int64_t head = (slot * a.kv_heads + h) * a.max_seq;
+  const int first = begin + warp, depth = early ? P : 1, step = depth * kAttnWarps;
+  RawRow<S, E> kr[P], vr[P];  // the warp's keys j = first + i kAttnWarps (+ a multiple of step) in flight
+  const auto issue = [&](int j, int i) {
+    if (j < end && j != p) {
+      kr[i].fetch(kc + (head + j) * D + lane * E);
+      vr[i].fetch(vc + (head + j) * D + lane * E);
+    }
+  };
+  const auto issue_first = [&] {
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      if (i < depth) issue(first + i * kAttnWarps, i);
+    }
+  };
+  if (early) issue_first();
+  wait_for_prior_grid();
+  allow_next_grid();
+  if (!early) issue_first();
   const S* cs = st.cos ? static_cast<const S*>(st.cos) + b * D : nullptr;  // RoPE's rows for this sequence
   const S* sn = st.cos ? static_cast<const S*>(st.sin) + b * D : nullptr;
 
@@ -97,7 +162,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       if (a.slopes) slope[g] = a.slopes[hq];
     }
   }
-  const int64_t head = (slot * a.kv_heads + h) * a.max_seq;
   const S* knew = st.k ? static_cast<const S*>(st.k) + b * st.k_row + h * D : nullptr;  // this step's key and value
   const S* vnew = st.k ? static_cast<const S*>(st.v) + b * st.v_row + h * D : nullptr;
   if (st.k && split == p / chunk) {  // the block whose keys hold p stores them
@@ -106,41 +170,43 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     rope_row(knew, cs, sn, kd, D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) vd[i] = vnew[i];
   }
-  const auto fetch = [&](int j, float(&kr)[E], float(&vr)[E]) {
-    if (knew && j == p) {
-      rope_part<S, E>(knew, cs, sn, lane * E, D, kr);
-      load_row<S, E>(vnew + lane * E, vr);
+  // Key j's rows as floats: from the ring, or for j == p from the step's rows (or, when
+  // an earlier kernel stored them, from the cache, now that it has finished).
+  const auto take = [&](int j, int i, float(&kv)[E], float(&vv)[E]) {
+    if (j != p) {
+      kr[i].widen(kv);
+      vr[i].widen(vv);
+    } else if (knew) {
+      rope_part<S, E>(knew, cs, sn, lane * E, D, kv);
+      load_row<S, E>(vnew + lane * E, vv);
     } else {
-      load_row<S, E>(kc + (head + j) * D + lane * E, kr);
-      load_row<S, E>(vc + (head + j) * D + lane * E, vr);
+      load_row<S, E>(kc + (head + j) * D + lane * E, kv);
+      load_row<S, E>(vc + (head + j) * D + lane * E, vv);
     }
   };
-  // Each warp's next key and value are loaded before the current ones are used, so a
-  // load's latency overlaps the previous key's arithmetic.
-  float kn[E], vn[E];
-  if (begin + warp < end) fetch(begin + warp, kn, vn);
-  for (int j = begin + warp; j < end; j += kAttnWarps) {
-    float kv[E], vv[E];
+  for (int j0 = first; j0 < end; j0 += step) {
 #pragma unroll
-    for (int i = 0; i < E; ++i) {
-      kv[i] = kn[i];
-      vv[i] = vn[i];
-    }
-    if (j + kAttnWarps < end) fetch(j + kAttnWarps, kn, vn);
+    for (int i = 0; i < P; ++i) {
+      const int j = j0 + i * kAttnWarps;
+      if (i >= depth || j >= end) break;
+      float kv[E], vv[E];
+      take(j, i, kv, vv);
+      issue(j + step, i);  // the slot's next key, in flight while this one is used
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      if (g >= group) break;
-      float s = 0.f;
+      for (int g = 0; g < G; ++g) {
+        if (g >= group) break;
+        float s = 0.f;
 #pragma unroll
-      for (int i = 0; i < E; ++i) s = __fmaf_rn(qv[g][i], kv[i], s);
-      s = warp_sum(s) * a.scale;
-      if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap);
-      s += slope[g] * static_cast<float>(j);
-      const float mn = fmaxf(m[g], s), corr = expf(m[g] - mn), e = expf(s - mn);
-      m[g] = mn;
-      l[g] = l[g] * corr + e;
+        for (int k = 0; k < E; ++k) s = __fmaf_rn(qv[g][k], kv[k], s);
+        s = warp_sum(s) * a.scale;
+        if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap);
+        s += slope[g] * static_cast<float>(j);
+        const float mn = fmaxf(m[g], s), corr = expf(m[g] - mn), e = expf(s - mn);
+        m[g] = mn;
+        l[g] = l[g] * corr + e;
 #pragma unroll
-      for (int i = 0; i < E; ++i) acc[g][i] = __fmaf_rn(e, vv[i], acc[g][i] * corr);
+        for (int d = 0; d < E; ++d) acc[g][d] = __fmaf_rn(e, vv[d], acc[g][d] * corr);
+      }
     }
   }
 
@@ -220,7 +286,7 @@ void attention_t(const DecodeAttention& a, const void* q, const void* kc, const 
   const auto go = [&](auto kernel, int warps) {
     launch_overlapped(kernel, dim3(a.B * a.kv_heads, a.splits), dim3(warps * 32), stream, a, static_cast<const S*>(q),
                       static_cast<const S*>(kc), static_cast<const S*>(vc), slots, pos, static_cast<S*>(o), work,
-                      counters, st);
+                      counters, st, attention_prefetch());
   };
   if constexpr (G * D <= kWideAttentionElems) {
     if (a.warps == 16) return go(attention_kernel<S, D, G, 16>, 16);
@@ -300,6 +366,11 @@ cudaError_t store_kv_as(const cuda::DecodeStoreKv& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool attention_prefetch() {
+  static const bool early = config::env_flag("CASCADE_ATTENTION_PREFETCH", true);
+  return early;
+}
 
 int attention_warps(int group, int D) {
   static const bool wide = config::env_flag("CASCADE_WIDE_ATTENTION", true);

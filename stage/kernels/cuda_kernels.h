@@ -94,6 +94,11 @@ constexpr int kWideAttentionElems = 512;
 // they fit (kWideAttentionElems) and CASCADE_WIDE_ATTENTION is not "0" (the switch for
 // measuring them), else 4. The caller sizes its splits by it. Host code.
 int attention_warps(int group, int D);
+// Whether decode attention issues each warp's first keys before it waits for the kernel
+// before it, several a warp in flight (attention_kernels.cu): true unless
+// CASCADE_ATTENTION_PREFETCH is "0" (then one key in flight, issued after the wait: the
+// switch for measuring the difference). Host code.
+bool attention_prefetch();
 
 // Writes each sequence's new key and value into its slot at pos[b]: k/v [B, kv_heads, D]
 // with row strides k_row/v_row (elements) and head stride D. With cos/sin ([B, D]) the
