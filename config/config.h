@@ -86,8 +86,12 @@ struct RuntimeSection {
   bool cuda_graphs = true;
   // Stages run on cores of their own, from the coordinator's affinity mask: each
   // CPU-computing stage on as many as its threads, GPU stages on the rest. A stage
-  // whose host lacks the cores it was given runs on those it started with.
-  bool pin_cores = true;
+  // whose host lacks the cores it was given runs on those it started with. Off by
+  // default: on the H100 machine's host a hybrid offload decoded 7% slower at batch 16
+  // pinned (GPU stages' copies on the two cores left) and no faster at batch 1
+  // (docs/performance.md, session 27); without it the default thread counts already
+  // keep stages from oversubscribing the cores.
+  bool pin_cores = false;
 };
 
 struct QuantizationSection {

@@ -92,8 +92,8 @@ TEST(Config, DefaultsFillEverythingButTheModel) {
   EXPECT_EQ(c.placement.experts, ExpertPlacement::kAuto);
   EXPECT_TRUE(c.runtime.cuda_graphs);
   EXPECT_FALSE(parse("[model]\npath = \"/m\"\n[runtime]\ncuda_graphs = false\n").runtime.cuda_graphs);
-  EXPECT_TRUE(c.runtime.pin_cores);
-  EXPECT_FALSE(parse("[model]\npath = \"/m\"\n[runtime]\npin_cores = false\n").runtime.pin_cores);
+  EXPECT_FALSE(c.runtime.pin_cores);
+  EXPECT_TRUE(parse("[model]\npath = \"/m\"\n[runtime]\npin_cores = true\n").runtime.pin_cores);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndKey) {
