@@ -87,10 +87,16 @@ TEST(CpuAttention, PromptMatchesFloat64PerQueryForEveryOption) {
     int64_t start;
   };
   const PromptCase cases[] = {
-      {{at::kFloat, 8, 2, 64, 37, 0, 0, false}, 0},      {{at::kFloat, 4, 4, 80, 50, 16, 0, false}, 9},
-      {{at::kFloat, 6, 3, 128, 20, 0, 30.0, false}, 5},  {{at::kFloat, 5, 5, 32, 33, 0, 0, true}, 0},
-      {{at::kBFloat16, 16, 4, 128, 70, 0, 0, false}, 0}, {{at::kBFloat16, 8, 8, 64, 40, 20, 50.0, true}, 30},
+      {{at::kFloat, 8, 2, 64, 37, 0, 0, false}, 0},
+      {{at::kFloat, 4, 4, 80, 50, 16, 0, false}, 9},
+      {{at::kFloat, 6, 3, 128, 20, 0, 30.0, false}, 5},
+      {{at::kFloat, 5, 5, 32, 33, 0, 0, true}, 0},
+      {{at::kBFloat16, 16, 4, 128, 70, 0, 0, false}, 0},
+      {{at::kBFloat16, 8, 8, 64, 40, 20, 50.0, true}, 30},
       {{at::kHalf, 4, 1, 64, 17, 0, 0, false}, 100},
+      // Several blocks of queries (cpu_attention.cpp, kQueryBlock), a window across them.
+      {{at::kFloat, 4, 2, 64, 150, 40, 0, false}, 7},
+      {{at::kBFloat16, 4, 4, 32, 130, 0, 0, true}, 3},
   };
   at::manual_seed(11);
   for (const PromptCase& pc : cases) {
@@ -120,12 +126,13 @@ TEST(CpuAttention, PromptMatchesFloat64PerQueryForEveryOption) {
 }
 
 // A query's result is the same bits whatever else is in its chunk, and whatever the
-// threads: a prompt of 50 and its first 21 tokens (then the other 29 from position 21).
+// threads: a prompt of 150 (three blocks of queries) and the same in chunks of 21, 79
+// and 50 tokens.
 TEST(CpuAttention, PromptQueriesDoNotDependOnTheirChunk) {
   at::manual_seed(3);
-  const int64_t heads = 8, d = 64, n = 50;
+  const int64_t heads = 8, d = 64, n = 150;
   const at::Tensor q = at::randn({n, heads, d}).to(at::kBFloat16);
-  const at::Tensor k = at::randn({2, 64, d}).to(at::kBFloat16), v = at::randn({2, 64, d}).to(at::kBFloat16);
+  const at::Tensor k = at::randn({2, 160, d}).to(at::kBFloat16), v = at::randn({2, 160, d}).to(at::kBFloat16);
   auto run = [&](int64_t start, int64_t count, int threads) {
     at::set_num_threads(threads);
     at::Tensor out = at::empty({count, heads, d}, at::kBFloat16);
@@ -133,7 +140,7 @@ TEST(CpuAttention, PromptQueriesDoNotDependOnTheirChunk) {
     return out;
   };
   const at::Tensor whole = run(0, n, 1);
-  EXPECT_TRUE(at::equal(whole, at::cat({run(0, 21, 1), run(21, n - 21, 1)})));
+  EXPECT_TRUE(at::equal(whole, at::cat({run(0, 21, 1), run(21, 79, 1), run(100, n - 100, 1)})));
   EXPECT_TRUE(at::equal(whole, run(0, n, 2)));
   at::set_num_threads(1);
 }

@@ -94,27 +94,38 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t 
   });
 }
 
-// A prompt's heads: per head, every query's scores against keys [0, start + n) in one
-// cpu_linear_sums call, then each query's softmax and values.
+// Queries a scores call takes: the keys past a block's last query are computed and not
+// used, so a block of kQueryBlock queries wastes at most about kQueryBlock^2 / 2 of a
+// causal prompt's n^2 / 2 dot products.
+constexpr int64_t kQueryBlock = 64;
+
+// A prompt's heads: per head and block of queries, the block's scores against the keys
+// any of them sees in one cpu_linear_sums call, then each query's softmax and values.
 template <typename T>
 void run_prompt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, const CpuAttention& a,
                 at::Tensor& out) {
-  const int64_t n = q.size(0), heads = q.size(1), d = q.size(2), group = heads / k.size(0), len = start + n;
+  const int64_t n = q.size(0), heads = q.size(1), d = q.size(2), group = heads / k.size(0);
   const at::Tensor slopes = slopes_of(a);
   T* op = out.data_ptr<T>();
-  const int64_t per_head = 4 * n * len * d;
+  const int64_t per_head = 4 * n * (start + (n + 1) / 2) * d;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(per_head, 1));
   at::parallel_for(0, heads, grain, [&](int64_t h0, int64_t h1) {
     std::vector<float> acc(static_cast<size_t>(d));
     for (int64_t h = h0; h < h1; ++h) {
-      const at::Tensor keys = k[h / group].narrow(0, 0, len);                        // [len, d], contiguous
-      const at::Tensor scores = cpu_linear_sums(q.select(1, h), keys).contiguous();  // [n, len] float32
-      float* sc = scores.data_ptr<float>();
       const T* vh = v[h / group].data_ptr<T>();
       const float slope = slopes.defined() ? slopes.data_ptr<float>()[h] : 0.f;
-      for (int64_t t = 0; t < n; ++t) {
-        const int64_t lo = first_key(start + t, a.window);
-        softmax_values(sc + t * len + lo, lo, start + t + 1, vh, d, a, slope, acc.data(), op + (t * heads + h) * d);
+      for (int64_t t0 = 0; t0 < n; t0 += kQueryBlock) {
+        const int64_t t1 = std::min(n, t0 + kQueryBlock);
+        const int64_t klo = first_key(start + t0, a.window), khi = start + t1;  // keys [klo, khi)
+        const at::Tensor keys = k[h / group].narrow(0, klo, khi - klo);         // [khi - klo, d], contiguous
+        const at::Tensor scores =
+            cpu_linear_sums(q.select(1, h).narrow(0, t0, t1 - t0), keys).contiguous();  // [t1 - t0, khi - klo]
+        float* sc = scores.data_ptr<float>();
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t lo = first_key(start + t, a.window);
+          float* row = sc + (t - t0) * (khi - klo) + (lo - klo);
+          softmax_values(row, lo, start + t + 1, vh, d, a, slope, acc.data(), op + (t * heads + h) * d);
+        }
       }
     }
   });

@@ -36,8 +36,8 @@ bool cpu_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
 // written, the n new ones included; out [n, heads, head_dim], contiguous. Query t
 // attends keys [0, start + t], or the last `window` of them. The arithmetic is
 // cpu_decode_attention's but for the scores' dot products, which are cpu_gemv's kernels
-// (a block of keys against all the queries, cpu_gemv.h): so query t's result does not
-// depend on n or on the other queries. Returns false, touching nothing, where the shapes
+// (a block of up to 64 queries against the keys they see, cpu_gemv.h): so query t's
+// result does not depend on n or on the other queries. Returns false, touching nothing, where the shapes
 // do not hold (as cpu_decode_attention).
 bool cpu_prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
                           const CpuAttention& args, at::Tensor& out);
