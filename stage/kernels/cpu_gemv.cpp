@@ -15,6 +15,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "config/env.h"
 #include "stage/kernels/cpu/isa.h"
 #include "stage/kernels/cpu/storage.h"
 
@@ -78,11 +79,7 @@ unsigned cpuid7_edx() {
 // depend on its batch or its prompt's chunks; a rule of the CPU, not a timing, so that
 // every process on a host computes the same bits. CASCADE_CPU_BF16_DOT=0 or 1 overrides.
 bool use_bf16_dot() {
-  static const bool use = [] {
-    if (const char* env = std::getenv("CASCADE_CPU_BF16_DOT"); env != nullptr && *env != '\0')
-      return std::string(env) != "0";
-    return (cpuid7_edx() >> 22 & 1u) == 0;
-  }();
+  static const bool use = config::env_flag("CASCADE_CPU_BF16_DOT", (cpuid7_edx() >> 22 & 1u) == 0);
   return use;
 }
 
