@@ -86,6 +86,52 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
   EXPECT_FALSE(fused_gated_linear(at::ones({1, 64}, at::kCUDA), at::ones({16, 64}, at::kCUDA), 0).defined());  // f32
 }
 
+// One and two tokens on rows of 1,024 to 32,768 weights: from one 16-byte load a
+// thread of the GEMV (int8 rows of 2,048 over 128 threads) to sixteen, in kUnroll
+// rounds, in every epilogue against float64; float32 x too for int8 rows (plain only;
+// int8 rows at two bf16 tokens take the tensor cores).
+TEST(FusedKernels, OneAndTwoTokensOnRowsOfEveryLength) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(6);
+  auto exact = [](const Int8Rows& r) { return r.q.to(at::kDouble) * r.scale.to(at::kDouble).unsqueeze(1); };
+  const int64_t out = 300;
+  for (bool int8 : {false, true}) {
+    for (int64_t in : {1024, 2560, 4096, 8192, 16384}) {
+      const int64_t k = int8 ? 2 * in : in;
+      const at::Tensor wf = at::randn({out, k}) * 0.02, w2f = at::randn({2 * out, k}) * 0.02;
+      const Int8Rows q = quantize_rows(wf), q2 = quantize_rows(w2f);
+      const at::Tensor w = int8 ? q.q.cuda() : wf.to(at::kBFloat16).cuda(), sc = int8 ? q.scale.cuda() : at::Tensor();
+      const at::Tensor w2 = int8 ? q2.q.cuda() : w2f.to(at::kBFloat16).cuda(),
+                       s2 = int8 ? q2.scale.cuda() : at::Tensor();
+      const at::Tensor wd = int8 ? exact(q) : wf.to(at::kBFloat16).to(at::kDouble);
+      const at::Tensor w2d = int8 ? exact(q2) : w2f.to(at::kBFloat16).to(at::kDouble);
+      for (int64_t tokens : {1, 2}) {
+        const std::string what = std::string(int8 ? "int8" : "bf16") + " rows of " + std::to_string(k) + ", tokens " +
+                                 std::to_string(tokens);
+        const at::Tensor x = at::randn({tokens, k}).to(at::kBFloat16), b = at::randn({out}).to(at::kBFloat16);
+        const at::Tensor r = at::randn({tokens, out}).to(at::kBFloat16);
+        const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
+        const at::Tensor got = fused_linear(x.cuda(), w, b.cuda(), sc);
+        ASSERT_TRUE(got.defined()) << what;
+        EXPECT_LE(rel(got, want), 4e-3) << "plain, " << what;
+        const at::Tensor sum = fused_linear_add(x.cuda(), w, b.cuda(), r.cuda(), sc);
+        ASSERT_TRUE(sum.defined()) << what;
+        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, " << what;
+        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
+        const at::Tensor silu = fused_gated_linear(x.cuda(), w2, static_cast<int>(Activation::kSilu), s2);
+        ASSERT_TRUE(silu.defined()) << what;
+        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "gated, " << what;
+        if (int8) {
+          const at::Tensor xf = at::randn({tokens, k});
+          const at::Tensor gotf = fused_linear(xf.cuda(), w, {}, sc);
+          ASSERT_TRUE(gotf.defined()) << what;
+          EXPECT_LE(rel(gotf, at::linear(xf.to(at::kDouble), wd)), 1e-5) << "float32 x, " << what;
+        }
+      }
+    }
+  }
+}
+
 // Weight-only int8 rows through the same kernels: every epilogue, token counts of one
 // and of several GEMV launches (up to 8 tokens each; float32 x up to 32) and of the
 // tensor-core kernel (9-64, 16-bit x), against float64 products of the int8 values and
