@@ -21,6 +21,23 @@ double rel(const at::Tensor& got, const at::Tensor& want) {
   return (got.cpu().to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
 }
 
+// The residual and gated (silu) epilogues of x [tokens, in] against float64 references:
+// want = the plain projection's, w2d [2 out, in] the gate/up weights as the kernel
+// multiplies them; w, w2 on the GPU with their int8 scales sc, s2 (or undefined), b the
+// bias, r [tokens, out] the residual.
+void expect_residual_and_gated(const at::Tensor& x, const at::Tensor& b, const at::Tensor& r, const at::Tensor& w,
+                               const at::Tensor& sc, const at::Tensor& w2, const at::Tensor& s2, const at::Tensor& want,
+                               const at::Tensor& w2d, const std::string& what) {
+  const at::Tensor sum = fused_linear_add(x.cuda(), w, b.cuda(), r.cuda(), sc);
+  ASSERT_TRUE(sum.defined()) << what;
+  EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, " << what;
+  const int64_t out = w2d.size(0) / 2;
+  const at::Tensor gu = at::linear(x.to(at::kDouble), w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
+  const at::Tensor silu = fused_gated_linear(x.cuda(), w2, static_cast<int>(Activation::kSilu), s2);
+  ASSERT_TRUE(silu.defined()) << what;
+  EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "gated, " << what;
+}
+
 TEST(FusedKernels, CpuTensorsTakeTheAtenPath) {
   EXPECT_FALSE(fused_linear(at::ones({1, 8}, at::kBFloat16), at::ones({4, 8}, at::kBFloat16), {}).defined());
   EXPECT_FALSE(fused_rms_norm(at::ones({2, 8}), at::ones({8}), 1e-6).defined());
@@ -114,13 +131,7 @@ TEST(FusedKernels, OneAndTwoTokensOnRowsOfEveryLength) {
         const at::Tensor got = fused_linear(x.cuda(), w, b.cuda(), sc);
         ASSERT_TRUE(got.defined()) << what;
         EXPECT_LE(rel(got, want), 4e-3) << "plain, " << what;
-        const at::Tensor sum = fused_linear_add(x.cuda(), w, b.cuda(), r.cuda(), sc);
-        ASSERT_TRUE(sum.defined()) << what;
-        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, " << what;
-        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
-        const at::Tensor silu = fused_gated_linear(x.cuda(), w2, static_cast<int>(Activation::kSilu), s2);
-        ASSERT_TRUE(silu.defined()) << what;
-        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "gated, " << what;
+        expect_residual_and_gated(x, b, r, w, sc, w2, s2, want, w2d, what);
         if (int8) {
           const at::Tensor xf = at::randn({tokens, k});
           const at::Tensor gotf = fused_linear(xf.cuda(), w, {}, sc);
@@ -154,18 +165,13 @@ TEST(FusedKernels, Int8RowsInEveryEpilogue) {
         ASSERT_EQ(got.scalar_type(), t);
         EXPECT_LE(rel(got, want), t == at::kFloat ? 1e-5 : 4e-3) << t << " out " << out << " tokens " << tokens;
         const at::Tensor r = at::randn({tokens, out}).to(t);
-        const at::Tensor sum = fused_linear_add(x.cuda(), qc, b.cuda(), r.cuda(), sc);
         if (t == at::kFloat) {  // float32 inputs take the plain epilogue only
-          EXPECT_FALSE(sum.defined());
+          EXPECT_FALSE(fused_linear_add(x.cuda(), qc, b.cuda(), r.cuda(), sc).defined());
           EXPECT_FALSE(fused_gated_linear(x.cuda(), q2c, 0, s2c).defined());
           continue;
         }
-        ASSERT_TRUE(sum.defined());
-        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, out " << out << " tokens " << tokens;
-        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
-        const at::Tensor silu = fused_gated_linear(x.cuda(), q2c, static_cast<int>(Activation::kSilu), s2c);
-        ASSERT_TRUE(silu.defined());
-        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "silu, out " << out << " tokens " << tokens;
+        expect_residual_and_gated(x, b, r, qc, sc, q2c, s2c, want, w2d,
+                                  "out " + std::to_string(out) + " tokens " + std::to_string(tokens));
       }
     }
   }
@@ -213,13 +219,7 @@ TEST(FusedKernels, TheTensorCoreKernelSplitsKWhereRowsAreFew) {
         EXPECT_LE(rel(got, want), 4e-3) << what;
         for (int again = 0; again < 2; ++again)
           EXPECT_TRUE(at::equal(fused_linear(x.cuda(), w, b.cuda(), sc), got)) << "again, " << what;
-        const at::Tensor sum = fused_linear_add(x.cuda(), w, b.cuda(), r.cuda(), sc);
-        ASSERT_TRUE(sum.defined()) << what;
-        EXPECT_LE(rel(sum, r.to(at::kDouble) + want), 8e-3) << "residual, " << what;
-        const at::Tensor gu = at::linear(xd, w2d), g = gu.narrow(1, 0, out), u = gu.narrow(1, out, out);
-        const at::Tensor silu = fused_gated_linear(x.cuda(), w2, static_cast<int>(Activation::kSilu), s2c);
-        ASSERT_TRUE(silu.defined()) << what;
-        EXPECT_LE(rel(silu, g * at::sigmoid(g) * u), 1.5e-2) << "silu, " << what;
+        expect_residual_and_gated(x, b, r, w, sc, w2, s2c, want, w2d, what);
       }
     }
   }
