@@ -106,41 +106,44 @@ TEST(FusedKernels, GemvEpiloguesForDecodeShapes) {
 // One and two tokens on rows of 1,024 to 32,768 weights: from one 16-byte load a
 // thread of the GEMV (int8 rows of 2,048 over 128 threads) to sixteen, in kUnroll
 // rounds, in every epilogue against float64; float32 x too for int8 rows (plain only;
-// int8 rows at two bf16 tokens take the tensor cores).
+// int8 rows at two bf16 tokens take the tensor cores). One token takes a grid of one
+// wave where it fits (gemv.cuh, launch_one_wave): 300 rows at 128 threads a row, with 4,
+// 6 or 8 loads a thread (rows of 1,024-4,096, 6,144 and 8,192 16-bit weights), and 2,560
+// rows (more blocks than fit at 128) at 64 or 32.
 TEST(FusedKernels, OneAndTwoTokensOnRowsOfEveryLength) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(6);
   auto exact = [](const Int8Rows& r) { return r.q.to(at::kDouble) * r.scale.to(at::kDouble).unsqueeze(1); };
-  const int64_t out = 300;
-  for (bool int8 : {false, true}) {
-    for (int64_t in : {1024, 2560, 4096, 8192, 16384}) {
-      const int64_t k = int8 ? 2 * in : in;
-      const at::Tensor wf = at::randn({out, k}) * 0.02, w2f = at::randn({2 * out, k}) * 0.02;
-      const Int8Rows q = quantize_rows(wf), q2 = quantize_rows(w2f);
-      const at::Tensor w = int8 ? q.q.cuda() : wf.to(at::kBFloat16).cuda(), sc = int8 ? q.scale.cuda() : at::Tensor();
-      const at::Tensor w2 = int8 ? q2.q.cuda() : w2f.to(at::kBFloat16).cuda(),
-                       s2 = int8 ? q2.scale.cuda() : at::Tensor();
-      const at::Tensor wd = int8 ? exact(q) : wf.to(at::kBFloat16).to(at::kDouble);
-      const at::Tensor w2d = int8 ? exact(q2) : w2f.to(at::kBFloat16).to(at::kDouble);
-      for (int64_t tokens : {1, 2}) {
-        const std::string what = std::string(int8 ? "int8" : "bf16") + " rows of " + std::to_string(k) + ", tokens " +
-                                 std::to_string(tokens);
-        const at::Tensor x = at::randn({tokens, k}).to(at::kBFloat16), b = at::randn({out}).to(at::kBFloat16);
-        const at::Tensor r = at::randn({tokens, out}).to(at::kBFloat16);
-        const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
-        const at::Tensor got = fused_linear(x.cuda(), w, b.cuda(), sc);
-        ASSERT_TRUE(got.defined()) << what;
-        EXPECT_LE(rel(got, want), 4e-3) << "plain, " << what;
-        expect_residual_and_gated(x, b, r, w, sc, w2, s2, want, w2d, what);
-        if (int8) {
-          const at::Tensor xf = at::randn({tokens, k});
-          const at::Tensor gotf = fused_linear(xf.cuda(), w, {}, sc);
-          ASSERT_TRUE(gotf.defined()) << what;
-          EXPECT_LE(rel(gotf, at::linear(xf.to(at::kDouble), wd)), 1e-5) << "float32 x, " << what;
+  for (int64_t out : {300, 2560})
+    for (bool int8 : {false, true}) {
+      for (int64_t in : {1024, 2560, 4096, 6144, 8192, 16384}) {
+        const int64_t k = int8 ? 2 * in : in;
+        const at::Tensor wf = at::randn({out, k}) * 0.02, w2f = at::randn({2 * out, k}) * 0.02;
+        const Int8Rows q = quantize_rows(wf), q2 = quantize_rows(w2f);
+        const at::Tensor w = int8 ? q.q.cuda() : wf.to(at::kBFloat16).cuda(), sc = int8 ? q.scale.cuda() : at::Tensor();
+        const at::Tensor w2 = int8 ? q2.q.cuda() : w2f.to(at::kBFloat16).cuda(),
+                         s2 = int8 ? q2.scale.cuda() : at::Tensor();
+        const at::Tensor wd = int8 ? exact(q) : wf.to(at::kBFloat16).to(at::kDouble);
+        const at::Tensor w2d = int8 ? exact(q2) : w2f.to(at::kBFloat16).to(at::kDouble);
+        for (int64_t tokens : {1, 2}) {
+          const std::string what = std::to_string(out) + (int8 ? " int8" : " bf16") + " rows of " + std::to_string(k) +
+                                   ", tokens " + std::to_string(tokens);
+          const at::Tensor x = at::randn({tokens, k}).to(at::kBFloat16), b = at::randn({out}).to(at::kBFloat16);
+          const at::Tensor r = at::randn({tokens, out}).to(at::kBFloat16);
+          const at::Tensor xd = x.to(at::kDouble), want = at::linear(xd, wd, b.to(at::kDouble));
+          const at::Tensor got = fused_linear(x.cuda(), w, b.cuda(), sc);
+          ASSERT_TRUE(got.defined()) << what;
+          EXPECT_LE(rel(got, want), 4e-3) << "plain, " << what;
+          expect_residual_and_gated(x, b, r, w, sc, w2, s2, want, w2d, what);
+          if (int8) {
+            const at::Tensor xf = at::randn({tokens, k});
+            const at::Tensor gotf = fused_linear(xf.cuda(), w, {}, sc);
+            ASSERT_TRUE(gotf.defined()) << what;
+            EXPECT_LE(rel(gotf, at::linear(xf.to(at::kDouble), wd)), 1e-5) << "float32 x, " << what;
+          }
         }
       }
     }
-  }
 }
 
 // Weight-only int8 rows through the same kernels: every epilogue, token counts of one

@@ -112,6 +112,10 @@ int multiprocessors();
 // CASCADE_MMA_SPLIT: 0 unset (the tensor-core kernel splits K by shape: small_gemm.cuh),
 // else the splits asked for, 1-8 (1: never split), to measure. Host code.
 int mma_split_setting();
+// CASCADE_GEMV_ONE_WAVE: whether a one-token GEMV takes a grid of one wave with all its
+// loads issued at once where one fits (gemv.cuh, launch_one_wave); default on, "0" keeps
+// the shape's threads a row, to measure. Host code.
+bool gemv_one_wave();
 
 // kernel<<<grid, block, 0, stream>>>(args...), overlapped where overlapped_launches().
 template <typename... P, typename... A>

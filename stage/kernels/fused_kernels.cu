@@ -222,6 +222,11 @@ int mma_split_setting() {
   return set;
 }
 
+bool gemv_one_wave() {
+  static const bool enabled = config::env_flag("CASCADE_GEMV_ONE_WAVE", true);
+  return enabled;
+}
+
 bool overlapped_launches() {
   static const bool enabled = config::env_flag("CASCADE_PDL", true);
   return enabled && compute_major() >= 9;

@@ -9,6 +9,8 @@
 // flight before the first use. TPR threads share a row (one to four warps): a step's small
 // projections (o_proj, down_proj: 2,560 rows) need several warps per row to keep enough
 // bytes in flight; at one warp per row they reached 52% of HBM (docs/performance.md).
+// At one token, where the rows fit one wave of blocks with every load issued before the
+// PDL wait, that grid is taken instead (launch_one_wave).
 // int8 weights are widened in registers (a byte permute and a subtraction each) and the
 // row's scale multiplies its sum. The epilogue is one of:
 //   kPlain    y = s + b                      (rounded once, as at::linear)
@@ -140,7 +142,8 @@ __device__ inline float pair_sum(const float (&acc)[T], const float* __restrict_
   return acc[t];
 }
 
-template <int T, int TPR, int E, typename S, typename W>
+// U: loads a thread issues a round (kUnroll but where launch_one_wave picks more).
+template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
                 const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act,
@@ -155,11 +158,11 @@ __global__ void __launch_bounds__(kThreads)
   float acc[T], acc2[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = acc2[t] = 0.f;
-  int4 wv[kUnroll], wv2[kUnroll];
+  int4 wv[U], wv2[U];
   // The first loads are issued before the wait: the weights are no earlier kernel's output.
   const auto fetch = [&](int base) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int v = base + u * TPR;
       if (live && v < vecs) {
         wv[u] = __ldg(row + v);
@@ -170,10 +173,10 @@ __global__ void __launch_bounds__(kThreads)
   fetch(lane);
   wait_for_prior_grid();
   allow_next_grid();
-  for (int base = lane; live && base < vecs; base += TPR * kUnroll) {
+  for (int base = lane; live && base < vecs; base += TPR * U) {
     if (base != lane) fetch(base);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int v = base + u * TPR;
       if (v < vecs) {
         dot<T, S, W>(x, K, v, wv[u], acc);
@@ -204,17 +207,59 @@ inline int threads_per_row(int N, int T, bool int8) {
 // x's rows: two a token for pairs (g.sx set), else one.
 inline int x_rows(const GemvArgs& g) { return g.sx ? 2 * g.T : g.T; }
 
+// Blocks of gemv_kernel<T, TPR, E, S, W, U> resident at once on the current device (its
+// occupancy asked once per instantiation).
+template <int T, int TPR, int E, typename S, typename W, int U>
+int resident_blocks() {
+  static const int per_multiprocessor = [] {
+    int n = 0;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, TPR, E, S, W, U>, kThreads, 0) ==
+                   cudaSuccess
+               ? n
+               : 0;
+  }();
+  return per_multiprocessor * multiprocessors();
+}
+
 // The launch of x rows [t0, t0 + T): its outputs start at output t0 (pairs: t0 / 2).
-template <int T, int TPR, int E, typename S, typename W>
+template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
   constexpr int kRows = kThreads / TPR;
   const int o0 = g.sx ? t0 / 2 : t0;
   const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(o0) * g.N;
   const S* r = static_cast<const S*>(g.r);
-  return launch_overlapped(gemv_kernel<T, TPR, E, S, W>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
+  return launch_overlapped(gemv_kernel<T, TPR, E, S, W, U>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
                            static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
                            static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, g.K, g.N, g.act,
                            g.sx ? g.sx + o0 : g.sx);
+}
+
+// One token (no pairs) through a grid of one wave with every load of a row issued
+// before the PDL wait: the most threads a row (128, 64, 32) for which the rows' blocks,
+// at the fewest loads a thread that cover the row (4, 6 or 8), all fit the device at
+// once. Then the whole weight is in flight while the kernel before runs, and no second
+// wave starts its loads after the first ends. A small projection (the anchor's o_proj:
+// 2,560 rows, 1,280 blocks at 128 threads a row against 1,056 resident) is otherwise a
+// wave and a fifth. False where no such grid exists (then nothing is launched).
+template <int E, typename S, typename W>
+bool launch_one_wave(const GemvArgs& g, cudaStream_t stream, cudaError_t* e) {
+  const int vecs = g.K / kPerLoad<W>;
+  const auto fits = [&](auto tpr, auto u) {
+    constexpr int kTpr = decltype(tpr)::value, kU = decltype(u)::value;
+    const int blocks = (g.N + kThreads / kTpr - 1) / (kThreads / kTpr);
+    if (vecs > kTpr * kU || blocks > resident_blocks<1, kTpr, E, S, W, kU>()) return false;
+    *e = launch_t<1, kTpr, E, S, W, kU>(g, 0, stream);
+    return true;
+  };
+  const auto with = [&](auto tpr) {
+    using U4 = std::integral_constant<int, 4>;
+    using U6 = std::integral_constant<int, 6>;
+    using U8 = std::integral_constant<int, 8>;
+    const int need = (vecs + decltype(tpr)::value - 1) / decltype(tpr)::value;
+    return need <= 4 ? fits(tpr, U4{}) : need <= 6 ? fits(tpr, U6{}) : need <= 8 && fits(tpr, U8{});
+  };
+  return with(std::integral_constant<int, 128>{}) || with(std::integral_constant<int, 64>{}) ||
+         with(std::integral_constant<int, 32>{});
 }
 
 // Every row of x in launches of at most kMaxTokens rows (each reads the weight once; an
@@ -223,6 +268,8 @@ template <int E, typename S, typename W>
 cudaError_t launch_gemv(const GemvArgs& g, cudaStream_t stream) {
   static_assert(kMaxTokens % 2 == 0, "pairs must not straddle two launches");
   const int rows = x_rows(g);
+  cudaError_t one = cudaSuccess;
+  if (rows == 1 && g.tpr == 0 && gemv_one_wave() && launch_one_wave<E, S, W>(g, stream, &one)) return one;
   const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, rows, g.int8);
   for (int t0 = 0; t0 < rows; t0 += kMaxTokens) {
     const int rest = rows - t0 < kMaxTokens ? rows - t0 : kMaxTokens;
