@@ -4,6 +4,7 @@
 #include <chrono>
 #include <limits>
 #include <map>
+#include <set>
 #include <tuple>
 
 #ifdef CASCADE_WITH_CUDA
@@ -13,6 +14,14 @@
 #endif
 
 namespace cascade::stage {
+
+bool takes_prompt(const Batch& batch, int64_t max_seq_len) {
+  if (batch.seqs.size() != 1) return false;
+  const SeqSlice& s = batch.seqs[0];
+  return s.start_pos == 0 && s.n_tokens >= 2 && s.n_tokens <= kMaxPromptGraphTokens && !s.all_logits &&
+         s.context == 0 && (s.seq_len == 0 || s.seq_len == s.n_tokens) &&
+         graph_bucket(s.n_tokens, 16, kMaxPromptGraphTokens) <= max_seq_len;
+}
 
 int64_t graph_bucket(int64_t n, int64_t floor, int64_t cap) {
   int64_t b = std::max<int64_t>(floor, 1);
@@ -36,7 +45,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
     const int64_t Bb = graph_bucket(B, 1, std::numeric_limits<int64_t>::max());
     const int64_t span = graph_bucket(longest, 64, kv.max_seq_len());
     const bool ids = input.scalar_type() == at::kLong;
-    const Key key{begin, end, Bb, span, ids};
+    const Key key{begin, end, Bb, span, ids, -1};
 
     kv.decode_index(batch, at::kCPU, span);  // checks slots and positions of the real rows
     // Pad rows sit at position 0 of the spare slot.
@@ -71,10 +80,11 @@ class CudaDecodeGraphs : public DecodeGraphs {
     e.in.narrow(0, 0, B).copy_(input, /*non_blocking=*/true);
 
     if (fresh) {
-      const auto t0 = std::chrono::steady_clock::now();
       try {
-        capture(e, padded, kv, span, forward);
-        capture_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        capture(e, [&] {
+          StepContext ctx{padded, e.pos, &kv, {}, {}, DecodeIndex{e.slots, e.pos, span, e.context}};
+          return forward(e.in, ctx);
+        });
       } catch (...) {
         graphs_.erase(it);  // the warm-up before capture is where a bad step throws
         throw;
@@ -86,21 +96,66 @@ class CudaDecodeGraphs : public DecodeGraphs {
     return e.out.narrow(0, 0, B).clone();
   }
 
+  at::Tensor run_prompt(const at::Tensor& input, const Batch& batch, KvCache& kv, int64_t begin, int64_t end,
+                        const Forward& forward) override {
+    TORCH_CHECK(takes_prompt(batch, kv.max_seq_len()), "not a prompt a CUDA graph takes");
+    const SeqSlice& s = batch.seqs[0];
+    const int64_t n = s.n_tokens, L = graph_bucket(n, 16, kMaxPromptGraphTokens);
+    const bool ids = input.scalar_type() == at::kLong;
+    const Key key{begin, end, L, 0, ids, s.slot};
+    if (uncapturable_.count(key)) return {};
+    Batch padded;
+    padded.seqs.push_back({s.slot, 0, L});
+    auto it = graphs_.find(key);
+    const bool fresh = it == graphs_.end();
+    if (fresh) {
+      Entry e;
+      const RowIndex rows = kv.row_index(padded, device_);  // checks the slot and the span
+      e.slots = rows.slots;
+      e.pos = rows.pos;
+      e.last = at::empty({1}, at::TensorOptions().dtype(at::kLong).device(device_));
+      e.in = ids ? at::zeros({L}, e.pos.options()) : at::zeros({L, input.size(1)}, input.options().device(device_));
+      it = graphs_.emplace(key, std::move(e)).first;
+    }
+    Entry& e = it->second;
+    e.last.fill_(n - 1);  // the prompt's last row: the one whose logits the LM head returns
+    if (n < L) e.in.narrow(0, n, L - n).zero_();
+    e.in.narrow(0, 0, n).copy_(input, /*non_blocking=*/true);
+    if (fresh) {
+      try {
+        capture(e, [&] {
+          StepContext ctx{padded, e.pos, &kv, {}, {}, {}, RowIndex{e.slots, e.pos}};
+          ctx.logit_rows = e.last;
+          return forward(e.in, ctx);
+        });
+      } catch (const std::exception&) {  // e.g. a family whose prompt path syncs: eager from now on
+        graphs_.erase(it);
+        uncapturable_.insert(key);
+        return {};
+      }
+    }
+    e.graph->replay();
+    // Logits [1, vocab] where the range holds the LM head, else the hidden rows [L, hidden]
+    // cut to the prompt's; a copy either way (as run() says).
+    return e.out.size(0) == L ? e.out.narrow(0, 0, n).clone() : e.out.clone();
+  }
+
   size_t captured() const override { return graphs_.size(); }
   double capture_seconds() const override { return capture_s_; }
 
  private:
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool>;  // begin, end, batch, span, ids?
+  // begin, end, batch (decode) or prompt rows, span (decode; 0 for a prompt), ids?, slot (a
+  // prompt's; -1 for decode).
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, int64_t>;
   struct Entry {
     std::unique_ptr<at::cuda::CUDAGraph> graph;
-    at::Tensor in, slots, pos, context, out;  // static buffers the graph reads and writes
+    at::Tensor in, slots, pos, context, last, out;  // static buffers the graph reads and writes
   };
 
-  void capture(Entry& e, const Batch& padded, KvCache& kv, int64_t span, const Forward& forward) {
-    auto once = [&] {
-      StepContext ctx{padded, e.pos, &kv, {}, {}, DecodeIndex{e.slots, e.pos, span, e.context}};
-      return forward(e.in, ctx);
-    };
+  // Captures once() (the step on e's buffers) into e.graph, its result into e.out.
+  template <class Once>
+  void capture(Entry& e, const Once& once) {
+    const auto t0 = std::chrono::steady_clock::now();
     // Warm up on a side stream first (cuBLAS workspaces, lazily loaded kernels), as
     // capture requires; the warm-up writes the same K/V the replay writes again.
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device_.index());
@@ -111,15 +166,25 @@ class CudaDecodeGraphs : public DecodeGraphs {
       side.synchronize();
       e.graph = std::make_unique<at::cuda::CUDAGraph>();
       e.graph->capture_begin(pool_, cudaStreamCaptureModeThreadLocal);
-      e.out = once();
+      try {
+        e.out = once();
+      } catch (...) {
+        try {
+          e.graph->capture_end();  // ends the stream's capture, whatever it reports
+        } catch (...) {
+        }
+        throw;
+      }
       e.graph->capture_end();
     }
     side.synchronize();
+    capture_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
   at::Device device_;
   decltype(at::cuda::graph_pool_handle()) pool_;
   std::map<Key, Entry> graphs_;
+  std::set<Key> uncapturable_;  // prompt buckets whose capture threw
   double capture_s_ = 0;
 };
 

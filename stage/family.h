@@ -90,6 +90,10 @@ struct StepContext {
   // An encoder-decoder step's rows (stage/layers/seq2seq.h): built by the first module
   // that needs them (Seq2SeqRows::of), reused by the rest.
   std::shared_ptr<const Seq2SeqRows> seq2seq_rows = nullptr;
+  // [rows] int64 on the compute device: the rows the LM head returns, where a prompt's
+  // CUDA graph (DecodeGraphs::run_prompt) pads the step past the batch's own rows;
+  // undefined: Batch::logit_rows.
+  at::Tensor logit_rows = {};
 };
 
 class Module {

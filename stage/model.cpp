@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "config/env.h"
 #include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/quant.h"
 #include "stage/weights/device_upload.h"
@@ -348,6 +349,10 @@ void Model::finish_load() {
   bool capturable = c.rope.type != "dynamic" && !disk_ && !stream_;
   for (const auto& m : modules_) capturable = capturable && m->capturable();
   if (opts_.runtime.cuda_graphs && capturable) graphs_ = DecodeGraphs::create(opts_.device);
+  // A prompt's graph is captured at its padded length: longrope picks its frequencies by
+  // the sequence's length, which padding would change. CASCADE_PROMPT_GRAPHS=0: prompts
+  // eagerly, to measure what the graphs gain.
+  prompt_graphs_ = graphs_ && c.rope.type != "longrope" && config::env_flag("CASCADE_PROMPT_GRAPHS", true);
   std::vector<int64_t> layers;
   for (int64_t i : loaded_)
     if (desc_.modules[i].kind == ModuleKind::kDecoderLayer) layers.push_back(desc_.modules[i].layer);
@@ -371,9 +376,13 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
                 vocab, ")");
   }
   const bool decode = !batch.seqs.empty() && batch.total_tokens() == static_cast<int64_t>(batch.seqs.size());
-  if (graphs_ && decode) {
-    return graphs_->run(input, batch, kv_, begin, end,
-                        [&](const at::Tensor& x, StepContext& ctx) { return run_modules(x, ctx, begin, end); });
+  const DecodeGraphs::Forward modules = [&](const at::Tensor& x, StepContext& ctx) {
+    return run_modules(x, ctx, begin, end);
+  };
+  if (graphs_ && decode) return graphs_->run(input, batch, kv_, begin, end, modules);
+  if (prompt_graphs_ && takes_prompt(batch, kv_.max_seq_len())) {
+    at::Tensor out = graphs_->run_prompt(input, batch, kv_, begin, end, modules);
+    if (out.defined()) return out;
   }
   // Batched decode attention only where launches are the cost (CUDA). On the CPU the
   // per-sequence path keeps a sequence's tokens independent of what it is batched with:

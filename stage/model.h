@@ -144,6 +144,7 @@ class Model {
   std::unique_ptr<storage::DiskTier> disk_;
   std::vector<bool> on_disk_;             // parallel to loaded_
   std::unique_ptr<DecodeGraphs> graphs_;  // set when decode steps can be captured
+  bool prompt_graphs_ = false;            // and prompts (DecodeGraphs::run_prompt) too
   std::unique_ptr<WeightStream> stream_;  // set when modules are streamed to the GPU
   std::vector<int64_t> stream_ordinal_;   // parallel to loaded_: k of a streamed module, else -1
 

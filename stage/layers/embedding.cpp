@@ -24,7 +24,9 @@ at::Tensor Embedding::embed(const at::Tensor& ids, StepContext& ctx) const {
 
 at::Tensor LmHead::forward(const at::Tensor& x, StepContext& ctx) {
   const bool one_row_each = x.size(0) == static_cast<int64_t>(ctx.batch.seqs.size());
-  at::Tensor h = one_row_each ? x : x.index_select(0, ctx.batch.logit_rows(x.device()));
+  at::Tensor h = ctx.logit_rows.defined() ? x.index_select(0, ctx.logit_rows)
+                 : one_row_each           ? x
+                                          : x.index_select(0, ctx.batch.logit_rows(x.device()));
   if (input_scale_ != 1.0) h = h * input_scale_;
   at::Tensor logits = apply_linear(h, w_);
   if (softcap_ > 0) logits = at::tanh(logits / softcap_) * softcap_;
