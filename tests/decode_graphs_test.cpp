@@ -82,19 +82,22 @@ std::pair<std::vector<int64_t>, at::Tensor> decode(Model& m, int64_t steps) {
   return {out, at::stack(all)};
 }
 
+// A fixture in float32 on the first GPU, with or without CUDA graphs.
+std::unique_ptr<Model> load_float32(const std::string& name, bool graphs, int64_t max_batch, int64_t max_seq_len) {
+  LoadOptions o;
+  o.dtype = at::kFloat;
+  o.device = at::Device(at::kCUDA, 0);
+  o.runtime.max_batch = max_batch;
+  o.runtime.max_seq_len = max_seq_len;
+  o.runtime.cuda_graphs = graphs;
+  return Model::load(storage::Checkpoint::open(test::fixture(name)), o);
+}
+
 TEST(DecodeGraphs, SameTokensAndLogitsAsEagerKernels) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   for (const auto& name : test::every_fixture()) {
-    auto load = [&](bool graphs) {
-      LoadOptions o;
-      o.dtype = at::kFloat;
-      o.device = at::Device(at::kCUDA, 0);
-      o.runtime.max_batch = 3;
-      o.runtime.max_seq_len = 96;  // decode crosses the 64-position span bucket
-      o.runtime.cuda_graphs = graphs;
-      return Model::load(storage::Checkpoint::open(test::fixture(name)), o);
-    };
-    auto eager = load(false), graphed = load(true);
+    // max_seq_len 96: decode crosses the 64-position span bucket.
+    auto eager = load_float32(name, false, 3, 96), graphed = load_float32(name, true, 3, 96);
     // Past position 64 where the model allows it (gpt2's fixture has 64 positions).
     const bool past64 = name != "gpt2";
     const int64_t steps = past64 ? 70 : 55;
@@ -120,16 +123,7 @@ TEST(DecodeGraphs, SameTokensAndLogitsAsEagerKernels) {
 TEST(DecodeGraphs, PromptsThroughGraphsMatchEager) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   for (const auto& name : test::every_fixture()) {
-    auto load = [&](bool graphs) {
-      LoadOptions o;
-      o.dtype = at::kFloat;
-      o.device = at::Device(at::kCUDA, 0);
-      o.runtime.max_batch = 2;
-      o.runtime.max_seq_len = 64;
-      o.runtime.cuda_graphs = graphs;
-      return Model::load(storage::Checkpoint::open(test::fixture(name)), o);
-    };
-    auto eager = load(false), graphed = load(true);
+    auto eager = load_float32(name, false, 2, 64), graphed = load_float32(name, true, 2, 64);
     if (eager->config().encoder_decoder()) continue;  // their prompts go to the encoder
     auto run = [](Model& m, int64_t slot, int64_t len) {
       std::vector<int64_t> ids;
