@@ -19,8 +19,7 @@ bool takes_prompt(const Batch& batch, int64_t max_seq_len) {
   if (batch.seqs.size() != 1) return false;
   const SeqSlice& s = batch.seqs[0];
   return s.start_pos == 0 && s.n_tokens >= 2 && s.n_tokens <= kMaxPromptGraphTokens && !s.all_logits &&
-         s.context == 0 && (s.seq_len == 0 || s.seq_len == s.n_tokens) &&
-         graph_bucket(s.n_tokens, 16, kMaxPromptGraphTokens) <= max_seq_len;
+         s.context == 0 && (s.seq_len == 0 || s.seq_len == s.n_tokens) && prompt_bucket(s.n_tokens) <= max_seq_len;
 }
 
 int64_t graph_bucket(int64_t n, int64_t floor, int64_t cap) {
@@ -28,6 +27,8 @@ int64_t graph_bucket(int64_t n, int64_t floor, int64_t cap) {
   while (b < n) b *= 2;
   return std::min(b, std::max(cap, n));
 }
+
+int64_t prompt_bucket(int64_t n) { return graph_bucket(n, 16, kMaxPromptGraphTokens); }
 
 #ifdef CASCADE_WITH_CUDA
 namespace {
@@ -100,7 +101,7 @@ class CudaDecodeGraphs : public DecodeGraphs {
                         const Forward& forward) override {
     TORCH_CHECK(takes_prompt(batch, kv.max_seq_len()), "not a prompt a CUDA graph takes");
     const SeqSlice& s = batch.seqs[0];
-    const int64_t n = s.n_tokens, L = graph_bucket(n, 16, kMaxPromptGraphTokens);
+    const int64_t n = s.n_tokens, L = prompt_bucket(n);
     const bool ids = input.scalar_type() == at::kLong;
     const Key key{begin, end, L, 0, ids, s.slot};
     if (uncapturable_.count(key)) return {};

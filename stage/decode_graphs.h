@@ -73,5 +73,8 @@ bool takes_prompt(const Batch& batch, int64_t max_seq_len);
 
 // Power-of-two bucket >= n, at least `floor`, at most `cap` (n itself past cap).
 int64_t graph_bucket(int64_t n, int64_t floor, int64_t cap);
+// The rows a prompt of n tokens is padded to in its graph: graph_bucket from 16 (so 2
+// to 16 tokens share one graph) to kMaxPromptGraphTokens.
+int64_t prompt_bucket(int64_t n);
 
 }  // namespace cascade::stage

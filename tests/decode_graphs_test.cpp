@@ -21,6 +21,9 @@ TEST(DecodeGraphs, Buckets) {
   EXPECT_EQ(graph_bucket(1, 64, 2048), 64);  // spans start at 64
   EXPECT_EQ(graph_bucket(65, 64, 2048), 128);
   EXPECT_EQ(graph_bucket(1500, 64, 2000), 2000);  // never past max_seq_len
+  EXPECT_EQ(prompt_bucket(2), 16);                // prompts from 16 rows
+  EXPECT_EQ(prompt_bucket(20), 32);
+  EXPECT_EQ(prompt_bucket(kMaxPromptGraphTokens), kMaxPromptGraphTokens);
 }
 
 TEST(DecodeGraphs, OnlyForCudaDevices) { EXPECT_EQ(DecodeGraphs::create(at::kCPU), nullptr); }
