@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +20,8 @@
 
 #include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/quant.h"
+#include "stage/weights/host_stager.h"
+#include "stage/weights/weight_stream.h"
 
 namespace cascade::daemon {
 namespace {
@@ -62,6 +65,35 @@ double pinned_h2d() {
   return static_cast<double>(host.numel()) / s;
 }
 
+// Bytes/s the weight stream's `readers` copy a warm file of `bytes` into pinned memory
+// (pageable without a GPU), best of 3: the disk tier's rate from the page cache. The
+// file is written in `dir` and removed, also when a step throws.
+double page_cache_read(const std::filesystem::path& dir, int64_t bytes, int readers) {
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / ("calibrate-read-" + std::to_string(::getpid()) + ".tmp")).string();
+  struct Remove {
+    std::string path;
+    ~Remove() {
+      std::error_code ignored;
+      std::filesystem::remove(path, ignored);
+    }
+  } remove{path};
+  {
+    std::ofstream f(path, std::ios::binary);
+    const std::vector<char> block(stage::HostStager::kChunk, '\x5a');
+    for (int64_t done = 0; done < bytes; done += static_cast<int64_t>(block.size()))
+      f.write(block.data(), static_cast<std::streamsize>(std::min<int64_t>(block.size(), bytes - done)));
+    if (!f) throw std::runtime_error("calibrate: cannot write " + path + " to measure the page cache's read rate");
+  }
+  const at::Tensor dst = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(at::hasCUDA()));
+  stage::HostStager stager(readers);
+  const auto pass = [&] {
+    stager.wait(stager.submit({{nullptr, dst.data_ptr(), static_cast<uint64_t>(bytes), path}}));
+  };
+  pass();  // warms the page cache (the file was just written, but maybe not all of it kept)
+  return static_cast<double>(bytes) / best_seconds(3, pass);
+}
+
 }  // namespace
 
 std::string rates_path() {
@@ -97,6 +129,10 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
   });
   r.cpu_compute_int8 = static_cast<double>(2 * copies * stage::int8_bytes({out, in}, stage::Int8Layout::kRows)) / s8;
   r.host_read = stage::cpu_read_bandwidth(std::max<int64_t>(o.pool_mib << 20, int64_t{512} << 20)) * 1e9;
+  r.readers = stage::WeightStream::reader_threads();
+  const std::filesystem::path rates_file(o.out.empty() ? rates_path() : o.out);
+  r.disk_read = page_cache_read(rates_file.has_parent_path() ? rates_file.parent_path() : ".",
+                                std::min<int64_t>(o.pool_mib, 512) << 20, r.readers);
   r.pinned_h2d = pinned_h2d();
   r.measured = now_utc();
   return r;
@@ -107,6 +143,7 @@ void save_rates(const Rates& r, const std::string& path) {
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   nlohmann::json j = {{"cpu_compute", r.cpu_compute}, {"cpu_compute_int8", r.cpu_compute_int8},
                       {"cpu_flops", r.cpu_flops},     {"host_read", r.host_read},
+                      {"disk_read", r.disk_read},     {"readers", r.readers},
                       {"pinned_h2d", r.pinned_h2d},   {"threads", r.threads},
                       {"measured", r.measured}};
   std::ofstream f(path);
@@ -124,11 +161,13 @@ std::optional<Rates> load_rates(const std::string& path) {
     r.cpu_compute_int8 = j.value("cpu_compute_int8", 0.0);  // files from before it was measured lack it
     r.cpu_flops = j.at("cpu_flops").get<double>();
     r.host_read = j.value("host_read", 0.0);  // files from before it was measured lack it
+    r.disk_read = j.value("disk_read", 0.0);  // files from before it was measured lack it
+    r.readers = j.value("readers", 0);
     r.pinned_h2d = j.at("pinned_h2d").get<double>();
     r.threads = j.at("threads").get<int>();
     r.measured = j.at("measured").get<std::string>();
     if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0) ||
-        !(r.host_read >= 0))
+        !(r.host_read >= 0) || !(r.disk_read >= 0))
       throw std::runtime_error("a rate is not positive");
     return r;
   } catch (const std::exception& e) {
@@ -143,6 +182,8 @@ void apply_rates(const Rates& r, planner::PlanRequest& req) {
   if (r.cpu_compute_int8 > 0) req.cpu_compute_int8 = r.cpu_compute_int8;
   if (r.host_read > 0) req.host_read = r.host_read;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
+  // Read into staging, then copied: the two overlap module by module, so the slower sets the rate.
+  if (r.disk_read > 0) req.disk_stream = r.pinned_h2d > 0 ? std::min(r.disk_read, r.pinned_h2d) : r.disk_read;
 }
 
 namespace {
@@ -182,7 +223,8 @@ void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
   line << std::fixed << std::setprecision(1) << "CPU (" << r.threads << (r.threads == 1 ? " thread" : " threads")
        << "): bf16 weights at 1 token " << r.cpu_compute / 1e9 << " GB/s, int8 rows " << r.cpu_compute_int8 / 1e9
        << " GB/s, " << r.cpu_flops / 1e9 << " GFLOP/s at 16 tokens, memory read " << r.host_read / 1e9
-       << " GB/s\npinned host-to-GPU: ";
+       << " GB/s\npage cache read by " << r.readers << (r.readers == 1 ? " reader" : " readers")
+       << " (the disk tier): " << r.disk_read / 1e9 << " GB/s\npinned host-to-GPU: ";
   if (r.pinned_h2d > 0)
     line << r.pinned_h2d / 1e9 << " GB/s";
   else

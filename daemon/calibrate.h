@@ -6,8 +6,11 @@
 // What is measured: the CPU kernels' (stage/kernels/cpu_gemv.h) bfloat16 and int8 weight
 // rates at one token and bfloat16 FLOP rate at 16 tokens, with `threads` threads, over a
 // pool of weight copies larger than the caches; the host's memory read rate with those
-// threads; pinned host-to-GPU copy bandwidth where a GPU exists. Planning measures them itself, once, where a hybrid
-// split needs them (plan_run_rates below). Thread-safety: none needed (one call at start-up).
+// threads; the page cache's read rate as the weight stream's readers see it (a file
+// written beside the rates file, read warm into pinned memory, removed); pinned
+// host-to-GPU copy bandwidth where a GPU exists. Planning measures them itself, once,
+// where a hybrid split needs them (plan_run_rates below). Thread-safety: none needed
+// (one call at start-up).
 #pragma once
 
 #include <cstdint>
@@ -24,7 +27,11 @@ struct Rates {
   double cpu_compute_int8 = 0;  // bytes of int8 rows (scales included) per second, one token; 0: not measured
   double cpu_flops = 0;         // FLOP/s at 16 tokens
   double host_read = 0;         // bytes/s the host's memory reads with `threads` threads; 0: not measured
-  double pinned_h2d = 0;        // bytes/s; 0 = no GPU measured
+  // Bytes/s the disk tier's readers (WeightStream::reader_threads()) copy a file's cached
+  // pages into pinned memory; 0: not measured. A cold disk is slower: not measured.
+  double disk_read = 0;
+  int readers = 0;        // the readers disk_read was measured with
+  double pinned_h2d = 0;  // bytes/s; 0 = no GPU measured
   int threads = 0;
   std::string measured;  // when, ISO 8601 UTC
 };
@@ -43,6 +50,7 @@ void save_rates(const Rates& r, const std::string& path);
 // is not a rates file.
 std::optional<Rates> load_rates(const std::string& path);
 // Overrides the request's defaults with the measured rates (a rate of 0 keeps its default).
+// The disk tier's rate is the slower of disk_read and PCIe where both are measured.
 void apply_rates(const Rates& r, planner::PlanRequest& req);
 
 // The rates a plan for `req` uses, applied to it; returns where they came from. The file

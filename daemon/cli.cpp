@@ -129,7 +129,8 @@ int run_cli(int argc, char** argv) {
   PlanOptions plan;
   add_plan(app, plan);
   CalibrateOptions calibrate;
-  auto* cal = app.add_subcommand("calibrate", "Measure the CPU and PCIe rates the planner's cost model uses");
+  auto* cal =
+      app.add_subcommand("calibrate", "Measure the CPU, page cache and PCIe rates the planner's cost model uses");
   cal->add_option("--threads", calibrate.threads, "CPU threads (default: the cores less one)");
   cal->add_option("--pool-mib", calibrate.pool_mib, "MiB of weights read per pass (more than the caches)");
   cal->add_option("--out", calibrate.out, "Rates file (default: $CASCADE_RATES or ~/.cache/cascade/rates.json)");

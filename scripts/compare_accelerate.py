@@ -195,6 +195,12 @@ def memory_bytes(log_text):
     return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+) (B|KiB|MiB|GiB) in memory", log_text))
 
 
+def paged_bytes(log_text):
+    """Bytes of the disk tier (read from the page cache or the disk each step), from the ready lines."""
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+) (B|KiB|MiB|GiB) paged from disk", log_text))
+
+
 def streamed_bytes(log_text):
     """Bytes the offload stage streams to the GPU per step, from its ready line."""
     m = re.search(r"streams ([0-9.]+) (B|KiB|MiB|GiB) to the GPU per step", log_text)
@@ -438,10 +444,17 @@ def main():
             log(notes[-1])
         r = cascade_run(exe, args.work, "o_disk_b1", anchor, {"cuda:0": "2GiB", "cpu": "2GiB", "disk": "unlimited"}, 1,
                         max(M // 2, 4))
-        off = streamed_bytes(r["log"])
+        off, disk = streamed_bytes(r["log"]), paged_bytes(r["log"])
+        # A step needs every streamed byte over PCIe and the disk tier's bytes read from the
+        # page cache (at the rate cascade calibrate measured with the stage's readers); the
+        # two overlap, so the slower sets the bound.
+        disk_read = rt.get("disk_read", 0)
+        step = max(off / PCIE, disk / disk_read if disk_read else 0)
+        why = (f"streamed {off / 2**30:.2f} GiB over PCIe {off / PCIE * 1e3:.0f} ms, disk tier {disk / 2**30:.2f} GiB "
+               f"from the page cache at {disk_read / 1e9:.1f} GB/s {disk / disk_read * 1e3 if disk_read else 0:.0f} ms")
         target("GPU 2 GiB + CPU 2 GiB + disk, batch 1", r["rate"], "tok/s",
-               f"{100 * r['rate'] / (PCIE / off):.0f}% of {PCIE / off:,.1f} (streamed bytes over PCIe)",
-               ">= 85% of its bound", r["rate"] >= 0.85 * PCIE / off)
+               f"{100 * r['rate'] * step:.0f}% of {1 / step:,.1f} ({why})", ">= 85% of its bound",
+               r["rate"] >= 0.85 / step)
         notes.append("bound of the GPU 2 GiB + CPU rows: the bytes off the GPU (the CPU stage's weights, embedding "
                      "included, and the streamed ones) over PCIe plus the CPU's calibrated rate, as if both ran at once "
                      "from an unshared memory bus; of the all-CPU row: its weights over the CPU's calibrated rate")

@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
+#include "stage/weights/weight_stream.h"
 #include "tests/test_util.h"
 
 namespace cascade::daemon {
@@ -29,6 +32,9 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_GT(r->cpu_compute_int8, 1e8);
   EXPECT_GT(r->cpu_flops, 1e8);
   EXPECT_GT(r->host_read, 1e8);
+  std::printf("[ calibrate ] page cache read by %d readers: %.1f GB/s\n", r->readers, r->disk_read / 1e9);
+  EXPECT_GT(r->disk_read, 1e8);
+  EXPECT_EQ(r->readers, stage::WeightStream::reader_threads());
   EXPECT_EQ(r->threads, 1);
   EXPECT_FALSE(r->measured.empty());
 
@@ -41,9 +47,16 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_EQ(req.host_read, r->host_read);
   if (r->pinned_h2d == 0) {
     EXPECT_EQ(req.pinned_h2d, pcie);  // no GPU: the default stays
+    EXPECT_EQ(req.disk_stream, r->disk_read);
   } else {
     EXPECT_EQ(req.pinned_h2d, r->pinned_h2d);
+    EXPECT_EQ(req.disk_stream, std::min(r->disk_read, r->pinned_h2d));
   }
+  // The file it read is gone: only the rates file is left.
+  size_t files = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir.path()))
+    if (e.is_regular_file()) ++files;
+  EXPECT_EQ(files, 1u);
 }
 
 // Planning measures the rates itself, once, where a hybrid split needs them and a GPU

@@ -1,21 +1,27 @@
 #include "stage/weights/weight_stream.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "config/env.h"
 
 #ifdef CASCADE_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <thread>
-
 #include "comm/cuda_check.h"
-#include "config/env.h"
 #include "stage/weights/host_stager.h"
 #endif
 
 namespace cascade::stage {
+
+int WeightStream::reader_threads() {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::min(4u, std::max(1u, cores / 2)));
+  return static_cast<int>(std::clamp(n, 1L, 64L));
+}
 
 #ifdef CASCADE_WITH_CUDA
 namespace {
@@ -25,14 +31,6 @@ void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("w
 // LibTorch computes on the device's default stream unless a guard says otherwise, and
 // nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
 constexpr cudaStream_t kCompute = nullptr;
-
-// Threads that read pageable pieces into staging: half the cores, at most 4, or
-// CASCADE_STREAM_READERS (1 to 64; to measure how the disk tier's rate grows with them).
-int reader_threads() {
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::min(4u, std::max(1u, cores / 2)));
-  return static_cast<int>(std::clamp(n, 1L, 64L));
-}
 
 class CudaWeightStream : public WeightStream {
  public:
@@ -143,7 +141,7 @@ class CudaWeightStream : public WeightStream {
           at::empty({static_cast<int64_t>(slot_bytes_)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
       check(cudaEventCreateWithFlags(&st.dma_done, cudaEventDisableTiming), "cudaEventCreate");
     }
-    stager_ = std::make_unique<HostStager>(reader_threads());
+    stager_ = std::make_unique<HostStager>(WeightStream::reader_threads());
   }
 
   Staging* staging_of(int64_t k) {

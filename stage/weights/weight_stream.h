@@ -27,6 +27,10 @@ class WeightStream {
   // slot_bytes: the largest streamed module, each tensor rounded up to kAlign.
   static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes);
   static constexpr uint64_t kAlign = 256;
+  // Threads that read pageable pieces (the disk tier) into pinned staging: half the
+  // cores, at most 4, or CASCADE_STREAM_READERS (1 to 64). `cascade calibrate` measures
+  // the page cache's read rate with this many.
+  static int reader_threads();
   virtual ~WeightStream() = default;
 
   // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
