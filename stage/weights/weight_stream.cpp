@@ -32,6 +32,12 @@ void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("w
 // nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
 constexpr cudaStream_t kCompute = nullptr;
 
+// Pinned staging buffers, each one module: 2, or CASCADE_STAGING_BUFFERS (2 to 16; to
+// measure how far the disk tier must be read ahead to overlap the pinned tier's copies).
+size_t staging_buffers() {
+  return static_cast<size_t>(std::clamp(config::env_int("CASCADE_STAGING_BUFFERS").value_or(2), 2L, 16L));
+}
+
 class CudaWeightStream : public WeightStream {
  public:
   CudaWeightStream(at::Device device, uint64_t slot_bytes) : device_(device), slot_bytes_(slot_bytes) {
@@ -49,8 +55,9 @@ class CudaWeightStream : public WeightStream {
     for (int s = 0; s < 2; ++s) {
       cudaEventDestroy(copied_[s]);
       cudaEventDestroy(freed_[s]);
-      if (staging_[s].dma_done) cudaEventDestroy(staging_[s].dma_done);
     }
+    for (Staging& st : staging_)
+      if (st.dma_done) cudaEventDestroy(st.dma_done);
     cudaStreamDestroy(copy_);
   }
 
@@ -88,13 +95,11 @@ class CudaWeightStream : public WeightStream {
     if (loaded_[s] != k) issue(k, /*block=*/true);
     check(cudaStreamWaitEvent(kCompute, copied_[s], 0), "waiting for a streamed module");
     last_ = k;
-    const int64_t n = static_cast<int64_t>(modules_.size()), next = (k + 1) % n;
     // The next module's copy may start now (its slot's last reader was module k - 1)
     // unless its disk-tier part is still being read; then release(k) or acquire(next)
     // issues it, and the GPU computes module k meanwhile.
     if (prefetch_next) prefetch();
-    stage(next);
-    stage((k + 2) % n);  // read ahead into the other staging buffer
+    read_ahead(k);
   }
 
   void release(int64_t k, bool prefetch_next) override {
@@ -136,12 +141,27 @@ class CudaWeightStream : public WeightStream {
 
   void start_staging() {
     if (stager_) return;
+    staging_.resize(staging_buffers());
     for (Staging& st : staging_) {
       st.buffer =
           at::empty({static_cast<int64_t>(slot_bytes_)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
       check(cudaEventCreateWithFlags(&st.dma_done, cudaEventDisableTiming), "cudaEventCreate");
     }
     stager_ = std::make_unique<HostStager>(WeightStream::reader_threads());
+  }
+
+  // Fills the free staging buffers with the staged modules that come next after module
+  // k, in execution order and across the step's end. So the disk tier is read while the
+  // modules before it (pinned, or GPU-resident) copy and compute, not only once the
+  // stream reaches it: with the staged modules last in a step, "the next two modules"
+  // would be pinned ones and the readers would idle through that part of the step.
+  void read_ahead(int64_t k) {
+    const int64_t n = static_cast<int64_t>(modules_.size());
+    for (int64_t j = 1; j < n; ++j) {
+      const int64_t m = (k + j) % n;
+      if (!modules_[static_cast<size_t>(m)].staged || staging_of(m)) continue;
+      if (!stage(m)) return;  // every buffer holds a module not yet copied
+    }
   }
 
   Staging* staging_of(int64_t k) {
@@ -151,13 +171,14 @@ class CudaWeightStream : public WeightStream {
   }
 
   // Asks the readers for module k's pageable pieces, if it has any and a buffer is free.
-  void stage(int64_t k) {
+  // False when none is.
+  bool stage(int64_t k) {
     const Module& m = modules_[static_cast<size_t>(k)];
-    if (!m.staged || staging_of(k)) return;
+    if (!m.staged || staging_of(k)) return true;
     Staging* free = nullptr;
     for (Staging& st : staging_)
       if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
-    if (!free) return;  // both hold modules not yet copied to the GPU
+    if (!free) return false;  // all hold modules not yet copied to the GPU
     std::vector<HostStager::Copy> copies;
     for (const Piece& p : m.pieces)
       if (p.staged)
@@ -171,6 +192,7 @@ class CudaWeightStream : public WeightStream {
       check(cudaSetDevice(device), "cudaSetDevice");
       check(cudaEventSynchronize(dma_done), "waiting for a staging buffer's last copy");
     });
+    return true;
   }
 
   // Queues module k's copy into its slot. A module with pageable pieces needs them read
@@ -181,9 +203,10 @@ class CudaWeightStream : public WeightStream {
     if (m.staged) {
       stage(k);
       st = staging_of(k);
-      if (!st) {  // both buffers hold modules read ahead for another order of use
+      if (!st) {  // every buffer holds a module read ahead for another order of use
         if (!block) return;
-        Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
+        Staging& old = *std::min_element(staging_.begin(), staging_.end(),
+                                         [](const Staging& a, const Staging& b) { return a.ticket < b.ticket; });
         stager_->wait(old.ticket);
         old.consumed = true;  // dropped unread: no copy left it, so its dma_done is still the last one
         stage(k);
@@ -214,7 +237,7 @@ class CudaWeightStream : public WeightStream {
   cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;
-  Staging staging_[2];
+  std::vector<Staging> staging_;        // staging_buffers() of them once a piece is staged
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
 };
 
