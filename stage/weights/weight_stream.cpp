@@ -19,7 +19,7 @@ namespace cascade::stage {
 
 int WeightStream::reader_threads() {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::min(4u, std::max(1u, cores / 2)));
+  const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::clamp(cores - 1, 1u, 16u));
   return static_cast<int>(std::clamp(n, 1L, 64L));
 }
 
@@ -32,11 +32,9 @@ void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("w
 // nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
 constexpr cudaStream_t kCompute = nullptr;
 
-// Pinned staging buffers, each one module: 2, or CASCADE_STAGING_BUFFERS (2 to 16; to
-// measure how far the disk tier must be read ahead to overlap the pinned tier's copies).
-size_t staging_buffers() {
-  return static_cast<size_t>(std::clamp(config::env_int("CASCADE_STAGING_BUFFERS").value_or(2), 2L, 16L));
-}
+// CASCADE_READ_AHEAD=0 stages only the two modules after the one acquired, staged or
+// not, as before read_ahead() (to measure what reading across the step buys).
+bool read_across_step() { return config::env_int("CASCADE_READ_AHEAD").value_or(1) != 0; }
 
 class CudaWeightStream : public WeightStream {
  public:
@@ -141,7 +139,6 @@ class CudaWeightStream : public WeightStream {
 
   void start_staging() {
     if (stager_) return;
-    staging_.resize(staging_buffers());
     for (Staging& st : staging_) {
       st.buffer =
           at::empty({static_cast<int64_t>(slot_bytes_)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
@@ -157,6 +154,11 @@ class CudaWeightStream : public WeightStream {
   // would be pinned ones and the readers would idle through that part of the step.
   void read_ahead(int64_t k) {
     const int64_t n = static_cast<int64_t>(modules_.size());
+    if (!across_step_) {
+      stage((k + 1) % n);
+      stage((k + 2) % n);
+      return;
+    }
     for (int64_t j = 1; j < n; ++j) {
       const int64_t m = (k + j) % n;
       if (!modules_[static_cast<size_t>(m)].staged || staging_of(m)) continue;
@@ -205,8 +207,7 @@ class CudaWeightStream : public WeightStream {
       st = staging_of(k);
       if (!st) {  // every buffer holds a module read ahead for another order of use
         if (!block) return;
-        Staging& old = *std::min_element(staging_.begin(), staging_.end(),
-                                         [](const Staging& a, const Staging& b) { return a.ticket < b.ticket; });
+        Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
         stager_->wait(old.ticket);
         old.consumed = true;  // dropped unread: no copy left it, so its dma_done is still the last one
         stage(k);
@@ -237,7 +238,8 @@ class CudaWeightStream : public WeightStream {
   cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;
-  std::vector<Staging> staging_;        // staging_buffers() of them once a piece is staged
+  Staging staging_[2];
+  bool across_step_ = read_across_step();
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
 };
 

@@ -27,9 +27,11 @@ class WeightStream {
   // slot_bytes: the largest streamed module, each tensor rounded up to kAlign.
   static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes);
   static constexpr uint64_t kAlign = 256;
-  // Threads that read pageable pieces (the disk tier) into pinned staging: half the
-  // cores, at most 4, or CASCADE_STREAM_READERS (1 to 64). `cascade calibrate` measures
-  // the page cache's read rate with this many.
+  // Threads that read pageable pieces (the disk tier) into pinned staging: the cores
+  // less one, at most 16, or CASCADE_STREAM_READERS (1 to 64). They wait on memory, not
+  // on arithmetic: on the H100 host the anchor's disk row read at 7.0 tok/s with 4 and
+  // 9.3 with 16 (docs/performance.md). `cascade calibrate` measures the page cache's read
+  // rate with this many.
   static int reader_threads();
   virtual ~WeightStream() = default;
 
