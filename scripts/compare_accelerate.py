@@ -195,6 +195,14 @@ def memory_bytes(log_text):
     return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+) (B|KiB|MiB|GiB) in memory", log_text))
 
 
+def saved_rates(path):
+    """The rates `cascade calibrate` (or the first auto plan) saved at path; {} where none are."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def paged_bytes(log_text):
     """Bytes of the disk tier (read from the page cache or the disk each step), from the ready lines."""
     units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -430,10 +438,7 @@ def main():
         for label, slug, mem, b, extra, goal in cases:
             r = cascade_run(exe, args.work, slug, anchor, mem, b, M, extra, offload_compute="auto", prompt_len=32)
             step, choice = predicted(r["log"])
-            rt = {}
-            if os.path.exists(rates):
-                with open(rates) as f:
-                    rt = json.load(f)
+            rt = saved_rates(rates)
             cpu_rate = rt.get("cpu_compute_int8" if extra else "cpu_compute", 0) or rt.get("cpu_compute", 0)
             off = stage_bytes(r["log"], "cpu:0") + (streamed_bytes(r["log"]) if "streams" in r["log"] else 0)
             per_s = (PCIE if "cuda:0" in mem else 0) + cpu_rate  # bytes/s that can leave host memory for compute
@@ -448,7 +453,7 @@ def main():
         # A step needs every streamed byte over PCIe and the disk tier's bytes read from the
         # page cache (at the rate cascade calibrate measured with the stage's readers); the
         # two overlap, so the slower sets the bound.
-        disk_read = rt.get("disk_read", 0)
+        disk_read = saved_rates(rates).get("disk_read", 0)
         step = max(off / PCIE, disk / disk_read if disk_read else 0)
         why = (f"streamed {off / 2**30:.2f} GiB over PCIe {off / PCIE * 1e3:.0f} ms, disk tier {disk / 2**30:.2f} GiB "
                f"from the page cache at {disk_read / 1e9:.1f} GB/s {disk / disk_read * 1e3 if disk_read else 0:.0f} ms")
