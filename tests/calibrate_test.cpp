@@ -102,6 +102,11 @@ TEST(Calibrate, AMissingFileIsNoneAndABadOneIsNamed) {
   test::write_file(dir.file("neg.json"),
                    R"({"cpu_compute": -1, "cpu_flops": 1, "pinned_h2d": 0, "threads": 1, "measured": "x"})");
   EXPECT_THROW_WITH(load_rates(dir.file("neg.json")), std::runtime_error, "not positive");
+  test::write_file(
+      dir.file("neg_disk.json"),
+      R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 0, "disk_read": -5, "threads": 1, "measured": "x"})");
+  EXPECT_THROW_WITH(load_rates(dir.file("neg_disk.json")), std::runtime_error, dir.file("neg_disk.json"),
+                    "not positive");
 }
 
 TEST(Calibrate, ThePathFollowsTheEnvironment) {

@@ -4,12 +4,31 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
 #include "tests/test_util.h"
 
 namespace cascade::stage {
 namespace {
 
 TEST(WeightStream, OnlyForCudaDevices) { EXPECT_EQ(WeightStream::create(at::kCPU, 1024), nullptr); }
+
+// The disk tier's readers: the cores less one, 1 to 16, unless CASCADE_STREAM_READERS
+// says otherwise (clamped to 1-64).
+TEST(WeightStream, ReaderThreadsFollowTheCoresAndTheEnvironment) {
+  ::unsetenv("CASCADE_STREAM_READERS");
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(WeightStream::reader_threads(), std::clamp(cores - 1, 1, 16));
+  ::setenv("CASCADE_STREAM_READERS", "24", 1);
+  EXPECT_EQ(WeightStream::reader_threads(), 24);
+  ::setenv("CASCADE_STREAM_READERS", "500", 1);
+  EXPECT_EQ(WeightStream::reader_threads(), 64);
+  ::setenv("CASCADE_STREAM_READERS", "0", 1);
+  EXPECT_EQ(WeightStream::reader_threads(), 1);
+  ::unsetenv("CASCADE_STREAM_READERS");
+}
 
 TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
