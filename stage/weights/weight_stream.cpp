@@ -32,10 +32,6 @@ void check(cudaError_t e, const char* what) { comm::cuda_check(e, std::string("w
 // nothing does on a stage that streams (CUDA graphs are off there): the legacy stream.
 constexpr cudaStream_t kCompute = nullptr;
 
-// CASCADE_READ_AHEAD=0 stages only the two modules after the one acquired, staged or
-// not, as before read_ahead() (to measure what reading across the step buys).
-bool read_across_step() { return config::env_int("CASCADE_READ_AHEAD").value_or(1) != 0; }
-
 class CudaWeightStream : public WeightStream {
  public:
   CudaWeightStream(at::Device device, uint64_t slot_bytes) : device_(device), slot_bytes_(slot_bytes) {
@@ -97,7 +93,12 @@ class CudaWeightStream : public WeightStream {
     // unless its disk-tier part is still being read; then release(k) or acquire(next)
     // issues it, and the GPU computes module k meanwhile.
     if (prefetch_next) prefetch();
-    read_ahead(k);
+    // Reads the next two modules' disk-tier pieces into the staging buffers. Reading
+    // further ahead, across the step's end and into more buffers, was no faster on the
+    // H100 host (docs/performance.md, sessions 31 and 32).
+    const int64_t n = static_cast<int64_t>(modules_.size());
+    stage((k + 1) % n);
+    stage((k + 2) % n);
   }
 
   void release(int64_t k, bool prefetch_next) override {
@@ -147,25 +148,6 @@ class CudaWeightStream : public WeightStream {
     stager_ = std::make_unique<HostStager>(WeightStream::reader_threads());
   }
 
-  // Fills the free staging buffers with the staged modules that come next after module
-  // k, in execution order and across the step's end. So the disk tier is read while the
-  // modules before it (pinned, or GPU-resident) copy and compute, not only once the
-  // stream reaches it: with the staged modules last in a step, "the next two modules"
-  // would be pinned ones and the readers would idle through that part of the step.
-  void read_ahead(int64_t k) {
-    const int64_t n = static_cast<int64_t>(modules_.size());
-    if (!across_step_) {
-      stage((k + 1) % n);
-      stage((k + 2) % n);
-      return;
-    }
-    for (int64_t j = 1; j < n; ++j) {
-      const int64_t m = (k + j) % n;
-      if (!modules_[static_cast<size_t>(m)].staged || staging_of(m)) continue;
-      if (!stage(m)) return;  // every buffer holds a module not yet copied
-    }
-  }
-
   Staging* staging_of(int64_t k) {
     for (Staging& st : staging_)
       if (st.module == k && !st.consumed) return &st;
@@ -173,14 +155,13 @@ class CudaWeightStream : public WeightStream {
   }
 
   // Asks the readers for module k's pageable pieces, if it has any and a buffer is free.
-  // False when none is.
-  bool stage(int64_t k) {
+  void stage(int64_t k) {
     const Module& m = modules_[static_cast<size_t>(k)];
-    if (!m.staged || staging_of(k)) return true;
+    if (!m.staged || staging_of(k)) return;
     Staging* free = nullptr;
     for (Staging& st : staging_)
       if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
-    if (!free) return false;  // all hold modules not yet copied to the GPU
+    if (!free) return;  // both hold modules not yet copied to the GPU
     std::vector<HostStager::Copy> copies;
     for (const Piece& p : m.pieces)
       if (p.staged)
@@ -194,7 +175,6 @@ class CudaWeightStream : public WeightStream {
       check(cudaSetDevice(device), "cudaSetDevice");
       check(cudaEventSynchronize(dma_done), "waiting for a staging buffer's last copy");
     });
-    return true;
   }
 
   // Queues module k's copy into its slot. A module with pageable pieces needs them read
@@ -205,7 +185,7 @@ class CudaWeightStream : public WeightStream {
     if (m.staged) {
       stage(k);
       st = staging_of(k);
-      if (!st) {  // every buffer holds a module read ahead for another order of use
+      if (!st) {  // both buffers hold modules read ahead for another order of use
         if (!block) return;
         Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
         stager_->wait(old.ticket);
@@ -239,7 +219,6 @@ class CudaWeightStream : public WeightStream {
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;
   Staging staging_[2];
-  bool across_step_ = read_across_step();
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
 };
 
