@@ -22,6 +22,7 @@
 #include "comm/cores.h"
 #include "comm/heartbeat.h"
 #include "comm/world.h"
+#include "config/size.h"
 #include "stage/runner.h"
 #include "storage/checkpoint.h"
 #include "storage/offload.h"
@@ -298,6 +299,11 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
           << " s computing";
       if (m.graphs_captured() > 0)
         log << ", " << m.graphs_captured() << " CUDA graphs captured in " << m.graphs_capture_seconds() << " s";
+      if (const WeightStream::ReadStats r = m.stream_reads(); r.bytes > 0) {  // the disk tier's share of the time
+        log << "; disk tier: " << config::format_bytes(r.bytes) << " read into pinned memory in " << r.busy_s << " s ("
+            << std::setprecision(1) << static_cast<double>(r.bytes) / 1e9 / std::max(r.busy_s, 1e-9)
+            << " GB/s), the step loop waited " << std::setprecision(2) << r.waited_s << " s for the reads";
+      }
       log << "\n";
       break;
     }

@@ -91,7 +91,7 @@ TEST(HostStager, BeforeGatesTheWritesAndJobsFinishInOrder) {
   const uint64_t t1 = stager.submit({{a.data(), da.data(), a.size()}}, [open] { open.wait(); });
   const uint64_t t2 = stager.submit({{b.data(), db.data(), b.size()}});
   EXPECT_LT(t1, t2);
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_FALSE(stager.done(t1));
   EXPECT_FALSE(stager.done(t2));  // queued behind t1
   EXPECT_TRUE(std::all_of(da.begin(), da.end(), [](uint8_t x) { return x == 0; }));
@@ -100,6 +100,11 @@ TEST(HostStager, BeforeGatesTheWritesAndJobsFinishInOrder) {
   EXPECT_TRUE(stager.done(t1));
   EXPECT_EQ(da, a);
   EXPECT_EQ(db, b);
+  // Both jobs' bytes; the busy time leaves out the 100 ms that t1 spent in `before`.
+  const HostStager::Stats st = stager.stats();
+  EXPECT_EQ(st.bytes, a.size() + b.size());
+  EXPECT_GT(st.busy_s, 0);
+  EXPECT_LT(st.busy_s, 0.1);
 }
 
 // What `before` throws comes back from wait(); the stager goes on with the next job.
@@ -117,6 +122,7 @@ TEST(HostStager, AFailedJobReportsAndTheNextRuns) {
   }
   stager.wait(good);
   EXPECT_EQ(dst, src);
+  EXPECT_EQ(stager.stats().bytes, 100u);  // the failed job's bytes are not counted as read
 }
 
 }  // namespace

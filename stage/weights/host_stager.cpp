@@ -61,6 +61,7 @@ uint64_t HostStager::submit(std::vector<Copy> copies, std::function<void()> befo
       job.chunks.push_back({c.src ? static_cast<const char*>(c.src) + off : nullptr, static_cast<char*>(c.dst) + off,
                             std::min(kChunk, c.bytes - off), fd, file, c.file_offset + off});
     }
+    job.bytes += c.bytes;
   }
   job.before = std::move(before);
   std::lock_guard<std::mutex> lock(mu_);
@@ -85,8 +86,19 @@ void HostStager::wait(uint64_t ticket) {
   std::rethrow_exception(e);
 }
 
+HostStager::Stats HostStager::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
 void HostStager::finish_front(std::exception_ptr error) {
-  if (error) failed_[jobs_.front().ticket] = error;
+  const Job& job = jobs_.front();
+  if (error) {
+    failed_[job.ticket] = error;
+  } else if (job.state == Job::kRunning) {
+    stats_.bytes += job.bytes;
+    stats_.busy_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - job.started).count();
+  }
   completed_ = jobs_.front().ticket;
   jobs_.pop_front();
   done_cv_.notify_all();
@@ -120,6 +132,7 @@ void HostStager::work() {
         finish_front(error);
       } else {
         same.state = Job::kRunning;
+        same.started = std::chrono::steady_clock::now();
         work_cv_.notify_all();
       }
       continue;

@@ -15,6 +15,7 @@
 // are internal. The destructor drops queued jobs and joins the workers.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -53,6 +54,14 @@ class HostStager {
   bool done(uint64_t ticket) const;
   // Blocks until job `ticket` is done; rethrows what its `before` or a read threw.
   void wait(uint64_t ticket);
+  // The jobs done so far without an error: their bytes, and the seconds from each one's
+  // first chunk claimed to its last written, summed (its `before` not counted). Their
+  // ratio is the rate the readers reach while the rest of the process runs.
+  struct Stats {
+    uint64_t bytes = 0;
+    double busy_s = 0;
+  };
+  Stats stats() const;
 
  private:
   // A piece of a Copy the workers take whole; `file` points at a key of files_.
@@ -70,7 +79,9 @@ class HostStager {
     std::function<void()> before;
     enum { kNew, kPreparing, kRunning } state = kNew;
     size_t next = 0, finished = 0;
-    std::exception_ptr error;  // the first read that failed
+    uint64_t bytes = 0;
+    std::chrono::steady_clock::time_point started;  // when it became kRunning
+    std::exception_ptr error;                       // the first read that failed
   };
   void work();
   static void copy(const Chunk& c);             // throws on a read error
@@ -82,6 +93,7 @@ class HostStager {
   std::deque<Job> jobs_;
   uint64_t submitted_ = 0, completed_ = 0;
   std::map<uint64_t, std::exception_ptr> failed_;
+  Stats stats_;
   bool stop_ = false;
   std::map<std::string, int> files_;  // opened by submit(), closed by the destructor
   std::vector<std::thread> workers_;

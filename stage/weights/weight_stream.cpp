@@ -1,6 +1,7 @@
 #include "stage/weights/weight_stream.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -114,6 +115,12 @@ class CudaWeightStream : public WeightStream {
 
   uint64_t host_bytes() const override { return host_bytes_; }
 
+  ReadStats read_stats() const override {
+    if (!stager_) return {};
+    const HostStager::Stats st = stager_->stats();
+    return {st.bytes, st.busy_s, waited_s_};
+  }
+
  private:
   struct Piece {
     at::Tensor host;  // kept alive: the copy reads it every step
@@ -177,6 +184,13 @@ class CudaWeightStream : public WeightStream {
     });
   }
 
+  void wait_for(uint64_t ticket) {
+    if (stager_->done(ticket)) return stager_->wait(ticket);  // at once; rethrows a failed read
+    const auto t0 = std::chrono::steady_clock::now();
+    stager_->wait(ticket);
+    waited_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
   // Queues module k's copy into its slot. A module with pageable pieces needs them read
   // first: block = false leaves it for later if they are not.
   void issue(int64_t k, bool block) {
@@ -188,13 +202,13 @@ class CudaWeightStream : public WeightStream {
       if (!st) {  // both buffers hold modules read ahead for another order of use
         if (!block) return;
         Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
-        stager_->wait(old.ticket);
+        wait_for(old.ticket);
         old.consumed = true;  // dropped unread: no copy left it, so its dma_done is still the last one
         stage(k);
         st = staging_of(k);
       }
       if (!block && !stager_->done(st->ticket)) return;
-      stager_->wait(st->ticket);
+      wait_for(st->ticket);
     }
     const int s = static_cast<int>(k % 2);
     check(cudaStreamWaitEvent(copy_, freed_[s], 0), "waiting for a free slot");  // the slot's last reader is done
@@ -219,6 +233,7 @@ class CudaWeightStream : public WeightStream {
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;
   Staging staging_[2];
+  double waited_s_ = 0;                 // in wait_for
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
 };
 

@@ -58,6 +58,14 @@ class WeightStream {
   // hybrid offload's CPU stage), so PCIe and that stage's compute would not overlap.
   virtual void prefetch() = 0;
   virtual uint64_t host_bytes() const = 0;  // bytes streamed per step (all modules)
+  // The disk tier's reads since creation: the readers' bytes and busy seconds
+  // (HostStager::stats), and the seconds acquire() blocked until a module's pieces were
+  // read, the step loop idle. All zero where nothing is staged.
+  struct ReadStats {
+    uint64_t bytes = 0;
+    double busy_s = 0, waited_s = 0;
+  };
+  virtual ReadStats read_stats() const = 0;
 };
 
 }  // namespace cascade::stage
