@@ -162,9 +162,12 @@ class CudaWeightStream : public WeightStream {
   }
 
   // Asks the readers for module k's pageable pieces, if it has any and a buffer is free.
+  // Not while its slot holds it (or its copy is queued): staged then, it would be for the
+  // next step, and would hold a buffer through this one. That left one buffer for the
+  // disk tier, whose reads and copies then ran in series (docs/performance.md, session 32).
   void stage(int64_t k) {
     const Module& m = modules_[static_cast<size_t>(k)];
-    if (!m.staged || staging_of(k)) return;
+    if (!m.staged || staging_of(k) || loaded_[k % 2] == k) return;
     Staging* free = nullptr;
     for (Staging& st : staging_)
       if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
