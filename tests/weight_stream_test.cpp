@@ -80,8 +80,27 @@ TEST(WeightStream, AModuleWithoutTensorsTakesItsTurn) {
 // Pageable host memory (as the disk tier's mappings are) goes through the readers and the
 // pinned staging buffers: in order, step after step, and in an order the read-ahead did
 // not expect (a staged module is dropped and read again).
-TEST(WeightStream, PageableWeightsAreStagedAheadInAnyOrder) {
+// Pinned staging buffers: 4 unless CASCADE_STAGING_BUFFERS says otherwise (2 to 8).
+TEST(WeightStream, StagingBuffersFollowTheEnvironment) {
+  ::unsetenv("CASCADE_STAGING_BUFFERS");
+  EXPECT_EQ(WeightStream::staging_buffers(), 4);
+  ::setenv("CASCADE_STAGING_BUFFERS", "6", 1);
+  EXPECT_EQ(WeightStream::staging_buffers(), 6);
+  ::setenv("CASCADE_STAGING_BUFFERS", "1", 1);
+  EXPECT_EQ(WeightStream::staging_buffers(), 2);
+  ::setenv("CASCADE_STAGING_BUFFERS", "99", 1);
+  EXPECT_EQ(WeightStream::staging_buffers(), 8);
+  ::unsetenv("CASCADE_STAGING_BUFFERS");
+}
+
+// Five modules, four of them staged, through 2, 4 and 8 staging buffers: in order for
+// three steps, then out of order (buffers read ahead for modules not used next).
+class StagedWeights : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Buffers, StagedWeights, ::testing::Values("2", "4", "8"));
+
+TEST_P(StagedWeights, PageableWeightsAreStagedAheadInAnyOrder) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  ::setenv("CASCADE_STAGING_BUFFERS", GetParam(), 1);
   auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 1 << 20);
   test::TempDir dir;
   std::vector<at::Tensor> host, views;
@@ -128,6 +147,7 @@ TEST(WeightStream, PageableWeightsAreStagedAheadInAnyOrder) {
   EXPECT_GE(r.bytes, 3u * (4 * 40000 * 4 + 777 * 4));
   EXPECT_GT(r.busy_s, 0);
   EXPECT_GE(r.waited_s, 0);
+  ::unsetenv("CASCADE_STAGING_BUFFERS");
 }
 
 }  // namespace

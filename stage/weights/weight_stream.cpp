@@ -18,6 +18,10 @@
 
 namespace cascade::stage {
 
+int WeightStream::staging_buffers() {
+  return static_cast<int>(std::clamp(config::env_int("CASCADE_STAGING_BUFFERS").value_or(4), 2L, 8L));
+}
+
 int WeightStream::reader_threads() {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::clamp(cores - 1, 1u, 16u));
@@ -94,12 +98,10 @@ class CudaWeightStream : public WeightStream {
     // unless its disk-tier part is still being read; then release(k) or acquire(next)
     // issues it, and the GPU computes module k meanwhile.
     if (prefetch_next) prefetch();
-    // Reads the next two modules' disk-tier pieces into the staging buffers. Reading
-    // further ahead, across the step's end and into more buffers, was no faster on the
-    // H100 host (docs/performance.md, sessions 31 and 32).
+    // Reads the next modules' disk-tier pieces into the free staging buffers, one module
+    // a buffer, so the first disk-tier modules are read while the pinned ones copy.
     const int64_t n = static_cast<int64_t>(modules_.size());
-    stage((k + 1) % n);
-    stage((k + 2) % n);
+    for (size_t j = 1; j <= staging_.size(); ++j) stage((k + static_cast<int64_t>(j)) % n);
   }
 
   void release(int64_t k, bool prefetch_next) override {
@@ -147,6 +149,7 @@ class CudaWeightStream : public WeightStream {
 
   void start_staging() {
     if (stager_) return;
+    staging_.resize(static_cast<size_t>(WeightStream::staging_buffers()));
     for (Staging& st : staging_) {
       st.buffer =
           at::empty({static_cast<int64_t>(slot_bytes_)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
@@ -171,7 +174,7 @@ class CudaWeightStream : public WeightStream {
     Staging* free = nullptr;
     for (Staging& st : staging_)
       if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
-    if (!free) return;  // both hold modules not yet copied to the GPU
+    if (!free) return;  // all hold modules not yet copied to the GPU
     std::vector<HostStager::Copy> copies;
     for (const Piece& p : m.pieces)
       if (p.staged)
@@ -202,9 +205,10 @@ class CudaWeightStream : public WeightStream {
     if (m.staged) {
       stage(k);
       st = staging_of(k);
-      if (!st) {  // both buffers hold modules read ahead for another order of use
+      if (!st) {  // all buffers hold modules read ahead for another order of use
         if (!block) return;
-        Staging& old = staging_[staging_[0].ticket < staging_[1].ticket ? 0 : 1];
+        Staging& old = *std::min_element(staging_.begin(), staging_.end(),
+                                         [](const Staging& a, const Staging& b) { return a.ticket < b.ticket; });
         wait_for(old.ticket);
         old.consumed = true;  // dropped unread: no copy left it, so its dma_done is still the last one
         stage(k);
@@ -235,7 +239,7 @@ class CudaWeightStream : public WeightStream {
   cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
   int64_t loaded_[2] = {-1, -1};
   std::vector<Module> modules_;
-  Staging staging_[2];
+  std::vector<Staging> staging_;        // staging_buffers() of them, once something is staged
   double waited_s_ = 0;                 // in wait_for
   std::unique_ptr<HostStager> stager_;  // started by the first pageable piece
 };

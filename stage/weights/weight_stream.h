@@ -33,6 +33,10 @@ class WeightStream {
   // 9.3 with 16 (docs/performance.md). `cascade calibrate` measures the page cache's read
   // rate with this many.
   static int reader_threads();
+  // Pinned host staging buffers, each the size of a slot: 4, or CASCADE_STAGING_BUFFERS
+  // (2 to 8). On the H100 host's disk row two ran at 11.4 tok/s, four at 12.8, eight no
+  // faster (docs/performance.md, session 33).
+  static int staging_buffers();
   virtual ~WeightStream() = default;
 
   // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
