@@ -35,7 +35,7 @@ src = torch.empty(2 << 30, dtype=torch.uint8).pin_memory()
 gsrc = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
 cs = torch.cuda.Stream()
 
-def read_all(dst_of, n=N, before=None):
+def read_all(dst_of, n=N, before=None, after=None):
     nxt = [0]; lock = threading.Lock()
     def work():
         while True:
@@ -51,7 +51,6 @@ def read_all(dst_of, n=N, before=None):
     for t in ts: t.start()
     for t in ts: t.join()
     return SIZE / (time.perf_counter() - t0) / 1e9
-after = None
 
 def h2d(reps=3):
     with torch.cuda.stream(cs):
@@ -90,8 +89,6 @@ def ring_pass(R):
     def before(i):
         if i >= R:
             evready[i - R].wait(); evs[i - R].synchronize()
-    global after
-    after = lambda i: ready[i].set()
     def copier():
         with torch.cuda.stream(cs):
             for i in range(len(chunks)):
@@ -101,8 +98,8 @@ def ring_pass(R):
                 e = torch.cuda.Event(); e.record(cs); evs[i] = e; evready[i].set()
             cs.synchronize()
     t = threading.Thread(target=copier); t0 = time.perf_counter(); t.start()
-    read_all(lambda i: ringv[(i % R)*CH:(i % R + 1)*CH], N, before)
-    t.join(); after = None
+    read_all(lambda i: ringv[(i % R)*CH:(i % R + 1)*CH], N, before, lambda i: ready[i].set())
+    t.join()
     return SIZE / (time.perf_counter() - t0) / 1e9
 
 def staged_pass():  # the stream's way: read all into the big buffer, then copy it

@@ -190,8 +190,7 @@ class CudaWeightStream : public WeightStream {
     });
   }
 
-  void wait_for(uint64_t ticket) {
-    if (stager_->done(ticket)) return stager_->wait(ticket);  // at once; rethrows a failed read
+  void wait_for(uint64_t ticket) {  // HostStager::wait, timed: the step loop idle on the readers
     const auto t0 = std::chrono::steady_clock::now();
     stager_->wait(ticket);
     waited_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
