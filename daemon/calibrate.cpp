@@ -182,8 +182,7 @@ void apply_rates(const Rates& r, planner::PlanRequest& req) {
   if (r.cpu_compute_int8 > 0) req.cpu_compute_int8 = r.cpu_compute_int8;
   if (r.host_read > 0) req.host_read = r.host_read;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
-  // Read into staging, then copied: the two overlap module by module, so the slower sets the rate.
-  if (r.disk_read > 0) req.disk_stream = r.pinned_h2d > 0 ? std::min(r.disk_read, r.pinned_h2d) : r.disk_read;
+  if (r.disk_read > 0) req.disk_read = r.disk_read;
 }
 
 namespace {

@@ -1,6 +1,7 @@
 #include "daemon/planning.h"
 
 #include <algorithm>
+#include <iomanip>
 #include <iostream>
 #include <ostream>
 
@@ -10,6 +11,7 @@
 #include "planner/report.h"
 #include "stage/kernels/quant.h"
 #include "stage/model.h"
+#include "stage/weights/weight_stream.h"
 #include "storage/checkpoint.h"
 
 namespace cascade::daemon {
@@ -104,6 +106,7 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory, st
   req.streamed_share = cfg.placement.streamed_share;
   req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
+  req.staging_buffers = stage::WeightStream::staging_buffers();  // how far the stage reads the disk tier ahead
   run.rates = plan_run_rates(req, !host.gpu_free.empty(), progress ? *progress : std::cerr);
   run.plan = planner::make_plan(req);
   return run;
@@ -140,7 +143,9 @@ void run_plan(const PlanOptions& o, std::ostream& out) {
   const bool moe = std::any_of(req.model.modules.begin(), req.model.modules.end(),
                                [](const planner::ModuleInfo& m) { return m.kind == planner::ModuleKind::kExperts; });
   if (moe) out << ", experts " << config::to_string(req.experts);
-  out << "\ncost model rates: " << run.rates;
+  out << "\ncost model rates: " << run.rates << "\npredicted decode step: " << std::fixed << std::setprecision(1)
+      << plan.predicted_step_s * 1e3 << " ms at max_batch " << req.max_batch << " ("
+      << static_cast<double>(req.max_batch) / plan.predicted_step_s << " tok/s)" << std::defaultfloat;
   out << "\nbudgets:";
   for (size_t i = 0; i < req.budgets.size(); ++i) {
     const auto& b = req.budgets[i];

@@ -107,12 +107,12 @@ struct PlanRequest {
   // A manual device_map and pipeline-mode balancing ignore it.
   config::ExpertPlacement experts = config::ExpertPlacement::kAuto;
   // The cost model's bandwidths, bytes/s. Defaults: pinned PCIe from DESIGN §10; the
-  // next two from the H100 host's runs of 2026-11-24 (docs/performance.md): 1.48 GiB of
-  // disk tier read ahead and streamed in ~121 ms of a step, and a 16-core offload stage
-  // computing 3.11 GiB of layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode
-  // (5.40 GB at ~360 tok/s).
+  // disk read from the H100 host's stage lines of 2026-12-06 (15 readers, 33-42 GB/s);
+  // the CPU's from a 16-core offload stage there (2026-11-24) computing 3.11 GiB of
+  // layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode (5.40 GB at ~360 tok/s).
   double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
-  double disk_stream = 13e9;    // disk-tier weights read into pinned staging and streamed
+  double disk_read = 35e9;      // disk-tier weights read from the page cache (the stage's readers)
+  int staging_buffers = 4;      // pinned buffers the disk tier is read ahead into (WeightStream's)
   double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
   double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
   // FLOP/s of a CPU stage at batch 16, from the H200 host's CPU-computed offload at
@@ -177,10 +177,14 @@ Plan make_plan(const PlanRequest& req);
 // simulated along its route. Each module costs its bytes over its stage's rate (an
 // embedding nothing: a step reads max_batch of its rows); on a CPU
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
-// its FLOPs over cpu_flops, whichever is longer; a streamed module waits for its copy, which
-// starts once the streamed module before it starts computing (the double buffer's other
-// slot is then free) and after that module's copy (one copy engine), so copies overlap
-// the CPU stage's compute between them. Each hop between stages costs kHopSeconds.
+// its FLOPs over cpu_flops, whichever is longer (a disk-tier one at least its bytes over
+// disk_read); a streamed module waits for its copy, which starts once the streamed module
+// before it starts computing (the double buffer's other slot is then free) and after that
+// module's copy (one copy engine), so copies overlap the CPU stage's compute between them.
+// A disk-tier module's copy also waits for its read into a staging buffer: the readers
+// read one module at a time, into a buffer whose last copy has ended, once the streamed
+// module staging_buffers places before it has started computing (WeightStream reads that
+// far ahead). Each hop between stages costs kHopSeconds.
 // The second of two simulated steps is returned (the first has no copy in flight), or,
 // where host_read is set and longer, the step's host bytes (read by the CPU stages or
 // streamed from RAM) over host_read: the two sides share one memory bus.

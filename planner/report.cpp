@@ -83,6 +83,9 @@ std::string plan_json(const ModelDescriptor& m, const Plan& p) {
       map[m.modules[i].name] = hf_device(d);
   }
   j["device_map"] = map;
+  j["offload_compute"] = p.offload_compute;
+  j["offload_choice"] = p.offload_choice;
+  j["predicted_step_s"] = p.predicted_step_s;
   j["stages"] = nlohmann::ordered_json::array();
   for (const Stage& s : p.stages) {
     nlohmann::ordered_json st;

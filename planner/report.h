@@ -12,8 +12,10 @@ namespace cascade::planner {
 // budget, % used), the stages and the route.
 std::string format_plan(const ModelDescriptor& model, const Plan& plan);
 
-// {"device_map": {module: 0 | "cpu" | "cpu:1" | "disk"}, "stages": [...], "route": [...],
-//  "edges": [...], "devices": {name: {"budget", "weights", "kv", "activations", "staging"}}}
+// {"device_map": {module: 0 | "cpu" | "cpu:1" | "disk"}, "offload_compute", "offload_choice",
+//  "predicted_step_s" (the cost model's decode step of max_batch tokens), "stages": [...],
+//  "route": [...], "edges": [...],
+//  "devices": {name: {"budget", "weights", "kv", "activations", "staging"}}}
 std::string plan_json(const ModelDescriptor& model, const Plan& plan);
 
 }  // namespace cascade::planner

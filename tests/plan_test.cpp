@@ -342,6 +342,36 @@ TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
   EXPECT_NEAR(hp.predicted_step_s, off / 0.25e9, 1e-9);
 }
 
+// The disk tier of a stage that streams: its reads run ahead into the staging buffers,
+// overlapping the copies of the modules before; with one buffer each disk module's read
+// waits for the copy before it, so reads and copies run in series.
+TEST(Plan, TheCostModelOverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 650 * MiB}, {"disk", {}}});
+  r.offload_compute = "cuda:0";
+  r.pinned_h2d = 1e9;
+  r.disk_read = 1e9;
+  r.gpu_compute = 1e15;
+  const Plan four = make_plan(r);
+  double pinned = 0, disk = 0;
+  for (size_t i = 0; i < four.module_device.size(); ++i) {
+    const double w = static_cast<double>(r.model.modules[i].weight_bytes());
+    if (four.module_device[i].str() == "cpu:0") pinned += w;
+    if (four.module_device[i].str() == "disk") disk += w;
+  }
+  ASSERT_GE(pinned, 5 * 100 * MiB);
+  ASSERT_GE(disk, 4 * 100 * MiB);
+  // Four buffers: the copies set the pace (reads as fast, done ahead).
+  EXPECT_NEAR(four.predicted_step_s, (pinned + disk) / 1e9, 0.02 * (pinned + disk) / 1e9) << four.offload_choice;
+  // One buffer: every disk module is read, then copied.
+  r.staging_buffers = 1;
+  const double one = make_plan(r).predicted_step_s;
+  EXPECT_GT(one, (pinned + 1.9 * disk) / 1e9);
+  // Slow reads set the pace whatever the buffers.
+  r.staging_buffers = 4;
+  r.disk_read = 0.1e9;
+  EXPECT_NEAR(make_plan(r).predicted_step_s, disk / 0.1e9, 0.1 * disk / 0.1e9);
+}
+
 // A Mixtral-like model: per layer an attention half of `attn_bytes` and an expert block
 // of 8 experts of `expert_bytes` each, top 2 (so a token reads a quarter of them).
 ModelDescriptor moe_model(int layers, uint64_t attn_bytes, uint64_t expert_bytes) {

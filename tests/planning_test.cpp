@@ -83,7 +83,8 @@ TEST(PlanCli, ReadableTableFromAConfigFile) {
   int status = 0;
   const std::string out = run("plan --config " + dir.file("c.toml"), &status);
   ASSERT_EQ(status, 0) << out;
-  for (const char* want : {"budgets: cpu:0 600.00 KiB, cpu:1 4.00 MiB", "transformer.h.1", "rank 2", "used"}) {
+  for (const char* want : {"budgets: cpu:0 600.00 KiB, cpu:1 4.00 MiB", "transformer.h.1", "rank 2", "used",
+                           "predicted decode step: ", " ms at max_batch 2 ("}) {
     EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
   }
 }

@@ -32,6 +32,8 @@ TEST(Report, JsonHasEverySection) {
   const auto j = nlohmann::json::parse(plan_json(r.model, make_plan(r)));
   EXPECT_EQ(j["device_map"]["model.embed_tokens"], 0);  // GPUs as integers, like hf_device_map
   EXPECT_EQ(j["device_map"]["lm_head"], "cpu");
+  EXPECT_EQ(j["offload_compute"], "cpu");
+  EXPECT_GT(j["predicted_step_s"].get<double>(), 0);
   ASSERT_EQ(j["stages"].size(), 2u);
   EXPECT_EQ(j["stages"][1]["device"], "cpu:0");
   EXPECT_EQ(j["route"].size(), 2u);
