@@ -460,6 +460,11 @@ def main():
         target("GPU 2 GiB + CPU 2 GiB + disk, batch 1", r["rate"], "tok/s",
                f"{100 * r['rate'] * step:.0f}% of {1 / step:,.1f} ({why})", ">= 85% of its bound",
                r["rate"] >= 0.85 / step)
+        model_step, _ = predicted(r["log"])
+        notes.append(f"GPU 2 GiB + CPU 2 GiB + disk, batch 1: predicted {1 / model_step:,.1f} tok/s "
+                     f"({model_step * 1e3:.1f} ms a step), measured {r['rate']:,.1f} "
+                     f"({r['rate'] * model_step:.2f}x the prediction)")
+        log(notes[-1])
         notes.append("bound of the GPU 2 GiB + CPU rows: the bytes off the GPU (the CPU stage's weights, embedding "
                      "included, and the streamed ones) over PCIe plus the CPU's calibrated rate, as if both ran at once "
                      "from an unshared memory bus; of the all-CPU row: its weights over the CPU's calibrated rate")
