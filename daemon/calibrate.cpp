@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -54,6 +55,32 @@ double pool_pass(const std::vector<at::Tensor>& pool, int64_t tokens) {
   return best_seconds(3, [&] {
     for (const auto& w : pool) (void)stage::cpu_linear(x, w, {});
   });
+}
+
+// Bytes/s of `pool_pass(pool, 1)` while another thread copies 256 MiB of pinned memory to
+// GPU 0 back to back; 0 without a GPU.
+double cpu_rate_beside_copies(const std::vector<at::Tensor>& pool) {
+  if (!at::hasCUDA()) return 0;
+  const at::Tensor host = at::empty({int64_t{256} << 20}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  const at::Device gpu(at::kCUDA, 0);
+  (void)host.to(gpu);
+  std::atomic<bool> stop{false};
+  std::thread copier([&] {
+    while (!stop) (void)host.to(gpu);
+  });
+  double s = 0;
+  try {
+    s = pool_pass(pool, 1);
+  } catch (...) {
+    stop = true;
+    copier.join();
+    throw;
+  }
+  stop = true;
+  copier.join();
+  double bytes = 0;
+  for (const auto& w : pool) bytes += static_cast<double>(w.numel() * w.element_size());
+  return bytes / s;
 }
 
 double pinned_h2d() {
@@ -118,6 +145,7 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
            << out << ", " << in << "]\n";
   r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
   r.cpu_flops = 2.0 * 16 * static_cast<double>(out * in * copies) / pool_pass(pool, 16);
+  r.cpu_compute_shared = cpu_rate_beside_copies(pool);
   // int8 rows of the same projections, twice as many copies: the same bytes.
   std::vector<stage::Int8Rows> rows;
   for (int64_t i = 0; i < 2 * copies; ++i) rows.push_back(stage::quantize_rows(pool[static_cast<size_t>(i % copies)]));
@@ -144,8 +172,8 @@ void save_rates(const Rates& r, const std::string& path) {
   nlohmann::json j = {{"cpu_compute", r.cpu_compute}, {"cpu_compute_int8", r.cpu_compute_int8},
                       {"cpu_flops", r.cpu_flops},     {"host_read", r.host_read},
                       {"disk_read", r.disk_read},     {"readers", r.readers},
-                      {"pinned_h2d", r.pinned_h2d},   {"threads", r.threads},
-                      {"measured", r.measured}};
+                      {"pinned_h2d", r.pinned_h2d},   {"cpu_compute_shared", r.cpu_compute_shared},
+                      {"threads", r.threads},         {"measured", r.measured}};
   std::ofstream f(path);
   f << j.dump(2) << "\n";
   if (!f) throw std::runtime_error("cannot write the rates file " + path);
@@ -164,10 +192,11 @@ std::optional<Rates> load_rates(const std::string& path) {
     r.disk_read = j.value("disk_read", 0.0);  // files from before it was measured lack it
     r.readers = j.value("readers", 0);
     r.pinned_h2d = j.at("pinned_h2d").get<double>();
+    r.cpu_compute_shared = j.value("cpu_compute_shared", 0.0);  // files from before it was measured lack it
     r.threads = j.at("threads").get<int>();
     r.measured = j.at("measured").get<std::string>();
     if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0) ||
-        !(r.host_read >= 0) || !(r.disk_read >= 0))
+        !(r.host_read >= 0) || !(r.disk_read >= 0) || !(r.cpu_compute_shared >= 0))
       throw std::runtime_error("a rate is not positive");
     return r;
   } catch (const std::exception& e) {
@@ -182,6 +211,7 @@ void apply_rates(const Rates& r, planner::PlanRequest& req) {
   if (r.cpu_compute_int8 > 0) req.cpu_compute_int8 = r.cpu_compute_int8;
   if (r.host_read > 0) req.host_read = r.host_read;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
+  if (r.cpu_compute_shared > 0) req.cpu_compute_shared = r.cpu_compute_shared;
   if (r.disk_read > 0) req.disk_read = r.disk_read;
 }
 
@@ -225,7 +255,7 @@ void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
        << " GB/s\npage cache read by " << r.readers << (r.readers == 1 ? " reader" : " readers")
        << " (the disk tier): " << r.disk_read / 1e9 << " GB/s\npinned host-to-GPU: ";
   if (r.pinned_h2d > 0)
-    line << r.pinned_h2d / 1e9 << " GB/s";
+    line << r.pinned_h2d / 1e9 << " GB/s; the CPU's bf16 rate while it runs: " << r.cpu_compute_shared / 1e9 << " GB/s";
   else
     line << "no GPU (the default stays)";
   out << line.str() << "\nsaved to " << path << " (plans made on this machine use it)\n";

@@ -32,6 +32,9 @@ struct Rates {
   double disk_read = 0;
   int readers = 0;        // the readers disk_read was measured with
   double pinned_h2d = 0;  // bytes/s; 0 = no GPU measured
+  // cpu_compute while pinned host-to-GPU copies run back to back beside it (a hybrid
+  // step's CPU stage beside the weight stream: both read the host's memory); 0 = no GPU.
+  double cpu_compute_shared = 0;
   int threads = 0;
   std::string measured;  // when, ISO 8601 UTC
 };

@@ -686,10 +686,12 @@ double cpu_read_bytes(const PlanRequest& r, const ModuleInfo& m) {
 }
 
 // A CPU stage's time for module `m` in a step of max_batch tokens.
-double cpu_seconds(const PlanRequest& r, const ModuleInfo& m) {
+// beside_copies: the step streams weights to a GPU, whose copies share the host's memory.
+double cpu_seconds(const PlanRequest& r, const ModuleInfo& m, bool beside_copies) {
   const double tokens = static_cast<double>(r.max_batch);
   const double read = cpu_read_bytes(r, m);
-  const double rate = m.int8 && r.cpu_compute_int8 > 0 ? r.cpu_compute_int8 : r.cpu_compute;
+  double rate = m.int8 && r.cpu_compute_int8 > 0 ? r.cpu_compute_int8 : r.cpu_compute;
+  if (beside_copies && r.cpu_compute_shared > 0) rate *= r.cpu_compute_shared / r.cpu_compute;
   return std::max(read / rate, tokens * m.flops_per_token / r.cpu_flops);
 }
 
@@ -755,7 +757,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
         const DeviceName& tier = p.module_device[static_cast<size_t>(i)];
         const double w = static_cast<double>(m.weight_bytes());
         if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way
-          t += std::max(cpu_seconds(r, m), tier.kind == Kind::kDisk ? w / r.disk_read : 0.0);
+          t += std::max(cpu_seconds(r, m, n_streamed > 0), tier.kind == Kind::kDisk ? w / r.disk_read : 0.0);
           if (step == 0) host_bytes += cpu_read_bytes(r, m);
         } else if (is_gpu(tier)) {
           t += w / r.gpu_compute;

@@ -115,6 +115,10 @@ struct PlanRequest {
   int staging_buffers = 4;      // pinned buffers the disk tier is read ahead into (WeightStream's)
   double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
   double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
+  // cpu_compute while pinned copies to a GPU run beside it (`cascade calibrate` measures
+  // it): both read the host's memory. A step that streams charges CPU modules at this
+  // rate (int8 ones scaled alike). 0: not measured, cpu_compute.
+  double cpu_compute_shared = 0;
   // FLOP/s of a CPU stage at batch 16, from the H200 host's CPU-computed offload at
   // batch 16 (2026-12-03: 24 anchor layers, 60 GFLOP a step, in ~150 ms): beyond a few
   // tokens a CPU step is bound by arithmetic, not by reading weights.
@@ -178,7 +182,8 @@ Plan make_plan(const PlanRequest& req);
 // embedding nothing: a step reads max_batch of its rows); on a CPU
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
 // its FLOPs over cpu_flops, whichever is longer (a disk-tier one at least its bytes over
-// disk_read); a streamed module waits for its copy, which starts once the streamed module
+// disk_read; in a step that streams, at cpu_compute_shared); a streamed module waits for
+// its copy, which starts once the streamed module
 // before it starts computing (the double buffer's other slot is then free) and after that
 // module's copy (one copy engine), so copies overlap the CPU stage's compute between them.
 // A disk-tier module's copy also waits for its read into a staging buffer: the readers

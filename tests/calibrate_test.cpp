@@ -46,9 +46,14 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
   EXPECT_EQ(req.cpu_compute_int8, r->cpu_compute_int8);
   EXPECT_EQ(req.host_read, r->host_read);
   if (r->pinned_h2d == 0) {
-    EXPECT_EQ(req.pinned_h2d, pcie);  // no GPU: the default stays
+    EXPECT_EQ(req.pinned_h2d, pcie);      // no GPU: the default stays
+    EXPECT_EQ(r->cpu_compute_shared, 0);  // and nothing shares the bus with the CPU
+    EXPECT_EQ(req.cpu_compute_shared, 0);
   } else {
     EXPECT_EQ(req.pinned_h2d, r->pinned_h2d);
+    std::printf("[ calibrate ] bf16 at 1 token beside pinned copies: %.1f GB/s\n", r->cpu_compute_shared / 1e9);
+    EXPECT_GT(r->cpu_compute_shared, 1e8);
+    EXPECT_EQ(req.cpu_compute_shared, r->cpu_compute_shared);
   }
   EXPECT_EQ(req.disk_read, r->disk_read);
   // The file it read is gone: only the rates file is left.
@@ -106,6 +111,10 @@ TEST(Calibrate, AMissingFileIsNoneAndABadOneIsNamed) {
       R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 0, "disk_read": -5, "threads": 1, "measured": "x"})");
   EXPECT_THROW_WITH(load_rates(dir.file("neg_disk.json")), std::runtime_error, dir.file("neg_disk.json"),
                     "not positive");
+  test::write_file(dir.file("neg_shared.json"),
+                   R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 1, "cpu_compute_shared": -1, "threads": 1,
+                       "measured": "x"})");
+  EXPECT_THROW_WITH(load_rates(dir.file("neg_shared.json")), std::runtime_error, "not positive");
 }
 
 TEST(Calibrate, ThePathFollowsTheEnvironment) {

@@ -372,6 +372,25 @@ TEST(Plan, TheCostModelOverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
   EXPECT_NEAR(make_plan(r).predicted_step_s, disk / 0.1e9, 0.1 * disk / 0.1e9);
 }
 
+// Where the CPU computes beside a weight stream, its modules cost their bytes over the
+// rate measured beside copies; with nothing streamed, over the rate alone.
+TEST(Plan, TheCostModelSlowsTheCpuBesideCopies) {
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 0.5;
+  r.cpu_compute = 1e9;
+  r.pinned_h2d = 1e12;  // copies take no time: the step is the CPU's part
+  r.gpu_compute = 1e15;
+  const double alone = make_plan(r).predicted_step_s;
+  r.cpu_compute_shared = 0.5e9;
+  EXPECT_NEAR(make_plan(r).predicted_step_s, 2 * alone, 0.02 * alone);
+  r.offload_compute = "cpu";  // nothing streamed: the rate alone
+  r.streamed_share.reset();
+  const double cpu_only = make_plan(r).predicted_step_s;
+  r.cpu_compute_shared = 0;
+  EXPECT_EQ(make_plan(r).predicted_step_s, cpu_only);
+}
+
 // A Mixtral-like model: per layer an attention half of `attn_bytes` and an expert block
 // of 8 experts of `expert_bytes` each, top 2 (so a token reads a quarter of them).
 ModelDescriptor moe_model(int layers, uint64_t attn_bytes, uint64_t expert_bytes) {
