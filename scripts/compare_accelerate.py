@@ -447,8 +447,11 @@ def main():
             notes.append(f"{label}: predicted {b / step:,.1f} tok/s ({step * 1e3:.1f} ms a step), measured "
                          f"{r['rate']:,.1f} ({r['rate'] * step / b:.2f}x the prediction); {choice}")
             log(notes[-1])
+        # As many new tokens as the rows above; row (c) halves them for accelerate's sake. Run
+        # alone, a short run's rate is noisier: session 33's 16-token runs of this row gave
+        # 73-79% of the bound, 32-token runs in another call 83-87% (docs/performance.md).
         r = cascade_run(exe, args.work, "o_disk_b1", anchor, {"cuda:0": "2GiB", "cpu": "2GiB", "disk": "unlimited"}, 1,
-                        max(M // 2, 4))
+                        M)
         off, disk = streamed_bytes(r["log"]), paged_bytes(r["log"])
         # A step needs every streamed byte over PCIe and the disk tier's bytes read from the
         # page cache (at the rate cascade calibrate measured with the stage's readers); the
