@@ -709,8 +709,9 @@ class StreamTimeline {
   double start(size_t k, double bytes, const DeviceName& tier, double t) {
     double copy_from = std::max(copy_issue_, copy_end_);
     if (tier.kind == Kind::kDisk) {
-      const size_t ahead = buffer_free_.size();
-      const double staged_from = started_[(k + started_.size() - ahead % started_.size()) % started_.size()];
+      // The module `back` places before k (cyclically) is the first whose start stages k.
+      const size_t n = started_.size(), back = std::min(buffer_free_.size(), n - 1);
+      const double staged_from = started_[(k + n - back) % n];
       double& buffer = *std::min_element(buffer_free_.begin(), buffer_free_.end());
       read_end_ = std::max({read_end_, staged_from, buffer}) + bytes / r_.disk_read;
       copy_from = std::max(copy_from, read_end_);

@@ -107,6 +107,26 @@ TEST(HostStager, BeforeGatesTheWritesAndJobsFinishInOrder) {
   EXPECT_LT(st.busy_s, 0.1);
 }
 
+// A job that does not finish within the stager's limit is an error naming its file, not
+// a hang; once it finishes, a later wait sees it done.
+TEST(HostStager, AStalledReadIsAnErrorAfterTheLimit) {
+  test::TempDir dir;
+  const std::vector<uint8_t> bytes = pattern(4096, 9);
+  test::write_file(dir.file("shard.bin"), std::string(bytes.begin(), bytes.end()));
+  std::vector<uint8_t> dst(4096, 0);
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  HostStager stager(1, std::chrono::milliseconds(100));
+  const uint64_t t = stager.submit({{nullptr, dst.data(), 4096, dir.file("shard.bin"), 0}}, [open] { open.wait(); });
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW_WITH(stager.wait(t), std::runtime_error, "did not finish job 1", dir.file("shard.bin"), "within 0.1 s",
+                    "stalled");
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100));
+  gate.set_value();
+  stager.wait(t);
+  EXPECT_EQ(dst, bytes);
+}
+
 // What `before` throws comes back from wait(); the stager goes on with the next job.
 TEST(HostStager, AFailedJobReportsAndTheNextRuns) {
   HostStager stager(2);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -38,7 +39,7 @@ int HostStager::open_file(const std::string& path) {
   return fd;
 }
 
-HostStager::HostStager(int threads) {
+HostStager::HostStager(int threads, std::chrono::milliseconds wait_limit) : wait_limit_(wait_limit) {
   for (int i = 0; i < std::max(1, threads); ++i) workers_.emplace_back([this] { work(); });
 }
 
@@ -78,7 +79,15 @@ bool HostStager::done(uint64_t ticket) const {
 
 void HostStager::wait(uint64_t ticket) {
   std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return completed_ >= ticket; });
+  if (!done_cv_.wait_for(lock, wait_limit_, [&] { return completed_ >= ticket; })) {
+    const auto job = std::find_if(jobs_.begin(), jobs_.end(), [&](const Job& j) { return j.ticket == ticket; });
+    const std::string* file = job != jobs_.end() && !job->chunks.empty() ? job->chunks.front().file : nullptr;
+    std::ostringstream what;
+    what << "the staging readers did not finish job " << ticket << " ("
+         << (file ? "reading " + *file : std::string("copying pageable memory")) << ") within "
+         << wait_limit_.count() / 1000.0 << " s: is the disk or its filesystem stalled?";
+    throw std::runtime_error(what.str());
+  }
   auto it = failed_.find(ticket);
   if (it == failed_.end()) return;
   std::exception_ptr e = it->second;

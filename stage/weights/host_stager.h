@@ -43,7 +43,10 @@ class HostStager {
   };
   static constexpr uint64_t kChunk = 4ull << 20;
 
-  explicit HostStager(int threads);
+  // wait() gives up after `wait_limit`: a read that long means a stalled disk or
+  // filesystem, and the stage reports it rather than hang (the coordinator's step
+  // timeout, 300 s by default, would otherwise be the first to notice).
+  explicit HostStager(int threads, std::chrono::milliseconds wait_limit = std::chrono::minutes(2));
   ~HostStager();
   HostStager(const HostStager&) = delete;
   HostStager& operator=(const HostStager&) = delete;
@@ -52,7 +55,9 @@ class HostStager {
   // file it cannot open.
   uint64_t submit(std::vector<Copy> copies, std::function<void()> before = {});
   bool done(uint64_t ticket) const;
-  // Blocks until job `ticket` is done; rethrows what its `before` or a read threw.
+  // Blocks until job `ticket` is done; rethrows what its `before` or a read threw. Throws
+  // std::runtime_error naming the job's first file if it is not done within wait_limit
+  // (the job stays queued: a later wait may still see it finish).
   void wait(uint64_t ticket);
   // The jobs done so far without an error: their bytes, and the seconds from each one's
   // first chunk claimed to its last written, summed (its `before` not counted). Their
@@ -95,6 +100,7 @@ class HostStager {
   std::map<uint64_t, std::exception_ptr> failed_;
   Stats stats_;
   bool stop_ = false;
+  std::chrono::milliseconds wait_limit_;
   std::map<std::string, int> files_;  // opened by submit(), closed by the destructor
   std::vector<std::thread> workers_;
 };
