@@ -57,37 +57,38 @@ double pool_pass(const std::vector<at::Tensor>& pool, int64_t tokens) {
   });
 }
 
-// Bytes/s of `pool_pass(pool, 1)` while another thread copies 256 MiB of pinned memory to
-// GPU 0 back to back; 0 without a GPU.
-double cpu_rate_beside_copies(const std::vector<at::Tensor>& pool) {
-  if (!at::hasCUDA()) return 0;
+// 256 MiB of pinned host memory, copied once to GPU 0 (the first copy sets things up).
+at::Tensor pinned_block(const at::Device& gpu) {
   const at::Tensor host = at::empty({int64_t{256} << 20}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  const at::Device gpu(at::kCUDA, 0);
   (void)host.to(gpu);
+  return host;
+}
+
+// Seconds of `pool_pass(pool, 1)` while another thread copies pinned memory to GPU 0
+// back to back; 0 without a GPU.
+double pool_pass_beside_copies(const std::vector<at::Tensor>& pool) {
+  if (!at::hasCUDA()) return 0;
+  const at::Device gpu(at::kCUDA, 0);
+  const at::Tensor host = pinned_block(gpu);
   std::atomic<bool> stop{false};
   std::thread copier([&] {
     while (!stop) (void)host.to(gpu);
   });
-  double s = 0;
-  try {
-    s = pool_pass(pool, 1);
-  } catch (...) {
-    stop = true;
-    copier.join();
-    throw;
-  }
-  stop = true;
-  copier.join();
-  double bytes = 0;
-  for (const auto& w : pool) bytes += static_cast<double>(w.numel() * w.element_size());
-  return bytes / s;
+  struct Join {  // also when the pass throws
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Join() {
+      stop = true;
+      t.join();
+    }
+  } join{stop, copier};
+  return pool_pass(pool, 1);
 }
 
 double pinned_h2d() {
   if (!at::hasCUDA()) return 0;
-  const at::Tensor host = at::empty({int64_t{256} << 20}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   const at::Device gpu(at::kCUDA, 0);
-  (void)host.to(gpu);
+  const at::Tensor host = pinned_block(gpu);
   const double s = best_seconds(5, [&] { (void)host.to(gpu); });  // a blocking copy: returns when done
   return static_cast<double>(host.numel()) / s;
 }
@@ -145,7 +146,8 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
            << out << ", " << in << "]\n";
   r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
   r.cpu_flops = 2.0 * 16 * static_cast<double>(out * in * copies) / pool_pass(pool, 16);
-  r.cpu_compute_shared = cpu_rate_beside_copies(pool);
+  if (const double shared = pool_pass_beside_copies(pool); shared > 0)
+    r.cpu_compute_shared = static_cast<double>(bytes * copies) / shared;
   // int8 rows of the same projections, twice as many copies: the same bytes.
   std::vector<stage::Int8Rows> rows;
   for (int64_t i = 0; i < 2 * copies; ++i) rows.push_back(stage::quantize_rows(pool[static_cast<size_t>(i % copies)]));
