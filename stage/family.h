@@ -94,6 +94,11 @@ struct StepContext {
   // CUDA graph (DecodeGraphs::run_prompt) pads the step past the batch's own rows;
   // undefined: Batch::logit_rows.
   at::Tensor logit_rows = {};
+  // Set by Model::run_modules for each module: true when the module's input is an
+  // earlier module's output of this step, which nothing reads after this module; the
+  // module may then write into it (a residual add into its projection's GEMM). False
+  // for the range's first module, whose input may be a CUDA graph's static input.
+  bool input_spent = false;
 };
 
 class Module {

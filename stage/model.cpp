@@ -404,6 +404,7 @@ void Model::copy_kv_prefix(int64_t from, int64_t to, int64_t n, int64_t begin, i
 
 at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int64_t end) {
   bool ran = false;
+  const at::Tensor in = x;  // the caller's: never written (StepContext::input_spent)
   auto advise = [&](size_t i, bool need) {
     if (!disk_ || i >= loaded_.size() || !on_disk_[i]) return;
     for (const auto& t : desc_.modules[loaded_[i]].tensors) need ? disk_->will_need(t) : disk_->dont_need(t);
@@ -421,6 +422,7 @@ at::Tensor Model::run_modules(at::Tensor x, StepContext& ctx, int64_t begin, int
     }
     const int64_t k = stream_ordinal_[i];
     if (k >= 0) stream_->acquire(k, i != last);  // its weights are in its GPU slot for these kernels
+    ctx.input_spent = ran && !x.is_alias_of(in);
     x = modules_[i]->forward(x, ctx);
     if (k >= 0) stream_->release(k, i != last);
     advise(i, false);

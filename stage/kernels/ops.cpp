@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "config/env.h"
 #include "stage/kernels/cpu_gemv.h"
 #include "stage/kernels/cpu_rows.h"
 #include "stage/kernels/fused_kernels.h"
@@ -14,10 +15,17 @@ at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tens
   return y.defined() ? y : at::linear(x, w, b);
 }
 
-at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r) {
+at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
+                            bool r_spent) {
   // The residual add in the GEMV's epilogue.
   at::Tensor y = x.is_cuda() ? fused_linear_add(x, w, b, r) : cpu_linear(x, w, b, r);
-  return y.defined() ? y : r + apply_linear(x, w, b);
+  if (y.defined()) return y;
+  static const bool into_r = config::env_flag("CASCADE_RESIDUAL_GEMM", true);
+  if (into_r && r_spent && !b.defined() && x.dim() == 2 && w.dim() == 2 && r.is_contiguous() &&
+      r.scalar_type() == x.scalar_type() && w.scalar_type() == x.scalar_type() &&
+      r.sizes() == at::IntArrayRef({x.size(0), w.size(0)}))
+    return at::Tensor(r).addmm_(x, w.t());  // r's old value is the GEMM's C, beta = 1
+  return r + apply_linear(x, w, b);
 }
 
 at::Tensor apply_gated(const at::Tensor& x, const at::Tensor& w, Activation a) {

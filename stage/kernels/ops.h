@@ -12,7 +12,12 @@ namespace cascade::stage {
 // kernel (stage/fused_kernels.h) where it applies.
 at::Tensor apply_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 // r + apply_linear(x, w, b), the add in the GEMV's epilogue where the kernel applies.
-at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r);
+// `r_spent`: the caller reads r no more, so where no GEMV kernel applies (cuBLAS on the
+// GPU past its few tokens) the product is added into r in place, as the GEMM's
+// beta = 1, and r is returned: one kernel instead of a GEMM and an add.
+// CASCADE_RESIDUAL_GEMM=0 turns that off, to measure.
+at::Tensor apply_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
+                            bool r_spent = false);
 
 // LlamaRMSNorm: normalise in float32, cast back, then scale. x [tokens, hidden].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

@@ -79,7 +79,8 @@ void Attention::finalize() {
   if (f.defined()) qkv_ = std::move(f);
 }
 
-at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual) {
+at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual,
+                                 bool residual_spent) {
   const int64_t T = x.size(0);
   const int64_t q_out = a_.heads * a_.head_dim, kv_out = a_.kv_heads * a_.head_dim;
   at::Tensor q, k, v;
@@ -129,7 +130,7 @@ at::Tensor Attention::operator()(const at::Tensor& x, StepContext& ctx, const at
     a = ctx.decode.defined() ? ctx.kv->attend_decode(layer_, q, k, v, ctx.decode, a_.scale, a_.window, mods)
                              : ctx.kv->attend(layer_, q, k, v, ctx.batch, a_.scale, a_.window, mods);
   }
-  return residual.defined() ? o_.add_to(residual, o_.input(a)) : o_(a);
+  return residual.defined() ? o_.add_to(residual, o_.input(a), residual_spent) : o_(a);
 }
 
 at::Tensor Attention::alibi_slopes(int64_t heads) {

@@ -63,8 +63,10 @@ class Attention {
   // On a GPU, separate q/k/v projections become one matmul (see Module::finalize).
   void finalize();
   // x [tokens, hidden], already normed -> [tokens, hidden], after the output projection;
-  // plus `residual` when defined (the add fused into the projection where it can be).
-  at::Tensor operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual = {});
+  // plus `residual` when defined (the add fused into the projection where it can be;
+  // written into `residual` when residual_spent: Linear::add_to's r_spent).
+  at::Tensor operator()(const at::Tensor& x, StepContext& ctx, const at::Tensor& residual = {},
+                        bool residual_spent = false);
 
   // Bloom's ALiBi slopes for `heads` heads (any count, not only powers of two): [heads] float32.
   static at::Tensor alibi_slopes(int64_t heads);

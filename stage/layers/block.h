@@ -42,7 +42,7 @@ class DecoderBlock : public Module {
 
  private:
   at::Tensor attention_half(const at::Tensor& x, StepContext& ctx);
-  at::Tensor mlp_half(const at::Tensor& y);
+  at::Tensor mlp_half(const at::Tensor& y, bool y_spent);  // y_spent: Mlp's r_spent
 
   Parts p_;
 };

@@ -59,14 +59,14 @@ bool kernel_input(const Int8Activation& a, at::Tensor* x, at::Tensor* sx) {
 
 }  // namespace
 
-at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a) const {
+at::Tensor Linear::add_to(const at::Tensor& r, const Int8Activation& a, bool r_spent) const {
   at::Tensor x, sx;
   if (int8() && kernel_input(a, &x, &sx)) {
     const at::Tensor y = fused_linear_add(x, w, b, r, scale, sx);  // the add in the decode kernel
     if (y.defined()) return y;
   }
   if (int8() || conv1d) return r + (*this)(a);
-  return apply_linear_add(a.x, w, b, r);
+  return apply_linear_add(a.x, w, b, r, r_spent);
 }
 
 at::Tensor Linear::gated(const Int8Activation& a, Activation act) const {

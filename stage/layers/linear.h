@@ -42,7 +42,9 @@ struct Linear {
   at::Tensor operator()(const Int8Activation& a) const;  // -> [tokens, out] in x's dtype
   at::Tensor operator()(const at::Tensor& x) const { return (*this)(input(x)); }
   // r + (*this)(a), r [tokens, out]: the add rides in the decode GEMV where it applies.
-  at::Tensor add_to(const at::Tensor& r, const Int8Activation& a) const;
+  // r_spent: the caller reads r no more, so the sum may be written into it
+  // (apply_linear_add); use the result, not r.
+  at::Tensor add_to(const at::Tensor& r, const Int8Activation& a, bool r_spent = false) const;
   // A fused gate/up projection ([gate; up] rows, out = 2 * I) through `act`:
   // act(gate(a)) * up(a) [tokens, I], in one decode GEMV where it applies.
   at::Tensor gated(const Int8Activation& a, Activation act) const;

@@ -80,7 +80,7 @@ void Mlp::finalize() {
   g.gate_up = Linear::fuse({&g.gate, &g.up});
 }
 
-at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, const at::Tensor& r) const {
+at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, const at::Tensor& r, bool r_spent) const {
   const Int8Activation h = (gate_up.defined() ? gate_up : gate).input(x);
   at::Tensor a;  // [tokens, intermediate]
   const auto plain = [](const Linear& l) { return !l.int8() && !l.conv1d && !l.b.defined(); };
@@ -91,15 +91,15 @@ at::Tensor Mlp::Gated::operator()(const at::Tensor& x, Activation act, const at:
   } else {
     a = activate(gate(h), act) * up(h);
   }
-  return r.defined() ? down.add_to(r, down.input(a)) : down(a);
+  return r.defined() ? down.add_to(r, down.input(a), r_spent) : down(a);
 }
 
-at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& r) {
+at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& r, bool r_spent) {
   switch (m_.kind) {
     case MlpKind::kGated:
-      return gated_(x, m_.act, r);
+      return gated_(x, m_.act, r, r_spent);
     case MlpKind::kPlain:
-      return proj_.add_to(r, proj_.input(activate(fc_(x), m_.act)));
+      return proj_.add_to(r, proj_.input(activate(fc_(x), m_.act)), r_spent);
     case MlpKind::kMoe:
       return r + moe(x);
   }

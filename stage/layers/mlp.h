@@ -51,7 +51,9 @@ class Mlp {
   void finalize();
   at::Tensor operator()(const at::Tensor& x);  // [tokens, hidden] -> [tokens, hidden]
   // r + (*this)(x), the add fused into the down projection where it can be.
-  at::Tensor operator()(const at::Tensor& x, const at::Tensor& r);
+  // r_spent: the caller reads r no more, so the sum may be written into it
+  // (Linear::add_to); use the result, not r.
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& r, bool r_spent = false);
   // A mixture of experts groups tokens by expert on the host: no CUDA graph.
   bool capturable() const { return m_.kind != MlpKind::kMoe; }
 
@@ -59,7 +61,7 @@ class Mlp {
   struct Gated {
     Linear gate, up, down, gate_up;  // gate_up: set by finalize(), which empties gate and up
     // r (when defined) + down(act(gate(x)) * up(x)).
-    at::Tensor operator()(const at::Tensor& x, Activation act, const at::Tensor& r = {}) const;
+    at::Tensor operator()(const at::Tensor& x, Activation act, const at::Tensor& r = {}, bool r_spent = false) const;
   };
   at::Tensor moe(const at::Tensor& x);
 
