@@ -122,9 +122,9 @@ at::Tensor attention_call(const at::Tensor& q, const at::Tensor& k_cache, const 
   // its warps' chains of dependent keys, not bandwidth, at the spans of a chat (20 blocks
   // of up to 64 keys took 8.8 us at batch 1 on the H200), and each split beyond one adds
   // a merge through global memory.
-  const int warps = cuda::attention_warps(static_cast<int>(heads / kv_heads), static_cast<int>(D));
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t pairs = B * kv_heads;
+  const int warps = cuda::attention_warps(static_cast<int>(heads / kv_heads), static_cast<int>(D), pairs);
   const int64_t splits = std::clamp<int64_t>((16 * sms + pairs * warps - 1) / (pairs * warps), 1,
                                              std::max<int64_t>(1, args.span / (4 * warps)));
   const at::Tensor qc = st ? q : q.contiguous();

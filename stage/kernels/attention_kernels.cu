@@ -12,7 +12,8 @@
 // before it (the projection that makes q): the cached keys are older than that kernel,
 // and their latency then overlaps its tail (cuda_common.cuh, launch_overlapped). Blocks
 // of 16 warps (where their shared memory fits: cuda::attention_warps) give a chat's
-// spans few keys a warp in one split, with no merge through global memory.
+// spans few keys a warp in one split, with no merge through global memory; a batch's
+// many (sequence, KV head) pairs take blocks of 4 (cuda::attention_warps).
 // CASCADE_ATTENTION_PREFETCH=0 keeps one key in flight, issued after the wait: to measure.
 #include <cfloat>
 
@@ -299,7 +300,7 @@ cudaError_t attention_g(const DecodeAttention& a, const void* q, const void* kc,
                         const int64_t* pos, void* o, float* work, int* counters, const DecodeStoreKv& st,
                         cudaStream_t stream) {
   const int group = a.heads / a.kv_heads;
-  if (a.warps != attention_warps(group, D) && a.warps != 4) return cudaErrorInvalidValue;
+  if (a.warps != attention_wide_warps(group, D) && a.warps != 4) return cudaErrorInvalidValue;
   if (group == 1)
     attention_t<S, D, 1>(a, q, kc, vc, slots, pos, o, work, counters, st, stream);
   else if (group == 2)
@@ -372,10 +373,15 @@ bool attention_prefetch() {
   return early;
 }
 
-int attention_warps(int group, int D) {
-  static const bool wide = config::env_flag("CASCADE_WIDE_ATTENTION", true);
+int attention_wide_warps(int group, int D) {
   const int g = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;  // the kernel's G
-  return wide && g * D <= kWideAttentionElems ? 16 : 4;
+  return g * D <= kWideAttentionElems ? 16 : 4;
+}
+
+int attention_warps(int group, int D, int64_t pairs) {
+  static const long wide = config::env_int("CASCADE_WIDE_ATTENTION").value_or(1);
+  if (wide == 0 || (wide != 2 && pairs > multiprocessors())) return 4;
+  return attention_wide_warps(group, D);
 }
 
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,
