@@ -166,6 +166,24 @@ class Ledger {
   std::optional<DeviceName> kv_precharged_;
 };
 
+// The host's pinned staging buffers of a stream that reads disk-tier modules: one slot
+// (the largest streamed module) each, as WeightStream allocates them.
+uint64_t host_staging_bytes(const PlanRequest& r, uint64_t slot) {
+  return static_cast<uint64_t>(std::max(1, r.staging_buffers)) * slot;
+}
+
+// Throws where the offload CPU's budget cannot hold the host's staging buffers at all.
+void no_room_for_staging(const PlanRequest& r, const Ledger& l, uint64_t slot) {
+  const uint64_t need = host_staging_bytes(r, slot), cap = l.cap(l.last_cpu());
+  if (need <= cap) return;
+  throw PlanError("streaming the disk tier to " + l.offload_gpu()->str() + " needs " +
+                  std::to_string(std::max(1, r.staging_buffers)) + " pinned staging buffers of " + gib(slot) +
+                  " (the largest module) in host memory, " + gib(need) + ", but " + l.last_cpu().str() +
+                  "'s budget is " + gib(cap) +
+                  ": raise it, set CASCADE_STAGING_BUFFERS lower (2 to 8), or use "
+                  "offload_compute = \"cpu\"");
+}
+
 uint64_t module_need(const PlanRequest& r, const Ledger& l, int64_t i) {
   return r.model.modules[i].weight_bytes() + l.kv_of(r.model.modules[i]);
 }
@@ -455,25 +473,40 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
   // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
   // fill failed with that GPU full), fill again with two copies of the largest module
-  // reserved there (its double buffer) and the KV cache of every layer on it.
+  // reserved there (its double buffer) and the KV cache of every layer on it; if that
+  // fill puts modules on the disk tier, once more with the host's pinned staging
+  // buffers reserved on the offload CPU (the stream reads disk-tier modules into them).
   const auto offloaded = [&] {
     return std::any_of(plan.module_device.begin(), plan.module_device.end(),
                        [&](const DeviceName& d) { return l.is_offload_tier(d); });
   };
+  const auto on_disk = [&] {
+    return std::any_of(plan.module_device.begin(), plan.module_device.end(),
+                       [](const DeviceName& d) { return d.kind == Kind::kDisk; });
+  };
+  bool host_staging = false;
+  const auto reserve = [&](Ledger& ledger, int pass) {
+    if (pass == 0) return;
+    ledger.reserve_staging(*ledger.offload_gpu(), 2 * largest_module);
+    ledger.precharge_kv(*ledger.offload_gpu());
+    if (host_staging) ledger.reserve_staging(ledger.last_cpu(), host_staging_bytes(r, largest_module));
+  };
   int pass = 0;
-  for (; pass < 2; ++pass) {
+  for (; pass < 3; ++pass) {
     l = Ledger(r);
-    if (pass == 1) {
-      l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
-      l.precharge_kv(*l.offload_gpu());
-    }
+    reserve(l, pass);
     try {
       fill(r, order, main, l, plan.module_device, false);
     } catch (const PlanError&) {
-      if (pass == 1 || !l.offload_gpu()) throw;
+      if (pass > 0 || !l.offload_gpu()) throw;
       continue;
     }
     if (!offloaded() || !l.offload_gpu()) break;
+    if (pass > 0) {
+      if (host_staging || !on_disk()) break;
+      host_staging = true;
+      no_room_for_staging(r, l, largest_module);
+    }
   }
   // Something is offloaded and the CPU computes: fill again with the embedding last
   // (PlanRequest::offload_compute says why), and keep that fill where the GPUs then hold
@@ -490,10 +523,7 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
     const std::vector<DeviceName> devices = plan.module_device;
     const uint64_t resident = on_gpus();
     l = Ledger(r);
-    if (pass > 0) {  // the fill that stands reserved the double buffer
-      l.reserve_staging(*l.offload_gpu(), 2 * largest_module);
-      l.precharge_kv(*l.offload_gpu());
-    }
+    reserve(l, pass);  // as the fill that stands reserved
     bool better = false;
     try {
       fill(r, order, main, l, plan.module_device, true);
@@ -541,9 +571,16 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
     else if (l.offload_gpu())
       l.compute_on_cpu(i);
   }
-  // Staging actually needed: two copies of the largest streamed module (never more than
-  // the fill reserved).
-  if (l.offload_gpu()) l.usage()[l.offload_gpu()->str()].staging = 2 * largest_streamed;
+  // Staging actually needed: two copies of the largest streamed module on the GPU, and
+  // where a streamed module lies on the disk tier the host's pinned staging buffers
+  // (never more than the fill reserved).
+  if (l.offload_gpu()) {
+    l.usage()[l.offload_gpu()->str()].staging = 2 * largest_streamed;
+    bool staged = false;
+    for (int64_t i = 0; i < n; ++i) staged = staged || (streamed[i] && plan.module_device[i].kind == Kind::kDisk);
+    if (staged || l.usage().count(l.last_cpu().str()))
+      l.usage()[l.last_cpu().str()].staging = staged ? host_staging_bytes(r, largest_streamed) : 0;
+  }
 
   // Budgets hold (a manual map is checked here; the fill never breaks them).
   for (const auto& b : r.budgets) {

@@ -346,30 +346,68 @@ TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
 // overlapping the copies of the modules before; with one buffer each disk module's read
 // waits for the copy before it, so reads and copies run in series.
 TEST(Plan, TheCostModelOverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
-  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 650 * MiB}, {"disk", {}}});
+  // cpu: 650 MiB for weights beside the host's four 100 MiB staging buffers.
+  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 1050 * MiB}, {"disk", {}}});
   r.offload_compute = "cuda:0";
   r.pinned_h2d = 1e9;
   r.disk_read = 1e9;
   r.gpu_compute = 1e15;
+  const auto tier_bytes = [&](const Plan& p, const char* tier) {
+    double b = 0;
+    for (size_t i = 0; i < p.module_device.size(); ++i)
+      if (p.module_device[i].str() == tier) b += static_cast<double>(r.model.modules[i].weight_bytes());
+    return b;
+  };
   const Plan four = make_plan(r);
-  double pinned = 0, disk = 0;
-  for (size_t i = 0; i < four.module_device.size(); ++i) {
-    const double w = static_cast<double>(r.model.modules[i].weight_bytes());
-    if (four.module_device[i].str() == "cpu:0") pinned += w;
-    if (four.module_device[i].str() == "disk") disk += w;
-  }
+  const double pinned = tier_bytes(four, "cpu:0"), disk = tier_bytes(four, "disk");
   ASSERT_GE(pinned, 5 * 100 * MiB);
   ASSERT_GE(disk, 4 * 100 * MiB);
   // Four buffers: the copies set the pace (reads as fast, done ahead).
   EXPECT_NEAR(four.predicted_step_s, (pinned + disk) / 1e9, 0.02 * (pinned + disk) / 1e9) << four.offload_choice;
   // One buffer: every disk module is read, then copied.
   r.staging_buffers = 1;
-  const double one = make_plan(r).predicted_step_s;
-  EXPECT_GT(one, (pinned + 1.9 * disk) / 1e9);
+  const Plan one = make_plan(r);
+  ASSERT_GE(tier_bytes(one, "disk"), 100 * MiB);
+  EXPECT_GT(one.predicted_step_s, (tier_bytes(one, "cpu:0") + 1.9 * tier_bytes(one, "disk")) / 1e9);
   // Slow reads set the pace whatever the buffers.
   r.staging_buffers = 4;
   r.disk_read = 0.1e9;
   EXPECT_NEAR(make_plan(r).predicted_step_s, disk / 0.1e9, 0.1 * disk / 0.1e9);
+}
+
+// A stream that reads the disk tier holds CASCADE_STAGING_BUFFERS pinned buffers of its
+// largest module in host memory: the offload CPU's budget pays for them, so fewer modules
+// stay there, and a budget smaller than the buffers is refused with what to change.
+TEST(Plan, TheHostsStagingBuffersComeOutOfTheCpuBudget) {
+  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 1050 * MiB}, {"disk", {}}});
+  r.offload_compute = "cuda:0";
+  const Plan p = make_plan(r);
+  const DeviceUsage& cpu = p.devices.at("cpu:0");
+  EXPECT_EQ(cpu.staging, 4 * 100 * MiB);
+  EXPECT_LE(cpu.total(), 1050 * MiB);
+  EXPECT_LE(cpu.weights, 650 * MiB);
+  EXPECT_GT(p.devices.at("disk").weights, 0u);
+  r.staging_buffers = 2;
+  const Plan two = make_plan(r);
+  EXPECT_EQ(two.devices.at("cpu:0").staging, 2 * 100 * MiB);
+  EXPECT_GT(two.devices.at("cpu:0").weights, cpu.weights);  // the room two buffers leave holds layers
+  // Nothing on disk: no host staging.
+  r.budgets = {{parse_device("cuda:0"), 500 * MiB}, {parse_device("cpu"), 4000 * MiB}};
+  EXPECT_EQ(make_plan(r).devices.at("cpu:0").staging, 0u);
+  // The CPU computes the disk tier itself: no stream, no staging.
+  r.budgets = {{parse_device("cuda:0"), 500 * MiB}, {parse_device("cpu"), 300 * MiB}, {parse_device("disk"), {}}};
+  r.offload_compute = "cpu";
+  EXPECT_EQ(make_plan(r).devices.at("cpu:0").staging, 0u);
+  // Streaming with less host memory than the buffers: refused, saying what to change.
+  r.offload_compute = "cuda:0";
+  r.staging_buffers = 4;
+  try {
+    make_plan(r);
+    ADD_FAILURE() << "a 300 MiB CPU budget cannot hold four 100 MiB staging buffers";
+  } catch (const PlanError& e) {
+    EXPECT_NE(std::string(e.what()).find("CASCADE_STAGING_BUFFERS"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cpu:0"), std::string::npos) << e.what();
+  }
 }
 
 // Where the CPU computes beside a weight stream, its modules cost their bytes over the
