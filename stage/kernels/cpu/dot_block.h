@@ -175,19 +175,20 @@ void rows(const DotArgs& a, int t0) {
 
 // Tokens in groups of up to four, the tile shapes chosen to fit the vector registers
 // (R * G sums + G inputs + a weight): 16 for AVX2, 32 for AVX-512 (V::kRegs).
-// One or two tokens take 8 rows at a time where there are 32 registers: 8 row streams in
-// flight read faster than 4 on the development VM (AMD Zen 5, one thread,
-// cpu_gemv_bench, 2026-12-04: float32 and bfloat16 12-35%, int8 ~15%, float16 within the
-// noise; docs/performance.md). A row's sum is the same whatever R (its own register, the
-// same k order).
+// One token takes 8 rows at a time on every back end (8 sums, 2 inputs and the weights
+// fit 16 registers), two tokens where there are 32 registers: 8 row streams in flight
+// read faster than 4 on the development VM (AMD Zen 5, one thread, cpu_gemv_bench;
+// AVX-512, 2026-12-04: float32 and bfloat16 12-35%, int8 ~15%; AVX2, 2026-12-06: float32
+// 75% -> 89% of the read bound, bfloat16 52% -> 59%; docs/performance.md). A row's sum
+// is the same whatever R (its own register, the same k order).
 template <class V, WeightType WT, bool X16 = false>
 void dot_block(const DotArgs& a) {
-  constexpr bool kWide = V::kRegs >= 32;
+  constexpr bool kWide = V::kRegs >= 32;  // room for 8 rows of two tokens
   for (int t = 0; t < a.tokens;) {
     const int left = a.tokens - t;
     switch (left >= 4 ? 4 : left) {
       case 1:
-        rows<V, WT, kWide ? 8 : 4, 1, X16>(a, t);
+        rows<V, WT, 8, 1, X16>(a, t);
         t += 1;
         break;
       case 2:
