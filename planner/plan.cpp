@@ -564,20 +564,21 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
   const auto& mods = r.model.modules;
   const int64_t n = static_cast<int64_t>(mods.size());
   uint64_t largest_streamed = 0;
+  bool staged = false;  // a streamed module lies on the disk tier: the host stages it
   for (int64_t i = 0; i < n; ++i) {
     if (!l.is_offload_tier(plan.module_device[i])) continue;
-    if (streamed[i])
+    if (streamed[i]) {
       largest_streamed = std::max(largest_streamed, mods[i].weight_bytes());
-    else if (l.offload_gpu())
+      staged = staged || plan.module_device[i].kind == Kind::kDisk;
+    } else if (l.offload_gpu()) {
       l.compute_on_cpu(i);
+    }
   }
   // Staging actually needed: two copies of the largest streamed module on the GPU, and
   // where a streamed module lies on the disk tier the host's pinned staging buffers
   // (never more than the fill reserved).
   if (l.offload_gpu()) {
     l.usage()[l.offload_gpu()->str()].staging = 2 * largest_streamed;
-    bool staged = false;
-    for (int64_t i = 0; i < n; ++i) staged = staged || (streamed[i] && plan.module_device[i].kind == Kind::kDisk);
     if (staged || l.usage().count(l.last_cpu().str()))
       l.usage()[l.last_cpu().str()].staging = staged ? host_staging_bytes(r, largest_streamed) : 0;
   }
