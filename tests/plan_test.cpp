@@ -5,49 +5,13 @@
 #include <random>
 #include <set>
 
+#include "tests/plan_models.h"
 #include "tests/test_util.h"
 
 namespace cascade::planner {
 namespace {
 
-using config::DeviceName;
-using config::parse_device;
-constexpr uint64_t MiB = 1ull << 20;
-
-// A llama-like model: embedding, `layers` equal decoder layers, norm, head.
-ModelDescriptor model(int layers, uint64_t layer_bytes, uint64_t embed_bytes, bool tied = false,
-                      uint64_t kv_per_token = 0) {
-  ModelDescriptor m;
-  m.model_type = "llama";
-  m.vocab_size = 256;
-  m.dtype_bytes = 2;
-  // A llama layer of hidden 64, intermediate 128, 4 heads of 16 (K and V too), as its
-  // family declares it: residuals 4 * 64 + MLP 3 * 128 + q/k/v (4 + 2 * 4) * 16.
-  m.act_bytes_per_token = 2 * (4 * 64 + 3 * 128 + 12 * 16);
-  m.score_heads = 4;
-  m.modules.push_back(
-      {"model.embed_tokens", ModuleKind::kEmbedding, {{"model.embed_tokens.weight", embed_bytes}}, 0, 0});
-  for (int i = 0; i < layers; ++i) {
-    const std::string n = "model.layers." + std::to_string(i);
-    m.modules.push_back({n, ModuleKind::kLayer, {{n + ".weight", layer_bytes}}, double(layer_bytes), kv_per_token});
-  }
-  m.modules.push_back({"model.norm", ModuleKind::kNorm, {{"model.norm.weight", 128}}, 0, 0});
-  m.modules.push_back({"lm_head",
-                       ModuleKind::kHead,
-                       {{tied ? "model.embed_tokens.weight" : "lm_head.weight", embed_bytes}},
-                       double(embed_bytes),
-                       0});
-  return m;
-}
-
-PlanRequest request(ModelDescriptor m, const std::vector<std::pair<std::string, std::optional<uint64_t>>>& budgets) {
-  PlanRequest r;
-  r.model = std::move(m);
-  for (const auto& [d, b] : budgets) r.budgets.push_back({parse_device(d), b});
-  r.max_batch = 1;
-  r.max_seq_len = 16;
-  return r;
-}
+using namespace test_models;
 
 std::vector<std::string> devices_of(const Plan& p) {
   std::vector<std::string> out;
@@ -305,76 +269,6 @@ TEST(Plan, TheEmbeddingLeavesTheGpuToALayerWhenLayersAreOffloaded) {
   for (const auto& d : devices_of(make_plan(r))) EXPECT_EQ(d, "0");
 }
 
-TEST(Plan, TheCostModelAddsBytesOverRatesAndHops) {
-  // Everything on the CPU: the step is its bytes over the CPU's rate plus two hops.
-  PlanRequest r = request(model(4, 100 * MiB, 10 * MiB), {{"cpu", 8000 * MiB}});
-  r.cpu_compute = 1e9;
-  const Plan p = make_plan(r);
-  const double bytes = 4 * 100 * MiB + 10 * MiB + 128;  // the embedding's lookup costs nothing
-  EXPECT_NEAR(p.predicted_step_s, bytes / 1e9 + 2 * kHopSeconds, 1e-9);
-  // A memory bus slower than the CPU's rate (host_read) sets the step instead.
-  PlanRequest bus = r;
-  bus.host_read = 0.5e9;
-  EXPECT_NEAR(make_plan(bus).predicted_step_s, bytes / 0.5e9, 1e-9);
-  // Streamed modules whose copies take longer than everything else: the copies set the pace.
-  PlanRequest s = request(model(6, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 4000 * MiB}});
-  s.offload_compute = "cuda:0";
-  s.pinned_h2d = 1e9;
-  const Plan q = make_plan(s);
-  uint64_t streamed = 0;
-  for (size_t i = 0; i < q.module_device.size(); ++i)
-    if (q.module_device[i].str() == "cpu:0") streamed += s.model.modules[i].weight_bytes();
-  EXPECT_GT(q.predicted_step_s, static_cast<double>(streamed) / 1e9);
-  EXPECT_LT(q.predicted_step_s, static_cast<double>(streamed) / 1e9 * 1.05);
-  // A hybrid's CPU stage and copies share the bus: with it slower than both, the step is
-  // every offloaded byte over it, whichever side reads them.
-  PlanRequest h = s;
-  h.offload_compute = "cpu+cuda:0";
-  h.streamed_share = 0.5;
-  h.cpu_compute = 1e9;
-  h.host_read = 0.25e9;
-  const Plan hp = make_plan(h);
-  double off = 0;
-  for (size_t i = 0; i < hp.module_device.size(); ++i)
-    if (hp.module_device[i].str() == "cpu:0" && h.model.modules[i].kind != ModuleKind::kEmbedding)
-      off += static_cast<double>(h.model.modules[i].weight_bytes());
-  EXPECT_GT(off, 0);
-  EXPECT_NEAR(hp.predicted_step_s, off / 0.25e9, 1e-9);
-}
-
-// The disk tier of a stage that streams: its reads run ahead into the staging buffers,
-// overlapping the copies of the modules before; with one buffer each disk module's read
-// waits for the copy before it, so reads and copies run in series.
-TEST(Plan, TheCostModelOverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
-  // cpu: 650 MiB for weights beside the host's four 100 MiB staging buffers.
-  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 1050 * MiB}, {"disk", {}}});
-  r.offload_compute = "cuda:0";
-  r.pinned_h2d = 1e9;
-  r.disk_read = 1e9;
-  r.gpu_compute = 1e15;
-  const auto tier_bytes = [&](const Plan& p, const char* tier) {
-    double b = 0;
-    for (size_t i = 0; i < p.module_device.size(); ++i)
-      if (p.module_device[i].str() == tier) b += static_cast<double>(r.model.modules[i].weight_bytes());
-    return b;
-  };
-  const Plan four = make_plan(r);
-  const double pinned = tier_bytes(four, "cpu:0"), disk = tier_bytes(four, "disk");
-  ASSERT_GE(pinned, 5 * 100 * MiB);
-  ASSERT_GE(disk, 4 * 100 * MiB);
-  // Four buffers: the copies set the pace (reads as fast, done ahead).
-  EXPECT_NEAR(four.predicted_step_s, (pinned + disk) / 1e9, 0.02 * (pinned + disk) / 1e9) << four.offload_choice;
-  // One buffer: every disk module is read, then copied.
-  r.staging_buffers = 1;
-  const Plan one = make_plan(r);
-  ASSERT_GE(tier_bytes(one, "disk"), 100 * MiB);
-  EXPECT_GT(one.predicted_step_s, (tier_bytes(one, "cpu:0") + 1.9 * tier_bytes(one, "disk")) / 1e9);
-  // Slow reads set the pace whatever the buffers.
-  r.staging_buffers = 4;
-  r.disk_read = 0.1e9;
-  EXPECT_NEAR(make_plan(r).predicted_step_s, disk / 0.1e9, 0.1 * disk / 0.1e9);
-}
-
 // A stream that reads the disk tier holds CASCADE_STAGING_BUFFERS pinned buffers of its
 // largest module in host memory: the offload CPU's budget pays for them, so fewer modules
 // stay there, and a budget smaller than the buffers is refused with what to change.
@@ -410,39 +304,6 @@ TEST(Plan, TheHostsStagingBuffersComeOutOfTheCpuBudget) {
   }
 }
 
-// Where the CPU computes beside a weight stream, its modules cost their bytes over the
-// rate measured beside copies; with nothing streamed, over the rate alone.
-TEST(Plan, TheCostModelSlowsTheCpuBesideCopies) {
-  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
-  r.offload_compute = "cpu+cuda:0";
-  r.streamed_share = 0.5;
-  r.cpu_compute = 1e9;
-  r.pinned_h2d = 1e12;  // copies take no time: the step is the CPU's part
-  r.gpu_compute = 1e15;
-  const double alone = make_plan(r).predicted_step_s;
-  r.cpu_compute_shared = 0.5e9;
-  EXPECT_NEAR(make_plan(r).predicted_step_s, 2 * alone, 0.02 * alone);
-  r.offload_compute = "cpu";  // nothing streamed: the rate alone
-  r.streamed_share.reset();
-  const double cpu_only = make_plan(r).predicted_step_s;
-  r.cpu_compute_shared = 0;
-  EXPECT_EQ(make_plan(r).predicted_step_s, cpu_only);
-}
-
-// A Mixtral-like model: per layer an attention half of `attn_bytes` and an expert block
-// of 8 experts of `expert_bytes` each, top 2 (so a token reads a quarter of them).
-ModelDescriptor moe_model(int layers, uint64_t attn_bytes, uint64_t expert_bytes) {
-  ModelDescriptor m = model(layers, attn_bytes, 10 * MiB);
-  for (int i = layers; i >= 1; --i) {
-    const std::string n = "model.layers." + std::to_string(i - 1) + ".block_sparse_moe";
-    ModuleInfo e{n, ModuleKind::kExperts, {{n + ".gate.weight", 1 * MiB}}, 0, 0};
-    for (int x = 0; x < 8; ++x) e.tensors.push_back({n + ".experts." + std::to_string(x), expert_bytes, 0.25});
-    e.flops_per_token = 2.0 * static_cast<double>(expert_bytes);
-    m.modules.insert(m.modules.begin() + 1 + i, e);
-  }
-  return m;
-}
-
 TEST(Plan, ExpertsLeaveTheGpuBeforeAttention) {
   // 4 layers of 10 MiB attention + 8 x 20 MiB experts; the GPU holds 250 MiB: all the
   // attention, the embedding and head (80 MiB), and one expert block (161 MiB).
@@ -468,25 +329,6 @@ TEST(Plan, ExpertsLeaveTheGpuBeforeAttention) {
             (std::vector<std::string>{"0", "0", "cpu", "0", "cpu", "0", "cpu", "0", "cpu", "0", "0"}));
   r.budgets = {{parse_device("cuda:0"), 250 * MiB}};
   EXPECT_THROW_WITH(make_plan(r), PlanError, "experts = \"offload\"", "add \"cpu\"");
-}
-
-TEST(Plan, TheCostModelChargesACpuOnlyTheExpertsATokenReads) {
-  // 8 layers; the GPU (700 MiB) holds the 100 MiB of attention, embedding and head and
-  // three expert blocks of 161 MiB, so the CPU computes 5 blocks reading 41 MiB each
-  // (router + 2 of 8 experts); streaming instead reserves a double buffer (322 MiB),
-  // keeps one block and copies 7 whole: 1127 MiB against 205, 5.5x the bytes.
-  PlanRequest r = request(moe_model(8, 10 * MiB, 20 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
-  EXPECT_DOUBLE_EQ(r.model.modules[2].read_bytes(), 1.0 * MiB + 8 * 20 * MiB * 0.25);
-  r.offload_compute = "auto";
-  r.cpu_compute = r.pinned_h2d / 2;  // a CPU 2x slower than PCIe computes every block...
-  const Plan p = make_plan(r);
-  EXPECT_EQ(p.offload_compute, "cpu") << p.offload_choice;
-  r.cpu_compute = r.pinned_h2d / 4;  // ...one 4x slower computes some while others stream...
-  const Plan h = make_plan(r);
-  EXPECT_EQ(h.offload_compute, "cpu+cuda:0") << h.offload_choice;
-  r.cpu_compute = r.pinned_h2d / 16;  // ...one 16x slower none
-  const Plan q = make_plan(r);
-  EXPECT_EQ(q.offload_compute, "cuda:0") << q.offload_choice;
 }
 
 TEST(Plan, TheMostSpecificDeviceMapKeyWins) {
