@@ -37,7 +37,7 @@ double cpu_seconds(const PlanRequest& r, const ModuleInfo& m, bool beside_copies
 class StreamTimeline {
  public:
   StreamTimeline(const PlanRequest& r, size_t streamed)
-      : r_(r), started_(streamed, 0.0), buffer_free_(static_cast<size_t>(std::max(1, r.staging_buffers)), 0.0) {}
+      : r_(r), started_(streamed, 0.0), buffer_free_(static_cast<size_t>(r.staging_buffer_count()), 0.0) {}
 
   // Streamed module number k (route order) of `bytes` from `tier`, wanted by the GPU at
   // `t`: returns when it starts computing.

@@ -169,7 +169,7 @@ class Ledger {
 // The host's pinned staging buffers of a stream that reads disk-tier modules: one slot
 // (the largest streamed module) each, as WeightStream allocates them.
 uint64_t host_staging_bytes(const PlanRequest& r, uint64_t slot) {
-  return static_cast<uint64_t>(std::max(1, r.staging_buffers)) * slot;
+  return static_cast<uint64_t>(r.staging_buffer_count()) * slot;
 }
 
 // Throws where the offload CPU's budget cannot hold the host's staging buffers at all.
@@ -177,7 +177,7 @@ void no_room_for_staging(const PlanRequest& r, const Ledger& l, uint64_t slot) {
   const uint64_t need = host_staging_bytes(r, slot), cap = l.cap(l.last_cpu());
   if (need <= cap) return;
   throw PlanError("streaming the disk tier to " + l.offload_gpu()->str() + " needs " +
-                  std::to_string(std::max(1, r.staging_buffers)) + " pinned staging buffers of " + gib(slot) +
+                  std::to_string(r.staging_buffer_count()) + " pinned staging buffers of " + gib(slot) +
                   " (the largest module) in host memory, " + gib(need) + ", but " + l.last_cpu().str() +
                   "'s budget is " + gib(cap) +
                   ": raise it, set CASCADE_STAGING_BUFFERS lower (2 to 8), or use "

@@ -110,9 +110,11 @@ struct PlanRequest {
   // disk read from the H100 host's stage lines of 2026-12-06 (15 readers, 33-42 GB/s);
   // the CPU's from a 16-core offload stage there (2026-11-24) computing 3.11 GiB of
   // layers at 12.0 tok/s; the GPU's from the H200's batch-1 decode (5.40 GB at ~360 tok/s).
-  double pinned_h2d = 53.7e9;   // CPU-tier weights streamed from pinned memory
-  double disk_read = 35e9;      // disk-tier weights read from the page cache (the stage's readers)
-  int staging_buffers = 4;      // pinned buffers the disk tier is read ahead into (WeightStream's)
+  double pinned_h2d = 53.7e9;  // CPU-tier weights streamed from pinned memory
+  double disk_read = 35e9;     // disk-tier weights read from the page cache (the stage's readers)
+  int staging_buffers = 4;     // pinned buffers the disk tier is read ahead into (WeightStream's)
+  // The staging buffers a stream holds: staging_buffers, at least one.
+  int staging_buffer_count() const { return staging_buffers > 1 ? staging_buffers : 1; }
   double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
   double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
   // cpu_compute while pinned copies to a GPU run beside it (`cascade calibrate` measures
