@@ -285,7 +285,7 @@ TEST(Plan, TheHostsStagingBuffersComeOutOfTheCpuBudget) {
   const Plan two = make_plan(r);
   EXPECT_EQ(two.devices.at("cpu:0").staging, 2 * 100 * MiB);
   EXPECT_GT(two.devices.at("cpu:0").weights, cpu.weights);  // the room two buffers leave holds layers
-  r.staging_buffers = 0;  // a stream still holds one buffer
+  r.staging_buffers = 0;                                    // a stream still holds one buffer
   EXPECT_EQ(make_plan(r).devices.at("cpu:0").staging, 100 * MiB);
   // Nothing on disk: no host staging.
   r.budgets = {{parse_device("cuda:0"), 500 * MiB}, {parse_device("cpu"), 4000 * MiB}};
