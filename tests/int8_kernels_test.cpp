@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 
 #include "stage/kernels/ops.h"
@@ -23,12 +24,29 @@ bool kernels() {
   return at::hasCUDA() && int8_split_kernel(at::ones({1, 64}, at::kCUDA), 6.0, 16, &p, &s);
 }
 
-// The ATen split's values in the pairs form: row 2t its int8 row, row 2t + 1 its
-// outliers' values scattered back to their columns.
+// The ATen split's values in the pairs form: row t its int8 row, row T + t its outliers'
+// values scattered back to their columns.
 at::Tensor pairs_of(const Int8Activation& a) {
   const int64_t T = a.xq.size(0), K = a.xq.size(1);
   const at::Tensor outliers = at::zeros({T, K}).scatter_(1, a.cols.cpu(), a.xo.cpu());
-  return at::stack({a.xq.cpu().to(at::kFloat), outliers}, 1).view({2 * T, K});
+  return at::cat({a.xq.cpu().to(at::kFloat), outliers}, 0);
+}
+
+// The split kernel's list (sx's columns from 1: stage/kernels/int8_kernels.h) against the
+// ATen split's outliers: the same columns with the same values, in any order.
+void expect_listed(const at::Tensor& sx, const Int8Activation& want, const std::string& what) {
+  constexpr int64_t kList = (kInt8SplitRow - 2) / 2;
+  const at::Tensor side = sx.cpu(), cols = want.cols.cpu(), xo = want.xo.cpu();
+  for (int64_t t = 0; t < side.size(0); ++t) {
+    std::map<int64_t, float> got, expected;
+    const auto n = static_cast<int64_t>(side[t][1].item<float>());
+    ASSERT_LE(n, kList) << what;
+    for (int64_t j = 0; j < n; ++j)
+      got[static_cast<int64_t>(side[t][2 + j].item<float>())] = side[t][2 + kList + j].item<float>();
+    for (int64_t j = 0; j < cols.size(1); ++j)
+      if (xo[t][j].item<float>() != 0) expected[cols[t][j].item<int64_t>()] = xo[t][j].item<float>();
+    EXPECT_EQ(got, expected) << what << ", token " << t;
+  }
 }
 
 TEST(Int8Kernels, CpuTensorsTakeTheAtenSplit) {
@@ -60,8 +78,9 @@ TEST(Int8Kernels, TheSplitKernelMatchesTheAtenSplit) {
         const std::string what = std::string(c10::toString(t)) + ", " + std::to_string(tokens) + " tokens, " +
                                  std::to_string(many) + " scaled columns";
         ASSERT_EQ(pairs.scalar_type(), t) << what;
-        EXPECT_TRUE(at::equal(sx.cpu(), want.sx)) << what;
+        EXPECT_TRUE(at::equal(sx.cpu().narrow(1, 0, 1), want.sx)) << what;
         EXPECT_TRUE(at::equal(pairs.cpu().to(at::kFloat), pairs_of(want))) << what;
+        expect_listed(sx, want, what);
       }
     }
   }
@@ -125,6 +144,40 @@ TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
         }
       }
     }
+  }
+}
+
+// More tied outliers than the list holds (40 columns of 10.0 in token 0; 20 in token 1,
+// which the list holds): the tensor-core kernel takes token 0's outlier row instead, and
+// every token still gets the pairs' product, here through float32 on the CPU.
+TEST(Int8Kernels, TiedOutliersPastTheListTakeTheOutlierRow) {
+  if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
+  at::manual_seed(13);
+  constexpr int64_t kIn = 1024, kOut = 2560, kTokens = 13;
+  const Int8Rows r = quantize_rows(at::randn({kOut, kIn}).mul_(0.05)), r2 = quantize_rows(at::randn({2 * kOut, kIn}));
+  Linear l, gu;
+  l.w = r.q.cuda(), l.scale = r.scale.cuda(), l.threshold = 6.0;
+  gu.w = r2.q.cuda(), gu.scale = r2.scale.cuda(), gu.threshold = 6.0;
+  at::Tensor xf = at::randn({kTokens, kIn});
+  xf[0].narrow(0, 100, 40).fill_(10.0);
+  xf[1].narrow(0, 300, 20).fill_(-10.0);
+  const at::Tensor x = xf.to(at::kBFloat16).cuda();
+  const Int8Activation a = l.input(x);
+  ASSERT_TRUE(a.pairs.defined());
+  const at::Tensor side = a.sx.cpu();
+  EXPECT_EQ(side[0][1].item<float>(), static_cast<float>((kInt8SplitRow - 2) / 2 + 1));  // overflowed: none listed
+  EXPECT_EQ(side[1][1].item<float>(), 20);
+  // The pairs' sums in float32: y = scale (sx p[t] + p[T + t]).
+  const auto pairs_product = [&](const Int8Rows& w) {
+    const at::Tensor p = at::linear(a.pairs.cpu().to(at::kFloat), w.q.to(at::kFloat)).view({2, kTokens, -1});
+    return p[0].mul(side.narrow(1, 0, 1)).add_(p[1]).mul_(w.scale.unsqueeze(0));
+  };
+  EXPECT_LT(rel_l2(l(a).cpu(), pairs_product(r)), 4e-3);
+  const at::Tensor both = pairs_product(r2), g = both.narrow(1, 0, kOut), u = both.narrow(1, kOut, kOut);
+  EXPECT_LT(rel_l2(gu.gated(a, Activation::kSilu).cpu(), g * at::sigmoid(g) * u), 1.5e-2);
+  for (int64_t t : {0, 1}) {  // each token alone: the same pairs, so the same product
+    const at::Tensor alone = l(l.input(x.narrow(0, t, 1))).cpu();
+    EXPECT_LT(rel_l2(alone, pairs_product(r).narrow(0, t, 1)), 4e-3) << "token " << t;
   }
 }
 

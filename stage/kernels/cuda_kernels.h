@@ -14,12 +14,18 @@ constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 
 // LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16), one
 // block a token, into the form the decode projections read (GemvArgs::sx): pairs [2T, K]
-// in x's dtype, row 2t token t's int8 values (exact in any float type; its outliers 0),
-// row 2t + 1 its outliers' values (0 elsewhere), and sx [T] the int8 rows' scales. A
-// token's outliers are its values with |x| >= threshold, the `slots` largest where there
-// are more (ties at the last one's value included). T in [1, kSplitMaxTokens]; x and
-// pairs 16-byte aligned, K whole 16-byte vectors of x's type, at most 8,192 of them.
-constexpr int kSplitMaxTokens = 32;
+// in x's dtype, row t token t's int8 values (exact in any float type; its outliers 0),
+// row T + t its outliers' values (0 elsewhere), and sx [T, kSplitRow] float32, a row a
+// token: the int8 row's scale, the count n of its outliers, then kSplitList columns and
+// kSplitList values, the first n of each listing the outliers (columns as exact floats;
+// the rest 0). Where a token has more than kSplitList outliers (ties at the last one's
+// value can add some), n = kSplitList + 1 and the list is empty: readers take its
+// outlier row. A token's outliers are its values with |x| >= threshold, the `slots`
+// largest where there are more (ties at the last one's value included). The list's order
+// is fixed by the values' places (not by timing), so sums over it are reproducible.
+// T in [1, kSplitMaxTokens]; x and pairs 16-byte aligned, K whole 16-byte vectors of x's
+// type, at most 8,192 of them.
+constexpr int kSplitMaxTokens = 32, kSplitList = 32, kSplitRow = 2 + 2 * kSplitList;
 cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
                        cudaStream_t stream);
 
@@ -48,9 +54,11 @@ struct GemvArgs {
   const void* r = nullptr;  // [T, N]: y = r + linear (the residual add, rounded as the two ATen ops round)
   void* y = nullptr;
   int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
-  // LLM.int8 with outliers (int8 rows only): x is int8_split's pairs [2T, K] with these
-  // row scales [T], and y[t, n] = scale[n] (sx[t] x[2t] . w[n] + x[2t + 1] . w[n]), then
-  // the epilogue. Null: x is [T, K].
+  // LLM.int8 with outliers (int8 rows only): x is int8_split's pairs [2T, K] with its
+  // rows sx [T, kSplitRow], and y[t, n] = scale[n] (sx[t][0] x[t] . w[n] + x[T + t] .
+  // w[n]), then the epilogue. The kernels read the int8 rows x[t] whole and take the
+  // second product from sx's list (x[T + t] only where the list overflowed). Null: x is
+  // [T, K].
   const float* sx = nullptr;
   int tpr = 0;  // threads per weight row: 32, 64 or 128; 0 picks by shape (bench/gpu_gemv_bench)
   // 0: by token count (the tensor-core kernel from a few tokens on where it applies); 1
@@ -58,7 +66,7 @@ struct GemvArgs {
   // does not apply. 1 and 2 are for bench/gpu_gemv_bench.
   int kernel = 0;
 };
-// The most x rows one fused_gemv call takes for g's types and K (g.T ignored; pairs: two a token). 16-bit
+// The most tokens one fused_gemv call takes for g's types and K (g.T ignored). 16-bit
 // weights: kMaxTokens, beyond which cuBLAS reads them faster than the tensor-core kernel
 // does (bench/gpu_gemv_bench: 16 tokens, a layer's projections 81 us against 97).
 // int8 rows: 64 where the tensor-core kernel applies (16-bit x on sm_80 or later, K %

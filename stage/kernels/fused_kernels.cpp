@@ -18,7 +18,7 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 namespace {
 
-// sx: LLM.int8's pairs (x [2T, K]) or undefined.
+// sx: LLM.int8's split (x its pairs [2T, K]) or undefined.
 cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N,
                          const at::Tensor& sx = {}) {
   cuda::GemvArgs g;
@@ -43,14 +43,16 @@ bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || w.dim() != 2 || w.size(1) != x.size(1) ||
       !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
     return false;
-  if (sx.defined() && (!int8 || x.size(0) % 2 != 0 || sx.scalar_type() != at::kFloat || !sx.is_cuda() ||
-                       !sx.is_contiguous() || sx.numel() != x.size(0) / 2))
+  if (sx.defined() &&
+      (!int8 || x.size(0) % 2 != 0 || sx.scalar_type() != at::kFloat || !sx.is_cuda() || !sx.is_contiguous() ||
+       sx.dim() != 2 || sx.size(0) != x.size(0) / 2 || sx.size(1) != cuda::kSplitRow))
     return false;
   if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
   const bool types = int8 ? w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
                                 scale.is_cuda() && scale.is_contiguous() && scale.numel() == w.size(0)
                           : code >= 1 && w.scalar_type() == x.scalar_type() && x.size(1) % 8 == 0;
-  return types && x.size(0) <= cuda::gemv_max_tokens(gemv_args(x, w, scale, w.size(0), sx));
+  const cuda::GemvArgs g = gemv_args(x, w, scale, w.size(0), sx);
+  return types && g.T <= cuda::gemv_max_tokens(g);
 }
 
 }  // namespace

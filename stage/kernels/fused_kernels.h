@@ -21,8 +21,9 @@ namespace cascade::stage {
 // in % 32 == 0 (16-bit weights) or % 64 (int8). Where neither takes the call
 // (cuda::gemv_max_tokens): undefined, and the caller takes ATen's path.
 // LLM.int8 with outliers: int8 rows, x the split kernel's pairs [2 * tokens, in]
-// (stage/kernels/int8_kernels.h) and sx [tokens, 1] float32 their scales; the result is
-// [tokens, out], y = scale * (sx * (int8 part) + outlier part) + b.
+// (stage/kernels/int8_kernels.h) and sx [tokens, kInt8SplitRow] float32 its rows (column
+// 0 the scales); the result is [tokens, out], y = scale * (sx[:, 0] * (int8 part) +
+// outlier part) + b.
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale = {},
                         const at::Tensor& sx = {});
 // r + fused_linear(x, w, b, scale, sx) in one kernel; r [tokens, out] in x's 16-bit dtype.

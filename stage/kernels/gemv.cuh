@@ -18,9 +18,12 @@
 //   kGated    y = round(act(round(g))) * round(u), g and u the rows n and n + N of a
 //             fused gate/up weight [2N, K] (the gated MLP's activation and product)
 // where s = sum (16-bit weights) or scale[n] * sum (int8), rounded as ATen rounds.
-// LLM.int8 with outliers (GemvArgs::sx set) reads x as int8_split's pairs, two rows a
-// token, and s = scale[n] (sx[t] sum(row 2t) + sum(row 2t + 1)): the int8 part's sum is
-// of integers (exact in float while below 2^24), the outlier columns' of x's own values.
+// LLM.int8 with outliers (GemvArgs::sx set) reads x as int8_split's int8 rows, and s =
+// scale[n] (sx[t][0] sum + outliers' part): the int8 part's sum is of integers (exact in
+// float while below 2^24), the outliers' part the products of the few values sx lists
+// (with_outliers). Neither kernel reads a second dense row a token for them: that
+// doubled the x loads and MMAs, the most of an LLM.int8 step at 16 tokens
+// (docs/performance.md, session 35).
 #pragma once
 
 #include <type_traits>
@@ -133,13 +136,37 @@ __device__ inline void finish(float s, float u, int n, int64_t at, int N, const 
   }
 }
 
-// The sum of output t of a row: acc[t], or for pairs (sx set) sx[t] acc[2t] + acc[2t + 1].
-template <int T>
-__device__ inline float pair_sum(const float (&acc)[T], const float* __restrict__ sx, int t) {
-  if constexpr (T % 2 == 0) {
-    if (sx) return __fadd_rn(__fmul_rn(sx[t], acc[2 * t]), acc[2 * t + 1]);
+// LLM.int8's sum of a token against int8 weight row w [K]: its int8 row's sum `ints`
+// times its scale, plus its outliers' products: those of the split's list (sx's row
+// `side`, cuda_kernels.h) in the list's order, or where the list overflowed, those of
+// its outlier row o [K] whole (slow, and only for ties).
+template <typename S>
+__device__ inline float with_outliers(float ints, const float* __restrict__ side, const S* __restrict__ o,
+                                      const int8_t* __restrict__ w, int K) {
+  const int n = static_cast<int>(side[1]);
+  float s = 0.f;
+  if (n <= kSplitList) {
+    for (int j = 0; j < n; ++j)
+      s = __fadd_rn(s,
+                    __fmul_rn(side[2 + kSplitList + j], static_cast<float>(__ldg(w + static_cast<int>(side[2 + j])))));
+  } else {
+    for (int k = 0; k < K; ++k) s = __fadd_rn(s, __fmul_rn(load(o, k), static_cast<float>(__ldg(w + k))));
   }
-  return acc[t];
+  return __fadd_rn(__fmul_rn(side[0], ints), s);
+}
+
+// The sums of token t against row n (and the up row N + n, gated): acc, or for LLM.int8
+// (sx set; ox its outlier rows) with_outliers of them.
+template <int E, typename S, typename W>
+__device__ inline void token_sums(float* s, float* up, int t, int n, const W* __restrict__ w, int K, int N,
+                                  const float* __restrict__ sx, const S* __restrict__ ox) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+    if (!sx) return;
+    const float* side = sx + static_cast<int64_t>(t) * kSplitRow;
+    const S* o = ox + static_cast<int64_t>(t) * K;
+    *s = with_outliers(*s, side, o, w + static_cast<int64_t>(n) * K, K);
+    if (E == kGated) *up = with_outliers(*up, side, o, w + static_cast<int64_t>(N + n) * K, K);
+  }
 }
 
 // U: loads a thread issues a round (kUnroll but where launch_one_wave picks more).
@@ -147,7 +174,7 @@ template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
                 const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act,
-                const float* __restrict__ sx) {
+                const float* __restrict__ sx, const S* __restrict__ ox) {
   constexpr int kRows = kThreads / TPR;
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
   const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
@@ -186,12 +213,11 @@ __global__ void __launch_bounds__(kThreads)
   }
   row_sums<T, TPR, E == kGated ? 2 : 1>(acc, acc2);
   if (!live || lane != 0) return;
-  const int outs = sx ? T / 2 : T;
 #pragma unroll
   for (int t = 0; t < T; ++t) {
-    if (t < outs)
-      finish<E, kInt8>(pair_sum<T>(acc, sx, t), pair_sum<T>(acc2, sx, t), n, static_cast<int64_t>(t) * N + n, N, scale,
-                       b, r, y, act);
+    float s = acc[t], up = acc2[t];
+    token_sums<E>(&s, &up, t, n, w, K, N, sx, ox);
+    finish<E, kInt8>(s, up, n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
   }
 }
 
@@ -203,9 +229,6 @@ inline int threads_per_row(int N, int T, bool int8) {
   if (T == 1 && !int8) return 128;
   return N >= 8192 ? 32 : (N >= 4096 ? 64 : 128);
 }
-
-// x's rows: two a token for pairs (g.sx set), else one.
-inline int x_rows(const GemvArgs& g) { return g.sx ? 2 * g.T : g.T; }
 
 // Blocks of gemv_kernel<T, TPR, E, S, W, U> resident at once on the current device (its
 // occupancy asked once per instantiation).
@@ -221,20 +244,21 @@ int resident_blocks() {
   return per_multiprocessor * multiprocessors();
 }
 
-// The launch of x rows [t0, t0 + T): its outputs start at output t0 (pairs: t0 / 2).
+// The launch of tokens [t0, t0 + T) (LLM.int8: their sx rows and outlier rows too).
 template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
   constexpr int kRows = kThreads / TPR;
-  const int o0 = g.sx ? t0 / 2 : t0;
-  const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(o0) * g.N;
+  const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(t0) * g.N;
   const S* r = static_cast<const S*>(g.r);
+  const S* x = static_cast<const S*>(g.x);
   return launch_overlapped(gemv_kernel<T, TPR, E, S, W, U>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
-                           static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
-                           static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, g.K, g.N, g.act,
-                           g.sx ? g.sx + o0 : g.sx);
+                           x + xo, static_cast<const W*>(g.w), g.scale, static_cast<const S*>(g.b), r ? r + yo : r,
+                           static_cast<S*>(g.y) + yo, g.K, g.N, g.act,
+                           g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx,
+                           g.sx ? x + static_cast<int64_t>(g.T) * g.K + xo : nullptr);
 }
 
-// One token (no pairs) through a grid of one wave with every load of a row issued
+// One token through a grid of one wave with every load of a row issued
 // before the PDL wait: the most threads a row (128, 64, 32) for which the rows' blocks,
 // at the fewest loads a thread that cover the row (4, 6 or 8), all fit the device at
 // once. Then the whole weight is in flight while the kernel before runs, and no second
@@ -262,12 +286,10 @@ bool launch_one_wave(const GemvArgs& g, cudaStream_t stream, cudaError_t* e) {
          with(std::integral_constant<int, 32>{});
 }
 
-// Every row of x in launches of at most kMaxTokens rows (each reads the weight once; an
-// even count, so that a token's pair stays in one launch).
+// Every token in launches of at most kMaxTokens (each reads the weight once).
 template <int E, typename S, typename W>
 cudaError_t launch_gemv(const GemvArgs& g, cudaStream_t stream) {
-  static_assert(kMaxTokens % 2 == 0, "pairs must not straddle two launches");
-  const int rows = x_rows(g);
+  const int rows = g.T;
   cudaError_t one = cudaSuccess;
   if (rows == 1 && g.tpr == 0 && gemv_one_wave() && launch_one_wave<E, S, W>(g, stream, &one)) return one;
   const int tpr = g.tpr ? g.tpr : threads_per_row(E == kGated ? 2 * g.N : g.N, rows, g.int8);

@@ -13,7 +13,8 @@
 namespace cascade::stage {
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
-static_assert(kInt8SplitMaxTokens == cuda::kSplitMaxTokens, "int8_kernels.h and cuda_kernels.h disagree");
+static_assert(kInt8SplitMaxTokens == cuda::kSplitMaxTokens && kInt8SplitRow == cuda::kSplitRow,
+              "int8_kernels.h and cuda_kernels.h disagree");
 
 bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at::Tensor* pairs, at::Tensor* sx) {
   const at::ScalarType t = x.scalar_type();
@@ -26,7 +27,7 @@ bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at:
       reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 != 0)
     return false;
   const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1));
-  at::Tensor p = at::empty({2 * T, K}, a.options()), s = at::empty({T, 1}, a.options().dtype(at::kFloat));
+  at::Tensor p = at::empty({2 * T, K}, a.options()), s = at::empty({T, kInt8SplitRow}, a.options().dtype(at::kFloat));
   comm::cuda_check(
       cuda::int8_split(cuda_dtype_code(t), a.data_ptr(), T, K, static_cast<float>(threshold), static_cast<int>(slots),
                        p.data_ptr(), s.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),

@@ -29,12 +29,37 @@ __device__ inline float block_max(float v, float* red) {
   return v;
 }
 
+// The sum of v over the block's threads before this one (in thread order), and in
+// *total over all; `red` holds a value per warp. blockDim.x a multiple of 32.
+__device__ inline int block_exclusive_sum(int v, int* red, int* total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int in = v;  // inclusive, within the warp
+  for (int o = 1; o < 32; o *= 2) {
+    const int u = __shfl_up_sync(0xffffffffu, in, o);
+    if (lane >= o) in += u;
+  }
+  __syncthreads();  // the previous call's readers are done with red
+  if (lane == 31) red[warp] = in;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < warps ? red[lane] : 0;
+    for (int o = 1; o < 32; o *= 2) {
+      const int u = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += u;
+    }
+    red[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  *total = red[warps - 1];
+  return (warp ? red[warp - 1] : 0) + in - v;
+}
+
 template <typename S, int kVecs>
 __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, int K, float threshold, int slots,
                                                      S* __restrict__ pairs, float* __restrict__ sx) {
   constexpr int V = 16 / static_cast<int>(sizeof(S));  // values a vector
   __shared__ float red[32];
-  __shared__ int count;
+  __shared__ int count, places[32];
   const int64_t t = blockIdx.x;
   const int nv = K / V;
   if (threadIdx.x == 0) count = 0;
@@ -88,9 +113,17 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
     m = block_max(m, red);
   }
   const float s = fmaxf(__fdiv_rn(m, 127.f), 1e-12f);
-  if (threadIdx.x == 0) sx[t] = s;
-  int4* ints = reinterpret_cast<int4*>(pairs + 2 * t * K);
-  int4* outliers = reinterpret_cast<int4*>(pairs + (2 * t + 1) * K);
+  // The list (cuda_kernels.h): each thread's outliers at its place in thread order.
+  int own = 0, listed = 0;
+  each([&](float a) { own += fabsf(a) >= least; });
+  int place = block_exclusive_sum(own, places, &listed);
+  const bool fits = listed <= kSplitList;
+  float* side = sx + t * kSplitRow;
+  if (threadIdx.x == 0) side[0] = s, side[1] = static_cast<float>(fits ? listed : kSplitList + 1);
+  for (int j = threadIdx.x + (fits ? listed : 0); j < kSplitList; j += blockDim.x)
+    side[2 + j] = side[2 + kSplitList + j] = 0.f;
+  int4* ints = reinterpret_cast<int4*>(pairs + t * K);
+  int4* outliers = reinterpret_cast<int4*>(pairs + (gridDim.x + t) * K);
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     const int i = threadIdx.x + j * blockDim.x;
@@ -103,6 +136,10 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
       const bool outlier = fabsf(v[j][k]) >= least;
       store(q, k, outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(v[j][k], s)), -127.f), 127.f));
       store(o, k, outlier ? v[j][k] : 0.f);
+      if (outlier && fits) {
+        side[2 + place] = static_cast<float>(i * V + k);
+        side[2 + kSplitList + place++] = v[j][k];
+      }
     }
     ints[i] = qv;
     outliers[i] = ov;

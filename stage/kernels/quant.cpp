@@ -110,8 +110,8 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
   if (a.pairs.defined()) {
     // The pairs through float32 products: integers and x's own values, summed as the
     // kernel sums them.
-    const at::Tensor p = at::linear(a.pairs.to(at::kFloat), q.to(at::kFloat)).view({x.size(0), 2, q.size(0)});
-    y = p.select(1, 0).mul(a.sx).add_(p.select(1, 1)).mul_(scale.unsqueeze(0));
+    const at::Tensor p = at::linear(a.pairs.to(at::kFloat), q.to(at::kFloat)).view({2, x.size(0), q.size(0)});
+    y = p[0].mul(a.sx.narrow(1, 0, 1)).add_(p[1]).mul_(scale.unsqueeze(0));
   } else if (!x.is_cuda() && a.threshold <= 0) {
     y = cpu_int8_linear(x, q, scale);
   }

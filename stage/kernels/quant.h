@@ -55,7 +55,8 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarTy
 struct Int8Activation {
   at::Tensor x;          // [tokens, in] as given
   double threshold = 0;  // <= 0: weight-only, nothing below is set
-  at::Tensor sx;         // [tokens, 1] float32 row scales of the int8 part
+  at::Tensor sx;         // [tokens, 1] float32 row scales of the int8 part (with pairs: column 0
+                         // of [tokens, kInt8SplitRow], stage/kernels/int8_kernels.h)
   at::Tensor pairs;      // [2 tokens, in] in x's dtype (int8_kernels.h), or undefined
   at::Tensor xq;         // [tokens, in] int8, each token's outliers zeroed (ATen's split)
   at::Tensor cols;       // [tokens, k] int64: each token's k largest |x|, their columns

@@ -101,12 +101,12 @@ __device__ inline void to_pairs(const int4& v, uint32_t (&p)[kPerLoad<W> / 2]) {
 }
 
 // y [T, N] for T <= 8 TG tokens: see the header. 16-bit S only; K % (4 kPerLoad<W>) == 0.
-// T counts x's rows; with sx (pairs: gemv.cuh) the outputs are T / 2.
+// With sx (LLM.int8: gemv.cuh), x is the int8 rows and ox the outlier rows.
 template <int TG, int E, typename S, typename W>
 __global__ void __launch_bounds__(32 * kMmaWarps)
     mma_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
                const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int T, int K, int N, int act,
-               const float* __restrict__ sx) {
+               const float* __restrict__ sx, const S* __restrict__ ox) {
   constexpr int kTiles = E == kGated ? 2 : 1, kP = kPerLoad<W> / 2, kSteps = kP / 2;
   constexpr int kChunk = 4 * kPerLoad<W>, kXLoads = kPerLoad<W> / kPerLoad<S>;
   constexpr int kU = kMmaUnroll<W>;
@@ -223,19 +223,11 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
     return s;
   };
   if (splits > 1 && threadIdx.x == 0) split_tickets[blockIdx.x] = 0;  // the next launch waits for this one
-  const int outs = sx ? T / 2 : T;
-  for (int e = threadIdx.x; e < 16 * outs; e += 32 * kMmaWarps) {
+  for (int e = threadIdx.x; e < 16 * T; e += 32 * kMmaWarps) {
     const int row = e % 16, t = e / 16, n = n0 + row;
     if (n >= N) continue;
-    float s, up = 0.f;
-    if (sx) {
-      s = __fadd_rn(__fmul_rn(sx[t], total(0, row, 2 * t)), total(0, row, 2 * t + 1));
-      if (E == kGated)
-        up = __fadd_rn(__fmul_rn(sx[t], total(kTiles - 1, row, 2 * t)), total(kTiles - 1, row, 2 * t + 1));
-    } else {
-      s = total(0, row, t);
-      if (E == kGated) up = total(kTiles - 1, row, t);
-    }
+    float s = total(0, row, t), up = E == kGated ? total(kTiles - 1, row, t) : 0.f;
+    token_sums<E>(&s, &up, t, n, w, K, N, sx, ox);
     finish<E, std::is_same_v<W, int8_t>>(s, up, n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
   }
 }
@@ -262,19 +254,18 @@ int mma_splits(int N, int chunks, int rows, int tiles_a_row) {
 
 template <int E, typename S, typename W>
 cudaError_t launch_mma(const GemvArgs& g, cudaStream_t stream) {
-  static_assert(kMmaMaxTokens % 2 == 0, "pairs must not straddle two launches");
-  const int rows = x_rows(g);
-  for (int t0 = 0; t0 < rows; t0 += kMmaMaxTokens) {
-    const int rest = rows - t0 < kMmaMaxTokens ? rows - t0 : kMmaMaxTokens, groups = (rest + 7) / 8;
-    const int o0 = g.sx ? t0 / 2 : t0;
-    const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(o0) * g.N;
+  for (int t0 = 0; t0 < g.T; t0 += kMmaMaxTokens) {
+    const int rest = g.T - t0 < kMmaMaxTokens ? g.T - t0 : kMmaMaxTokens, groups = (rest + 7) / 8;
+    const int64_t xo = static_cast<int64_t>(t0) * g.K, yo = static_cast<int64_t>(t0) * g.N;
     const S* r = static_cast<const S*>(g.r);
+    const S* x = static_cast<const S*>(g.x);
     const int splits = mma_splits<W>(g.N, g.K / (4 * kPerLoad<W>), rest, E == kGated ? 2 : 1);
     const auto go = [&](auto kernel) {
-      return launch_overlapped(kernel, dim3((g.N + 15) / 16, splits), dim3(32 * kMmaWarps), stream,
-                               static_cast<const S*>(g.x) + xo, static_cast<const W*>(g.w), g.scale,
-                               static_cast<const S*>(g.b), r ? r + yo : r, static_cast<S*>(g.y) + yo, rest, g.K, g.N,
-                               g.act, g.sx ? g.sx + o0 : g.sx);
+      return launch_overlapped(kernel, dim3((g.N + 15) / 16, splits), dim3(32 * kMmaWarps), stream, x + xo,
+                               static_cast<const W*>(g.w), g.scale, static_cast<const S*>(g.b), r ? r + yo : r,
+                               static_cast<S*>(g.y) + yo, rest, g.K, g.N, g.act,
+                               g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx,
+                               g.sx ? x + static_cast<int64_t>(g.T) * g.K + xo : nullptr);
     };
     const cudaError_t e = groups == 1   ? go(mma_kernel<1, E, S, W>)
                           : groups == 2 ? go(mma_kernel<2, E, S, W>)
@@ -292,7 +283,7 @@ cudaError_t launch(const GemvArgs& g, cudaStream_t stream) {
   if constexpr (sizeof(S) == 2) {
     const bool applies = tensor_core_applies(g);  // its K is whole chunks: 4 kPerLoad<W>
     if (g.kernel == 2) return applies ? launch_mma<E, S, W>(g, stream) : cudaErrorInvalidValue;
-    if (g.kernel == 0 && applies && x_rows(g) >= tensor_core_from(g.int8)) return launch_mma<E, S, W>(g, stream);
+    if (g.kernel == 0 && applies && g.T >= tensor_core_from(g.int8)) return launch_mma<E, S, W>(g, stream);
   } else if (g.kernel == 2) {
     return cudaErrorInvalidValue;
   }
