@@ -28,6 +28,7 @@ struct DeviceName {
   int index = 0;
 
   std::string str() const;  // canonical spelling: "cuda:0", "cpu:0", "disk"
+  bool is_gpu() const { return kind == Kind::kCuda; }
   bool operator==(const DeviceName& o) const { return kind == o.kind && index == o.index; }
   bool operator!=(const DeviceName& o) const { return !(*this == o); }
   bool operator<(const DeviceName& o) const { return kind != o.kind ? kind < o.kind : index < o.index; }

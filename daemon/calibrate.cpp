@@ -234,9 +234,8 @@ std::string plan_run_rates(planner::PlanRequest& req, bool has_gpu, std::ostream
   }
   const config::OffloadCompute oc = config::parse_offload_compute(req.offload_compute);
   const bool may_split = req.offload_compute == "auto" || oc.hybrid;
-  const bool gpu_budgeted = std::any_of(req.budgets.begin(), req.budgets.end(), [](const planner::DeviceBudget& b) {
-    return b.device.kind == config::DeviceName::Kind::kCuda;
-  });
+  const bool gpu_budgeted = std::any_of(req.budgets.begin(), req.budgets.end(),
+                                        [](const planner::DeviceBudget& b) { return b.device.is_gpu(); });
   if (!may_split || !gpu_budgeted || !has_gpu) return "defaults (`cascade calibrate` measures this machine's)";
   progress << "cascade: measuring this machine's CPU and PCIe rates for the offload split (once; saved to " << path
            << ")\n";

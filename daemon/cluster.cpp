@@ -54,7 +54,7 @@ comm::Transport transport_of(planner::Transport t) {
   return comm::Transport::kMpi;
 }
 
-bool on_gpu(const planner::Stage& s) { return s.device.kind == config::DeviceName::Kind::kCuda; }
+bool on_gpu(const planner::Stage& s) { return s.device.is_gpu(); }
 
 // Intra-op threads of stage `s` when threads_per_stage is unset. CPU-computing stages
 // share the cores but one per GPU-computing stage (a GPU stage's host thread launches
@@ -119,8 +119,7 @@ std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::stri
         const config::DeviceName& tier = plan.module_device[static_cast<size_t>(i)];
         if (tier.kind == config::DeviceName::Kind::kDisk) a.disk_modules.push_back(i);
         // offload_compute = cuda:N: the offload stage computes on the GPU, its weights stream in.
-        if (s.device.kind == config::DeviceName::Kind::kCuda && tier.kind != config::DeviceName::Kind::kCuda)
-          a.streamed_modules.push_back(i);
+        if (s.device.is_gpu() && !tier.is_gpu()) a.streamed_modules.push_back(i);
       }
     }
     a.offload_folder = cfg.placement.offload_folder;

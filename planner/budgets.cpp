@@ -74,7 +74,7 @@ std::vector<DeviceBudget> resolve_budgets(const std::vector<BudgetSpec>& given, 
   std::vector<DeviceBudget> out;
   for (const auto& s : specs) {
     DeviceBudget b{s.device, s.bytes, s.measure};
-    if (s.measure && s.device.kind == Kind::kCuda) {
+    if (s.measure && s.device.is_gpu()) {
       if (static_cast<size_t>(s.device.index) >= host.gpu_free.size()) {
         throw PlanError(s.device.str() + " has no size and this machine has " + std::to_string(host.gpu_free.size()) +
                         " GPU(s) to measure; give one, e.g. " + s.device.str() + "=20GiB");

@@ -1,6 +1,7 @@
 // The planner's cost model (plan.h, predicted_step_seconds): a decode step simulated
-// along a plan's route from the request's rates. Kept apart from the fill, which only
-// calls it to compare the plans it makes.
+// along a plan's route from the request's rates. Kept apart from the fill: plan.cpp asks
+// it for every finished plan's step time, and offload_compute "auto" and the hybrid keep
+// the plan it predicts fastest.
 #include <algorithm>
 #include <vector>
 
@@ -12,8 +13,6 @@ using config::DeviceName;
 using Kind = DeviceName::Kind;
 
 namespace {
-
-bool is_gpu(const DeviceName& d) { return d.kind == Kind::kCuda; }
 
 // The bytes a CPU stage reads for module `m` in a step of max_batch tokens (an expert
 // block's chosen experts, at most all of them; an embedding's few rows count as none).
@@ -74,7 +73,7 @@ class StreamTimeline {
 double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   const auto& mods = r.model.modules;
   auto streamed = [&](const DeviceName& on, int64_t i) {
-    return is_gpu(on) && !is_gpu(p.module_device[static_cast<size_t>(i)]) &&
+    return on.is_gpu() && !p.module_device[static_cast<size_t>(i)].is_gpu() &&
            mods[static_cast<size_t>(i)].kind != ModuleKind::kEmbedding;
   };
   size_t n_streamed = 0;
@@ -94,10 +93,10 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
         if (m.kind == ModuleKind::kEmbedding) continue;  // a few rows: no time
         const DeviceName& tier = p.module_device[static_cast<size_t>(i)];
         const double w = static_cast<double>(m.weight_bytes());
-        if (!is_gpu(on)) {  // disk-tier bytes come off the disk (or page cache) either way
+        if (!on.is_gpu()) {  // disk-tier bytes come off the disk (or page cache) either way
           t += std::max(cpu_seconds(r, m, n_streamed > 0), tier.kind == Kind::kDisk ? w / r.disk_read : 0.0);
           if (step == 0) host_bytes += cpu_read_bytes(r, m);
-        } else if (is_gpu(tier)) {
+        } else if (tier.is_gpu()) {
           t += w / r.gpu_compute;
         } else {
           if (step == 0) host_bytes += w;

@@ -21,8 +21,6 @@ constexpr uint64_t kInf = std::numeric_limits<uint64_t>::max();
 // The prefill chunk the activation estimate assumes (long prompts are cut into chunks).
 constexpr int64_t kPrefillChunk = 512;
 
-bool is_gpu(const DeviceName& d) { return d.kind == Kind::kCuda; }
-
 std::string gib(uint64_t b) { return config::format_bytes(b); }
 
 // The GPU that offload_compute streams to ("cuda:N" or "cpu+cuda:N"), if any.
@@ -441,7 +439,7 @@ const char* to_string(Transport t) {
 }
 
 std::string hf_device(const DeviceName& d) {
-  if (d.kind == Kind::kCuda) return std::to_string(d.index);
+  if (d.is_gpu()) return std::to_string(d.index);
   if (d.kind == Kind::kDisk) return "disk";
   return d.index == 0 ? "cpu" : d.str();
 }
@@ -464,7 +462,7 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   }
   std::vector<DeviceName> main;
   for (const auto& d : order)
-    if (is_gpu(d)) main.push_back(d);
+    if (d.is_gpu()) main.push_back(d);
   if (main.empty()) {
     for (const auto& d : order)
       if (d.kind == Kind::kCpu) main.push_back(d);
@@ -514,11 +512,11 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   const auto on_gpus = [&] {
     uint64_t b = 0;
     for (int64_t i = 0; i < n; ++i)
-      if (is_gpu(plan.module_device[i]) && mods[i].kind != ModuleKind::kEmbedding) b += mods[i].weight_bytes();
+      if (plan.module_device[i].is_gpu() && mods[i].kind != ModuleKind::kEmbedding) b += mods[i].weight_bytes();
     return b;
   };
   const bool cpu_computes = !l.offload_gpu() || is_hybrid(r.offload_compute);
-  if (offloaded() && cpu_computes && !main.empty() && is_gpu(main.front()) && r.model.embedding_movable) {
+  if (offloaded() && cpu_computes && !main.empty() && main.front().is_gpu() && r.model.embedding_movable) {
     const Ledger before = l;
     const std::vector<DeviceName> devices = plan.module_device;
     const uint64_t resident = on_gpus();
@@ -632,7 +630,7 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
     Edge e{hops[h], hops[h + 1], Transport::kShm};
     if (e.from == 0 || e.to == 0) e.transport = Transport::kMpi;  // token ids to and from the coordinator
     // NCCL joins distinct GPUs; an offload stage may share its GPU with a GPU stage.
-    else if (is_gpu(plan.stages[e.from - 1].device) && is_gpu(plan.stages[e.to - 1].device) &&
+    else if (plan.stages[e.from - 1].device.is_gpu() && plan.stages[e.to - 1].device.is_gpu() &&
              !offload_ranks.count(e.from) && !offload_ranks.count(e.to) &&
              plan.stages[e.from - 1].device != plan.stages[e.to - 1].device)
       e.transport = Transport::kNccl;
@@ -727,7 +725,7 @@ Plan make_plan(const PlanRequest& req) {
   r.offload_compute = "cpu";
   Plan cpu = plan_with(r);
   for (const auto& b : req.budgets) {
-    if (b.device.kind != Kind::kCuda) continue;
+    if (!b.device.is_gpu()) continue;
     r.offload_compute = "cpu+" + b.device.str();
     Plan split;
     try {

@@ -77,7 +77,7 @@ std::string plan_json(const ModelDescriptor& m, const Plan& p) {
   nlohmann::ordered_json map = nlohmann::ordered_json::object();
   for (size_t i = 0; i < m.modules.size(); ++i) {
     const auto& d = p.module_device[i];
-    if (d.kind == config::DeviceName::Kind::kCuda)
+    if (d.is_gpu())
       map[m.modules[i].name] = d.index;
     else
       map[m.modules[i].name] = hf_device(d);
