@@ -7,6 +7,7 @@
 
 #include "comm/cuda_check.h"
 #include "config/env.h"
+#include "stage/kernels/attention_shape.h"
 #include "stage/kernels/cuda_dtype.h"
 #include "stage/kernels/cuda_kernels.h"
 #endif
@@ -118,15 +119,10 @@ at::Tensor attention_call(const at::Tensor& q, const at::Tensor& k_cache, const 
                           at::Tensor& counters, const cuda::DecodeStoreKv* st) {
   const int code = cuda_dtype_code(q.scalar_type());
   const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), kv_heads = k_cache.size(1);
-  // Enough warps for 16 per multiprocessor, and at least 4 keys a warp: a block's time is
-  // its warps' chains of dependent keys, not bandwidth, at the spans of a chat (20 blocks
-  // of up to 64 keys took 8.8 us at batch 1 on the H200), and each split beyond one adds
-  // a merge through global memory.
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t pairs = B * kv_heads;
-  const int warps = cuda::attention_warps(static_cast<int>(heads / kv_heads), static_cast<int>(D), pairs);
-  const int64_t splits = std::clamp<int64_t>((16 * sms + pairs * warps - 1) / (pairs * warps), 1,
-                                             std::max<int64_t>(1, args.span / (4 * warps)));
+  static const int wide = static_cast<int>(config::env_int("CASCADE_WIDE_ATTENTION").value_or(1));
+  const AttentionShape shape = attention_shape(static_cast<int>(heads / kv_heads), static_cast<int>(D), B * kv_heads,
+                                               args.span, cuda::multiprocessors(), wide);
+  const int64_t splits = shape.splits;
   const at::Tensor qc = st ? q : q.contiguous();
   at::Tensor o = at::empty({B, heads, D}, q.options());
   at::Tensor work = at::empty({splits > 1 ? splits * B * heads * (D + 2) : 1}, q.options().dtype(at::kFloat));
@@ -137,12 +133,12 @@ at::Tensor attention_call(const at::Tensor& q, const at::Tensor& k_cache, const 
                                 static_cast<int>(D),
                                 static_cast<int>(k_cache.size(2)),
                                 static_cast<int>(args.span),
-                                static_cast<int>(std::min<int64_t>(splits, 64)),
+                                shape.splits,
                                 static_cast<int>(args.window),
                                 static_cast<float>(args.scale),
                                 static_cast<float>(args.softcap),
                                 args.slopes.defined() ? args.slopes.data_ptr<float>() : nullptr,
-                                warps};
+                                shape.warps};
   comm::cuda_check(
       cuda::decode_attention(a, qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr<int64_t>(),
                              pos.data_ptr<int64_t>(), o.data_ptr(), work.data_ptr<float>(), counters.data_ptr<int>(),

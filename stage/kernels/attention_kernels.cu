@@ -11,13 +11,14 @@
 // kPrefetch keys in flight, and issues the first of them before it waits for the kernel
 // before it (the projection that makes q): the cached keys are older than that kernel,
 // and their latency then overlaps its tail (cuda_common.cuh, launch_overlapped). Blocks
-// of 16 warps (where their shared memory fits: cuda::attention_warps) give a chat's
+// of 16 warps (where their shared memory fits: attention_shape.h) give a chat's
 // spans few keys a warp in one split, with no merge through global memory; a batch's
-// many (sequence, KV head) pairs take blocks of 4 (cuda::attention_warps).
+// many (sequence, KV head) pairs take blocks of 4 (attention_shape.h).
 // CASCADE_ATTENTION_PREFETCH=0 keeps one key in flight, issued after the wait: to measure.
 #include <cfloat>
 
 #include "config/env.h"
+#include "stage/kernels/attention_shape.h"
 #include "stage/kernels/cuda_common.cuh"
 
 namespace cascade::stage::cuda {
@@ -371,17 +372,6 @@ cudaError_t store_kv_as(const cuda::DecodeStoreKv& a, cudaStream_t stream) {
 bool attention_prefetch() {
   static const bool early = config::env_flag("CASCADE_ATTENTION_PREFETCH", true);
   return early;
-}
-
-int attention_wide_warps(int group, int D) {
-  const int g = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;  // the kernel's G
-  return g * D <= kWideAttentionElems ? 16 : 4;
-}
-
-int attention_warps(int group, int D, int64_t pairs) {
-  static const long wide = config::env_int("CASCADE_WIDE_ATTENTION").value_or(1);
-  if (wide == 0 || (wide != 2 && pairs > multiprocessors())) return 4;
-  return attention_wide_warps(group, D);
 }
 
 cudaError_t decode_attention(const DecodeAttention& a, const void* q, const void* k_cache, const void* v_cache,

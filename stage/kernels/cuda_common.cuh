@@ -107,8 +107,6 @@ bool overlapped_launches();
 // bench/gpu_gemv_bench; CASCADE_TENSOR_CORE_GEMV=N (1-65) sets it, and then 16-bit
 // weights take the tensor cores up to 64 tokens too instead of cuBLAS: to measure. Host code.
 int tensor_core_from(bool int8);
-// The current device's multiprocessors (1 where it cannot be asked). Host code.
-int multiprocessors();
 // CASCADE_MMA_SPLIT: 0 unset (the tensor-core kernel splits K by shape: small_gemm.cuh),
 // else the splits asked for, 1-8 (1: never split), to measure. Host code.
 int mma_split_setting();

@@ -12,6 +12,9 @@ namespace cascade::stage::cuda {
 
 constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 
+// The current device's multiprocessors, asked once per device (1 where it cannot be asked).
+int multiprocessors();
+
 // LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16), one
 // block a token, into the form the decode projections read (GemvArgs::sx): pairs [2T, K]
 // in x's dtype, row t token t's int8 values (exact in any float type; its outliers 0),
@@ -93,21 +96,8 @@ struct DecodeAttention {
   int dtype, B, heads, kv_heads, D, max_seq, span, splits, window;
   float scale, softcap;
   const float* slopes;
-  int warps;  // per block: 4, or attention_wide_warps(heads / kv_heads, D)
+  int warps;  // per block: 4, or attention_wide_warps(heads / kv_heads, D) (attention_shape.h)
 };
-// Blocks of 16 warps keep a float per warp, query head of the group (rounded up to 1, 2,
-// 4 or 8) and element: within this many elements a warp (8 KiB a warp at most), else 4.
-constexpr int kWideAttentionElems = 512;
-// The most warps a decode attention block takes for this GQA group and head size: 16
-// where they fit (kWideAttentionElems), else 4. Host code.
-int attention_wide_warps(int group, int D);
-// The warps per block decode_attention uses for `pairs` (sequences times KV heads)
-// blocks a split: the wide blocks while the pairs are at most the multiprocessors (a
-// chat's few sequences: more warps share a key range), else 4 (a batch's many pairs
-// fill the GPU with small blocks: 5% more tokens/s at batch 16 on the H100 anchor,
-// 2026-12-06). CASCADE_WIDE_ATTENTION=0: never wide; 2: wide wherever they fit (to
-// measure). The caller sizes its splits by it. Host code.
-int attention_warps(int group, int D, int64_t pairs);
 // Whether decode attention issues each warp's first keys before it waits for the kernel
 // before it, several a warp in flight (attention_kernels.cu): true unless
 // CASCADE_ATTENTION_PREFETCH is "0" (then one key in flight, issued after the wait: the
