@@ -1,4 +1,4 @@
-// LLM.int8's split kernel and the decode projections that read its pairs, against the
+// LLM.int8's split kernel and the decode projections that read its form, against the
 // exact CPU path of stage/kernels/quant.h. Without a GPU, or in a build without
 // Cascade's CUDA kernels, only the fallback contract is checked.
 #include "stage/kernels/int8_kernels.h"
@@ -7,6 +7,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "stage/kernels/ops.h"
 #include "stage/kernels/quant.h"
@@ -24,18 +25,10 @@ bool kernels() {
   return at::hasCUDA() && int8_split_kernel(at::ones({1, 64}, at::kCUDA), 6.0, 16, &p, &s);
 }
 
-// The ATen split's values in the pairs form: row t its int8 row, row T + t its outliers'
-// values scattered back to their columns.
-at::Tensor pairs_of(const Int8Activation& a) {
-  const int64_t T = a.xq.size(0), K = a.xq.size(1);
-  const at::Tensor outliers = at::zeros({T, K}).scatter_(1, a.cols.cpu(), a.xo.cpu());
-  return at::cat({a.xq.cpu().to(at::kFloat), outliers}, 0);
-}
-
 // The split kernel's list (sx's columns from 1: stage/kernels/int8_kernels.h) against the
 // ATen split's outliers: the same columns with the same values, in any order.
 void expect_listed(const at::Tensor& sx, const Int8Activation& want, const std::string& what) {
-  constexpr int64_t kList = (kInt8SplitRow - 2) / 2;
+  constexpr int64_t kList = kInt8SplitList;
   const at::Tensor side = sx.cpu(), cols = want.cols.cpu(), xo = want.xo.cpu();
   for (int64_t t = 0; t < side.size(0); ++t) {
     std::map<int64_t, float> got, expected;
@@ -54,7 +47,7 @@ TEST(Int8Kernels, CpuTensorsTakeTheAtenSplit) {
   EXPECT_FALSE(int8_split_kernel(at::ones({1, 64}), 6.0, 16, &p, &s));
   EXPECT_FALSE(p.defined());
   const Int8Activation a = int8_split(at::ones({2, 64}), 6.0);
-  EXPECT_FALSE(a.pairs.defined());
+  EXPECT_FALSE(a.ints.defined());
   EXPECT_TRUE(a.xq.defined() && a.cols.defined() && a.xo.defined());
 }
 
@@ -73,20 +66,24 @@ TEST(Int8Kernels, TheSplitKernelMatchesTheAtenSplit) {
         x.index_put_({tokens - 1, 5}, 50.0);
         x = x.to(t);
         const Int8Activation want = int8_split(x, 6.0);  // CPU: the ATen path
-        at::Tensor pairs, sx;
-        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &pairs, &sx));
+        at::Tensor ints, sx;
+        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &ints, &sx));
         const std::string what = std::string(c10::toString(t)) + ", " + std::to_string(tokens) + " tokens, " +
                                  std::to_string(many) + " scaled columns";
-        ASSERT_EQ(pairs.scalar_type(), t) << what;
+        ASSERT_EQ(ints.scalar_type(), t) << what;
+        ASSERT_EQ(ints.sizes(), x.sizes()) << what;
         EXPECT_TRUE(at::equal(sx.cpu().narrow(1, 0, 1), want.sx)) << what;
-        EXPECT_TRUE(at::equal(pairs.cpu().to(at::kFloat), pairs_of(want))) << what;
+        EXPECT_TRUE(at::equal(ints.cpu().to(at::kFloat), want.xq.to(at::kFloat))) << what;
         expect_listed(sx, want, what);
       }
     }
   }
-  at::Tensor pairs, sx;
-  EXPECT_FALSE(int8_split_kernel(at::ones({33, 64}, at::kCUDA), 6.0, 16, &pairs, &sx));  // > 32 tokens
-  EXPECT_FALSE(pairs.defined());
+  at::Tensor ints, sx;
+  const at::Tensor x = at::ones({2, 64}, at::kCUDA);
+  EXPECT_FALSE(int8_split_kernel(at::ones({33, 64}, at::kCUDA), 6.0, 16, &ints, &sx));  // > 32 tokens
+  EXPECT_FALSE(int8_split_kernel(x, 6.0, kInt8SplitList + 1, &ints, &sx));              // more than the list
+  EXPECT_FALSE(int8_split_kernel(x, 0.0, 16, &ints, &sx));                              // no threshold
+  EXPECT_FALSE(ints.defined());
 }
 
 // A token's outliers are its own (stage/kernels/quant.h): in a batch with another token's
@@ -109,10 +106,10 @@ TEST(Int8Kernels, EachTokenGetsWhatItGetsAlone) {
 
 // A projection of int8 rows with outliers through the layer's own calls (Linear: plain,
 // residual add, gated), for inputs the tensor-core kernel takes (in % 64 == 0), the GEMV
-// takes (in % 16 == 0, up to 16 tokens), neither takes (ATen's product of the pairs) and
-// the split kernel does not take (in % 8 != 0: ATen's split and int8 GEMM), against the
+// takes (in % 16 == 0, up to 16 tokens), neither takes (ATen's product of the split's form)
+// and the split kernel does not take (in % 8 != 0: ATen's split and int8 GEMM), against the
 // exact CPU path; float32 x takes the plain GEMV.
-TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
+TEST(Int8Kernels, TheSplitFormMatchesTheExactCpuPath) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(7);
   for (int64_t in : {1024, 1040, 1000, 1001, 4096}) {  // 4096: the tensor-core kernel splits K
@@ -129,7 +126,7 @@ TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
           const std::string what = std::string(c10::toString(t)) + ", in " + std::to_string(in) + ", out " +
                                    std::to_string(out) + ", " + std::to_string(tokens) + " tokens";
           const Int8Activation a = l.input(x.cuda());
-          ASSERT_EQ(a.pairs.defined(), in != 1001) << what;
+          ASSERT_EQ(a.ints.defined(), in != 1001) << what;
           const at::Tensor want = int8_linear(x.to(at::kFloat), r.q, r.scale, {}, 6.0);  // CPU, exact sums
           const at::Tensor got = l(a);
           ASSERT_EQ(got.scalar_type(), t) << what;
@@ -147,38 +144,61 @@ TEST(Int8Kernels, PairsMatchTheExactCpuPath) {
   }
 }
 
-// More tied outliers than the list holds (40 columns of 10.0 in token 0; 20 in token 1,
-// which the list holds): the tensor-core kernel takes token 0's outlier row instead, and
-// every token still gets the pairs' product, here through float32 on the CPU.
-TEST(Int8Kernels, TiedOutliersPastTheListTakeTheOutlierRow) {
+// More outliers than slots, with ties at the last one's value: exactly `slots` are
+// taken, the tied ones in the order of their places (here, with one 16-byte vector a
+// thread, column order), and the tied values left behind go to the int8 row at full
+// scale. Token 0: 40 values of 10; token 1: 20 of -10; token 2: 10 of 20, then 12 of 10.
+// Every projection equals the split's own decomposition, summed here in float64.
+TEST(Int8Kernels, TiedOutliersAreTakenInPlaceOrder) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(13);
-  constexpr int64_t kIn = 1024, kOut = 2560, kTokens = 13;
+  constexpr int64_t kIn = 1024, kOut = 2560, kTokens = 13, kSlots = kMaxOutlierColumns;
   const Int8Rows r = quantize_rows(at::randn({kOut, kIn}).mul_(0.05)), r2 = quantize_rows(at::randn({2 * kOut, kIn}));
   Linear l, gu;
   l.w = r.q.cuda(), l.scale = r.scale.cuda(), l.threshold = 6.0;
   gu.w = r2.q.cuda(), gu.scale = r2.scale.cuda(), gu.threshold = 6.0;
-  at::Tensor xf = at::randn({kTokens, kIn});
+  at::Tensor xf = at::randn({kTokens, kIn}).clamp_(-3, 3);
   xf[0].narrow(0, 100, 40).fill_(10.0);
   xf[1].narrow(0, 300, 20).fill_(-10.0);
+  xf[2].narrow(0, 500, 10).fill_(20.0);
+  xf[2].narrow(0, 600, 12).fill_(10.0);
   const at::Tensor x = xf.to(at::kBFloat16).cuda();
   const Int8Activation a = l.input(x);
-  ASSERT_TRUE(a.pairs.defined());
-  const at::Tensor side = a.sx.cpu();
-  EXPECT_EQ(side[0][1].item<float>(), static_cast<float>((kInt8SplitRow - 2) / 2 + 1));  // overflowed: none listed
-  EXPECT_EQ(side[1][1].item<float>(), 20);
-  // The pairs' sums in float32: y = scale (sx p[t] + p[T + t]).
-  const auto pairs_product = [&](const Int8Rows& w) {
-    const at::Tensor p = at::linear(a.pairs.cpu().to(at::kFloat), w.q.to(at::kFloat)).view({2, kTokens, -1});
-    return p[0].mul(side.narrow(1, 0, 1)).add_(p[1]).mul_(w.scale.unsqueeze(0));
+  ASSERT_TRUE(a.ints.defined());
+  const at::Tensor side = a.sx.cpu(), ints = a.ints.cpu().to(at::kFloat);
+  const auto listed = [&](int64_t t) {
+    std::vector<int64_t> cols;
+    for (int64_t j = 0; j < side[t][1].item<float>(); ++j) cols.push_back(side[t][2 + j].item<int64_t>());
+    return cols;
   };
-  EXPECT_LT(rel_l2(l(a).cpu(), pairs_product(r)), 4e-3);
-  const at::Tensor both = pairs_product(r2), g = both.narrow(1, 0, kOut), u = both.narrow(1, kOut, kOut);
+  const auto run = [](int64_t from, int64_t n) {
+    std::vector<int64_t> v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = from + i;
+    return v;
+  };
+  EXPECT_EQ(listed(0), run(100, kSlots));
+  EXPECT_EQ(listed(1), run(300, kSlots));
+  std::vector<int64_t> two = run(500, 10), ties = run(600, kSlots - 10);
+  two.insert(two.end(), ties.begin(), ties.end());
+  EXPECT_EQ(listed(2), two);
+  EXPECT_EQ(side[3][1].item<float>(), 0);
+  for (int64_t t : {0, 1, 2}) EXPECT_EQ(side[t][0].item<float>(), 10.f / 127.f) << "token " << t;  // the ties left
+  EXPECT_EQ(ints[0][100].item<float>(), 0);
+  EXPECT_EQ(ints[0][100 + kSlots].item<float>(), 127);
+  EXPECT_EQ(ints[1][300 + kSlots].item<float>(), -127);
+  EXPECT_EQ(ints[2][600 + kSlots - 10].item<float>(), 127);
+  // y = scale (sx[t][0] ints[t] . q + the listed values . their columns of q), float64.
+  const auto decomposed = [&](const Int8Rows& w) {
+    const at::Tensor q = w.q.to(at::kDouble);
+    at::Tensor y = at::linear(ints.to(at::kDouble), q).mul_(side.narrow(1, 0, 1).to(at::kDouble));
+    for (int64_t t = 0; t < kTokens; ++t)
+      for (int64_t j = 0; j < side[t][1].item<float>(); ++j)
+        y[t].add_(q.select(1, side[t][2 + j].item<int64_t>()) * side[t][2 + kInt8SplitList + j].item<double>());
+    return y.mul_(w.scale.to(at::kDouble).unsqueeze(0));
+  };
+  EXPECT_LT(rel_l2(l(a).cpu(), decomposed(r)), 4e-3);
+  const at::Tensor both = decomposed(r2), g = both.narrow(1, 0, kOut), u = both.narrow(1, kOut, kOut);
   EXPECT_LT(rel_l2(gu.gated(a, Activation::kSilu).cpu(), g * at::sigmoid(g) * u), 1.5e-2);
-  for (int64_t t : {0, 1}) {  // each token alone: the same pairs, so the same product
-    const at::Tensor alone = l(l.input(x.narrow(0, t, 1))).cpu();
-    EXPECT_LT(rel_l2(alone, pairs_product(r).narrow(0, t, 1)), 4e-3) << "token " << t;
-  }
 }
 
 }  // namespace

@@ -3,8 +3,6 @@
 #ifdef CASCADE_WITH_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
 
-#include <algorithm>
-
 #include "comm/cuda_check.h"
 #include "config/env.h"
 #include "stage/kernels/attention_shape.h"
@@ -122,10 +120,10 @@ at::Tensor attention_call(const at::Tensor& q, const at::Tensor& k_cache, const 
   static const int wide = static_cast<int>(config::env_int("CASCADE_WIDE_ATTENTION").value_or(1));
   const AttentionShape shape = attention_shape(static_cast<int>(heads / kv_heads), static_cast<int>(D), B * kv_heads,
                                                args.span, cuda::multiprocessors(), wide);
-  const int64_t splits = shape.splits;
   const at::Tensor qc = st ? q : q.contiguous();
   at::Tensor o = at::empty({B, heads, D}, q.options());
-  at::Tensor work = at::empty({splits > 1 ? splits * B * heads * (D + 2) : 1}, q.options().dtype(at::kFloat));
+  const int64_t work_elems = shape.splits > 1 ? shape.splits * B * heads * (D + 2) : 1;  // the splits' partials
+  at::Tensor work = at::empty({work_elems}, q.options().dtype(at::kFloat));
   const cuda::DecodeAttention a{code,
                                 static_cast<int>(B),
                                 static_cast<int>(heads),

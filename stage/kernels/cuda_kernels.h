@@ -16,20 +16,18 @@ constexpr int kMaxTokens = 8;  // the most tokens the decode kernels take
 int multiprocessors();
 
 // LLM.int8's activation split of x [T, K] (dtype 0 float32, 1 float16, 2 bfloat16), one
-// block a token, into the form the decode projections read (GemvArgs::sx): pairs [2T, K]
+// block a token, into the form the decode projections read (GemvArgs::sx): ints [T, K]
 // in x's dtype, row t token t's int8 values (exact in any float type; its outliers 0),
-// row T + t its outliers' values (0 elsewhere), and sx [T, kSplitRow] float32, a row a
-// token: the int8 row's scale, the count n of its outliers, then kSplitList columns and
-// kSplitList values, the first n of each listing the outliers (columns as exact floats;
-// the rest 0). Where a token has more than kSplitList outliers (ties at the last one's
-// value can add some), n = kSplitList + 1 and the list is empty: readers take its
-// outlier row. A token's outliers are its values with |x| >= threshold, the `slots`
-// largest where there are more (ties at the last one's value included). The list's order
-// is fixed by the values' places (not by timing), so sums over it are reproducible.
-// T in [1, kSplitMaxTokens]; x and pairs 16-byte aligned, K whole 16-byte vectors of x's
-// type, at most 8,192 of them.
+// and sx [T, kSplitRow] float32, a row a token: the int8 row's scale, the count n of its
+// outliers, then kSplitList columns and kSplitList values, the first n of each listing
+// the outliers (columns as exact floats; the rest 0). A token's outliers are its values
+// with |x| >= threshold, exactly the `slots` largest where there are more (ties at the
+// last one's value taken in the order of their places). The list's order is fixed by the
+// values' places (not by timing), so sums over it are reproducible. T in [1,
+// kSplitMaxTokens], slots in [1, kSplitList], threshold > 0; x and ints 16-byte aligned,
+// K whole 16-byte vectors of x's type, at most 8,192 of them.
 constexpr int kSplitMaxTokens = 32, kSplitList = 32, kSplitRow = 2 + 2 * kSplitList;
-cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* ints, float* sx,
                        cudaStream_t stream);
 
 // dtype: 0 float32, 1 float16, 2 bfloat16.
@@ -57,11 +55,9 @@ struct GemvArgs {
   const void* r = nullptr;  // [T, N]: y = r + linear (the residual add, rounded as the two ATen ops round)
   void* y = nullptr;
   int act = 0;  // fused_gemv_gated: 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh)
-  // LLM.int8 with outliers (int8 rows only): x is int8_split's pairs [2T, K] with its
-  // rows sx [T, kSplitRow], and y[t, n] = scale[n] (sx[t][0] x[t] . w[n] + x[T + t] .
-  // w[n]), then the epilogue. The kernels read the int8 rows x[t] whole and take the
-  // second product from sx's list (x[T + t] only where the list overflowed). Null: x is
-  // [T, K].
+  // LLM.int8 with outliers (int8 rows only): x is int8_split's ints [T, K] with its rows
+  // sx [T, kSplitRow], and y[t, n] = scale[n] (sx[t][0] x[t] . w[n] + the listed
+  // outliers' products with w[n]), then the epilogue. Null: x is the activations.
   const float* sx = nullptr;
   int tpr = 0;  // threads per weight row: 32, 64 or 128; 0 picks by shape (bench/gpu_gemv_bench)
   // 0: by token count (the tensor-core kernel from a few tokens on where it applies); 1

@@ -18,13 +18,13 @@ bool aligned(const at::Tensor& t) { return t.is_contiguous() && reinterpret_cast
 
 namespace {
 
-// sx: LLM.int8's split (x its pairs [2T, K]) or undefined.
+// sx: LLM.int8's split (x its ints [T, K]) or undefined.
 cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t N,
                          const at::Tensor& sx = {}) {
   cuda::GemvArgs g;
   g.dtype = cuda_dtype_code(x.scalar_type());
   g.int8 = scale.defined();
-  g.T = static_cast<int>(sx.defined() ? x.size(0) / 2 : x.size(0));
+  g.T = static_cast<int>(x.size(0));
   g.sx = sx.defined() ? sx.data_ptr<float>() : nullptr;
   g.K = static_cast<int>(x.size(1));
   g.N = static_cast<int>(N);
@@ -35,7 +35,7 @@ cuda::GemvArgs gemv_args(const at::Tensor& x, const at::Tensor& w, const at::Ten
 }
 
 // Whether the decode kernels take x [tokens, in] against w [rows, in] (and b): w in x's
-// 16-bit dtype, or int8 rows with `scale` [rows] (x also float32); with sx, x is pairs.
+// 16-bit dtype, or int8 rows with `scale` [rows] (x also float32); with sx, x is ints.
 bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale,
                   const at::Tensor& sx = {}) {
   const bool int8 = scale.defined();
@@ -43,9 +43,8 @@ bool gemv_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   if (!x.is_cuda() || code < 0 || x.dim() != 2 || x.size(0) < 1 || w.dim() != 2 || w.size(1) != x.size(1) ||
       !aligned(w) || w.size(0) >= (int64_t{1} << 30) || x.size(1) >= (int64_t{1} << 30))
     return false;
-  if (sx.defined() &&
-      (!int8 || x.size(0) % 2 != 0 || sx.scalar_type() != at::kFloat || !sx.is_cuda() || !sx.is_contiguous() ||
-       sx.dim() != 2 || sx.size(0) != x.size(0) / 2 || sx.size(1) != cuda::kSplitRow))
+  if (sx.defined() && (!int8 || sx.scalar_type() != at::kFloat || !sx.is_cuda() || !sx.is_contiguous() ||
+                       sx.dim() != 2 || sx.size(0) != x.size(0) || sx.size(1) != cuda::kSplitRow))
     return false;
   if (b.defined() && (b.scalar_type() != x.scalar_type() || !b.is_contiguous() || b.numel() != w.size(0))) return false;
   const bool types = int8 ? w.scalar_type() == at::kChar && x.size(1) % 16 == 0 && scale.scalar_type() == at::kFloat &&
@@ -65,7 +64,7 @@ at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tens
 at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& r,
                             const at::Tensor& scale, const at::Tensor& sx) {
   if (!gemv_applies(x, w, b, scale, sx)) return {};
-  const int64_t T = sx.defined() ? x.size(0) / 2 : x.size(0);
+  const int64_t T = x.size(0);
   if (r.defined() && (x.scalar_type() == at::kFloat || r.scalar_type() != x.scalar_type() ||
                       r.sizes() != at::IntArrayRef({T, w.size(0)})))
     return {};
@@ -85,7 +84,7 @@ at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act,
   if (!gemv_applies(x, w, {}, scale, sx) || w.size(0) % 2 != 0 || x.scalar_type() == at::kFloat) return {};
   const at::Tensor a = aligned(x) ? x : x.clone(at::MemoryFormat::Contiguous);
   const int64_t I = w.size(0) / 2;
-  at::Tensor y = at::empty({sx.defined() ? a.size(0) / 2 : a.size(0), I}, a.options());
+  at::Tensor y = at::empty({a.size(0), I}, a.options());
   cuda::GemvArgs g = gemv_args(a, w, scale, I, sx);
   g.y = y.data_ptr();
   g.act = act;

@@ -20,10 +20,10 @@ namespace cascade::stage {
 // tensor-core kernel with the same epilogues does, on sm_80 and later for 16-bit x and
 // in % 32 == 0 (16-bit weights) or % 64 (int8). Where neither takes the call
 // (cuda::gemv_max_tokens): undefined, and the caller takes ATen's path.
-// LLM.int8 with outliers: int8 rows, x the split kernel's pairs [2 * tokens, in]
+// LLM.int8 with outliers: int8 rows, x the split kernel's ints [tokens, in]
 // (stage/kernels/int8_kernels.h) and sx [tokens, kInt8SplitRow] float32 its rows (column
-// 0 the scales); the result is [tokens, out], y = scale * (sx[:, 0] * (int8 part) +
-// outlier part) + b.
+// 0 the scales, then the outliers' list); y = scale * (sx[:, 0] * (int8 part) + outlier
+// part) + b.
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& scale = {},
                         const at::Tensor& sx = {});
 // r + fused_linear(x, w, b, scale, sx) in one kernel; r [tokens, out] in x's 16-bit dtype.
@@ -31,7 +31,7 @@ at::Tensor fused_linear_add(const at::Tensor& x, const at::Tensor& w, const at::
                             const at::Tensor& scale = {}, const at::Tensor& sx = {});
 // A gated MLP's first half in one kernel: w [2 * I, in] holds the gate rows, then the up
 // rows (scale [2 * I] for int8 rows); -> act(x w_gate^T) * (x w_up^T) [tokens, I], x
-// 16-bit (or pairs, with sx). act: the Activation enum's value.
+// 16-bit (or ints, with sx). act: the Activation enum's value.
 at::Tensor fused_gated_linear(const at::Tensor& x, const at::Tensor& w, int act, const at::Tensor& scale = {},
                               const at::Tensor& sx = {});
 // The gated activation alone, for projections no fused kernel takes (cuBLAS's, beyond

@@ -21,9 +21,8 @@
 // LLM.int8 with outliers (GemvArgs::sx set) reads x as int8_split's int8 rows, and s =
 // scale[n] (sx[t][0] sum + outliers' part): the int8 part's sum is of integers (exact in
 // float while below 2^24), the outliers' part the products of the few values sx lists
-// (with_outliers). Neither kernel reads a second dense row a token for them: that
-// doubled the x loads and MMAs, the most of an LLM.int8 step at 16 tokens
-// (docs/performance.md, session 35).
+// (with_outliers). A second dense row a token for them doubled the x loads and MMAs, the
+// most of an LLM.int8 step at 16 tokens (docs/performance.md, session 35).
 #pragma once
 
 #include <type_traits>
@@ -137,35 +136,26 @@ __device__ inline void finish(float s, float u, int n, int64_t at, int N, const 
 }
 
 // LLM.int8's sum of a token against int8 weight row w [K]: its int8 row's sum `ints`
-// times its scale, plus its outliers' products: those of the split's list (sx's row
-// `side`, cuda_kernels.h) in the list's order, or where the list overflowed, those of
-// its outlier row o [K] whole (slow, and only for ties).
-template <typename S>
-__device__ inline float with_outliers(float ints, const float* __restrict__ side, const S* __restrict__ o,
-                                      const int8_t* __restrict__ w, int K) {
+// times its scale, plus its outliers' products, those of the split's list (sx's row
+// `side`, cuda_kernels.h) in the list's order.
+__device__ inline float with_outliers(float ints, const float* __restrict__ side, const int8_t* __restrict__ w) {
   const int n = static_cast<int>(side[1]);
   float s = 0.f;
-  if (n <= kSplitList) {
-    for (int j = 0; j < n; ++j)
-      s = __fadd_rn(s,
-                    __fmul_rn(side[2 + kSplitList + j], static_cast<float>(__ldg(w + static_cast<int>(side[2 + j])))));
-  } else {
-    for (int k = 0; k < K; ++k) s = __fadd_rn(s, __fmul_rn(load(o, k), static_cast<float>(__ldg(w + k))));
-  }
+  for (int j = 0; j < n; ++j)
+    s = __fadd_rn(s, __fmul_rn(side[2 + kSplitList + j], static_cast<float>(__ldg(w + static_cast<int>(side[2 + j])))));
   return __fadd_rn(__fmul_rn(side[0], ints), s);
 }
 
 // The sums of token t against row n (and the up row N + n, gated): acc, or for LLM.int8
-// (sx set; ox its outlier rows) with_outliers of them.
-template <int E, typename S, typename W>
+// (sx set) with_outliers of them.
+template <int E, typename W>
 __device__ inline void token_sums(float* s, float* up, int t, int n, const W* __restrict__ w, int K, int N,
-                                  const float* __restrict__ sx, const S* __restrict__ ox) {
+                                  const float* __restrict__ sx) {
   if constexpr (std::is_same_v<W, int8_t>) {
     if (!sx) return;
     const float* side = sx + static_cast<int64_t>(t) * kSplitRow;
-    const S* o = ox + static_cast<int64_t>(t) * K;
-    *s = with_outliers(*s, side, o, w + static_cast<int64_t>(n) * K, K);
-    if (E == kGated) *up = with_outliers(*up, side, o, w + static_cast<int64_t>(N + n) * K, K);
+    *s = with_outliers(*s, side, w + static_cast<int64_t>(n) * K);
+    if (E == kGated) *up = with_outliers(*up, side, w + static_cast<int64_t>(N + n) * K);
   }
 }
 
@@ -174,7 +164,7 @@ template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
                 const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int K, int N, int act,
-                const float* __restrict__ sx, const S* __restrict__ ox) {
+                const float* __restrict__ sx) {
   constexpr int kRows = kThreads / TPR;
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
   const int n = blockIdx.x * kRows + threadIdx.x / TPR, lane = threadIdx.x % TPR;
@@ -216,7 +206,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     float s = acc[t], up = acc2[t];
-    token_sums<E>(&s, &up, t, n, w, K, N, sx, ox);
+    token_sums<E>(&s, &up, t, n, w, K, N, sx);
     finish<E, kInt8>(s, up, n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
   }
 }
@@ -244,7 +234,7 @@ int resident_blocks() {
   return per_multiprocessor * multiprocessors();
 }
 
-// The launch of tokens [t0, t0 + T) (LLM.int8: their sx rows and outlier rows too).
+// The launch of tokens [t0, t0 + T) (LLM.int8: their sx rows too).
 template <int T, int TPR, int E, typename S, typename W, int U = kUnroll>
 cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
   constexpr int kRows = kThreads / TPR;
@@ -254,8 +244,7 @@ cudaError_t launch_t(const GemvArgs& g, int t0, cudaStream_t stream) {
   return launch_overlapped(gemv_kernel<T, TPR, E, S, W, U>, dim3((g.N + kRows - 1) / kRows), dim3(kThreads), stream,
                            x + xo, static_cast<const W*>(g.w), g.scale, static_cast<const S*>(g.b), r ? r + yo : r,
                            static_cast<S*>(g.y) + yo, g.K, g.N, g.act,
-                           g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx,
-                           g.sx ? x + static_cast<int64_t>(g.T) * g.K + xo : nullptr);
+                           g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx);
 }
 
 // One token through a grid of one wave with every load of a row issued

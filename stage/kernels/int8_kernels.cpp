@@ -13,13 +13,14 @@
 namespace cascade::stage {
 
 #ifdef CASCADE_WITH_CUDA_KERNELS
-static_assert(kInt8SplitMaxTokens == cuda::kSplitMaxTokens && kInt8SplitRow == cuda::kSplitRow,
+static_assert(kInt8SplitMaxTokens == cuda::kSplitMaxTokens && kInt8SplitList == cuda::kSplitList &&
+                  kInt8SplitRow == cuda::kSplitRow,
               "int8_kernels.h and cuda_kernels.h disagree");
 
-bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at::Tensor* pairs, at::Tensor* sx) {
+bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at::Tensor* ints, at::Tensor* sx) {
   const at::ScalarType t = x.scalar_type();
-  if (!x.is_cuda() || x.dim() != 2 || x.size(0) < 1 || x.size(0) > kInt8SplitMaxTokens || slots < 1 ||
-      slots > (int64_t{1} << 20) || x.size(1) < 1 || x.size(1) >= (int64_t{1} << 30) || cuda_dtype_code(t) < 0)
+  if (!x.is_cuda() || x.dim() != 2 || x.size(0) < 1 || x.size(0) > kInt8SplitMaxTokens || !(threshold > 0) ||
+      slots < 1 || slots > kInt8SplitList || x.size(1) < 1 || x.size(1) >= (int64_t{1} << 30) || cuda_dtype_code(t) < 0)
     return false;
   const at::Tensor a = x.contiguous();
   const int64_t per_vector = 16 / static_cast<int64_t>(a.element_size());  // the kernel's loads
@@ -27,12 +28,12 @@ bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at:
       reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 != 0)
     return false;
   const int T = static_cast<int>(a.size(0)), K = static_cast<int>(a.size(1));
-  at::Tensor p = at::empty({2 * T, K}, a.options()), s = at::empty({T, kInt8SplitRow}, a.options().dtype(at::kFloat));
+  at::Tensor q = at::empty({T, K}, a.options()), s = at::empty({T, kInt8SplitRow}, a.options().dtype(at::kFloat));
   comm::cuda_check(
       cuda::int8_split(cuda_dtype_code(t), a.data_ptr(), T, K, static_cast<float>(threshold), static_cast<int>(slots),
-                       p.data_ptr(), s.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+                       q.data_ptr(), s.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
       "the int8 split kernel");
-  *pairs = p;
+  *ints = q;
   *sx = s;
   return true;
 }

@@ -1,7 +1,8 @@
 // The CUDA side of stage/int8_kernels.h (LLM.int8's activation split) and the int8
 // instantiations of the decode projections (gemv.cuh, small_gemm.cuh: weight-only int8,
-// and the pairs of LLM.int8 with outliers): raw pointers only (no LibTorch headers, so
+// and the int8 rows of LLM.int8 with outliers): raw pointers only (no LibTorch headers, so
 // nvcc compiles it against the toolkit alone).
+#include <climits>
 #include <cstdint>
 
 #include "stage/kernels/small_gemm.cuh"
@@ -11,8 +12,9 @@ namespace {
 
 // LLM.int8's activation split (cuda_kernels.h, int8_split): one block a token, as the
 // tokens are split apart. A row's outliers are its values with |x| >= threshold; where
-// there are more than `slots`, rounds of block max find the slots-th largest and the
-// outliers are those at least as large (ties at that value may add a few).
+// there are more than `slots`, exactly its `slots` largest, ties at the smallest of them
+// taken in place order (the block scan's: thread, then the thread's own order), so the
+// list always fits and the result never depends on timing.
 //
 // Each thread loads its kVecs 16-byte vectors of the row once, all in flight together,
 // and every pass runs on registers: a pass that walked the row from memory in 2-byte
@@ -54,15 +56,45 @@ __device__ inline int block_exclusive_sum(int v, int* red, int* total) {
   return (warp ? red[warp - 1] : 0) + in - v;
 }
 
+// Which values are outliers: those over `least`, and of those equal to it the first
+// `quota` in place order (`seen` counts the ties before: the thread's start, then its
+// own as it walks them). With quota = INT_MAX: every value at or over `least`.
+struct Outliers {
+  float least;
+  int quota, seen;
+  __device__ bool take(float a) { return fabsf(a) > least || (fabsf(a) == least && seen++ < quota); }
+};
+
+// More outliers than slots: rounds of "the next smaller magnitude, and how many hold it"
+// until the values at or over it reach `slots` (at most `slots` rounds: each takes one).
+// `each` walks the thread's values; `red`, `places` are shared scratch.
+template <typename Each>
+__device__ inline Outliers largest(const Each& each, int slots, float* red, int* places) {
+  float last = INFINITY;
+  int above = 0;
+  for (bool first = true;; first = false) {
+    float best = 0.f;  // infinities are found in the first round; NaN never
+    each([&](float a) {
+      if (first || fabsf(a) < last) best = fmaxf(best, fabsf(a));
+    });
+    best = block_max(best, red);
+    int at = 0, total = 0;
+    each([&](float a) { at += fabsf(a) == best; });
+    const int before = block_exclusive_sum(at, places, &total);
+    if (above + total >= slots) return {best, slots - above, before};
+    above += total;
+    last = best;
+  }
+}
+
 template <typename S, int kVecs>
 __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, int K, float threshold, int slots,
-                                                     S* __restrict__ pairs, float* __restrict__ sx) {
+                                                     S* __restrict__ ints, float* __restrict__ sx) {
   constexpr int V = 16 / static_cast<int>(sizeof(S));  // values a vector
   __shared__ float red[32];
-  __shared__ int count, places[32];
+  __shared__ int places[32];
   const int64_t t = blockIdx.x;
   const int nv = K / V;
-  if (threadIdx.x == 0) count = 0;
   wait_for_prior_grid();
   allow_next_grid();
   float v[kVecs][V];
@@ -72,7 +104,7 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
     const int4 w = i < nv ? __ldg(reinterpret_cast<const int4*>(x + t * K) + i) : make_int4(0, 0, 0, 0);
     const S* e = reinterpret_cast<const S*>(&w);
 #pragma unroll
-    for (int k = 0; k < V; ++k) v[j][k] = load(e, k);  // past the row: 0, never an outlier
+    for (int k = 0; k < V; ++k) v[j][k] = load(e, k);  // past the row: 0, never an outlier (threshold > 0)
   }
   const auto each = [&](const auto& f) {
 #pragma unroll
@@ -81,85 +113,72 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
       for (int k = 0; k < V; ++k) f(v[j][k]);
     }
   };
-  // One pass counts the outliers and takes the regular values' absmax: right unless
-  // there are more outliers than slots (then rounds of "the largest below the last
-  // round's" find the slots-th largest, and the absmax is taken again below it).
-  int mine = 0;
+  // One pass counts the outliers and takes the regular values' absmax, and the scan of
+  // the counts places each thread's in the list: all that is needed unless there are
+  // more outliers than slots.
+  int own = 0, count = 0;
   float m = 0.f;
   each([&](float a) {
     if (fabsf(a) >= threshold)
-      ++mine;
+      ++own;
     else
       m = fmaxf(m, fabsf(a));  // NaN: neither an outlier nor the max (fmaxf drops it)
   });
-  __syncthreads();  // count is zeroed
-  if (mine) atomicAdd(&count, mine);
-  m = block_max(m, red);    // its barriers also publish count
-  float least = threshold;  // the smallest outlier value
-  if (count > slots) {
-    float last = INFINITY;
-    for (int r = 0; r < slots; ++r) {
-      float best = 0.f;
-      each([&](float a) {
-        if (fabsf(a) < last) best = fmaxf(best, fabsf(a));
-      });
-      last = block_max(best, red);
-    }
-    least = fmaxf(last, threshold);
-    m = 0.f;
+  int place = block_exclusive_sum(own, places, &count);
+  m = block_max(m, red);
+  Outliers out{threshold, INT_MAX, 0};
+  if (count > slots) {  // the int8 part takes the rest: its absmax and places again
+    out = largest(each, slots, red, places);
+    Outliers walk = out;
+    own = 0, m = 0.f;
     each([&](float a) {
-      if (!(fabsf(a) >= least)) m = fmaxf(m, fabsf(a));
+      if (walk.take(a))
+        ++own;
+      else
+        m = fmaxf(m, fabsf(a));
     });
+    place = block_exclusive_sum(own, places, &count);
     m = block_max(m, red);
   }
   const float s = fmaxf(__fdiv_rn(m, 127.f), 1e-12f);
   // The list (cuda_kernels.h): each thread's outliers at its place in thread order.
-  int own = 0, listed = 0;
-  each([&](float a) { own += fabsf(a) >= least; });
-  int place = block_exclusive_sum(own, places, &listed);
-  const bool fits = listed <= kSplitList;
   float* side = sx + t * kSplitRow;
-  if (threadIdx.x == 0) side[0] = s, side[1] = static_cast<float>(fits ? listed : kSplitList + 1);
-  for (int j = threadIdx.x + (fits ? listed : 0); j < kSplitList; j += blockDim.x)
-    side[2 + j] = side[2 + kSplitList + j] = 0.f;
-  int4* ints = reinterpret_cast<int4*>(pairs + t * K);
-  int4* outliers = reinterpret_cast<int4*>(pairs + (gridDim.x + t) * K);
+  if (threadIdx.x == 0) side[0] = s, side[1] = static_cast<float>(count);
+  for (int j = count + threadIdx.x; j < kSplitList; j += blockDim.x) side[2 + j] = side[2 + kSplitList + j] = 0.f;
+  int4* row = reinterpret_cast<int4*>(ints + t * K);
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     const int i = threadIdx.x + j * blockDim.x;
     if (i >= nv) continue;
-    int4 qv, ov;
+    int4 qv;
     S* q = reinterpret_cast<S*>(&qv);
-    S* o = reinterpret_cast<S*>(&ov);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const bool outlier = fabsf(v[j][k]) >= least;
+      const bool outlier = out.take(v[j][k]);
       store(q, k, outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(v[j][k], s)), -127.f), 127.f));
-      store(o, k, outlier ? v[j][k] : 0.f);
-      if (outlier && fits) {
+      if (outlier) {
         side[2 + place] = static_cast<float>(i * V + k);
         side[2 + kSplitList + place++] = v[j][k];
       }
     }
-    ints[i] = qv;
-    outliers[i] = ov;
+    row[i] = qv;
   }
 }
 
 // Threads, and vectors a thread, for rows of K values of S: whole 16-byte vectors, at
 // most 8 a thread (K up to 65,536 16-bit values); cudaErrorInvalidValue otherwise.
 template <typename S>
-cudaError_t split_as(const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+cudaError_t split_as(const void* x, int T, int K, float threshold, int slots, void* ints, float* sx,
                      cudaStream_t stream) {
   constexpr int V = 16 / static_cast<int>(sizeof(S));
   const int nv = K / V;
   if (K % V != 0 || nv > 8 * 1024 || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(pairs) % 16 != 0)
+      reinterpret_cast<uintptr_t>(ints) % 16 != 0)
     return cudaErrorInvalidValue;
   const int threads = nv < 1024 ? (nv + 31) / 32 * 32 : 1024, vecs = (nv + threads - 1) / threads;
   const auto go = [&](auto kernel) {
     return launch_overlapped(kernel, dim3(T), dim3(threads), stream, static_cast<const S*>(x), K, threshold, slots,
-                             static_cast<S*>(pairs), sx);
+                             static_cast<S*>(ints), sx);
   };
   if (vecs == 1) return go(split_kernel<S, 1>);
   if (vecs == 2) return go(split_kernel<S, 2>);
@@ -169,16 +188,17 @@ cudaError_t split_as(const void* x, int T, int K, float threshold, int slots, vo
 
 }  // namespace
 
-cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* pairs, float* sx,
+cudaError_t int8_split(int dtype, const void* x, int T, int K, float threshold, int slots, void* ints, float* sx,
                        cudaStream_t stream) {
-  if (T < 1 || T > kSplitMaxTokens || slots < 1 || K < 1) return cudaErrorInvalidValue;
+  if (T < 1 || T > kSplitMaxTokens || slots < 1 || slots > kSplitList || K < 1 || !(threshold > 0.f))
+    return cudaErrorInvalidValue;
   switch (dtype) {
     case 0:
-      return split_as<float>(x, T, K, threshold, slots, pairs, sx, stream);
+      return split_as<float>(x, T, K, threshold, slots, ints, sx, stream);
     case 1:
-      return split_as<__half>(x, T, K, threshold, slots, pairs, sx, stream);
+      return split_as<__half>(x, T, K, threshold, slots, ints, sx, stream);
     case 2:
-      return split_as<__nv_bfloat16>(x, T, K, threshold, slots, pairs, sx, stream);
+      return split_as<__nv_bfloat16>(x, T, K, threshold, slots, ints, sx, stream);
     default:
       return cudaErrorInvalidValue;
   }

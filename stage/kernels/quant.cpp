@@ -79,7 +79,7 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   a.x = x;
   a.threshold = threshold;
   if (threshold <= 0) return a;
-  if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.pairs, &a.sx)) return a;  // decode on a GPU
+  if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.ints, &a.sx)) return a;  // decode on a GPU
   const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
   const at::Tensor xf = x.to(at::kFloat);
   auto [top, cols] = xf.abs().topk(k, 1);        // [T, k] each token's largest |x|, their columns
@@ -99,19 +99,23 @@ at::Tensor int8_linear(const Int8Activation& a, const at::Tensor& q, const at::T
               q.sizes());
   const at::ScalarType ct = compute_type(x);
   // Decode: one kernel reads the weight once (stage/kernels/fused_kernels.h on CUDA,
-  // weight-only or the split kernel's pairs; stage/kernels/cpu_gemv.h on the CPU,
+  // weight-only or the split kernel's ints; stage/kernels/cpu_gemv.h on the CPU,
   // weight-only there), bias and rounding as below.
-  if (x.is_cuda() && (a.threshold <= 0 || a.pairs.defined())) {
+  if (x.is_cuda() && (a.threshold <= 0 || a.ints.defined())) {
     const at::Tensor d =
-        a.pairs.defined() ? fused_linear(a.pairs, q, bias, scale, a.sx) : fused_linear(x, q, bias, scale);
+        a.ints.defined() ? fused_linear(a.ints, q, bias, scale, a.sx) : fused_linear(x, q, bias, scale);
     if (d.defined()) return d;
   }
   at::Tensor y;  // [T, out] float32
-  if (a.pairs.defined()) {
-    // The pairs through float32 products: integers and x's own values, summed as the
-    // kernel sums them.
-    const at::Tensor p = at::linear(a.pairs.to(at::kFloat), q.to(at::kFloat)).view({2, x.size(0), q.size(0)});
-    y = p[0].mul(a.sx.narrow(1, 0, 1)).add_(p[1]).mul_(scale.unsqueeze(0));
+  if (a.ints.defined()) {
+    // The split kernel's form through float32 products: the int8 rows' integers, and the
+    // listed outliers (unused entries are column 0 with value 0).
+    const at::Tensor cols = a.sx.narrow(1, 2, kInt8SplitList).to(at::kLong);
+    const at::Tensor xo = a.sx.narrow(1, 2 + kInt8SplitList, kInt8SplitList);
+    y = at::linear(a.ints.to(at::kFloat), q.to(at::kFloat))
+            .mul_(a.sx.narrow(1, 0, 1))
+            .add_(outlier_dots(xo, cols, q))
+            .mul_(scale.unsqueeze(0));
   } else if (!x.is_cuda() && a.threshold <= 0) {
     y = cpu_int8_linear(x, q, scale);
   }

@@ -50,14 +50,14 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarTy
 // An activation split once for every projection that reads it (q/k/v share one,
 // gate/up another), so the split costs its kernels once.
 // On a GPU, where the split kernel takes x (stage/kernels/int8_kernels.h: up to
-// kInt8SplitMaxTokens tokens), the result is `pairs` (the decode kernels' form) and sx;
+// kInt8SplitMaxTokens tokens), the result is `ints` (the decode kernels' form) and sx;
 // elsewhere ATen's split, in sx, xq, cols and xo.
 struct Int8Activation {
   at::Tensor x;          // [tokens, in] as given
   double threshold = 0;  // <= 0: weight-only, nothing below is set
-  at::Tensor sx;         // [tokens, 1] float32 row scales of the int8 part (with pairs: column 0
+  at::Tensor sx;         // [tokens, 1] float32 row scales of the int8 part (with ints: column 0
                          // of [tokens, kInt8SplitRow], stage/kernels/int8_kernels.h)
-  at::Tensor pairs;      // [2 tokens, in] in x's dtype (int8_kernels.h), or undefined
+  at::Tensor ints;       // [tokens, in] in x's dtype (int8_kernels.h), or undefined
   at::Tensor xq;         // [tokens, in] int8, each token's outliers zeroed (ATen's split)
   at::Tensor cols;       // [tokens, k] int64: each token's k largest |x|, their columns
   at::Tensor xo;         // [tokens, k] float32: their values where over the threshold, else 0

@@ -101,12 +101,12 @@ __device__ inline void to_pairs(const int4& v, uint32_t (&p)[kPerLoad<W> / 2]) {
 }
 
 // y [T, N] for T <= 8 TG tokens: see the header. 16-bit S only; K % (4 kPerLoad<W>) == 0.
-// With sx (LLM.int8: gemv.cuh), x is the int8 rows and ox the outlier rows.
+// With sx (LLM.int8: gemv.cuh), x is the int8 rows.
 template <int TG, int E, typename S, typename W>
 __global__ void __launch_bounds__(32 * kMmaWarps)
     mma_kernel(const S* __restrict__ x, const W* __restrict__ w, const float* __restrict__ scale,
                const S* __restrict__ b, const S* __restrict__ r, S* __restrict__ y, int T, int K, int N, int act,
-               const float* __restrict__ sx, const S* __restrict__ ox) {
+               const float* __restrict__ sx) {
   constexpr int kTiles = E == kGated ? 2 : 1, kP = kPerLoad<W> / 2, kSteps = kP / 2;
   constexpr int kChunk = 4 * kPerLoad<W>, kXLoads = kPerLoad<W> / kPerLoad<S>;
   constexpr int kU = kMmaUnroll<W>;
@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
     const int row = e % 16, t = e / 16, n = n0 + row;
     if (n >= N) continue;
     float s = total(0, row, t), up = E == kGated ? total(kTiles - 1, row, t) : 0.f;
-    token_sums<E>(&s, &up, t, n, w, K, N, sx, ox);
+    token_sums<E>(&s, &up, t, n, w, K, N, sx);
     finish<E, std::is_same_v<W, int8_t>>(s, up, n, static_cast<int64_t>(t) * N + n, N, scale, b, r, y, act);
   }
 }
@@ -264,8 +264,7 @@ cudaError_t launch_mma(const GemvArgs& g, cudaStream_t stream) {
       return launch_overlapped(kernel, dim3((g.N + 15) / 16, splits), dim3(32 * kMmaWarps), stream, x + xo,
                                static_cast<const W*>(g.w), g.scale, static_cast<const S*>(g.b), r ? r + yo : r,
                                static_cast<S*>(g.y) + yo, rest, g.K, g.N, g.act,
-                               g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx,
-                               g.sx ? x + static_cast<int64_t>(g.T) * g.K + xo : nullptr);
+                               g.sx ? g.sx + static_cast<int64_t>(t0) * kSplitRow : g.sx);
     };
     const cudaError_t e = groups == 1   ? go(mma_kernel<1, E, S, W>)
                           : groups == 2 ? go(mma_kernel<2, E, S, W>)

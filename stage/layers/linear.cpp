@@ -47,13 +47,13 @@ Int8Activation Linear::input(const at::Tensor& x) const {
 namespace {
 
 // What the decode kernels read for int8 rows on the GPU: x (weight-only), or the split
-// kernel's pairs and their scales (LLM.int8 with outliers). False where neither.
+// kernel's ints and their scales (LLM.int8 with outliers). False where neither.
 bool kernel_input(const Int8Activation& a, at::Tensor* x, at::Tensor* sx) {
   if (!a.x.is_cuda()) return false;
   if (a.threshold <= 0)
     *x = a.x;
-  else if (a.pairs.defined())
-    *x = a.pairs, *sx = a.sx;
+  else if (a.ints.defined())
+    *x = a.ints, *sx = a.sx;
   return x->defined();
 }
 
