@@ -53,28 +53,36 @@ TEST(Int8Kernels, CpuTensorsTakeTheAtenSplit) {
 
 // The split kernel gives the ATen path's int8 rows and scales exactly, and the same
 // outlier values in the same places: no outlier, a few, more in a token than there are
-// slots (its largest win), and one token's own.
+// slots (its largest win), more with ties at the last one taken (by column, on both
+// sides; rows of 10,240 give a thread two vectors), and one token's own.
 TEST(Int8Kernels, TheSplitKernelMatchesTheAtenSplit) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(11);
   for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
-    for (int64_t tokens : {1, 4, 8, 17, 32}) {
-      for (int64_t many : {0, 3, 20}) {
-        at::Tensor x = at::randn({tokens, 2560});
-        // Distinct magnitudes, exact in bf16: which are the largest is never a tie.
-        for (int64_t c = 0; c < many; ++c) x.select(1, 7 + 97 * c).fill_(c % 2 ? 10 + c : -10 - c);
-        x.index_put_({tokens - 1, 5}, 50.0);
-        x = x.to(t);
-        const Int8Activation want = int8_split(x, 6.0);  // CPU: the ATen path
-        at::Tensor ints, sx;
-        ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &ints, &sx));
-        const std::string what = std::string(c10::toString(t)) + ", " + std::to_string(tokens) + " tokens, " +
-                                 std::to_string(many) + " scaled columns";
-        ASSERT_EQ(ints.scalar_type(), t) << what;
-        ASSERT_EQ(ints.sizes(), x.sizes()) << what;
-        EXPECT_TRUE(at::equal(sx.cpu().narrow(1, 0, 1), want.sx)) << what;
-        EXPECT_TRUE(at::equal(ints.cpu().to(at::kFloat), want.xq.to(at::kFloat))) << what;
-        expect_listed(sx, want, what);
+    for (int64_t in : {2560, 10240}) {
+      for (int64_t tokens : {1, 4, 8, 17, 32}) {
+        for (int64_t many : {0, 3, 20, -1}) {
+          at::Tensor x = at::randn({tokens, in});
+          // Distinct magnitudes, exact in bf16: which are the largest is never a tie.
+          for (int64_t c = 0; c < many; ++c) x.select(1, 7 + 97 * c).fill_(c % 2 ? 10 + c : -10 - c);
+          if (many < 0) {  // 10 of 20, then 12 ties of 10 spread over the row: 6 ties taken
+            x.clamp_(-3, 3);
+            for (int64_t c = 0; c < 10; ++c) x.select(1, in - 1 - 13 * c).fill_(20.0);
+            for (int64_t c = 0; c < 12; ++c) x.select(1, 5 + (in / 12) * c).fill_(c % 2 ? 10.0 : -10.0);
+          }
+          x.index_put_({tokens - 1, 5}, 50.0);
+          x = x.to(t);
+          const Int8Activation want = int8_split(x, 6.0);  // CPU: the ATen path
+          at::Tensor ints, sx;
+          ASSERT_TRUE(int8_split_kernel(x.cuda(), 6.0, kMaxOutlierColumns, &ints, &sx));
+          const std::string what = std::string(c10::toString(t)) + ", in " + std::to_string(in) + ", " +
+                                   std::to_string(tokens) + " tokens, " + std::to_string(many) + " scaled columns";
+          ASSERT_EQ(ints.scalar_type(), t) << what;
+          ASSERT_EQ(ints.sizes(), x.sizes()) << what;
+          EXPECT_TRUE(at::equal(sx.cpu().narrow(1, 0, 1), want.sx)) << what;
+          EXPECT_TRUE(at::equal(ints.cpu().to(at::kFloat), want.xq.to(at::kFloat))) << what;
+          expect_listed(sx, want, what);
+        }
       }
     }
   }
@@ -145,11 +153,10 @@ TEST(Int8Kernels, TheSplitFormMatchesTheExactCpuPath) {
 }
 
 // More outliers than slots, with ties at the last one's value: exactly `slots` are
-// taken, the tied ones in the order of their places (here, with one 16-byte vector a
-// thread, column order), and the tied values left behind go to the int8 row at full
-// scale. Token 0: 40 values of 10; token 1: 20 of -10; token 2: 10 of 20, then 12 of 10.
+// taken, the tied ones by column, and the tied values left behind go to the int8 row at
+// full scale. Token 0: 40 values of 10; token 1: 20 of -10; token 2: 10 of 20, then 12 of 10.
 // Every projection equals the split's own decomposition, summed here in float64.
-TEST(Int8Kernels, TiedOutliersAreTakenInPlaceOrder) {
+TEST(Int8Kernels, TiedOutliersAreTakenByColumn) {
   if (!kernels()) GTEST_SKIP() << "no GPU or no CUDA kernels in this build";
   at::manual_seed(13);
   constexpr int64_t kIn = 1024, kOut = 2560, kTokens = 13, kSlots = kMaxOutlierColumns;

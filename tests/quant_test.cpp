@@ -2,10 +2,12 @@
 // reference (fixtures) and against bf16 (the demo model's held-out perplexity).
 #include "stage/kernels/quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <vector>
 
 #include "comm/message.h"
 #include "stage/model.h"
@@ -133,6 +135,28 @@ TEST(Int8, OutliersPastTheCapStayInTheInt8Part) {
   const Int8Rows r = quantize_rows(w);
   const at::Tensor exact = at::linear(x, dequantize(r.q, r.scale, at::kFloat));
   EXPECT_LT(rel_l2(int8_linear(a, r.q, r.scale, at::Tensor()), exact), 0.02);
+}
+
+// Past the cap, values tied at the last one taken go by column, lowest first (the GPU
+// split takes the same: stage/kernels/int8_kernels.h), and the ties left behind set the
+// int8 part's scale. Token 0: 20 values of 10 (signs mixed) at odd columns; token 1: 10
+// values of 20, then 12 of 10.
+TEST(Int8, TiedOutliersPastTheCapGoByColumn) {
+  at::Tensor x = at::randn({2, 256}).clamp_(-3, 3);
+  for (int64_t j = 0; j < 20; ++j) x[0][1 + 2 * j] = j % 2 ? -10.0 : 10.0;
+  for (int64_t j = 0; j < 10; ++j) x[1][200 - j] = 20.0;
+  for (int64_t j = 0; j < 12; ++j) x[1][7 * j] = 10.0;
+  const Int8Activation a = int8_split(x, 6.0);
+  const at::Tensor cols = std::get<0>(a.cols.sort(1));
+  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_EQ(cols[0][i].item<int64_t>(), 1 + 2 * i);
+  std::vector<int64_t> want;
+  for (int64_t j = 0; j < kMaxOutlierColumns - 10; ++j) want.push_back(7 * j);
+  for (int64_t j = 9; j >= 0; --j) want.push_back(200 - j);
+  std::sort(want.begin(), want.end());
+  for (int64_t i = 0; i < kMaxOutlierColumns; ++i) EXPECT_EQ(cols[1][i].item<int64_t>(), want[i]) << i;
+  EXPECT_FLOAT_EQ(a.sx[0][0].item<float>(), 10.f / 127.f);  // the ties left in the int8 part
+  EXPECT_FLOAT_EQ(a.sx[1][0].item<float>(), 10.f / 127.f);
+  EXPECT_EQ(a.xq[0][1 + 2 * kMaxOutlierColumns].item<int>(), 127);
 }
 
 // A token's outliers are its own: a batch with another token's outlier column gives each

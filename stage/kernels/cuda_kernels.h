@@ -22,7 +22,7 @@ int multiprocessors();
 // outliers, then kSplitList columns and kSplitList values, the first n of each listing
 // the outliers (columns as exact floats; the rest 0). A token's outliers are its values
 // with |x| >= threshold, exactly the `slots` largest where there are more (ties at the
-// last one's value taken in the order of their places). The list's order is fixed by the
+// last one's value taken by column). The list's order is fixed by the
 // values' places (not by timing), so sums over it are reproducible. T in [1,
 // kSplitMaxTokens], slots in [1, kSplitList], threshold > 0; x and ints 16-byte aligned,
 // K whole 16-byte vectors of x's type, at most 8,192 of them.

@@ -13,8 +13,8 @@ namespace {
 // LLM.int8's activation split (cuda_kernels.h, int8_split): one block a token, as the
 // tokens are split apart. A row's outliers are its values with |x| >= threshold; where
 // there are more than `slots`, exactly its `slots` largest, ties at the smallest of them
-// taken in place order (the block scan's: thread, then the thread's own order), so the
-// list always fits and the result never depends on timing.
+// taken by column (as stage/kernels/quant.h's ATen split takes them), so the list always
+// fits and the result never depends on timing.
 //
 // Each thread loads its kVecs 16-byte vectors of the row once, all in flight together,
 // and every pass runs on registers: a pass that walked the row from memory in 2-byte
@@ -57,33 +57,48 @@ __device__ inline int block_exclusive_sum(int v, int* red, int* total) {
 }
 
 // Which values are outliers: those over `least`, and of those equal to it the first
-// `quota` in place order (`seen` counts the ties before: the thread's start, then its
-// own as it walks them). With quota = INT_MAX: every value at or over `least`.
+// `quota` by column. Thread x holds vectors x + j blockDim.x (j < kVecs); seen[j] counts
+// the ties in columns before its vector j's, then its own as it walks them. With quota =
+// INT_MAX: every value at or over `least`.
+template <int kVecs>
 struct Outliers {
   float least;
-  int quota, seen;
-  __device__ bool take(float a) { return fabsf(a) > least || (fabsf(a) == least && seen++ < quota); }
+  int quota, seen[kVecs];
+  __device__ bool take(float a, int j) { return fabsf(a) > least || (fabsf(a) == least && seen[j]++ < quota); }
 };
 
 // More outliers than slots: rounds of "the next smaller magnitude, and how many hold it"
-// until the values at or over it reach `slots` (at most `slots` rounds: each takes one).
-// `each` walks the thread's values; `red`, `places` are shared scratch.
-template <typename Each>
-__device__ inline Outliers largest(const Each& each, int slots, float* red, int* places) {
+// until the values at or over it reach `slots` (at most `slots` rounds: each takes one),
+// then the ties' places by column, a scan per vector index. `each` walks the thread's
+// values as (j, value); `red`, `places` are shared scratch.
+template <int kVecs, typename Each>
+__device__ inline Outliers<kVecs> largest(const Each& each, int slots, float* red, int* places) {
   float last = INFINITY;
   int above = 0;
   for (bool first = true;; first = false) {
     float best = 0.f;  // infinities are found in the first round; NaN never
-    each([&](float a) {
+    each([&](int, float a) {
       if (first || fabsf(a) < last) best = fmaxf(best, fabsf(a));
     });
     best = block_max(best, red);
     int at = 0, total = 0;
-    each([&](float a) { at += fabsf(a) == best; });
-    const int before = block_exclusive_sum(at, places, &total);
-    if (above + total >= slots) return {best, slots - above, before};
-    above += total;
-    last = best;
+    each([&](int, float a) { at += fabsf(a) == best; });
+    block_exclusive_sum(at, places, &total);
+    if (above + total < slots) {
+      above += total;
+      last = best;
+      continue;
+    }
+    Outliers<kVecs> out{best, slots - above, {}};
+    int before = 0;  // ties in the vectors of earlier j
+#pragma unroll
+    for (int j = 0; j < kVecs; ++j) {
+      int in_j = 0, all_j = 0;
+      each([&](int i, float a) { in_j += i == j && fabsf(a) == best; });
+      out.seen[j] = before + block_exclusive_sum(in_j, places, &all_j);
+      before += all_j;
+    }
+    return out;
   }
 }
 
@@ -110,7 +125,7 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
 #pragma unroll
-      for (int k = 0; k < V; ++k) f(v[j][k]);
+      for (int k = 0; k < V; ++k) f(j, v[j][k]);
     }
   };
   // One pass counts the outliers and takes the regular values' absmax, and the scan of
@@ -118,7 +133,7 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
   // more outliers than slots.
   int own = 0, count = 0;
   float m = 0.f;
-  each([&](float a) {
+  each([&](int, float a) {
     if (fabsf(a) >= threshold)
       ++own;
     else
@@ -126,13 +141,13 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
   });
   int place = block_exclusive_sum(own, places, &count);
   m = block_max(m, red);
-  Outliers out{threshold, INT_MAX, 0};
+  Outliers<kVecs> out{threshold, INT_MAX, {}};
   if (count > slots) {  // the int8 part takes the rest: its absmax and places again
-    out = largest(each, slots, red, places);
-    Outliers walk = out;
+    out = largest<kVecs>(each, slots, red, places);
+    Outliers<kVecs> walk = out;
     own = 0, m = 0.f;
-    each([&](float a) {
-      if (walk.take(a))
+    each([&](int j, float a) {
+      if (walk.take(a, j))
         ++own;
       else
         m = fmaxf(m, fabsf(a));
@@ -154,7 +169,7 @@ __global__ void __launch_bounds__(1024) split_kernel(const S* __restrict__ x, in
     S* q = reinterpret_cast<S*>(&qv);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const bool outlier = out.take(v[j][k]);
+      const bool outlier = out.take(v[j][k], j);
       store(q, k, outlier ? 0.f : fminf(fmaxf(rintf(__fdiv_rn(v[j][k], s)), -127.f), 127.f));
       if (outlier) {
         side[2 + place] = static_cast<float>(i * V + k);

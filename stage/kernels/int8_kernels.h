@@ -27,8 +27,8 @@ constexpr int64_t kInt8SplitList = 32, kInt8SplitRow = 2 + 2 * kInt8SplitList;
 // and K whole 16-byte vectors (a multiple of 8 16-bit or 4 float32 values, up to 8,192):
 // ints [T, K] in x's dtype and sx [T, kInt8SplitRow] float32 (column 0 the int8 rows'
 // scales), split at `threshold` > 0 with at most `slots` (<= kInt8SplitList) outliers a
-// token: its largest, where ties at the last one's value are taken in the order of their
-// places (stage/kernels/quant.h). Returns false, filling nothing, where it does not apply
+// token: its largest, ties at the last one's value taken by column (as the ATen split of
+// stage/kernels/quant.h takes them). Returns false, filling nothing, where it does not apply
 // (a CPU tensor, no CUDA kernels in this build, arguments out of those ranges).
 bool int8_split_kernel(const at::Tensor& x, double threshold, int64_t slots, at::Tensor* ints, at::Tensor* sx);
 

@@ -46,6 +46,17 @@ at::Tensor outlier_dots(const at::Tensor& xo, const at::Tensor& cols, const at::
   return at::cat(parts);
 }
 
+// The columns of each row's k largest values of a [T, K] (float32, >= 0 or NaN), ties
+// taken by column, as the GPU split takes them (stage/kernels/int8_kernels.h): topk over
+// keys that order by value, then by the lower column. A non-negative float's bits order
+// as integers do, and K < 2^31, so value bits * K + (K - 1 - column) is exact in int64.
+at::Tensor largest_columns(const at::Tensor& a, int64_t k) {
+  const int64_t K = a.size(1);
+  const at::Tensor bits = a.contiguous().view(at::kInt).to(at::kLong);
+  const at::Tensor key = bits.mul_(K).add_(at::arange(K - 1, -1, -1, bits.options()));
+  return std::get<1>(key.topk(k, 1));
+}
+
 }  // namespace
 
 bool int8_module(const ModuleSpec& spec, const std::vector<std::string>& skip) {
@@ -82,8 +93,8 @@ Int8Activation int8_split(const at::Tensor& x, double threshold) {
   if (int8_split_kernel(x, threshold, kMaxOutlierColumns, &a.ints, &a.sx)) return a;  // decode on a GPU
   const int64_t K = x.size(1), k = std::min(kMaxOutlierColumns, K);
   const at::Tensor xf = x.to(at::kFloat);
-  auto [top, cols] = xf.abs().topk(k, 1);        // [T, k] each token's largest |x|, their columns
-  const at::Tensor outlier = top.ge(threshold);  // [T, k]
+  const at::Tensor mag = xf.abs(), cols = largest_columns(mag, k);  // [T, k]
+  const at::Tensor outlier = mag.gather(1, cols).ge(threshold);     // [T, k]
   a.cols = cols;
   a.xo = xf.gather(1, cols).mul_(outlier);  // [T, k]
   const at::Tensor mask = at::zeros(xf.sizes(), outlier.options()).scatter_(1, cols, outlier);

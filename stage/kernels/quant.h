@@ -13,8 +13,7 @@
 // - At most kMaxOutlierColumns a token, its largest (bitsandbytes takes all, which needs
 //   their count on the host); any beyond stay in the int8 part, quantized with their
 //   row. So a step needs no device-to-host sync and can be captured in a CUDA graph.
-//   Of values tied at the last one taken, the GPU split takes them in the order of
-//   their places (stage/kernels/int8_kernels.h), ATen's topk as it picks.
+//   Of values tied at the last one taken, the lowest columns (GPU and CPU alike).
 // - The int8 sums are exact: cuBLASLt's int8 GEMM on CUDA (LibTorch >= 2.1), float32
 //   products in blocks of 1024 (exact below 2^24) on the CPU; the decode kernels' float32
 //   sums of integers (stage/kernels/int8_kernels.h) are exact while a sum stays below
