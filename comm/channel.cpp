@@ -87,6 +87,8 @@ class ShmEnd : public Channel {
     return m.payload.device() == device_ ? m : Message{m.header, m.payload.to(device_)};
   }
 
+  bool has_message() const override { return ring_->readable(); }
+
   void set_device(at::Device d) override {
     Channel::set_device(d);
     if (d.is_cuda()) ring_->pin_for_cuda();
@@ -115,9 +117,13 @@ class MpiEnd : public Channel {
     m.payload = empty_payload(m.header, describe());
     const size_t n = payload_bytes(m.payload);
     if (n > 0) world_->recv_raw(peer_, tag_, m.payload.data_ptr(), n, deadline, alive_);
-    if (!device_.is_cpu()) m.payload = m.payload.to(device_);
+    // From pageable memory, a copy that does not wait for the device's queue (the driver
+    // stages the bytes before it returns).
+    if (!device_.is_cpu()) m.payload = m.payload.to(device_, /*non_blocking=*/true);
     return m;
   }
+
+  bool has_message() const override { return world_->probe(peer_, tag_); }
 
   std::string describe() const override { return "mpi rank " + std::to_string(peer_) + " tag " + std::to_string(tag_); }
 

@@ -36,6 +36,9 @@ class Channel {
   // Sets header.shape and header.dtype from `payload` (any device; contiguous or not).
   virtual void send(StepHeader header, const at::Tensor& payload, Clock::time_point deadline) = 0;
   virtual Message recv(Clock::time_point deadline) = 0;
+  // True when a message has arrived, so that recv() would not wait for one to start. An
+  // end that cannot tell says false. Receiving side only.
+  virtual bool has_message() const { return false; }
   virtual std::string describe() const = 0;  // "shm /cascade-123-h2", for messages
   void set_liveness(Liveness alive) { alive_ = std::move(alive); }
   // Where received payloads are put (default CPU). A shm end with a CUDA device pins

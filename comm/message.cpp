@@ -112,7 +112,7 @@ std::vector<uint8_t> encode(const StepHeader& h) {
     w.put(s.start_pos);
     w.put(s.n_tokens);
     put_sampling(w, s.sampling);
-    w.put(static_cast<uint8_t>((s.sample ? 1 : 0) | (s.recompute ? 2 : 0)));
+    w.put(static_cast<uint8_t>((s.sample ? 1 : 0) | (s.recompute ? 2 : 0) | (s.fed ? 4 : 0)));
     w.put(s.seq_len);
     w.put(s.context);
     w.put(static_cast<uint32_t>(s.forks.size()));
@@ -154,9 +154,13 @@ StepHeader decode_step(const uint8_t* data, size_t size) {
     s.n_tokens = r.get<int64_t>("n_tokens");
     s.sampling = get_sampling(r);
     const uint8_t bits = r.get<uint8_t>("entry flags");
-    if (bits > 3) throw CommError("step header has unknown entry flags " + std::to_string(bits));
+    if (bits > 7) throw CommError("step header has unknown entry flags " + std::to_string(bits));
     s.sample = (bits & 1) != 0;
     s.recompute = (bits & 2) != 0;
+    s.fed = (bits & 4) != 0;
+    if (s.fed && (s.n_tokens != 1 || s.start_pos < 1 || s.recompute))
+      throw CommError("step header feeds slot " + std::to_string(s.slot) +
+                      " its sampled token, but the entry is not a decode entry (one token after position 0)");
     s.seq_len = r.get<int64_t>("seq_len");
     s.context = r.get<int64_t>("context");
     if (s.context < 0) throw CommError("step header has a negative encoder context " + std::to_string(s.context));

@@ -19,7 +19,7 @@ class CommError : public std::runtime_error {
 };
 
 constexpr uint32_t kWireMagic = 0x43534344;  // "DCSC"
-constexpr uint16_t kWireVersion = 5;
+constexpr uint16_t kWireVersion = 6;
 
 // Prefill/decode steps carry ids or hidden states down the route; the last stage
 // answers with a kResult: the sampled ids [rows] int64, one row per sequence in order,
@@ -57,6 +57,11 @@ struct SeqEntry {
   // The sequence's tokens [0, seq_len) re-run from their ids (start_pos 0 first), keeping
   // its sampler: length-dependent RoPE switched (RopeConfig::recompute_at).
   bool recompute = false;
+  // A decode entry (n_tokens 1) whose input token is the one this slot's sequence was
+  // sampled in its previous step, which the stage holding both the embedding and the LM
+  // head kept (Executor::feeds_sampled): the coordinator issued this step before that
+  // token came back, and the payload holds a placeholder (-1) in its place.
+  bool fed = false;
   // Length the sequence reaches when this prefill (all its chunks) ends, which
   // length-dependent RoPE decides by; 0 = start_pos + n_tokens.
   int64_t seq_len = 0;
@@ -69,7 +74,7 @@ struct SeqEntry {
   bool all_logits() const { return sampling.prompt_logprobs && !recompute; }
   bool operator==(const SeqEntry& o) const {
     return slot == o.slot && start_pos == o.start_pos && n_tokens == o.n_tokens && sampling == o.sampling &&
-           sample == o.sample && forks == o.forks && recompute == o.recompute && seq_len == o.seq_len &&
+           sample == o.sample && forks == o.forks && recompute == o.recompute && fed == o.fed && seq_len == o.seq_len &&
            context == o.context;
   }
 };

@@ -189,6 +189,10 @@ void ShmChannel::send_with(size_t n, const CopyFn& from_source, Clock::time_poin
   write_bytes(n, from_source, deadline);
 }
 
+bool ShmChannel::readable() const {
+  return ctl_->head.load(std::memory_order_acquire) != ctl_->tail.load(std::memory_order_relaxed);
+}
+
 std::vector<uint8_t> ShmChannel::recv(Clock::time_point deadline) {
   uint64_t len = 0;
   read_bytes(sizeof len, to(&len), deadline);

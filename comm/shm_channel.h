@@ -54,6 +54,8 @@ class ShmChannel {
   // through a vector); throws CommError when the length differs.
   void recv_exact(void* dst, size_t n, Clock::time_point deadline);
 
+  // True when bytes the sender wrote are waiting to be read.
+  bool readable() const;
   const std::string& name() const { return name_; }
 
  private:

@@ -239,6 +239,12 @@ void World::send(int dest, int tag, const std::string& text, Clock::time_point d
   send(dest, tag, std::vector<uint8_t>(text.begin(), text.end()), deadline, alive);
 }
 
+bool World::probe(int src, int tag) const {
+  int flag = 0;
+  check_mpi(MPI_Iprobe(src, tag, comm_, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
+  return flag != 0;
+}
+
 bool World::try_recv(int src, int tag, std::vector<uint8_t>* out, int* from) const {
   int flag = 0;
   MPI_Message msg;

@@ -89,6 +89,8 @@ class World {
   // Waits for a message from `src` (or MPI_ANY_SOURCE; *from receives the sender).
   std::vector<uint8_t> recv(int src, int tag, Clock::time_point deadline, const Liveness& alive,
                             int* from = nullptr) const;
+  // Non-blocking: true when a message from `src` with `tag` is waiting (not received).
+  bool probe(int src, int tag) const;
   // Non-blocking: true and the message when one from `src` with `tag` is waiting.
   bool try_recv(int src, int tag, std::vector<uint8_t>* out, int* from = nullptr) const;
   // Raw buffers, for payloads that land directly in a tensor.

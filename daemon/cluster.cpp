@@ -334,6 +334,7 @@ void Cluster::check_sources(const PlannedRun& run, std::ostream& log) const {
 // The coordinator's ends of the route: to the first stage and from the last.
 void Cluster::connect(const planner::Plan& plan) {
   const size_t last = plan.edges.size() - 1;
+  feeds_sampled_ = plan.edges.front().to == plan.edges.back().from;
   to_first_ = comm::mpi_channel(*world_, plan.edges.front().to, comm::kTagData);
   from_last_ = comm::mpi_channel(*world_, plan.edges.back().from, comm::kTagData + static_cast<int>(last));
   auto alive = [this] { check_alive(); };

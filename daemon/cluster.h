@@ -58,6 +58,8 @@ class Cluster : public Executor {
   void check() override;
   int64_t kv_slots() const override { return slots_; }
   int64_t max_seq_len() const override { return max_seq_len_; }
+  // The route starts and ends at one stage (one that holds the embedding and the head).
+  bool feeds_sampled() const override { return feeds_sampled_; }
 
   // Sends a shutdown step down the route and waits for every stage to pass it on.
   void shutdown();
@@ -94,7 +96,7 @@ class Cluster : public Executor {
   int64_t slots_ = 0, max_seq_len_ = 0;
   double heartbeat_timeout_ = 5, step_timeout_ = 300;
   std::deque<comm::StepHeader> in_flight_;
-  bool failed_ = false, down_ = false, spawned_ = false;
+  bool failed_ = false, down_ = false, spawned_ = false, feeds_sampled_ = false;
 };
 
 // Labels a stage for messages: "stage 2 (rank 2, cpu:1)", "stage 3 (rank 3, cpu:0+disk)".

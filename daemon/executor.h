@@ -36,6 +36,10 @@ class Executor {
   virtual StepOutput next() = 0;
   virtual int64_t kv_slots() const = 0;
   virtual int64_t max_seq_len() const = 0;
+  // Whether decode entries may be fed (comm::SeqEntry::fed): the process that takes a
+  // step's ids also samples its tokens, so it holds each sequence's last one. Then a
+  // sequence's next step can be submitted before this one's result is taken.
+  virtual bool feeds_sampled() const { return false; }
   // Called between steps while idle: throws when the executor can no longer run steps.
   virtual void check() {}
   // After submit(), next() or check() threw: tries to make the executor usable again
@@ -61,6 +65,7 @@ class LocalExecutor : public Executor {
     done_.pop_front();
     return o;
   }
+  bool feeds_sampled() const override { return true; }
   int64_t kv_slots() const override { return runner_.model().kv_cache().slots(); }
   int64_t max_seq_len() const override { return runner_.model().kv_cache().max_seq_len(); }
 

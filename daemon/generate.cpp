@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "config/config.h"
+#include "config/env.h"
 #include "config/size.h"
 #include "daemon/cluster.h"
 #include "daemon/executor.h"
@@ -62,10 +63,17 @@ namespace {
 
 // Prefill every prompt in one ragged step, then decode all running sequences one
 // token per step until each has max_new_tokens (or EOS). Prompt i uses KV slot i.
+//
+// Where the executor feeds sampled tokens (Executor::feeds_sampled), each decode step
+// is submitted before the previous step's tokens are taken, its entries fed: the stage
+// finds its next step waiting and starts it at once. A sequence that turns out to have
+// ended at EOS ran one step past its end; that token is dropped. CASCADE_DECODE_AHEAD=0
+// turns it off (a measurement switch), as does a model whose RoPE re-runs sequences.
 std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& opts, const stage::ModelConfig& cfg,
                                            std::ostream& log) {
   const std::vector<int64_t>& eos_ids = cfg.eos_token_ids;
   const int64_t redo_at = cfg.rope.recompute_at();
+  const bool ahead = ex.feeds_sampled() && redo_at <= 0 && config::env_flag("CASCADE_DECODE_AHEAD", true);
   const size_t n = opts.prompts.size();
   std::vector<GenerateResult> results(n);
   std::vector<std::vector<int64_t>> prefill(n);  // what the stages run for each prompt
@@ -85,51 +93,35 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     if (cfg.encoder_decoder()) e.context = static_cast<int64_t>(opts.prompts[i].size());
     return e;
   };
+  // Tokens each prompt has once the steps submitted so far return, and whether it ended.
+  std::vector<int64_t> issued(n, 1);
+  std::vector<bool> ended(n, false);
 
   const auto t1 = Clock::now();
   comm::StepHeader h;
   h.kind = comm::StepKind::kPrefill;
   h.flags = opts.logits ? comm::kStepWantLogits : 0;
   std::vector<int64_t> ids;
-  std::vector<size_t> active;
   for (size_t i = 0; i < n; ++i) {
     h.seqs.push_back(entry(i, 0, static_cast<int64_t>(prefill[i].size())));
     ids.insert(ids.end(), prefill[i].begin(), prefill[i].end());
-    active.push_back(i);
   }
   if (opts.sampling.needs_prompt()) h.ids = ids;
   ex.submit(h, at::tensor(ids, at::kLong));
-  int64_t generated = 0, first = 0;
-  auto t_first = Clock::now();
-  while (true) {
-    const StepOutput out = ex.next();
-    if (h.kind == comm::StepKind::kPrefill) {  // the prefill step's tokens: decode is timed from here
-      t_first = Clock::now();
-      first = static_cast<int64_t>(active.size());
-    }
-    const int64_t* tok = out.ids.data_ptr<int64_t>();
-    std::vector<size_t> still;
-    for (size_t r = 0; r < active.size(); ++r) {
-      const size_t i = active[r];
-      if (out.logits.defined()) {
-        const at::Tensor row = out.logits[static_cast<int64_t>(r)].contiguous();
-        results[i].last_logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
-      }
-      results[i].output_ids.push_back(tok[r]);
-      ++generated;
-      if (!is_eos(tok[r]) && static_cast<int64_t>(results[i].output_ids.size()) < opts.max_new_tokens)
-        still.push_back(i);
-    }
-    active = still;
-    if (active.empty()) break;
+  int in_flight = 1;
+  // The next decode step, for every prompt still short of its tokens; false when none is.
+  // Fed, its ids are placeholders; else each is the prompt's last token, all returned.
+  auto submit_decode = [&](bool fed) {
     h.kind = comm::StepKind::kDecode;
     h.flags = 0;
     ++h.step_id;
     h.seqs.clear();
     ids.clear();
-    for (size_t i : active) {
+    for (size_t i = 0; i < n; ++i) {
+      if (ended[i] || issued[i] >= opts.max_new_tokens) continue;
       const GenerateResult& g = results[i];
-      const int64_t pos = static_cast<int64_t>(prefill[i].size() + g.output_ids.size()) - 1;
+      const int64_t pos = static_cast<int64_t>(prefill[i].size()) + issued[i] - 1;  // of the token fed
+      ++issued[i];
       if (redo_at > 0 && pos == redo_at) {  // re-run every token, as transformers' Phi-3 does
         h.seqs.push_back(entry(i, 0, pos + 1));
         h.seqs.back().recompute = true;
@@ -139,9 +131,38 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
         continue;
       }
       h.seqs.push_back(entry(i, pos, 1));
-      ids.push_back(g.output_ids.back());
+      h.seqs.back().fed = fed;
+      ids.push_back(fed ? -1 : g.output_ids.back());
     }
+    if (h.seqs.empty()) return false;
+    if (opts.sampling.needs_prompt()) h.ids = ids;  // placeholders where fed: the samplers have their prompts
     ex.submit(h, at::tensor(ids, at::kLong));
+    ++in_flight;
+    return true;
+  };
+  int64_t generated = 0, first = 0;
+  auto t_first = Clock::now();
+  while (in_flight > 0) {
+    if (ahead && in_flight == 1) submit_decode(/*fed=*/true);
+    const StepOutput out = ex.next();
+    --in_flight;
+    if (out.header.kind == comm::StepKind::kPrefill && out.header.step_id == 0) {  // decode is timed from here
+      t_first = Clock::now();
+      first = static_cast<int64_t>(n);
+    }
+    const int64_t* tok = out.ids.data_ptr<int64_t>();
+    for (size_t r = 0; r < out.header.seqs.size(); ++r) {
+      const size_t i = static_cast<size_t>(out.header.seqs[r].slot);
+      if (ended[i]) continue;  // a step past its EOS
+      if (out.logits.defined()) {
+        const at::Tensor row = out.logits[static_cast<int64_t>(r)].contiguous();
+        results[i].last_logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+      }
+      results[i].output_ids.push_back(tok[r]);
+      ++generated;
+      ended[i] = is_eos(tok[r]) || static_cast<int64_t>(results[i].output_ids.size()) >= opts.max_new_tokens;
+    }
+    if (!ahead) submit_decode(/*fed=*/false);
   }
   const double dt = seconds_since(t1), decode_s = seconds_since(t_first);
   log << "cascade: generated " << generated << " tokens for " << n << " prompt(s) in " << std::fixed

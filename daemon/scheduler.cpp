@@ -5,6 +5,7 @@
 #include <set>
 
 #ifdef CASCADE_WITH_TOKENIZER
+#include "config/env.h"
 #include "daemon/tokenizer/tokenizer.h"
 #endif
 
@@ -22,11 +23,12 @@ struct Scheduler::Seq {
   int64_t slot = 0;
   uint64_t gen = 0;
   int group = 0;
-  int64_t prefill_pos = 0;                              // prompt tokens already issued
-  int64_t redo_pos = -1;                                // >= 0: tokens of a recompute already issued
-  int in_flight = 0;                                    // submitted steps that include this sequence
-  bool waiting = false;                                 // a step whose sampled token it needs is in flight
-  bool awaiting_fork = false;                           // choice > 0 before choice 0's prompt ends
+  int64_t prefill_pos = 0;     // prompt tokens already issued
+  int64_t redo_pos = -1;       // >= 0: tokens of a recompute already issued
+  int in_flight = 0;           // submitted steps that include this sequence
+  bool waiting = false;        // a step whose sampled token it needs is in flight
+  bool ahead = false;          // and a fed step after it (comm::SeqEntry::fed), whose token it needs next
+  bool awaiting_fork = false;  // choice > 0 before choice 0's prompt ends
   std::vector<std::pair<int64_t, uint64_t>> followers;  // choice 0: (slot, gen) of choices 1..n-1
   bool prefilled() const { return prefill_pos >= static_cast<int64_t>(prompt.size()); }
   std::vector<int64_t> out;                                  // generated ids
@@ -57,7 +59,11 @@ struct Scheduler::InFlight {
 
 Scheduler::Scheduler(std::shared_ptr<Executor> ex, std::shared_ptr<const Tokenizer> tok, SchedulerOptions opts,
                      Metrics* metrics)
-    : ex_(std::move(ex)), tok_(std::move(tok)), opts_(std::move(opts)), metrics_(metrics) {
+    : ex_(std::move(ex)),
+      tok_(std::move(tok)),
+      opts_(std::move(opts)),
+      metrics_(metrics),
+      ahead_(opts_.microbatches <= 1 && ex_->feeds_sampled() && config::env_flag("CASCADE_DECODE_AHEAD", true)) {
   slots_.resize(static_cast<size_t>(ex_->kv_slots()));
   free_slots_ = ex_->kv_slots();
   if (metrics_) metrics_->set_kv_slots(0, ex_->kv_slots());
@@ -237,8 +243,14 @@ bool Scheduler::issue() {
     InFlight f, forks;  // forks' rows follow the entries'
     bool carry_ids = false;
     for (auto& sp : slots_) {
-      if (!sp || sp->group != g || sp->waiting || sp->awaiting_fork) continue;
+      if (!sp || sp->group != g || sp->awaiting_fork) continue;
       Seq& s = *sp;
+      // A fork whose first token this very step samples (add_forks, for its leader
+      // earlier in this loop) is not fed yet.
+      const bool forked_here =
+          std::find(forks.seqs.begin(), forks.seqs.end(), std::make_pair(s.slot, s.gen)) != forks.seqs.end();
+      const bool fed = s.waiting && !forked_here && feeds_next(s);
+      if (s.waiting && !fed) continue;
       const auto& r = s.job.request;
       comm::SeqEntry e;
       e.slot = s.slot;
@@ -246,7 +258,13 @@ bool Scheduler::issue() {
       e.context = s.context;
       if (r.sampling.needs_prompt()) carry_ids = true;
       if (r.sampling.logprobs >= 0) h.flags |= comm::kStepWantLogprobs;
-      if (!s.prefilled()) {
+      if (fed) {  // the token after the one in flight, which the stage feeds itself
+        e.start_pos = decode_pos(s) + 1;
+        e.n_tokens = 1;
+        e.fed = true;
+        ids.push_back(-1);
+        s.ahead = true;
+      } else if (!s.prefilled()) {
         const int64_t n = static_cast<int64_t>(s.prompt.size());
         int64_t chunk = opts_.prefill_chunk > 0 ? std::min(opts_.prefill_chunk, n - s.prefill_pos) : n;
         // The encoder reads its whole input at once: the first chunk holds all of it.
@@ -291,6 +309,18 @@ bool Scheduler::issue() {
 }
 
 int64_t Scheduler::decode_pos(const Seq& s) { return static_cast<int64_t>(s.prompt.size() + s.out.size()) - 1; }
+
+// Whether a sequence whose sampling step is in flight gets a fed step after it now:
+// only in sequential mode, once, and where that step's token cannot end it by length
+// nor needs a recompute (a step past its EOS or stop string is dropped when it returns).
+// Not while stopping, nor for a client that went away: their sequences must come to a
+// moment with no step in flight (run() frees a cancelled one's slot only then).
+bool Scheduler::feeds_next(const Seq& s) const {
+  if (!ahead_ || s.ahead || !s.prefilled() || s.redo_pos >= 0 || stopping_ || s.job.sink->cancelled()) return false;
+  const int64_t next = decode_pos(s) + 1;  // the position the fed step's token takes
+  return static_cast<int64_t>(s.out.size()) + 1 < s.job.request.max_tokens && next + 1 < ex_->max_seq_len() &&
+         !(opts_.recompute_at > 0 && next == opts_.recompute_at);
+}
 
 // The next chunk of re-running the sequence's tokens (prompt, then generated) from
 // position 0, as transformers' Phi-3 does when a sequence outgrows its original
@@ -384,7 +414,8 @@ void Scheduler::collect() {
     const int64_t t = tok[i];
     if (t < 0) continue;  // a prefill chunk before the prompt's end
     ++sampled;
-    s.waiting = false;
+    s.waiting = s.ahead;  // the fed step's token is the one it waits for now
+    s.ahead = false;
     if (s.out.empty()) {
       if (metrics_) metrics_->observe_ttft(std::chrono::duration<double>(now - s.admitted).count());
     } else if (metrics_) {
@@ -439,7 +470,9 @@ bool Scheduler::recover(const std::string& why) {
 }
 
 void Scheduler::run() {
-  const size_t max_in_flight = static_cast<size_t>(std::max(1, opts_.microbatches));
+  // Sequential mode with fed steps keeps a second step in flight: the stage finds it
+  // waiting when the first one's tokens come back (Scheduler::feeds_next).
+  const size_t max_in_flight = ahead_ ? 2 : static_cast<size_t>(std::max(1, opts_.microbatches));
   for (;;) {
     int64_t used = 0;
     bool idle = false;

@@ -3,7 +3,11 @@
 //
 // Sequential mode: one step in flight, carrying every running sequence — new ones
 // with their whole prompt (prefill), the rest with their last token (decode) — as one
-// ragged batch. Pipeline mode: the running sequences are split into M groups (kept
+// ragged batch. Where the executor feeds sampled tokens back (one stage takes the ids
+// and samples), a second step follows it at once, whose decoding entries are fed
+// (comm::SeqEntry::fed): the stage then never waits for this thread between steps. A
+// sequence that ends (EOS, a stop string) then ran one step too many; its token is
+// dropped. Pipeline mode: the running sequences are split into M groups (kept
 // even as requests come and go) and up to M steps are in flight, so every stage works
 // on a different group; a group's next step is issued as soon as its tokens return.
 // Prompts are cut into chunks of `prefill_chunk` tokens, and a sequence's next chunk
@@ -119,6 +123,7 @@ class Scheduler {
   void finish(Seq& s, Finish f);
   void add_forks(Seq& leader, comm::SeqEntry& e, InFlight& forks, size_t leader_row);
   static int64_t decode_pos(const Seq& s);  // position of the token a decode step feeds
+  bool feeds_next(const Seq& s) const;
   void add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& ids);
   void take_logprobs(const StepOutput& res, const InFlight& f);
   void fail_all(int status, const std::string& msg);
@@ -141,6 +146,10 @@ class Scheduler {
   std::chrono::steady_clock::time_point stop_deadline_;
   std::string failure_;
   uint64_t step_id_ = 0;
+  // Sequential mode on an executor that feeds sampled tokens (Executor::feeds_sampled):
+  // a sequence's next decode step is issued while its previous one is in flight, fed.
+  // CASCADE_DECODE_AHEAD=0 turns it off (a measurement switch).
+  bool ahead_ = false;
 };
 
 }  // namespace cascade::daemon

@@ -369,8 +369,11 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
   TORCH_CHECK(input.size(0) == batch.total_tokens(), "input has ", input.size(0), " rows but the batch has ",
               batch.total_tokens(), " tokens");
-  if (input.scalar_type() == at::kLong && input.numel() > 0) {  // checked where the ids are: no device sync
-    const at::Tensor ids = input.cpu();
+  // Ids are checked on the host, where they arrive (the stage's ids channel keeps them
+  // there): checking ids on a device would wait for the device. Ids already on a device
+  // were put there by the runner, which checked them (StepRunner::run's fed steps).
+  if (input.scalar_type() == at::kLong && input.numel() > 0 && input.is_cpu()) {
+    const at::Tensor& ids = input;
     const int64_t vocab = desc_.config.vocab_size;
     TORCH_CHECK(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < vocab, "token id out of range [0, ",
                 vocab, ")");

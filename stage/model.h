@@ -89,7 +89,8 @@ class Model {
   // input: token ids [tokens] int64 when the first module run is the embedding, else
   // hidden [tokens, hidden]. Returns logits [rows, vocab] when the LM head ran (a row per
   // sequence, or per token for sequences with all_logits: Batch::logit_rows), else
-  // hidden [tokens, hidden].
+  // hidden [tokens, hidden]. Ids on the host are checked against the vocabulary (a
+  // clear error, not a device fault); ids on a device are the caller's to check.
   at::Tensor forward(const at::Tensor& input, const Batch& batch, int64_t begin = 0, int64_t end = -1);
 
   // Copies KV positions [0, n) from slot `from` to slot `to` in the decoder layers of

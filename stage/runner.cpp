@@ -1,10 +1,13 @@
 #include "stage/runner.h"
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "config/env.h"
 
@@ -36,10 +39,64 @@ at::Tensor StepRunner::run(const comm::StepHeader& h, const at::Tensor& input, i
       TORCH_CHECK(f.first >= 0 && f.first < slots && f.first != s.slot, "step ", h.step_id, ": fork slot ", f.first,
                   " of slot ", s.slot, " is not another slot in [0, ", slots, ")");
   }
-  at::Tensor out = model_->forward(input, batch_of(h), begin, end);
+  // Fed entries concern the ids, which enter at module 0; later hops get hidden states.
+  const bool fed =
+      begin == 0 && std::any_of(h.seqs.begin(), h.seqs.end(), [](const comm::SeqEntry& s) { return s.fed; });
+  at::Tensor out = model_->forward(fed ? feed(h, input) : input, batch_of(h), begin, end);
   for (const auto& s : h.seqs)
     for (const auto& f : s.forks) model_->copy_kv_prefix(s.slot, f.first, s.start_pos + s.n_tokens, begin, end);
   return out;
+}
+
+// The step's ids with each fed entry's token taken from last_, on last_'s device. The
+// other entries' ids are checked here, on the host (Model::forward checks only ids on
+// the host, and the result is on the device where the tokens were picked).
+at::Tensor StepRunner::feed(const comm::StepHeader& h, const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kLong && input.dim() == 1, "step ", h.step_id,
+              " feeds sampled tokens, but its input is not token ids [tokens] int64");
+  std::vector<int64_t> rows, slots;
+  int64_t tok = 0;
+  for (const auto& s : h.seqs) {
+    if (s.fed) {
+      const bool kept = s.slot < static_cast<int64_t>(has_last_.size()) && has_last_[s.slot];
+      TORCH_CHECK(kept, "step ", h.step_id, ": slot ", s.slot,
+                  " is fed its last sampled token, but this stage has sampled none for it");
+      rows.push_back(tok);
+      slots.push_back(s.slot);
+    }
+    tok += s.n_tokens;
+  }
+  const at::Device dev = last_.device();
+  const at::Tensor picked = last_.index_select(0, at::tensor(slots, at::kLong).to(dev, /*non_blocking=*/true));
+  if (static_cast<int64_t>(rows.size()) == tok) return picked;  // every row fed (a decode step)
+  const at::Tensor ids = input.cpu();
+  const int64_t* v = ids.data_ptr<int64_t>();
+  const int64_t vocab = model_->config().vocab_size;
+  size_t f = 0;
+  for (int64_t r = 0; r < ids.numel(); ++r) {
+    if (f < rows.size() && rows[f] == r) {
+      ++f;
+      continue;
+    }
+    TORCH_CHECK(v[r] >= 0 && v[r] < vocab, "step ", h.step_id, ": token id ", v[r], " out of range [0, ", vocab, ")");
+  }
+  at::Tensor out = ids.to(dev, /*non_blocking=*/true);
+  out.index_copy_(0, at::tensor(rows, at::kLong).to(dev, /*non_blocking=*/true), picked);
+  return out;
+}
+
+// Records ids[i] ([n] int64, any device) as the last sampled token of slots[i], keeping
+// them on `device` (the logits').
+void StepRunner::keep_sampled(const std::vector<int64_t>& slots, const at::Tensor& ids, at::Device device) {
+  if (slots.empty()) return;
+  if (!last_.defined() || last_.device() != device) {
+    const int64_t n = model_->kv_cache().slots();
+    last_ = at::full({n}, -1, at::TensorOptions().dtype(at::kLong).device(device));
+    has_last_.assign(static_cast<size_t>(n), false);
+  }
+  for (int64_t s : slots) has_last_[static_cast<size_t>(s)] = true;
+  last_.index_copy_(0, at::tensor(slots, at::kLong).to(device, /*non_blocking=*/true),
+                    ids.to(device, /*non_blocking=*/true));
 }
 
 namespace {
@@ -87,18 +144,23 @@ bool batch_argmax_applies(const comm::StepHeader& h) {
   return true;
 }
 
-// The argmax of each sequence's last logits row ([seqs] int64 on the host); `last`:
-// those rows (Batch::last_logit_rows).
+// The argmax of each sequence's last logits row ([seqs] int64 on the logits' device);
+// `last`: those rows (Batch::last_logit_rows).
 at::Tensor batch_argmax(const at::Tensor& logits, const std::vector<int64_t>& last) {
   const bool one_row_each = logits.size(0) == static_cast<int64_t>(last.size());
   const at::Tensor rows =
-      one_row_each ? logits : logits.index_select(0, at::tensor(last, at::kLong).to(logits.device()));
-  return rows.argmax(1).to(at::kCPU).contiguous();
+      one_row_each ? logits
+                   : logits.index_select(0, at::tensor(last, at::kLong).to(logits.device(), /*non_blocking=*/true));
+  return rows.argmax(1);
 }
 
 }  // namespace
 
 StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tensor& logits) {
+  return finish_sample(begin_sample(h, logits));
+}
+
+StepRunner::PendingSample StepRunner::begin_sample(const comm::StepHeader& h, const at::Tensor& logits) {
   const Batch b = batch_of(h);
   const std::vector<int64_t> last_rows = b.last_logit_rows();  // [seqs]
   const int64_t rows = last_rows.empty() ? 0 : last_rows.back() + 1;
@@ -106,8 +168,38 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
               " do not match the ", rows, " rows of ", h.seqs.size(), " sequences");
   TORCH_CHECK(h.ids.empty() || static_cast<int64_t>(h.ids.size()) == b.total_tokens(), "step ", h.step_id, ": ",
               h.ids.size(), " token ids for ", b.total_tokens(), " tokens");
-  const bool on_device = batch_argmax_applies(h);
-  const at::Tensor picked = on_device ? batch_argmax(logits, last_rows) : at::Tensor();  // [seqs]
+  PendingSample p{h, logits, {}, std::nullopt};
+  if (!batch_argmax_applies(h)) return p;
+  const at::Tensor picked = batch_argmax(logits, last_rows);  // [seqs] on the logits' device
+  std::vector<int64_t> slots, sampled;                        // sampled: their rows of picked
+  for (size_t i = 0; i < h.seqs.size(); ++i) {
+    if (!h.seqs[i].sample) continue;
+    slots.push_back(h.seqs[i].slot);
+    sampled.push_back(static_cast<int64_t>(i));
+  }
+  keep_sampled(slots,
+               sampled.size() == h.seqs.size()
+                   ? picked
+                   : picked.index_select(0, at::tensor(sampled, at::kLong).to(picked.device(), /*non_blocking=*/true)),
+               logits.device());
+  if (!picked.is_cuda()) {
+    p.picked = picked.contiguous();
+    return p;
+  }
+  p.picked = at::empty(picked.sizes(), picked.options().device(at::kCPU).pinned_memory(true));
+  p.picked.copy_(picked, /*non_blocking=*/true);
+  p.arrived.emplace(picked.device().type());
+  p.arrived->record(c10::impl::getDeviceGuardImpl(picked.device().type())->getStream(picked.device()));
+  return p;
+}
+
+StepRunner::Sampled StepRunner::finish_sample(PendingSample p) {
+  while (!p.ready()) std::this_thread::yield();  // the serve loop waits for ready() itself
+  const comm::StepHeader& h = p.header;
+  const std::vector<int64_t> last_rows = batch_of(h).last_logit_rows();  // [seqs]
+  const at::Tensor& logits = p.logits;
+  const bool on_device = p.on_device();
+  const at::Tensor& picked = p.picked;
   const at::Tensor cpu = on_device ? at::Tensor() : logits.to(at::kCPU, at::kFloat).contiguous();
   const int64_t vocab = logits.size(1);
   auto row_ptr = [&](int64_t r) { return cpu.data_ptr<float>() + r * vocab; };
@@ -182,6 +274,24 @@ StepRunner::Sampled StepRunner::sample(const comm::StepHeader& h, const at::Tens
       fork_row += static_cast<int64_t>(s.forks.size());
     }
     tok += s.n_tokens;
+  }
+  if (!on_device) {  // every sampled row's token, forks' included
+    std::vector<int64_t> slots, ids;
+    int64_t row = static_cast<int64_t>(h.seqs.size());
+    for (size_t i = 0; i < h.seqs.size(); ++i) {
+      const comm::SeqEntry& s = h.seqs[i];
+      if (s.sample) {
+        slots.push_back(s.slot);
+        ids.push_back(out_ids[i]);
+        for (const auto& f : s.forks) {
+          slots.push_back(f.first);
+          ids.push_back(out_ids[row++]);
+        }
+      } else {
+        row += static_cast<int64_t>(s.forks.size());
+      }
+    }
+    keep_sampled(slots, at::tensor(ids, at::kLong), logits.device());
   }
   return {out, rec.tensor()};
 }

@@ -7,13 +7,22 @@
 // the same in one process as split across several, alone or batched. A sequence's
 // forks (n > 1) get their KV prefix copied in run() and their sampler in sample().
 //
+// Each slot's last sampled token is also kept where the logits are (on the GPU when
+// one argmax picked the step's tokens there), so that a step whose entries are fed
+// (comm::SeqEntry::fed) takes its input ids from it without a trip through the host:
+// the coordinator can then issue a sequence's next step before its token returns,
+// and a stage can start that step while the previous step's ids are still on their way
+// to the host (begin_sample / finish_sample).
+//
 // Ownership: owns the Model. Thread-safety: none; one step loop drives it.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "comm/message.h"
@@ -27,7 +36,9 @@ class StepRunner {
   explicit StepRunner(std::unique_ptr<Model> model) : model_(std::move(model)) {}
 
   // Modules [begin, end) of the step. input: ids [tokens] int64 or hidden [tokens, hidden].
-  // Returns hidden [tokens, hidden], or logits [seqs, vocab] when the LM head ran.
+  // Returns hidden [tokens, hidden], or logits [seqs, vocab] when the LM head ran. From
+  // module 0, a fed entry's id (a placeholder in input) is its slot's last sampled token;
+  // throws where this runner has sampled none for that slot.
   at::Tensor run(const comm::StepHeader& h, const at::Tensor& input, int64_t begin, int64_t end);
   struct Sampled {
     at::Tensor ids;       // [result rows] int64 (comm::StepHeader::result_rows), -1: not sampled
@@ -37,11 +48,36 @@ class StepRunner {
   // row per sequence, or per token for those that score their prompt).
   Sampled sample(const comm::StepHeader& h, const at::Tensor& logits);
 
+  // sample() in two halves. begin_sample queues the step's argmax on the logits' device
+  // (where one picks every token: plain greedy sequences only), records the tokens as
+  // their slots' last (so run() of a fed step may follow at once) and starts their copy
+  // to the host; finish_sample waits for that copy and does the rest, on the host (all
+  // of sampling where the argmax does not apply). Steps are finished in the order they
+  // were begun.
+  struct PendingSample {
+    comm::StepHeader header;
+    at::Tensor logits;
+    at::Tensor picked;                  // [seqs] int64 on the host, arriving; undefined: picked on the host
+    std::optional<c10::Event> arrived;  // recorded after picked's copy (a CUDA device)
+    // Whether the tokens were picked on the device: only then may another step begin
+    // before this one is finished (its fed ids are known to the device).
+    bool on_device() const { return picked.defined(); }
+    // True when finish_sample would not wait for the device.
+    bool ready() const { return !arrived || arrived->query(); }
+  };
+  PendingSample begin_sample(const comm::StepHeader& h, const at::Tensor& logits);
+  Sampled finish_sample(PendingSample p);
+
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
 
  private:
+  at::Tensor feed(const comm::StepHeader& h, const at::Tensor& input);
+  void keep_sampled(const std::vector<int64_t>& slots, const at::Tensor& ids, at::Device device);
+
   std::unique_ptr<Model> model_;
+  at::Tensor last_;                                    // [slots] int64: each slot's last sampled token
+  std::vector<bool> has_last_;                         // by slot
   std::map<int64_t, Sampler> samplers_;                // by KV slot
   std::map<int64_t, std::vector<float>> prompt_tail_;  // by slot: logits of a scored prompt chunk's last token
 };

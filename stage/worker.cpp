@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <iomanip>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <stdexcept>
@@ -22,6 +23,7 @@
 #include "comm/cores.h"
 #include "comm/heartbeat.h"
 #include "comm/world.h"
+#include "config/env.h"
 #include "config/size.h"
 #include "stage/runner.h"
 #include "storage/checkpoint.h"
@@ -175,9 +177,11 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
     const Link& o = a.hops[i].out;
     if (o.transport == Transport::kShm) c.out[i] = comm::shm_sender(o.name, after(a.runtime.step_timeout));
   }
-  for (auto& ch : c.in) {
-    ch->set_liveness(alive);
-    ch->set_device(device);
+  for (size_t i = 0; i < a.hops.size(); ++i) {
+    c.in[i]->set_liveness(alive);
+    // A hop from module 0 receives token ids, which stay on the host: Model::forward
+    // checks them there, where checking costs no wait for the device.
+    if (a.hops[i].begin != 0) c.in[i]->set_device(device);
   }
   for (auto& ch : c.out) ch->set_liveness(alive);
   return c;
@@ -225,7 +229,36 @@ std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, at::Devic
   return Model::load(ck, lo);
 }
 
+// Whether modules [hop.begin, hop.end) end with the model's LM head.
+bool ends_with_head(const StepRunner& runner, const Hop& hop) {
+  const auto& all = runner.model().all_modules();
+  return hop.end == static_cast<int64_t>(all.size()) && all.back().kind == ModuleKind::kLmHead;
+}
+
+// Waits until p's tokens are on the host or a message is waiting on `in`, whichever
+// comes first (the step timeout bounds it; liveness is polled).
+void await_tokens_or_step(const StepRunner::PendingSample& p, const comm::Channel& in, double timeout,
+                          const comm::Liveness& alive) {
+  const auto since = Clock::now(), deadline = after(timeout);
+  for (int round = 0; !p.ready() && !in.has_message(); ++round) {
+    if (round % 64 == 63) {
+      if (alive) alive();
+      if (Clock::now() > deadline) throw comm::CommError("timed out waiting for a step's tokens from the device");
+    }
+    comm::poll_pause(since);
+  }
+}
+
 // Serves steps until a shutdown step has passed through every hop.
+//
+// A stage whose one hop runs from the token ids to the LM head overlaps steps: when the
+// next step is already waiting while this one's tokens are still on their way to the
+// host, it starts that step first (StepRunner::begin_sample), then sends this one's
+// result. The device then never idles while the host reads tokens back and exchanges
+// messages, which is most of a small model's step. The coordinator sends a step early
+// only where its entries are fed (comm::SeqEntry::fed); otherwise no step is waiting and
+// each is finished before the next, as on every other stage. CASCADE_OVERLAP_STEPS=0
+// turns it off (a measurement switch), as does --trace (its spans time each step apart).
 void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channels& ch, const Fault& fault,
            const comm::Liveness& alive, std::vector<Span>* spans, std::ostream& log) {
   auto span = [&](const char* name, const comm::StepHeader& h, int64_t begin) {
@@ -237,6 +270,48 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
     w.send(0, comm::kTagStats, comm::encode(comm::StageStats{busy, steps}), after(a.runtime.step_timeout), alive);
     reported = Clock::now();
   };
+  const bool overlap = a.hops.size() == 1 && a.hops[0].begin == 0 && ends_with_head(runner, a.hops[0]) && !a.trace &&
+                       config::env_flag("CASCADE_OVERLAP_STEPS", true);
+  struct Started {  // a step of the head's hop whose results are not sent yet
+    StepRunner::PendingSample sample;
+    size_t hop;
+    Clock::time_point t0;
+  };
+  std::optional<Started> started;
+  int64_t overlapped = 0;                    // steps started before the one before them was delivered
+  auto now_busy_from = Clock::time_point();  // the device works on no earlier step after this
+  // Sends a step's results once its tokens are on the host.
+  auto deliver = [&](Started st) {
+    const comm::StepHeader asked = st.sample.header;
+    const at::Tensor logits = st.sample.logits;
+    comm::StepHeader h = asked;
+    h.kind = comm::StepKind::kResult;
+    const int64_t p0 = now_us();
+    const StepRunner::Sampled sampled = runner.finish_sample(std::move(st.sample));
+    const auto done = Clock::now();
+    busy += std::chrono::duration<double>(done - std::max(st.t0, now_busy_from)).count();
+    now_busy_from = done;
+    span("sample", h, p0);
+    comm::Channel& out = *ch.out[st.hop];
+    const int64_t s0 = now_us();
+    out.send(h, sampled.ids, after(a.runtime.step_timeout));
+    runner.model().hop_sent();
+    span("send", h, s0);
+    if (asked.flags & comm::kStepWantLogits) {
+      h.kind = comm::StepKind::kLogits;
+      out.send(h, logits.to(at::kFloat), after(a.runtime.step_timeout));
+    }
+    if (asked.flags & comm::kStepWantLogprobs) {
+      h.kind = comm::StepKind::kLogprobs;
+      out.send(h, sampled.logprobs, after(a.runtime.step_timeout));
+    }
+  };
+  auto deliver_started = [&] {
+    if (!started) return;
+    Started st = std::move(*started);
+    started.reset();
+    deliver(std::move(st));
+  };
   const ProfileRange profile = ProfileRange::from_env();
   for (int64_t step = 0;; ++step) {
     fault.maybe(step);
@@ -245,11 +320,16 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
     bool shutdown = false;
     for (size_t i = 0; i < a.hops.size(); ++i) {
       const Hop& hop = a.hops[i];
+      if (started) {  // overlap: the next step, if it is here before this one's tokens
+        await_tokens_or_step(started->sample, *ch.in[i], a.runtime.step_timeout, alive);
+        if (!ch.in[i]->has_message()) deliver_started();
+      }
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
       const int64_t r0 = now_us();
       comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.runtime.step_timeout));
       span("recv", m.header, r0);
       if (m.header.kind == comm::StepKind::kShutdown) {
+        deliver_started();
         if (i == 0) report(step);
         ch.out[i]->send(m.header, m.payload, after(a.runtime.step_timeout));
         shutdown = true;
@@ -258,10 +338,8 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
       const auto t0 = Clock::now();
       const int64_t c0 = now_us();
       at::Tensor out = runner.run(m.header, m.payload, hop.begin, hop.end);
-      const bool head = hop.end == static_cast<int64_t>(runner.model().all_modules().size()) &&
-                        runner.model().all_modules().back().kind == ModuleKind::kLmHead;
-      comm::StepHeader h = m.header;
-      if (!head) {
+      if (!ends_with_head(runner, hop)) {
+        comm::StepHeader h = m.header;
         if (out.is_cuda()) out = out.contiguous();
         busy += std::chrono::duration<double>(Clock::now() - t0).count();
         span("compute", h, c0);
@@ -271,32 +349,23 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         span("send", h, s0);
         continue;
       }
-      h.kind = comm::StepKind::kResult;
       if (a.trace) {  // the forward's device work ends here, so "sample" is the host's part alone
         (void)out.reshape(-1).narrow(0, 0, 1).to(at::kCPU);
-        span("compute", h, c0);
+        span("compute", m.header, c0);
       }
-      const int64_t p0 = now_us();
-      const StepRunner::Sampled sampled = runner.sample(m.header, out);
-      busy += std::chrono::duration<double>(Clock::now() - t0).count();
-      span("sample", h, p0);
-      const int64_t s0 = now_us();
-      ch.out[i]->send(h, sampled.ids, after(a.runtime.step_timeout));
-      runner.model().hop_sent();
-      span("send", h, s0);
-      if (m.header.flags & comm::kStepWantLogits) {
-        h.kind = comm::StepKind::kLogits;
-        ch.out[i]->send(h, out.to(at::kFloat), after(a.runtime.step_timeout));
-      }
-      if (m.header.flags & comm::kStepWantLogprobs) {
-        h.kind = comm::StepKind::kLogprobs;
-        ch.out[i]->send(h, sampled.logprobs, after(a.runtime.step_timeout));
-      }
+      Started st{runner.begin_sample(m.header, out), i, t0};
+      if (started) ++overlapped;
+      deliver_started();  // the earlier step's results go first
+      if (overlap && st.sample.on_device())
+        started = std::move(st);
+      else
+        deliver(std::move(st));
     }
     if (shutdown) {
       const Model& m = runner.model();
-      log << "cascade " << a.label << ": " << step << " steps, " << std::fixed << std::setprecision(2) << busy
-          << " s computing";
+      log << "cascade " << a.label << ": " << step << " steps";
+      if (overlapped > 0) log << " (" << overlapped << " started while the one before returned its tokens)";
+      log << ", " << std::fixed << std::setprecision(2) << busy << " s computing";
       if (m.graphs_captured() > 0)
         log << ", " << m.graphs_captured() << " CUDA graphs captured in " << m.graphs_capture_seconds() << " s";
       if (const WeightStream::ReadStats r = m.stream_reads(); r.bytes > 0) {  // the disk tier's share of the time

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -251,6 +252,72 @@ TEST(Cluster, SampledTokensMatchToo) {
   const CliRun r = run_cascade("generate --config " + cfg + " " + kPrompts + sampling);
   ASSERT_EQ(r.status, 0);
   expect_same("llama_gqa sampled / two_cpu_disk", single, r.out);
+}
+
+// A route that starts and ends at one stage feeds each sequence its sampled token
+// (comm::SeqEntry::fed): `generate` submits a sequence's next step before this one's
+// tokens return, and the stage starts it while they do. Tokens and logits equal the
+// one-process run whose steps carry their ids (CASCADE_DECODE_AHEAD=0): greedy and
+// sampled, on one stage (its one hop overlaps steps) and on a route that returns to its
+// first stage for the head (two hops there), and when one sequence stops at EOS while
+// the other goes on (its step past EOS is dropped).
+TEST(Cluster, FedStepsMatchStepsThatCarryTheirIds) {
+  TempDir dir;
+  const std::string model = dir.file("m");
+  std::filesystem::copy(fixture("llama_gqa"), model, std::filesystem::copy_options::recursive);
+  const std::string told_cmd = "CASCADE_DECODE_AHEAD=0 " + std::string(CASCADE_BINARY) + " generate --model " + model +
+                               " --dtype float32 " + kPrompts;
+  const CliRun plain = run_shell(told_cmd + " 2>/dev/null");
+  ASSERT_EQ(plain.status, 0);
+  const auto first = parse_lines(plain.out)[0]["output_ids"].get<std::vector<int64_t>>();
+  ASSERT_GE(first.size(), 4u);
+  auto cfg = read_json(model + "/config.json");
+  cfg["eos_token_id"] = first[2];  // the first prompt's third token ends it
+  write_file(model + "/config.json", cfg.dump());
+  const size_t n = module_names(model).size();
+  std::vector<std::string> one(n, "cpu:0"), ends(n, "cpu:1");
+  ends.front() = ends.back() = "cpu:0";
+  for (const std::string extra : {"", " --temperature 0.9 --top-k 40 --seed 1234", " --stop-at-eos"}) {
+    const CliRun told = run_shell(told_cmd + extra + " 2>/dev/null");
+    ASSERT_EQ(told.status, 0) << extra;
+    if (extra == " --stop-at-eos") {
+      ASSERT_EQ(parse_lines(told.out)[0]["output_ids"].size(), 3u) << told.out;
+    }
+    for (const auto& devices : {one, ends}) {
+      TempDir run;
+      const std::string path = write_config(run, model, devices);
+      const CliRun r = run_cascade("generate --config " + path + " " + kPrompts + extra, true);
+      ASSERT_EQ(r.status, 0) << r.out;
+      std::string json_lines;
+      for (const auto& j : parse_lines(r.out)) json_lines += j.dump() + "\n";
+      expect_same("llama_gqa fed" + extra + (devices == one ? " / one stage" : " / ends on one stage"), told.out,
+                  json_lines);
+      // One stage overlaps greedy steps (the next one is sent early and arrives while it
+      // computes); tokens sampled on the host, or a stage of two hops, finish each step
+      // first.
+      const bool overlapped = r.out.find("started while the one before returned its tokens") != std::string::npos;
+      EXPECT_EQ(overlapped, devices == one && extra.find("temperature") == std::string::npos) << extra << r.out;
+    }
+  }
+}
+
+// The same on a GPU stage, in bfloat16: its greedy tokens are picked by one argmax on
+// the GPU, and the fed step's ids never leave it; the step that carries its ids is the
+// reference, bit for bit (the same kernels and graphs).
+TEST(Cluster, FedStepsOnTheGpuMatchStepsThatCarryTheirIds) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  const std::string model = fixture("llama_gqa");
+  TempDir dir;
+  const std::string cfg = write_config(dir, model, std::vector<std::string>(module_names(model).size(), "cuda:0"),
+                                       "bfloat16", "", R"("cuda:0" = "8GiB", "cpu" = "1GiB")");
+  const std::string args =
+      " generate --config " + cfg + " --prompt-ids 1,2,3,4,5 --prompt-ids 7,3 --max-new-tokens 24 --json --logits 2>&1";
+  const CliRun told = run_shell("CASCADE_DECODE_AHEAD=0 " + std::string(CASCADE_BINARY) + args);
+  const CliRun fed = run_shell(std::string(CASCADE_BINARY) + args);
+  ASSERT_EQ(told.status, 0) << told.out;
+  ASSERT_EQ(fed.status, 0) << fed.out;
+  expect_same("llama_gqa bf16 fed / cuda:0", told.out, fed.out, 0.0);
+  EXPECT_NE(fed.out.find("started while the one before returned its tokens"), std::string::npos) << fed.out;
 }
 
 TEST(Cluster, Int8StagesMatchInt8OneProcess) {

@@ -16,6 +16,7 @@ StepHeader sample() {
   a.slot = 0;
   a.start_pos = 17;
   a.n_tokens = 1;
+  a.fed = true;
   SeqEntry b;
   b.slot = 5;
   b.start_pos = 0;
@@ -65,6 +66,9 @@ TEST(Message, RoundTrip) {
   other.seqs[2].recompute = false;
   EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   other = h;
+  other.seqs[0].fed = false;
+  EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
+  other = h;
   other.seqs[1].seq_len = 10;
   EXPECT_FALSE(decode_step(encode(other).data(), encode(other).size()) == h);
   other = h;
@@ -92,7 +96,7 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto b = encode(sample());
   auto v = b;
   v[4] = 9;  // version field
-  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 5");
+  EXPECT_THROW_WITH(decode_step(v.data(), v.size()), CommError, "wire version 9", "speaks 6");
   auto m = b;
   m[0] ^= 0xFF;
   EXPECT_THROW_WITH(decode_step(m.data(), m.size()), CommError, "bad magic");
@@ -102,6 +106,11 @@ TEST(Message, WrongMagicVersionAndGarbage) {
   auto k = b;
   k[18] = 7;  // kind
   EXPECT_THROW_WITH(decode_step(k.data(), k.size()), CommError, "unknown kind 7");
+  // Only a decode entry can be fed its sampled token.
+  StepHeader fed = sample();
+  fed.seqs[1].fed = true;  // two prompt tokens from position 0
+  const auto f = encode(fed);
+  EXPECT_THROW_WITH(decode_step(f.data(), f.size()), CommError, "feeds slot 5", "not a decode entry");
   // A huge count is refused before anything is allocated for it.
   StepHeader one;
   one.seqs.resize(1);

@@ -246,5 +246,67 @@ TEST(StepRunner, BadStepsAreNamed) {
   EXPECT_THROW_WITH(r.run(h, at::tensor({1, 2, 3}, at::kLong), 0, -1), c10::Error, "fork slot 0");
 }
 
+// A fed entry (comm::SeqEntry::fed) runs on its slot's last sampled token: the same
+// logits and tokens as the step that carries that token's id, whether the tokens were
+// picked on the device (plain greedy) or on the host (seeded sampling), and when the
+// next step runs before this one's sampling is finished (the stage's overlap).
+TEST(StepRunner, FedStepsRunOnTheSlotsLastSampledToken) {
+  for (const double temperature : {0.0, 1.0}) {
+    SCOPED_TRACE(temperature);
+    StepRunner told(load("llama_gqa")), fed(load("llama_gqa"));
+    auto h = prefill({3, 2});
+    for (auto& s : h.seqs) {
+      s.sampling.temperature = temperature;
+      s.sampling.seed = 11;
+    }
+    const at::Tensor prompt = at::tensor({1, 2, 3, 9, 4}, at::kLong);
+    at::Tensor want = told.sample(h, told.run(h, prompt, 0, -1)).ids;
+    StepRunner::PendingSample pending = fed.begin_sample(h, fed.run(h, prompt, 0, -1));
+    for (int64_t step = 0; step < 4; ++step) {
+      auto d = h;
+      d.kind = comm::StepKind::kDecode;
+      for (auto& s : d.seqs) {
+        s.start_pos = (s.slot == 0 ? 3 : 2) + step;
+        s.n_tokens = 1;
+        s.fed = true;
+      }
+      d.seqs[1].fed = step % 2 == 1;  // a step of fed and told entries
+      const at::Tensor logits = told.run(d, want, 0, -1);
+      const std::vector<int64_t> told_ids = {-1, d.seqs[1].fed ? -1 : want[1].item<int64_t>()};
+      const at::Tensor placeholders = at::tensor(told_ids, at::kLong);
+      if (pending.on_device()) {  // the next step first, as the stage does
+        const at::Tensor got = fed.run(d, placeholders, 0, -1);
+        EXPECT_TRUE(at::equal(fed.finish_sample(std::move(pending)).ids, want)) << "step " << step;
+        EXPECT_TRUE(at::equal(got, logits)) << "step " << step;
+        pending = fed.begin_sample(d, got);
+      } else {
+        EXPECT_TRUE(at::equal(fed.finish_sample(std::move(pending)).ids, want)) << "step " << step;
+        const at::Tensor got = fed.run(d, placeholders, 0, -1);
+        EXPECT_TRUE(at::equal(got, logits)) << "step " << step;
+        pending = fed.begin_sample(d, got);
+      }
+      EXPECT_EQ(pending.on_device(), temperature == 0.0);
+      want = told.sample(d, logits).ids;
+    }
+    EXPECT_TRUE(at::equal(fed.finish_sample(std::move(pending)).ids, want));
+  }
+}
+
+TEST(StepRunner, BadFedStepsAreNamed) {
+  StepRunner r(load("llama_gqa"));
+  comm::StepHeader d;
+  d.step_id = 8;
+  d.kind = comm::StepKind::kDecode;
+  d.seqs = {entry(1, 4, 1)};
+  d.seqs[0].fed = true;
+  EXPECT_THROW_WITH(r.run(d, at::tensor({-1}, at::kLong), 0, -1), c10::Error, "step 8", "slot 1", "has sampled none");
+  auto h = prefill({3, 2});
+  (void)r.sample(h, r.run(h, at::tensor({1, 2, 3, 9, 4}, at::kLong), 0, -1));
+  EXPECT_NO_THROW(r.run(d, at::tensor({-1}, at::kLong), 0, -1));
+  EXPECT_THROW_WITH(r.run(d, at::zeros({1}), 0, -1), c10::Error, "step 8", "not token ids");
+  d.seqs.push_back(entry(0, 3, 1));  // told, with an id out of the vocabulary
+  EXPECT_THROW_WITH(r.run(d, at::tensor({-1, -1}, at::kLong), 0, -1), c10::Error, "step 8", "token id -1");
+}
+
 }  // namespace
 }  // namespace cascade::stage
