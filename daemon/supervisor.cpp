@@ -33,6 +33,7 @@ Supervisor::Supervisor(Started started, std::ostream& log, SupervisorOptions opt
     : started_(std::move(started)), log_(log), opts_(opts) {
   slots_ = started_.cluster->kv_slots();
   max_seq_len_ = started_.cluster->max_seq_len();
+  feeds_sampled_ = started_.cluster->feeds_sampled();
   reports_ = started_.cluster->stages();
 }
 

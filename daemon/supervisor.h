@@ -46,6 +46,7 @@ class Supervisor : public Executor {
   bool recover(const std::string& why) override;
   int64_t kv_slots() const override { return slots_; }
   int64_t max_seq_len() const override { return max_seq_len_; }
+  bool feeds_sampled() const override { return feeds_sampled_; }  // a restart keeps the plan
 
   // Stops the stages of a healthy run (see Cluster::shutdown).
   void shutdown();
@@ -61,6 +62,7 @@ class Supervisor : public Executor {
   std::ostream& log_;
   SupervisorOptions opts_;
   int64_t slots_ = 0, max_seq_len_ = 0;
+  bool feeds_sampled_ = false;
   std::deque<std::chrono::steady_clock::time_point> recent_;  // restarts within the window
   mutable std::mutex mu_;                                     // guards what follows
   State state_ = State::kReady;

@@ -1,6 +1,7 @@
 #include "daemon/scheduler.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <thread>
 
@@ -74,6 +75,31 @@ std::unique_ptr<Executor> local(const std::string& dir, int64_t slots, int64_t m
   lo.runtime.max_seq_len = max_seq;
   return std::make_unique<LocalExecutor>(stage::Model::load(storage::Checkpoint::open(dir), lo));
 }
+
+// Counts what the scheduler sends: fed entries and the most steps in flight at once;
+// `feeds` says whether it takes fed entries at all.
+class CountingExecutor : public Executor {
+ public:
+  CountingExecutor(std::unique_ptr<Executor> e, bool feeds) : e_(std::move(e)), feeds_(feeds) {}
+  void submit(const comm::StepHeader& h, const at::Tensor& ids) override {
+    most = std::max(most.load(), ++in_flight_);
+    for (const auto& s : h.seqs) fed += s.fed ? 1 : 0;
+    e_->submit(h, ids);
+  }
+  StepOutput next() override {
+    --in_flight_;
+    return e_->next();
+  }
+  bool feeds_sampled() const override { return feeds_; }
+  int64_t kv_slots() const override { return e_->kv_slots(); }
+  int64_t max_seq_len() const override { return e_->max_seq_len(); }
+  std::atomic<int> fed{0}, most{0};
+
+ private:
+  std::unique_ptr<Executor> e_;
+  bool feeds_;
+  int in_flight_ = 0;
+};
 
 Job job(std::vector<int64_t> prompt, int64_t max_tokens, uint64_t seed, std::shared_ptr<Recorder> rec) {
   Job j;
@@ -249,6 +275,51 @@ TEST(Scheduler, EverySamplingOptionMatchesAcrossModesAndChoices) {
   ASSERT_GE(forked.logprobs.size(), 6u);
   EXPECT_FALSE(forked.logprobs[3].empty());
   EXPECT_TRUE(forked.logprobs[0].empty());
+}
+
+// Sequential mode on an executor that feeds sampled tokens keeps a fed step behind
+// each decoding sequence's current one (two steps in flight), and no token changes:
+// greedy and sampled requests arriving mid-flight, one stopping at EOS (its step past
+// EOS dropped), against the same requests on an executor that does not feed.
+TEST(Scheduler, FedStepsKeepTwoStepsInFlightAndChangeNoToken) {
+  auto run = [](bool feeds, const std::vector<int64_t>& eos, int* fed, int* most) {
+    SchedulerOptions o;
+    o.eos_ids = eos;
+    auto ex = std::make_shared<CountingExecutor>(local(test::fixture("llama_gqa"), 4), feeds);
+    Scheduler s(ex, nullptr, o, nullptr);
+    std::thread t([&] { s.run(); });
+    std::vector<std::shared_ptr<Recorder>> recs;
+    for (int i = 0; i < 6; ++i) {
+      recs.push_back(std::make_shared<Recorder>());
+      Job j = job({1, 2, 3 + i, 7}, 10 + i, 300 + i, recs.back());
+      if (i % 2 == 0) j.request.sampling.temperature = 0.0;  // greedy: picked on the device's side
+      EXPECT_EQ(s.submit(std::move(j)), 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    wait_all(recs);
+    s.stop(std::chrono::seconds(5));
+    t.join();
+    *fed = ex->fed;
+    *most = ex->most;
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& r : recs) {
+      EXPECT_TRUE(r->done) << r->error;
+      out.push_back(r->result.token_ids);
+    }
+    return out;
+  };
+  int fed = 0, most = 0;
+  const auto first = run(false, {}, &fed, &most);
+  ASSERT_GE(first[0].size(), 5u);
+  const std::vector<int64_t> eos = {first[0][3]};  // request 0 ends at its fourth token
+  const auto told = run(false, eos, &fed, &most);
+  EXPECT_EQ(fed, 0);
+  EXPECT_EQ(most, 1);
+  EXPECT_EQ(told[0].size(), 4u);
+  const auto with_fed = run(true, eos, &fed, &most);
+  EXPECT_GT(fed, 10);
+  EXPECT_EQ(most, 2);
+  EXPECT_EQ(with_fed, told);
 }
 
 TEST(Scheduler, BoundedQueueAndCancellation) {
