@@ -264,11 +264,12 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
   auto span = [&](const char* name, const comm::StepHeader& h, int64_t begin) {
     if (a.trace) spans->push_back({name, h.step_id, h.microbatch, begin, now_us()});
   };
-  double busy = 0;  // seconds spent computing, reported to the coordinator now and then
+  double busy = 0, reported_busy = 0;  // seconds spent computing, reported to the coordinator now and then
   auto reported = Clock::now();
   auto report = [&](int64_t steps) {
     w.send(0, comm::kTagStats, comm::encode(comm::StageStats{busy, steps}), after(a.runtime.step_timeout), alive);
     reported = Clock::now();
+    reported_busy = busy;
   };
   const bool overlap = a.hops.size() == 1 && a.hops[0].begin == 0 && ends_with_head(runner, a.hops[0]) && !a.trace &&
                        config::env_flag("CASCADE_OVERLAP_STEPS", true);
@@ -324,6 +325,12 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         await_tokens_or_step(started->sample, *ch.in[i], a.runtime.step_timeout, alive);
         if (!ch.in[i]->has_message()) deliver_started();
       }
+      // A stage about to wait for work reports what it did since its last report (at
+      // most every 20 ms): otherwise the coordinator's figure stays stale while it idles,
+      // and a benchmark's busy share counts its warm-up.
+      if (i == 0 && busy != reported_busy && Clock::now() - reported > std::chrono::milliseconds(20) &&
+          !ch.in[0]->has_message())
+        report(step);
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
       const int64_t r0 = now_us();
       comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.runtime.step_timeout));

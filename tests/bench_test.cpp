@@ -102,6 +102,13 @@ TEST(Bench, JsonHasEveryFieldAndTheTraceShowsEveryStage) {
     EXPECT_EQ(j[mode]["generated_tokens"], 30);
     EXPECT_EQ(j[mode]["failed_requests"], 0);
     EXPECT_EQ(j[mode]["stage_busy_pct"].size(), 3u);
+    // A share of the mode's wall time, and not zero for a mode shorter than the stages'
+    // 250 ms reports: each stage reports when it goes idle, so neither end of the mode
+    // reads a figure from before it.
+    for (const auto& [stage, pct] : j[mode]["stage_busy_pct"].items()) {
+      EXPECT_GT(pct.get<double>(), 0) << mode << " " << stage;
+      EXPECT_LE(pct.get<double>(), 100.5) << mode << " " << stage;
+    }
     EXPECT_GT(j[mode]["tokens_per_s"].get<double>(), 0);
   }
   EXPECT_GT(j["predicted_step_s"].get<double>(), 0);  // the cost model's step of 3 tokens
