@@ -18,6 +18,7 @@
 #include <string>
 
 #include "comm/message.h"
+#include "config/env.h"
 #include "stage/runner.h"
 
 namespace cascade::daemon {
@@ -40,6 +41,9 @@ class Executor {
   // step's ids also samples its tokens, so it holds each sequence's last one. Then a
   // sequence's next step can be submitted before this one's result is taken.
   virtual bool feeds_sampled() const { return false; }
+  // Whether the loops that drive this executor submit fed steps ahead: where it feeds
+  // sampled tokens, unless CASCADE_DECODE_AHEAD=0 (a measurement switch) says not to.
+  bool feeds_ahead() const { return feeds_sampled() && config::env_flag("CASCADE_DECODE_AHEAD", true); }
   // Called between steps while idle: throws when the executor can no longer run steps.
   virtual void check() {}
   // After submit(), next() or check() threw: tries to make the executor usable again

@@ -15,7 +15,6 @@
 #include <thread>
 
 #include "config/config.h"
-#include "config/env.h"
 #include "config/size.h"
 #include "daemon/cluster.h"
 #include "daemon/executor.h"
@@ -64,16 +63,16 @@ namespace {
 // Prefill every prompt in one ragged step, then decode all running sequences one
 // token per step until each has max_new_tokens (or EOS). Prompt i uses KV slot i.
 //
-// Where the executor feeds sampled tokens (Executor::feeds_sampled), each decode step
+// Where the executor feeds sampled tokens (Executor::feeds_ahead), each decode step
 // is submitted before the previous step's tokens are taken, its entries fed: the stage
 // finds its next step waiting and starts it at once. A sequence that turns out to have
-// ended at EOS ran one step past its end; that token is dropped. CASCADE_DECODE_AHEAD=0
-// turns it off (a measurement switch), as does a model whose RoPE re-runs sequences.
+// ended at EOS ran one step past its end; that token is dropped. Not for a model whose
+// RoPE re-runs sequences.
 std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& opts, const stage::ModelConfig& cfg,
                                            std::ostream& log) {
   const std::vector<int64_t>& eos_ids = cfg.eos_token_ids;
   const int64_t redo_at = cfg.rope.recompute_at();
-  const bool ahead = ex.feeds_sampled() && redo_at <= 0 && config::env_flag("CASCADE_DECODE_AHEAD", true);
+  const bool ahead = ex.feeds_ahead() && redo_at <= 0;
   const size_t n = opts.prompts.size();
   std::vector<GenerateResult> results(n);
   std::vector<std::vector<int64_t>> prefill(n);  // what the stages run for each prompt

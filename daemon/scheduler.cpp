@@ -5,7 +5,6 @@
 #include <set>
 
 #ifdef CASCADE_WITH_TOKENIZER
-#include "config/env.h"
 #include "daemon/tokenizer/tokenizer.h"
 #endif
 
@@ -26,6 +25,7 @@ struct Scheduler::Seq {
   int64_t prefill_pos = 0;     // prompt tokens already issued
   int64_t redo_pos = -1;       // >= 0: tokens of a recompute already issued
   int in_flight = 0;           // submitted steps that include this sequence
+  uint64_t issued_in = 0;      // step_id of the last step that took it (in_flight > 0)
   bool waiting = false;        // a step whose sampled token it needs is in flight
   bool ahead = false;          // and a fed step after it (comm::SeqEntry::fed), whose token it needs next
   bool awaiting_fork = false;  // choice > 0 before choice 0's prompt ends
@@ -63,7 +63,7 @@ Scheduler::Scheduler(std::shared_ptr<Executor> ex, std::shared_ptr<const Tokeniz
       tok_(std::move(tok)),
       opts_(std::move(opts)),
       metrics_(metrics),
-      ahead_(opts_.microbatches <= 1 && ex_->feeds_sampled() && config::env_flag("CASCADE_DECODE_AHEAD", true)) {
+      ahead_(opts_.microbatches <= 1 && ex_->feeds_ahead()) {
   slots_.resize(static_cast<size_t>(ex_->kv_slots()));
   free_slots_ = ex_->kv_slots();
   if (metrics_) metrics_->set_kv_slots(0, ex_->kv_slots());
@@ -245,11 +245,9 @@ bool Scheduler::issue() {
     for (auto& sp : slots_) {
       if (!sp || sp->group != g || sp->awaiting_fork) continue;
       Seq& s = *sp;
-      // A fork whose first token this very step samples (add_forks, for its leader
-      // earlier in this loop) is not fed yet.
-      const bool forked_here =
-          std::find(forks.seqs.begin(), forks.seqs.end(), std::make_pair(s.slot, s.gen)) != forks.seqs.end();
-      const bool fed = s.waiting && !forked_here && feeds_next(s);
+      // Fed only behind an earlier step: a fork whose first token this very step samples
+      // (add_forks, for its leader earlier in this loop) waits on this step.
+      const bool fed = s.waiting && !(s.in_flight > 0 && s.issued_in == h.step_id) && feeds_next(s);
       if (s.waiting && !fed) continue;
       const auto& r = s.job.request;
       comm::SeqEntry e;
@@ -276,7 +274,7 @@ bool Scheduler::issue() {
         s.prefill_pos += chunk;
         e.sample = s.prefilled();  // only the prompt's last chunk yields a token
         s.waiting = e.sample;
-        if (e.sample) add_forks(s, e, forks, f.seqs.size());
+        if (e.sample) add_forks(s, e, forks, f.seqs.size(), h.step_id);
         h.kind = comm::StepKind::kPrefill;
         f.prompt_tokens += chunk;
       } else if (s.redo_pos >= 0 || (opts_.recompute_at > 0 && decode_pos(s) == opts_.recompute_at)) {
@@ -289,6 +287,7 @@ bool Scheduler::issue() {
         s.waiting = true;
       }
       ++s.in_flight;
+      s.issued_in = h.step_id;
       h.seqs.push_back(e);
       f.seqs.push_back({s.slot, s.gen});
       f.parent.push_back(f.parent.size());
@@ -346,7 +345,7 @@ void Scheduler::add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& i
 }
 
 // Choice 0's prompt ends in this entry: its followers still here start from it.
-void Scheduler::add_forks(Seq& leader, comm::SeqEntry& e, InFlight& f, size_t leader_row) {
+void Scheduler::add_forks(Seq& leader, comm::SeqEntry& e, InFlight& f, size_t leader_row, uint64_t step_id) {
   for (const auto& [slot, gen] : leader.followers) {
     Seq* fs = slots_[static_cast<size_t>(slot)].get();
     if (!fs || fs->gen != gen || !fs->awaiting_fork) continue;  // cancelled meanwhile
@@ -355,6 +354,7 @@ void Scheduler::add_forks(Seq& leader, comm::SeqEntry& e, InFlight& f, size_t le
     fs->prefill_pos = static_cast<int64_t>(fs->prompt.size());
     fs->waiting = true;
     ++fs->in_flight;
+    fs->issued_in = step_id;
     f.seqs.push_back({slot, gen});
     f.parent.push_back(leader_row);
   }

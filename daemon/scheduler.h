@@ -121,7 +121,7 @@ class Scheduler {
   bool issue();    // submits one step if a group has work; false when none has
   void collect();  // takes the oldest step's results
   void finish(Seq& s, Finish f);
-  void add_forks(Seq& leader, comm::SeqEntry& e, InFlight& forks, size_t leader_row);
+  void add_forks(Seq& leader, comm::SeqEntry& e, InFlight& forks, size_t leader_row, uint64_t step_id);
   static int64_t decode_pos(const Seq& s);  // position of the token a decode step feeds
   bool feeds_next(const Seq& s) const;
   void add_recompute(Seq& s, comm::SeqEntry& e, std::vector<int64_t>& ids);
@@ -146,9 +146,8 @@ class Scheduler {
   std::chrono::steady_clock::time_point stop_deadline_;
   std::string failure_;
   uint64_t step_id_ = 0;
-  // Sequential mode on an executor that feeds sampled tokens (Executor::feeds_sampled):
+  // Sequential mode on an executor that feeds sampled tokens (Executor::feeds_ahead):
   // a sequence's next decode step is issued while its previous one is in flight, fed.
-  // CASCADE_DECODE_AHEAD=0 turns it off (a measurement switch).
   bool ahead_ = false;
 };
 

@@ -365,6 +365,20 @@ double Model::graphs_capture_seconds() const { return graphs_ ? graphs_->capture
 
 Model::~Model() = default;
 
+void Model::check_ids(const at::Tensor& ids, const std::vector<int64_t>& skip) const {
+  const at::Tensor c = ids.contiguous();
+  const int64_t* v = c.data_ptr<int64_t>();
+  const int64_t vocab = desc_.config.vocab_size;
+  size_t k = 0;
+  for (int64_t r = 0; r < c.numel(); ++r) {
+    if (k < skip.size() && skip[k] == r) {
+      ++k;
+      continue;
+    }
+    TORCH_CHECK(v[r] >= 0 && v[r] < vocab, "token id ", v[r], " (row ", r, ") is out of range [0, ", vocab, ")");
+  }
+}
+
 at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t begin, int64_t end) {
   if (end < 0) end = static_cast<int64_t>(desc_.modules.size());
   TORCH_CHECK(input.size(0) == batch.total_tokens(), "input has ", input.size(0), " rows but the batch has ",
@@ -372,12 +386,7 @@ at::Tensor Model::forward(const at::Tensor& input, const Batch& batch, int64_t b
   // Ids are checked on the host, where they arrive (the stage's ids channel keeps them
   // there): checking ids on a device would wait for the device. Ids already on a device
   // were put there by the runner, which checked them (StepRunner::run's fed steps).
-  if (input.scalar_type() == at::kLong && input.numel() > 0 && input.is_cpu()) {
-    const at::Tensor& ids = input;
-    const int64_t vocab = desc_.config.vocab_size;
-    TORCH_CHECK(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < vocab, "token id out of range [0, ",
-                vocab, ")");
-  }
+  if (input.scalar_type() == at::kLong && input.is_cpu()) check_ids(input);
   const bool decode = !batch.seqs.empty() && batch.total_tokens() == static_cast<int64_t>(batch.seqs.size());
   const DecodeGraphs::Forward modules = [&](const at::Tensor& x, StepContext& ctx) {
     return run_modules(x, ctx, begin, end);

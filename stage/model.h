@@ -97,6 +97,10 @@ class Model {
   // modules [begin, end) this model holds (n > 1 sequences sharing a prompt).
   void copy_kv_prefix(int64_t from, int64_t to, int64_t n, int64_t begin = 0, int64_t end = -1);
 
+  // Throws naming the first id of `ids` ([tokens] int64 on the host) outside the
+  // vocabulary; rows in `skip` (ascending) are placeholders and not looked at.
+  void check_ids(const at::Tensor& ids, const std::vector<int64_t>& skip = {}) const;
+
   const ModelConfig& config() const { return desc_.config; }
   const std::vector<ModuleSpec>& all_modules() const { return desc_.modules; }
   const std::vector<int64_t>& loaded() const { return loaded_; }

@@ -3,6 +3,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <limits>
 #include <optional>
@@ -70,16 +71,7 @@ at::Tensor StepRunner::feed(const comm::StepHeader& h, const at::Tensor& input) 
   const at::Tensor picked = last_.index_select(0, at::tensor(slots, at::kLong).to(dev, /*non_blocking=*/true));
   if (static_cast<int64_t>(rows.size()) == tok) return picked;  // every row fed (a decode step)
   const at::Tensor ids = input.cpu();
-  const int64_t* v = ids.data_ptr<int64_t>();
-  const int64_t vocab = model_->config().vocab_size;
-  size_t f = 0;
-  for (int64_t r = 0; r < ids.numel(); ++r) {
-    if (f < rows.size() && rows[f] == r) {
-      ++f;
-      continue;
-    }
-    TORCH_CHECK(v[r] >= 0 && v[r] < vocab, "step ", h.step_id, ": token id ", v[r], " out of range [0, ", vocab, ")");
-  }
+  model_->check_ids(ids, rows);
   at::Tensor out = ids.to(dev, /*non_blocking=*/true);
   out.index_copy_(0, at::tensor(rows, at::kLong).to(dev, /*non_blocking=*/true), picked);
   return out;
@@ -177,11 +169,13 @@ StepRunner::PendingSample StepRunner::begin_sample(const comm::StepHeader& h, co
     slots.push_back(h.seqs[i].slot);
     sampled.push_back(static_cast<int64_t>(i));
   }
-  keep_sampled(slots,
-               sampled.size() == h.seqs.size()
-                   ? picked
-                   : picked.index_select(0, at::tensor(sampled, at::kLong).to(picked.device(), /*non_blocking=*/true)),
-               logits.device());
+  if (takes_ids())
+    keep_sampled(
+        slots,
+        sampled.size() == h.seqs.size()
+            ? picked
+            : picked.index_select(0, at::tensor(sampled, at::kLong).to(picked.device(), /*non_blocking=*/true)),
+        logits.device());
   if (!picked.is_cuda()) {
     p.picked = picked.contiguous();
     return p;
@@ -193,8 +187,15 @@ StepRunner::PendingSample StepRunner::begin_sample(const comm::StepHeader& h, co
   return p;
 }
 
-StepRunner::Sampled StepRunner::finish_sample(PendingSample p) {
-  while (!p.ready()) std::this_thread::yield();  // the serve loop waits for ready() itself
+StepRunner::Sampled StepRunner::finish_sample(PendingSample p, double timeout_s) {
+  // The serve loop waits for ready() itself, with its liveness checks; this wait is the
+  // one-process executor's.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (!p.ready()) {
+    TORCH_CHECK(std::chrono::steady_clock::now() < deadline, "step ", p.header.step_id, ": its tokens did not come ",
+                "back from the device within ", timeout_s, " s");
+    std::this_thread::yield();
+  }
   const comm::StepHeader& h = p.header;
   const std::vector<int64_t> last_rows = batch_of(h).last_logit_rows();  // [seqs]
   const at::Tensor& logits = p.logits;
@@ -275,7 +276,7 @@ StepRunner::Sampled StepRunner::finish_sample(PendingSample p) {
     }
     tok += s.n_tokens;
   }
-  if (!on_device) {  // every sampled row's token, forks' included
+  if (!on_device && takes_ids()) {  // every sampled row's token, forks' included
     std::vector<int64_t> slots, ids;
     int64_t row = static_cast<int64_t>(h.seqs.size());
     for (size_t i = 0; i < h.seqs.size(); ++i) {

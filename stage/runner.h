@@ -7,8 +7,9 @@
 // the same in one process as split across several, alone or batched. A sequence's
 // forks (n > 1) get their KV prefix copied in run() and their sampler in sample().
 //
-// Each slot's last sampled token is also kept where the logits are (on the GPU when
-// one argmax picked the step's tokens there), so that a step whose entries are fed
+// Where the runner also holds the embedding (module 0), each slot's last sampled token
+// is kept where the logits are (on the GPU when one argmax picked the step's tokens
+// there), so that a step whose entries are fed
 // (comm::SeqEntry::fed) takes its input ids from it without a trip through the host:
 // the coordinator can then issue a sequence's next step before its token returns,
 // and a stage can start that step while the previous step's ids are still on their way
@@ -53,7 +54,8 @@ class StepRunner {
   // their slots' last (so run() of a fed step may follow at once) and starts their copy
   // to the host; finish_sample waits for that copy and does the rest, on the host (all
   // of sampling where the argmax does not apply). Steps are finished in the order they
-  // were begun.
+  // were begun. finish_sample throws when the copy has not landed within `timeout_s`
+  // (a device that stopped making progress).
   struct PendingSample {
     comm::StepHeader header;
     at::Tensor logits;
@@ -66,7 +68,7 @@ class StepRunner {
     bool ready() const { return !arrived || arrived->query(); }
   };
   PendingSample begin_sample(const comm::StepHeader& h, const at::Tensor& logits);
-  Sampled finish_sample(PendingSample p);
+  Sampled finish_sample(PendingSample p, double timeout_s = 300);
 
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
@@ -74,6 +76,9 @@ class StepRunner {
  private:
   at::Tensor feed(const comm::StepHeader& h, const at::Tensor& input);
   void keep_sampled(const std::vector<int64_t>& slots, const at::Tensor& ids, at::Device device);
+  // Whether this runner holds module 0, where ids enter: only then can a step be fed,
+  // so only then are sampled tokens kept.
+  bool takes_ids() const { return !model_->loaded().empty() && model_->loaded().front() == 0; }
 
   std::unique_ptr<Model> model_;
   at::Tensor last_;                                    // [slots] int64: each slot's last sampled token

@@ -212,7 +212,7 @@ TEST(Model, UntiedModelWithoutLmHead) {
 TEST(Model, RejectsOutOfRangeTokensAndOverlongSequences) {
   auto m = load(test::fixture("llama_gqa"), 1);
   EXPECT_THROW_WITH(m->forward(at::tensor({1, 256}, at::kLong), Batch{{{0, 0, 2}}}), c10::Error,
-                    "token id out of range [0, 256)");
+                    "token id 256 (row 1) is out of range [0, 256)");
   EXPECT_THROW_WITH(m->forward(at::tensor({1}, at::kLong), Batch{{{0, 64, 1}}}), c10::Error, "past max_seq_len 64");
 }
 

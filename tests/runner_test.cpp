@@ -305,7 +305,8 @@ TEST(StepRunner, BadFedStepsAreNamed) {
   EXPECT_NO_THROW(r.run(d, at::tensor({-1}, at::kLong), 0, -1));
   EXPECT_THROW_WITH(r.run(d, at::zeros({1}), 0, -1), c10::Error, "step 8", "not token ids");
   d.seqs.push_back(entry(0, 3, 1));  // told, with an id out of the vocabulary
-  EXPECT_THROW_WITH(r.run(d, at::tensor({-1, -1}, at::kLong), 0, -1), c10::Error, "step 8", "token id -1");
+  EXPECT_THROW_WITH(r.run(d, at::tensor({-1, -1}, at::kLong), 0, -1), c10::Error,
+                    "token id -1 (row 1) is out of range [0, 256)");
 }
 
 }  // namespace
