@@ -57,6 +57,14 @@ void check_mpi(int rc, const char* call) {
   if (rc != MPI_SUCCESS) throw CommError(std::string(call) + ": " + mpi_error_string(rc));
 }
 
+bool World::started_with_peers() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
+    const char* v = std::getenv(name);
+    if (v != nullptr && std::atoi(v) > 1) return true;
+  }
+  return false;
+}
+
 World& World::get() {
   static World w;
   return w;

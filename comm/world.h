@@ -56,6 +56,10 @@ class World {
  public:
   // MPI_Init_thread on first use. Safe to call again (returns the same object).
   static World& get();
+  // Whether a launcher started this process as one of several ranks (mpirun -np 2 or
+  // more: Open MPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE), from the environment alone,
+  // so without starting MPI.
+  static bool started_with_peers();
 
   int rank() const { return rank_; }
   int size() const { return size_; }

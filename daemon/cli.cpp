@@ -12,6 +12,7 @@
 #include "daemon/http/client.h"
 #include "daemon/http/server.h"
 #include "daemon/planning.h"
+#include "daemon/startup.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/text.h"
 #endif
@@ -22,13 +23,16 @@ namespace {
 
 void add_generate(CLI::App& app, GenerateOptions& g, std::vector<std::string>& prompt_ids, bool& json, bool& greedy) {
   auto* cmd = app.add_subcommand("generate",
-                                 "Continue prompts: in this process (--model) or across the stage "
-                                 "processes of a plan (--config)");
+                                 "Continue prompts: in this process (--model, or --config with a plan of "
+                                 "one stage) or across the stage processes of a plan (--config)");
   auto* model = cmd->add_option("--model", g.model_dir, "Hugging Face checkpoint directory (one process)")
                     ->check(CLI::ExistingDirectory);
   auto* config = cmd->add_option("--config", g.config_file, "cascade.toml: model and placement; runs its stages")
                      ->check(CLI::ExistingFile);
   model->excludes(config);
+  cmd->add_flag("--spawn-stages", g.spawn_stages,
+                "With --config: a plan of one stage in a stage process too (the default loads it here)")
+      ->needs(config);
   cmd->add_option("--set", g.overrides, "With --config: override a key, section.key=value")->take_all();
   cmd->add_option("--prompt-ids", prompt_ids, "Comma-separated token ids; repeat for several prompts")->take_all();
   cmd->add_option("--prompt", g.prompt_texts, "Prompt text, encoded with DIR/tokenizer.json; repeatable")->take_all();
@@ -77,8 +81,12 @@ int run_generate(GenerateOptions& g, const std::vector<std::string>& prompt_ids,
   if (!g.config_file.empty()) {
     // Under `mpirun -np S+1 cascade generate --config …` every rank runs this command;
     // ranks 1..S are the stages.
-    comm::World& w = comm::World::get();
-    if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);
+    // Only then is MPI started before the plan: a plan of one stage runs in this process
+    // without it, or starts it to spawn its stages.
+    if (comm::World::started_with_peers()) {
+      comm::World& w = comm::World::get();
+      if (!w.is_coordinator()) return stage::run_stage(w, std::cerr);
+    }
   }
   if (greedy && g.sampling.temperature > 0)
     throw std::invalid_argument("--greedy and --temperature exclude each other");
@@ -120,6 +128,7 @@ void add_text_commands(CLI::App& app, TextOptions& t) {
 #endif
 
 int run_cli(int argc, char** argv) {
+  note_main_started();
   CLI::App app{"Cascade: serve language models too large for one GPU"};
   app.require_subcommand(1);
   GenerateOptions gen;

@@ -97,9 +97,11 @@ void pin_cores(const planner::Plan& plan, const std::vector<int>& allowed, std::
   }
 }
 
-// The assignments, one per stage, from the plan's route and edges.
-std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::string& job, const std::string& heartbeats,
-                                          const std::vector<std::string>& labels, bool trace, bool one_host) {
+}  // namespace
+
+std::vector<comm::Assignment> stage_assignments(const PlannedRun& run, const std::string& job,
+                                                const std::string& heartbeats, const std::vector<std::string>& labels,
+                                                bool trace, bool one_host) {
   const planner::Plan& plan = run.plan;
   const config::Config& cfg = run.config;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -146,6 +148,8 @@ std::vector<comm::Assignment> assignments(const PlannedRun& run, const std::stri
   return out;
 }
 
+namespace {
+
 std::string mb_per_s(uint64_t bytes, double seconds) {
   std::ostringstream s;
   s << std::fixed << std::setprecision(1) << (seconds > 0 ? static_cast<double>(bytes) / 1e6 / seconds : 0.0)
@@ -170,7 +174,8 @@ std::vector<uint64_t> stage_source_bytes(const PlannedRun& run) {
   return out;
 }
 
-// "stage 1 (rank 1, cpu:0) on host (pid 7, 2 cores: 0-1) ready in 0.31 s: ..."
+}  // namespace
+
 std::string ready_line(const std::string& label, const comm::StageReady& r) {
   std::ostringstream o;
   o << label << " on " << r.host << " (pid " << r.pid << ", " << r.cores << (r.cores == 1 ? " core" : " cores")
@@ -186,6 +191,8 @@ std::string ready_line(const std::string& label, const comm::StageReady& r) {
   }
   return o.str();
 }
+
+namespace {
 
 // "stages ready 0.98 s after start: spawning 0.25 s, then the last one ready, stage 1
 // (...), took 0.72 s: CUDA start 0.21 s, loading 0.50 s, connecting 0.01 s"
@@ -229,22 +236,14 @@ std::unique_ptr<Cluster> Cluster::start(const PlannedRun& run, const std::string
   for (const auto& s : run.plan.stages) c->labels_.push_back(stage_label(s));
   c->busy_.assign(c->labels_.size(), 0.0);
 
-  log << "cascade: device map\n" << planner::format_plan(run.request.model, run.plan);
-  std::ostringstream predicted;  // a stream of its own: the log's format flags stay as they are
-  predicted << std::fixed << std::setprecision(1) << "cascade: predicted decode step "
-            << run.plan.predicted_step_s * 1e3 << " ms at max_batch " << rt.max_batch
-            << " by the cost model (rates: " << run.rates << ")"
-            << (run.plan.offload_choice.empty()
-                    ? ""
-                    : "; offload_compute " + run.plan.offload_compute + ": " + run.plan.offload_choice);
-  log << predicted.str() << "\n";
+  print_plan(run, log);
   const std::string job = job_name();
   c->hb_ = comm::Heartbeats::create("/" + job + "-hb", static_cast<int>(c->labels_.size()));
   c->hb_->start(0);
   c->launch(exe, log);
   const auto spawned = Clock::now();
   try {
-    for (const auto& a : assignments(run, job, c->hb_->name(), c->labels_, trace, !c->world_->multi_node()))
+    for (const auto& a : stage_assignments(run, job, c->hb_->name(), c->labels_, trace, !c->world_->multi_node()))
       c->world_->send(a.rank, comm::kTagAssign, comm::encode(a), after(10), nullptr);
     c->await_ready(log);
     c->check_sources(run, log);

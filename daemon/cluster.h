@@ -102,4 +102,15 @@ class Cluster : public Executor {
 // Labels a stage for messages: "stage 2 (rank 2, cpu:1)", "stage 3 (rank 3, cpu:0+disk)".
 std::string stage_label(const planner::Stage& s);
 
+// The assignments, one per stage in plan.stages' order, from the plan's route and
+// edges: `job` names the run's shm segments, `heartbeats` the heartbeat table, `labels`
+// every rank (0: the coordinator). With `one_host`, runtime.pin_cores pins the stages.
+std::vector<comm::Assignment> stage_assignments(const PlannedRun& run, const std::string& job,
+                                                const std::string& heartbeats, const std::vector<std::string>& labels,
+                                                bool trace, bool one_host);
+
+// "stage 1 (rank 1, cpu:0) on host (pid 7, 2 cores: 0-1) ready in 0.31 s: ..." for the
+// stage `label`'s ready report.
+std::string ready_line(const std::string& label, const comm::StageReady& r);
+
 }  // namespace cascade::daemon

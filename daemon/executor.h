@@ -7,7 +7,7 @@
 // fork), when the step set kStepWantLogits the last-position logits [seqs, vocab]
 // float32, and when it set kStepWantLogprobs the kLogprobs records (comm/message.h). A Cluster takes as
 // many steps in flight as the scheduler issues (one per microbatch); LocalExecutor runs
-// each step in submit(), so next() never waits.
+// each step in submit(), and next() waits at most for its tokens' copy to the host.
 // Thread-safety: one thread drives an Executor.
 #pragma once
 
@@ -15,6 +15,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "comm/message.h"
@@ -51,31 +52,57 @@ class Executor {
   virtual bool recover(const std::string& /*why*/) { return false; }
 };
 
-// The whole model in this process.
+// The whole model in this process (`generate --model`, or a plan of one stage). A step
+// runs in submit(). Where the device picked its tokens (StepRunner::begin_sample), they
+// are read back only in next(): a fed step submitted meanwhile is then queued on the
+// device while they travel, as a stage overlaps steps. Steps are finished in order.
 class LocalExecutor : public Executor {
  public:
-  explicit LocalExecutor(std::unique_ptr<stage::Model> model) : runner_(std::move(model)) {}
+  // `step_timeout`: seconds next() waits for a step's tokens from the device.
+  explicit LocalExecutor(std::unique_ptr<stage::Model> model, double step_timeout = 300)
+      : runner_(std::move(model)), step_timeout_(step_timeout) {}
   void submit(const comm::StepHeader& h, const at::Tensor& ids) override {
     at::Tensor logits = runner_.run(h, ids, 0, -1);
-    stage::StepRunner::Sampled s = runner_.sample(h, logits);
-    StepOutput out{h, s.ids, {}, {}};
-    if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
-    if (h.flags & comm::kStepWantLogprobs) out.logprobs = s.logprobs;
-    done_.push_back(std::move(out));
+    runner_.model().hop_sent();  // a streamed module's copy may start
+    Pending p{runner_.begin_sample(h, logits), std::nullopt};
+    if (!p.sample.on_device()) {  // sampled on the host: now, after the steps before it
+      settle();
+      p.done = finish(std::move(p.sample));
+    }
+    pending_.push_back(std::move(p));
   }
   StepOutput next() override {
-    TORCH_CHECK(!done_.empty(), "next() without a submitted step");
-    StepOutput o = std::move(done_.front());
-    done_.pop_front();
-    return o;
+    TORCH_CHECK(!pending_.empty(), "next() without a submitted step");
+    Pending p = std::move(pending_.front());
+    pending_.pop_front();
+    return p.done ? std::move(*p.done) : finish(std::move(p.sample));
   }
   bool feeds_sampled() const override { return true; }
   int64_t kv_slots() const override { return runner_.model().kv_cache().slots(); }
   int64_t max_seq_len() const override { return runner_.model().kv_cache().max_seq_len(); }
 
  private:
+  struct Pending {
+    stage::StepRunner::PendingSample sample;
+    std::optional<StepOutput> done;  // finished already
+  };
+  StepOutput finish(stage::StepRunner::PendingSample p) {
+    const comm::StepHeader h = p.header;
+    const at::Tensor logits = p.logits;
+    stage::StepRunner::Sampled s = runner_.finish_sample(std::move(p), step_timeout_);
+    StepOutput out{h, s.ids, {}, {}};
+    if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
+    if (h.flags & comm::kStepWantLogprobs) out.logprobs = s.logprobs;
+    return out;
+  }
+  void settle() {  // finishes every step still waiting for its tokens, in order
+    for (auto& q : pending_)
+      if (!q.done) q.done = finish(std::move(q.sample));
+  }
+
   stage::StepRunner runner_;
-  std::deque<StepOutput> done_;
+  double step_timeout_;
+  std::deque<Pending> pending_;
 };
 
 }  // namespace cascade::daemon

@@ -292,8 +292,12 @@ std::vector<GenerateResult> generate(const GenerateOptions& in, std::ostream& lo
   if (run) {
     cfg = run->description.config;
     check_prompts(opts, cfg, run->config.runtime.max_batch, run->config.runtime.max_seq_len);
-    started = start_stages(std::move(*run), log);
-    ex = started->cluster;
+    if (runs_here(*run, opts.spawn_stages)) {
+      ex = load_here(*run, log);
+    } else {
+      started = start_stages(std::move(*run), log);
+      ex = started->cluster;
+    }
   } else {
     if (opts.threads > 0) at::set_num_threads(opts.threads);
     std::shared_ptr<const storage::Checkpoint> ck = storage::Checkpoint::open(opts.model_dir);

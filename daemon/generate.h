@@ -1,6 +1,7 @@
 // `cascade generate`: continue prompts, either with the whole checkpoint in this
-// process (--model) or with the stage processes of a plan (--config), through the
-// same Executor loop. All prompts run together as one ragged batch (one KV slot
+// process (--model) or with a plan (--config), through the same Executor loop. A plan
+// of one stage loads in this process too (startup.h: runs_here), others start their
+// stage processes. All prompts run together as one ragged batch (one KV slot
 // each), so this is also the simplest end-to-end check of batched prefill and decode.
 #pragma once
 
@@ -15,7 +16,8 @@ namespace cascade::daemon {
 
 struct GenerateOptions {
   std::string model_dir;               // --model: the whole model in this process
-  std::string config_file;             // --config: the plan's stages as processes
+  std::string config_file;             // --config: the plan (one stage: in this process)
+  bool spawn_stages = false;           // --spawn-stages: a one-stage plan's stage in a process too
   std::vector<std::string> overrides;  // --set, with --config
   std::vector<std::vector<int64_t>> prompts;
   std::vector<std::string> prompt_texts;  // encoded with the model's tokenizer.json (BOS added), after `prompts`

@@ -4,6 +4,7 @@
 #include <iomanip>
 #include <iostream>
 #include <ostream>
+#include <sstream>
 
 #include "config/size.h"
 #include "daemon/calibrate.h"
@@ -40,6 +41,18 @@ config::Config config_for(const PlanOptions& o) {
 }
 
 }  // namespace
+
+void print_plan(const PlannedRun& run, std::ostream& log) {
+  log << "cascade: device map\n" << planner::format_plan(run.request.model, run.plan);
+  std::ostringstream predicted;  // a stream of its own: the log's format flags stay as they are
+  predicted << std::fixed << std::setprecision(1) << "cascade: predicted decode step "
+            << run.plan.predicted_step_s * 1e3 << " ms at max_batch " << run.config.runtime.max_batch
+            << " by the cost model (rates: " << run.rates << ")"
+            << (run.plan.offload_choice.empty()
+                    ? ""
+                    : "; offload_compute " + run.plan.offload_compute + ": " + run.plan.offload_choice);
+  log << predicted.str() << "\n";
+}
 
 planner::ModelDescriptor build_descriptor(const storage::Checkpoint& ck, const stage::ModelDescription& d,
                                           at::ScalarType dtype, const config::QuantizationSection& quant) {

@@ -47,6 +47,9 @@ struct PlannedRun {
 // them first: its progress goes to `progress` (null: standard error).
 PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory = "", std::ostream* progress = nullptr);
 
+// "cascade: device map" with the plan's table, then the cost model's predicted step.
+void print_plan(const PlannedRun& run, std::ostream& log);
+
 // Free memory of each visible GPU (empty in a CPU-only build) and MemAvailable.
 planner::HostMemory probe_host();
 

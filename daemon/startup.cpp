@@ -1,5 +1,6 @@
 #include "daemon/startup.h"
 
+#include <c10/util/Exception.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -8,9 +9,13 @@
 #include <iomanip>
 #include <ostream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
+#include "comm/world.h"
+#include "config/size.h"
 #include "daemon/generate.h"
+#include "stage/worker.h"
 
 namespace cascade::daemon {
 
@@ -35,19 +40,65 @@ double seconds_since_process_start() {
   return -1;
 }
 
+double main_started_at = -1;  // note_main_started()
+
+// The span a user waits for, from the command to the first request; `before`: the
+// seconds from launch to `what`, split at main() when note_main_started() was called.
+void print_ready(double before, const char* what, std::ostream& log) {
+  const double total = seconds_since_process_start();
+  if (before < 0 || total < 0) return;
+  log << "cascade: ready " << std::fixed << std::setprecision(2) << total << " s after launch (" << before
+      << " s before " << what << ": ";
+  if (main_started_at >= 0 && main_started_at <= before)
+    log << "starting the process and its libraries " << main_started_at << " s, reading the config and planning "
+        << before - main_started_at << " s)\n";
+  else
+    log << "loading libraries, reading the config, planning)\n";
+}
+
 }  // namespace
+
+void note_main_started() { main_started_at = seconds_since_process_start(); }
 
 Started start_stages(PlannedRun run, std::ostream& log, bool trace) {
   Started s;
   s.run = std::move(run);
   const double before = seconds_since_process_start();
   s.cluster = Cluster::start(s.run, self_exe(), log, trace);
-  const double total = seconds_since_process_start();
-  if (before >= 0 && total >= 0) {  // the span a user waits for, from the command to the first request
-    log << "cascade: ready " << std::fixed << std::setprecision(2) << total << " s after launch (" << before
-        << " s before the stages were started: loading libraries, reading the config, planning)\n";
-  }
+  print_ready(before, "the stages were started", log);
   return s;
+}
+
+bool runs_here(const PlannedRun& run, bool spawn_stages) {
+  return !spawn_stages && run.plan.stages.size() == 1 && run.config.runtime.mode == config::Mode::kSequential &&
+         !comm::World::started_with_peers();
+}
+
+std::shared_ptr<Executor> load_here(const PlannedRun& run, std::ostream& log) {
+  const double before = seconds_since_process_start();
+  print_plan(run, log);
+  const std::vector<std::string> labels = {"the coordinator", stage_label(run.plan.stages.at(0)) + " in this process"};
+  const comm::Assignment a = stage_assignments(run, "", "", labels, /*trace=*/false, /*one_host=*/true).at(0);
+  stage::LoadedStage st;
+  try {
+    st = stage::load_stage(
+        a, stage::assigned_device(a), "this host",
+        [&](const comm::LoadProgress& p) {
+          log << "cascade: loading: " << config::format_bytes(p.bytes) << " / " << config::format_bytes(p.total)
+              << "\n";
+        },
+        log);
+  } catch (const c10::Error& e) {  // LibTorch's checks: without the C++ backtrace
+    throw std::runtime_error(a.label + " failed to load: " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(a.label + " failed to load: " + e.what());
+  }
+  log << "cascade: " << ready_line(a.label, st.ready);
+  if (st.ready.device_start_s > 0)
+    log << std::fixed << std::setprecision(2) << " (CUDA start " << st.ready.device_start_s << " s)";
+  log << "\n";
+  print_ready(before, "the load began", log);
+  return std::make_shared<LocalExecutor>(std::move(st.model), run.config.runtime.step_timeout);
 }
 
 SchedulerOptions scheduler_options(const Started& s, config::Mode mode) {

@@ -3,7 +3,8 @@
 // only; the model is described once, there), the caller checks its own input against
 // the plan, then start_stages() starts the stage processes of the plan and waits until
 // every one has loaded and connected. What a mode needs to schedule steps follows from
-// the result.
+// the result. `cascade generate` loads a plan of one stage in its own process instead
+// (runs_here(), load_here()).
 //
 // Ownership: a Started holds the plan and shares the Cluster with whoever runs steps on
 // it. Throws on bad input or an impossible plan (before any stage starts) and
@@ -20,6 +21,10 @@
 
 namespace cascade::daemon {
 
+// Marks when main() began, so that the ready line can tell the process's and its
+// libraries' start-up (LibTorch's static initialisers: most of it) from planning.
+void note_main_started();
+
 struct Started {
   PlannedRun run;                    // config, checkpoint headers, model description, plan
   std::shared_ptr<Cluster> cluster;  // loaded and connected
@@ -28,6 +33,16 @@ struct Started {
 
 // With `trace`, the stages record spans for `cascade bench --trace`.
 Started start_stages(PlannedRun run, std::ostream& log, bool trace = false);
+
+// Whether `cascade generate` runs the plan in its own process (DESIGN §7: one process
+// when the plan has one stage): one stage, sequential mode, no ranks that mpirun
+// started beside this one, and not `spawn_stages`. Nothing then starts MPI.
+bool runs_here(const PlannedRun& run, bool spawn_stages);
+
+// The plan's one stage loaded into this process, as its stage process would load it
+// (stage::load_stage): prints the device map, the stage's ready line and the time to
+// ready from launch, as start_stages() does. Throws on a load failure, naming the stage.
+std::shared_ptr<Executor> load_here(const PlannedRun& run, std::ostream& log);
 
 // Scheduler options for running `mode` on these stages: sequential = one step in
 // flight and whole prompts; pipeline = runtime.microbatches (0: one per stage) steps

@@ -190,43 +190,9 @@ Channels open_channels(const comm::World& w, const Assignment& a, at::Device dev
 // The device this stage computes on. Across hosts the plan's cuda:N cannot name another
 // node's GPUs: the stage's place among the stages on its host does instead.
 at::Device stage_device(const comm::World& w, const Assignment& a) {
-  at::Device d(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
+  at::Device d = assigned_device(a);
   if (d.is_cuda() && w.multi_node()) d = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(w.local_stage_index()));
   return d;
-}
-
-// Starts the device's runtime (a CUDA context, one kernel and a read-back) before the
-// load, so the ready report can tell this cost apart from reading weights. Seconds; 0
-// on a CPU stage.
-double start_device(at::Device device) {
-  if (!device.is_cuda()) return 0;
-  const auto t0 = Clock::now();
-  (void)at::zeros({1}, at::TensorOptions().device(device)).item<float>();
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// Loads this stage's modules, sending a progress message at most every half second.
-std::unique_ptr<Model> load(const comm::World& w, const Assignment& a, at::Device device, std::ostream& log) {
-  auto ck = storage::Checkpoint::open(a.model_dir);
-  LoadOptions lo;
-  lo.dtype = storage::parse_dtype(a.dtype);
-  lo.device = device;
-  lo.modules = a.modules;
-  lo.disk_modules = a.disk_modules;
-  lo.offload_folder = a.offload_folder;
-  lo.streamed_modules = a.streamed_modules;
-  lo.runtime = a.runtime;
-  lo.quantization = a.quantization;
-  lo.log = &log;
-  const auto t0 = Clock::now();
-  auto last = t0;
-  lo.progress = [&](uint64_t done, uint64_t total) {
-    if (Clock::now() - last < std::chrono::milliseconds(500) && done < total) return;
-    last = Clock::now();
-    const comm::LoadProgress p{done, total, std::chrono::duration<double>(Clock::now() - t0).count()};
-    w.send(0, comm::kTagLoad, comm::encode(p), after(a.runtime.step_timeout), nullptr);
-  };
-  return Model::load(ck, lo);
 }
 
 // Whether modules [hop.begin, hop.end) end with the model's LM head.
@@ -399,12 +365,35 @@ comm::Liveness peers_alive(const Assignment& a, const comm::Heartbeats& hb) {
   };
 }
 
-comm::StageReady ready_report(const comm::World& w, const Model& m, double seconds) {
+// Tells the coordinator this stage will not become ready, then gives MPI up.
+void report_failed_load(comm::World& w, const std::string& error, const comm::Liveness& alive) {
+  comm::StageReady r;
+  r.error = error;
+  r.host = w.host();
+  r.pid = ::getpid();
+  try {
+    w.send(0, comm::kTagLoad, comm::encode(r), after(5), alive);
+  } catch (const std::exception&) {
+  }
+  w.abandon();
+}
+
+// Starts the device's runtime (a CUDA context, one kernel and a read-back) before the
+// load, so the ready report can tell this cost apart from reading weights. Seconds; 0
+// on a CPU stage.
+double start_device(at::Device device) {
+  if (!device.is_cuda()) return 0;
+  const auto t0 = Clock::now();
+  (void)at::zeros({1}, at::TensorOptions().device(device)).item<float>();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+comm::StageReady ready_report(const std::string& host, const Model& m, double seconds) {
   const storage::DiskTier* disk = m.disk_tier();
   const DeviceUploader::Stats& up = m.upload_stats();
   comm::StageReady r;
   r.ok = true;
-  r.host = w.host();
+  r.host = host;
   r.pid = ::getpid();
   const std::vector<int> cores = comm::allowed_cores();
   r.cores = cores.empty() ? static_cast<int>(std::thread::hardware_concurrency()) : static_cast<int>(cores.size());
@@ -421,20 +410,43 @@ comm::StageReady ready_report(const comm::World& w, const Model& m, double secon
   return r;
 }
 
-// Tells the coordinator this stage will not become ready, then gives MPI up.
-void report_failed_load(comm::World& w, const std::string& error, const comm::Liveness& alive) {
-  comm::StageReady r;
-  r.error = error;
-  r.host = w.host();
-  r.pid = ::getpid();
-  try {
-    w.send(0, comm::kTagLoad, comm::encode(r), after(5), alive);
-  } catch (const std::exception&) {
-  }
-  w.abandon();
+}  // namespace
+
+at::Device assigned_device(const Assignment& a) {
+  return at::Device(a.device == "cpu" || a.device.rfind("cpu:", 0) == 0 ? std::string("cpu") : a.device);
 }
 
-}  // namespace
+LoadedStage load_stage(const Assignment& a, at::Device device, const std::string& host, const LoadProgressFn& progress,
+                       std::ostream& log) {
+  if (const std::string why = comm::pin_to(a.cores); !why.empty())
+    log << "cascade " << a.label << ": runs on the cores it was started with: " << why << "\n";
+  if (a.threads > 0) at::set_num_threads(a.threads);
+  const auto t0 = Clock::now();
+  const double device_s = start_device(device);
+  auto ck = storage::Checkpoint::open(a.model_dir);
+  LoadOptions lo;
+  lo.dtype = storage::parse_dtype(a.dtype);
+  lo.device = device;
+  lo.modules = a.modules;
+  lo.disk_modules = a.disk_modules;
+  lo.offload_folder = a.offload_folder;
+  lo.streamed_modules = a.streamed_modules;
+  lo.runtime = a.runtime;
+  lo.quantization = a.quantization;
+  lo.log = &log;
+  const auto l0 = Clock::now();
+  auto last = l0;
+  lo.progress = [&](uint64_t done, uint64_t total) {
+    if (!progress || (Clock::now() - last < std::chrono::milliseconds(500) && done < total)) return;
+    last = Clock::now();
+    progress({done, total, std::chrono::duration<double>(Clock::now() - l0).count()});
+  };
+  LoadedStage out;
+  out.model = Model::load(ck, lo);
+  out.ready = ready_report(host, *out.model, std::chrono::duration<double>(Clock::now() - t0).count());
+  out.ready.device_start_s = device_s;
+  return out;
+}
 
 int run_stage(comm::World& w, std::ostream& log) {
   Assignment a;
@@ -460,10 +472,6 @@ int run_stage(comm::World& w, std::ostream& log) {
     w.abandon();
     return 1;
   }
-  if (const std::string why = comm::pin_to(a.cores); !why.empty())
-    log << "cascade " << a.label << ": runs on the cores it was started with: " << why << "\n";
-  if (a.threads > 0) at::set_num_threads(a.threads);
-
   const Fault fault = Fault::from_env(a.rank);
   std::unique_ptr<StepRunner> runner;
   Channels ch;
@@ -471,14 +479,18 @@ int run_stage(comm::World& w, std::ostream& log) {
   try {
     fault.maybe(-1);
     const at::Device device = stage_device(w, a);
-    const double device_s = start_device(device);
-    runner = std::make_unique<StepRunner>(load(w, a, device, log));
+    LoadedStage st = load_stage(
+        a, device, w.host(),
+        [&](const comm::LoadProgress& p) {
+          w.send(0, comm::kTagLoad, comm::encode(p), after(a.runtime.step_timeout), nullptr);
+        },
+        log);
+    runner = std::make_unique<StepRunner>(std::move(st.model));
     const auto loaded = Clock::now();
     ch = open_channels(w, a, device, alive);
-    comm::StageReady ready = ready_report(w, runner->model(), std::chrono::duration<double>(Clock::now() - t0).count());
-    ready.device_start_s = device_s;
-    ready.connect_s = std::chrono::duration<double>(Clock::now() - loaded).count();
-    w.send(0, comm::kTagLoad, comm::encode(ready), after(a.runtime.step_timeout), alive);
+    st.ready.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    st.ready.connect_s = std::chrono::duration<double>(Clock::now() - loaded).count();
+    w.send(0, comm::kTagLoad, comm::encode(st.ready), after(a.runtime.step_timeout), alive);
   } catch (const std::exception& e) {
     report_failed_load(w, error_text(e), alive);
     return 1;

@@ -258,9 +258,10 @@ TEST(Cluster, SampledTokensMatchToo) {
 // (comm::SeqEntry::fed): `generate` submits a sequence's next step before this one's
 // tokens return, and the stage starts it while they do. Tokens and logits equal the
 // one-process run whose steps carry their ids (CASCADE_DECODE_AHEAD=0): greedy and
-// sampled, on one stage (its one hop overlaps steps) and on a route that returns to its
-// first stage for the head (two hops there), and when one sequence stops at EOS while
-// the other goes on (its step past EOS is dropped).
+// sampled, on one stage (its one hop overlaps steps), on that stage loaded in the
+// generate process (LocalExecutor reads tokens back in next()), and on a route that
+// returns to its first stage for the head (two hops there), and when one sequence stops
+// at EOS while the other goes on (its step past EOS is dropped).
 TEST(Cluster, FedStepsMatchStepsThatCarryTheirIds) {
   TempDir dir;
   const std::string model = dir.file("m");
@@ -283,20 +284,24 @@ TEST(Cluster, FedStepsMatchStepsThatCarryTheirIds) {
     if (extra == " --stop-at-eos") {
       ASSERT_EQ(parse_lines(told.out)[0]["output_ids"].size(), 3u) << told.out;
     }
-    for (const auto& devices : {one, ends}) {
+    for (const std::string where : {"one stage", "one stage, here", "ends on one stage"}) {
       TempDir run;
-      const std::string path = write_config(run, model, devices);
-      const CliRun r = run_cascade("generate --config " + path + " " + kPrompts + extra, true);
+      const std::string path = write_config(run, model, where == "ends on one stage" ? ends : one);
+      const bool here = where == "one stage, here";
+      const CliRun r =
+          run_cascade("generate --config " + path + (here ? " " : " --spawn-stages ") + kPrompts + extra, true);
       ASSERT_EQ(r.status, 0) << r.out;
       std::string json_lines;
       for (const auto& j : parse_lines(r.out)) json_lines += j.dump() + "\n";
-      expect_same("llama_gqa fed" + extra + (devices == one ? " / one stage" : " / ends on one stage"), told.out,
-                  json_lines);
+      expect_same("llama_gqa fed" + extra + " / " + where, told.out, json_lines);
+      EXPECT_EQ(r.out.find("in this process") != std::string::npos, here) << r.out;
+      // Time to ready in its parts: to main(), then planning.
+      EXPECT_NE(r.out.find("reading the config and planning"), std::string::npos) << r.out;
       // One stage overlaps greedy steps (the next one is sent early and arrives while it
       // computes); tokens sampled on the host, or a stage of two hops, finish each step
       // first.
       const bool overlapped = r.out.find("started while the one before returned its tokens") != std::string::npos;
-      EXPECT_EQ(overlapped, devices == one && extra.find("temperature") == std::string::npos) << extra << r.out;
+      EXPECT_EQ(overlapped, where == "one stage" && extra.find("temperature") == std::string::npos) << extra << r.out;
     }
   }
 }
@@ -313,11 +318,15 @@ TEST(Cluster, FedStepsOnTheGpuMatchStepsThatCarryTheirIds) {
   const std::string args =
       " generate --config " + cfg + " --prompt-ids 1,2,3,4,5 --prompt-ids 7,3 --max-new-tokens 24 --json --logits 2>&1";
   const CliRun told = run_shell("CASCADE_DECODE_AHEAD=0 " + std::string(CASCADE_BINARY) + args);
-  const CliRun fed = run_shell(std::string(CASCADE_BINARY) + args);
+  const CliRun fed = run_shell(std::string(CASCADE_BINARY) + args + " --spawn-stages");
+  const CliRun here = run_shell(std::string(CASCADE_BINARY) + args);  // the stage in the generate process
   ASSERT_EQ(told.status, 0) << told.out;
   ASSERT_EQ(fed.status, 0) << fed.out;
+  ASSERT_EQ(here.status, 0) << here.out;
   expect_same("llama_gqa bf16 fed / cuda:0", told.out, fed.out, 0.0);
+  expect_same("llama_gqa bf16 fed / cuda:0 in this process", told.out, here.out, 0.0);
   EXPECT_NE(fed.out.find("started while the one before returned its tokens"), std::string::npos) << fed.out;
+  EXPECT_NE(here.out.find("in this process"), std::string::npos) << here.out;
 }
 
 TEST(Cluster, Int8StagesMatchInt8OneProcess) {
