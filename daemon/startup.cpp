@@ -77,6 +77,8 @@ bool runs_here(const PlannedRun& run, bool spawn_stages) {
 std::shared_ptr<Executor> load_here(const PlannedRun& run, std::ostream& log) {
   const double before = seconds_since_process_start();
   print_plan(run, log);
+  log << "cascade: the plan has one stage; it runs in this process, so the route's hops are calls, not messages "
+         "(--spawn-stages starts a stage process instead)\n";
   const std::vector<std::string> labels = {"the coordinator", stage_label(run.plan.stages.at(0)) + " in this process"};
   const comm::Assignment a = stage_assignments(run, "", "", labels, /*trace=*/false, /*one_host=*/true).at(0);
   stage::LoadedStage st;
