@@ -59,46 +59,20 @@ class Executor {
 class LocalExecutor : public Executor {
  public:
   // `step_timeout`: seconds next() waits for a step's tokens from the device.
-  explicit LocalExecutor(std::unique_ptr<stage::Model> model, double step_timeout = 300)
-      : runner_(std::move(model)), step_timeout_(step_timeout) {}
-  void submit(const comm::StepHeader& h, const at::Tensor& ids) override {
-    at::Tensor logits = runner_.run(h, ids, 0, -1);
-    runner_.model().hop_sent();  // a streamed module's copy may start
-    Pending p{runner_.begin_sample(h, logits), std::nullopt};
-    if (!p.sample.on_device()) {  // sampled on the host: now, after the steps before it
-      settle();
-      p.done = finish(std::move(p.sample));
-    }
-    pending_.push_back(std::move(p));
-  }
-  StepOutput next() override {
-    TORCH_CHECK(!pending_.empty(), "next() without a submitted step");
-    Pending p = std::move(pending_.front());
-    pending_.pop_front();
-    return p.done ? std::move(*p.done) : finish(std::move(p.sample));
-  }
+  explicit LocalExecutor(std::unique_ptr<stage::Model> model, double step_timeout = 300);
+  void submit(const comm::StepHeader& h, const at::Tensor& ids) override;
+  StepOutput next() override;
   bool feeds_sampled() const override { return true; }
-  int64_t kv_slots() const override { return runner_.model().kv_cache().slots(); }
-  int64_t max_seq_len() const override { return runner_.model().kv_cache().max_seq_len(); }
+  int64_t kv_slots() const override;
+  int64_t max_seq_len() const override;
 
  private:
   struct Pending {
     stage::StepRunner::PendingSample sample;
     std::optional<StepOutput> done;  // finished already
   };
-  StepOutput finish(stage::StepRunner::PendingSample p) {
-    const comm::StepHeader h = p.header;
-    const at::Tensor logits = p.logits;
-    stage::StepRunner::Sampled s = runner_.finish_sample(std::move(p), step_timeout_);
-    StepOutput out{h, s.ids, {}, {}};
-    if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
-    if (h.flags & comm::kStepWantLogprobs) out.logprobs = s.logprobs;
-    return out;
-  }
-  void settle() {  // finishes every step still waiting for its tokens, in order
-    for (auto& q : pending_)
-      if (!q.done) q.done = finish(std::move(q.sample));
-  }
+  StepOutput finish(stage::StepRunner::PendingSample p);
+  void settle();  // finishes every step still waiting for its tokens, in order
 
   stage::StepRunner runner_;
   double step_timeout_;

@@ -368,14 +368,18 @@ Model::~Model() = default;
 void Model::check_ids(const at::Tensor& ids, const std::vector<int64_t>& skip) const {
   const at::Tensor c = ids.contiguous();
   const int64_t* v = c.data_ptr<int64_t>();
-  const int64_t vocab = desc_.config.vocab_size;
-  size_t k = 0;
-  for (int64_t r = 0; r < c.numel(); ++r) {
-    if (k < skip.size() && skip[k] == r) {
-      ++k;
-      continue;
-    }
-    TORCH_CHECK(v[r] >= 0 && v[r] < vocab, "token id ", v[r], " (row ", r, ") is out of range [0, ", vocab, ")");
+  const uint64_t vocab = static_cast<uint64_t>(desc_.config.vocab_size);
+  // Runs between placeholders, each tested in one branch-free pass (a negative id is a
+  // huge unsigned one); only a run with a bad id is walked again, to name it.
+  int64_t from = 0;
+  for (size_t k = 0; k <= skip.size(); ++k) {
+    const int64_t to = std::min(k < skip.size() ? skip[k] : c.numel(), c.numel());
+    bool bad = false;
+    for (int64_t r = from; r < to; ++r) bad |= static_cast<uint64_t>(v[r]) >= vocab;
+    for (int64_t r = from; bad && r < to; ++r)
+      TORCH_CHECK(static_cast<uint64_t>(v[r]) < vocab, "token id ", v[r], " (row ", r, ") is out of range [0, ", vocab,
+                  ")");
+    from = to + 1;
   }
 }
 

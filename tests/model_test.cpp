@@ -216,6 +216,18 @@ TEST(Model, RejectsOutOfRangeTokensAndOverlongSequences) {
   EXPECT_THROW_WITH(m->forward(at::tensor({1}, at::kLong), Batch{{{0, 64, 1}}}), c10::Error, "past max_seq_len 64");
 }
 
+// Placeholder rows (a fed step's -1s) are passed over; an id between or after them is
+// still named with its row.
+TEST(Model, ChecksIdsAroundPlaceholders) {
+  auto m = load(test::fixture("llama_gqa"), 1);
+  const at::Tensor ok = at::tensor({-1, 5, -1, 255, 0}, at::kLong);
+  EXPECT_NO_THROW(m->check_ids(ok, {0, 2}));
+  EXPECT_THROW_WITH(m->check_ids(ok, {0}), c10::Error, "token id -1 (row 2) is out of range [0, 256)");
+  EXPECT_THROW_WITH(m->check_ids(at::tensor({-1, 5, 300}, at::kLong), {0}), c10::Error, "token id 300 (row 2)");
+  EXPECT_THROW_WITH(m->check_ids(at::tensor({7, -1, 4}, at::kLong), {2}), c10::Error, "token id -1 (row 1)");
+  EXPECT_NO_THROW(m->check_ids(at::tensor({-1, 3}, at::kLong), {0, 9}));  // a skip past the end reads nothing
+}
+
 TEST(Model, AutoDtypeFollowsConfig) {
   auto ck = storage::Checkpoint::open(test::fixture("llama3_tied_bf16"));
   EXPECT_EQ(resolve_dtype("auto", *ck), at::kBFloat16);
