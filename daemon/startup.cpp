@@ -15,7 +15,7 @@
 #include "comm/world.h"
 #include "config/size.h"
 #include "daemon/generate.h"
-#include "stage/worker.h"
+#include "stage/load.h"
 
 namespace cascade::daemon {
 
