@@ -189,7 +189,9 @@ void Model::open_disk_tier(const Placement& p) {
 // tensors are shared. Set `module` before each family.load().
 class Model::Builder {
  public:
-  Builder(Model& m, const Placement& p) : m_(m), p_(p), upload_(DeviceUploader::create(m.opts_.device)) {}
+  Builder(Model& m, const Placement& p) : m_(m), p_(p), upload_(DeviceUploader::create(m.opts_.device)) {
+    if (upload_) upload_->reserve(upload_bytes());
+  }
 
   const ModuleSpec* spec = nullptr;  // the module being built
   int64_t ordinal = -1;              // its streamed-module number, or -1
@@ -232,6 +234,23 @@ class Model::Builder {
   }
 
  private:
+  // Device bytes resident() will upload: every distinct tensor of a module that is
+  // neither streamed nor on disk, in the compute dtype, LLM.int8 modules left out (they
+  // are quantized, not uploaded).
+  uint64_t upload_bytes() const {
+    const LoadOptions& o = m_.opts_;
+    std::set<std::string> seen;
+    uint64_t bytes = 0;
+    for (int64_t i : m_.loaded_) {
+      const ModuleSpec& spec = m_.desc_.modules[i];
+      if (p_.streamed.count(i) || p_.disk.count(i) || (o.int8() && int8_module(spec, o.quantization.skip_modules)))
+        continue;
+      for (const auto& t : spec.tensors)
+        if (seen.insert(t).second) bytes += m_.ck_->info(t).numel() * at::elementSize(o.dtype);
+    }
+    return bytes;
+  }
+
   Int8Layout layout(const std::string& name) const { return int8 ? spec->int8_layout(name) : Int8Layout::kNone; }
 
   // LLM.int8 at load: on the compute device when it is a GPU (the CPU would take ~10x
