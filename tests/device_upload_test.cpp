@@ -93,11 +93,12 @@ TEST(DeviceUploader, TensorsAndFileRangesArriveIntact) {
   EXPECT_THROW_WITH(upload_missing(), std::runtime_error, "missing");
 }
 
-// Many tensors smaller than a chunk share chunks; host sources dropped at once stay
-// alive until read.
+// Many tensors smaller than a chunk share chunks, carved out of one reservation; host
+// sources dropped at once stay alive until read.
 TEST(DeviceUploader, SmallTensorsShareChunksAndDroppedSourcesArrive) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   auto up = DeviceUploader::create(at::Device(at::kCUDA, 0), /*chunk_bytes=*/1 << 16);
+  up->reserve(uint64_t{4} << 20);  // what the uploads take, and more: the rest stays reserved
   std::vector<at::Tensor> want, got;
   for (int i = 0; i < 200; ++i) {
     at::Tensor t = at::randn({1 + (i * 37) % 3000});
