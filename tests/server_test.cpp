@@ -1,5 +1,6 @@
 // The daemon as people run it: `cascade serve` in its own process with real stage
-// processes, spoken to over its real Unix socket.
+// processes, spoken to over its real Unix socket. It is http/session.cpp's test too: a
+// session is only reachable through a socket that serve() listens on.
 #include "daemon/http/server.h"
 
 #include <arpa/inet.h>

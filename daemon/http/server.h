@@ -12,6 +12,8 @@
 // accepting, let in-flight requests finish within shutdown_grace, stop the stages,
 // remove the socket and return 0. A stage failure restarts the stages (Supervisor); one
 // that cannot be recovered stops the daemon the same way and returns 1.
+//
+// Each connection is a session of its own (daemon/http/session.h).
 #pragma once
 
 #include <iosfwd>
