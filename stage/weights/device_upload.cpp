@@ -195,6 +195,8 @@ class CudaUploader : public DeviceUploader {
   size_t chunk_;
   ChunkPacker packer_;
   std::vector<at::Tensor> keep_;  // sources of the chunk being filled
+  // Threads of their own, not LibTorch's intra-op pool, which read at one thread's speed
+  // (5.9 GB/s where 16 threads of pread reach 55 GB/s from the page cache).
   std::unique_ptr<HostStager> readers_;
   cudaStream_t stream_ = nullptr;
   std::array<Slot, 2> slots_;
