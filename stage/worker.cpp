@@ -291,12 +291,11 @@ void serve(const comm::World& w, const Assignment& a, StepRunner& runner, Channe
         await_tokens_or_step(started->sample, *ch.in[i], a.runtime.step_timeout, alive);
         if (!ch.in[i]->has_message()) deliver_started();
       }
-      // A stage about to wait for work reports what it did since its last report (at
-      // most every 20 ms): otherwise the coordinator's figure stays stale while it idles,
-      // and a benchmark's busy share counts its warm-up.
-      if (i == 0 && busy != reported_busy && Clock::now() - reported > std::chrono::milliseconds(20) &&
-          !ch.in[0]->has_message())
-        report(step);
+      // A stage about to wait for work reports what it did since its last report:
+      // otherwise the coordinator's figure stays stale while it idles, and a benchmark's
+      // busy share counts its warm-up. Every time, not at most every few ms: the wait may
+      // have no end, so a report held back here would be the last one of a short run.
+      if (i == 0 && busy != reported_busy && !ch.in[0]->has_message()) report(step);
       // An idle daemon may wait for its next step indefinitely; liveness still applies.
       const int64_t r0 = now_us();
       comm::Message m = ch.in[i]->recv(i == 0 ? kNever : after(a.runtime.step_timeout));
