@@ -62,6 +62,10 @@ struct Model::Placement {
   std::set<std::string> disk_names;      // tensors served from the disk tier
   std::set<std::string> streamed_names;  // tensors copied to the GPU per step
   uint64_t total = 0;                    // stored bytes of every distinct tensor loaded
+  // Device bytes the Builder uploads one by one: every distinct tensor of a module that
+  // is neither streamed nor on disk, in the compute dtype, LLM.int8 modules left out
+  // (they are quantized, not uploaded).
+  uint64_t uploaded = 0;
 };
 
 std::unique_ptr<Model> Model::load(std::shared_ptr<const storage::Checkpoint> ck, const LoadOptions& opts) {
@@ -119,10 +123,14 @@ Model::Placement Model::place() const {
     TORCH_CHECK(opts_.device.is_cpu() || p.streamed.count(i), "disk-tier module ", i, " computed on ",
                 opts_.device.str(), " must be streamed");
   }
-  std::set<std::string> seen;
+  std::set<std::string> seen, uploaded;
   for (int64_t i : loaded_) {
-    for (const auto& t : desc_.modules[i].tensors) {
+    const ModuleSpec& spec = desc_.modules[i];
+    const bool upload = !p.streamed.count(i) && !p.disk.count(i) &&
+                        !(opts_.int8() && int8_module(spec, opts_.quantization.skip_modules));
+    for (const auto& t : spec.tensors) {
       if (seen.insert(t).second) p.total += ck_->info(t).nbytes();
+      if (upload && uploaded.insert(t).second) p.uploaded += ck_->info(t).numel() * at::elementSize(opts_.dtype);
       if (p.disk.count(i)) p.disk_names.insert(t);
       if (p.streamed.count(i)) p.streamed_names.insert(t);
     }
@@ -190,7 +198,7 @@ void Model::open_disk_tier(const Placement& p) {
 class Model::Builder {
  public:
   Builder(Model& m, const Placement& p) : m_(m), p_(p), upload_(DeviceUploader::create(m.opts_.device)) {
-    if (upload_) upload_->reserve(upload_bytes());
+    if (upload_) upload_->reserve(p.uploaded);
   }
 
   const ModuleSpec* spec = nullptr;  // the module being built
@@ -234,23 +242,6 @@ class Model::Builder {
   }
 
  private:
-  // Device bytes resident() will upload: every distinct tensor of a module that is
-  // neither streamed nor on disk, in the compute dtype, LLM.int8 modules left out (they
-  // are quantized, not uploaded).
-  uint64_t upload_bytes() const {
-    const LoadOptions& o = m_.opts_;
-    std::set<std::string> seen;
-    uint64_t bytes = 0;
-    for (int64_t i : m_.loaded_) {
-      const ModuleSpec& spec = m_.desc_.modules[i];
-      if (p_.streamed.count(i) || p_.disk.count(i) || (o.int8() && int8_module(spec, o.quantization.skip_modules)))
-        continue;
-      for (const auto& t : spec.tensors)
-        if (seen.insert(t).second) bytes += m_.ck_->info(t).numel() * at::elementSize(o.dtype);
-    }
-    return bytes;
-  }
-
   Int8Layout layout(const std::string& name) const { return int8 ? spec->int8_layout(name) : Int8Layout::kNone; }
 
   // LLM.int8 at load: on the compute device when it is a GPU (the CPU would take ~10x

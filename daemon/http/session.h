@@ -18,12 +18,13 @@
 #include "daemon/http/api.h"
 #include "daemon/http/metrics.h"
 #include "daemon/scheduler.h"
-#include "daemon/supervisor.h"
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/http/chat_prompt.h"
 #endif
 
 namespace cascade::daemon {
+
+class Supervisor;
 
 // A connection as the pending list sees it: one that can be dropped to make room.
 class EvictableConnection {

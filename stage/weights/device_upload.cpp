@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <deque>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -107,7 +106,7 @@ class CudaUploader : public DeviceUploader {
 
   void finish() override {
     if (!packer_.empty()) submit(packer_.take(), std::exchange(keep_, {}));
-    while (!reading_.empty()) copy_out(reading_.front());
+    while (Slot* s = oldest_reading()) copy_out(s);
     const auto t0 = Clock::now();
     check(cudaStreamSynchronize(stream_), "finishing the weight upload");
     stats_.finish_s += seconds_since(t0);
@@ -144,9 +143,8 @@ class CudaUploader : public DeviceUploader {
   // has been read and its DMA has finished. Chunks are copied out in the order read.
   void submit(std::vector<StagedPiece> pieces, std::vector<at::Tensor> keep) {
     Slot& s = slots_[next_];
-    next_ = (next_ + 1) % slots_.size();
-    while (!reading_.empty() && readers_->done(reading_.front()->ticket)) copy_out(reading_.front());
-    while (s.ticket != 0) copy_out(reading_.front());
+    for (Slot* o = oldest_reading(); o && readers_->done(o->ticket); o = oldest_reading()) copy_out(o);
+    while (s.ticket != 0) copy_out(oldest_reading());
     auto t0 = Clock::now();
     check(cudaEventSynchronize(s.done), "waiting for a staging buffer");
     stats_.dma_wait_s += seconds_since(t0);
@@ -161,7 +159,17 @@ class CudaUploader : public DeviceUploader {
     }
     s.pieces = std::move(pieces);
     s.keep = std::move(keep);
-    reading_.push_back(&s);
+    next_ = (next_ + 1) % slots_.size();
+  }
+
+  // The slot whose chunk was handed to the readers longest ago and not yet copied out,
+  // or null. Slots are filled round robin, so it is the first with a ticket from next_.
+  Slot* oldest_reading() {
+    for (size_t k = 0; k < slots_.size(); ++k) {
+      Slot& s = slots_[(next_ + k) % slots_.size()];
+      if (s.ticket != 0) return &s;
+    }
+    return nullptr;
   }
 
   // Waits until `s` is read, then queues its pieces' DMA.
@@ -178,7 +186,6 @@ class CudaUploader : public DeviceUploader {
     s->ticket = 0;
     s->pieces.clear();
     s->keep.clear();
-    reading_.pop_front();
   }
 
   using Clock = std::chrono::steady_clock;
@@ -200,8 +207,7 @@ class CudaUploader : public DeviceUploader {
   std::unique_ptr<HostStager> readers_;
   cudaStream_t stream_ = nullptr;
   std::array<Slot, 2> slots_;
-  size_t next_ = 0;
-  std::deque<Slot*> reading_;  // slots with a ticket, oldest first
+  size_t next_ = 0;  // the slot the next chunk goes into
 };
 
 }  // namespace
