@@ -58,6 +58,13 @@ float widen(const typename ElemOf<WT>::type* w, int64_t k) {
   return static_cast<float>(w[k]);
 }
 
+// Asks for the cache line at `addr` (an integer: it may lie past the weights) into L2,
+// not L1 (locality 2, PREFETCHT1 on x86). One thread, bfloat16 GEMV on an Intel Xeon
+// (Emerald Rapids) VM, 2026-12-07, % of the read bound: [4096, 768] 47-58% into L1
+// (PREFETCHNTA) -> 82-100% into L2; [6912, 2560] 40-45% -> 94-102%; int8 rows 38-55% ->
+// 65-84%. The same for PREFETCHT2; PREFETCHT0 (L1) 83-98% / 60-77%.
+inline void prefetch_weights(uintptr_t addr) { __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 2); }
+
 // A tile's R x G float sums, in registers, set to zero.
 template <class V, int R, int G>
 void zero_sums(typename V::reg (&acc)[R][G]) {
@@ -93,8 +100,11 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
   const int64_t K = a.K, full = K - K % kStep;
   // The next tile's rows at this k, a cache line (32 weights) at a time: rows of a few
   // KB are short streams that the hardware prefetchers pick up late (one thread, K = 768,
-  // cpu_gemv_bench on the development VM, 2026-12-06: AVX2 42-57% -> 74-91% of the read
-  // bound, AVX-512 pairs 47-66% -> 70-89%). A prefetch is a hint: no fault, no result.
+  // cpu_gemv_bench on an AMD Zen 5 VM, 2026-12-06: AVX2 42-57% -> 74-91% of the read
+  // bound, AVX-512 pairs 47-66% -> 70-89%). Into L2 (prefetch_weights): a prefetch into
+  // L1 holds one of its few fill buffers until the line arrives, and that capped an
+  // Intel Xeon (Emerald Rapids) VM at ~16 lines in flight, half its read rate.
+  // A prefetch is a hint: no fault, no result.
   // Past the block's last row the address may lie outside the weights: formed as an
   // integer (no pointer past its object), and a prefetch of it neither faults nor reads.
   const uintptr_t row_bytes = 2 * a.ldw, next = reinterpret_cast<uintptr_t>(w) + R * row_bytes;
@@ -107,7 +117,7 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
     }
     if (k % 32 == 0) {
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) __builtin_prefetch(reinterpret_cast<const void*>(next + r * row_bytes + 2 * k), 0, 0);
+      for (int r = 0; r < R; ++r) prefetch_weights(next + r * row_bytes + 2 * k);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -140,7 +150,7 @@ void dot_tile_bf16(const DotArgs& a, int r0, int t0) {
     for (int g = 0; g < G; ++g) xv[g] = V::load_bh(x + g * a.ldx + k);
     if (k % 32 == 0) {  // the next tile's rows, as dot_tile_pairs does
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) __builtin_prefetch(reinterpret_cast<const void*>(next + r * row_bytes + 2 * k), 0, 0);
+      for (int r = 0; r < R; ++r) prefetch_weights(next + r * row_bytes + 2 * k);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -177,8 +187,7 @@ void dot_tile(const DotArgs& a, int r0, int t0) {
     // float32 rows, twice as long, gained nothing in the bench).
     if (sizeof(E) < 4 && k % kLine == 0) {
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
-        __builtin_prefetch(reinterpret_cast<const void*>(next + r * row_bytes + sizeof(E) * k), 0, 0);
+      for (int r = 0; r < R; ++r) prefetch_weights(next + r * row_bytes + sizeof(E) * k);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
