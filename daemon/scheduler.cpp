@@ -4,6 +4,8 @@
 #include <random>
 #include <set>
 
+#include "daemon/stop_strings.h"
+
 #ifdef CASCADE_WITH_TOKENIZER
 #include "daemon/tokenizer/tokenizer.h"
 #endif
@@ -138,28 +140,11 @@ void Scheduler::admit() {
   }
 }
 
-// Sends the text that is safe to send: all of it when final, else all but a tail that
-// could still grow into a stop sequence. Finds stop sequences, cutting the text there.
+// Sends the text that is safe to send (scan_stops), and finishes the sequence where a
+// stop sequence begins, cutting the text there.
 void Scheduler::emit(Seq& s, bool final) {
-  const auto& stops = s.job.request.stop;
-  size_t cut = std::string::npos;
-  for (const auto& st : stops) {
-    const size_t from = s.emitted > st.size() ? s.emitted - st.size() : 0;
-    const size_t p = s.text.find(st, from);
-    if (p != std::string::npos) cut = std::min(cut, p);
-  }
-  size_t safe = s.text.size();
-  if (cut != std::string::npos) {
-    safe = cut;
-  } else if (!final) {
-    for (const auto& st : stops)
-      for (size_t k = std::min(st.size() - 1, s.text.size()); k > 0; --k)
-        if (s.text.compare(s.text.size() - k, k, st, 0, k) == 0) {
-          safe = std::min(safe, s.text.size() - k);
-          break;
-        }
-  }
-  safe = std::max(safe, s.emitted);
+  const StopScan scan = scan_stops(s.text, s.emitted, s.job.request.stop, final);
+  const size_t safe = scan.safe, cut = scan.cut;
   Delta d;
   d.index = s.index;
   d.ids.assign(s.out.begin() + static_cast<std::ptrdiff_t>(s.ids_emitted), s.out.end());
