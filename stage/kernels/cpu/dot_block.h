@@ -58,11 +58,13 @@ float widen(const typename ElemOf<WT>::type* w, int64_t k) {
   return static_cast<float>(w[k]);
 }
 
-// Asks for the cache line at `addr` (an integer: it may lie past the weights) into L2,
-// not L1 (locality 2, PREFETCHT1 on x86). One thread, bfloat16 GEMV on an Intel Xeon
-// (Emerald Rapids) VM, 2026-12-07, % of the read bound: [4096, 768] 47-58% into L1
-// (PREFETCHNTA) -> 82-100% into L2; [6912, 2560] 40-45% -> 94-102%; int8 rows 38-55% ->
-// 65-84%. The same for PREFETCHT2; PREFETCHT0 (L1) 83-98% / 60-77%.
+// Asks for the cache line at `addr` (an integer: it may lie past the weights) into L2
+// and outward, not into L1 (locality 2, PREFETCHT1 on x86). One thread, bfloat16 GEMV on
+// an Intel Xeon (Emerald Rapids) VM, 2026-12-07, % of the read bound: [4096, 768] 47-58%
+// with PREFETCHNTA (what this was) -> 82-100%; [6912, 2560] 40-45% -> 94-102%; int8 rows
+// 34-55% -> 65-87%. PREFETCHT2 did as well, PREFETCHT0 a little worse. Likely why, not
+// counted: NTA brings the line close to the core only, so one evicted before its tile
+// reaches it (8 rows of 5 KB against a 48 KB L1) is read from memory again.
 inline void prefetch_weights(uintptr_t addr) { __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 2); }
 
 // A tile's R x G float sums, in registers, set to zero.
@@ -101,9 +103,7 @@ void dot_tile_pairs(const DotArgs& a, int r0, int t0) {
   // The next tile's rows at this k, a cache line (32 weights) at a time: rows of a few
   // KB are short streams that the hardware prefetchers pick up late (one thread, K = 768,
   // cpu_gemv_bench on an AMD Zen 5 VM, 2026-12-06: AVX2 42-57% -> 74-91% of the read
-  // bound, AVX-512 pairs 47-66% -> 70-89%). Into L2 (prefetch_weights): a prefetch into
-  // L1 holds one of its few fill buffers until the line arrives, and that capped an
-  // Intel Xeon (Emerald Rapids) VM at ~16 lines in flight, half its read rate.
+  // bound, AVX-512 pairs 47-66% -> 70-89%), into L2 (prefetch_weights says why).
   // A prefetch is a hint: no fault, no result.
   // Past the block's last row the address may lie outside the weights: formed as an
   // integer (no pointer past its object), and a prefetch of it neither faults nor reads.
