@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <vector>
 
 #include "stage/kernels/ops.h"
 
@@ -150,14 +151,24 @@ TEST(CpuGemvBound, ReadBandwidthIsMeasured) {
 
 TEST_P(CpuGemv, ThreadCountDoesNotChangeTheResult) {
   at::manual_seed(4);
-  const at::Tensor w = at::randn({300, 512}).to(at::kBFloat16), x = at::randn({1, 512}).to(at::kBFloat16);
+  // 8 MiB of bf16 rows, a ragged last block: past one task, so the rows are handed out
+  // to threads in runs; a block skipped or summed twice into another's rows differs.
+  const at::Tensor w = at::randn({4099, 1024}).to(at::kBFloat16), gate = at::randn({2051, 1024}).to(at::kBFloat16);
+  const at::Tensor q = at::randint(-127, 128, {4099, 1024}).to(at::kChar), scale = at::rand({4099}).add_(0.01);
   const int before = at::get_num_threads();
-  at::set_num_threads(1);
-  const at::Tensor one = cpu_linear(x, w, {});
-  at::set_num_threads(2);
-  const at::Tensor two = cpu_linear(x, w, {});
+  for (const int64_t tokens : {1, 5, 17}) {
+    const at::Tensor x = at::randn({tokens, 1024}).to(at::kBFloat16);
+    std::vector<at::Tensor> by_threads[2];
+    for (const int threads : {1, 4}) {
+      at::set_num_threads(threads);
+      by_threads[threads == 4].push_back(cpu_linear(x, w, {}));
+      by_threads[threads == 4].push_back(cpu_gated_linear(x, gate, gate.flip(0).contiguous(), 0));
+      by_threads[threads == 4].push_back(cpu_int8_linear(x, q, scale));
+    }
+    for (size_t i = 0; i < by_threads[0].size(); ++i)  // each row is summed by one thread, in one order
+      EXPECT_TRUE(at::equal(by_threads[0][i], by_threads[1][i])) << "product " << i << ", " << tokens << " tokens";
+  }
   at::set_num_threads(before);
-  EXPECT_TRUE(at::equal(one, two));  // each row is summed by one thread, in one order
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryIsaThisCpuRuns, CpuGemv, ::testing::ValuesIn(cpu_gemv_isas()),
