@@ -258,7 +258,7 @@ TEST(Cluster, SampledTokensMatchToo) {
 // (comm::SeqEntry::fed): `generate` submits a sequence's next step before this one's
 // tokens return, and the stage starts it while they do. Tokens and logits equal the
 // one-process run whose steps carry their ids (CASCADE_DECODE_AHEAD=0): greedy and
-// sampled, on one stage (its one hop overlaps steps), on that stage loaded in the
+// sampled, on one stage (its one hop may overlap steps), on that stage loaded in the
 // generate process (LocalExecutor reads tokens back in next()), and on a route that
 // returns to its first stage for the head (two hops there), and when one sequence stops
 // at EOS while the other goes on (its step past EOS is dropped).
@@ -297,11 +297,14 @@ TEST(Cluster, FedStepsMatchStepsThatCarryTheirIds) {
       EXPECT_EQ(r.out.find("in this process") != std::string::npos, here) << r.out;
       // Time to ready in its parts: to main(), then planning.
       EXPECT_NE(r.out.find("reading the config and planning"), std::string::npos) << r.out;
-      // One stage overlaps greedy steps (the next one is sent early and arrives while it
-      // computes); tokens sampled on the host, or a stage of two hops, finish each step
-      // first.
+      // Tokens sampled on the host, or a stage of two hops, finish each step first. One
+      // stage may overlap greedy steps, where the next one arrives while it computes: a
+      // race on a CPU stage whose step takes microseconds (it lost 1 run in 2 on a 2-core
+      // VM, 2026-12-07), so asserted only on the GPU (FedStepsOnTheGpu... below).
       const bool overlapped = r.out.find("started while the one before returned its tokens") != std::string::npos;
-      EXPECT_EQ(overlapped, where == "one stage" && extra.find("temperature") == std::string::npos) << extra << r.out;
+      if (where != "one stage" || extra.find("temperature") != std::string::npos) {
+        EXPECT_FALSE(overlapped) << extra << r.out;
+      }
     }
   }
 }
