@@ -36,15 +36,24 @@ double cpu_seconds(const PlanRequest& r, const ModuleInfo& m, bool beside_copies
 class StreamTimeline {
  public:
   StreamTimeline(const PlanRequest& r, size_t streamed)
-      : r_(r), started_(streamed, 0.0), buffer_free_(static_cast<size_t>(r.staging_buffer_count()), 0.0) {}
+      : r_(r),
+        started_(streamed, 0.0),
+        copied_(streamed, false),
+        buffer_free_(static_cast<size_t>(r.staging_buffer_count()), 0.0) {}
 
   // Streamed module number k (route order) of `bytes` from `tier`, wanted by the GPU at
   // `t`: returns when it starts computing.
   double start(size_t k, double bytes, const DeviceName& tier, double t) {
-    double copy_from = std::max(copy_issue_, copy_end_);
+    const size_t n = started_.size(), slots = static_cast<size_t>(r_.stream_slot_count());
+    if (n <= slots && copied_[k]) return started_[k] = t;  // still in its slot from the step before
+    copied_[k] = true;
+    // Its slot is free once the module `slots` places before it has computed, taken as
+    // when the one after that starts (with two slots: the module before k).
+    const size_t ahead = std::min(slots - 1, n - 1);
+    double copy_from = std::max(ahead > 0 ? started_[(k + n - ahead) % n] : 0.0, copy_end_);
     if (tier.kind == Kind::kDisk) {
       // The module `back` places before k (cyclically) is the first whose start stages k.
-      const size_t n = started_.size(), back = std::min(buffer_free_.size(), n - 1);
+      const size_t back = std::min(buffer_free_.size(), n - 1);
       const double staged_from = started_[(k + n - back) % n];
       double& buffer = *std::min_element(buffer_free_.begin(), buffer_free_.end());
       read_end_ = std::max({read_end_, staged_from, buffer}) + bytes / r_.disk_read;
@@ -54,17 +63,15 @@ class StreamTimeline {
     } else {
       copy_end_ = copy_from + bytes / r_.pinned_h2d;
     }
-    copy_issue_ = std::max(t, copy_end_);
-    started_[k] = copy_issue_;
-    return copy_issue_;
+    return started_[k] = std::max(t, copy_end_);
   }
 
  private:
   const PlanRequest& r_;
   double copy_end_ = 0;              // the copy engine's last copy
-  double copy_issue_ = 0;            // when the streamed module before started computing
   double read_end_ = 0;              // the readers' last read
   std::vector<double> started_;      // per streamed module: when it last started computing
+  std::vector<bool> copied_;         // per streamed module: copied in an earlier step
   std::vector<double> buffer_free_;  // per staging buffer: when its last copy ended
 };
 
@@ -81,7 +88,8 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
     for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i)
       n_streamed += streamed(p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device, i);
   StreamTimeline stream(r, std::max<size_t>(n_streamed, 1));
-  double host_bytes = 0;  // one step's reads of host memory, by CPU stages and by streaming copies
+  double host_bytes = 0;    // one step's reads of host memory, by CPU stages and by streaming copies
+  double stream_bytes = 0;  // one step's streamed bytes
   double t = 0, first_end = 0;
   for (int step = 0; step < 2; ++step) {
     size_t next_streamed = 0;
@@ -99,7 +107,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
         } else if (tier.is_gpu()) {
           t += w / r.gpu_compute;
         } else {
-          if (step == 0) host_bytes += w;
+          if (step == 0) host_bytes += w, stream_bytes += w;
           t = stream.start(next_streamed++, w, tier, t) + w / r.gpu_compute;
         }
       }
@@ -107,7 +115,10 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
     t += kHopSeconds;  // the logits back to the coordinator
     if (step == 0) first_end = t;
   }
-  return std::max(t - first_end, r.host_read > 0 ? host_bytes / r.host_read : 0.0);
+  // Copies that run ahead into the next step fall outside the second step's span, but
+  // one copy engine moves every streamed byte each step (unless all stay in the slots).
+  const double copies = n_streamed > static_cast<size_t>(r.stream_slot_count()) ? stream_bytes / r.pinned_h2d : 0.0;
+  return std::max({t - first_end, copies, r.host_read > 0 ? host_bytes / r.host_read : 0.0});
 }
 
 }  // namespace cascade::planner

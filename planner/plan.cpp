@@ -80,8 +80,8 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   uint64_t largest_module = 0;
   for (const auto& m : mods) largest_module = std::max(largest_module, m.weight_bytes());
   // Fill once; if anything is offloaded while offload_compute streams to a GPU (or the
-  // fill failed with that GPU full), fill again with two copies of the largest module
-  // reserved there (its double buffer) and the KV cache of every layer on it; if that
+  // fill failed with that GPU full), fill again with stream_slots copies of the largest
+  // module reserved there (its slots) and the KV cache of every layer on it; if that
   // fill puts modules on the disk tier, once more with the host's pinned staging
   // buffers reserved on the offload CPU (the stream reads disk-tier modules into them).
   const auto offloaded = [&] {
@@ -95,7 +95,7 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   bool host_staging = false;
   const auto reserve = [&](Ledger& ledger, int pass) {
     if (pass == 0) return;
-    ledger.reserve_staging(*ledger.offload_gpu(), 2 * largest_module);
+    ledger.reserve_staging(*ledger.offload_gpu(), static_cast<uint64_t>(r.stream_slot_count()) * largest_module);
     ledger.precharge_kv(*ledger.offload_gpu());
     if (host_staging) ledger.reserve_staging(ledger.last_cpu(), host_staging_bytes(r, largest_module));
   };
@@ -182,11 +182,12 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
       l.compute_on_cpu(i);
     }
   }
-  // Staging actually needed: two copies of the largest streamed module on the GPU, and
+  // Staging actually needed: a slot per stream_slots of the largest streamed module on
+  // the GPU, and
   // where a streamed module lies on the disk tier the host's pinned staging buffers
   // (never more than the fill reserved).
   if (l.offload_gpu()) {
-    l.usage()[l.offload_gpu()->str()].staging = 2 * largest_streamed;
+    l.usage()[l.offload_gpu()->str()].staging = static_cast<uint64_t>(r.stream_slot_count()) * largest_streamed;
     if (staged || l.usage().count(l.last_cpu().str()))
       l.usage()[l.last_cpu().str()].staging = staged ? host_staging_bytes(r, largest_streamed) : 0;
   }

@@ -115,6 +115,10 @@ struct PlanRequest {
   int staging_buffers = 4;     // pinned buffers the disk tier is read ahead into (WeightStream's)
   // The staging buffers a stream holds: staging_buffers, at least one.
   int staging_buffer_count() const { return staging_buffers > 1 ? staging_buffers : 1; }
+  // Device slots the offload GPU streams modules through (WeightStream's), each the size
+  // of the largest streamed module: a copy runs up to stream_slots - 1 modules ahead.
+  int stream_slots = 2;
+  int stream_slot_count() const { return stream_slots > 2 ? stream_slots : 2; }
   double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
   double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
   // cpu_compute while pinned copies to a GPU run beside it (`cascade calibrate` measures
@@ -138,7 +142,7 @@ struct DeviceUsage {
   uint64_t weights = 0;
   uint64_t kv = 0;
   uint64_t activations = 0;
-  uint64_t staging = 0;  // streaming double buffers, disk read-ahead
+  uint64_t staging = 0;  // streaming slots (GPU), disk read-ahead buffers (host)
   uint64_t total() const { return weights + kv + activations + staging; }
 };
 
@@ -185,16 +189,19 @@ Plan make_plan(const PlanRequest& req);
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
 // its FLOPs over cpu_flops, whichever is longer (a disk-tier one at least its bytes over
 // disk_read; in a step that streams, at cpu_compute_shared); a streamed module waits for
-// its copy, which starts once the streamed module
-// before it starts computing (the double buffer's other slot is then free) and after that
-// module's copy (one copy engine), so copies overlap the CPU stage's compute between them.
+// its copy, which starts once the streamed module stream_slots - 1 places before it
+// starts computing (its slot is then free: with two slots, the module before) and after
+// the copy before (one copy engine), so copies overlap the CPU stage's compute between
+// them; where every streamed module fits the slots at once, each is copied only once.
 // A disk-tier module's copy also waits for its read into a staging buffer: the readers
 // read one module at a time, into a buffer whose last copy has ended, once the streamed
 // module staging_buffers places before it has started computing (WeightStream reads that
 // far ahead). Each hop between stages costs kHopSeconds.
 // The second of two simulated steps is returned (the first has no copy in flight), or,
-// where host_read is set and longer, the step's host bytes (read by the CPU stages or
-// streamed from RAM) over host_read: the two sides share one memory bus.
+// where longer, the step's streamed bytes over pinned_h2d (copies that ran ahead into
+// the next step fall outside its span, yet one copy engine moves them all), or, where
+// host_read is set, the step's host bytes (read by the CPU stages or streamed from RAM)
+// over host_read: the two sides share one memory bus.
 double predicted_step_seconds(const PlanRequest& req, const Plan& p);
 constexpr double kHopSeconds = 50e-6;  // one activation hop at batch 1 (an estimate)
 

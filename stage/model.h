@@ -52,7 +52,7 @@ struct LoadOptions {
   // are paged in one module ahead of use (storage::DiskTier; CPU compute only).
   std::vector<int64_t> disk_modules;
   // Modules computed on a CUDA `device` whose weights stay in host memory (pinned; disk-
-  // tier ones mapped) and are copied in for each step through a double buffer
+  // tier ones mapped) and are copied in for each step through the GPU slots
   // (stage/weights/weight_stream.h). Every disk module of a CUDA model must be one.
   std::vector<int64_t> streamed_modules;
   std::string offload_folder = "offload";

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <tuple>
+
 #include "planner/plan.h"
 #include "tests/plan_models.h"
 
@@ -80,6 +83,75 @@ TEST(CostModel, OverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
 
 // Where the CPU computes beside a weight stream, its modules cost their bytes over the
 // rate measured beside copies; with nothing streamed, over the rate alone.
+// A hybrid whose CPU modules each take as long as three copies: with two slots only the
+// next streamed module copies while the CPU computes one, so copies and CPU compute
+// mostly add up; with four the copies run three modules ahead, through the CPU's
+// modules, and the step nears the longer of the two.
+TEST(CostModel, MoreSlotsLetCopiesRunThroughTheCpuModules) {
+  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 0.75;
+  r.pinned_h2d = 1e9;
+  r.gpu_compute = 1e15;
+  r.cpu_compute = 1e9 / 3;
+  const auto step_and_sides = [&](int slots) {
+    r.stream_slots = slots;
+    const Plan p = make_plan(r);
+    double copies = 0, cpu = 0;  // seconds of each side's modules, alone
+    for (size_t k = 0; k < p.route_segments.size(); ++k) {
+      const bool on_gpu = p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device.is_gpu();
+      for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i) {
+        const auto& m = r.model.modules[static_cast<size_t>(i)];
+        if (p.module_device[static_cast<size_t>(i)].is_gpu() || m.kind == ModuleKind::kEmbedding) continue;
+        (on_gpu ? copies : cpu) += static_cast<double>(m.weight_bytes()) / (on_gpu ? r.pinned_h2d : r.cpu_compute);
+      }
+    }
+    return std::make_tuple(p.predicted_step_s, copies, cpu);
+  };
+  const auto [two, copies2, cpu2] = step_and_sides(2);
+  const auto [four, copies4, cpu4] = step_and_sides(4);
+  ASSERT_GT(copies2, 0);
+  ASSERT_GT(cpu2, 0);
+  EXPECT_GT(two, 0.8 * (copies2 + cpu2)) << copies2 << " s of copies, " << cpu2 << " s of CPU";
+  EXPECT_LT(four, 1.2 * std::max(copies4, cpu4)) << copies4 << " s of copies, " << cpu4 << " s of CPU";
+  EXPECT_LT(four, two);
+}
+
+// Streamed modules that all fit the slots at once (a hybrid that streams few) are
+// copied once, then stay: the step costs the CPU's modules only, though each copy
+// would take ~0.1 s. More than the slots are copied every step: the copy engine's total
+// sets the step (the CPU's modules take no time here).
+TEST(CostModel, ModulesThatFitTheSlotsAreCopiedOnce) {
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu+cuda:0";
+  r.pinned_h2d = 1e9;
+  r.gpu_compute = 1e15;
+  r.cpu_compute = 1e12;  // the CPU's modules take no time
+  r.stream_slots = 3;
+  for (const double share : {0.2, 0.6}) {
+    r.streamed_share = share;
+    const Plan p = make_plan(r);
+    int streamed = 0;
+    double copies = 0;  // seconds
+    for (size_t k = 0; k < p.route_segments.size(); ++k)
+      if (p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device.is_gpu())
+        for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i)
+          if (!p.module_device[static_cast<size_t>(i)].is_gpu()) {
+            ++streamed;
+            copies += static_cast<double>(r.model.modules[static_cast<size_t>(i)].weight_bytes()) / r.pinned_h2d;
+          }
+    if (share < 0.5) {
+      EXPECT_GE(streamed, 1);
+      EXPECT_LE(streamed, 3);
+      EXPECT_LT(p.predicted_step_s, 0.01) << streamed << " streamed";
+    } else {  // more than the slots: each copied every step
+      EXPECT_GT(streamed, 3);
+      EXPECT_GE(p.predicted_step_s, copies) << streamed << " streamed";
+      EXPECT_LT(p.predicted_step_s, 1.05 * copies) << streamed << " streamed";
+    }
+  }
+}
+
 TEST(CostModel, SlowsTheCpuBesideCopies) {
   PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
   r.offload_compute = "cpu+cuda:0";

@@ -1,12 +1,16 @@
-// WeightStream: the double buffer that streams offloaded layers to a GPU. Without a GPU
-// only the factory's contract is checked; with one, three modules through two slots.
+// WeightStream: the device slots that stream offloaded layers to a GPU. Without a GPU
+// only the factory's contract and the environment's settings are checked; with one,
+// five modules through 2, 3 and 4 slots and three through 4.
 #include "stage/weights/weight_stream.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "tests/test_util.h"
 
@@ -30,23 +34,50 @@ TEST(WeightStream, ReaderThreadsFollowTheCoresAndTheEnvironment) {
   ::unsetenv("CASCADE_STREAM_READERS");
 }
 
-TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
+// Device slots: 2 unless CASCADE_STREAM_SLOTS says otherwise (2 to 8).
+TEST(WeightStream, SlotsFollowTheEnvironment) {
+  ::unsetenv("CASCADE_STREAM_SLOTS");
+  EXPECT_EQ(WeightStream::slots(), 2);
+  ::setenv("CASCADE_STREAM_SLOTS", "3", 1);
+  EXPECT_EQ(WeightStream::slots(), 3);
+  ::setenv("CASCADE_STREAM_SLOTS", "1", 1);
+  EXPECT_EQ(WeightStream::slots(), 2);
+  ::setenv("CASCADE_STREAM_SLOTS", "99", 1);
+  EXPECT_EQ(WeightStream::slots(), 8);
+  ::unsetenv("CASCADE_STREAM_SLOTS");
+}
+
+// (slots, modules). Across the end of the order, neighbours share a slot where the
+// count is not a multiple of the slots (modules 4 and 0 with two or four slots, 3 and 0
+// with three, 2 and 0 with two); three modules in four slots stay there after their
+// first copy.
+class Slots : public ::testing::TestWithParam<std::pair<int, int>> {};
+INSTANTIATE_TEST_SUITE_P(Counts, Slots,
+                         ::testing::Values(std::make_pair(2, 5), std::make_pair(3, 5), std::make_pair(4, 5),
+                                           std::make_pair(4, 3), std::make_pair(2, 3)));
+
+TEST_P(Slots, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  const auto [slots, modules] = GetParam();
+  ::setenv("CASCADE_STREAM_SLOTS", std::to_string(slots).c_str(), 1);
   auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 4096);
+  ::unsetenv("CASCADE_STREAM_SLOTS");
   ASSERT_NE(ws, nullptr);
   std::vector<at::Tensor> host, views;
-  for (int64_t k = 0; k < 3; ++k) {  // modules 0 and 2 share slot 0
+  for (int64_t k = 0; k < modules; ++k) {
     host.push_back(at::full({16, 8}, static_cast<float>(k + 1)).pin_memory());
     views.push_back(ws->add(k, host.back()));
   }
-  EXPECT_EQ(ws->host_bytes(), 3u * 16 * 8 * 4);
-  EXPECT_EQ(views[0].data_ptr(), views[2].data_ptr());  // one slot, two modules
-  // Steps 0-2 prefetch the next module while one computes; steps 3-5 hold it back until
-  // prefetch() (a hybrid offload: every streamed module ends its stage's hop); 6-7 never
-  // call prefetch(), so acquire copies each module itself.
+  EXPECT_EQ(ws->host_bytes(), static_cast<uint64_t>(modules) * 16 * 8 * 4);
+  for (int64_t k = 0; k + slots < modules; ++k)  // one slot, two modules
+    EXPECT_EQ(views[static_cast<size_t>(k)].data_ptr(), views[static_cast<size_t>(k + slots)].data_ptr());
+  EXPECT_NE(views[0].data_ptr(), views[1].data_ptr());
+  // Steps 0-2 prefetch the next modules while one computes; steps 3-5 hold them back
+  // until prefetch() (a hybrid offload: every streamed module ends its stage's hop); 6-7
+  // never call prefetch(), so acquire copies each module itself.
   for (int step = 0; step < 8; ++step) {
     const bool ahead = step < 3;
-    for (int64_t k = 0; k < 3; ++k) {
+    for (int64_t k = 0; k < modules; ++k) {
       ws->acquire(k, ahead);
       const at::Tensor seen = (views[static_cast<size_t>(k)] * 1).cpu();  // a kernel on the compute stream
       ws->release(k, ahead);
@@ -54,7 +85,7 @@ TEST(WeightStream, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
       EXPECT_TRUE(at::equal(seen, host[static_cast<size_t>(k)])) << "step " << step << " module " << k;
     }
   }
-  EXPECT_THROW(ws->add(3, at::zeros({2048}).pin_memory()), c10::Error);  // 8 KiB: more than a slot
+  EXPECT_THROW(ws->add(modules, at::zeros({2048}).pin_memory()), c10::Error);  // 8 KiB: more than a slot
 }
 
 // A streamed module that adds no tensor of its own (its weights are all resident) still

@@ -22,6 +22,10 @@ int WeightStream::staging_buffers() {
   return static_cast<int>(std::clamp(config::env_int("CASCADE_STAGING_BUFFERS").value_or(4), 2L, 8L));
 }
 
+int WeightStream::slots() {
+  return static_cast<int>(std::clamp(config::env_int("CASCADE_STREAM_SLOTS").value_or(2), 2L, 8L));
+}
+
 int WeightStream::reader_threads() {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::clamp(cores - 1, 1u, 16u));
@@ -39,10 +43,17 @@ constexpr cudaStream_t kCompute = nullptr;
 
 class CudaWeightStream : public WeightStream {
  public:
-  CudaWeightStream(at::Device device, uint64_t slot_bytes) : device_(device), slot_bytes_(slot_bytes) {
+  CudaWeightStream(at::Device device, uint64_t slot_bytes)
+      : device_(device),
+        slot_bytes_(slot_bytes),
+        slots_(WeightStream::slots()),
+        slot_(static_cast<size_t>(slots_)),
+        copied_(static_cast<size_t>(slots_), nullptr),
+        freed_(static_cast<size_t>(slots_), nullptr),
+        loaded_(static_cast<size_t>(slots_), -1) {
     check(cudaSetDevice(device.index()), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate");
-    for (int s = 0; s < 2; ++s) {
+    for (size_t s = 0; s < slot_.size(); ++s) {
       slot_[s] = at::empty({static_cast<int64_t>(slot_bytes)}, at::TensorOptions().dtype(at::kByte).device(device));
       check(cudaEventCreateWithFlags(&copied_[s], cudaEventDisableTiming), "cudaEventCreate");
       check(cudaEventCreateWithFlags(&freed_[s], cudaEventDisableTiming), "cudaEventCreate");
@@ -51,9 +62,9 @@ class CudaWeightStream : public WeightStream {
   ~CudaWeightStream() override {
     stager_.reset();  // joins the readers (a queued job may wait on an event below)
     cudaStreamSynchronize(copy_);
-    for (int s = 0; s < 2; ++s) {
-      cudaEventDestroy(copied_[s]);
-      cudaEventDestroy(freed_[s]);
+    for (size_t s = 0; s < slot_.size(); ++s) {
+      if (copied_[s]) cudaEventDestroy(copied_[s]);
+      if (freed_[s]) cudaEventDestroy(freed_[s]);
     }
     for (Staging& st : staging_)
       if (st.dma_done) cudaEventDestroy(st.dma_done);
@@ -68,7 +79,7 @@ class CudaWeightStream : public WeightStream {
     const uint64_t n = static_cast<uint64_t>(src.numel()) * src.element_size();
     TORCH_CHECK(m.used + n <= slot_bytes_, "streamed module ", k, " needs more than its slot of ", slot_bytes_,
                 " bytes");
-    at::Tensor view = slot_[k % 2]
+    at::Tensor view = slot_[slot_of(k)]
                           .narrow(0, static_cast<int64_t>(m.used), static_cast<int64_t>(n))
                           .view(src.scalar_type())
                           .view(src.sizes());
@@ -76,7 +87,8 @@ class CudaWeightStream : public WeightStream {
     // the same offset as in the slot.
     const bool staged = !file.empty() || !src.is_pinned();
     if (staged) start_staging();
-    m.pieces.push_back({src, static_cast<char*>(slot_[k % 2].data_ptr()) + m.used, n, staged, m.used, file, offset});
+    m.pieces.push_back(
+        {src, static_cast<char*>(slot_[slot_of(k)].data_ptr()) + m.used, n, staged, m.used, file, offset});
     m.staged = m.staged || staged;
     m.used += (n + kAlign - 1) / kAlign * kAlign;
     host_bytes_ += n;
@@ -90,13 +102,13 @@ class CudaWeightStream : public WeightStream {
   void acquire(int64_t k, bool prefetch_next) override {
     TORCH_CHECK(k >= 0 && k < static_cast<int64_t>(modules_.size()), "streamed module ", k, " of ", modules_.size(),
                 " was never added");
-    const int s = static_cast<int>(k % 2);
+    const size_t s = slot_of(k);
     if (loaded_[s] != k) issue(k, /*block=*/true);
     check(cudaStreamWaitEvent(kCompute, copied_[s], 0), "waiting for a streamed module");
     last_ = k;
-    // The next module's copy may start now (its slot's last reader was module k - 1)
-    // unless its disk-tier part is still being read; then release(k) or acquire(next)
-    // issues it, and the GPU computes module k meanwhile.
+    // The next modules' copies may start now (their slots' last readers came before
+    // module k) unless a disk-tier part is still being read; then release(k) or
+    // acquire(next) issues it, and the GPU computes module k meanwhile.
     if (prefetch_next) prefetch();
     // Reads the next modules' disk-tier pieces into the free staging buffers, one module
     // a buffer, so the first disk-tier modules are read while the pinned ones copy.
@@ -105,14 +117,24 @@ class CudaWeightStream : public WeightStream {
   }
 
   void release(int64_t k, bool prefetch_next) override {
-    check(cudaEventRecord(freed_[k % 2], kCompute), "cudaEventRecord");
+    check(cudaEventRecord(freed_[slot_of(k)], kCompute), "cudaEventRecord");
     if (prefetch_next) prefetch();
   }
 
+  // Copies the modules after last_ into their slots, in order (one copy stream), up to
+  // slots - 1 ahead. It stops at a module whose slot one from last_ on still needs:
+  // across the end of the order (a count that is not a multiple of the slots) two
+  // neighbours can share a slot, and last_'s slot is not freed until release(last_).
+  // A module its slot still holds (from the step before) needs no copy.
   void prefetch() override {
     if (last_ < 0) return;
-    const int64_t next = (last_ + 1) % static_cast<int64_t>(modules_.size());
-    if (next % 2 != last_ % 2 && loaded_[next % 2] != next) issue(next, /*block=*/false);
+    const int64_t n = static_cast<int64_t>(modules_.size());
+    for (int64_t j = 1; j < slots_ && j < n; ++j) {
+      const int64_t m = (last_ + j) % n;
+      for (int64_t i = 0; i < j; ++i)
+        if (slot_of((last_ + i) % n) == slot_of(m)) return;
+      if (loaded_[slot_of(m)] != m && !issue(m, /*block=*/false)) return;
+    }
   }
 
   uint64_t host_bytes() const override { return host_bytes_; }
@@ -170,7 +192,7 @@ class CudaWeightStream : public WeightStream {
   // disk tier, whose reads and copies then ran in series (docs/performance.md, session 32).
   void stage(int64_t k) {
     const Module& m = modules_[static_cast<size_t>(k)];
-    if (!m.staged || staging_of(k) || loaded_[k % 2] == k) return;
+    if (!m.staged || staging_of(k) || loaded_[slot_of(k)] == k) return;
     Staging* free = nullptr;
     for (Staging& st : staging_)
       if (st.consumed && (!free || st.ticket < free->ticket)) free = &st;
@@ -196,16 +218,18 @@ class CudaWeightStream : public WeightStream {
     waited_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
+  size_t slot_of(int64_t k) const { return static_cast<size_t>(k % slots_); }
+
   // Queues module k's copy into its slot. A module with pageable pieces needs them read
-  // first: block = false leaves it for later if they are not.
-  void issue(int64_t k, bool block) {
+  // first: block = false leaves it for later if they are not (returns false).
+  bool issue(int64_t k, bool block) {
     const Module& m = modules_[static_cast<size_t>(k)];
     Staging* st = nullptr;
     if (m.staged) {
       stage(k);
       st = staging_of(k);
       if (!st) {  // all buffers hold modules read ahead for another order of use
-        if (!block) return;
+        if (!block) return false;
         Staging& old = *std::min_element(staging_.begin(), staging_.end(),
                                          [](const Staging& a, const Staging& b) { return a.ticket < b.ticket; });
         wait_for(old.ticket);
@@ -213,10 +237,10 @@ class CudaWeightStream : public WeightStream {
         stage(k);
         st = staging_of(k);
       }
-      if (!block && !stager_->done(st->ticket)) return;
+      if (!block && !stager_->done(st->ticket)) return false;
       wait_for(st->ticket);
     }
-    const int s = static_cast<int>(k % 2);
+    const size_t s = slot_of(k);
     check(cudaStreamWaitEvent(copy_, freed_[s], 0), "waiting for a free slot");  // the slot's last reader is done
     for (const Piece& p : m.pieces) {
       const void* from = p.staged ? static_cast<const char*>(st->buffer.data_ptr()) + p.offset : p.host.data_ptr();
@@ -228,15 +252,17 @@ class CudaWeightStream : public WeightStream {
       st->consumed = true;
     }
     loaded_[s] = k;
+    return true;
   }
 
   at::Device device_;
   uint64_t slot_bytes_, host_bytes_ = 0;
-  at::Tensor slot_[2];
+  int slots_;
+  std::vector<at::Tensor> slot_;  // slots_ of them, slot_bytes_ each
   cudaStream_t copy_ = nullptr;
-  int64_t last_ = -1;  // the module acquired last
-  cudaEvent_t copied_[2] = {nullptr, nullptr}, freed_[2] = {nullptr, nullptr};
-  int64_t loaded_[2] = {-1, -1};
+  int64_t last_ = -1;                        // the module acquired last
+  std::vector<cudaEvent_t> copied_, freed_;  // per slot: its last copy ended; its last reader ran
+  std::vector<int64_t> loaded_;              // per slot: the module it holds (or is copying), -1 none
   std::vector<Module> modules_;
   std::vector<Staging> staging_;        // staging_buffers() of them, once something is staged
   double waited_s_ = 0;                 // in wait_for

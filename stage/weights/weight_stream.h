@@ -1,15 +1,16 @@
 // Streams the weights of offloaded modules to the GPU that computes them
 // (offload_compute = "cuda:N", DESIGN §5). Their weights stay in host memory — pinned
 // copies for the CPU tier, the mapped checkpoint or offload folder for the disk tier —
-// and every step copies streamed module k into device slot k % 2 on a copy stream
-// while module k - 1 computes from the other slot (a double buffer the planner reserves).
+// and every step copies streamed module k into device slot k % slots() on a copy
+// stream while the modules before it compute from the other slots (slots() of them, at
+// least a double buffer, which the planner reserves).
 //
 // Modules are built once, with weight tensors that are views into their slot: a
 // module's weights hold its data only between acquire(k) and release(k), which the
 // model calls around the module's forward. Order is kept with CUDA events: a slot is
 // refilled only after the compute that read it, and compute waits for its copy.
 //
-// Ownership: owns the two device slots, the copy stream and the events; the host
+// Ownership: owns the device slots, the copy stream and the events; the host
 // tensors added stay alive here. Thread-safety: none (the stage's step loop).
 #pragma once
 
@@ -37,10 +38,15 @@ class WeightStream {
   // (2 to 8). On the H100 host's disk row two ran at 11.4 tok/s, four at 12.8, eight no
   // faster (docs/performance.md, session 33).
   static int staging_buffers();
+  // Device slots, each the size of the largest streamed module: 2 (a double buffer), or
+  // CASCADE_STREAM_SLOTS (2 to 8). With s slots a copy runs up to s - 1 modules ahead of
+  // the compute, so PCIe keeps copying through a hybrid offload's CPU-computed modules
+  // between streamed ones; each slot beyond two keeps one module's bytes off the GPU.
+  static int slots();
   virtual ~WeightStream() = default;
 
   // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
-  // returns the view of slot k % 2 that the module computes with. host: CPU, contiguous.
+  // returns the view of slot k % slots() that the module computes with. host: CPU, contiguous.
   // Pinned memory is copied straight to the GPU at full PCIe speed. Anything else — a
   // disk-tier tensor, whose bytes lie in `file` at `offset` (read with pread), or other
   // pageable memory — is read by reader threads into a pinned staging buffer ahead of
@@ -50,13 +56,13 @@ class WeightStream {
   // is resident: a head tied to a GPU-resident embedding). Call once all are added.
   virtual void reserve(int64_t n) = 0;
   // Before module k computes: queues its copy if its slot does not hold it, makes the
-  // compute stream wait for it, and starts copying the next streamed module unless
-  // `prefetch_next` is false (then prefetch() does).
+  // compute stream wait for it, and starts copying the next streamed modules (as many
+  // as free slots allow) unless `prefetch_next` is false (then prefetch() does).
   virtual void acquire(int64_t k, bool prefetch_next) = 0;
   // After module k's kernels are queued: its slot may be refilled once they ran.
   virtual void release(int64_t k, bool prefetch_next) = 0;
-  // Starts copying the module after the last one acquired, if acquire/release held it
-  // back. A stage whose hop ends with a streamed module calls it once the hop's output
+  // Starts copying the modules after the last one acquired, if acquire/release held
+  // them back. A stage whose hop ends with a streamed module calls it once the hop's output
   // has left: a device-to-host copy of that output would otherwise queue behind the next
   // module's weights on the copy engine and hold up the stage that computes next (a
   // hybrid offload's CPU stage), so PCIe and that stage's compute would not overlap.
