@@ -19,8 +19,8 @@ NLOHMANN_JSON_SERIALIZE_ENUM(Transport,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Link, peer, transport, name, tag)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Hop, begin, end, in, out)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Assignment, rank, label, job, heartbeats, exit_reason, model_dir, dtype, device,
-                                   modules, disk_modules, streamed_modules, offload_folder, threads, cores, ring_bytes,
-                                   trace, runtime, quantization, hops, rank_labels)
+                                   modules, disk_modules, streamed_modules, offload_folder, stream_slots, threads,
+                                   cores, ring_bytes, trace, runtime, quantization, hops, rank_labels)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LoadProgress, bytes, total, seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(UploadTimes, bytes, read_s, dma_wait_s, alloc_s, finish_s)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageReady, ok, error, host, pid, cores, core_list, seconds, device_start_s,

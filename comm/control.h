@@ -52,6 +52,7 @@ struct Assignment {
   std::vector<int64_t> disk_modules;      // of those, on the disk tier
   std::vector<int64_t> streamed_modules;  // of those, cpu/disk-tier modules this CUDA stage streams in
   std::string offload_folder;
+  int stream_slots = 2;    // GPU slots streamed_modules go through (the plan's, which it reserved)
   int threads = 0;         // intra-op threads; 0 = LibTorch's default
   std::vector<int> cores;  // non-empty: run on these cores (runtime.pin_cores); else as launched
   size_t ring_bytes = 16 << 20;

@@ -125,6 +125,7 @@ std::vector<comm::Assignment> stage_assignments(const PlannedRun& run, const std
       }
     }
     a.offload_folder = cfg.placement.offload_folder;
+    a.stream_slots = plan.stream_slots;
     a.threads = cfg.runtime.threads_per_stage > 0 ? cfg.runtime.threads_per_stage : default_threads(plan, s, cores);
     a.trace = trace;
     a.runtime = cfg.runtime;

@@ -247,6 +247,7 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
       e.transport = Transport::kNccl;
     plan.edges.push_back(e);
   }
+  plan.stream_slots = r.stream_slot_count();
   plan.predicted_step_s = predicted_step_seconds(r, plan);
 }
 

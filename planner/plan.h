@@ -173,6 +173,7 @@ struct Plan {
   std::string offload_compute;                    // as resolved: cpu | cuda:N | cpu+cuda:N
   std::string offload_choice;                     // auto and cpu+cuda:N: the estimates behind the choice
   double predicted_step_s = 0;                    // a decode step of max_batch tokens, by the cost model
+  int stream_slots = 2;                           // GPU slots a streaming stage copies through (reserved)
   std::vector<config::DeviceName> module_device;  // per module, parallel to model.modules
   std::vector<Stage> stages;                      // by rank (stages[i].rank == i + 1)
   std::vector<Segment> route_segments;            // the segments in execution order...

@@ -70,6 +70,7 @@ LoadedStage load_stage(const Assignment& a, at::Device device, const std::string
   lo.disk_modules = a.disk_modules;
   lo.offload_folder = a.offload_folder;
   lo.streamed_modules = a.streamed_modules;
+  lo.stream_slots = a.stream_slots;
   lo.runtime = a.runtime;
   lo.quantization = a.quantization;
   lo.log = &log;

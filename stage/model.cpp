@@ -166,7 +166,7 @@ void Model::open_stream(const Placement& p) {
     }
     slot = std::max(slot, b);
   }
-  stream_ = WeightStream::create(opts_.device, slot);
+  stream_ = WeightStream::create(opts_.device, slot, opts_.stream_slots);
 }
 
 // The disk tier: the shards themselves, or converted copies in the offload folder.

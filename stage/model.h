@@ -55,6 +55,7 @@ struct LoadOptions {
   // tier ones mapped) and are copied in for each step through the GPU slots
   // (stage/weights/weight_stream.h). Every disk module of a CUDA model must be one.
   std::vector<int64_t> streamed_modules;
+  int stream_slots = 2;  // the GPU slots they go through (WeightStream::create)
   std::string offload_folder = "offload";
   // The run's options as the config gives them. Read here: runtime.max_batch (KV
   // slots), runtime.max_seq_len, runtime.cuda_graphs (decode steps on a CUDA device

@@ -20,6 +20,7 @@ Assignment sample() {
   a.device = "cpu:1";
   a.modules = {3, 4, 5};
   a.disk_modules = {5};
+  a.stream_slots = 3;
   a.runtime.max_batch = 8;
   a.runtime.mode = config::Mode::kPipeline;
   a.runtime.cuda_graphs = false;
@@ -40,6 +41,7 @@ TEST(Assignment, RoundTripsThroughJson) {
   EXPECT_EQ(b.hops[1].in.name, "/cascade-1-abc-e3");
   EXPECT_EQ(b.hops[1].in.transport, Transport::kNccl);
   EXPECT_EQ(b.disk_modules, std::vector<int64_t>{5});
+  EXPECT_EQ(b.stream_slots, 3);
   // The options travel whole.
   EXPECT_EQ(b.runtime.max_batch, 8);
   EXPECT_EQ(b.runtime.mode, config::Mode::kPipeline);

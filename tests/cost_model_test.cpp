@@ -108,6 +108,10 @@ TEST(CostModel, MoreSlotsLetCopiesRunThroughTheCpuModules) {
     }
     return std::make_tuple(p.predicted_step_s, copies, cpu);
   };
+  r.stream_slots = 3;
+  EXPECT_EQ(make_plan(r).stream_slots, 3);  // what the stages are told to allocate
+  r.stream_slots = 1;
+  EXPECT_EQ(make_plan(r).stream_slots, 2);  // at least a double buffer
   const auto [two, copies2, cpu2] = step_and_sides(2);
   const auto [four, copies4, cpu4] = step_and_sides(4);
   ASSERT_GT(copies2, 0);

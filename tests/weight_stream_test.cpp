@@ -34,7 +34,7 @@ TEST(WeightStream, ReaderThreadsFollowTheCoresAndTheEnvironment) {
   ::unsetenv("CASCADE_STREAM_READERS");
 }
 
-// Device slots: 2 unless CASCADE_STREAM_SLOTS says otherwise (2 to 8).
+// Device slots a plan reserves: 2 unless CASCADE_STREAM_SLOTS says otherwise (2 to 8).
 TEST(WeightStream, SlotsFollowTheEnvironment) {
   ::unsetenv("CASCADE_STREAM_SLOTS");
   EXPECT_EQ(WeightStream::slots(), 2);
@@ -59,9 +59,7 @@ INSTANTIATE_TEST_SUITE_P(Counts, Slots,
 TEST_P(Slots, EachModuleSeesItsOwnWeightsBetweenAcquireAndRelease) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   const auto [slots, modules] = GetParam();
-  ::setenv("CASCADE_STREAM_SLOTS", std::to_string(slots).c_str(), 1);
-  auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 4096);
-  ::unsetenv("CASCADE_STREAM_SLOTS");
+  auto ws = WeightStream::create(at::Device(at::kCUDA, 0), 4096, slots);
   ASSERT_NE(ws, nullptr);
   std::vector<at::Tensor> host, views;
   for (int64_t k = 0; k < modules; ++k) {

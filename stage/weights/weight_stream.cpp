@@ -43,10 +43,10 @@ constexpr cudaStream_t kCompute = nullptr;
 
 class CudaWeightStream : public WeightStream {
  public:
-  CudaWeightStream(at::Device device, uint64_t slot_bytes)
+  CudaWeightStream(at::Device device, uint64_t slot_bytes, int slots)
       : device_(device),
         slot_bytes_(slot_bytes),
-        slots_(WeightStream::slots()),
+        slots_(std::clamp(slots, 2, 8)),
         slot_(static_cast<size_t>(slots_)),
         copied_(static_cast<size_t>(slots_), nullptr),
         freed_(static_cast<size_t>(slots_), nullptr),
@@ -271,12 +271,12 @@ class CudaWeightStream : public WeightStream {
 
 }  // namespace
 
-std::unique_ptr<WeightStream> WeightStream::create(at::Device device, uint64_t slot_bytes) {
+std::unique_ptr<WeightStream> WeightStream::create(at::Device device, uint64_t slot_bytes, int slots) {
   if (!device.is_cuda()) return nullptr;
-  return std::make_unique<CudaWeightStream>(device, slot_bytes);
+  return std::make_unique<CudaWeightStream>(device, slot_bytes, slots);
 }
 #else
-std::unique_ptr<WeightStream> WeightStream::create(at::Device, uint64_t) { return nullptr; }  // CPU-only build
+std::unique_ptr<WeightStream> WeightStream::create(at::Device, uint64_t, int) { return nullptr; }  // CPU-only build
 #endif
 
 }  // namespace cascade::stage

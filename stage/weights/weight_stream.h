@@ -25,8 +25,9 @@ namespace cascade::stage {
 class WeightStream {
  public:
   // nullptr when this build has no CUDA code or `device` is not a CUDA device.
-  // slot_bytes: the largest streamed module, each tensor rounded up to kAlign.
-  static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes);
+  // slot_bytes: the largest streamed module, each tensor rounded up to kAlign; slots:
+  // how many (2 to 8, clamped), as the plan reserved them.
+  static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes, int slots = 2);
   static constexpr uint64_t kAlign = 256;
   // Threads that read pageable pieces (the disk tier) into pinned staging: the cores
   // less one, at most 16, or CASCADE_STREAM_READERS (1 to 64). They wait on memory, not
@@ -38,10 +39,12 @@ class WeightStream {
   // (2 to 8). On the H100 host's disk row two ran at 11.4 tok/s, four at 12.8, eight no
   // faster (docs/performance.md, session 33).
   static int staging_buffers();
-  // Device slots, each the size of the largest streamed module: 2 (a double buffer), or
-  // CASCADE_STREAM_SLOTS (2 to 8). With s slots a copy runs up to s - 1 modules ahead of
-  // the compute, so PCIe keeps copying through a hybrid offload's CPU-computed modules
-  // between streamed ones; each slot beyond two keeps one module's bytes off the GPU.
+  // Device slots a plan reserves, each the size of the largest streamed module: 2 (a
+  // double buffer), or CASCADE_STREAM_SLOTS (2 to 8), read where the plan is made; the
+  // plan hands its count to the stages. With s slots a copy runs up to s - 1 modules
+  // ahead of the compute, so PCIe keeps copying through a hybrid offload's CPU-computed
+  // modules between streamed ones; each slot beyond two keeps one module's bytes off
+  // the GPU.
   static int slots();
   virtual ~WeightStream() = default;
 
