@@ -19,32 +19,35 @@ namespace {
 
 TEST(WeightStream, OnlyForCudaDevices) { EXPECT_EQ(WeightStream::create(at::kCPU, 1024), nullptr); }
 
-// The disk tier's readers: the cores less one, 1 to 16, unless CASCADE_STREAM_READERS
-// says otherwise (clamped to 1-64).
-TEST(WeightStream, ReaderThreadsFollowTheCoresAndTheEnvironment) {
-  ::unsetenv("CASCADE_STREAM_READERS");
+// The counts the environment may set, clamped: the disk tier's readers (the cores less
+// one, 1 to 16, unless CASCADE_STREAM_READERS says otherwise; 1 to 64), the device slots a
+// plan reserves (2; 2 to 8) and the pinned staging buffers (4; 2 to 8). Each row: the
+// variable, the function, its default, then values set and what they give.
+TEST(WeightStream, CountsFollowTheEnvironment) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  EXPECT_EQ(WeightStream::reader_threads(), std::clamp(cores - 1, 1, 16));
-  ::setenv("CASCADE_STREAM_READERS", "24", 1);
-  EXPECT_EQ(WeightStream::reader_threads(), 24);
-  ::setenv("CASCADE_STREAM_READERS", "500", 1);
-  EXPECT_EQ(WeightStream::reader_threads(), 64);
-  ::setenv("CASCADE_STREAM_READERS", "0", 1);
-  EXPECT_EQ(WeightStream::reader_threads(), 1);
-  ::unsetenv("CASCADE_STREAM_READERS");
-}
-
-// Device slots a plan reserves: 2 unless CASCADE_STREAM_SLOTS says otherwise (2 to 8).
-TEST(WeightStream, SlotsFollowTheEnvironment) {
-  ::unsetenv("CASCADE_STREAM_SLOTS");
-  EXPECT_EQ(WeightStream::slots(), 2);
-  ::setenv("CASCADE_STREAM_SLOTS", "3", 1);
-  EXPECT_EQ(WeightStream::slots(), 3);
-  ::setenv("CASCADE_STREAM_SLOTS", "1", 1);
-  EXPECT_EQ(WeightStream::slots(), 2);
-  ::setenv("CASCADE_STREAM_SLOTS", "99", 1);
-  EXPECT_EQ(WeightStream::slots(), 8);
-  ::unsetenv("CASCADE_STREAM_SLOTS");
+  struct Row {
+    const char* var;
+    int (*count)();
+    int fallback;
+    std::vector<std::pair<const char*, int>> set;
+  };
+  const Row rows[] = {
+      {"CASCADE_STREAM_READERS",
+       &WeightStream::reader_threads,
+       std::clamp(cores - 1, 1, 16),
+       {{"24", 24}, {"500", 64}, {"0", 1}}},
+      {"CASCADE_STREAM_SLOTS", &WeightStream::slots, 2, {{"3", 3}, {"1", 2}, {"99", 8}}},
+      {"CASCADE_STAGING_BUFFERS", &WeightStream::staging_buffers, 4, {{"6", 6}, {"1", 2}, {"99", 8}}},
+  };
+  for (const Row& r : rows) {
+    ::unsetenv(r.var);
+    EXPECT_EQ(r.count(), r.fallback) << r.var;
+    for (const auto& [value, want] : r.set) {
+      ::setenv(r.var, value, 1);
+      EXPECT_EQ(r.count(), want) << r.var << "=" << value;
+    }
+    ::unsetenv(r.var);
+  }
 }
 
 // (slots, modules). Across the end of the order, neighbours share a slot where the
@@ -108,22 +111,8 @@ TEST(WeightStream, AModuleWithoutTensorsTakesItsTurn) {
 
 // Pageable host memory (as the disk tier's mappings are) goes through the readers and the
 // pinned staging buffers: in order, step after step, and in an order the read-ahead did
-// not expect (a staged module is dropped and read again).
-// Pinned staging buffers: 4 unless CASCADE_STAGING_BUFFERS says otherwise (2 to 8).
-TEST(WeightStream, StagingBuffersFollowTheEnvironment) {
-  ::unsetenv("CASCADE_STAGING_BUFFERS");
-  EXPECT_EQ(WeightStream::staging_buffers(), 4);
-  ::setenv("CASCADE_STAGING_BUFFERS", "6", 1);
-  EXPECT_EQ(WeightStream::staging_buffers(), 6);
-  ::setenv("CASCADE_STAGING_BUFFERS", "1", 1);
-  EXPECT_EQ(WeightStream::staging_buffers(), 2);
-  ::setenv("CASCADE_STAGING_BUFFERS", "99", 1);
-  EXPECT_EQ(WeightStream::staging_buffers(), 8);
-  ::unsetenv("CASCADE_STAGING_BUFFERS");
-}
-
-// Five modules, four of them staged, through 2, 4 and 8 staging buffers: in order for
-// three steps, then out of order (buffers read ahead for modules not used next).
+// not expect (a staged module is dropped and read again). Five modules, four of them staged, through 2, 4 and 8 staging
+// buffers: in order for three steps, then out of order (buffers read ahead for modules not used next).
 class StagedWeights : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Buffers, StagedWeights, ::testing::Values("2", "4", "8"));
 

@@ -18,18 +18,22 @@
 
 namespace cascade::stage {
 
-int WeightStream::staging_buffers() {
-  return static_cast<int>(std::clamp(config::env_int("CASCADE_STAGING_BUFFERS").value_or(4), 2L, 8L));
+namespace {
+
+// The count the environment variable `name` gives, else `fallback`, within [lo, hi].
+int env_count(const char* name, long fallback, long lo, long hi) {
+  return static_cast<int>(std::clamp(config::env_int(name).value_or(fallback), lo, hi));
 }
 
-int WeightStream::slots() {
-  return static_cast<int>(std::clamp(config::env_int("CASCADE_STREAM_SLOTS").value_or(2), 2L, 8L));
-}
+}  // namespace
+
+int WeightStream::staging_buffers() { return env_count("CASCADE_STAGING_BUFFERS", 4, 2, 8); }
+
+int WeightStream::slots() { return env_count("CASCADE_STREAM_SLOTS", 2, 2, 8); }
 
 int WeightStream::reader_threads() {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const long n = config::env_int("CASCADE_STREAM_READERS").value_or(std::clamp(cores - 1, 1u, 16u));
-  return static_cast<int>(std::clamp(n, 1L, 64L));
+  return env_count("CASCADE_STREAM_READERS", std::clamp(cores - 1, 1u, 16u), 1, 64);
 }
 
 #ifdef CASCADE_WITH_CUDA
