@@ -111,8 +111,9 @@ TEST(WeightStream, AModuleWithoutTensorsTakesItsTurn) {
 
 // Pageable host memory (as the disk tier's mappings are) goes through the readers and the
 // pinned staging buffers: in order, step after step, and in an order the read-ahead did
-// not expect (a staged module is dropped and read again). Five modules, four of them staged, through 2, 4 and 8 staging
-// buffers: in order for three steps, then out of order (buffers read ahead for modules not used next).
+// not expect (a staged module is dropped and read again). Five modules, four of them
+// staged, through 2, 4 and 8 staging buffers: in order for three steps, then out of
+// order (buffers read ahead for modules not used next).
 class StagedWeights : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Buffers, StagedWeights, ::testing::Values("2", "4", "8"));
 
