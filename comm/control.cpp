@@ -25,7 +25,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LoadProgress, bytes, total, seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(UploadTimes, bytes, read_s, dma_wait_s, alloc_s, finish_s)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageReady, ok, error, host, pid, cores, core_list, seconds, device_start_s,
                                    connect_s, source_bytes, weight_bytes, zero_copy_bytes, folder_bytes, kv_bytes,
-                                   streamed_bytes, folder_rebuilt, upload)
+                                   streamed_bytes, stream_slots, folder_rebuilt, upload)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageStats, busy, steps)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(StageFailure, error)
 

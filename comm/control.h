@@ -87,6 +87,7 @@ struct StageReady {
   double device_start_s = 0;  // starting the device's runtime (CUDA context); 0 on a CPU stage
   double connect_s = 0;       // opening the channels to the neighbours (the rest is the load)
   uint64_t source_bytes = 0, weight_bytes = 0, zero_copy_bytes = 0, folder_bytes = 0, kv_bytes = 0, streamed_bytes = 0;
+  int stream_slots = 0;  // the GPU slots streamed_bytes go through; 0: streams nothing
   bool folder_rebuilt = false;
   UploadTimes upload;
 };

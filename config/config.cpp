@@ -23,7 +23,8 @@ const std::map<std::string, std::set<std::string>>& schema() {
   static const std::map<std::string, std::set<std::string>> s = {
       {"model", {"path", "dtype"}},
       {"placement",
-       {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "streamed_share", "experts"}},
+       {"strategy", "max_memory", "device_map", "offload_folder", "offload_compute", "streamed_share", "stream_slots",
+        "experts"}},
       {"runtime",
        {"mode", "microbatches", "prefill_chunk", "max_batch", "max_seq_len", "threads_per_stage", "heartbeat_timeout",
         "step_timeout", "cuda_graphs", "pin_cores"}},
@@ -302,6 +303,15 @@ Config read(const toml::table& root, const Reader& r, const std::string& source)
       r.fail(pl.get("streamed_share"), "placement.streamed_share",
              "applies to offload_compute = \"cpu+cuda:N\" only, not \"" + c.placement.offload_compute + "\"");
     c.placement.streamed_share = share;
+  }
+  if (const toml::node* n = pl.get("stream_slots"); n && n->is_string()) {
+    if (**n->as_string() != "auto")
+      r.fail(n, "placement.stream_slots",
+             "expected \"auto\" or an integer in [" + std::to_string(kMinStreamSlots) + ", " +
+                 std::to_string(kMaxStreamSlots) + "], got \"" + **n->as_string() + "\"");
+    c.placement.stream_slots = kAutoStreamSlots;
+  } else {
+    r.integer(pl, "placement", "stream_slots", &c.placement.stream_slots, kMinStreamSlots, kMaxStreamSlots);
   }
   const std::string experts = r.choice(pl, "placement", "experts", {"auto", "offload", "with-layer"}, "auto");
   c.placement.experts = experts == "auto"      ? ExpertPlacement::kAuto

@@ -62,6 +62,8 @@ struct ModelSection {
 enum class ExpertPlacement { kAuto, kOffload, kWithLayer };
 const char* to_string(ExpertPlacement e);
 
+constexpr int kMinStreamSlots = 2, kMaxStreamSlots = 8, kAutoStreamSlots = 0;
+
 struct PlacementSection {
   Strategy strategy = Strategy::kAuto;
   std::vector<MemoryBudget> max_memory;                        // in file order
@@ -69,6 +71,9 @@ struct PlacementSection {
   std::string offload_folder = "offload";
   std::string offload_compute = "auto";  // cpu | cuda:N | cpu+cuda:N | auto (planner/plan.h)
   std::optional<double> streamed_share;  // cpu+cuda:N: share of offloaded modules streamed; unset = cost model
+  // GPU slots that offloaded modules stream through (planner/plan.h): kMinStreamSlots to
+  // kMaxStreamSlots, or kAutoStreamSlots ("auto": the cost model's choice).
+  int stream_slots = 2;
   ExpertPlacement experts = ExpertPlacement::kAuto;
 };
 

@@ -64,9 +64,9 @@ at::Tensor pinned_block(const at::Device& gpu) {
   return host;
 }
 
-// Seconds of `pool_pass(pool, 1)` while another thread copies pinned memory to GPU 0
-// back to back; 0 without a GPU.
-double pool_pass_beside_copies(const std::vector<at::Tensor>& pool) {
+// Seconds of `pool_pass(pool, tokens)` while another thread copies pinned memory to
+// GPU 0 back to back; 0 without a GPU.
+double pool_pass_beside_copies(const std::vector<at::Tensor>& pool, int64_t tokens) {
   if (!at::hasCUDA()) return 0;
   const at::Device gpu(at::kCUDA, 0);
   const at::Tensor host = pinned_block(gpu);
@@ -82,7 +82,7 @@ double pool_pass_beside_copies(const std::vector<at::Tensor>& pool) {
       t.join();
     }
   } join{stop, copier};
-  return pool_pass(pool, 1);
+  return pool_pass(pool, tokens);
 }
 
 double pinned_h2d() {
@@ -145,9 +145,11 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
   progress << "calibrate: " << r.threads << (r.threads == 1 ? " thread, " : " threads, ") << copies << " bf16 weights ["
            << out << ", " << in << "]\n";
   r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
-  r.cpu_flops = 2.0 * 16 * static_cast<double>(out * in * copies) / pool_pass(pool, 16);
-  if (const double shared = pool_pass_beside_copies(pool); shared > 0)
+  const double flops16 = 2.0 * 16 * static_cast<double>(out * in * copies);
+  r.cpu_flops = flops16 / pool_pass(pool, 16);
+  if (const double shared = pool_pass_beside_copies(pool, 1); shared > 0)
     r.cpu_compute_shared = static_cast<double>(bytes * copies) / shared;
+  if (const double shared = pool_pass_beside_copies(pool, 16); shared > 0) r.cpu_flops_shared = flops16 / shared;
   // int8 rows of the same projections, twice as many copies: the same bytes.
   std::vector<stage::Int8Rows> rows;
   for (int64_t i = 0; i < 2 * copies; ++i) rows.push_back(stage::quantize_rows(pool[static_cast<size_t>(i % copies)]));
@@ -171,11 +173,17 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
 void save_rates(const Rates& r, const std::string& path) {
   const std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
-  nlohmann::json j = {{"cpu_compute", r.cpu_compute}, {"cpu_compute_int8", r.cpu_compute_int8},
-                      {"cpu_flops", r.cpu_flops},     {"host_read", r.host_read},
-                      {"disk_read", r.disk_read},     {"readers", r.readers},
-                      {"pinned_h2d", r.pinned_h2d},   {"cpu_compute_shared", r.cpu_compute_shared},
-                      {"threads", r.threads},         {"measured", r.measured}};
+  nlohmann::json j = {{"cpu_compute", r.cpu_compute},
+                      {"cpu_compute_int8", r.cpu_compute_int8},
+                      {"cpu_flops", r.cpu_flops},
+                      {"host_read", r.host_read},
+                      {"disk_read", r.disk_read},
+                      {"readers", r.readers},
+                      {"pinned_h2d", r.pinned_h2d},
+                      {"cpu_compute_shared", r.cpu_compute_shared},
+                      {"cpu_flops_shared", r.cpu_flops_shared},
+                      {"threads", r.threads},
+                      {"measured", r.measured}};
   std::ofstream f(path);
   f << j.dump(2) << "\n";
   if (!f) throw std::runtime_error("cannot write the rates file " + path);
@@ -195,10 +203,11 @@ std::optional<Rates> load_rates(const std::string& path) {
     r.readers = j.value("readers", 0);
     r.pinned_h2d = j.at("pinned_h2d").get<double>();
     r.cpu_compute_shared = j.value("cpu_compute_shared", 0.0);  // files from before it was measured lack it
+    r.cpu_flops_shared = j.value("cpu_flops_shared", 0.0);      // likewise
     r.threads = j.at("threads").get<int>();
     r.measured = j.at("measured").get<std::string>();
     if (!(r.cpu_compute > 0) || !(r.cpu_flops > 0) || !(r.pinned_h2d >= 0) || !(r.cpu_compute_int8 >= 0) ||
-        !(r.host_read >= 0) || !(r.disk_read >= 0) || !(r.cpu_compute_shared >= 0))
+        !(r.host_read >= 0) || !(r.disk_read >= 0) || !(r.cpu_compute_shared >= 0) || !(r.cpu_flops_shared >= 0))
       throw std::runtime_error("a rate is not positive");
     return r;
   } catch (const std::exception& e) {
@@ -214,6 +223,7 @@ void apply_rates(const Rates& r, planner::PlanRequest& req) {
   if (r.host_read > 0) req.host_read = r.host_read;
   if (r.pinned_h2d > 0) req.pinned_h2d = r.pinned_h2d;
   if (r.cpu_compute_shared > 0) req.cpu_compute_shared = r.cpu_compute_shared;
+  if (r.cpu_flops_shared > 0) req.cpu_flops_shared = r.cpu_flops_shared;
   if (r.disk_read > 0) req.disk_read = r.disk_read;
 }
 
@@ -256,7 +266,8 @@ void run_calibrate(const CalibrateOptions& o, std::ostream& out) {
        << " GB/s\npage cache read by " << r.readers << (r.readers == 1 ? " reader" : " readers")
        << " (the disk tier): " << r.disk_read / 1e9 << " GB/s\npinned host-to-GPU: ";
   if (r.pinned_h2d > 0)
-    line << r.pinned_h2d / 1e9 << " GB/s; the CPU's bf16 rate while it runs: " << r.cpu_compute_shared / 1e9 << " GB/s";
+    line << r.pinned_h2d / 1e9 << " GB/s; the CPU's bf16 rates while it runs: " << r.cpu_compute_shared / 1e9
+         << " GB/s at 1 token, " << r.cpu_flops_shared / 1e9 << " GFLOP/s at 16";
   else
     line << "no GPU (the default stays)";
   out << line.str() << "\nsaved to " << path << " (plans made on this machine use it)\n";

@@ -35,6 +35,7 @@ struct Rates {
   // cpu_compute while pinned host-to-GPU copies run back to back beside it (a hybrid
   // step's CPU stage beside the weight stream: both read the host's memory); 0 = no GPU.
   double cpu_compute_shared = 0;
+  double cpu_flops_shared = 0;  // cpu_flops beside the same copies; 0 = no GPU
   int threads = 0;
   std::string measured;  // when, ISO 8601 UTC
 };

@@ -185,7 +185,9 @@ std::string ready_line(const std::string& label, const comm::StageReady& r) {
     << mb_per_s(r.source_bytes, r.seconds) << "), " << config::format_bytes(r.weight_bytes) << " in memory, "
     << config::format_bytes(r.zero_copy_bytes + r.folder_bytes) << " paged from disk"
     << (r.folder_rebuilt ? " (offload folder rebuilt)" : "") << ", KV " << config::format_bytes(r.kv_bytes);
-  if (r.streamed_bytes > 0) o << ", streams " << config::format_bytes(r.streamed_bytes) << " to the GPU per step";
+  if (r.streamed_bytes > 0)
+    o << ", streams " << config::format_bytes(r.streamed_bytes) << " to the GPU per step through " << r.stream_slots
+      << " slots";
   if (r.upload.bytes > 0) {  // where a GPU stage's load time went
     o << "; upload: reading " << r.upload.read_s << " s, waiting for DMA " << r.upload.dma_wait_s << " s, allocating "
       << r.upload.alloc_s << " s, finishing " << r.upload.finish_s << " s";

@@ -120,7 +120,7 @@ PlannedRun plan_run(const config::Config& cfg, const std::string& max_memory, st
   req.experts = cfg.placement.experts;
   req.device_map = cfg.placement.device_map;
   req.staging_buffers = stage::WeightStream::staging_buffers();  // how far the stage reads the disk tier ahead
-  req.stream_slots = stage::WeightStream::slots();               // how far its copies run ahead
+  req.stream_slots = cfg.placement.stream_slots;
   run.rates = plan_run_rates(req, !host.gpu_free.empty(), progress ? *progress : std::cerr);
   run.plan = planner::make_plan(req);
   return run;

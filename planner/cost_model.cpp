@@ -28,7 +28,8 @@ double cpu_seconds(const PlanRequest& r, const ModuleInfo& m, bool beside_copies
   const double read = cpu_read_bytes(r, m);
   double rate = m.int8 && r.cpu_compute_int8 > 0 ? r.cpu_compute_int8 : r.cpu_compute;
   if (beside_copies && r.cpu_compute_shared > 0) rate *= r.cpu_compute_shared / r.cpu_compute;
-  return std::max(read / rate, tokens * m.flops_per_token / r.cpu_flops);
+  const double flops = beside_copies && r.cpu_flops_shared > 0 ? r.cpu_flops_shared : r.cpu_flops;
+  return std::max(read / rate, tokens * m.flops_per_token / flops);
 }
 
 // The copy engine and the disk tier's readers of a stage that streams, across the
@@ -44,7 +45,7 @@ class StreamTimeline {
   // Streamed module number k (route order) of `bytes` from `tier`, wanted by the GPU at
   // `t`: returns when it starts computing.
   double start(size_t k, double bytes, const DeviceName& tier, double t) {
-    const size_t n = started_.size(), slots = static_cast<size_t>(r_.stream_slot_count());
+    const size_t n = started_.size(), slots = static_cast<size_t>(r_.stream_slots);
     if (n <= slots && copied_[k]) return started_[k] = t;  // still in its slot from the step before
     copied_[k] = true;
     // Its slot is free once the module `slots` places before it has computed, taken as
@@ -117,7 +118,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   }
   // Copies that run ahead into the next step fall outside the second step's span, but
   // one copy engine moves every streamed byte each step (unless all stay in the slots).
-  const double copies = n_streamed > static_cast<size_t>(r.stream_slot_count()) ? stream_bytes / r.pinned_h2d : 0.0;
+  const double copies = n_streamed > static_cast<size_t>(r.stream_slots) ? stream_bytes / r.pinned_h2d : 0.0;
   return std::max({t - first_end, copies, r.host_read > 0 ? host_bytes / r.host_read : 0.0});
 }
 

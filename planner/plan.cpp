@@ -95,7 +95,7 @@ Plan fill_plan(const PlanRequest& r, Ledger& l) {
   bool host_staging = false;
   const auto reserve = [&](Ledger& ledger, int pass) {
     if (pass == 0) return;
-    ledger.reserve_staging(*ledger.offload_gpu(), static_cast<uint64_t>(r.stream_slot_count()) * largest_module);
+    ledger.reserve_staging(*ledger.offload_gpu(), static_cast<uint64_t>(r.stream_slots) * largest_module);
     ledger.precharge_kv(*ledger.offload_gpu());
     if (host_staging) ledger.reserve_staging(ledger.last_cpu(), host_staging_bytes(r, largest_module));
   };
@@ -187,7 +187,7 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
   // where a streamed module lies on the disk tier the host's pinned staging buffers
   // (never more than the fill reserved).
   if (l.offload_gpu()) {
-    l.usage()[l.offload_gpu()->str()].staging = static_cast<uint64_t>(r.stream_slot_count()) * largest_streamed;
+    l.usage()[l.offload_gpu()->str()].staging = static_cast<uint64_t>(r.stream_slots) * largest_streamed;
     if (staged || l.usage().count(l.last_cpu().str()))
       l.usage()[l.last_cpu().str()].staging = staged ? host_staging_bytes(r, largest_streamed) : 0;
   }
@@ -247,7 +247,7 @@ void finish_plan(const PlanRequest& r, Ledger& l, Plan& plan, const std::vector<
       e.transport = Transport::kNccl;
     plan.edges.push_back(e);
   }
-  plan.stream_slots = r.stream_slot_count();
+  plan.stream_slots = r.stream_slots;
   plan.predicted_step_s = predicted_step_seconds(r, plan);
 }
 
@@ -322,9 +322,8 @@ Plan hybrid_plan(const PlanRequest& r) {
   return best;
 }
 
-}  // namespace
-
-Plan make_plan(const PlanRequest& req) {
+// make_plan for a request whose stream_slots is a count.
+Plan plan_for_slots(const PlanRequest& req) {
   if (req.streamed_share && !is_hybrid(req.offload_compute))
     throw PlanError("streamed_share applies to offload_compute = \"cpu+cuda:N\" only, not \"" + req.offload_compute +
                     "\"");
@@ -355,6 +354,51 @@ Plan make_plan(const PlanRequest& req) {
   }
   cpu.offload_choice = "no GPU budget; CPU compute";
   return cpu;
+}
+
+// Whether a stage of `p` computes on a GPU from weights kept elsewhere: streams them.
+bool streams(const Plan& p) {
+  for (const auto& st : p.stages)
+    if (st.device.is_gpu() &&
+        std::any_of(st.tiers.begin(), st.tiers.end(), [](const DeviceName& t) { return !t.is_gpu(); }))
+      return true;
+  return false;
+}
+
+// stream_slots "auto": the plan of 2 to kMostAutoSlots slots the cost model predicts
+// fastest, fewer slots unless more are at least 1% faster (each costs GPU memory).
+Plan plan_auto_slots(const PlanRequest& req) {
+  PlanRequest r = req;
+  std::vector<Plan> plans;
+  for (int s = config::kMinStreamSlots; s <= kMostAutoSlots; ++s) {
+    r.stream_slots = s;
+    try {
+      plans.push_back(plan_for_slots(r));
+    } catch (const PlanError&) {
+      if (plans.empty()) throw;  // nothing fits even a double buffer
+      break;                     // more slots leave less room still
+    }
+  }
+  size_t best = 0;
+  for (size_t i = 1; i < plans.size(); ++i)
+    if (streams(plans[i]) && plans[i].predicted_step_s < 0.99 * plans[best].predicted_step_s) best = i;
+  Plan out = plans[best];
+  if (!streams(out)) return out;
+  std::string tried;
+  for (const Plan& p : plans)
+    tried += (tried.empty() ? "" : ", ") + std::to_string(p.stream_slots) + " ~" + ms(p.predicted_step_s);
+  out.offload_choice += "; " + std::to_string(out.stream_slots) + " GPU slots to stream through (" + tried + ")";
+  return out;
+}
+
+}  // namespace
+
+Plan make_plan(const PlanRequest& req) {
+  if (req.stream_slots == config::kAutoStreamSlots) return plan_auto_slots(req);
+  if (req.stream_slots < config::kMinStreamSlots || req.stream_slots > config::kMaxStreamSlots)
+    throw PlanError("stream_slots must be \"auto\" or " + std::to_string(config::kMinStreamSlots) + " to " +
+                    std::to_string(config::kMaxStreamSlots) + ", not " + std::to_string(req.stream_slots));
+  return plan_for_slots(req);
 }
 
 }  // namespace cascade::planner

@@ -117,8 +117,10 @@ struct PlanRequest {
   int staging_buffer_count() const { return staging_buffers > 1 ? staging_buffers : 1; }
   // Device slots the offload GPU streams modules through (WeightStream's), each the size
   // of the largest streamed module: a copy runs up to stream_slots - 1 modules ahead.
+  // config::kMinStreamSlots to kMaxStreamSlots, or config::kAutoStreamSlots: make_plan
+  // plans with 2 to kMostAutoSlots and keeps the plan the cost model predicts fastest
+  // (more slots let copies run further ahead but keep modules off the GPU).
   int stream_slots = 2;
-  int stream_slot_count() const { return stream_slots > 2 ? stream_slots : 2; }
   double cpu_compute = 40e9;    // weights a CPU stage gets through per second at batch 1
   double cpu_compute_int8 = 0;  // the same for int8 rows (ModuleInfo::int8); 0: cpu_compute
   // cpu_compute while pinned copies to a GPU run beside it (`cascade calibrate` measures
@@ -129,6 +131,9 @@ struct PlanRequest {
   // batch 16 (2026-12-03: 24 anchor layers, 60 GFLOP a step, in ~150 ms): beyond a few
   // tokens a CPU step is bound by arithmetic, not by reading weights.
   double cpu_flops = 400e9;
+  // cpu_flops while pinned copies to a GPU run beside it (`cascade calibrate` measures
+  // it); a step that streams charges CPU modules' FLOPs at this rate. 0: cpu_flops.
+  double cpu_flops_shared = 0;
   double gpu_compute = 1.9e12;  // weights a GPU stage gets through per second at batch 1
   // Bytes/s the host's memory gives all readers together (the CPU stage's threads and the
   // copy engine's DMA): a step reads its CPU-computed and streamed host bytes through it,
@@ -189,7 +194,7 @@ Plan make_plan(const PlanRequest& req);
 // embedding nothing: a step reads max_batch of its rows); on a CPU
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
 // its FLOPs over cpu_flops, whichever is longer (a disk-tier one at least its bytes over
-// disk_read; in a step that streams, at cpu_compute_shared); a streamed module waits for
+// disk_read; in a step that streams, at cpu_compute_shared and cpu_flops_shared); a streamed module waits for
 // its copy, which starts once the streamed module stream_slots - 1 places before it
 // starts computing (its slot is then free: with two slots, the module before) and after
 // the copy before (one copy engine), so copies overlap the CPU stage's compute between
@@ -204,7 +209,9 @@ Plan make_plan(const PlanRequest& req);
 // host_read is set, the step's host bytes (read by the CPU stages or streamed from RAM)
 // over host_read: the two sides share one memory bus.
 double predicted_step_seconds(const PlanRequest& req, const Plan& p);
-constexpr double kHopSeconds = 50e-6;  // one activation hop at batch 1 (an estimate)
+constexpr double kHopSeconds = 50e-6;
+constexpr int kMostAutoSlots =
+    4;  // stream_slots "auto" tries 2 to this (measured up to 4)  // one activation hop at batch 1 (an estimate)
 
 // The hf_device_map spelling of a device: 0 for cuda:0, "cpu" for cpu:0, "cpu:1", "disk".
 std::string hf_device(const config::DeviceName& d);

@@ -45,6 +45,7 @@ comm::StageReady ready_report(const std::string& host, const Model& m, double se
   r.folder_rebuilt = disk && disk->rebuilt();
   r.kv_bytes = m.kv_cache().bytes();
   r.streamed_bytes = m.streamed_bytes();
+  r.stream_slots = m.stream_slots();
   r.upload = {up.bytes, up.read_s, up.dma_wait_s, up.alloc_s, up.finish_s};
   return r;
 }

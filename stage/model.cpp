@@ -144,7 +144,7 @@ Model::Placement Model::place() const {
   return p;
 }
 
-// The GPU slots (WeightStream::slots()): each holds the largest streamed module, each tensor
+// The plan's GPU slots (opts_.stream_slots): each holds the largest streamed module, each tensor
 // aligned, int8 ones as int8 rows plus float scales.
 void Model::open_stream(const Placement& p) {
   if (p.streamed_names.empty()) return;

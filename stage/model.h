@@ -111,6 +111,7 @@ class Model {
   at::Device device() const { return opts_.device; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // held in memory (disk tier excluded)
   uint64_t streamed_bytes() const { return stream_ ? stream_->host_bytes() : 0; }  // copied in per step
+  int stream_slots() const { return stream_ ? stream_->slot_count() : 0; }         // GPU slots they go through
   WeightStream::ReadStats stream_reads() const { return stream_ ? stream_->read_stats() : WeightStream::ReadStats{}; }
   // The hop's output has left this stage: a streamed module's copy held back until
   // then starts (WeightStream::prefetch).

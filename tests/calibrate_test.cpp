@@ -49,11 +49,16 @@ TEST(Calibrate, MeasuresSavesAndLoadsTheRates) {
     EXPECT_EQ(req.pinned_h2d, pcie);      // no GPU: the default stays
     EXPECT_EQ(r->cpu_compute_shared, 0);  // and nothing shares the bus with the CPU
     EXPECT_EQ(req.cpu_compute_shared, 0);
+    EXPECT_EQ(r->cpu_flops_shared, 0);
+    EXPECT_EQ(req.cpu_flops_shared, 0);
   } else {
     EXPECT_EQ(req.pinned_h2d, r->pinned_h2d);
     std::printf("[ calibrate ] bf16 at 1 token beside pinned copies: %.1f GB/s\n", r->cpu_compute_shared / 1e9);
+    std::printf("[ calibrate ] 16 tokens beside pinned copies: %.1f GFLOP/s\n", r->cpu_flops_shared / 1e9);
     EXPECT_GT(r->cpu_compute_shared, 1e8);
     EXPECT_EQ(req.cpu_compute_shared, r->cpu_compute_shared);
+    EXPECT_GT(r->cpu_flops_shared, 1e8);
+    EXPECT_EQ(req.cpu_flops_shared, r->cpu_flops_shared);
   }
   EXPECT_EQ(req.disk_read, r->disk_read);
   // The file it read is gone: only the rates file is left.
@@ -115,6 +120,31 @@ TEST(Calibrate, AMissingFileIsNoneAndABadOneIsNamed) {
                    R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 1, "cpu_compute_shared": -1, "threads": 1,
                        "measured": "x"})");
   EXPECT_THROW_WITH(load_rates(dir.file("neg_shared.json")), std::runtime_error, "not positive");
+  test::write_file(dir.file("neg_flops.json"),
+                   R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 1, "cpu_flops_shared": -1, "threads": 1,
+                       "measured": "x"})");
+  EXPECT_THROW_WITH(load_rates(dir.file("neg_flops.json")), std::runtime_error, "not positive");
+}
+
+// What a GPU machine's calibrate saves comes back as it was (the rates measured beside
+// copies are 0 on this one, so they are set here), and a file from before they were
+// measured reads as 0: not measured.
+TEST(Calibrate, SavedRatesComeBack) {
+  test::TempDir dir;
+  Rates r;
+  r.cpu_compute = 60e9, r.cpu_compute_int8 = 50e9, r.cpu_flops = 400e9, r.host_read = 90e9, r.disk_read = 30e9;
+  r.readers = 15, r.pinned_h2d = 55e9, r.cpu_compute_shared = 45e9, r.cpu_flops_shared = 300e9, r.threads = 15;
+  r.measured = "2026-12-07T20:00:00Z";
+  save_rates(r, dir.file("rates.json"));
+  const std::optional<Rates> back = load_rates(dir.file("rates.json"));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->cpu_compute_shared, 45e9);
+  EXPECT_EQ(back->cpu_flops_shared, 300e9);
+  EXPECT_EQ(back->pinned_h2d, 55e9);
+  EXPECT_EQ(back->measured, r.measured);
+  test::write_file(dir.file("old.json"), R"({"cpu_compute": 1, "cpu_flops": 1, "pinned_h2d": 1, "threads": 1,
+                                            "measured": "x"})");
+  EXPECT_EQ(load_rates(dir.file("old.json"))->cpu_flops_shared, 0);
 }
 
 TEST(Calibrate, ThePathFollowsTheEnvironment) {

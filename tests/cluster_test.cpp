@@ -496,7 +496,18 @@ TEST(Cluster, StreamedOffloadOnTheGpu) {
 TEST(Cluster, HybridOffloadCpuAndStreamedAtOnce) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
   expect_offload_matches("--set placement.offload_compute=cpu+cuda:0 --set placement.streamed_share=0.5",
-                         "cuda:0 + half streamed, half on the CPU", {"to the GPU per step", ", cpu:0", ", cuda:0+"});
+                         "cuda:0 + half streamed, half on the CPU",
+                         {"to the GPU per step through 2 slots", ", cpu:0", ", cuda:0+"});
+}
+
+// placement.stream_slots = 3: the plan's count reaches the streaming stage, which
+// allocates that many slots (its ready line says so) and runs copies two modules ahead,
+// through the CPU's modules; the tokens stay the one-process run's.
+TEST(Cluster, HybridOffloadThroughThreeSlots) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU";
+  expect_offload_matches(
+      "--set placement.offload_compute=cpu+cuda:0 --set placement.streamed_share=0.5 --set placement.stream_slots=3",
+      "cuda:0 + half streamed through 3 slots", {"to the GPU per step through 3 slots", ", cpu:0"});
 }
 #endif
 

@@ -149,6 +149,19 @@ TEST(Config, AHybridOffloadAndItsShare) {
   EXPECT_FALSE(parse("[model]\npath = \"/m\"\n").placement.streamed_share.has_value());  // the cost model's
 }
 
+TEST(Config, StreamSlotsACountOrAuto) {
+  const auto slots = [](const std::string& v) {
+    return parse("[model]\npath = \"/m\"\n[placement]\nstream_slots = " + v + "\n").placement.stream_slots;
+  };
+  EXPECT_EQ(parse("[model]\npath = \"/m\"\n").placement.stream_slots, 2);  // a double buffer
+  EXPECT_EQ(slots("3"), 3);
+  EXPECT_EQ(slots("\"auto\""), kAutoStreamSlots);
+  EXPECT_THROW_WITH(slots("1"), ConfigError, "cfg.toml:4", "placement.stream_slots", "out of range [2, 8]");
+  EXPECT_THROW_WITH(slots("9"), ConfigError, "placement.stream_slots", "out of range [2, 8]");
+  EXPECT_THROW_WITH(slots("\"many\""), ConfigError, "placement.stream_slots", "\"auto\"", "\"many\"");
+  EXPECT_THROW_WITH(slots("2.5"), ConfigError, "placement.stream_slots", "expected an integer");
+}
+
 TEST(Config, BadEnumValues) {
   EXPECT_THROW_WITH(parse("[model]\npath = \"/m\"\n[runtime]\nmode = \"pipelined\"\n"), ConfigError, "cfg.toml:4",
                     "runtime.mode", "'pipelined' is not one of", "pipeline", "sequential");

@@ -81,11 +81,14 @@ TEST(LoadReports, ProgressAndReadyShareOneTagAndAreToldApart) {
   r.upload.read_s = 0.25;
   r.device_start_s = 0.125;
   r.connect_s = 0.5;
+  r.streamed_bytes = 1 << 20;
+  r.stream_slots = 3;
   const auto q = decode_load(bytes(encode(r)));
   ASSERT_TRUE(std::holds_alternative<StageReady>(q));
   EXPECT_EQ(encode(std::get<StageReady>(q)), encode(r));
   EXPECT_EQ(std::get<StageReady>(q).device_start_s, 0.125);
   EXPECT_EQ(std::get<StageReady>(q).connect_s, 0.5);
+  EXPECT_EQ(std::get<StageReady>(q).stream_slots, 3);
 
   StageReady bad;
   bad.error = "cannot open model.safetensors";

@@ -5,6 +5,7 @@
 
 #include "planner/plan.h"
 #include "tests/plan_models.h"
+#include "tests/test_util.h"
 
 namespace cascade::planner {
 namespace {
@@ -110,8 +111,8 @@ TEST(CostModel, MoreSlotsLetCopiesRunThroughTheCpuModules) {
   };
   r.stream_slots = 3;
   EXPECT_EQ(make_plan(r).stream_slots, 3);  // what the stages are told to allocate
-  r.stream_slots = 1;
-  EXPECT_EQ(make_plan(r).stream_slots, 2);  // at least a double buffer
+  for (const int slots : {1, 9})            // fewer than a double buffer, more than a stage allocates
+    EXPECT_THROW_WITH((r.stream_slots = slots, make_plan(r)), PlanError, "stream_slots", std::to_string(slots));
   const auto [two, copies2, cpu2] = step_and_sides(2);
   const auto [four, copies4, cpu4] = step_and_sides(4);
   ASSERT_GT(copies2, 0);
@@ -170,6 +171,60 @@ TEST(CostModel, SlowsTheCpuBesideCopies) {
   r.streamed_share.reset();
   const double cpu_only = make_plan(r).predicted_step_s;
   r.cpu_compute_shared = 0;
+  EXPECT_EQ(make_plan(r).predicted_step_s, cpu_only);
+}
+
+// stream_slots "auto": the plan of 2 to kMostAutoSlots slots predicted fastest, and the
+// choice says what each count predicted. Where copies run through CPU modules (as in
+// MoreSlotsLetCopiesRunThroughTheCpuModules) more slots win; where the copies alone set
+// the step, or nothing streams, two stay.
+TEST(CostModel, AutoSlotsKeepThePlanPredictedFastest) {
+  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 0.75;
+  r.pinned_h2d = 1e9;
+  r.gpu_compute = 1e15;
+  r.cpu_compute = 1e9 / 3;
+  double fastest = 1e30;
+  for (int s = config::kMinStreamSlots; s <= kMostAutoSlots; ++s)
+    fastest = std::min(fastest, (r.stream_slots = s, make_plan(r)).predicted_step_s);
+  r.stream_slots = config::kAutoStreamSlots;
+  const Plan chosen = make_plan(r);
+  EXPECT_GT(chosen.stream_slots, 2);
+  EXPECT_DOUBLE_EQ(chosen.predicted_step_s, fastest);
+  EXPECT_NE(chosen.offload_choice.find(std::to_string(chosen.stream_slots) + " GPU slots"), std::string::npos)
+      << chosen.offload_choice;
+  EXPECT_EQ(chosen.devices.at("cuda:0").staging % static_cast<uint64_t>(chosen.stream_slots), 0u);
+  // Everything streamed with the CPU idle: the copy engine sets the step whatever the
+  // slots, and each slot beyond two only keeps a module off the GPU.
+  r.offload_compute = "cuda:0";
+  r.streamed_share.reset();
+  EXPECT_EQ(make_plan(r).stream_slots, 2) << make_plan(r).offload_choice;
+  // Nothing streams: no slots to choose.
+  r.offload_compute = "cpu";
+  const Plan cpu = make_plan(r);
+  EXPECT_EQ(cpu.stream_slots, 2);
+  EXPECT_EQ(cpu.offload_choice.find("GPU slots"), std::string::npos) << cpu.offload_choice;
+}
+
+// At 16 tokens a CPU module is bound by arithmetic: in a step that streams it runs at
+// cpu_flops_shared (measured beside copies), with nothing streamed at cpu_flops.
+TEST(CostModel, SlowsTheCpusArithmeticBesideCopies) {
+  PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
+  r.offload_compute = "cpu+cuda:0";
+  r.streamed_share = 0.5;
+  r.max_batch = 16;
+  r.cpu_compute = 1e12;  // reading weights takes no time: FLOPs set the CPU's part
+  r.cpu_flops = 1e11;
+  r.pinned_h2d = 1e12;
+  r.gpu_compute = 1e15;
+  const double alone = make_plan(r).predicted_step_s;
+  r.cpu_flops_shared = 0.25e11;
+  EXPECT_NEAR(make_plan(r).predicted_step_s, 4 * alone, 0.04 * alone);
+  r.offload_compute = "cpu";
+  r.streamed_share.reset();
+  const double cpu_only = make_plan(r).predicted_step_s;
+  r.cpu_flops_shared = 0;
   EXPECT_EQ(make_plan(r).predicted_step_s, cpu_only);
 }
 

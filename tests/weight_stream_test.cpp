@@ -19,9 +19,18 @@ namespace {
 
 TEST(WeightStream, OnlyForCudaDevices) { EXPECT_EQ(WeightStream::create(at::kCPU, 1024), nullptr); }
 
+// A slot count outside the plan's range is refused, not clamped: the plan reserved the
+// GPU memory for exactly the count it hands the stage.
+TEST(WeightStream, RefusesSlotCountsNoPlanHas) {
+  for (const int slots : {-1, 0, 1, 9})
+    EXPECT_THROW_WITH(WeightStream::create(at::kCPU, 1024, slots), std::invalid_argument, "GPU slots",
+                      std::to_string(slots));
+  EXPECT_EQ(WeightStream::create(at::kCPU, 1024, 8), nullptr);
+}
+
 // The counts the environment may set, clamped: the disk tier's readers (the cores less
-// one, 1 to 16, unless CASCADE_STREAM_READERS says otherwise; 1 to 64), the device slots a
-// plan reserves (2; 2 to 8) and the pinned staging buffers (4; 2 to 8). Each row: the
+// one, 1 to 16, unless CASCADE_STREAM_READERS says otherwise; 1 to 64) and the pinned
+// staging buffers (4; 2 to 8). Each row: the
 // variable, the function, its default, then values set and what they give.
 TEST(WeightStream, CountsFollowTheEnvironment) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -36,7 +45,6 @@ TEST(WeightStream, CountsFollowTheEnvironment) {
        &WeightStream::reader_threads,
        std::clamp(cores - 1, 1, 16),
        {{"24", 24}, {"500", 64}, {"0", 1}}},
-      {"CASCADE_STREAM_SLOTS", &WeightStream::slots, 2, {{"3", 3}, {"1", 2}, {"99", 8}}},
       {"CASCADE_STAGING_BUFFERS", &WeightStream::staging_buffers, 4, {{"6", 6}, {"1", 2}, {"99", 8}}},
   };
   for (const Row& r : rows) {

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "config/config.h"
 #include "config/env.h"
 
 #ifdef CASCADE_WITH_CUDA
@@ -29,8 +30,6 @@ int env_count(const char* name, long fallback, long lo, long hi) {
 
 int WeightStream::staging_buffers() { return env_count("CASCADE_STAGING_BUFFERS", 4, 2, 8); }
 
-int WeightStream::slots() { return env_count("CASCADE_STREAM_SLOTS", 2, 2, 8); }
-
 int WeightStream::reader_threads() {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   return env_count("CASCADE_STREAM_READERS", std::clamp(cores - 1, 1u, 16u), 1, 64);
@@ -50,7 +49,7 @@ class CudaWeightStream : public WeightStream {
   CudaWeightStream(at::Device device, uint64_t slot_bytes, int slots)
       : device_(device),
         slot_bytes_(slot_bytes),
-        slots_(std::clamp(slots, 2, 8)),
+        slots_(slots),
         slot_(static_cast<size_t>(slots_)),
         copied_(static_cast<size_t>(slots_), nullptr),
         freed_(static_cast<size_t>(slots_), nullptr),
@@ -142,6 +141,7 @@ class CudaWeightStream : public WeightStream {
   }
 
   uint64_t host_bytes() const override { return host_bytes_; }
+  int slot_count() const override { return slots_; }
 
   ReadStats read_stats() const override {
     if (!stager_) return {};
@@ -275,12 +275,19 @@ class CudaWeightStream : public WeightStream {
 
 }  // namespace
 
-std::unique_ptr<WeightStream> WeightStream::create(at::Device device, uint64_t slot_bytes, int slots) {
-  if (!device.is_cuda()) return nullptr;
-  return std::make_unique<CudaWeightStream>(device, slot_bytes, slots);
-}
-#else
-std::unique_ptr<WeightStream> WeightStream::create(at::Device, uint64_t, int) { return nullptr; }  // CPU-only build
 #endif
+
+std::unique_ptr<WeightStream> WeightStream::create(at::Device device, uint64_t slot_bytes, int slots) {
+  if (slots < config::kMinStreamSlots || slots > config::kMaxStreamSlots)
+    throw std::invalid_argument("weight streaming through " + std::to_string(slots) + " GPU slots: a plan has " +
+                                std::to_string(config::kMinStreamSlots) + " to " +
+                                std::to_string(config::kMaxStreamSlots));
+#ifdef CASCADE_WITH_CUDA
+  if (device.is_cuda()) return std::make_unique<CudaWeightStream>(device, slot_bytes, slots);
+#else
+  (void)device, (void)slot_bytes;  // a CPU-only build streams nothing
+#endif
+  return nullptr;
+}
 
 }  // namespace cascade::stage

@@ -1,9 +1,11 @@
 // Streams the weights of offloaded modules to the GPU that computes them
 // (offload_compute = "cuda:N", DESIGN §5). Their weights stay in host memory — pinned
 // copies for the CPU tier, the mapped checkpoint or offload folder for the disk tier —
-// and every step copies streamed module k into device slot k % slots() on a copy
-// stream while the modules before it compute from the other slots (slots() of them, at
-// least a double buffer, which the planner reserves).
+// and every step copies streamed module k into device slot k % S on a copy stream while
+// the modules before it compute from the other slots. S is the plan's count
+// (placement.stream_slots, which the planner reserves: at least a double buffer); a copy
+// runs up to S - 1 modules ahead of the compute, so PCIe keeps copying through a hybrid
+// offload's CPU-computed modules between streamed ones.
 //
 // Modules are built once, with weight tensors that are views into their slot: a
 // module's weights hold its data only between acquire(k) and release(k), which the
@@ -26,7 +28,8 @@ class WeightStream {
  public:
   // nullptr when this build has no CUDA code or `device` is not a CUDA device.
   // slot_bytes: the largest streamed module, each tensor rounded up to kAlign; slots:
-  // how many (2 to 8, clamped), as the plan reserved them.
+  // how many, as the plan reserved them (config::kMinStreamSlots to kMaxStreamSlots,
+  // else std::invalid_argument).
   static std::unique_ptr<WeightStream> create(at::Device device, uint64_t slot_bytes, int slots = 2);
   static constexpr uint64_t kAlign = 256;
   // Threads that read pageable pieces (the disk tier) into pinned staging: the cores
@@ -39,17 +42,10 @@ class WeightStream {
   // (2 to 8). On the H100 host's disk row two ran at 11.4 tok/s, four at 12.8, eight no
   // faster (docs/performance.md, session 33).
   static int staging_buffers();
-  // Device slots a plan reserves, each the size of the largest streamed module: 2 (a
-  // double buffer), or CASCADE_STREAM_SLOTS (2 to 8), read where the plan is made; the
-  // plan hands its count to the stages. With s slots a copy runs up to s - 1 modules
-  // ahead of the compute, so PCIe keeps copying through a hybrid offload's CPU-computed
-  // modules between streamed ones; each slot beyond two keeps one module's bytes off
-  // the GPU.
-  static int slots();
   virtual ~WeightStream() = default;
 
   // Registers a tensor of streamed module k (k = 0, 1, ... in execution order) and
-  // returns the view of slot k % slots() that the module computes with. host: CPU, contiguous.
+  // returns the view of slot k % S that the module computes with. host: CPU, contiguous.
   // Pinned memory is copied straight to the GPU at full PCIe speed. Anything else — a
   // disk-tier tensor, whose bytes lie in `file` at `offset` (read with pread), or other
   // pageable memory — is read by reader threads into a pinned staging buffer ahead of
@@ -71,6 +67,7 @@ class WeightStream {
   // hybrid offload's CPU stage), so PCIe and that stage's compute would not overlap.
   virtual void prefetch() = 0;
   virtual uint64_t host_bytes() const = 0;  // bytes streamed per step (all modules)
+  virtual int slot_count() const = 0;       // the device slots, as created
   // The disk tier's reads since creation: the readers' bytes and busy seconds
   // (HostStager::stats), and the seconds acquire() blocked until a module's pieces were
   // read, the step loop idle. All zero where nothing is staged.
