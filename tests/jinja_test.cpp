@@ -128,6 +128,14 @@ TEST(Jinja, HostileTemplatesAreBounded) {
   EXPECT_EQ(render("{{ '' * 100000000000 }}|{{ [1, 2] * 2 }}"), "|[1, 2, 1, 2]");
 }
 
+// Each operator level is left-associative, `**` included, and binds as jinja2's parser
+// does (`~` between `+ -` and `* / // %`): the values are jinja2's.
+TEST(Jinja, ArithmeticGroupsAsJinja2Does) {
+  EXPECT_EQ(render("{{ 10 - 3 - 2 }}|{{ 2 ** 3 ** 2 }}|{{ 7 // 2 * 3 % 4 }}|{{ 20 / 4 / 5 }}"), "5|64|1|1.0");
+  EXPECT_EQ(render("{{ 1 + 2 * 3 - 4 }}|{{ -2 ** 2 }}|{{ 'a' ~ 2 * 3 ~ 'b' }}"), "3|4|a6b");
+  EXPECT_THROW(render("{{ 'a' ~ 1 - 1 }}"), std::exception);  // ('a' ~ 1) - 1, as in jinja2
+}
+
 TEST(Jinja, LoopsScopesAndNamespaces) {
   EXPECT_EQ(render("{% set x = 1 %}{% for i in [1, 2] %}{% set x = i %}{% endfor %}{{ x }}"), "1");
   EXPECT_EQ(render("{% set ns = namespace(x=1) %}{% for i in [1, 2] %}{% set ns.x = i %}{% endfor %}{{ ns.x }}"), "2");

@@ -1,5 +1,6 @@
 #include "daemon/chat/jinja_expr.h"
 
+#include <algorithm>
 #include <set>
 
 namespace cascade::chat::jinja {
@@ -72,35 +73,21 @@ NodePtr ExprParser::compare() {
   }
 }
 
-NodePtr ExprParser::math1() {
-  NodePtr a = concat();
-  while (is_op("+") || is_op("-")) {
-    const std::string op = next().text;
-    a = binary(op, a, concat());
+NodePtr ExprParser::left_assoc(std::initializer_list<const char*> ops, NodePtr (ExprParser::*operand)()) {
+  NodePtr a = (this->*operand)();
+  for (;;) {
+    const auto op = std::find_if(ops.begin(), ops.end(), [&](const char* o) { return is_op(o); });
+    if (op == ops.end()) return a;
+    next();
+    a = binary(*op, a, (this->*operand)());
   }
-  return a;
 }
 
-NodePtr ExprParser::concat() {
-  NodePtr a = math2();
-  while (is_op("~")) a = binary("~", a, (next(), math2()));
-  return a;
-}
-
-NodePtr ExprParser::math2() {
-  NodePtr a = power();
-  while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
-    const std::string op = next().text;
-    a = binary(op, a, power());
-  }
-  return a;
-}
-
-NodePtr ExprParser::power() {
-  NodePtr a = unary();
-  while (is_op("**")) a = binary("**", a, (next(), unary()));
-  return a;
-}
+// Jinja's precedence, loosest first; each level is left-associative (`**` too, as Jinja has it).
+NodePtr ExprParser::math1() { return left_assoc({"+", "-"}, &ExprParser::concat); }
+NodePtr ExprParser::concat() { return left_assoc({"~"}, &ExprParser::math2); }
+NodePtr ExprParser::math2() { return left_assoc({"*", "/", "//", "%"}, &ExprParser::power); }
+NodePtr ExprParser::power() { return left_assoc({"**"}, &ExprParser::unary); }
 
 NodePtr ExprParser::unary() {
   const Nest nest(depth_, peek().line);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,10 +70,12 @@ class ExprParser {
   NodePtr and_expr();
   NodePtr not_expr();
   NodePtr compare();
-  NodePtr math1();
-  NodePtr concat();
-  NodePtr math2();
-  NodePtr power();
+  // One left-associative level: operands from `operand` joined by any of `ops`.
+  NodePtr left_assoc(std::initializer_list<const char*> ops, NodePtr (ExprParser::*operand)());
+  NodePtr math1();   // + -
+  NodePtr concat();  // ~
+  NodePtr math2();   // * / // %
+  NodePtr power();   // **
   NodePtr unary();
   NodePtr unary_plain();
   // Arguments of a call, filter or test: `(a, b, k=v)`; kwargs come last among kids.
