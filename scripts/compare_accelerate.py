@@ -143,12 +143,15 @@ def hf_free(model):
 
 # ---------------------------------------------------------------- Cascade side
 
-def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_compute="cuda:0", prompt_len=32):
+def cascade_run(exe, work, name, model, max_memory, batch, n, extra="", offload_compute="cuda:0", prompt_len=32,
+                stream_slots=""):
     cfg = os.path.join(work, name + ".toml")
     mem = ", ".join(f'"{k}" = "{v}"' for k, v in max_memory.items())
+    slot_value = stream_slots if stream_slots.isdigit() else json.dumps(stream_slots)  # a count, or "auto"
+    slots = f"stream_slots = {slot_value}\n" if stream_slots else ""
     with open(cfg, "w") as f:
         f.write(f'[model]\npath = "{model}"\ndtype = "bfloat16"\n[placement]\nmax_memory = {{ {mem} }}\n'
-                f'offload_folder = "{work}/offload-{name}"\noffload_compute = "{offload_compute}"\n'
+                f'offload_folder = "{work}/offload-{name}"\noffload_compute = "{offload_compute}"\n{slots}'
                 f'[runtime]\nmax_batch = {max(batch, 1)}\nmax_seq_len = {prompt_len + n + 8}\n{extra}')
     args = [exe, "generate", "--config", cfg, "--max-new-tokens", str(n), "--json", "--warmup"]
     for p in prompts(batch, prompt_len):
@@ -273,6 +276,8 @@ def main():
     ap.add_argument("--offload-tokens", type=int, default=16, help="new tokens in the offload rows (slow for HF)")
     ap.add_argument("--fixture", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "llama_gqa"))
     ap.add_argument("--rows", default="a,b,c", help="which rows to run (e: several GPUs, issue 10; g: the decode engine's targets, issue 16; o: the offload engine's, issue 17)")
+    ap.add_argument("--stream-slots", default="",
+                    help="rows (o): placement.stream_slots, 2 to 8 or auto (unset: the config's default)")
     ap.add_argument("--gpu-budget", default="3.4GiB", help="row (e): max_memory per GPU, both sides")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -436,7 +441,8 @@ def main():
                   {"cuda:0": "2GiB", "cpu": "100GiB"}, 1, int8, 90),
                  ("all layers on the CPU, bf16, batch 1", "o_cpu_b1", {"cpu": "100GiB"}, 1, "", 17.5)]
         for label, slug, mem, b, extra, goal in cases:
-            r = cascade_run(exe, args.work, slug, anchor, mem, b, M, extra, offload_compute="auto", prompt_len=32)
+            r = cascade_run(exe, args.work, slug, anchor, mem, b, M, extra, offload_compute="auto", prompt_len=32,
+                            stream_slots=args.stream_slots)
             step, choice = predicted(r["log"])
             rt = saved_rates(rates)
             cpu_rate = rt.get("cpu_compute_int8" if extra else "cpu_compute", 0) or rt.get("cpu_compute", 0)
@@ -451,7 +457,7 @@ def main():
         # alone, a short run's rate is noisier: session 33's 16-token runs of this row gave
         # 73-79% of the bound, 32-token runs in another call 83-87% (docs/performance.md).
         r = cascade_run(exe, args.work, "o_disk_b1", anchor, {"cuda:0": "2GiB", "cpu": "2GiB", "disk": "unlimited"}, 1,
-                        M)
+                        M, stream_slots=args.stream_slots)
         off, disk = streamed_bytes(r["log"]), paged_bytes(r["log"])
         # A step needs every streamed byte over PCIe and the disk tier's bytes read from the
         # page cache (at the rate cascade calibrate measured with the stage's readers); the
