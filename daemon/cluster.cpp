@@ -439,6 +439,7 @@ StepOutput Cluster::next() {
   out.header = in_flight_.front();
   try {
     comm::Message m = from_last_->recv(after(step_timeout_));
+    out.ready = std::chrono::steady_clock::now();  // the stages run ahead of next(): received is ready
     if (m.header.kind != comm::StepKind::kResult || m.header.step_id != out.header.step_id) {
       throw ClusterError("expected the result of step " + std::to_string(out.header.step_id) + ", got step " +
                          std::to_string(m.header.step_id) + " kind " + std::to_string(static_cast<int>(m.header.kind)));

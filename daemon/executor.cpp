@@ -10,7 +10,8 @@ LocalExecutor::LocalExecutor(std::unique_ptr<stage::Model> model, double step_ti
 void LocalExecutor::submit(const comm::StepHeader& h, const at::Tensor& ids) {
   at::Tensor logits = runner_.run(h, ids, 0, -1);
   runner_.model().hop_sent();  // a streamed module's copy may start
-  Pending p{runner_.begin_sample(h, logits), std::nullopt};
+  Pending p{runner_.begin_sample(h, logits), std::nullopt, std::nullopt};
+  if (p.sample.ready()) p.picked = std::chrono::steady_clock::now();  // the CPU picked them now
   if (!p.sample.on_device()) {  // sampled on the host: now, after the steps before it
     settle();
     p.done = finish(std::move(p.sample));
@@ -22,7 +23,9 @@ StepOutput LocalExecutor::next() {
   TORCH_CHECK(!pending_.empty(), "next() without a submitted step");
   Pending p = std::move(pending_.front());
   pending_.pop_front();
-  return p.done ? std::move(*p.done) : finish(std::move(p.sample));
+  StepOutput out = p.done ? std::move(*p.done) : finish(std::move(p.sample));
+  if (p.picked) out.ready = *p.picked;
+  return out;
 }
 
 int64_t LocalExecutor::kv_slots() const { return runner_.model().kv_cache().slots(); }
@@ -32,7 +35,7 @@ StepOutput LocalExecutor::finish(stage::StepRunner::PendingSample p) {
   const comm::StepHeader h = p.header;
   const at::Tensor logits = p.logits;
   stage::StepRunner::Sampled s = runner_.finish_sample(std::move(p), step_timeout_);
-  StepOutput out{h, s.ids, {}, {}};
+  StepOutput out{h, s.ids, {}, {}, std::chrono::steady_clock::now()};
   if (h.flags & comm::kStepWantLogits) out.logits = logits.to(at::kCPU, at::kFloat);
   if (h.flags & comm::kStepWantLogprobs) out.logprobs = s.logprobs;
   return out;

@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -29,6 +30,10 @@ struct StepOutput {
   at::Tensor ids;           // [result rows] int64, -1 where a sequence was not sampled
   at::Tensor logits;        // [seqs, vocab] float32, or undefined
   at::Tensor logprobs;      // float64 [records, 4 + 2K], or undefined
+  // When its tokens were ready: where a step runs in submit() (LocalExecutor on the
+  // CPU), before the steps submitted after it ran, not when next() returned it. Decode
+  // rates are timed from the prefill's.
+  std::chrono::steady_clock::time_point ready;
 };
 
 class Executor {
@@ -70,6 +75,8 @@ class LocalExecutor : public Executor {
   struct Pending {
     stage::StepRunner::PendingSample sample;
     std::optional<StepOutput> done;  // finished already
+    // When its tokens were picked, where that needed no wait for a device (the CPU).
+    std::optional<std::chrono::steady_clock::time_point> picked;
   };
   StepOutput finish(stage::StepRunner::PendingSample p);
   void settle();  // finishes every step still waiting for its tokens, in order

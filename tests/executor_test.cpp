@@ -62,8 +62,15 @@ TEST(LocalExecutor, StepsSubmittedAheadEqualStepsOneAtATime) {
       for (auto& s : f.seqs) s.fed = true;
       ahead.submit(f, at::full({2}, -1, at::kLong));  // before the step it feeds on returns
     }
+    // Each step ran in submit() on the CPU: its tokens were ready then, in order, though
+    // next() hands them over only now (decode rates are timed from them).
+    const auto submitted = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point last{};
     for (size_t i = 0; i < want.size(); ++i) {
       const StepOutput got = ahead.next();
+      EXPECT_LT(got.ready, submitted) << "step " << i;
+      EXPECT_GT(got.ready, last) << "step " << i;
+      last = got.ready;
       EXPECT_EQ(got.header.step_id, static_cast<int64_t>(i) + 1);
       EXPECT_TRUE(at::equal(got.ids, want[i])) << "step " << i << ": " << got.ids << " against " << want[i];
     }
