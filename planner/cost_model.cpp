@@ -36,8 +36,10 @@ double cpu_seconds(const PlanRequest& r, const ModuleInfo& m, bool beside_copies
 // simulated steps (predicted_step_seconds).
 class StreamTimeline {
  public:
-  StreamTimeline(const PlanRequest& r, size_t streamed)
+  // slots: the plan's (Plan::stream_slots; the request's may say "auto").
+  StreamTimeline(const PlanRequest& r, size_t streamed, int slots)
       : r_(r),
+        slots_(static_cast<size_t>(std::max(slots, 2))),
         started_(streamed, 0.0),
         copied_(streamed, false),
         buffer_free_(static_cast<size_t>(r.staging_buffer_count()), 0.0) {}
@@ -45,7 +47,7 @@ class StreamTimeline {
   // Streamed module number k (route order) of `bytes` from `tier`, wanted by the GPU at
   // `t`: returns when it starts computing.
   double start(size_t k, double bytes, const DeviceName& tier, double t) {
-    const size_t n = started_.size(), slots = static_cast<size_t>(r_.stream_slots);
+    const size_t n = started_.size(), slots = slots_;
     if (n <= slots && copied_[k]) return started_[k] = t;  // still in its slot from the step before
     copied_[k] = true;
     // Its slot is free once the module `slots` places before it has computed, taken as
@@ -69,6 +71,7 @@ class StreamTimeline {
 
  private:
   const PlanRequest& r_;
+  size_t slots_;
   double copy_end_ = 0;              // the copy engine's last copy
   double read_end_ = 0;              // the readers' last read
   std::vector<double> started_;      // per streamed module: when it last started computing
@@ -88,7 +91,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   for (size_t k = 0; k < p.route_segments.size(); ++k)
     for (int64_t i = p.route_segments[k].begin; i < p.route_segments[k].end; ++i)
       n_streamed += streamed(p.stages[static_cast<size_t>(p.route_ranks[k] - 1)].device, i);
-  StreamTimeline stream(r, std::max<size_t>(n_streamed, 1));
+  StreamTimeline stream(r, std::max<size_t>(n_streamed, 1), p.stream_slots);
   double host_bytes = 0;    // one step's reads of host memory, by CPU stages and by streaming copies
   double stream_bytes = 0;  // one step's streamed bytes
   double t = 0, first_end = 0;
@@ -118,7 +121,7 @@ double predicted_step_seconds(const PlanRequest& r, const Plan& p) {
   }
   // Copies that run ahead into the next step fall outside the second step's span, but
   // one copy engine moves every streamed byte each step (unless all stay in the slots).
-  const double copies = n_streamed > static_cast<size_t>(r.stream_slots) ? stream_bytes / r.pinned_h2d : 0.0;
+  const double copies = n_streamed > static_cast<size_t>(p.stream_slots) ? stream_bytes / r.pinned_h2d : 0.0;
   return std::max({t - first_end, copies, r.host_read > 0 ? host_bytes / r.host_read : 0.0});
 }
 

@@ -194,13 +194,12 @@ Plan make_plan(const PlanRequest& req);
 // embedding nothing: a step reads max_batch of its rows); on a CPU
 // the bytes its tokens read (an expert block's chosen experts, at most all of them) or
 // its FLOPs over cpu_flops, whichever is longer (a disk-tier one at least its bytes over
-// disk_read; in a step that streams, at cpu_compute_shared and cpu_flops_shared); a streamed module waits for
-// its copy, which starts once the streamed module stream_slots - 1 places before it
-// starts computing (its slot is then free: with two slots, the module before) and after
-// the copy before (one copy engine), so copies overlap the CPU stage's compute between
-// them; where every streamed module fits the slots at once, each is copied only once.
-// A disk-tier module's copy also waits for its read into a staging buffer: the readers
-// read one module at a time, into a buffer whose last copy has ended, once the streamed
+// disk_read; in a step that streams, at cpu_compute_shared and cpu_flops_shared); a
+// streamed module waits for its copy, which starts once the streamed module
+// p.stream_slots - 1 places before it starts computing (its slot is then free: with two slots, the module before) and
+// after the copy before (one copy engine), so copies overlap the CPU stage's compute between them; where every streamed
+// module fits the slots at once, each is copied only once. A disk-tier module's copy also waits for its read into a
+// staging buffer: the readers read one module at a time, into a buffer whose last copy has ended, once the streamed
 // module staging_buffers places before it has started computing (WeightStream reads that
 // far ahead). Each hop between stages costs kHopSeconds.
 // The second of two simulated steps is returned (the first has no copy in flight), or,
@@ -209,9 +208,8 @@ Plan make_plan(const PlanRequest& req);
 // host_read is set, the step's host bytes (read by the CPU stages or streamed from RAM)
 // over host_read: the two sides share one memory bus.
 double predicted_step_seconds(const PlanRequest& req, const Plan& p);
-constexpr double kHopSeconds = 50e-6;
-constexpr int kMostAutoSlots =
-    4;  // stream_slots "auto" tries 2 to this (measured up to 4)  // one activation hop at batch 1 (an estimate)
+constexpr double kHopSeconds = 50e-6;  // one activation hop at batch 1 (an estimate)
+constexpr int kMostAutoSlots = 4;      // stream_slots "auto" tries 2 to this (measured up to 4)
 
 // The hf_device_map spelling of a device: 0 for cuda:0, "cpu" for cpu:0, "cpu:1", "disk".
 std::string hf_device(const config::DeviceName& d);

@@ -195,6 +195,9 @@ TEST(CostModel, AutoSlotsKeepThePlanPredictedFastest) {
   EXPECT_NE(chosen.offload_choice.find(std::to_string(chosen.stream_slots) + " GPU slots"), std::string::npos)
       << chosen.offload_choice;
   EXPECT_EQ(chosen.devices.at("cuda:0").staging % static_cast<uint64_t>(chosen.stream_slots), 0u);
+  // What `cascade bench` asks the model again, with the request still saying "auto":
+  // the plan's slots count.
+  EXPECT_DOUBLE_EQ(predicted_step_seconds(r, chosen), chosen.predicted_step_s);
   // Everything streamed with the CPU idle: the copy engine sets the step whatever the
   // slots, and each slot beyond two only keeps a module off the GPU.
   r.offload_compute = "cuda:0";
