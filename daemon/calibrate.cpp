@@ -64,10 +64,11 @@ at::Tensor pinned_block(const at::Device& gpu) {
   return host;
 }
 
-// Seconds of `pool_pass(pool, tokens)` while another thread copies pinned memory to
-// GPU 0 back to back; 0 without a GPU.
-double pool_pass_beside_copies(const std::vector<at::Tensor>& pool, int64_t tokens) {
-  if (!at::hasCUDA()) return 0;
+// Seconds of `pool_pass(pool, t)` for each t of `tokens` while another thread copies
+// pinned memory to GPU 0 back to back (one copier for all); zeros without a GPU.
+std::vector<double> pool_passes_beside_copies(const std::vector<at::Tensor>& pool, const std::vector<int64_t>& tokens) {
+  std::vector<double> out(tokens.size(), 0.0);
+  if (!at::hasCUDA()) return out;
   const at::Device gpu(at::kCUDA, 0);
   const at::Tensor host = pinned_block(gpu);
   std::atomic<bool> stop{false};
@@ -82,7 +83,8 @@ double pool_pass_beside_copies(const std::vector<at::Tensor>& pool, int64_t toke
       t.join();
     }
   } join{stop, copier};
-  return pool_pass(pool, tokens);
+  for (size_t i = 0; i < tokens.size(); ++i) out[i] = pool_pass(pool, tokens[i]);
+  return out;
 }
 
 double pinned_h2d() {
@@ -147,9 +149,10 @@ Rates measure_rates(const CalibrateOptions& o, std::ostream& progress) {
   r.cpu_compute = static_cast<double>(bytes * copies) / pool_pass(pool, 1);
   const double flops16 = 2.0 * 16 * static_cast<double>(out * in * copies);
   r.cpu_flops = flops16 / pool_pass(pool, 16);
-  if (const double shared = pool_pass_beside_copies(pool, 1); shared > 0)
-    r.cpu_compute_shared = static_cast<double>(bytes * copies) / shared;
-  if (const double shared = pool_pass_beside_copies(pool, 16); shared > 0) r.cpu_flops_shared = flops16 / shared;
+  if (const std::vector<double> shared = pool_passes_beside_copies(pool, {1, 16}); shared[0] > 0) {
+    r.cpu_compute_shared = static_cast<double>(bytes * copies) / shared[0];
+    r.cpu_flops_shared = flops16 / shared[1];
+  }
   // int8 rows of the same projections, twice as many copies: the same bytes.
   std::vector<stage::Int8Rows> rows;
   for (int64_t i = 0; i < 2 * copies; ++i) rows.push_back(stage::quantize_rows(pool[static_cast<size_t>(i % copies)]));

@@ -82,19 +82,24 @@ TEST(CostModel, OverlapsDiskReadsWithCopiesAsFarAsTheStagingBuffersLet) {
   EXPECT_NEAR(make_plan(r).predicted_step_s, disk / 0.1e9, 0.1 * disk / 0.1e9);
 }
 
-// Where the CPU computes beside a weight stream, its modules cost their bytes over the
-// rate measured beside copies; with nothing streamed, over the rate alone.
-// A hybrid whose CPU modules each take as long as three copies: with two slots only the
-// next streamed module copies while the CPU computes one, so copies and CPU compute
-// mostly add up; with four the copies run three modules ahead, through the CPU's
-// modules, and the step nears the longer of the two.
-TEST(CostModel, MoreSlotsLetCopiesRunThroughTheCpuModules) {
+// A hybrid of 16 layers, three quarters streamed, whose CPU modules each take as long
+// as three copies (MoreSlotsLetCopiesRunThroughTheCpuModules says why that needs slots).
+PlanRequest hybrid_with_slow_cpu() {
   PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
   r.offload_compute = "cpu+cuda:0";
   r.streamed_share = 0.75;
   r.pinned_h2d = 1e9;
   r.gpu_compute = 1e15;
   r.cpu_compute = 1e9 / 3;
+  return r;
+}
+
+// A hybrid whose CPU modules each take as long as three copies: with two slots only the
+// next streamed module copies while the CPU computes one, so copies and CPU compute
+// mostly add up; with four the copies run three modules ahead, through the CPU's
+// modules, and the step nears the longer of the two.
+TEST(CostModel, MoreSlotsLetCopiesRunThroughTheCpuModules) {
+  PlanRequest r = hybrid_with_slow_cpu();
   const auto step_and_sides = [&](int slots) {
     r.stream_slots = slots;
     const Plan p = make_plan(r);
@@ -157,6 +162,8 @@ TEST(CostModel, ModulesThatFitTheSlotsAreCopiedOnce) {
   }
 }
 
+// Where the CPU computes beside a weight stream, its modules cost their bytes over the
+// rate measured beside copies; with nothing streamed, over the rate alone.
 TEST(CostModel, SlowsTheCpuBesideCopies) {
   PlanRequest r = request(model(12, 100 * MiB, 10 * MiB), {{"cuda:0", 500 * MiB}, {"cpu", 8000 * MiB}});
   r.offload_compute = "cpu+cuda:0";
@@ -179,12 +186,7 @@ TEST(CostModel, SlowsTheCpuBesideCopies) {
 // MoreSlotsLetCopiesRunThroughTheCpuModules) more slots win; where the copies alone set
 // the step, or nothing streams, two stay.
 TEST(CostModel, AutoSlotsKeepThePlanPredictedFastest) {
-  PlanRequest r = request(model(16, 100 * MiB, 10 * MiB), {{"cuda:0", 700 * MiB}, {"cpu", 8000 * MiB}});
-  r.offload_compute = "cpu+cuda:0";
-  r.streamed_share = 0.75;
-  r.pinned_h2d = 1e9;
-  r.gpu_compute = 1e15;
-  r.cpu_compute = 1e9 / 3;
+  PlanRequest r = hybrid_with_slow_cpu();
   double fastest = 1e30;
   for (int s = config::kMinStreamSlots; s <= kMostAutoSlots; ++s)
     fastest = std::min(fastest, (r.stream_slots = s, make_plan(r)).predicted_step_s);
