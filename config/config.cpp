@@ -1,6 +1,5 @@
 #include "config/config.h"
 
-#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <sstream>
 
 #include "config/size.h"
+#include "config/toml_guard.h"
 
 namespace cascade::config {
 namespace {
@@ -220,7 +220,7 @@ void apply_override(toml::table& root, const std::string& text, std::map<std::st
   }
   // The value is TOML when it parses as TOML, else a bare string (so mode=pipeline works).
   try {
-    const toml::table parsed = toml::parse("v = " + value, "--set " + text);
+    const toml::table parsed = parse_toml("v = " + value, "--set " + text);
     table->insert_or_assign(parts.back(), *parsed.get("v"));
   } catch (const toml::parse_error&) {
     table->insert_or_assign(parts.back(), value);
@@ -421,7 +421,7 @@ Config parse_config(const std::string& toml_text, const std::string& source_name
                     const std::vector<std::string>& overrides) {
   toml::table root;
   try {
-    root = toml::parse(toml_text, source_name);
+    root = parse_toml(toml_text, source_name);
   } catch (const toml::parse_error& e) {
     std::ostringstream msg;
     msg << source_name << ":" << e.source().begin.line << ":" << e.source().begin.column
