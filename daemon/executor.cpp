@@ -28,6 +28,8 @@ StepOutput LocalExecutor::next() {
   return out;
 }
 
+bool LocalExecutor::overlaps_steps() const { return runner_.model().device().is_cuda(); }
+
 int64_t LocalExecutor::kv_slots() const { return runner_.model().kv_cache().slots(); }
 int64_t LocalExecutor::max_seq_len() const { return runner_.model().kv_cache().max_seq_len(); }
 

@@ -47,9 +47,15 @@ class Executor {
   // step's ids also samples its tokens, so it holds each sequence's last one. Then a
   // sequence's next step can be submitted before this one's result is taken.
   virtual bool feeds_sampled() const { return false; }
+  // Whether a step submitted before the last one's tokens are taken runs while they
+  // travel back (true but where submit() itself runs the whole step, tokens included).
+  virtual bool overlaps_steps() const { return true; }
   // Whether the loops that drive this executor submit fed steps ahead: where it feeds
-  // sampled tokens, unless CASCADE_DECODE_AHEAD=0 (a measurement switch) says not to.
-  bool feeds_ahead() const { return feeds_sampled() && config::env_flag("CASCADE_DECODE_AHEAD", true); }
+  // sampled tokens and that overlaps steps, unless CASCADE_DECODE_AHEAD=0 (a measurement
+  // switch) says not to.
+  bool feeds_ahead() const {
+    return feeds_sampled() && overlaps_steps() && config::env_flag("CASCADE_DECODE_AHEAD", true);
+  }
   // Called between steps while idle: throws when the executor can no longer run steps.
   virtual void check() {}
   // After submit(), next() or check() threw: tries to make the executor usable again
@@ -68,6 +74,10 @@ class LocalExecutor : public Executor {
   void submit(const comm::StepHeader& h, const at::Tensor& ids) override;
   StepOutput next() override;
   bool feeds_sampled() const override { return true; }
+  // On the CPU, submit() computes the step and picks its tokens: a step submitted ahead
+  // would run before they are handed over, overlapping nothing and holding them back a
+  // step (a served request's first token one decode step late).
+  bool overlaps_steps() const override;
   int64_t kv_slots() const override;
   int64_t max_seq_len() const override;
 

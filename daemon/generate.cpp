@@ -146,7 +146,7 @@ std::vector<GenerateResult> run_generation(Executor& ex, const GenerateOptions& 
     const StepOutput out = ex.next();
     --in_flight;
     if (out.header.kind == comm::StepKind::kPrefill && out.header.step_id == 0) {  // decode is timed from here
-      t_first = out.ready;  // a LocalExecutor on the CPU ran the first decode step before next() returned this
+      t_first = out.ready;  // when its tokens were ready: a step fed ahead may have run since
       first = static_cast<int64_t>(n);
     }
     const int64_t* tok = out.ids.data_ptr<int64_t>();

@@ -259,7 +259,8 @@ TEST(Cluster, SampledTokensMatchToo) {
 // tokens return, and the stage starts it while they do. Tokens and logits equal the
 // one-process run whose steps carry their ids (CASCADE_DECODE_AHEAD=0): greedy and
 // sampled, on one stage (its one hop may overlap steps), on that stage loaded in the
-// generate process (LocalExecutor reads tokens back in next()), and on a route that
+// generate process (where, on the CPU, generate submits no step ahead: executor_test's
+// OnTheCpuLoopsSubmitNoStepAhead), and on a route that
 // returns to its first stage for the head (two hops there), and when one sequence stops
 // at EOS while the other goes on (its step past EOS is dropped).
 TEST(Cluster, FedStepsMatchStepsThatCarryTheirIds) {

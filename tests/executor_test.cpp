@@ -77,6 +77,17 @@ TEST(LocalExecutor, StepsSubmittedAheadEqualStepsOneAtATime) {
   }
 }
 
+// On the CPU a step runs whole in submit(), tokens picked: the loops that drive the
+// executor (generate, the scheduler) take each step's tokens before they submit the next,
+// as a step ahead would overlap nothing and hand every token over a step late. It still
+// takes fed steps (the test above).
+TEST(LocalExecutor, OnTheCpuLoopsSubmitNoStepAhead) {
+  LocalExecutor ex(load("llama_gqa"));
+  EXPECT_TRUE(ex.feeds_sampled());
+  EXPECT_FALSE(ex.overlaps_steps());
+  EXPECT_FALSE(ex.feeds_ahead());
+}
+
 TEST(LocalExecutor, ReturnsLogitsOnlyWhereAsked) {
   LocalExecutor ex(load("llama_gqa"));
   comm::StepHeader h = prompt_step(0.0);
