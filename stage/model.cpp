@@ -26,6 +26,7 @@ ModelDescription describe(const storage::Checkpoint& ck) {
   try {
     d.config = f.parse_config(j);
     d.config.json = j;
+    cfg::check_model_config(d.config);
   } catch (const ModelConfigError& e) {
     throw ModelConfigError(ck.dir() + "/" + e.what());
   }

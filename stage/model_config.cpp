@@ -130,6 +130,47 @@ std::vector<int64_t> read_eos(const nlohmann::json& j) {
   return out;
 }
 
+namespace {
+
+void check_range(const ModelConfig& c, const char* what, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi)
+    throw ModelConfigError("config.json: " + c.model_type + "'s " + what + " is " + std::to_string(v) +
+                           "; it must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+}
+
+void check_number(const ModelConfig& c, const char* what, double v, bool zero_ok) {
+  if (!std::isfinite(v) || v < 0 || (!zero_ok && v == 0))
+    throw ModelConfigError("config.json: " + c.model_type + "'s " + what + " is " + std::to_string(v) +
+                           "; it must be a finite number " + (zero_ok ? ">= 0" : "> 0"));
+}
+
+}  // namespace
+
+void check_model_config(const ModelConfig& c) {
+  constexpr int64_t kMostWidth = int64_t{1} << 22, kMostHeads = int64_t{1} << 16, kMostLayers = int64_t{1} << 14;
+  check_range(c, "vocabulary size", c.vocab_size, 1, int64_t{1} << 26);
+  check_range(c, "hidden size", c.hidden_size, 1, kMostWidth);
+  check_range(c, "intermediate (MLP) size", c.intermediate_size, 1, kMostWidth);
+  check_range(c, "number of layers", c.num_layers, 1, kMostLayers);
+  check_range(c, "number of attention heads", c.num_heads, 1, kMostHeads);
+  check_range(c, "number of key/value heads", c.num_kv_heads, 1, c.num_heads);
+  check_range(c, "head size", c.head_dim, 1, kMostWidth);
+  check_range(c, "max_position_embeddings", c.max_position_embeddings, 0, int64_t{1} << 30);
+  check_range(c, "sliding window", c.sliding_window, 0, int64_t{1} << 30);
+  check_number(c, "norm epsilon", c.norm_eps, true);
+  const RopeConfig& r = c.rope;
+  check_number(c, "rope_theta", r.theta, false);
+  check_number(c, "RoPE scaling factor", r.factor, false);
+  check_number(c, "RoPE attention_factor", r.attention_factor, false);
+  if (r.type == "llama3") {
+    check_number(c, "RoPE low_freq_factor", r.low_freq_factor, false);
+    if (!(r.high_freq_factor > r.low_freq_factor) || !std::isfinite(r.high_freq_factor))
+      throw ModelConfigError("config.json: " + c.model_type + "'s RoPE high_freq_factor must be finite and above " +
+                             "low_freq_factor (" + std::to_string(r.low_freq_factor) + ")");
+    check_range(c, "RoPE original_max_position_embeddings", r.original_max_position, 1, int64_t{1} << 30);
+  }
+}
+
 ModelConfig read_standard(const nlohmann::json& j, const std::string& model_type, const StandardDefaults& d) {
   ModelConfig c;
   c.model_type = model_type;

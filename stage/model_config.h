@@ -86,6 +86,14 @@ RopeConfig read_rope(const nlohmann::json& j);
 void check_rope(const RopeConfig& r, int64_t head_dim);
 std::vector<int64_t> read_eos(const nlohmann::json& j);
 
+// Throws ModelConfigError, naming the value, unless `c` (as a family read it) is a model
+// Cascade can lay out: every size positive and within what any checkpoint holds (a
+// config.json that says 10^12 layers would otherwise have its modules listed before a
+// single tensor is looked for), norm epsilon finite and >= 0, RoPE's numbers finite and
+// positive where its type reads them. describe() runs it after every family's
+// parse_config.
+void check_model_config(const ModelConfig& c);
+
 // The keys most decoder families share, with their usual names (vocab_size,
 // hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 // num_key_value_heads, head_dim, max_position_embeddings, rms_norm_eps, hidden_act,
