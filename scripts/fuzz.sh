@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(completion_request_fuzz chat_request_fuzz chat_template_fuzz http_request_fuzz
-  safetensors_header_fuzz tokenizer_json_fuzz step_header_fuzz control_message_fuzz config_fuzz)
+  safetensors_header_fuzz tokenizer_json_fuzz step_header_fuzz control_message_fuzz config_fuzz model_config_fuzz)
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DCASCADE_FUZZ=ON -DCASCADE_ASAN=ON -DCASCADE_BUILD_TESTS=OFF -DCASCADE_CUDA=OFF >/dev/null
 cmake --build build-fuzz -j"${JOBS:-$(nproc)}" --target "${targets[@]}"
