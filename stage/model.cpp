@@ -17,9 +17,10 @@ namespace cascade::stage {
 
 ModelDescription describe(const storage::Checkpoint& ck) {
   const auto& j = ck.config();
-  if (!j.contains("model_type") || !j["model_type"].is_string()) {
-    throw ModelConfigError(ck.dir() + "/config.json: 'model_type' is missing");
-  }
+  if (!j.contains("model_type")) throw ModelConfigError(ck.dir() + "/config.json: 'model_type' is missing");
+  if (!j["model_type"].is_string())
+    throw ModelConfigError(ck.dir() + "/config.json: 'model_type' must be a string, not " +
+                           std::string(j["model_type"].type_name()));
   const std::string model_type = j["model_type"].get<std::string>();
   const Family& f = find_family(model_type);
   ModelDescription d;

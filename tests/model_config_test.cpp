@@ -113,5 +113,18 @@ TEST(ModelConfig, ACheckpointThatClaimsTrillionsOfLayersFailsAtOnce) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
+TEST(ModelConfig, DescribeNamesAMissingOrMistypedModelType) {
+  test::TempDir dir;
+  std::filesystem::copy(test::fixture("llama_gqa"), dir.file("m"), std::filesystem::copy_options::recursive);
+  auto j = test::read_json(dir.file("m/config.json"));
+  j["model_type"] = 5;
+  test::write_file(dir.file("m/config.json"), j.dump());
+  EXPECT_THROW_WITH(describe(*storage::Checkpoint::open(dir.file("m"))), ModelConfigError,
+                    "'model_type' must be a string, not number");
+  j.erase("model_type");
+  test::write_file(dir.file("m/config.json"), j.dump());
+  EXPECT_THROW_WITH(describe(*storage::Checkpoint::open(dir.file("m"))), ModelConfigError, "'model_type' is missing");
+}
+
 }  // namespace
 }  // namespace cascade::stage
