@@ -75,8 +75,9 @@ class LocalExecutor : public Executor {
   StepOutput next() override;
   bool feeds_sampled() const override { return true; }
   // On the CPU, submit() computes the step and picks its tokens: a step submitted ahead
-  // would run before they are handed over, overlapping nothing and holding them back a
-  // step (a served request's first token one decode step late).
+  // would run before they are handed over, overlapping nothing and handing them over a
+  // step late. (LocalExecutor runs one-process `generate`; `serve` drives stage
+  // processes, where a step ahead does overlap.)
   bool overlaps_steps() const override;
   int64_t kv_slots() const override;
   int64_t max_seq_len() const override;
