@@ -73,10 +73,12 @@ void restore(toml::table& table) {
     renamed = renamed || restore(key.str()) != key.str();
   }
   if (!renamed) return;
-  toml::table out;  // keys are immutable: move every value under its restored key
+  // Keys are immutable: every value moves under its restored key, and back into this
+  // table, which keeps its own line (a table assigned to would take the new one's, none).
+  toml::table out;
   for (auto&& [key, value] : table) out.insert(toml::key(restore(key.str()), key.source()), std::move(value));
-  out.is_inline(table.is_inline());
-  table = std::move(out);
+  table.clear();
+  for (auto&& [key, value] : out) table.insert(key, std::move(value));
 }
 
 void restore(toml::node& node) {

@@ -51,8 +51,11 @@ TEST(TomlGuard, GivesKeysStringsAndArraysTheirCharactersBack) {
   EXPECT_EQ((*cafe)["list"][1][0].value_or(std::string()), "\u00a7");
   EXPECT_EQ((*cafe)["inline"]["k\u00e9"].value_or(std::string()), "v\u00e9");
   EXPECT_EQ((*cafe)["plain"].value_or(std::string()), "\u4e2d\U0001f600");  // outside the ranges: untouched
-  // A value moved under its restored key keeps its line (config errors name it).
+  // A value moved under its restored key keeps its line (config errors name it), and so
+  // does a table whose keys were restored.
   EXPECT_EQ((*cafe)["path"].node()->source().begin.line, 2u);
+  EXPECT_EQ((*cafe)["inline"].node()->source().begin.line, 4u);
+  EXPECT_TRUE((*cafe)["inline"].as_table()->is_inline());
 }
 
 TEST(TomlGuard, RefusesTheStandInsOwnCodePoints) {
