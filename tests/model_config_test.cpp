@@ -13,27 +13,6 @@
 namespace cascade::stage {
 namespace {
 
-const char* const kFixtures[] = {"bloom",
-                                 "gemma",
-                                 "gemma2",
-                                 "gpt2",
-                                 "llama3_tied_bf16",
-                                 "llama_dynamic",
-                                 "llama_gqa",
-                                 "llama_linear_sharded_f16",
-                                 "mistral_window",
-                                 "mixtral",
-                                 "mt5",
-                                 "phi3",
-                                 "phi3_cross",
-                                 "phi3_long",
-                                 "qwen2_tied",
-                                 "qwen3",
-                                 "qwen3_moe",
-                                 "t5_text",
-                                 "t5_tied",
-                                 "t5_v1_1"};
-
 ModelConfig llama(const std::function<void(nlohmann::json&)>& edit) {
   nlohmann::json j = test::read_json(test::fixture("llama_gqa") + "/config.json");
   edit(j);
@@ -41,7 +20,7 @@ ModelConfig llama(const std::function<void(nlohmann::json&)>& edit) {
 }
 
 TEST(ModelConfig, EveryFixturesConfigPasses) {
-  for (const char* name : kFixtures) {
+  for (const std::string& name : test::every_fixture()) {
     const nlohmann::json j = test::read_json(test::fixture(name) + "/config.json");
     const Family& f = find_family(j["model_type"].get<std::string>());
     EXPECT_NO_THROW(cfg::check_model_config(f.parse_config(j))) << name;
@@ -99,31 +78,30 @@ TEST(ModelConfig, RefusesNormAndRopeNumbersThatGiveNaNs) {
                     ModelConfigError, "high_freq_factor must be finite and above low_freq_factor");
 }
 
-// Through describe(), which every load and plan runs: 10^12 layers used to have their
-// modules listed first (8 GB in 20 s on the development VM, then the OOM killer).
-TEST(ModelConfig, ACheckpointThatClaimsTrillionsOfLayersFailsAtOnce) {
+// describe() of llama_gqa with its config.json edited, as every load and plan runs it.
+ModelDescription describe_edited(const std::function<void(nlohmann::json&)>& edit) {
   test::TempDir dir;
   std::filesystem::copy(test::fixture("llama_gqa"), dir.file("m"), std::filesystem::copy_options::recursive);
   auto j = test::read_json(dir.file("m/config.json"));
-  j["num_hidden_layers"] = 1000000000000;
+  edit(j);
   test::write_file(dir.file("m/config.json"), j.dump());
+  return describe(*storage::Checkpoint::open(dir.file("m")));
+}
+
+// 10^12 layers used to have their modules listed first (8 GB in 20 s on the development
+// VM, then the OOM killer).
+TEST(ModelConfig, ACheckpointThatClaimsTrillionsOfLayersFailsAtOnce) {
   const auto start = std::chrono::steady_clock::now();
-  EXPECT_THROW_WITH(describe(*storage::Checkpoint::open(dir.file("m"))), ModelConfigError, dir.file("m"),
-                    "number of layers is 1000000000000");
+  EXPECT_THROW_WITH(describe_edited([](nlohmann::json& j) { j["num_hidden_layers"] = 1000000000000; }),
+                    ModelConfigError, "/m/config.json", "number of layers is 1000000000000");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
 TEST(ModelConfig, DescribeNamesAMissingOrMistypedModelType) {
-  test::TempDir dir;
-  std::filesystem::copy(test::fixture("llama_gqa"), dir.file("m"), std::filesystem::copy_options::recursive);
-  auto j = test::read_json(dir.file("m/config.json"));
-  j["model_type"] = 5;
-  test::write_file(dir.file("m/config.json"), j.dump());
-  EXPECT_THROW_WITH(describe(*storage::Checkpoint::open(dir.file("m"))), ModelConfigError,
+  EXPECT_THROW_WITH(describe_edited([](nlohmann::json& j) { j["model_type"] = 5; }), ModelConfigError,
                     "'model_type' must be a string, not number");
-  j.erase("model_type");
-  test::write_file(dir.file("m/config.json"), j.dump());
-  EXPECT_THROW_WITH(describe(*storage::Checkpoint::open(dir.file("m"))), ModelConfigError, "'model_type' is missing");
+  EXPECT_THROW_WITH(describe_edited([](nlohmann::json& j) { j.erase("model_type"); }), ModelConfigError,
+                    "'model_type' is missing");
 }
 
 }  // namespace
