@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <random>
 
 #include "tests/test_util.h"
@@ -38,16 +39,23 @@ pid_t spawn_echo(const std::string& a, const std::string& b) {
       if (m.empty()) break;
     }
     ::_exit(0);
+  } catch (const std::exception& e) {  // the parent sees only "gone": say why here
+    std::fprintf(stderr, "echo child: %s\n", e.what());
+    ::_exit(3);
   } catch (...) {
     ::_exit(3);
   }
 }
 
-// True while `pid` has not exited (reaps it when it has, so a zombie counts as gone).
+// True while `pid` has not exited (reaps it when it has, so a zombie counts as gone,
+// and prints how it ended: the status is gone once reaped).
 std::function<bool()> alive(pid_t pid) {
   return [pid] {
     int st = 0;
-    return ::waitpid(pid, &st, WNOHANG) == 0;
+    if (::waitpid(pid, &st, WNOHANG) == 0) return true;
+    std::fprintf(stderr, "child %d ended: %s %d\n", static_cast<int>(pid), WIFSIGNALED(st) ? "signal" : "exit",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    return false;
   };
 }
 
